@@ -1,0 +1,55 @@
+# wasm-shim developer entry points. Every target that needs the toolchain runs scripts/setup.sh first; setup is
+# cached and idempotent, so a warm `make test` spends its time in the tests only.
+#
+#   make setup    apt packages, .venv (editable install), Go tools in .tools/bin   (scripts/setup.sh --help)
+#   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject)
+#   make test     setup, lint, then the whole pytest suite (unit + integration)
+#   make demo     setup, then scripts/demo.sh
+#   make bench    setup, then the benchmarks (prints tables; never part of `test`)
+#   make protos   regenerate protobuf code (scripts/gen-protos.sh)
+#
+# Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+SETUP_ARGS ?=
+# mypy cannot see through setuptools' editable-install import hook, so `wasm_shim.*` would type as Any. A link
+# tree (.tools/typecheck/wasm_shim/{shim,oci} -> the folders) on MYPYPATH gives it the real import root.
+# Checked: both packages and the test harness (the tests themselves are left to ruff, to keep mypy quick).
+TYPECHECK_ROOT := .tools/typecheck
+MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness
+
+.PHONY: setup lint test demo bench protos
+
+setup:
+	@bash scripts/setup.sh $(SETUP_ARGS)
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@mkdir -p $(TYPECHECK_ROOT)/wasm_shim
+	@ln -sfn ../../../shim $(TYPECHECK_ROOT)/wasm_shim/shim
+	@ln -sfn ../../../oci $(TYPECHECK_ROOT)/wasm_shim/oci
+	@MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy --explicit-package-bases $(MYPY_TARGETS)
+
+# pytest exits 5 when it collected nothing; that must fail loudly, never pass as "no failures".
+test: setup lint
+	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+demo: setup
+	@if [[ -x scripts/demo.sh ]]; then scripts/demo.sh; \
+	elif [[ -f scripts/demo.sh ]]; then bash scripts/demo.sh; \
+	else echo "make demo: scripts/demo.sh does not exist yet" >&2; exit 1; fi
+
+bench: setup
+	@if [[ -f scripts/bench.sh ]]; then bash scripts/bench.sh; \
+	else echo "make bench: no benchmarks yet (scripts/bench.sh does not exist)" >&2; exit 1; fi
+
+protos: setup
+	@if [[ -f scripts/gen-protos.sh ]]; then bash scripts/gen-protos.sh; \
+	else echo "make protos: scripts/gen-protos.sh does not exist yet" >&2; exit 1; fi

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Prepare this machine for building and testing wasm-shim (Debian 12, run as root).
+#
+# Idempotent and cached: every step first checks whether its result is already there and does nothing if so.
+# Quiet: one line per step that actually does work; a failing step prints the tail of its log and exits non-zero.
+# Sources: Debian (apt), PyPI (pip), the Go module proxy (go install), npm. Nothing else is downloaded.
+#
+# Steps
+#   1. apt packages (skipped entirely when dpkg-query says all are installed)
+#   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev]'` when pyproject.toml changed
+#   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
+#
+# Usage: scripts/setup.sh [--with TOOL]... [--verbose]
+#   --with TOOL    also build an optional Go tool from the table below (or: WASM_SHIM_TOOLS="oras cosign")
+#   --verbose      show the commands' own output
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${WASM_SHIM_CACHE:-${HOME}/.cache/wasm-shim}"
+VENV="$ROOT/.venv"
+TOOLS_BIN="$ROOT/.tools/bin"
+LOG_DIR="$CACHE/logs"
+MIN_GO="1.21" # first Go that fetches the toolchain a module's go.mod asks for (golang.org/toolchain, module proxy)
+MIN_PYTHON="3.11"
+
+# Go tools: one line each. Fields (|-separated):
+#   name | version | default or optional | packages (space-separated, built with `go install pkg@version`)
+#        | links into .tools/bin (space-separated binary[:link-name]; the 2.x ctr must not shadow Debian's 1.6 one)
+GO_TOOLS=(
+  "containerd|v2.4.2|default|github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|containerd:containerd-2 ctr:ctr-2"
+  "crictl|v1.34.0|default|sigs.k8s.io/cri-tools/cmd/crictl|crictl"
+)
+
+APT_PACKAGES=(
+  containerd runc containernetworking-plugins docker-registry
+  clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
+  iproute2 iptables python3 python3-venv git ca-certificates
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+VERBOSE=0
+read -r -a WITH <<<"${WASM_SHIM_TOOLS:-}"
+while (($#)); do
+  case "$1" in
+    --with) [[ $# -ge 2 ]] || { echo "setup: --with needs a tool name" >&2; exit 2; }; WITH+=("$2"); shift 2 ;;
+    --with=*) WITH+=("${1#--with=}"); shift ;;
+    -v|--verbose) VERBOSE=1; shift ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+mkdir -p "$LOG_DIR"
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# run LOGNAME CMD...: run quietly into a log; on failure show its tail and stop.
+run() {
+  local log="$LOG_DIR/$1.log"; shift
+  local rc=0
+  if ((VERBOSE)); then
+    { "$@" 2>&1 | tee "$log"; } || rc=$?
+  else
+    "$@" >"$log" 2>&1 || rc=$?
+  fi
+  if ((rc != 0)); then
+    printf "setup: error: '%s' failed (exit %d); last lines of %s:\n" "$*" "$rc" "$log" >&2
+    tail -n 25 "$log" | sed 's/^/    /' >&2
+    exit "$rc"
+  fi
+}
+
+# version_ge A B: true when dotted version A >= B.
+version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]; }
+
+[[ "$(id -u)" == 0 ]] || die "run as root (it installs Debian packages and containerd needs root); uid is $(id -u)"
+
+selected() { # selected NAME DEFAULT-FLAG
+  [[ "$2" == default ]] && return 0
+  local w; for w in "${WITH[@]}"; do [[ "$w" == "$1" ]] && return 0; done
+  return 1
+}
+
+known=" "
+for line in "${GO_TOOLS[@]}"; do known+="${line%%|*} "; done
+for w in "${WITH[@]}"; do
+  [[ "$known" == *" $w "* ]] || die "unknown tool '$w' for --with; known:$known"
+done
+
+# need_go: true when a selected tool still lacks a binary, so only then does Go matter at all.
+need_go() {
+  local line name version kind packages links pkg
+  for line in "${GO_TOOLS[@]}"; do
+    IFS='|' read -r name version kind packages links <<<"$line"
+    selected "$name" "$kind" || continue
+    for pkg in $packages; do [[ -x "$CACHE/go/$name-$version/bin/${pkg##*/}" ]] || return 0; done
+  done
+  return 1
+}
+
+# --- 1. apt ---------------------------------------------------------------------------------------------------
+find_go() {
+  if command -v go >/dev/null 2>&1; then command -v go
+  elif [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go
+  else return 1; fi
+}
+
+APT_UPDATED=0
+apt_update() {
+  ((APT_UPDATED)) && return 0
+  run apt-update env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  APT_UPDATED=1
+}
+
+missing=()
+installed=" $(dpkg-query -W -f='${db:Status-Status}:${Package} ' "${APT_PACKAGES[@]}" 2>/dev/null || true)"
+for pkg in "${APT_PACKAGES[@]}"; do
+  [[ "$installed" == *" installed:$pkg "* ]] || missing+=("$pkg")
+done
+# Node: keep whatever node/npm the machine has (e.g. a NodeSource build); Debian's only when there is none.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
+# Go: keep an existing one; Debian's golang-go only if it is new enough to build the tools (checked in step 3).
+if need_go && ! find_go >/dev/null; then
+  apt_update
+  candidate="$(apt-cache policy golang-go | awk '/Candidate:/ {print $2}')"
+  candidate_version="$(sed -E 's/^[0-9]+://; s/[~+-].*//' <<<"$candidate")"
+  if [[ -n "$candidate_version" && "$candidate" != "(none)" ]] && version_ge "$candidate_version" "$MIN_GO"; then
+    missing+=(golang-go)
+  else
+    GO_UNAVAILABLE="Debian offers golang-go ${candidate_version:-(none)}"
+  fi
+fi
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  apt_update
+  run apt-install env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- 2. Python venv -------------------------------------------------------------------------------------------
+# A pyenv `python3` is a shell shim that costs 30-60 ms per start (DESIGN.md); base the venv on the interpreter
+# behind it, found through sys.base_prefix, so .venv/bin/python is the real binary.
+real_python() {
+  local candidate
+  for candidate in python3 /usr/bin/python3; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    "$candidate" - "$MIN_PYTHON" <<'PY' 2>/dev/null && return 0
+import os, sys
+want = tuple(int(x) for x in sys.argv[1].split("."))
+if sys.version_info[:2] < want:
+    sys.exit(1)
+name = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+path = os.path.join(sys.base_prefix, "bin", name)
+if not os.access(path, os.X_OK):
+    path = os.path.realpath(sys.executable)
+print(path)
+PY
+  done
+  return 1
+}
+
+venv_ok() {
+  [[ -x "$VENV/bin/python" ]] || return 1
+  local target; target="$(readlink -f "$VENV/bin/python")"
+  [[ "$target" != */shims/* ]] || return 1
+  "$VENV/bin/python" -c 'import sys, venv' >/dev/null 2>&1 || return 1
+  grep -q '^include-system-site-packages = false' "$VENV/pyvenv.cfg" 2>/dev/null
+}
+
+STAMP="$VENV/.wasm-shim-installed"
+if ! venv_ok; then
+  py="$(real_python)" || die "no Python >= $MIN_PYTHON found (python3 on PATH or /usr/bin/python3)"
+  say "creating .venv with $py"
+  run venv "$py" -m venv --clear "$VENV"
+  rm -f "$STAMP"
+fi
+want_stamp="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want_stamp" != "$have_stamp" || ! -x "$VENV/bin/containerd-shim-wasmtime-v1" ]]; then
+  say "installing the project into .venv (pip install -e '.[dev]')"
+  run pip env PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "${ROOT}[dev]"
+  [[ -x "$VENV/bin/containerd-shim-wasmtime-v1" ]] \
+    || die "pip install finished but .venv/bin/containerd-shim-wasmtime-v1 is missing (check [project.scripts])"
+  printf '%s\n' "$want_stamp" >"$STAMP"
+fi
+
+# --- 3. Go tools ----------------------------------------------------------------------------------------------
+GO=""
+mkdir -p "$TOOLS_BIN"
+for line in "${GO_TOOLS[@]}"; do
+  IFS='|' read -r name version kind packages links <<<"$line"
+  selected "$name" "$kind" || continue
+  bindir="$CACHE/go/$name-$version/bin"
+  for pkg in $packages; do
+    bin="${pkg##*/}"
+    [[ -x "$bindir/$bin" ]] && continue
+    if [[ -z "$GO" ]]; then
+      GO="$(find_go)" || die "Go >= $MIN_GO is needed to build $name $version and there is none" \
+        "(${GO_UNAVAILABLE:-no go on PATH, none at /usr/local/go/bin}). Install Go >= $MIN_GO to /usr/local/go" \
+        "(or put it on PATH) and rerun."
+      go_version="$("$GO" env GOVERSION | sed 's/^go//')"
+      version_ge "$go_version" "$MIN_GO" || die "$GO is Go $go_version; building the tools needs Go >= $MIN_GO"
+    fi
+    say "building $bin $version with go install (first time only; takes a few minutes)"
+    # CGO_ENABLED=0: static binaries without the btrfs/cgo headers; GOTOOLCHAIN=auto lets an older Go fetch the
+    # toolchain a module's go.mod names, as a module, through the module proxy.
+    run "go-$name-$bin" env CGO_ENABLED=0 GOBIN="$bindir" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS=-buildvcs=false \
+      "$GO" install "$pkg@$version"
+  done
+  for link in $links; do
+    bin="${link%%:*}"; alias="${link#*:}"
+    [[ "$(readlink "$TOOLS_BIN/$alias" 2>/dev/null)" == "$bindir/$bin" ]] && continue
+    ln -sfn "$bindir/$bin" "$TOOLS_BIN/$alias"
+  done
+done

@@ -1,0 +1,278 @@
+"""`containerd-shim-wasmtime-v1`: the binary containerd execs for every container.
+
+Owns the two short-lived actions on containerd's critical path and the hand-off to the long-lived daemon:
+- `start` (cwd = bundle): find the daemon serving this container's group or launch one, print its address, exit.
+  The listening socket is created HERE and handed to the daemon as fd 3, so `start` never waits for the daemon's
+  interpreter and imports: containerd's connect is queued by the kernel until the daemon accepts.
+- `delete` (containerd runs it whenever its connection closes, and 1.6 after every container): ask a live daemon to
+  kill and delete the task (idempotent), unmount the bundle's rootfs, print a DeleteResponse.
+
+Invariants: stdout carries exactly the one answer containerd parses and nothing else; the daemon never holds
+containerd's stdout/stderr pipes (it gets /dev/null and the bundle's `log` FIFO); imports are stdlib-only plus
+our pure modules (every import here is paid by every container start: DESIGN.md "Measured here").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+
+from . import launch
+from .config import ConfigError, ShimConfig, load_config
+
+VERSION = "0.1.0"
+DAEMON_MODULE = "wasm_shim.shim.daemon"
+_START_TIMEOUT = 10.0
+
+USAGE = """\
+containerd-shim-wasmtime-v1 — containerd shim v2 that runs WebAssembly in wasmtime (wasm-shim {version})
+
+containerd runs this binary; you do not normally run it by hand.
+usage: containerd-shim-wasmtime-v1 -namespace NS -address ADDR -publish-binary PATH -id ID
+         [-bundle PATH] [-debug] ACTION
+actions:
+  start    find or launch the daemon serving this container's group; print its address (cwd = bundle)
+  delete   clean up after a task whose shim connection closed; print a DeleteResponse
+runtime_type in containerd's config: io.containerd.wasmtime.v1 (see `wasm-shim containerd-config`)
+"""
+
+
+def _fail(message: str, code: int = 1) -> int:
+    sys.stderr.write(f"containerd-shim-wasmtime-v1: {message}\n")
+    return code
+
+
+def _read_stdin() -> bytes:
+    try:
+        if os.isatty(0):
+            return b""
+        chunks = []
+        while True:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+
+
+def _daemon_alive(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _open_log_fifo(bundle: str) -> int:
+    """The bundle's `log` FIFO, which containerd copies into its own log; /dev/null if there is none."""
+    try:
+        fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    return fd
+
+
+def _spawn_daemon(
+    listener: socket.socket,
+    sock_path: str,
+    args: launch.ShimArgs,
+    start_input: launch.StartInput,
+    bundle: str,
+) -> None:
+    log_fd = _open_log_fifo(bundle)
+    env = dict(os.environ)
+    env.update(
+        {
+            "WASM_SHIM_DAEMON_SOCKET": sock_path,
+            "WASM_SHIM_DAEMON_NAMESPACE": start_input.namespace or args.namespace,
+            "WASM_SHIM_DAEMON_TTRPC_ADDRESS": start_input.ttrpc_address,
+            "WASM_SHIM_DAEMON_GRPC_ADDRESS": start_input.grpc_address or args.address,
+            "WASM_SHIM_DAEMON_OPTIONS_BODY": start_input.options_body,
+            "WASM_SHIM_DAEMON_OPTIONS_PATH": start_input.options_path,
+            "WASM_SHIM_DAEMON_DEBUG": "1" if args.debug or start_input.log_level < 0 else "",
+        }
+    )
+    # The containerd address is on the command line so operators (and test harnesses) can tell which
+    # containerd a daemon belongs to from `ps`.
+    argv = [sys.executable, "-m", DAEMON_MODULE, "-address", args.address, "-namespace", args.namespace]
+    os.posix_spawn(
+        sys.executable,
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            (os.POSIX_SPAWN_DUP2, listener.fileno(), 3),
+        ],
+        setsid=True,
+    )
+    os.close(log_fd)
+
+
+def _listen(path: str) -> socket.socket:
+    try:
+        os.unlink(path)  # stale: nobody answered on it
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # socket 0600: only root (containerd) may talk to the daemon
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old_umask)
+    listener.listen(512)
+    return listener
+
+
+def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
+    bundle = os.getcwd()
+    start_input = launch.decode_start_input(_read_stdin(), environ)
+    if start_input.options_type:
+        return _fail(
+            f"unsupported runtime options type {start_input.options_type!r}; "
+            f"set `options` for this runtime as {launch.RUNTIME_OPTIONS_TYPE} (config_body TOML)"
+        )
+    try:
+        config: ShimConfig = load_config(
+            options_body=start_input.options_body, options_path=start_input.options_path
+        )
+    except ConfigError as exc:
+        return _fail(str(exc))
+    namespace = start_input.namespace or args.namespace
+    if not namespace:
+        return _fail("no namespace: containerd passes -namespace NS")
+    socket_dir = start_input.socket_dir or config.socket_dir
+    group = launch.group_key(config.grouping, args.id, bundle)
+    path = launch.socket_path(socket_dir, args.address, namespace, group)
+    os.makedirs(socket_dir, mode=0o711, exist_ok=True)
+
+    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # Serialises concurrent starts of one group, and a lingering daemon's decision to exit (it takes the same
+        # lock before removing its socket), so a `start` never prints the address of a daemon about to vanish.
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        if not _daemon_alive(path):
+            listener = _listen(path)
+            try:
+                _spawn_daemon(listener, path, args, start_input, bundle)
+            finally:
+                listener.close()
+    finally:
+        os.close(lock_fd)
+
+    address = f"unix://{path}"
+    try:
+        with open(os.path.join(bundle, "address"), "w") as f:
+            f.write(address)
+    except OSError as exc:
+        return _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
+    sys.stdout.buffer.write(launch.encode_start_output(address, start_input, environ))
+    sys.stdout.flush()
+    return 0
+
+
+def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> bytes | None:
+    """Kill (SIGKILL, all) and Delete the task in a live daemon; its DeleteResponse payload, or None."""
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            address = f.read().strip()
+    except OSError:
+        return None
+    path = address.removeprefix("unix://")
+    from .ttrpc.connection import Connection, ResponseReceived, Role
+    from .ttrpc.status import Code
+    from .ttrpc.wire import field_string, field_varint
+
+    conn = Connection(Role.CLIENT)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2.0)
+    metadata = {"containerd-namespace-ttrpc": namespace} if namespace else None
+    try:
+        sock.connect(path)
+        for service in ("containerd.task.v2.Task",):
+            kill = field_string(1, container_id) + field_varint(3, 9) + field_varint(4, 1)
+            _, kill_frame = conn.send_request(service, "Kill", kill, metadata=metadata)
+            delete_id, delete_frame = conn.send_request(
+                service, "Delete", field_string(1, container_id), metadata=metadata
+            )
+            sock.sendall(kill_frame + delete_frame)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                data = sock.recv(65536)
+                for event in conn.receive_data(data):
+                    if isinstance(event, ResponseReceived) and event.stream_id == delete_id:
+                        return event.payload if event.status == Code.OK else None
+                if not data:
+                    return None
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return None
+
+
+def _unmount_rootfs(bundle: str) -> None:
+    rootfs = os.path.realpath(os.path.join(bundle, "rootfs"))
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounted = any(line.split()[4] == rootfs for line in f)
+    except OSError:
+        mounted = False
+    if mounted:
+        from .mount import unmount_all
+
+        unmount_all(rootfs)
+
+
+def delete(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
+    bundle = args.bundle or os.getcwd()
+    if not args.id:
+        return _fail("delete needs -id")
+    response = _ask_daemon_to_delete(bundle, args.id, args.namespace or environ.get("NAMESPACE", ""))
+    try:
+        _unmount_rootfs(bundle)
+    except OSError as exc:
+        return _fail(f"cannot unmount {bundle}/rootfs: {exc}")
+    if response is None:
+        # The task is gone (the usual case: containerd already deleted it). Like runc's shim, report the
+        # process as killed, at this moment.
+        response = launch.encode_delete_response(128 + 9, time.time_ns())
+    sys.stdout.buffer.write(response)
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = launch.parse_args(sys.argv[1:] if argv is None else argv)
+    except launch.UsageError as exc:
+        return _fail(f"{exc}\n\n{USAGE.format(version=VERSION)}", 2)
+    if args.action == "help":
+        sys.stdout.write(USAGE.format(version=VERSION))
+        return 0
+    if args.action == "version":
+        sys.stdout.write(f"containerd-shim-wasmtime-v1\n  Version: {VERSION}\n  Runtime: io.containerd.wasmtime.v1\n")
+        return 0
+    if args.action == "start":
+        return start(args, os.environ)
+    if args.action == "delete":
+        return delete(args, os.environ)
+    if not args.action:
+        return _fail(f"no action given\n\n{USAGE.format(version=VERSION)}", 2)
+    return _fail(f"unknown action {args.action!r}\n\n{USAGE.format(version=VERSION)}", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

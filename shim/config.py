@@ -1,0 +1,122 @@
+"""Shim configuration: what an operator can set, where it comes from, and how it is validated.
+
+Owns: the `ShimConfig` value and its sources. Sources, later ones winning:
+  1. built-in defaults (safe: per-namespace grouping, a root-only cache dir),
+  2. the node file `/etc/wasm-shim/config.toml` (path overridable with WASM_SHIM_CONFIG), if present,
+  3. containerd's runtime options for our handler (`runtimeoptions.v1.Options`: `config_body` TOML, or the file
+     named by `config_path`) — what `[plugins...runtimes.wasmtime.options]` in containerd's config becomes,
+  4. environment variables `WASM_SHIM_<KEY>` (inherited from containerd's environment; handy for tests).
+
+Invariants: unknown keys are errors, not silently ignored (a typo must not fall back to a default the operator
+did not choose); values are type-checked; the `start` path imports `tomllib` only when a TOML source exists.
+This module is imported by the lean `start`/`delete` path: stdlib only, nothing heavy at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+GROUPINGS = ("namespace", "pod", "container")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_CONFIG_FILE = "/etc/wasm-shim/config.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value an operator set is wrong; the message says which key, where, and why."""
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    #: Which containers share one daemon. "namespace": every wasm container of one containerd (address) and
+    #: namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
+    #: io.kubernetes.cri.sandbox-id; a container outside a pod gets its own). "container": one daemon each.
+    grouping: str = "namespace"
+    #: Seconds an idle daemon (no tasks, no connections) stays up so the next container skips interpreter
+    #: start, imports and compilation. 0 exits as soon as the last task is deleted.
+    idle_timeout: float = 300.0
+    #: Directory for compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
+    cache_dir: str = "/var/lib/wasm-shim/cache"
+    #: Directory for the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
+    socket_dir: str = "/run/containerd/s"
+    log_level: str = "info"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def merged(self, values: Mapping[str, Any], origin: str) -> ShimConfig:
+        """Return a copy with `values` applied; raise ConfigError naming `origin` for a bad key or value."""
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            norm = key.replace("-", "_")
+            if norm not in self.keys():
+                raise ConfigError(
+                    f"{origin}: unknown option {key!r} (known options: {', '.join(self.keys())})"
+                )
+            changes[norm] = _coerce(norm, value, origin)
+        return replace(self, **changes)
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    if key == "idle_timeout":
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: idle_timeout must be a number of seconds, got {value!r}") from None
+        if seconds < 0:
+            raise ConfigError(f"{origin}: idle_timeout must not be negative, got {value!r}")
+        return seconds
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
+    if key == "grouping" and value not in GROUPINGS:
+        raise ConfigError(f"{origin}: grouping must be one of {', '.join(GROUPINGS)}, got {value!r}")
+    if key == "log_level" and value.lower() not in LOG_LEVELS:
+        raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    if key in ("cache_dir", "socket_dir") and not os.path.isabs(value):
+        raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
+    return value.lower() if key == "log_level" else value
+
+
+def parse_toml(text: str, origin: str) -> dict[str, Any]:
+    import tomllib  # only paid when a TOML source exists
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def load_config(
+    *,
+    options_body: str = "",
+    options_path: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> ShimConfig:
+    """Build the effective config from every source (see the module docstring for the order)."""
+    env = os.environ if environ is None else environ
+    config = ShimConfig()
+    node_file = env.get("WASM_SHIM_CONFIG", DEFAULT_CONFIG_FILE)
+    if node_file and os.path.exists(node_file):
+        config = config.merged(parse_toml(_read_file(node_file), node_file), node_file)
+    if options_path:
+        config = config.merged(parse_toml(_read_file(options_path), options_path), options_path)
+    elif options_body.strip():
+        origin = "containerd runtime options (config_body)"
+        config = config.merged(parse_toml(options_body, origin), origin)
+    overrides = {
+        key: env[f"WASM_SHIM_{key.upper()}"] for key in ShimConfig.keys() if f"WASM_SHIM_{key.upper()}" in env
+    }
+    if overrides:
+        config = config.merged(overrides, "environment")
+    return config

@@ -1,0 +1,186 @@
+"""The long-lived shim daemon: one per group of containers (see ShimConfig.grouping).
+
+Owns the process: the listening socket it inherited from `start` (fd 3), the ttrpc server, the task service, the
+event publisher, logging, signals and the decision to exit.
+
+Lifecycle of the process:
+- Spawned by `start` with fd 3 = a bound, listening unix socket, stdin/stdout = /dev/null, stderr = the first
+  bundle's `log` FIFO (containerd copies it into its log), in its own session (not in containerd's process group).
+- Serves until it has been idle — no tasks and no client connections — for `idle_timeout` seconds, so back-to-back
+  containers skip interpreter start, imports and compilation. Shutdown requests do not end it while tasks remain.
+- Exits under the group lock that `start` takes, after removing its socket, so a concurrent `start` either sees
+  the old daemon alive (and it stays) or no socket (and launches a new one). SIGTERM/SIGINT: kill every guest,
+  flush events, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from .config import ConfigError, ShimConfig, load_config
+
+log = logging.getLogger("wasm_shim")
+
+LISTEN_FD = 3
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the bundle's log FIFO; once containerd stops reading (EPIPE), stays quiet instead of failing."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self.setLevel(logging.CRITICAL + 1)
+
+
+def _setup_logging(debug: bool, level: str, log_file: str) -> None:
+    """Log to stderr (the first bundle's `log` FIFO, copied into containerd's log while that container lives)
+    and to `<socket>.log` beside the socket, which outlives any one container (rotated at 1 MiB)."""
+    from logging.handlers import RotatingFileHandler
+
+    formatter = logging.Formatter(
+        "time=%(asctime)s level=%(levelname)s msg=%(message)s runtime=wasm-shim pid=%(process)d"
+    )
+    handlers: list[logging.Handler] = [_StderrHandler(sys.stderr)]
+    if log_file:
+        try:
+            handlers.append(RotatingFileHandler(log_file, maxBytes=1 << 20, backupCount=1))
+        except OSError:
+            pass
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = handlers
+    root.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
+
+
+class Daemon:
+    """Wires the collaborators together and owns the exit decision."""
+
+    def __init__(self, config: ShimConfig, listener: socket.socket, socket_path: str, namespace: str,
+                 ttrpc_address: str) -> None:
+        self.config = config
+        self.listener = listener
+        self.socket_path = socket_path
+        self.namespace = namespace
+        self.ttrpc_address = ttrpc_address
+        self._stop = asyncio.Event()
+        self._idle_since = time.monotonic()
+
+    def _touch(self, *_: object) -> None:
+        self._idle_since = time.monotonic()
+
+    async def run(self) -> None:
+        from .engines.wasmtime_engine import WasmtimeEngine
+        from .events import EventQueue, TtrpcForwarder
+        from .rpc import task_handlers
+        from .task_service import TaskService
+        from .ttrpc.server import Server
+
+        os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
+        engine = WasmtimeEngine(cache_dir=self.config.cache_dir)
+        forwarder = TtrpcForwarder(self.ttrpc_address)
+        events = EventQueue(forwarder)
+        events.start()
+        self.tasks = TaskService([engine], events, on_empty=self._touch)
+        server = Server(task_handlers(self.tasks, self.namespace), on_connection_change=self._touch)
+        await server.start(sock=self.listener)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("daemon serving %s (namespace %s, grouping %s, idle timeout %.0fs)",
+                 self.socket_path, self.namespace, self.config.grouping, self.config.idle_timeout)
+        try:
+            await self._serve_until_done(server)
+        finally:
+            await self.tasks.kill_all()
+            await server.close(grace=2.0)
+            await events.close(timeout=5.0)
+            await forwarder.close()
+            log.info("daemon exiting")
+
+    def _busy(self, server: object) -> bool:
+        return bool(self.tasks.tasks) or getattr(server, "connection_count", 0) > 0
+
+    async def _serve_until_done(self, server: object) -> None:
+        tick = max(0.05, min(1.0, self.config.idle_timeout / 4 or 0.05))
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), tick)
+                return
+            except TimeoutError:
+                pass
+            if self._busy(server):
+                self._touch()
+                continue
+            if time.monotonic() - self._idle_since >= self.config.idle_timeout and self._release_socket(server):
+                return
+
+    def _release_socket(self, server: object) -> bool:
+        """Under the group lock: if still idle and nobody is queued on the socket, remove it and say so."""
+        try:
+            lock_fd = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            lock_fd = -1
+        try:
+            if lock_fd >= 0:
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # a `start` is deciding; look again later
+            pending, _, _ = select.select([self.listener], [], [], 0)
+            if pending or self._busy(server):
+                self._touch()
+                return False
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+            return True
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+
+
+def main() -> int:
+    env = os.environ
+    try:
+        config = load_config(
+            options_body=env.get("WASM_SHIM_DAEMON_OPTIONS_BODY", ""),
+            options_path=env.get("WASM_SHIM_DAEMON_OPTIONS_PATH", ""),
+        )
+    except ConfigError as exc:
+        sys.stderr.write(f"wasm-shim daemon: {exc}\n")
+        return 2
+    socket_path = env.get("WASM_SHIM_DAEMON_SOCKET", "")
+    _setup_logging(bool(env.get("WASM_SHIM_DAEMON_DEBUG")), config.log_level,
+                   socket_path + ".log" if socket_path else "")
+    try:
+        listener = socket.socket(fileno=LISTEN_FD)
+    except OSError as exc:
+        log.error("no listening socket on fd %d (the daemon is started by `start`): %s", LISTEN_FD, exc)
+        return 2
+    listener.set_inheritable(False)
+    daemon = Daemon(
+        config,
+        listener,
+        socket_path,
+        env.get("WASM_SHIM_DAEMON_NAMESPACE", ""),
+        env.get("WASM_SHIM_DAEMON_TTRPC_ADDRESS", ""),
+    )
+    try:
+        asyncio.run(daemon.run())
+    except Exception:
+        log.exception("daemon failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

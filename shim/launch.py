@@ -1,0 +1,232 @@
+"""What containerd passes to the shim binary, and how a container finds its daemon (group).
+
+Owns: parsing the Go-style flags containerd execs us with, decoding what `start` reads on stdin (a protobuf `Any`
+with runtime options on containerd 1.6-2.2, a `BootstrapParams` on 2.3+), the group key and the daemon's socket
+path, and encoding what `start` prints. Pure functions, stdlib only: this is on the path of every container start
+(PROTOCOL.md "Shim binary contract"), so it must not import protobuf, asyncio, grpc or wasmtime.
+
+Invariants:
+- The socket path is a function of (containerd address, namespace, group) only, so every `start` of the same
+  group computes the same path and a daemon is found again after containerd restarts.
+- What `start` prints matches what the calling containerd accepts: a BootstrapResult when it sent
+  BootstrapParams (2.3+, protocol version 3 = `containerd.task.v3.Task`), JSON version 2 when MAX_SHIM_VERSION
+  is set (1.7-2.2, which all set it to 2), else the plain address (1.6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from .ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
+
+# Wire types (protobuf encoding spec).
+_VARINT, _LEN = 0, 2
+
+RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
+SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+
+
+class UsageError(Exception):
+    """The command line is not one containerd would produce; the message says what is wrong."""
+
+
+@dataclass
+class ShimArgs:
+    action: str
+    namespace: str = ""
+    address: str = ""
+    publish_binary: str = ""
+    id: str = ""
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    extra: list[str] = field(default_factory=list)
+
+
+_VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
+_BOOL_FLAGS = {"debug", "v", "version", "h", "help"}
+
+
+def parse_args(argv: list[str]) -> ShimArgs:
+    """Parse `-flag value ... ACTION` the way Go's flag package does (one or two dashes, `-flag=value`)."""
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg in ("-", "--"):
+            break
+        name = arg.lstrip("-")
+        value = None
+        if "=" in name:
+            name, value = name.split("=", 1)
+        if name in _BOOL_FLAGS:
+            flags.add(name)
+        elif name in _VALUE_FLAGS:
+            if value is None:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"flag -{name} needs a value")
+                value = argv[i]
+            values[name] = value
+        else:
+            raise UsageError(f"unknown flag -{name}")
+        i += 1
+    rest = argv[i:]
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if flags & {"h", "help"}:
+        action = "help"
+    elif flags & {"v", "version"}:
+        action = "version"
+    else:
+        action = rest[0] if rest else ""
+    return ShimArgs(
+        action=action,
+        namespace=values.get("namespace", ""),
+        address=values.get("address", ""),
+        publish_binary=values.get("publish-binary", ""),
+        id=values.get("id", ""),
+        bundle=values.get("bundle", ""),
+        socket=values.get("socket", ""),
+        debug="debug" in flags,
+        extra=rest[1:],
+    )
+
+
+@dataclass
+class StartInput:
+    """What containerd told `start` on stdin (and in the environment)."""
+
+    bootstrap: bool = False  # True when containerd sent BootstrapParams (2.3+)
+    namespace: str = ""
+    ttrpc_address: str = ""
+    grpc_address: str = ""
+    containerd_version: str = ""
+    socket_dir: str = ""
+    log_level: int = 0
+    options_path: str = ""
+    options_body: str = ""
+    options_type: str = ""  # type URL of a runtime options Any we did not understand
+
+
+def _decode_any(data: bytes) -> tuple[str, bytes]:
+    type_url, value = "", b""
+    for num, wt, val in iter_fields(data):
+        if num == 1 and wt == _LEN:
+            type_url = bytes(val).decode("utf-8", "replace")  # type: ignore[arg-type]
+        elif num == 2 and wt == _LEN:
+            value = bytes(val)  # type: ignore[arg-type]
+    return type_url, value
+
+
+def _apply_options(result: StartInput, type_url: str, value: bytes) -> None:
+    if type_url.rsplit("/", 1)[-1] != RUNTIME_OPTIONS_TYPE:
+        result.options_type = type_url
+        return
+    for num, wt, val in iter_fields(value):
+        if wt != _LEN:
+            continue
+        text = bytes(val).decode("utf-8", "replace")  # type: ignore[arg-type]
+        if num == 2:
+            result.options_path = text
+        elif num == 3:
+            result.options_body = text
+
+
+def _looks_like_any(data: bytes) -> bool:
+    """An Any has only fields 1 (type URL, a string with a '/' or '.') and 2 (bytes)."""
+    try:
+        fields_seen = list(iter_fields(data))
+    except WireError:
+        return False
+    if not fields_seen or any(num not in (1, 2) or wt != _LEN for num, wt, _ in fields_seen):
+        return False
+    first = [bytes(v) for n, _, v in fields_seen if n == 1]  # type: ignore[arg-type]
+    return bool(first) and (b"/" in first[0] or b"." in first[0])
+
+
+def decode_start_input(data: bytes, environ: dict[str, str] | os._Environ[str]) -> StartInput:
+    """Decode `start`'s stdin: empty, an options `Any` (1.6-2.2) or `BootstrapParams` (2.3+)."""
+    result = StartInput(
+        namespace=environ.get("NAMESPACE", ""),
+        ttrpc_address=environ.get("TTRPC_ADDRESS", ""),
+        grpc_address=environ.get("GRPC_ADDRESS", ""),
+    )
+    if not data:
+        return result
+    if _looks_like_any(data):
+        _apply_options(result, *_decode_any(data))
+        return result
+    result.bootstrap = True
+    for num, wt, val in iter_fields(data):
+        if wt == _LEN:
+            raw = bytes(val)  # type: ignore[arg-type]
+            text = raw.decode("utf-8", "replace")
+            if num == 2:
+                result.namespace = text
+            elif num == 4:
+                result.containerd_version = text
+            elif num == 5:
+                result.ttrpc_address = text
+            elif num == 6:
+                result.grpc_address = text
+            elif num == 8:  # Extension{value=1 Any}
+                for enum, ewt, ev in iter_fields(raw):
+                    if enum == 1 and ewt == _LEN:
+                        _apply_options(result, *_decode_any(bytes(ev)))  # type: ignore[arg-type]
+            elif num == 9:
+                result.socket_dir = text
+        elif wt == _VARINT and num == 3:
+            level = int(val)  # type: ignore[arg-type]
+            result.log_level = level - (1 << 64) if level >= 1 << 63 else level
+    return result
+
+
+def read_annotations(bundle: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            spec = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    annotations = spec.get("annotations") or {}
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def group_key(grouping: str, container_id: str, bundle: str) -> str:
+    """The part of the daemon identity chosen by the grouping policy (see ShimConfig.grouping)."""
+    if grouping == "namespace":
+        return "namespace"
+    if grouping == "pod":
+        sandbox = read_annotations(bundle).get(SANDBOX_ID_ANNOTATION)
+        return f"pod:{sandbox}" if sandbox else f"container:{container_id}"
+    return f"container:{container_id}"
+
+
+def socket_path(socket_dir: str, containerd_address: str, namespace: str, group: str) -> str:
+    digest = hashlib.sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}".encode()).hexdigest()
+    return os.path.join(socket_dir, digest)
+
+
+def encode_start_output(address: str, start_input: StartInput, environ: dict[str, str] | os._Environ[str]) -> bytes:
+    """What `start` prints for the calling containerd (see module docstring)."""
+    if start_input.bootstrap:
+        # BootstrapResult{version=1, address=2, protocol=3}
+        return field_varint(1, 3) + field_string(2, address) + field_string(3, "ttrpc")
+    max_version = environ.get("MAX_SHIM_VERSION", "")
+    if max_version.isdigit() and int(max_version) >= 2:
+        version = min(int(max_version), 3)
+        return json.dumps({"version": version, "address": address, "protocol": "ttrpc"}).encode()
+    return address.encode()
+
+
+def encode_delete_response(exit_status: int, exited_at_ns: int, pid: int = 0) -> bytes:
+    """containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 Timestamp{seconds=1, nanos=2}}."""
+    seconds, nanos = divmod(exited_at_ns, 1_000_000_000)
+    timestamp = field_varint(1, seconds) + (field_varint(2, nanos) if nanos else b"")
+    out = field_varint(1, pid) if pid else b""
+    out += field_varint(2, exit_status) if exit_status else b""
+    return out + field_bytes(3, timestamp)

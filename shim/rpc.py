@@ -1,0 +1,74 @@
+"""ttrpc adapters for the task service: bytes in, message out, nothing else.
+
+Owns the method table of `containerd.task.v2.Task` and `containerd.task.v3.Task` (the same methods with
+wire-identical messages, PROTOCOL.md "Task service") and the decoding of each request. Handlers are thin:
+decode, call the plain TaskService method, encode (DESIGN.md principle 2). A request that does not decode is
+INVALID_ARGUMENT; methods we do not offer are UNIMPLEMENTED with a message naming them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from .protos import task_pb2
+from .task_service import TaskService
+from .ttrpc.server import CallContext, Handler
+from .ttrpc.status import Code, RpcError
+
+TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+
+_UNSUPPORTED = {
+    "Pause": task_pb2.PauseRequest,
+    "Resume": task_pb2.ResumeRequest,
+    "Exec": task_pb2.ExecProcessRequest,
+    "Checkpoint": task_pb2.CheckpointTaskRequest,
+    "ResizePty": task_pb2.ResizePtyRequest,
+    "Update": task_pb2.UpdateTaskRequest,
+}
+
+
+def _adapter(
+    request_type: type[Message], call: Callable[[Any, CallContext], Awaitable[Message | None]]
+) -> Handler:
+    async def handle(payload: bytes, ctx: CallContext) -> bytes:
+        request = request_type()
+        try:
+            request.ParseFromString(payload)
+        except DecodeError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, f"{ctx.method}: malformed {request_type.__name__}: {exc}") from None
+        response = await call(request, ctx)
+        return response.SerializeToString() if response is not None else b""
+
+    return handle
+
+
+def _refuse(service: TaskService, name: str) -> Callable[[Any, CallContext], Awaitable[None]]:
+    async def call(request: Any, ctx: CallContext) -> None:
+        await service.not_implemented(name)
+
+    return call
+
+
+def task_handlers(service: TaskService, default_namespace: str) -> dict[tuple[str, str], Handler]:
+    def namespace(ctx: CallContext) -> str:
+        return ctx.namespace or default_namespace
+
+    methods: dict[str, Handler] = {
+        "Create": _adapter(task_pb2.CreateTaskRequest, lambda r, c: service.create(r, namespace(c))),
+        "Start": _adapter(task_pb2.StartRequest, lambda r, c: service.start(r)),
+        "Wait": _adapter(task_pb2.WaitRequest, lambda r, c: service.wait(r)),
+        "Kill": _adapter(task_pb2.KillRequest, lambda r, c: service.kill(r)),
+        "Delete": _adapter(task_pb2.DeleteRequest, lambda r, c: service.delete(r)),
+        "State": _adapter(task_pb2.StateRequest, lambda r, c: service.state(r)),
+        "Pids": _adapter(task_pb2.PidsRequest, lambda r, c: service.pids(r)),
+        "Connect": _adapter(task_pb2.ConnectRequest, lambda r, c: service.connect(r)),
+        "CloseIO": _adapter(task_pb2.CloseIORequest, lambda r, c: service.close_io(r)),
+        "Shutdown": _adapter(task_pb2.ShutdownRequest, lambda r, c: service.shutdown(r)),
+        "Stats": _adapter(task_pb2.StatsRequest, lambda r, c: service.stats(r)),
+    }
+    for name, request_type in _UNSUPPORTED.items():
+        methods[name] = _adapter(request_type, _refuse(service, name))
+    return {(svc, name): handler for svc in TASK_SERVICES for name, handler in methods.items()}

@@ -1,0 +1,302 @@
+"""The task service: containerd's `Task` API as plain async methods over protobuf messages.
+
+Owns the table of tasks this daemon serves and every change to it. Each method takes the request message and
+returns the response message (DESIGN.md principle 2); `rpc.py` adapts them to ttrpc for both
+`containerd.task.v2.Task` and `containerd.task.v3.Task` (wire-identical messages).
+
+Invariants:
+- Every state change goes through the task's `Lifecycle`; an illegal one raises FAILED_PRECONDITION naming both
+  states (Kill after exit is NOT_FOUND "process already finished", as containerd expects).
+- Events are published in lifecycle order: create < start < exit < delete, once each per task.
+- A task's exit is recorded only after its stdio is closed and drained, so a client that saw Wait return has all
+  the output (`ctr run` waits for EOF on its FIFOs).
+- Nothing a task or client does takes down another task: engine and bundle errors become RPC errors for that call.
+- Collaborators (engines, event queue, clock) are passed in; there is no module-level state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import empty_pb2
+
+from . import bundle as bundles
+from . import mount as mounts
+from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared
+from .events import EventQueue
+from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
+from .protos import events_pb2, task_pb2, task_types_pb2
+from .stdio import StdioError, TaskIO, open_task_io
+from .ttrpc.status import Code, RpcError
+
+log = logging.getLogger(__name__)
+
+VERSION = "wasm-shim 0.1.0"
+
+
+@dataclass
+class Task:
+    """One container's task. Owned by TaskService; touched only on the event loop."""
+
+    id: str
+    namespace: str
+    bundle: str
+    spec: GuestSpec
+    engine: Engine
+    prepared: Prepared
+    io: TaskIO
+    lifecycle: Lifecycle
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    rootfs_mounted: bool = False
+    guest: Guest | None = None
+    pid: int = 0
+    exit_status: int = 0
+    exited_at_ns: int = 0
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    killed_by: int = 0
+
+
+def _timestamp(ns: int):  # type: ignore[no-untyped-def]
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
+    return ts
+
+
+class TaskService:
+    """containerd's Task API over the tasks of one daemon."""
+
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        events: EventQueue,
+        *,
+        on_empty: Callable[[], None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._engines = list(engines)
+        self._events = events
+        self._on_empty = on_empty or (lambda: None)
+        self._clock = clock
+        self.tasks: dict[str, Task] = {}
+        self._pending: set[str] = set()  # ids between Create's start and its end
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _get(self, task_id: str, exec_id: str = "") -> Task:
+        if exec_id:
+            raise RpcError(Code.NOT_FOUND, f"exec process {exec_id!r} of task {task_id!r} not found "
+                                           "(exec is not supported for wasm tasks)")
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise RpcError(Code.NOT_FOUND, f"task {task_id!r} not found")
+        return task
+
+    @staticmethod
+    def _transition(task: Task, action: Action) -> TaskState:
+        try:
+            return task.lifecycle.apply(action)
+        except InvalidTransition as exc:
+            if exc.already_finished:
+                raise RpcError(Code.NOT_FOUND, f"task {task.id!r}: process already finished") from None
+            raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from None
+
+    def _choose_engine(self, spec: GuestSpec) -> Engine:
+        for engine in self._engines:
+            if engine.can_handle(spec):
+                return engine
+        entry = spec.args[0].split("#", 1)[0]
+        raise RpcError(
+            Code.FAILED_PRECONDITION,
+            f"entrypoint {entry} in the container's rootfs is not a WebAssembly module or component "
+            "(no engine can run it; a missing file is reported by the wasm engine)",
+        )
+
+    # -- Task API ----------------------------------------------------------------------------------------------
+    async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
+        if req.id in self.tasks or req.id in self._pending:
+            raise RpcError(Code.ALREADY_EXISTS, f"task {req.id!r} already exists")
+        if req.checkpoint:
+            raise RpcError(Code.UNIMPLEMENTED, "restoring from a checkpoint is not supported for wasm tasks")
+        self._pending.add(req.id)
+        loop = asyncio.get_running_loop()
+        mounted = False
+        io: TaskIO | None = None
+        try:
+            bundle = bundles.load_bundle(req.bundle)
+            if req.rootfs:
+                specs = [mounts.MountSpec(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs]
+                await loop.run_in_executor(None, mounts.mount_all, specs, bundle.rootfs)
+                mounted = True
+            spec = bundles.guest_spec(req.id, bundle)
+            engine = self._choose_engine(spec)
+            # prepare may compile (tens of ms): off the loop so other tasks' calls are not held up.
+            prepared = await loop.run_in_executor(None, engine.prepare, spec)
+            io = await loop.run_in_executor(
+                None, open_task_io, req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal
+            )
+        except (bundles.BundleError, EngineError, StdioError, mounts.MountError) as exc:
+            await self._undo_create(req.bundle, mounted, io)
+            raise RpcError(Code.FAILED_PRECONDITION, f"create {req.id}: {exc}") from None
+        except RpcError:
+            await self._undo_create(req.bundle, mounted, io)
+            raise
+        except Exception as exc:
+            await self._undo_create(req.bundle, mounted, io)
+            log.exception("create %s failed", req.id)
+            raise RpcError(Code.INTERNAL, f"create {req.id}: {exc}") from None
+        finally:
+            self._pending.discard(req.id)
+        task = Task(
+            id=req.id, namespace=namespace, bundle=req.bundle, spec=spec, engine=engine, prepared=prepared,
+            io=io, lifecycle=Lifecycle(req.id), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
+            rootfs_mounted=mounted, pid=os.getpid(),
+        )
+        self.tasks[req.id] = task
+        log.info("created task %s (%s, engine %s)", req.id, spec.args[0], engine.name)
+        self._events.publish(namespace, events_pb2.TaskCreate(
+            container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
+            io=events_pb2.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
+            checkpoint=req.checkpoint, pid=task.pid,
+        ))
+        return task_pb2.CreateTaskResponse(pid=task.pid)
+
+    async def _undo_create(self, bundle_path: str, mounted: bool, io: TaskIO | None) -> None:
+        if io is not None:
+            io.close()
+        if mounted:
+            rootfs = bundles.load_bundle(bundle_path).rootfs
+            await asyncio.get_running_loop().run_in_executor(None, mounts.unmount_all, rootfs)
+
+    async def start(self, req: task_pb2.StartRequest) -> task_pb2.StartResponse:
+        task = self._get(req.id, req.exec_id)
+        self._transition(task, Action.START)
+        loop = asyncio.get_running_loop()
+
+        def on_exit(status: int) -> None:  # called once, from the guest's thread
+            loop.call_soon_threadsafe(self._guest_exited, task, status)
+
+        try:
+            task.guest = task.engine.start(task.prepared, task.io.guest, on_exit)
+        except EngineError as exc:
+            self._guest_exited(task, 128 + signal.SIGKILL)
+            raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
+        self._events.publish(task.namespace, events_pb2.TaskStart(container_id=task.id, pid=task.pid))
+        return task_pb2.StartResponse(pid=task.pid)
+
+    def _guest_exited(self, task: Task, status: int) -> None:
+        """The guest is gone (its thread released every fd it had). Drain stdio, then record the exit."""
+        task.io.close()
+        loop = asyncio.get_running_loop()
+        drained = loop.run_in_executor(None, task.io.wait_drained)
+        drained.add_done_callback(lambda _: self._record_exit(task, status))
+
+    def _record_exit(self, task: Task, status: int) -> None:
+        if task.exited.is_set():
+            return
+        self._transition(task, Action.EXIT)
+        task.exit_status = status
+        task.exited_at_ns = self._clock()
+        log.info("task %s exited with status %d", task.id, status)
+        self._events.publish(task.namespace, events_pb2.TaskExit(
+            container_id=task.id, id=task.id, pid=task.pid, exit_status=status,
+            exited_at=_timestamp(task.exited_at_ns),
+        ))
+        task.exited.set()
+
+    async def wait(self, req: task_pb2.WaitRequest) -> task_pb2.WaitResponse:
+        task = self._get(req.id, req.exec_id)
+        await task.exited.wait()
+        return task_pb2.WaitResponse(exit_status=task.exit_status, exited_at=_timestamp(task.exited_at_ns))
+
+    async def kill(self, req: task_pb2.KillRequest) -> empty_pb2.Empty:
+        task = self._get(req.id, req.exec_id)
+        state = task.lifecycle.state
+        self._transition(task, Action.KILL)
+        if req.signal == 0:  # a liveness probe
+            return empty_pb2.Empty()
+        task.killed_by = task.killed_by or req.signal
+        if task.guest is not None:
+            task.guest.kill(req.signal)
+        elif state is TaskState.CREATED:
+            # Never started: there is no guest thread; the process "exits" killed right away.
+            self._guest_exited(task, 128 + req.signal)
+        return empty_pb2.Empty()
+
+    async def delete(self, req: task_pb2.DeleteRequest) -> task_pb2.DeleteResponse:
+        task = self._get(req.id, req.exec_id)
+        self._transition(task, Action.DELETE)
+        if task.lifecycle.state is TaskState.CREATED:
+            task.io.close()
+            task.exit_status, task.exited_at_ns = 0, self._clock()
+        del self.tasks[task.id]
+        if task.rootfs_mounted:
+            rootfs = task.spec.rootfs
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, mounts.unmount_all, rootfs)
+            except OSError as exc:
+                log.error("task %s: cannot unmount %s: %s", task.id, rootfs, exc)
+        self._events.publish(task.namespace, events_pb2.TaskDelete(
+            container_id=task.id, id=task.id, pid=task.pid, exit_status=task.exit_status,
+            exited_at=_timestamp(task.exited_at_ns),
+        ))
+        log.info("deleted task %s", task.id)
+        if not self.tasks:
+            self._on_empty()
+        return task_pb2.DeleteResponse(
+            pid=task.pid, exit_status=task.exit_status, exited_at=_timestamp(task.exited_at_ns)
+        )
+
+    async def state(self, req: task_pb2.StateRequest) -> task_pb2.StateResponse:
+        task = self._get(req.id, req.exec_id)
+        response = task_pb2.StateResponse(
+            id=task.id, bundle=task.bundle, pid=task.pid, status=task_types_pb2.Status.Name(int(task.lifecycle.state)),
+            stdin=task.stdin, stdout=task.stdout, stderr=task.stderr, terminal=False,
+            exit_status=task.exit_status,
+        )
+        if task.exited.is_set():
+            response.exited_at.CopyFrom(_timestamp(task.exited_at_ns))
+        return response
+
+    async def pids(self, req: task_pb2.PidsRequest) -> task_pb2.PidsResponse:
+        task = self._get(req.id)
+        return task_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=task.pid)])
+
+    async def connect(self, req: task_pb2.ConnectRequest) -> task_pb2.ConnectResponse:
+        task = self.tasks.get(req.id)
+        return task_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.pid if task else 0, version=VERSION)
+
+    async def close_io(self, req: task_pb2.CloseIORequest) -> empty_pb2.Empty:
+        self._get(req.id, req.exec_id)
+        # The guest opens its stdin FIFO itself; closing the writer side is containerd's (ctr's) job.
+        return empty_pb2.Empty()
+
+    async def shutdown(self, req: task_pb2.ShutdownRequest) -> empty_pb2.Empty:
+        # containerd sends Shutdown after every Delete to a v2 shim; this daemon serves a group of containers,
+        # so it exits only when idle (see daemon.py), never because one container asked.
+        if not self.tasks:
+            self._on_empty()
+        return empty_pb2.Empty()
+
+    async def stats(self, req: task_pb2.StatsRequest) -> task_pb2.StatsResponse:
+        from .stats import task_metrics
+
+        task = self._get(req.id)
+        return task_pb2.StatsResponse(stats=task_metrics(task.guest))
+
+    async def not_implemented(self, what: str) -> None:
+        raise RpcError(Code.UNIMPLEMENTED, f"{what} is not implemented for wasm tasks")
+
+    async def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        """Daemon shutdown: stop every live guest."""
+        for task in list(self.tasks.values()):
+            if task.lifecycle.live:
+                await self.kill(task_pb2.KillRequest(id=task.id, signal=sig))
