@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "version":
         sys.stdout.write(f"containerd-shim-wasmtime-v1\n  Version: {VERSION}\n  Runtime: io.containerd.wasmtime.v1\n")
         return 0
+    if args.action == "info":
+        sys.stdout.buffer.write(launch.encode_runtime_info("io.containerd.wasmtime.v1", VERSION))
+        return 0
     if args.action == "start":
         return start(args, os.environ)
     if args.action == "delete":

@@ -47,7 +47,7 @@ class ShimArgs:
 
 
 _VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
-_BOOL_FLAGS = {"debug", "v", "version", "h", "help"}
+_BOOL_FLAGS = {"debug", "v", "version", "h", "help", "info"}
 
 
 def parse_args(argv: list[str]) -> ShimArgs:
@@ -82,6 +82,8 @@ def parse_args(argv: list[str]) -> ShimArgs:
         action = "help"
     elif flags & {"v", "version"}:
         action = "version"
+    elif "info" in flags:
+        action = "info"
     else:
         action = rest[0] if rest else ""
     return ShimArgs(
@@ -221,6 +223,12 @@ def encode_start_output(address: str, start_input: StartInput, environ: dict[str
         version = min(int(max_version), 3)
         return json.dumps({"version": version, "address": address, "protocol": "ttrpc"}).encode()
     return address.encode()
+
+
+def encode_runtime_info(name: str, version: str) -> bytes:
+    """containerd.types.RuntimeInfo{name=1, version=2 RuntimeVersion{version=1, revision=2}}: what containerd
+    2.x reads from `-info` (api/types/introspection.proto)."""
+    return field_string(1, name) + field_bytes(2, field_string(1, version))
 
 
 def encode_delete_response(exit_status: int, exited_at_ns: int, pid: int = 0) -> bytes:

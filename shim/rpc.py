@@ -8,6 +8,7 @@ INVALID_ARGUMENT; methods we do not offer are UNIMPLEMENTED with a message namin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from .protos import task_pb2
 from .task_service import TaskService
 from .ttrpc.server import CallContext, Handler
 from .ttrpc.status import Code, RpcError
+
+log = logging.getLogger(__name__)
 
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
 
@@ -34,6 +37,7 @@ def _adapter(
     request_type: type[Message], call: Callable[[Any, CallContext], Awaitable[Message | None]]
 ) -> Handler:
     async def handle(payload: bytes, ctx: CallContext) -> bytes:
+        log.debug("rpc %s/%s", ctx.service, ctx.method)
         request = request_type()
         try:
             request.ParseFromString(payload)

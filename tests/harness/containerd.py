@@ -188,6 +188,7 @@ class Containerd:
     ctr_binary: str
     env: dict[str, str]
     socket_dir: Path | None = None  # the short dir for sockets when ``tmp`` is too long for them
+    shim_socket_dir: Path | None = None  # where shims (ours included) put their sockets and our daemon its log
     startup_seconds: float = 0.0
     process: subprocess.Popen[bytes] | None = None
     stopped: bool = False
@@ -574,6 +575,16 @@ def launch(
     path += [str(TOOLS_BIN), os.environ.get("PATH", _DEFAULT_PATH)]
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINERD_", "NOTIFY_SOCKET"))}
     environment["PATH"] = os.pathsep.join(path)
+    # Our shim's own settings (shim/config.py): its sockets and logs beside containerd's, its compiled-module
+    # cache private to this instance, debug logs so tests can see which task API containerd speaks.
+    environment.update(
+        {
+            "WASM_SHIM_SOCKET_DIR": str(sock_dir),
+            "WASM_SHIM_CACHE_DIR": str(tmp / "wasm-cache"),
+            "WASM_SHIM_LOG_LEVEL": "debug",
+            "WASM_SHIM_CONFIG": "",
+        }
+    )
     environment.update(env or {})
 
     instance = Containerd(
@@ -589,6 +600,7 @@ def launch(
         ctr_binary=ctr_binary,
         env=environment,
         socket_dir=short_dir,
+        shim_socket_dir=sock_dir,
     )
     try:
         instance.snapshotter = "overlayfs" if overlay_supported(tmp) else "native"

@@ -1,0 +1,36 @@
+"""Fixtures for driving our shim through containerd: wasm guests packed as OCI images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.harness.containerd import Containerd
+from wasm_shim.oci.layout import build_image_tar
+
+WasmImage = Callable[..., str]
+
+
+def _image_maker(containerd: Containerd, workdir: Path) -> WasmImage:
+    def make(name: str, wasm: Path, *, env: Sequence[str] = (), args: Sequence[str] = ()) -> str:
+        """Pack `wasm` at /app.wasm (entrypoint) into an image, import it, return its ref."""
+        ref = f"localhost/wasm-shim-test/{name}:latest"
+        tar = workdir / f"{name}.tar"
+        build_image_tar(tar, ref, {"/app.wasm": Path(wasm)}, entrypoint=["/app.wasm"], cmd=list(args),
+                        env=list(env), architecture="amd64", os="linux")
+        containerd.import_image(tar)
+        return ref
+
+    return make
+
+
+@pytest.fixture
+def wasm_image(containerd: Containerd, tmp_path: Path) -> WasmImage:
+    return _image_maker(containerd, tmp_path)
+
+
+@pytest.fixture
+def wasm_image_factory(tmp_path: Path) -> Callable[[Containerd], WasmImage]:
+    return lambda containerd: _image_maker(containerd, tmp_path)

@@ -1,0 +1,66 @@
+"""Helpers for tests that drive our shim through a real containerd: finding its daemons, reading their logs,
+measuring their footprint. Reads /proc only; starts nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness.containerd import Containerd
+
+RUNTIME = "io.containerd.wasmtime.v1"
+DAEMON_MODULE = "wasm_shim.shim.daemon"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll until `predicate()` is truthy; fail naming `what` after `timeout` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+
+
+def daemon_pids(containerd: Containerd) -> list[int]:
+    """Our shim daemons serving this containerd (their argv names its address)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if DAEMON_MODULE.encode() in argv and containerd.address.encode() in argv:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    threads: int
+    fds: int
+    rss_kib: int
+
+
+def process_footprint(pid: int) -> Footprint:
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        status[key] = value.strip()
+    return Footprint(
+        threads=int(status["Threads"]),
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+        rss_kib=int(status["VmRSS"].split()[0]),
+    )
+
+
+def shim_log_text(containerd: Containerd) -> str:
+    """Every daemon log (`<socket>.log`) in this containerd's shim socket dir."""
+    directory = containerd.shim_socket_dir
+    assert directory is not None
+    return "".join(p.read_text(errors="replace") for p in sorted(Path(directory).glob("*.log*")))
