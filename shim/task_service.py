@@ -225,7 +225,10 @@ class TaskService:
             return empty_pb2.Empty()
         task.killed_by = task.killed_by or req.signal
         if task.guest is not None:
-            task.guest.kill(req.signal)
+            try:
+                task.guest.kill(req.signal)
+            except EngineError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, f"kill {task.id}: {exc}") from None
         elif state is TaskState.CREATED:
             # Never started: there is no guest thread; the process "exits" killed right away.
             self._guest_exited(task, 128 + req.signal)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Builds every test guest from the sources in src/ into OUTDIR (usage: build.sh OUTDIR).
+#
+#   src/NAME.c    -> NAME.wasm            clang --target=wasm32-wasi (WASI preview1 core module)
+#   src/NAME.wat  -> NAME.wasm            wat2wasm
+#   COMPONENTS    -> NAME.component.wasm  jco new NAME.wasm --wasi-command (wasi:cli command component, made by
+#                                         adapting the preview1 module with the adapter that jco ships)
+#
+# Idempotent: a target is rebuilt only when it is missing or older than its source or this script. Outputs are
+# written to a temporary name and renamed, so an interrupted build never leaves a truncated .wasm behind.
+# Tools: Debian's clang + wasi-libc + libclang-rt-14-dev-wasm32 and wabt; jco is installed with npm (pinned) into
+# a cache outside the repository on first use: $WASM_SHIM_NPM_PREFIX, default ~/.cache/wasm-shim/npm.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self="$here/build.sh"
+out=${1:?usage: build.sh OUTDIR}
+mkdir -p "$out"
+
+JCO_VERSION=1.35.0
+NPM_PREFIX=${WASM_SHIM_NPM_PREFIX:-$HOME/.cache/wasm-shim/npm}
+COMPONENTS=(hello exit_code spin args_env trap)
+
+die() { echo "build.sh: $*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
+
+# Debian's wasi-libc installs into /usr/{include,lib}/wasm32-wasi, which clang finds without --sysroot; other
+# distributions (and the upstream wasi-sdk) use a sysroot directory.
+CFLAGS=(--target=wasm32-wasi -O2 -Wall -Werror -Wl,--strip-debug)
+for sysroot in "${WASI_SYSROOT:-}" /usr/share/wasi-sysroot /opt/wasi-sdk/share/wasi-sysroot; do
+    if [[ -n "$sysroot" && -d "$sysroot" ]]; then
+        CFLAGS+=(--sysroot="$sysroot")
+        break
+    fi
+done
+
+# stale TARGET SOURCE...: true when TARGET is missing or older than any SOURCE or this script.
+stale() {
+    local target=$1 src
+    shift
+    [[ -e "$target" ]] || return 0
+    for src in "$@" "$self"; do
+        [[ "$src" -nt "$target" ]] && return 0
+    done
+    return 1
+}
+
+built=0
+for src in "$here"/src/*.c; do
+    name=$(basename "$src" .c)
+    target="$out/$name.wasm"
+    if stale "$target" "$src"; then
+        need clang "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32"
+        clang "${CFLAGS[@]}" "$src" -o "$target.tmp" || die "compiling $src failed"
+        mv -f "$target.tmp" "$target"
+        built=$((built + 1))
+    fi
+done
+
+for src in "$here"/src/*.wat; do
+    name=$(basename "$src" .wat)
+    target="$out/$name.wasm"
+    if stale "$target" "$src"; then
+        need wat2wasm "apt-get install wabt"
+        wat2wasm "$src" -o "$target.tmp" || die "assembling $src failed"
+        mv -f "$target.tmp" "$target"
+        built=$((built + 1))
+    fi
+done
+
+jco="$NPM_PREFIX/node_modules/.bin/jco"
+ensure_jco() {
+    local pkg="$NPM_PREFIX/node_modules/@bytecodealliance/jco/package.json"
+    if [[ -x "$jco" && -f "$pkg" ]] && grep -q "\"version\": \"$JCO_VERSION\"" "$pkg"; then
+        return 0
+    fi
+    need npm "apt-get install nodejs npm (jco turns preview1 modules into wasi:cli components)"
+    echo "build.sh: installing @bytecodealliance/jco@$JCO_VERSION into $NPM_PREFIX" >&2
+    mkdir -p "$NPM_PREFIX"
+    npm install --silent --no-audit --no-fund --prefix "$NPM_PREFIX" "@bytecodealliance/jco@$JCO_VERSION" >&2 \
+        || die "npm install @bytecodealliance/jco@$JCO_VERSION failed (is the npm registry reachable?)"
+    [[ -x "$jco" ]] || die "jco was installed but $jco is missing"
+}
+
+for name in "${COMPONENTS[@]}"; do
+    core="$out/$name.wasm"
+    target="$out/$name.component.wasm"
+    if stale "$target" "$core"; then
+        ensure_jco
+        "$jco" new "$core" --wasi-command -o "$target.tmp" >/dev/null || die "jco new $core failed"
+        mv -f "$target.tmp" "$target"
+        built=$((built + 1))
+    fi
+done
+
+echo "build.sh: $built guest(s) built into $out" >&2
