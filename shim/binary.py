@@ -156,7 +156,19 @@ def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
     socket_dir = start_input.socket_dir or config.socket_dir
     group = launch.group_key(config.grouping, args.id, bundle)
     path = launch.socket_path(socket_dir, args.address, namespace, group)
-    os.makedirs(socket_dir, mode=0o711, exist_ok=True)
+    if len(path.encode()) > 107:  # sun_path is 108 bytes with the NUL
+        return _fail(f"socket path {path} is longer than a unix socket allows (107 bytes): "
+                     f"choose a shorter socket_dir than {socket_dir}")
+    try:
+        os.makedirs(socket_dir, mode=0o711, exist_ok=True)
+        return _start_group(args, start_input, environ, bundle, path)
+    except OSError as exc:
+        return _fail(f"cannot start the shim daemon for {args.id} (socket {path}): {exc}")
+
+
+def _start_group(
+    args: launch.ShimArgs, start_input: launch.StartInput, environ: os._Environ[str], bundle: str, path: str
+) -> int:
 
     lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -184,43 +196,49 @@ def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
 
 
 def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> bytes | None:
-    """Kill (SIGKILL, all) and Delete the task in a live daemon; its DeleteResponse payload, or None."""
+    """Kill (SIGKILL, all), Wait and Delete the task in a live daemon; its DeleteResponse payload, or None.
+
+    Uses the sans-IO ttrpc core over a blocking socket and hand-encoded requests (no protobuf, no asyncio):
+    this runs on containerd's teardown path. Usually the task is already gone and the first call says so.
+    """
     try:
         with open(os.path.join(bundle, "address")) as f:
             address = f.read().strip()
     except OSError:
         return None
-    path = address.removeprefix("unix://")
     from .ttrpc.connection import Connection, ResponseReceived, Role
     from .ttrpc.status import Code
     from .ttrpc.wire import field_string, field_varint
 
     conn = Connection(Role.CLIENT)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2.0)
+    sock.settimeout(5.0)
     metadata = {"containerd-namespace-ttrpc": namespace} if namespace else None
+    by_id = field_string(1, container_id)
+
+    def call(method: str, payload: bytes) -> tuple[Code, bytes]:
+        stream_id, frame = conn.send_request("containerd.task.v2.Task", method, payload, metadata=metadata)
+        sock.sendall(frame)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("daemon closed the connection")
+            for event in conn.receive_data(data):
+                if isinstance(event, ResponseReceived) and event.stream_id == stream_id:
+                    return event.status, event.payload
+
     try:
-        sock.connect(path)
-        for service in ("containerd.task.v2.Task",):
-            kill = field_string(1, container_id) + field_varint(3, 9) + field_varint(4, 1)
-            _, kill_frame = conn.send_request(service, "Kill", kill, metadata=metadata)
-            delete_id, delete_frame = conn.send_request(
-                service, "Delete", field_string(1, container_id), metadata=metadata
-            )
-            sock.sendall(kill_frame + delete_frame)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                data = sock.recv(65536)
-                for event in conn.receive_data(data):
-                    if isinstance(event, ResponseReceived) and event.stream_id == delete_id:
-                        return event.payload if event.status == Code.OK else None
-                if not data:
-                    return None
+        sock.connect(address.removeprefix("unix://"))
+        status, _ = call("Kill", by_id + field_varint(3, 9) + field_varint(4, 1))
+        if status == Code.NOT_FOUND and call("State", by_id)[0] == Code.NOT_FOUND:
+            return None
+        call("Wait", by_id)
+        status, payload = call("Delete", by_id)
+        return payload if status == Code.OK else None
     except OSError:
         return None
     finally:
         sock.close()
-    return None
 
 
 def _unmount_rootfs(bundle: str) -> None:

@@ -28,7 +28,7 @@ from google.protobuf import empty_pb2
 
 from . import bundle as bundles
 from . import mount as mounts
-from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared
+from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared, read_header, resolve_entrypoint
 from .events import EventQueue
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
 from .protos import events_pb2, task_pb2, task_types_pb2
@@ -113,11 +113,12 @@ class TaskService:
         for engine in self._engines:
             if engine.can_handle(spec):
                 return engine
-        entry = spec.args[0].split("#", 1)[0]
-        raise RpcError(
-            Code.FAILED_PRECONDITION,
-            f"entrypoint {entry} in the container's rootfs is not a WebAssembly module or component "
-            "(no engine can run it; a missing file is reported by the wasm engine)",
+        # No engine claims it: say why in the user's terms (missing file, or what it is instead).
+        entry = resolve_entrypoint(spec)
+        header = read_header(entry)
+        raise EngineError(
+            f"entrypoint {entry.guest_path} is neither a WebAssembly module or component nor a native program "
+            f"(starts with {header[:4]!r})"
         )
 
     # -- Task API ----------------------------------------------------------------------------------------------
