@@ -1,0 +1,159 @@
+"""Wasm OCI artifacts in the CNCF TAG Runtime layout: building one, checking one, pushing one to a local registry.
+
+Layout (PROTOCOL.md "Wasm in OCI registries"): an image manifest (`application/vnd.oci.image.manifest.v1+json`)
+whose config is `application/vnd.wasm.config.v0+json` ({created, author, architecture: "wasm", os: "wasip1" |
+"wasip2", layerDigests, component?}) and whose single layer is the raw module or component, `application/wasm`.
+
+Owns: `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules the shim applies
+to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`, an OCI
+distribution-spec client (monolithic blob upload, manifest PUT) over stdlib `http.client`.
+
+Invariants: `push_artifact` talks plain HTTP to loopback addresses only (127.0.0.0/8, ::1, localhost) — it is a
+test and development tool, not a registry client for the network (that is ORAS's job, DESIGN.md); every request
+has a timeout; a registry error raises ArtifactError with the status and the registry's message.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .layout import MEDIA_TYPE_MANIFEST, Blob
+
+MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
+MEDIA_TYPE_WASM_LAYER = "application/wasm"
+# Older and other layouts the shim also accepts for the wasm layer (wasm-to-oci; runwasi's component layer).
+LEGACY_WASM_LAYER_TYPES = (
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+)
+WASM_CONFIG_TYPES = (MEDIA_TYPE_WASM_CONFIG, "application/vnd.wasm.config.v1+json")
+_COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
+_TIMEOUT = 30.0
+
+
+class ArtifactError(Exception):
+    """An artifact is malformed, or a registry refused it; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    config: Blob
+    layer: Blob
+    manifest: Blob
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def build_artifact(
+    wasm: bytes, *, created: str = "1970-01-01T00:00:00Z", author: str = "wasm-shim",
+    annotations: Mapping[str, str] | None = None,
+) -> Artifact:
+    """A one-layer wasm artifact; `os` is wasip2 for a component, wasip1 for a core module."""
+    if not wasm.startswith(b"\0asm"):
+        raise ArtifactError("not a WebAssembly binary (no \\0asm magic)")
+    is_component = wasm[:8] == _COMPONENT_MAGIC
+    layer = Blob(MEDIA_TYPE_WASM_LAYER, wasm)
+    config_doc: dict[str, Any] = {
+        "created": created, "author": author, "architecture": "wasm",
+        "os": "wasip2" if is_component else "wasip1", "layerDigests": [layer.digest],
+    }
+    if is_component:
+        # Required for wasip2 by the CNCF layout; exports/imports are left empty (we do not parse the WIT here).
+        config_doc["component"] = {"exports": [], "imports": [], "target": None}
+    config = Blob(MEDIA_TYPE_WASM_CONFIG, _canonical(config_doc))
+    manifest_doc: dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "artifactType": MEDIA_TYPE_WASM_CONFIG,
+        "config": config.descriptor(), "layers": [layer.descriptor()],
+    }
+    if annotations:
+        manifest_doc["annotations"] = dict(annotations)
+    return Artifact(config=config, layer=layer, manifest=Blob(MEDIA_TYPE_MANIFEST, _canonical(manifest_doc)))
+
+
+def is_wasm_artifact(manifest: Mapping[str, Any]) -> bool:
+    config = manifest.get("config") or {}
+    return config.get("mediaType") in WASM_CONFIG_TYPES
+
+
+def check_artifact_manifest(manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The wasm layer's descriptor; ArtifactError naming the problem for two layers or an unknown media type."""
+    layers = manifest.get("layers") or []
+    if len(layers) != 1:
+        raise ArtifactError(f"a wasm artifact must have exactly one layer, this one has {len(layers)}")
+    layer = layers[0]
+    media_type = layer.get("mediaType", "")
+    if media_type not in (MEDIA_TYPE_WASM_LAYER, *LEGACY_WASM_LAYER_TYPES):
+        known = ", ".join((MEDIA_TYPE_WASM_LAYER, *LEGACY_WASM_LAYER_TYPES))
+        raise ArtifactError(f"wasm artifact layer has media type {media_type!r}; expected one of {known}")
+    layer_desc: Mapping[str, Any] = layer
+    return layer_desc
+
+
+def _require_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ArtifactError(f"push_artifact only talks to a registry on loopback (127.0.0.1, ::1, localhost), not {host}")
+
+
+class _Registry:
+    def __init__(self, registry: str) -> None:
+        parts = urlsplit(f"http://{registry}")
+        if not parts.hostname or not parts.port:
+            raise ArtifactError(f"registry must be HOST:PORT, got {registry!r}")
+        _require_loopback(parts.hostname)
+        self.host, self.port = parts.hostname, parts.port
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=_TIMEOUT)
+        try:
+            all_headers = {"Content-Length": str(len(body)), **(headers or {})}
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        except OSError as exc:
+            raise ArtifactError(f"{method} http://{self.host}:{self.port}{path}: {exc}") from None
+        finally:
+            conn.close()
+
+
+def _push_blob(registry: _Registry, repository: str, blob: Blob) -> None:
+    status, _, _ = registry.request("HEAD", f"/v2/{repository}/blobs/{blob.digest}")
+    if status == 200:
+        return
+    # distribution-spec "Pushing a blob monolithically": POST to open an upload session, then PUT with ?digest=.
+    status, headers, body = registry.request("POST", f"/v2/{repository}/blobs/uploads/")
+    if status != 202 or "location" not in headers:
+        raise ArtifactError(f"opening a blob upload in {repository} failed: HTTP {status} {body[:300]!r}")
+    location = urlsplit(headers["location"])
+    separator = "&" if location.query else "?"
+    target = f"{location.path}?{location.query}" if location.query else location.path
+    target += f"{separator}digest={blob.digest}"
+    status, _, body = registry.request("PUT", target, blob.data, {"Content-Type": "application/octet-stream"})
+    if status != 201:
+        raise ArtifactError(f"uploading blob {blob.digest} to {repository} failed: HTTP {status} {body[:300]!r}")
+
+
+def push_artifact(artifact: Artifact, registry: str, repository: str, tag: str) -> str:
+    """Push to `registry` (HOST:PORT on loopback) as `repository:tag`; return the manifest digest."""
+    target = _Registry(registry)
+    for blob in (artifact.layer, artifact.config):
+        _push_blob(target, repository, blob)
+    status, _, body = target.request("PUT", f"/v2/{repository}/manifests/{tag}", artifact.manifest.data,
+                                     {"Content-Type": artifact.manifest.media_type})
+    if status != 201:
+        raise ArtifactError(f"pushing the manifest {repository}:{tag} failed: HTTP {status} {body[:300]!r}")
+    return artifact.manifest.digest
