@@ -88,4 +88,19 @@ def guest_spec(task_id: str, bundle: Bundle) -> GuestSpec:
         mounts=guest_mounts(bundle.spec),
         annotations=bundle.annotations,
         memory_limit=int(limit) if isinstance(limit, int) and limit > 0 else None,
+        bundle=bundle.path,
+        cpu_limit=cpu_limit(bundle.spec),  # issue 3 (engine2): CPU time slicing
     )
+
+
+def cpu_limit(spec: dict) -> float | None:  # type: ignore[type-arg]
+    """issue 3 (engine2): CPUs granted by linux.resources.cpu quota/period (runtime-spec config-linux.md "CPU").
+
+    None = no cap. Shares are relative weights with no meaning for one guest alone: not enforced (see
+    docs/annotations.md).
+    """
+    cpu = ((spec.get("linux") or {}).get("resources") or {}).get("cpu") or {}
+    quota, period = cpu.get("quota"), cpu.get("period") or 100_000
+    if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
+        return quota / period
+    return None

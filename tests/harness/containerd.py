@@ -373,9 +373,11 @@ class Containerd:
             _rmdir_cgroup(top, errors)
 
     def _remove_outside_state(self, errors: list[str]) -> None:
-        runc_state = _RUNC_ROOT / self.namespace
-        if runc_state.exists():
-            _rmtree(runc_state, errors)
+        # containerd's runc shim and our native engine (shim/engines/native.py) each keep runc state per namespace.
+        for root in (_RUNC_ROOT, Path("/run/wasm-shim/runc")):
+            runc_state = root / self.namespace
+            if runc_state.exists():
+                _rmtree(runc_state, errors)
         for path in sorted(self._shim_sockets):
             with suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode):

@@ -25,7 +25,12 @@ from wasm_shim.shim.protos import (
     bootstrap_pb2,
     cgroups_v1_pb2,
     cgroups_v2_pb2,
+    containers_pb2,
+    content_pb2,
     events_pb2,
+    images_pb2,
+    introspection_pb2,
+    leases_pb2,
     runtimeoptions_pb2,
     task_pb2,
     task_types_pb2,
@@ -41,7 +46,12 @@ MODULES = [
     bootstrap_pb2,
     cgroups_v1_pb2,
     cgroups_v2_pb2,
+    containers_pb2,
+    content_pb2,
     events_pb2,
+    images_pb2,
+    introspection_pb2,
+    leases_pb2,
     runtimeoptions_pb2,
     task_pb2,
     task_types_pb2,
@@ -662,7 +672,10 @@ def _fill(message: Message, depth: int = 0) -> None:
     }
     for field in message.DESCRIPTOR.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            getattr(message, field.name)["k"] = "v"
+            if field.message_type.fields_by_name["value"].message_type is not None:  # map<string, Any>
+                getattr(message, field.name)["k"].CopyFrom(protos.pack_any(events_pb2.TaskOOM(container_id="x")))
+            else:
+                getattr(message, field.name)["k"] = "v"
         elif field.message_type is not None:
             if depth > 4:
                 continue

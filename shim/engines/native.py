@@ -1,0 +1,802 @@
+"""The native engine: runs ELF binaries and ``#!`` scripts as real containers through runc (issue 3).
+
+Pods always hold a pause container and often native sidecars; a pod whose RuntimeClass is ``wasmtime`` sends
+every one of them through our shim. This module owns delegating those containers to runc from the daemon:
+choosing them (``can_handle``), creating and starting them, watching their init process, signalling, measuring
+and deleting them. It imports no wasm engine and nothing heavy; runc is run as a subprocess, never linked.
+
+How a container runs (runc's own CLI, runc/docs/terminals.md "pass-through" mode, as containerd's runc shim
+uses it):
+- ``runc --root <root>/<namespace> create --bundle B --pid-file B/init.pid ID`` with the task's stdio as runc's
+  own stdin/stdout/stderr: runc create hands them to the container's init process, so our copies are closed
+  right after create and the FIFO readers see EOF when the container's last process exits. runc's own error
+  messages go to ``B/log.json`` (``--log-format json``) and become the EngineError text.
+- ``runc start ID`` then lets init exec the entrypoint. containerd put ``linux.cgroupsPath`` in config.json;
+  runc creates that cgroup and puts init in it (``--systemd-cgroup`` when the path has systemd's
+  ``slice:prefix:name`` form, as CRI writes it with SystemdCgroup).
+
+Reaping without a global reaper
+    runc create exits once init waits for ``runc start``; init is then re-parented to the nearest child
+    subreaper (prctl(2) PR_SET_CHILD_SUBREAPER), which must be the daemon: ``become_subreaper()`` is called
+    once at daemon start (and by the engine before its first create, in case a caller forgot). Exits are seen
+    through a pidfd per init process (pidfd_open(2)) polled by one watcher thread for the whole engine, then
+    reaped with ``waitid(P_PIDFD, ...)``, which names exactly that process: the engine never waits for "any
+    child" (waitpid(-1) would steal the statuses of runc invocations, logging binaries and other children that
+    their own starters wait for). A status is ``code`` for a normal exit and ``128 + signal`` for a kill.
+
+Rules (on top of ``base``'s engine contract):
+- Unlike a wasm engine's, ``start`` blocks while runc creates and starts the container (tens of milliseconds),
+  and so do ``kill`` and ``delete``: callers run them off the event loop (``NativeEngine.blocking``). ``start``
+  either returns a started guest, and then ``on_exit(status)`` is called exactly once after init was reaped
+  (from the watcher thread, or from start's own thread for a container that ended before start returned), or
+  raises EngineError and never calls ``on_exit`` (whatever runc had created is deleted again).
+- ``NativeGuest.kill``/``kill_all`` signal through ``runc kill`` (``--all``: every process of the container);
+  a container that already exited makes them a no-op. ``delete`` runs ``runc delete --force`` and is
+  idempotent; it removes runc's state and the container's cgroup. Every runc call has a timeout.
+- ``stats``/``pids`` read the container's cgroup (v1: memory.usage_in_bytes, cpuacct.usage; v2: memory.current,
+  cpu.stat) at the path init was placed in; ``pids`` is empty once init has exited, and both read nothing
+  once the cgroup is gone.
+- ``NativeEngine.close`` deletes (and so kills) every container it created that was not deleted yet and stops
+  the watcher: a daemon that exits leaves no runc container behind.
+
+Not covered: terminals (stdio.py refuses them for every task), exec processes, pause/resume, checkpoints.
+Processes re-parented to the daemon from a container that shares the host's PID namespace are not reaped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import posixpath
+import re
+import select
+import shutil
+import signal as signals
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .base import EngineError, GuestSpec, GuestStdio, safe_join
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNC_ROOT = "/run/wasm-shim/runc"  # + "/<namespace>": like containerd's /run/containerd/runc/<ns>
+RUNC_TIMEOUT = 30.0  # seconds for one runc create/start; a hung runc is killed and reported
+RUNC_QUICK_TIMEOUT = 10.0  # kill, delete
+ELF_MAGIC = b"\x7fELF"
+SCRIPT_MAGIC = b"#!"
+PID_FILE = "init.pid"  # in the bundle, as containerd's runc shim names it
+RUNC_LOG = "log.json"  # in the bundle, likewise
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+# prctl(2) options (include/uapi/linux/prctl.h).
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+# runc's messages when the container is already gone; kill and delete are idempotent.
+_GONE = re.compile(r"container not running|process already finished|does not exist|no such process", re.IGNORECASE)
+# systemd cgroup paths are "slice:prefix:name" (runc libcontainer/cgroups/systemd, CRI with SystemdCgroup).
+_SYSTEMD_CGROUP = re.compile(r"^[^/:]*:[^:/]*:[^:/]*$")
+
+
+# --- the daemon process -------------------------------------------------------------------------------------
+
+def _prctl(option: int, arg: Any) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.prctl(option, arg, 0, 0, 0))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def is_subreaper() -> bool:
+    value = ctypes.c_int(0)
+    _prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value))
+    return bool(value.value)
+
+
+def become_subreaper() -> None:
+    """Make this process the child subreaper of its descendants (prctl PR_SET_CHILD_SUBREAPER).
+
+    Container init processes outlive ``runc create`` and are re-parented to us instead of to PID 1, so the
+    daemon can reap them and learn their exit status. Not inherited across fork; idempotent.
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --- choosing native entrypoints ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Executable:
+    """args[0] as the container will exec it: the name as written and the file inside the rootfs."""
+
+    name: str  # args[0]
+    guest_path: str  # where it was found, as the container sees it
+    host_path: str  # the same file on the host (symlinks resolved inside the rootfs)
+
+
+def spec_path(env: tuple[str, ...]) -> str | None:
+    """The PATH a container's init uses for lookup: the last ``PATH=`` of process.env (runc sets env in order)."""
+    found = None
+    for entry in env:
+        if entry.startswith("PATH="):
+            found = entry[5:]
+    return found
+
+
+def _is_executable_file(host_path: str) -> bool:
+    try:
+        st = os.stat(host_path)  # host_path is already resolved inside the rootfs
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def host_path(spec: GuestSpec, guest_path: str) -> str:
+    """Where the file at ``guest_path`` (absolute, normalized) is on the host, as the container will see it.
+
+    Under the bind mount with the longest matching destination, the path continues in that mount's source;
+    elsewhere in the rootfs. Symlinks are followed inside the one tree they are in (``safe_join``); a symlink
+    in the rootfs that points into a mount is not followed across (a lookup then finds nothing there).
+    """
+    best: tuple[str, str] | None = None
+    for mount in spec.mounts:
+        destination = posixpath.normpath(mount.destination)
+        if guest_path == destination or guest_path.startswith(destination.rstrip("/") + "/"):
+            if best is None or len(destination) > len(best[0]):
+                best = (destination, mount.source)
+    if best is None:
+        return safe_join(spec.rootfs, guest_path)
+    destination, source = best
+    rest = guest_path[len(destination):]
+    if not rest.strip("/"):
+        return source  # the mount itself (a file bind mount, or a directory)
+    return safe_join(source, rest)
+
+
+def find_executable(spec: GuestSpec) -> Executable:
+    """Resolve args[0] inside the rootfs like runc's init (Go's exec.LookPath) does; EngineError names what failed.
+
+    A name with a slash is a path (relative to process.cwd); a bare name is looked up in each directory of the
+    spec's PATH (an empty entry is the working directory), taking the first executable regular file. Paths
+    under a bind mount are looked up in its source (``host_path``). There is no default PATH: without one in
+    process.env, runc finds nothing either.
+    """
+    if not spec.args or not spec.args[0]:
+        raise EngineError("process.args is empty: nothing to run (set an entrypoint or command)")
+    name = spec.args[0]
+    if "/" in name:
+        guest = posixpath.normpath(posixpath.join(spec.cwd or "/", name))
+        host = host_path(spec, guest)
+        _check_runnable(name, guest, host)
+        return Executable(name=name, guest_path=guest, host_path=host)
+    path = spec_path(spec.env)
+    if path is None:
+        raise EngineError(f"executable {name!r}: process.env has no PATH to look it up in (use an absolute path)")
+    for directory in path.split(":"):
+        guest = posixpath.normpath(posixpath.join(spec.cwd or "/", directory or ".", name))
+        host = host_path(spec, guest)
+        if _is_executable_file(host):
+            return Executable(name=name, guest_path=guest, host_path=host)
+    raise EngineError(f"executable {name!r} not found in the container's rootfs in $PATH ({path})")
+
+
+def _check_runnable(name: str, guest: str, host: str) -> None:
+    try:
+        st = os.stat(host)
+    except FileNotFoundError:
+        raise EngineError(f"executable {guest}: no such file in the container's rootfs") from None
+    except OSError as exc:
+        raise EngineError(f"executable {guest}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise EngineError(f"executable {guest}: not a regular file")
+    if not st.st_mode & 0o111:
+        raise EngineError(f"executable {guest}: permission denied (the file is not executable)")
+
+
+def native_magic(host_path: str) -> bool:
+    """True when the file starts like something the kernel execs: ELF, or a ``#!`` interpreter line."""
+    try:
+        with open(host_path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    return head == ELF_MAGIC or head[:2] == SCRIPT_MAGIC
+
+
+# --- exit statuses ------------------------------------------------------------------------------------------
+
+def exit_status(result: os.waitid_result) -> int:
+    """A waitid(2) result as containerd's exit status: the code, or 128 + signal for a killed process."""
+    if result.si_code == os.CLD_EXITED:
+        return int(result.si_status)
+    return 128 + int(result.si_status)  # CLD_KILLED / CLD_DUMPED: si_status is the signal
+
+
+def check_signal(signal: int) -> None:
+    if not 0 < signal < signals.NSIG:
+        raise EngineError(f"invalid signal number {signal}")
+
+
+# --- runc -----------------------------------------------------------------------------------------------------
+
+def runc_log_error(text: str) -> str:
+    """The error lines of a runc ``--log-format json`` log, joined; the last non-empty line when none is JSON."""
+    errors = []
+    plain = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            plain = line
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
+            errors.append(str(entry.get("msg", "")).strip())
+    return "; ".join(e for e in errors if e) or plain
+
+
+def systemd_cgroup(cgroups_path: str) -> bool:
+    return bool(_SYSTEMD_CGROUP.match(cgroups_path))
+
+
+class Runc:
+    """One runc binary and state root; every call is bounded by a timeout and reports runc's own words."""
+
+    def __init__(self, binary: str, root: str, *, systemd_cgroup: bool = False) -> None:
+        self.binary = binary
+        self.root = root
+        self.systemd_cgroup = systemd_cgroup
+
+    def argv(self, *args: str, log_file: str | None = None) -> list[str]:
+        argv = [self.binary, "--root", self.root]
+        if log_file:
+            argv += ["--log", log_file, "--log-format", "json"]
+        if self.systemd_cgroup:
+            argv.append("--systemd-cgroup")
+        return [*argv, *args]
+
+    def run(self, *args: str, timeout: float = RUNC_QUICK_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run runc with output captured; EngineError when it cannot be run or does not finish in time."""
+        argv = self.argv(*args)
+        try:
+            return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise EngineError(f"`runc {' '.join(args)}` did not finish within {timeout:g} s (killed)") from None
+        except OSError as exc:
+            raise EngineError(f"cannot run {self.binary}: {exc.strerror}") from None
+
+
+# --- the engine -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NativePrepared:
+    spec: GuestSpec
+    bundle: str
+    executable: Executable
+    systemd_cgroup: bool
+
+
+class NativeEngine:
+    """Runs native (ELF / ``#!``) entrypoints as runc containers; see the module docstring."""
+
+    name = "native"
+    blocking = True  # start, kill and delete run runc: the task service calls them off the event loop
+
+    def __init__(self, root: str = os.path.join(DEFAULT_RUNC_ROOT, "default"), runc: str = "runc") -> None:
+        self.root = root
+        self.runc_binary = shutil.which(runc) or ""
+        self._runc_name = runc
+        self._watcher = _ExitWatcher()
+        self._lock = threading.Lock()
+        self._guests: dict[str, NativeGuest] = {}  # not deleted yet, by container id
+        self._closed = False
+
+    # --- Engine protocol ------------------------------------------------------------------------------------
+
+    def can_handle(self, spec: GuestSpec) -> bool:
+        """args[0] is an ELF or ``#!`` file in the rootfs; also a bare name not found on PATH, so that prepare
+        (not a generic "no engine") says so — the wasm engine, asked first, has already declined it."""
+        try:
+            return native_magic(find_executable(spec).host_path)
+        except EngineError:
+            return bool(spec.args) and bool(spec.args[0]) and "/" not in spec.args[0] and "#" not in spec.args[0]
+
+    def prepare(self, spec: GuestSpec) -> NativePrepared:
+        executable = find_executable(spec)
+        if not native_magic(executable.host_path):
+            raise EngineError(f"executable {executable.guest_path}: neither an ELF binary nor a #! script")
+        if not self.runc_binary:
+            raise EngineError(f"{self._runc_name} is not installed (not found on PATH): native containers "
+                              f"(here {executable.guest_path}) run through runc")
+        if not spec.bundle or not os.path.isfile(os.path.join(spec.bundle, "config.json")):
+            raise EngineError(f"bundle {spec.bundle or '(none)'} has no config.json for runc")
+        try:
+            with open(os.path.join(spec.bundle, "config.json"), "rb") as file:
+                config = json.load(file)
+            cgroups_path = str(((config.get("linux") or {}).get("cgroupsPath")) or "")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise EngineError(f"bundle {spec.bundle}: cannot read config.json: {exc}") from None
+        return NativePrepared(spec, spec.bundle, executable, systemd_cgroup(cgroups_path))
+
+    def start(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> NativeGuest:
+        if not isinstance(prepared, NativePrepared):
+            raise TypeError("start() needs what this engine's prepare() returned")
+        task_id = prepared.spec.task_id
+        with self._lock:
+            if self._closed:
+                raise EngineError("the native engine is shut down")
+            if task_id in self._guests:
+                raise EngineError(f"container {task_id} is already running under runc")
+        if not is_subreaper():
+            become_subreaper()  # the daemon does this at start; a direct caller may not have
+        runc = Runc(self.runc_binary, self.root, systemd_cgroup=prepared.systemd_cgroup)
+        log_file = os.path.join(prepared.bundle, RUNC_LOG)
+        pid_file = os.path.join(prepared.bundle, PID_FILE)
+        for stale in (log_file, pid_file):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise EngineError(f"cannot remove stale {stale}: {exc.strerror}") from None
+        guest = NativeGuest(runc, task_id)
+        self._create(runc, prepared, stdio, log_file, pid_file)
+        try:
+            guest.pid = _read_pid(pid_file)
+            pidfd = os.pidfd_open(guest.pid)
+        except (EngineError, OSError) as exc:
+            _force_delete(runc, task_id)
+            raise EngineError(f"runc created {task_id} but its init process cannot be watched: {exc}") from None
+        # Reaped by the watcher from here on, whatever happens next; on_exit is armed only once start succeeded.
+        self._watcher.watch(pidfd, guest._exited)
+        with self._lock:
+            self._guests[task_id] = guest
+        guest._forget = self._forget
+        try:
+            guest.cgroups = read_cgroups(guest.pid)
+        except EngineError as exc:
+            log.warning("native container %s: %s (stats and pids will be empty)", task_id, exc)
+        try:
+            started = subprocess.run(
+                runc.argv("start", task_id, log_file=log_file),
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUNC_TIMEOUT,
+            )
+            failure = "" if started.returncode == 0 else (_read_log_error(log_file) or started.stderr.strip()
+                                                         or f"exit status {started.returncode}")
+        except subprocess.TimeoutExpired:
+            failure = f"did not finish within {RUNC_TIMEOUT:g} s (killed)"
+        if failure:
+            try:
+                guest.delete()
+            except EngineError as exc:
+                log.error("native container %s: cleaning up after a failed start: %s", task_id, exc)
+            raise EngineError(f"runc start {task_id}: {failure}")
+        guest._arm(on_exit)
+        log.info("native container %s started (pid %d, %s)", task_id, guest.pid, prepared.executable.guest_path)
+        return guest
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Delete (and so kill) every container not deleted yet, wait up to ``timeout`` for them to be reaped."""
+        with self._lock:
+            self._closed = True
+            guests = list(self._guests.values())
+        for guest in guests:
+            try:
+                guest.delete()
+            except EngineError as exc:
+                log.error("closing: %s", exc)
+        self._watcher.close(timeout)
+
+    @property
+    def running(self) -> int:
+        """Containers created and not deleted yet."""
+        with self._lock:
+            return len(self._guests)
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            self._guests.pop(task_id, None)
+
+    def _create(self, runc: Runc, prepared: NativePrepared, stdio: GuestStdio, log_file: str, pid_file: str) -> None:
+        task_id = prepared.spec.task_id
+        fds = open_stdio(stdio)
+        try:
+            created = subprocess.run(
+                runc.argv("create", "--bundle", prepared.bundle, "--pid-file", pid_file, task_id, log_file=log_file),
+                stdin=fds[0], stdout=fds[1], stderr=fds[2], timeout=RUNC_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            self._discard_failed_create(runc, task_id, pid_file)
+            raise EngineError(f"runc create {task_id}: did not finish within {RUNC_TIMEOUT:g} s (killed)") from None
+        except OSError as exc:
+            raise EngineError(f"cannot run {runc.binary}: {exc.strerror}") from None
+        finally:
+            for fd in fds:  # the container's init has its own copies now (or there is no container)
+                os.close(fd)
+        if created.returncode != 0:
+            reason = _read_log_error(log_file) or f"exit status {created.returncode}"
+            self._discard_failed_create(runc, task_id, pid_file)
+            raise EngineError(f"runc create {task_id} ({prepared.executable.guest_path}): {reason}")
+
+
+    def _discard_failed_create(self, runc: Runc, task_id: str, pid_file: str) -> None:
+        """runc may leave a half-made container (state dir, cgroup, an init already re-parented to us): delete
+        it, and let the watcher reap that init so that no zombie stays behind."""
+        pidfd = None
+        try:
+            pid = _read_pid(pid_file)
+            if _parent_of(pid) == os.getpid():
+                pidfd = os.pidfd_open(pid)
+        except (EngineError, OSError):
+            pass
+        _force_delete(runc, task_id)
+        if pidfd is not None:
+            self._watcher.watch(pidfd, lambda _status: None)
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+        return int(file.read().rsplit(")", 1)[1].split()[1])  # comm may contain ")"
+
+
+def _read_pid(pid_file: str) -> int:
+    try:
+        with open(pid_file, encoding="ascii") as file:
+            return int(file.read().strip())
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read runc's pid file {pid_file}: {exc}") from None
+
+
+def _read_log_error(log_file: str) -> str:
+    try:
+        with open(log_file, encoding="utf-8", errors="replace") as file:
+            return runc_log_error(file.read())
+    except OSError:
+        return ""
+
+
+def _force_delete(runc: Runc, task_id: str) -> None:
+    try:
+        done = runc.run("delete", "--force", task_id)
+    except EngineError as exc:
+        log.error("cleaning up %s: %s", task_id, exc)
+        return
+    if done.returncode != 0 and not _GONE.search(done.stderr):
+        log.error("cleaning up %s: runc delete: %s", task_id, done.stderr.strip())
+
+
+# --- stdio ----------------------------------------------------------------------------------------------------
+
+def open_stdio(stdio: GuestStdio) -> tuple[int, int, int]:
+    """Open the task's stdio paths for the container (None -> /dev/null) without blocking on a FIFO.
+
+    open(2) of a FIFO blocks until the other side exists (fifo(7)). stdin is opened non-blocking (never waits
+    for a writer) and then made blocking again, since the container inherits the open file description;
+    an output FIFO gets a non-blocking guard reader for the moment of the open, so the open is immediate and
+    what the container sees afterwards is unchanged. A regular file is created and truncated.
+    """
+    opened: list[int] = []
+    try:
+        opened.append(_open_input(stdio.stdin))
+        opened.append(_open_output("stdout", stdio.stdout))
+        opened.append(_open_output("stderr", stdio.stderr))
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened[0], opened[1], opened[2]
+
+
+def _open_input(path: str | None) -> int:
+    if path is None:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EngineError(f"stdin {path}: {exc.strerror}") from None
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _open_output(stream: str, path: str | None) -> int:
+    if path is None:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    guard = None
+    try:
+        try:
+            is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+        except FileNotFoundError:
+            is_fifo = False
+        if is_fifo:
+            guard = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise EngineError(f"{stream} {path}: {exc.strerror}") from None
+    finally:
+        if guard is not None:
+            os.close(guard)
+
+
+# --- cgroups ----------------------------------------------------------------------------------------------------
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """``/proc/<pid>/cgroup`` as controller -> path; the v2 unified entry (``0::/path``) has key ``""``.
+
+    A v1 line names one or more controllers ("4:cpu,cpuacct:/ns/id"); each gets the path, and so does the
+    joined name, which is also how such a hierarchy's mount directory is named.
+    """
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        paths[controllers] = path
+        for controller in controllers.split(","):
+            if controller:
+                paths[controller] = path
+    return paths
+
+
+def read_cgroups(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as file:
+            return parse_proc_cgroup(file.read())
+    except OSError as exc:
+        raise EngineError(f"cannot read the cgroups of pid {pid}: {exc.strerror}") from None
+
+
+def cgroup_dir(cgroups: dict[str, str], controller: str, root: str = CGROUP_ROOT) -> str | None:
+    """The host directory of ``controller``'s cgroup (v1), or of the unified cgroup (v2) when controller is ""."""
+    if controller not in cgroups:
+        return None
+    path = cgroups[controller].lstrip("/")
+    if controller == "":
+        return os.path.join(root, path)
+    for joined, joined_path in cgroups.items():  # the mount dir may be the joined name ("cpu,cpuacct")
+        if controller in joined.split(",") and os.path.isdir(os.path.join(root, joined)):
+            return os.path.join(root, joined, joined_path.lstrip("/"))
+    return os.path.join(root, controller, path)
+
+
+def _read_int(path: str | None) -> int:
+    if path is None:
+        return 0
+    try:
+        with open(path, encoding="ascii") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _read_keyed(path: str, key: str) -> int:
+    try:
+        with open(path, encoding="ascii") as file:
+            for line in file:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_usage(cgroups: dict[str, str], root: str = CGROUP_ROOT) -> tuple[int, int]:
+    """(memory bytes, cpu ns) of a cgroup: v1 memory.usage_in_bytes + cpuacct.usage, v2 memory.current +
+    cpu.stat usage_usec. Zeros for what cannot be read (a deleted cgroup)."""
+    memory_dir = cgroup_dir(cgroups, "memory", root)
+    if memory_dir is not None:
+        memory = _read_int(os.path.join(memory_dir, "memory.usage_in_bytes"))
+        cpu_dir = cgroup_dir(cgroups, "cpuacct", root)
+        return memory, _read_int(os.path.join(cpu_dir, "cpuacct.usage") if cpu_dir else None)
+    unified = cgroup_dir(cgroups, "", root)
+    if unified is None:
+        return 0, 0
+    return (_read_int(os.path.join(unified, "memory.current")),
+            _read_keyed(os.path.join(unified, "cpu.stat"), "usage_usec") * 1000)
+
+
+def cgroup_pids(cgroups: dict[str, str], root: str = CGROUP_ROOT) -> list[int]:
+    """Every process in the cgroup (cgroup.procs of the pids, memory or unified hierarchy)."""
+    for controller in ("pids", "memory", "cpu", ""):
+        directory = cgroup_dir(cgroups, controller, root)
+        if directory is None:
+            continue
+        try:
+            with open(os.path.join(directory, "cgroup.procs"), encoding="ascii") as file:
+                return sorted(int(line) for line in file if line.strip())
+        except (OSError, ValueError):
+            continue
+    return []
+
+
+# --- guests -----------------------------------------------------------------------------------------------------
+
+class NativeGuest:
+    """A runc container of ours: its init ``pid``, signals, usage, and deletion."""
+
+    def __init__(self, runc: Runc, task_id: str) -> None:
+        self.runc = runc
+        self.task_id = task_id
+        self.pid = 0
+        self.cgroups: dict[str, str] = {}
+        self._on_exit: Callable[[int], None] | None = None
+        self._lock = threading.Lock()
+        self._exit_status: int | None = None
+        self._deleted = False
+        self._forget: Callable[[str], None] = lambda _id: None
+
+    @property
+    def exit_status(self) -> int | None:
+        """None while init runs; its status once it was reaped."""
+        return self._exit_status
+
+    def kill(self, signal: int) -> None:
+        """Signal the container's init process (``runc kill``); a no-op once it has exited."""
+        self._signal(signal, every_process=False)
+
+    def kill_all(self, signal: int) -> None:
+        """Signal every process of the container (``runc kill --all``, KillRequest.all)."""
+        self._signal(signal, every_process=True)
+
+    def stats(self) -> tuple[int, int]:
+        """(memory bytes, cpu ns) of the container's cgroup."""
+        return cgroup_usage(self.cgroups)
+
+    def pids(self) -> list[int]:
+        """The container's processes (its cgroup's), init first; empty once it has exited."""
+        if self._exit_status is not None:
+            return []
+        found = cgroup_pids(self.cgroups)
+        rest = [p for p in found if p != self.pid]
+        return [self.pid, *rest]
+
+    def delete(self) -> None:
+        """``runc delete --force``: kill what is left, remove runc's state and the cgroup. Idempotent."""
+        with self._lock:
+            if self._deleted:
+                return
+            self._deleted = True
+        self._forget(self.task_id)
+        done = self.runc.run("delete", "--force", self.task_id)
+        if done.returncode != 0 and not _GONE.search(done.stderr):
+            raise EngineError(f"runc delete {self.task_id}: {done.stderr.strip() or done.returncode}")
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    def _signal(self, signal: int, every_process: bool) -> None:
+        check_signal(signal)
+        if self._exit_status is not None or self._deleted:
+            return
+        args = ["kill", *(["--all"] if every_process else []), self.task_id, str(signal)]
+        done = self.runc.run(*args)
+        if done.returncode == 0 or self._exit_status is not None or _GONE.search(done.stderr):
+            return
+        raise EngineError(f"runc kill {self.task_id} {signal}: {done.stderr.strip() or done.returncode}")
+
+    def _arm(self, on_exit: Callable[[int], None]) -> None:
+        """Start succeeded: deliver the exit to ``on_exit`` once, also if init has already been reaped."""
+        with self._lock:
+            status = self._exit_status
+            if status is None:
+                self._on_exit = on_exit
+        if status is not None:
+            on_exit(status)
+
+    def _exited(self, status: int) -> None:  # from the watcher thread, once
+        with self._lock:
+            self._exit_status = status
+            on_exit, self._on_exit = self._on_exit, None
+        log.info("native container %s: init %d exited with status %d", self.task_id, self.pid, status)
+        if on_exit is not None:
+            on_exit(status)
+
+
+class _ExitWatcher:
+    """One thread that polls the pidfds of every watched init process and reaps each exactly once.
+
+    Registration goes through a queue and an eventfd (the thread owns the epoll set). ``close`` stops the
+    thread once every watched process was reaped, or after its timeout.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[tuple[int, Callable[[int], None]]] = []
+        self._watched = 0
+        self._thread: threading.Thread | None = None
+        self._wake = -1
+        self._stopping = False
+        self._idle = threading.Condition(self._lock)
+
+    def watch(self, pidfd: int, on_reaped: Callable[[int], None]) -> None:
+        """Own ``pidfd`` from now on: reap its process when it exits, then call ``on_reaped(status)``."""
+        with self._lock:
+            if self._thread is None:
+                self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                self._thread = threading.Thread(target=self._run, name="native-exits", daemon=True)
+                self._thread.start()
+            self._queue.append((pidfd, on_reaped))
+            self._watched += 1
+        os.eventfd_write(self._wake, 1)
+
+    def close(self, timeout: float) -> None:
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._idle.wait_for(lambda: self._watched == 0, timeout)
+            self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        thread.join(timeout)
+
+    def _run(self) -> None:
+        poller = select.epoll()
+        callbacks: dict[int, Callable[[int], None]] = {}
+        poller.register(self._wake, select.EPOLLIN)
+        try:
+            while True:
+                for fd, _ in poller.poll():
+                    if fd == self._wake:
+                        os.eventfd_read(self._wake)
+                        with self._lock:
+                            queued, self._queue = self._queue, []
+                            if self._stopping:
+                                return
+                        for pidfd, callback in queued:
+                            callbacks[pidfd] = callback
+                            poller.register(pidfd, select.EPOLLIN)
+                        continue
+                    status = _reap(fd)
+                    if status is None:
+                        continue  # spurious; still running
+                    poller.unregister(fd)
+                    os.close(fd)
+                    callback = callbacks.pop(fd)
+                    try:
+                        callback(status)
+                    except Exception:
+                        log.exception("exit callback failed")
+                    with self._lock:
+                        self._watched -= 1
+                        self._idle.notify_all()
+        finally:
+            for fd in callbacks:
+                os.close(fd)
+            poller.close()
+            with self._lock:
+                os.close(self._wake)
+                self._wake = -1
+                self._thread = None
+                self._stopping = False
+                self._watched = 0
+                self._idle.notify_all()
+
+
+def _reap(pidfd: int) -> int | None:
+    """waitid(P_PIDFD) without blocking: the status of that one process, or None while it runs."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        # Not our child (no subreaper above it): the exit is seen, the status is not. Report a failure.
+        log.error("an init process exited that is not the daemon's child; its exit status is unknown")
+        return 255
+    except OSError as exc:
+        if exc.errno == errno.EINTR:
+            return None
+        raise
+    if result is None:
+        return None
+    return exit_status(result)
