@@ -8,6 +8,7 @@ Each step asserts what a user sees: `crictl logs` output, states in `crictl ps -
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import pytest
 from tests.harness.containerd import ContainerdFactory
 from tests.harness.fixtures import BUSYBOX, BUSYBOX_APPLETS
 from tests.integration.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry, start_cri_node, wait_for
-from tests.integration.shimtools import daemon_pids
-from wasm_shim.oci.artifact import build_artifact, push_artifact
-from wasm_shim.oci.layout import Symlink
+from tests.integration.shimtools import daemon_pids, shim_log_text
+from wasm_shim.oci.artifact import Artifact, build_artifact, push_artifact
+from wasm_shim.oci.layout import MEDIA_TYPE_MANIFEST, Blob, Symlink
 
 pytestmark = pytest.mark.integration
 
@@ -321,21 +322,75 @@ def test_crictl_pulls_wasm_artifact(cri_node_factory: CriNodeFactory, registry: 
     assert f"{registry.address}/wasm/hello@{digest}" in pulled[0]["repoDigests"]
 
 
+def _pull_and_pod(node: CriNode, registry: LocalRegistry, artifact: Artifact, name: str) -> tuple[str, str, Path]:
+    """Push `artifact` to the registry, `crictl pull` it, stop the registry (the shim must read the layer from
+    containerd's content store, not the network) and start a wasm pod: (ref, pod id, pod config)."""
+    push_artifact(artifact, registry.address, f"wasm/{name}", "v1")
+    ref = f"{registry.address}/wasm/{name}:v1"
+    node.crictl.run("pull", ref, timeout=120)
+    registry.stop()
+    pod_id, pod = _wasm_pod(node, name)
+    return ref, pod_id, pod
+
+
 @needs_native
-@pytest.mark.xfail(raises=CrictlError, strict=False,
-                   reason="the content-store image source (shim reads the layer over containerd's gRPC) is not "
-                          "built yet: issue 4 part 4")
 def test_wasm_artifact_runs_from_content_store(cri_node_factory: CriNodeFactory, registry: LocalRegistry,
                                                 guests: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     node = _artifact_node(cri_node_factory, registry, tmp_path, request)
-    push_artifact(build_artifact((guests / "hello.wasm").read_bytes()), registry.address, "wasm/hello", "v1")
-    ref = f"{registry.address}/wasm/hello:v1"
-    node.crictl.run("pull", ref, timeout=120)
-    registry.stop()  # the shim must read the layer from containerd's content store, not from the network
-    pod_id, pod = _wasm_pod(node, "artifact")
+    artifact = build_artifact((guests / "hello.wasm").read_bytes())
+    ref, pod_id, pod = _pull_and_pod(node, registry, artifact, "hello")
     # An artifact's config has no entrypoint: CRI refuses a container without a command ("no command
     # specified"), so the pod names the module, as with runwasi.
-    cid = node.crictl.create(pod_id, node.container_config("hello", ref, command=["/hello.wasm"]), pod)
+    config = node.container_config("hello", ref, command=["/hello.wasm"])
+    cid = node.crictl.create(pod_id, config, pod)
     node.crictl.run("start", cid)
     node.crictl.wait_state(cid, "CONTAINER_EXITED")
     assert node.crictl.logs(cid).stdout.strip() == "hello from wasm"
+    assert node.crictl.inspect(cid)["exitCode"] == 0
+    # The daemon says it read exactly this layer from containerd's content store (the registry is down).
+    wait_for(lambda: f"placed wasm layer {artifact.layer.digest}" in shim_log_text(node.containerd), 10,
+             "the daemon's log line naming the layer digest it read from the content store")
+    assert f"(manifest {artifact.manifest.digest})" in shim_log_text(node.containerd)
+
+    # A second container of the same artifact: read again, compiled never (cache keyed by the layer digest).
+    again = node.crictl.create(pod_id, node.container_config("again", ref, command=["/hello.wasm"]), pod)
+    node.crictl.run("start", again)
+    node.crictl.wait_state(again, "CONTAINER_EXITED")
+    assert node.crictl.logs(again).stdout.strip() == "hello from wasm"
+    layer_hex = artifact.layer.digest.removeprefix("sha256:")
+    assert f"task {again}: module {layer_hex[:16]} from memory" in shim_log_text(node.containerd)  # debug log
+    node.crictl.run("rm", cid, again)
+    node.crictl.run("stopp", pod_id)
+    node.crictl.run("rmp", pod_id)
+
+
+@needs_native
+@pytest.mark.parametrize("problem", ["two layers", "unknown media type"])
+def test_bad_wasm_artifact_fails_start_with_the_reason(cri_node_factory: CriNodeFactory, registry: LocalRegistry,
+                                                       guests: Path, tmp_path: Path, request: pytest.FixtureRequest,
+                                                       problem: str) -> None:
+    node = _artifact_node(cri_node_factory, registry, tmp_path, request)
+    good = build_artifact((guests / "hello.wasm").read_bytes())
+    doc = json.loads(good.manifest.data)
+    if problem == "two layers":
+        extra = Blob("application/wasm", (guests / "exit_code.wasm").read_bytes())
+        layers, expected = [good.layer, extra], "a wasm artifact must have exactly one layer, this one has 2"
+    else:
+        extra = Blob("application/vnd.example.not-wasm", good.layer.data + b"\0")
+        layers, expected = [extra], "wasm artifact layer has media type 'application/vnd.example.not-wasm'"
+    doc["layers"] = [layer.descriptor() for layer in layers]
+    manifest = Blob(MEDIA_TYPE_MANIFEST, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    bad = Artifact(config=good.config, layer=extra, manifest=manifest)
+    name = problem.replace(" ", "-")
+    # push_artifact pushes `layer` and `config`; the good layer too, for the two-layer manifest.
+    push_artifact(Artifact(config=good.config, layer=good.layer, manifest=good.manifest), registry.address,
+                  f"wasm/{name}", "base")
+    ref, pod_id, pod = _pull_and_pod(node, registry, bad, name)
+    cid = node.crictl.create(pod_id, node.container_config(name, ref, command=["/hello.wasm"]), pod)
+    # CRI creates the task (and so asks the shim) in StartContainer: that is where `kubectl describe` shows it.
+    with pytest.raises(CrictlError) as failed:
+        node.crictl.run("start", cid)
+    assert f"is a wasm OCI artifact the shim cannot run: {expected}" in failed.value.stderr
+    node.crictl.run("rm", cid)
+    node.crictl.run("stopp", pod_id)
+    node.crictl.run("rmp", pod_id)
