@@ -16,8 +16,11 @@ no TTY). Errors name the URI.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,21 +43,36 @@ def _proc_path(fd: int) -> str:
 class TaskIO:
     guest: GuestStdio
     _fds: list[int] = field(default_factory=list)
+    _held: list[int] = field(default_factory=list)  # our O_RDWR hold on each output FIFO (see _hold_fifo)
     _threads: list[threading.Thread] = field(default_factory=list)
     _logger_pid: int = 0
     _closed: bool = False
 
     def close(self) -> None:
-        """Close our ends of the pipes; call after the guest has exited (idempotent)."""
+        """Close every fd we hold at once (error paths; after an exit use `finish`). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for fd in self._fds:
+        for fd in self._fds + self._held:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._fds.clear()
+        self._held.clear()
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """After the guest's exit: hand everything it wrote to the readers, then release it all (worker thread).
+
+        An output FIFO's buffer vanishes when its last fd closes, so our hold stays open until the client's
+        reader has taken what is buffered (FIONREAD reaches 0) or `timeout` passes (the client is gone).
+        """
+        deadline = time.monotonic() + timeout
+        for fd in self._held:
+            while _buffered(fd) and time.monotonic() < deadline:
+                time.sleep(0.002)
+        self.close()
+        self.wait_drained(max(0.1, deadline - time.monotonic()))
 
     def wait_drained(self, timeout: float = 5.0) -> None:
         """Block until copiers and the logging binary have finished (call from a worker thread)."""
@@ -69,6 +87,14 @@ class TaskIO:
                 time.sleep(0.01)
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+def _buffered(fd: int) -> int:
+    """Bytes waiting in the pipe behind `fd` (FIONREAD); 0 when it cannot be told."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 def _copier(read_fd: int, path: str) -> threading.Thread:
@@ -131,12 +157,30 @@ def _passthrough(name: str, uri: str) -> str | None:
     return uri
 
 
+def _hold_fifo(io: TaskIO, name: str, path: str) -> str:
+    """Keep the output FIFO open (O_RDWR never blocks) from Create until after the guest's exit.
+
+    The client's reader (ctr's copy goroutine) opens its end asynchronously; a guest that writes and exits
+    before that open would leave the FIFO with no writer, the client's open blocked, and — when the client gives
+    up at Delete — the output lost. Holding a writer from Create on, like containerd's runc shim does, lets the
+    reader attach any time before `close()`; we never read from this fd.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StdioError(f"{name} FIFO {path}: {exc.strerror}") from None
+    io._held.append(fd)
+    return path
+
+
 def _output(io: TaskIO, name: str, uri: str) -> str | None:
-    if not uri or "://" not in uri:
-        return uri or None
+    if not uri:
+        return None
+    if "://" not in uri:
+        return _hold_fifo(io, name, uri)
     parsed = urlsplit(uri)
     if parsed.scheme == "fifo":
-        return unquote(parsed.path)
+        return _hold_fifo(io, name, unquote(parsed.path))
     if parsed.scheme != "file":
         raise StdioError(f"{name} URI {uri!r}: unsupported scheme {parsed.scheme!r} (use a FIFO, file:// or binary://)")
     path = unquote(parsed.path)
