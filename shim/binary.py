@@ -14,9 +14,12 @@ our pure modules (every import here is paid by every container start: DESIGN.md 
 
 from __future__ import annotations
 
+# `_socket`, not `socket`: the wrapper module imports selectors and enum (IntEnum conversions), a few ms of every
+# container start (issue 5); the C type has all this path uses (connect, bind, listen, send, recv, timeouts) and
+# creates its sockets close-on-exec like the wrapper does.
+import _socket
 import fcntl
 import os
-import socket
 import sys
 import time
 
@@ -61,7 +64,7 @@ def _read_stdin() -> bytes:
 
 
 def _daemon_alive(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
@@ -84,7 +87,7 @@ def _open_log_fifo(bundle: str) -> int:
 
 
 def _spawn_daemon(
-    listener: socket.socket,
+    listener: _socket.socket,
     sock_path: str,
     args: launch.ShimArgs,
     start_input: launch.StartInput,
@@ -121,12 +124,12 @@ def _spawn_daemon(
     os.close(log_fd)
 
 
-def _listen(path: str) -> socket.socket:
+def _listen(path: str) -> _socket.socket:
     try:
         os.unlink(path)  # stale: nobody answered on it
     except FileNotFoundError:
         pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # socket 0600: only root (containerd) may talk to the daemon
     try:
         listener.bind(path)
@@ -211,7 +214,7 @@ def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> byt
     from .ttrpc.wire import field_string, field_varint
 
     conn = Connection(Role.CLIENT)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(5.0)
     metadata = {"containerd-namespace-ttrpc": namespace} if namespace else None
     by_id = field_string(1, container_id)

@@ -22,6 +22,8 @@ from typing import Any
 GROUPINGS = ("namespace", "pod", "container")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_CONFIG_FILE = "/etc/wasm-shim/config.toml"
+#: Keys of containerd's own runtimeoptions.v1.Options that may appear in the options table (Go field names).
+CONTAINERD_OPTION_KEYS = ("TypeUrl", "ConfigPath")
 
 
 class ConfigError(ValueError):
@@ -113,7 +115,11 @@ def load_config(
         config = config.merged(parse_toml(_read_file(options_path), options_path), options_path)
     elif options_body.strip():
         origin = "containerd runtime options (config_body)"
-        config = config.merged(parse_toml(options_body, origin), origin)
+        body = parse_toml(options_body, origin)
+        # containerd 1.7+ sends the whole options table, including its own runtimeoptions.v1.Options keys
+        # (TypeUrl; ConfigPath only when empty, else no body is sent): those are not ours to reject.
+        ours = {k: v for k, v in body.items() if k not in CONTAINERD_OPTION_KEYS}
+        config = config.merged(ours, origin)
     overrides = {
         key: env[f"WASM_SHIM_{key.upper()}"] for key in ShimConfig.keys() if f"WASM_SHIM_{key.upper()}" in env
     }

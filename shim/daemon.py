@@ -77,6 +77,7 @@ class Daemon:
         self._idle_since = time.monotonic()
 
     async def run(self) -> None:
+        from .engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
         from .engines.wasmtime_engine import WasmtimeEngine
         from .events import EventQueue, TtrpcForwarder
         from .rpc import task_handlers
@@ -85,10 +86,14 @@ class Daemon:
 
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
         engine = WasmtimeEngine(cache_dir=self.config.cache_dir)
+        # issue 3: native (ELF/#!) containers run through runc; their init processes are re-parented to the
+        # daemon (a child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
+        become_subreaper()
+        native = NativeEngine(root=os.path.join(DEFAULT_RUNC_ROOT, self.namespace or "default"))
         forwarder = TtrpcForwarder(self.ttrpc_address)
         events = EventQueue(forwarder)
         events.start()
-        self.tasks = TaskService([engine], events, on_empty=self._touch)
+        self.tasks = TaskService([engine, native], events, on_empty=self._touch)
         server = Server(task_handlers(self.tasks, self.namespace), on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
@@ -100,6 +105,7 @@ class Daemon:
             await self._serve_until_done(server)
         finally:
             await self.tasks.kill_all()
+            await loop.run_in_executor(None, native.close)  # issue 3: no runc container outlives the daemon
             await server.close(grace=2.0)
             await events.close(timeout=5.0)
             await forwarder.close()

@@ -15,12 +15,19 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
 
 from .ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
+
+# Lean imports (issue 5, `start` p50 <= 40 ms): hashlib loads OpenSSL and json its decoder and `re`, a few ms on every
+# container start; the builtin SHA-256 module gives the same digest. json is imported only where it is used.
+try:
+    from _sha256 import sha256 as _sha256  # CPython 3.11
+except ImportError:  # pragma: no cover - 3.12+ merged it into _sha2
+    try:
+        from _sha2 import sha256 as _sha256  # type: ignore[no-redef]
+    except ImportError:
+        from hashlib import sha256 as _sha256  # type: ignore[no-redef]
 
 # Wire types (protobuf encoding spec).
 _VARINT, _LEN = 0, 2
@@ -33,17 +40,43 @@ class UsageError(Exception):
     """The command line is not one containerd would produce; the message says what is wrong."""
 
 
-@dataclass
-class ShimArgs:
+class _Record:
+    """A plain mutable record: keyword construction over class-level defaults, equality and repr by fields.
+    (Not a dataclass: `dataclasses` imports `inspect` and `ast`, about 5 ms of every container start.)"""
+
+    __slots__: tuple[str, ...] = ()
+    _defaults: dict[str, object] = {}  # every field's default; a list default is copied per instance
+
+    def __init__(self, **values: object) -> None:
+        for name in self.__slots__:
+            default = self._defaults[name]
+            setattr(self, name, values.pop(name) if name in values else (
+                list(default) if isinstance(default, list) else default))
+        if values:
+            raise TypeError(f"{type(self).__name__}: unknown field(s) {', '.join(values)}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class ShimArgs(_Record):
+    __slots__ = ("action", "namespace", "address", "publish_binary", "id", "bundle", "socket", "debug", "extra")
+    _defaults = {"action": "", "namespace": "", "address": "", "publish_binary": "", "id": "", "bundle": "",
+                 "socket": "", "debug": False, "extra": []}
     action: str
-    namespace: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    id: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    extra: list[str] = field(default_factory=list)
+    namespace: str
+    address: str
+    publish_binary: str
+    id: str
+    bundle: str
+    socket: str
+    debug: bool
+    extra: list[str]
 
 
 _VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
@@ -99,20 +132,24 @@ def parse_args(argv: list[str]) -> ShimArgs:
     )
 
 
-@dataclass
-class StartInput:
+class StartInput(_Record):
     """What containerd told `start` on stdin (and in the environment)."""
 
-    bootstrap: bool = False  # True when containerd sent BootstrapParams (2.3+)
-    namespace: str = ""
-    ttrpc_address: str = ""
-    grpc_address: str = ""
-    containerd_version: str = ""
-    socket_dir: str = ""
-    log_level: int = 0
-    options_path: str = ""
-    options_body: str = ""
-    options_type: str = ""  # type URL of a runtime options Any we did not understand
+    __slots__ = ("bootstrap", "namespace", "ttrpc_address", "grpc_address", "containerd_version", "socket_dir",
+                 "log_level", "options_path", "options_body", "options_type")
+    _defaults = {"bootstrap": False, "namespace": "", "ttrpc_address": "", "grpc_address": "",
+                 "containerd_version": "", "socket_dir": "", "log_level": 0, "options_path": "", "options_body": "",
+                 "options_type": ""}
+    bootstrap: bool  # True when containerd sent BootstrapParams (2.3+)
+    namespace: str
+    ttrpc_address: str
+    grpc_address: str
+    containerd_version: str
+    socket_dir: str
+    log_level: int
+    options_path: str
+    options_body: str
+    options_type: str  # type URL of a runtime options Any we did not understand
 
 
 def _decode_any(data: bytes) -> tuple[str, bytes]:
@@ -189,6 +226,8 @@ def decode_start_input(data: bytes, environ: dict[str, str] | os._Environ[str]) 
 
 
 def read_annotations(bundle: str) -> dict[str, str]:
+    import json  # only the "pod" grouping reads the spec
+
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec = json.load(f)
@@ -209,7 +248,7 @@ def group_key(grouping: str, container_id: str, bundle: str) -> str:
 
 
 def socket_path(socket_dir: str, containerd_address: str, namespace: str, group: str) -> str:
-    digest = hashlib.sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}".encode()).hexdigest()
+    digest = _sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}".encode()).hexdigest()
     return os.path.join(socket_dir, digest)
 
 
@@ -220,6 +259,8 @@ def encode_start_output(address: str, start_input: StartInput, environ: dict[str
         return field_varint(1, 3) + field_string(2, address) + field_string(3, "ttrpc")
     max_version = environ.get("MAX_SHIM_VERSION", "")
     if max_version.isdigit() and int(max_version) >= 2:
+        import json  # containerd 1.7-2.2 only
+
         version = min(int(max_version), 3)
         return json.dumps({"version": version, "address": address, "protocol": "ttrpc"}).encode()
     return address.encode()

@@ -25,8 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from . import bundle as bundles
+from . import image_source  # issue 4 (wasm OCI artifacts); imports no grpc until used
 from . import mount as mounts
 from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared, read_header, resolve_entrypoint
 from .events import EventQueue
@@ -123,6 +125,7 @@ class TaskService:
 
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
+        received_ns = time.time_ns()  # bench hook (issue 5): CreateTask received, wall clock; logged below
         if req.id in self.tasks or req.id in self._pending:
             raise RpcError(Code.ALREADY_EXISTS, f"task {req.id!r} already exists")
         if req.checkpoint:
@@ -138,6 +141,9 @@ class TaskService:
                 await loop.run_in_executor(None, mounts.mount_all, specs, bundle.rootfs)
                 mounted = True
             spec = bundles.guest_spec(req.id, bundle)
+            # issue 4 (wasm OCI artifacts) hook: an artifact's rootfs is empty; image_source reads its wasm layer from
+            # containerd's content store over gRPC and places it at args[0]. One lstat for every other image.
+            await loop.run_in_executor(None, image_source.provide_entrypoint, spec, namespace)
             engine = self._choose_engine(spec)
             # prepare may compile (tens of ms): off the loop so other tasks' calls are not held up.
             prepared = await loop.run_in_executor(None, engine.prepare, spec)
@@ -163,6 +169,8 @@ class TaskService:
         )
         self.tasks[req.id] = task
         log.info("created task %s (%s, engine %s)", req.id, spec.args[0], engine.name)
+        # bench hook (issue 5): bench/instance_start.py reads these wall-clock stamps from the debug log.
+        log.debug("timing create %s received_ns=%d done_ns=%d", req.id, received_ns, time.time_ns())
         self._events.publish(namespace, events_pb2.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events_pb2.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
@@ -178,26 +186,49 @@ class TaskService:
             await asyncio.get_running_loop().run_in_executor(None, mounts.unmount_all, rootfs)
 
     async def start(self, req: task_pb2.StartRequest) -> task_pb2.StartResponse:
+        received_ns = time.time_ns()  # bench hook (issue 5): Start received, wall clock; logged below
         task = self._get(req.id, req.exec_id)
         self._transition(task, Action.START)
         loop = asyncio.get_running_loop()
 
+        started = loop.create_future()  # issue 3 (native): an exit is recorded only after TaskStart
+
         def on_exit(status: int) -> None:  # called once, from the guest's thread
-            loop.call_soon_threadsafe(self._guest_exited, task, status)
+            loop.call_soon_threadsafe(self._exit_after_start, started, task, status)
 
         try:
-            task.guest = task.engine.start(task.prepared, task.io.guest, on_exit)
+            if getattr(task.engine, "blocking", False):  # issue 3 (native): runc create+start, off the loop
+                task.guest = await loop.run_in_executor(None, task.engine.start, task.prepared, task.io.guest, on_exit)
+            else:
+                task.guest = task.engine.start(task.prepared, task.io.guest, on_exit)
         except EngineError as exc:
             self._guest_exited(task, 128 + signal.SIGKILL)
             raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
+        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, time.time_ns())  # bench hook
+        task.pid = getattr(task.guest, "pid", 0) or task.pid  # issue 3 (native): the container's init pid
         self._events.publish(task.namespace, events_pb2.TaskStart(container_id=task.id, pid=task.pid))
+        started.set_result(None)
+        if task.killed_by:  # issue 3 (native): a Kill that came while runc was starting the container
+            try:
+                await self.kill(task_pb2.KillRequest(id=task.id, signal=task.killed_by))
+            except RpcError as exc:
+                log.info("task %s: kill after start: %s", task.id, exc)
         return task_pb2.StartResponse(pid=task.pid)
+
+    def _exit_after_start(self, started: asyncio.Future[None], task: Task, status: int) -> None:
+        """Issue 3 (native): a container may exit before its off-loop start returns; keep start < exit."""
+        if started.done():
+            self._guest_exited(task, status)
+        else:
+            started.add_done_callback(lambda _: self._guest_exited(task, status))
 
     def _guest_exited(self, task: Task, status: int) -> None:
         """The guest is gone (its thread released every fd it had). Drain stdio, then record the exit."""
-        task.io.close()
+        if getattr(task.guest, "oom", False):  # issue 3 (engine2): it ended at its memory limit
+            log.info("task %s ran out of memory (limit %s bytes)", task.id, task.spec.memory_limit)
+            self._events.publish(task.namespace, events_pb2.TaskOOM(container_id=task.id))
         loop = asyncio.get_running_loop()
-        drained = loop.run_in_executor(None, task.io.wait_drained)
+        drained = loop.run_in_executor(None, task.io.finish)
         drained.add_done_callback(lambda _: self._record_exit(task, status))
 
     def _record_exit(self, task: Task, status: int) -> None:
@@ -226,8 +257,13 @@ class TaskService:
             return empty_pb2.Empty()
         task.killed_by = task.killed_by or req.signal
         if task.guest is not None:
+            # issue 3 (native): `runc kill [--all]`, a subprocess, so off the loop; KillRequest.all -> kill_all
+            kill = (getattr(task.guest, "kill_all", None) if req.all else None) or task.guest.kill
             try:
-                task.guest.kill(req.signal)
+                if getattr(task.engine, "blocking", False):
+                    await asyncio.get_running_loop().run_in_executor(None, kill, req.signal)
+                else:
+                    kill(req.signal)
             except EngineError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, f"kill {task.id}: {exc}") from None
         elif state is TaskState.CREATED:
@@ -242,6 +278,12 @@ class TaskService:
             task.io.close()
             task.exit_status, task.exited_at_ns = 0, self._clock()
         del self.tasks[task.id]
+        remove = getattr(task.guest, "delete", None)  # issue 3 (native): runc delete --force, before unmounting
+        if remove is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, remove)
+            except EngineError as exc:
+                log.error("task %s: %s", task.id, exc)
         if task.rootfs_mounted:
             rootfs = task.spec.rootfs
             try:
@@ -270,9 +312,38 @@ class TaskService:
             response.exited_at.CopyFrom(_timestamp(task.exited_at_ns))
         return response
 
+    async def pause(self, req: task_pb2.PauseRequest) -> empty_pb2.Empty:
+        """issue 3 (engine2): freeze a running task (the engine parks its guest); publishes /tasks/paused."""
+        return await self._freeze(req.id, "pause", Action.PAUSE, events_pb2.TaskPaused(container_id=req.id))
+
+    async def resume(self, req: task_pb2.ResumeRequest) -> empty_pb2.Empty:
+        """issue 3 (engine2): thaw a paused task; publishes /tasks/resumed."""
+        return await self._freeze(req.id, "resume", Action.RESUME, events_pb2.TaskResumed(container_id=req.id))
+
+    async def _freeze(self, task_id: str, verb: str, action: Action, event: Message) -> empty_pb2.Empty:
+        task = self._get(task_id)
+        call = getattr(task.guest, verb, None)
+        if call is None and task.lifecycle.state is TaskState.RUNNING:
+            raise RpcError(Code.UNIMPLEMENTED, f"{verb} {task.id}: the {task.engine.name} engine cannot {verb} tasks")
+        self._transition(task, action)  # FAILED_PRECONDITION unless RUNNING (pause) / PAUSED (resume)
+        assert call is not None
+        try:
+            if getattr(task.engine, "blocking", False):
+                await asyncio.get_running_loop().run_in_executor(None, call)
+            else:
+                call()
+        except EngineError as exc:
+            task.lifecycle.apply(Action.RESUME if action is Action.PAUSE else Action.PAUSE)  # undo
+            raise RpcError(Code.FAILED_PRECONDITION, f"{verb} {task.id}: {exc}") from None
+        log.info("task %s %s", task.id, "paused" if action is Action.PAUSE else "resumed")
+        self._events.publish(task.namespace, event)
+        return empty_pb2.Empty()
+
     async def pids(self, req: task_pb2.PidsRequest) -> task_pb2.PidsResponse:
         task = self._get(req.id)
-        return task_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=task.pid)])
+        listed = getattr(task.guest, "pids", None)  # issue 3 (native): every process in the container's cgroup
+        pids = listed() if listed is not None else [task.pid]
+        return task_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=pid) for pid in pids])
 
     async def connect(self, req: task_pb2.ConnectRequest) -> task_pb2.ConnectResponse:
         task = self.tasks.get(req.id)

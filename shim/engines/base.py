@@ -18,6 +18,8 @@ Rules (the contract the task service codes against):
 - ``Guest.kill`` is thread-safe and idempotent. A wasm guest cannot handle signals: a signal whose default
   action terminates a process terminates the guest, one whose default action is to ignore is a no-op, and
   signal 0 only checks. Stop/continue signals cannot be honoured and raise ``EngineError``.
+- Optional (``PausableGuest``): ``pause``/``resume`` freeze and thaw a guest; ``stats`` reports its memory and
+  CPU; ``oom`` says, by the time on_exit runs, that the guest ended after hitting its memory limit.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class GuestSpec:
     mounts: tuple[GuestMount, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes, from linux.resources.memory.limit
+    bundle: str = ""  # host path of the OCI bundle (config.json); the native engine hands it to runc
+    cpu_limit: float | None = None  # CPUs (quota / period), from linux.resources.cpu (issue 3)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,26 @@ class GuestStdio:
 class Guest(Protocol):
     def kill(self, signal: int) -> None:
         """Thread-safe, idempotent; the guest stops soon and on_exit gets 128 + signal."""
+        ...
+
+
+class PausableGuest(Guest, Protocol):
+    """Optional: a guest that can be frozen and thawed (Pause/Resume) and report its usage.
+
+    ``oom`` is True once the guest has ended after its memory limit refused a growth (read it in on_exit).
+    """
+
+    oom: bool
+
+    def pause(self) -> None:
+        """Thread-safe: the guest executes no more wasm until ``resume``; a kill still stops it."""
+        ...
+
+    def resume(self) -> None:
+        ...
+
+    def stats(self) -> tuple[int, int]:
+        """(linear memory bytes, CPU nanoseconds used by the guest's thread)."""
         ...
 
 

@@ -42,13 +42,41 @@ Kill (stopping one guest without touching the others)
     executing wasm pays one callback (a ctypes call into Python, a few microseconds plus the GIL) per tick;
     idle guests (blocked in a host call) pay nothing.
 
-    Not covered yet (issue 3): a guest blocked inside a host call does not see the epoch until the call
-    returns. Preview1 guests sleeping in ``poll_oneoff`` will be made killable by shadowing
-    ``wasi_snapshot_preview1.poll_oneoff`` in the module linker (``allow_shadowing``) with a host function
-    that decodes the subscriptions, waits on the guest's kill event instead of sleeping, and returns a trap
-    when killed (measured here: returns within 0.5 ms of the kill). Reads from a stdin FIFO need the same
-    treatment (``fd_read`` on fd 0). Components block inside wasmtime's own WASI code where no Python can be
-    put in between.
+    Blocked guests (issue 3). Epochs do not reach a guest blocked inside a host call, so:
+    - Modules sleeping: ``wasi_snapshot_preview1.poll_oneoff`` is shadowed in the module linker by our own
+      (``_HostCalls``): clock subscriptions wait on the guest's condition variable, so a kill wakes it and
+      the call raises (a trap: status 128 + signal). fd subscriptions are reported ready at once (their host
+      fds live in wasmtime's WASI table, out of our reach); the read that follows blocks in wasmtime, which
+      for stdin is handled next. Monotonic ``abstime`` deadlines use the time the WASI context was made as
+      wasmtime's clock origin (microseconds apart).
+    - Any guest (module or component) blocked reading stdin: a FIFO/pipe stdin is not handed to wasmtime
+      directly; a pump thread (``_StdinPump``) copies it into a pipe of ours whose only writer it holds, and
+      a kill closes that writer: the guest's read returns EOF, the guest re-enters wasm, reaches its deadline
+      and unwinds. A guest that then exits on its own still ends with the kill's status.
+    - Components sleeping (``wasi:io/poll`` on a monotonic-clock pollable) block inside wasmtime's own WASI
+      implementation on a tokio timer. wasmtime-py 50 offers nothing to cancel it: no async support, no
+      per-store interrupt for host calls, and shadowing ``wasi:io/poll#poll`` from Python would receive only
+      opaque handles of wasmtime's own pollables. Such a kill takes effect when the sleep ends (the status
+      is the kill's). A process boundary per component would fix it at the cost of an interpreter and a
+      deserialized component per guest (tens of MiB, ~100 ms start), which we have not built.
+
+Pause, CPU limits (issue 3)
+    ``pause`` sets a flag and asks for ticks until the guest parks: its deadline callback (or our
+    poll_oneoff on the way out) waits on the guest's condition until ``resume`` or a kill, using no CPU.
+    A guest paused while blocked in wasmtime's own host code (a stdin read) parks when that call returns;
+    until then the ticker keeps ticking on its account.
+    A guest with ``cpu_limit`` (CPUs, from linux.resources.cpu quota/period) keeps the ticker running; at
+    each tick its callback runs a token bucket on its own thread's CPU clock (it earns ``cpu_limit`` CPU-ns
+    per wall-ns, banking at most ``CPU_BURST_SECONDS`` of it) and sleeps off any debt, so a spinning guest
+    cannot take more than its share. While a CPU-limited guest runs, every other guest executing wasm pays
+    one callback per tick too.
+
+Memory and OOM (issue 3)
+    ``memory_limit`` becomes the store's memory limit: a memory.grow beyond it fails inside the guest
+    (malloc returns NULL). ``oom`` is set when a guest ends in failure with its linear memory near the limit
+    (see ``_check_memory``); the task service publishes /tasks/oom for it. ``stats()`` reports the linear
+    memory as last sampled (at deadlines and host calls; 0 for components, whose memories wasmtime-py does
+    not expose) and the CPU time of the guest's thread.
 
 Resources
     On exit the guest thread closes its ``Store`` explicitly (``Store.close()`` frees the instance, the WASI
@@ -64,7 +92,9 @@ Compiled-artifact cache
     written to a temporary file and renamed. Deserializing untrusted bytes is unsafe (they are machine code),
     so the cache directory must be owned by us and not accessible to group/others (0700; checked at
     construction), files are opened with O_NOFOLLOW and must be ours, and a file whose digest or header does
-    not match, or that wasmtime refuses, is deleted and the module recompiled.
+    not match, or that wasmtime refuses, is deleted and the module recompiled. ``precompile`` (behind
+    ``wasm-shim precompile``) fills the same cache through the same code, so it writes exactly the files a
+    daemon reads; ``prepare`` logs at debug where each artifact came from (memory, disk, compiled).
 """
 
 from __future__ import annotations
@@ -76,10 +106,13 @@ import logging
 import os
 import platform
 import re
+import select
 import stat
+import struct
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +139,9 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.01  # ticker period while a kill is pending: bounds kill latency for a spinning guest
+TICK_SECONDS = 0.01  # ticker period while a kill/pause is pending or a CPU-limited guest runs
+CPU_BURST_SECONDS = 0.05  # a CPU-limited guest may bank at most this much of its share (at its rate)
+WASM_PAGE = 65536
 MAX_TRAP_FRAMES = 10  # a trap report includes the wasm backtrace only when it is at most this long
 _CACHE_MAGIC = b"wasm-shim-cwasm-v1\n"
 _RUN_INTERFACE = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
@@ -188,8 +223,8 @@ class _ArtifactCache:
 
     def get(
         self, digest: str, kind: WasmKind, wasm: bytes, name: str, finish: Callable[[Any], _Compiled]
-    ) -> _Compiled:
-        """The compiled artifact for ``wasm``: from memory, from disk, or compiled now (once per digest).
+    ) -> tuple[_Compiled, str]:
+        """The compiled artifact for ``wasm`` and where it came from: "memory", "disk" or "compiled".
 
         ``finish`` turns a fresh Module/Component into the shared ``_Compiled`` (links it, finds its entry);
         only finished artifacts enter the memory cache.
@@ -200,7 +235,7 @@ class _ArtifactCache:
             if hit is not None:
                 self._memory.move_to_end(key)
                 self._counts["memory_hits"] += 1
-                return hit
+                return hit, "memory"
             gate = self._inflight.setdefault(key, threading.Lock())
         with gate:  # concurrent prepares of the same bytes compile once
             with self._lock:
@@ -208,10 +243,12 @@ class _ArtifactCache:
                 if hit is not None:
                     self._memory.move_to_end(key)
                     self._counts["memory_hits"] += 1
-                    return hit
+                    return hit, "memory"
             try:
+                source = "disk"
                 artifact = self._load(key, kind)
                 if artifact is None:
+                    source = "compiled"
                     artifact = self._compile(kind, wasm, name)
                     self._store(key, artifact)
                 compiled = finish(artifact)
@@ -222,7 +259,7 @@ class _ArtifactCache:
                 self._memory[key] = compiled
                 while len(self._memory) > self._memory_entries:
                     self._memory.popitem(last=False)
-            return compiled
+            return compiled, source
 
     def _compile(self, kind: WasmKind, wasm: bytes, name: str) -> Any:
         self._count("compiles")
@@ -311,11 +348,11 @@ class _DeadlineHandler:
         self._guests = guests  # the engine's table of running guests, by the key given to the store
         self.calls = 0
 
-    def __call__(self, _context: Any, data: int | None, delta: Any, kind: Any) -> int:
+    def __call__(self, context: Any, data: int | None, delta: Any, kind: Any) -> int:
         try:
             self.calls += 1
             guest = self._guests.get(data or 0)
-            signal = None if guest is None else guest._kill_signal
+            signal = None if guest is None else guest._at_deadline(context)
             if signal is not None:
                 error = wasmtime_ffi.wasmtime_error_new(f"guest killed by signal {signal}".encode())
                 return ctypes.cast(error, ctypes.c_void_p).value or 0
@@ -324,6 +361,158 @@ class _DeadlineHandler:
         delta[0] = 1
         kind[0] = _UPDATE_DEADLINE_CONTINUE
         return 0
+
+
+# WASI preview1 (wasi_snapshot_preview1.witx) layouts used by poll_oneoff.
+_SUBSCRIPTION_SIZE = 48  # userdata u64 @0, tag u8 @8, payload @16 (clock: id u32 @16, timeout u64 @24,
+#                          precision u64 @32, flags u16 @40; fd_read/fd_write: fd u32 @16)
+_EVENT = struct.Struct("<QHBxxxxxQHxxxxxx")  # userdata, error, type, fd_readwrite.nbytes, fd_readwrite.flags
+_EVENTTYPE_CLOCK = 0
+_SUBCLOCKFLAGS_ABSTIME = 1
+_CLOCK_REALTIME, _CLOCK_MONOTONIC = 0, 1
+_ERRNO_SUCCESS, _ERRNO_FAULT, _ERRNO_INVAL, _ERRNO_NOTSUP = 0, 21, 28, 58
+
+
+class _GuestKilled(Exception):
+    """Raised from a host call of a killed guest: wasmtime turns it into a trap that unwinds the guest."""
+
+
+class _HostCalls:
+    """Our own versions of the blocking WASI preview1 calls, so that a kill reaches a guest blocked in them.
+
+    Defined over ``wasi_snapshot_preview1.poll_oneoff`` in the module linker (shadowing wasmtime's); runs on
+    the calling guest's thread, found in ``threads`` (thread ident -> guest). Refers to no engine (no cycle).
+    """
+
+    def __init__(self, threads: dict[int, WasmtimeGuest]):
+        self._threads = threads
+
+    def poll_oneoff(self, caller: wasmtime.Caller, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
+        """WASI preview1 poll_oneoff: clock subscriptions wait on the guest's kill/pause condition.
+
+        fd subscriptions are reported ready at once (their host fds are inside wasmtime's WASI table, out of
+        our reach): the guest's next read/write then blocks in wasmtime, where a blocking stdin is made
+        killable by the stdin pump (see ``_StdinPump``). Output and regular files are always ready anyway.
+        """
+        guest = self._threads.get(threading.get_ident())
+        memory = caller.get("memory")
+        if guest is None or not isinstance(memory, wasmtime.Memory):
+            return _ERRNO_NOTSUP
+        if nsubs == 0:
+            return _ERRNO_INVAL
+        size = memory.data_len(caller)
+        guest._memory_bytes = size
+        if in_ptr + _SUBSCRIPTION_SIZE * nsubs > size or out_ptr + _EVENT.size * nsubs > size or nevents_ptr + 4 > size:
+            return _ERRNO_FAULT
+        subs = memory.read(caller, in_ptr, in_ptr + _SUBSCRIPTION_SIZE * nsubs)
+        now = time.monotonic_ns()
+        clocks: list[tuple[int, int, int]] = []  # (deadline on our monotonic clock, userdata, errno)
+        ready: list[bytes] = []
+        for index in range(nsubs):
+            base = index * _SUBSCRIPTION_SIZE
+            userdata, tag = struct.unpack_from("<QB", subs, base)
+            if tag != _EVENTTYPE_CLOCK:  # fd_read / fd_write: ready now (see the docstring)
+                ready.append(_EVENT.pack(userdata, _ERRNO_SUCCESS, tag, 0, 0))
+                continue
+            clock_id, timeout, _precision, flags = struct.unpack_from("<I4xQQH", subs, base + 16)
+            if clock_id not in (_CLOCK_REALTIME, _CLOCK_MONOTONIC):
+                ready.append(_EVENT.pack(userdata, _ERRNO_INVAL, tag, 0, 0))  # CPU-time clocks: no timers
+                continue
+            if not flags & _SUBCLOCKFLAGS_ABSTIME:
+                deadline = now + timeout
+            elif clock_id == _CLOCK_REALTIME:
+                deadline = now + (timeout - time.time_ns())
+            else:  # wasmtime's monotonic clock counts from when the guest's WASI context was made
+                deadline = guest._monotonic_origin + timeout
+            clocks.append((deadline, userdata, _ERRNO_SUCCESS))
+        if not ready and clocks:
+            first = min(deadline for deadline, _, _ in clocks)
+            guest._sleep_until(first)  # raises _GuestKilled
+            now = time.monotonic_ns()
+            ready = [_EVENT.pack(u, e, _EVENTTYPE_CLOCK, 0, 0) for d, u, e in clocks if d <= now or d == first]
+        guest._check_in()  # a kill or pause that came while we were here
+        memory.write(caller, b"".join(ready), out_ptr)
+        memory.write(caller, struct.pack("<I", len(ready)), nevents_ptr)
+        return _ERRNO_SUCCESS
+
+
+class _StdinPump:
+    """Copies a stdin FIFO/pipe into a pipe of ours that the guest reads, so a kill can end its read with EOF.
+
+    wasmtime reads stdin with a blocking read(2) inside its own code, where no epoch or Python function
+    reaches; closing the only writer of the guest's pipe is what wakes it (pipe(7): EOF once every writer is
+    closed). One thread per guest that has a stdin; it ends on EOF of the source, when the guest closes its
+    end, or when ``stop`` is called (kill, or the guest's end).
+    """
+
+    def __init__(self, source: str, task_id: str):
+        self._task_id = task_id
+        self._source = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.guest_end, self._sink = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._sink, False)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name=f"wasm-stdin-{task_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # already woken (the pipe is full) or closed
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the thread, wait for it, and close every fd of ours."""
+        self.stop()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("task %s: the stdin pump did not stop within %.1f s", self._task_id, timeout)
+                return  # leave its fds alone: the thread still uses them
+        else:
+            self._close_streams()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        if self.guest_end >= 0:
+            os.close(self.guest_end)
+            self.guest_end = -1
+
+    def _close_streams(self) -> None:
+        for fd in (self._source, self._sink):
+            if fd >= 0:
+                os.close(fd)
+        self._source = self._sink = -1
+
+    def _run(self) -> None:
+        pending = b""
+        try:
+            while True:
+                poller = select.poll()
+                poller.register(self._wake_r, select.POLLIN)
+                if pending:
+                    poller.register(self._sink, select.POLLOUT)
+                else:
+                    poller.register(self._source, select.POLLIN)
+                events = dict(poller.poll())
+                if self._wake_r in events:
+                    return
+                try:
+                    if self._sink in events:
+                        if events[self._sink] & (select.POLLERR | select.POLLHUP):
+                            return  # the guest closed its end
+                        pending = pending[os.write(self._sink, pending) :]
+                    elif self._source in events:
+                        chunk = os.read(self._source, 65536)
+                        if not chunk:
+                            return  # EOF: every writer of the source is gone
+                        pending = chunk
+                except BlockingIOError:
+                    continue  # a spurious wake-up: poll again
+        except OSError as exc:
+            log.info("task %s: stdin pump stopped: %s", self._task_id, exc)
+        finally:
+            self._close_streams()
 
 
 class WasmtimeEngine:
@@ -342,13 +531,25 @@ class WasmtimeEngine:
         self._cache = _ArtifactCache(self._wasm, self.fingerprint, cache_dir, memory_entries)
         self._module_linker = wasmtime.Linker(self._wasm)
         self._module_linker.define_wasi()
+        # Guests by the thread running them, for our host calls (issue 3: kill of a guest blocked in them).
+        self._threads: dict[int, WasmtimeGuest] = {}
+        self._host = _HostCalls(self._threads)
+        i32 = wasmtime.ValType.i32()
+        self._module_linker.allow_shadowing = True  # our poll_oneoff replaces wasmtime's
+        self._module_linker.define_func(
+            "wasi_snapshot_preview1", "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]),
+            self._host.poll_oneoff, access_caller=True,
+        )
+        self._module_linker.allow_shadowing = False
         self._component_linker = wasm_component.Linker(self._wasm)
         self._component_linker.add_wasip2()
         # Guests by the key passed to the epoch-deadline callback; the lock also guards _pending and _closed.
         self._cond = threading.Condition()
         self._guests: dict[int, WasmtimeGuest] = {}
         self._next_key = 1
-        self._pending: set[WasmtimeGuest] = set()  # killed, still running: the ticker ticks while non-empty
+        # Guests the ticker must reach: killed and still running, or paused and not yet parked.
+        self._pending: set[WasmtimeGuest] = set()
+        self._limited: set[WasmtimeGuest] = set()  # running with a CPU limit: the ticker slices their time
         self._ticker: threading.Thread | None = None
         self._ticker_stop = False
         self._closed = False  # no new guests
@@ -376,18 +577,11 @@ class WasmtimeEngine:
         name = f"entrypoint {entry.guest_path}"
         kind = classify_header(read_header(entry), name)
         env = tuple(split_env(spec.env))
-        try:
-            with open(entry.host_path, "rb") as file:
-                wasm = file.read()
-        except OSError as exc:
-            raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
-        digest = hashlib.sha256(wasm).hexdigest()
-        if kind is WasmKind.MODULE:
-            compiled = self._cache.get(
-                digest, kind, wasm, name, lambda module: self._finish_module(module, digest, name)
-            )
-        else:
-            compiled = self._cache.get(digest, kind, wasm, name, lambda c: self._finish_component(c, digest))
+        check_network_grant(spec.annotations)
+        compiled, source = self._compiled(entry.host_path, kind, name)
+        # issue 3: tests and operators see cache reuse here (the daemon logs at debug in tests).
+        log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
+                  self._cache.stats)
         if kind is WasmKind.MODULE:
             export, initialize = _module_entry(compiled, entry, name)
         else:
@@ -412,6 +606,33 @@ class WasmtimeEngine:
                 raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
         return WasmtimePrepared(spec, entry, compiled, export, initialize, env, tuple(preopens))
 
+    def precompile(self, path: str) -> tuple[str, WasmKind, str]:
+        """Compile ``path`` into the cache exactly as ``prepare`` would: (sha256, kind, "memory"/"disk"/"compiled").
+
+        Used by ``wasm-shim precompile`` to warm the on-disk cache; raises EngineError naming the problem.
+        """
+        try:
+            with open(path, "rb") as file:
+                header = file.read(8)
+        except OSError as exc:
+            raise EngineError(f"{path}: {exc.strerror}") from None
+        kind = classify_header(header, path)
+        compiled, source = self._compiled(path, kind, path)
+        return compiled.digest, kind, source
+
+    def _compiled(self, host_path: str, kind: WasmKind, name: str) -> tuple[_Compiled, str]:
+        try:
+            with open(host_path, "rb") as file:
+                wasm = file.read()
+        except OSError as exc:
+            raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
+        digest = hashlib.sha256(wasm).hexdigest()
+        if kind is WasmKind.MODULE:
+            return self._cache.get(
+                digest, kind, wasm, name, lambda module: self._finish_module(module, digest, name)
+            )
+        return self._cache.get(digest, kind, wasm, name, lambda c: self._finish_component(c, digest))
+
     def start(
         self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]
     ) -> WasmtimeGuest:
@@ -430,13 +651,16 @@ class WasmtimeEngine:
             raise
         with self._cond:
             self._guests[key] = guest
+            if guest._cpu_limit is not None:
+                self._limited.add(guest)
+                self._start_ticker()
+                self._cond.notify_all()
         thread = threading.Thread(target=guest._main, name=f"wasm-{prepared.spec.task_id}", daemon=True)
         guest._thread = thread
         try:
             thread.start()
         except RuntimeError as exc:
-            with self._cond:
-                self._guests.pop(key, None)
+            self._unregister(guest)
             guest._release()
             raise EngineError(f"cannot start a thread for task {prepared.spec.task_id}: {exc}") from None
         return guest
@@ -496,22 +720,31 @@ class WasmtimeEngine:
         """How often a guest reached its epoch deadline (a measurement of what kills cost running guests)."""
         return self._deadline.calls
 
-    def _request_kill(self, guest: WasmtimeGuest) -> None:
+    def _request_attention(self, guest: WasmtimeGuest) -> None:
+        """Make ``guest`` reach its epoch deadline soon (a kill or a pause), ticking until it has."""
         with self._cond:
             if self._guests.get(guest._key) is not guest:
                 return  # already finished (or never registered)
             self._pending.add(guest)
-            if self._ticker is None and not self._ticker_stop:
-                self._ticker = threading.Thread(target=self._tick, name="wasm-epoch-ticker", daemon=True)
-                self._ticker.start()
+            self._start_ticker()
             self._cond.notify_all()
         self._wasm.increment_epoch()
 
+    def _attended(self, guest: WasmtimeGuest) -> None:
+        """``guest`` has seen its pause (it is parked): no more ticks on its account."""
+        with self._cond:
+            self._pending.discard(guest)
+
+    def _start_ticker(self) -> None:  # with self._cond held
+        if self._ticker is None and not self._ticker_stop:
+            self._ticker = threading.Thread(target=self._tick, name="wasm-epoch-ticker", daemon=True)
+            self._ticker.start()
+
     def _tick(self) -> None:
-        """The ticker: increments the epoch every TICK_SECONDS while a killed guest is still running."""
+        """The ticker: increments the epoch every TICK_SECONDS while a guest needs it (_pending, _limited)."""
         with self._cond:
             while not self._ticker_stop:
-                if not self._pending:
+                if not self._pending and not self._limited:
                     self._cond.wait()
                     continue
                 self._wasm.increment_epoch()
@@ -521,6 +754,7 @@ class WasmtimeEngine:
         with self._cond:
             self._guests.pop(guest._key, None)
             self._pending.discard(guest)
+            self._limited.discard(guest)
 
 
 class WasmtimeGuest:
@@ -536,8 +770,25 @@ class WasmtimeGuest:
         self._kill_signal: int | None = None
         self._store: wasmtime.Store | None = None
         self._stderr_fd: int | None = None  # ours, non-blocking: for the trap report
+        self._stdin_pump: _StdinPump | None = None
         self._thread: threading.Thread | None = None
         self.exit_status: int | None = None
+        self.oom = False  # set before on_exit: ended non-zero with its memory at the limit (issue 3)
+        # Kill, pause and CPU slicing (issue 3). _signal guards _paused and wakes a guest waiting in our
+        # host calls, in a pause or in a CPU-limit pause; the other fields are touched by the guest's thread.
+        self._signal = threading.Condition()
+        self._paused = False
+        self._in_host = False  # inside our poll_oneoff: it checks for pause/kill itself on the way out
+        self._monotonic_origin = 0
+        self._memory: wasmtime.Memory | None = None
+        self._memory_bytes = 0
+        self._at_memory_limit = False
+        limit = prepared.spec.cpu_limit
+        self._cpu_limit = limit if limit is not None and limit > 0 else None
+        self._cpu_credit = 0.0
+        self._cpu_wall = 0
+        self._cpu_used = 0
+        self._cpu_final: int | None = None
 
     @property
     def task_id(self) -> str:
@@ -547,9 +798,98 @@ class WasmtimeGuest:
         """Stop the guest (see the module docstring); signal 0 and default-ignored signals do nothing."""
         if not signal_terminates(signal):
             return
-        if self._kill_signal is None:
-            self._kill_signal = signal  # the first terminating signal decides the status
-        self._engine._request_kill(self)
+        with self._signal:
+            if self._kill_signal is None:
+                self._kill_signal = signal  # the first terminating signal decides the status
+            self._signal.notify_all()
+        if self._stdin_pump is not None:
+            self._stdin_pump.stop()  # a guest blocked reading stdin gets EOF
+        self._engine._request_attention(self)
+
+    def pause(self) -> None:
+        """Freeze the guest: it parks at its next epoch deadline (or on leaving a host call) until resumed."""
+        with self._signal:
+            if self._paused or self._kill_signal is not None:
+                return
+            self._paused = True
+            in_host = self._in_host
+        if not in_host:
+            self._engine._request_attention(self)
+
+    def resume(self) -> None:
+        with self._signal:
+            self._paused = False
+            self._signal.notify_all()
+        self._engine._attended(self)
+
+    def stats(self) -> tuple[int, int]:
+        """(linear memory bytes as last sampled, CPU ns of the guest's thread). Components report memory 0."""
+        cpu = self._cpu_final
+        thread = self._thread
+        if cpu is None and thread is not None and thread.ident is not None:
+            try:
+                cpu = time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
+            except OSError:
+                cpu = self._cpu_final  # the thread ended in between
+        return self._memory_bytes, cpu or 0
+
+    # --- on the guest's own thread: epoch deadline, host calls ----------------------------------------------
+
+    def _at_deadline(self, context: Any) -> int | None:
+        """The epoch-deadline callback's work: the kill signal to trap with, or None to go on.
+
+        Parks here while paused; sleeps here while over its CPU limit (issue 3).
+        """
+        memory = self._memory
+        if memory is not None:
+            self._memory_bytes = wasmtime_ffi.wasmtime_memory_data_size(context, ctypes.byref(memory._memory))
+        if self._kill_signal is None and self._paused:
+            self._park()
+        if self._kill_signal is None and self._cpu_limit is not None:
+            self._throttle(self._cpu_limit)
+        return self._kill_signal
+
+    def _park(self) -> None:
+        with self._signal:
+            self._engine._attended(self)
+            while self._paused and self._kill_signal is None:
+                self._signal.wait()
+        self._cpu_wall = time.monotonic_ns()  # no CPU credit accrues while paused
+
+    def _throttle(self, limit: float) -> None:
+        """A token bucket: the guest earns ``limit`` CPU-ns per wall-ns and sleeps off any debt."""
+        now, used = time.monotonic_ns(), time.thread_time_ns()
+        credit = self._cpu_credit + limit * (now - self._cpu_wall) - (used - self._cpu_used)
+        self._cpu_credit = min(credit, limit * CPU_BURST_SECONDS * 1e9)
+        self._cpu_wall, self._cpu_used = now, used
+        if self._cpu_credit < 0:
+            debt_seconds = -self._cpu_credit / limit / 1e9
+            with self._signal:
+                self._signal.wait_for(lambda: self._kill_signal is not None, debt_seconds)
+            after = time.monotonic_ns()
+            self._cpu_credit += limit * (after - now)
+            self._cpu_wall = after
+
+    def _sleep_until(self, deadline_ns: int) -> None:
+        """Wait until ``deadline_ns`` (time.monotonic_ns); a kill ends the wait by trapping the guest."""
+        with self._signal:
+            self._in_host = True
+            try:
+                while self._kill_signal is None:
+                    remaining = deadline_ns - time.monotonic_ns()
+                    if remaining <= 0:
+                        break
+                    self._signal.wait(remaining / 1e9)
+            finally:
+                self._in_host = False
+        self._check_in()
+
+    def _check_in(self) -> None:
+        """On the way back into wasm from a host call: honour a kill (trap) or a pause (park)."""
+        if self._kill_signal is None and self._paused:
+            self._park()
+        if self._kill_signal is not None:
+            raise _GuestKilled(f"guest killed by signal {self._kill_signal}")
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the guest's thread to end (it ends right after on_exit returns); True if it has."""
@@ -572,6 +912,7 @@ class WasmtimeGuest:
             raise
         store = wasmtime.Store(self._engine._wasm)
         self._store = store
+        self._monotonic_origin = time.monotonic_ns()  # ~ when wasmtime's WASI monotonic clock starts
         store.set_wasi(wasi)  # the store owns the WASI context (and its fds) from here on
         if spec.memory_limit is not None and spec.memory_limit > 0:
             store.set_limits(memory_size=spec.memory_limit)  # memory.grow fails beyond it (issue 3)
@@ -586,7 +927,18 @@ class WasmtimeGuest:
         wasi.argv = list(spec.args)
         wasi.env = [list(pair) for pair in prepared.env]
         if stdio.stdin is not None:
-            _open_stdio(stdio.stdin, "stdin", lambda path: setattr(wasi, "stdin_file", path))
+            self._stdin_pump = _stdin_pump(stdio.stdin, spec.task_id)
+            if self._stdin_pump is None:
+                _open_stdio(stdio.stdin, "stdin", lambda path: setattr(wasi, "stdin_file", path))
+            else:
+                pump = self._stdin_pump
+                try:
+                    wasi.stdin_file = f"/proc/self/fd/{pump.guest_end}"
+                except wasmtime.WasmtimeError:
+                    raise EngineError(f"stdin {stdio.stdin}: cannot open it for the guest") from None
+                os.close(pump.guest_end)  # wasmtime has its own fd now; the pump's writer is the only one
+                pump.guest_end = -1
+                pump.start()
         if stdio.stdout is not None:
             _open_stdio(stdio.stdout, "stdout", lambda path: setattr(wasi, "stdout_file", path))
         if stdio.stderr is not None:
@@ -601,12 +953,24 @@ class WasmtimeGuest:
 
     def _main(self) -> None:
         status = EXIT_FAILURE
+        me = threading.get_ident()
+        self._engine._threads[me] = self
+        self._cpu_wall, self._cpu_used = time.monotonic_ns(), time.thread_time_ns()
         try:
             status = self._execute()
+            if self._kill_signal is not None:
+                # Killed while ending: a guest whose stdin read was ended by the kill (EOF) may have returned
+                # normally before reaching its deadline; it still ended because of the kill.
+                status = killed_status(self._kill_signal)
+            # Out of memory: ended in failure (a trap, or exit(n != 0) after a failed allocation) with its
+            # linear memory at the limit; a guest that coped with the failure and exited 0 is not.
+            self.oom = status != 0 and self._kill_signal is None and self._at_memory_limit
         except BaseException as exc:
             log.exception("task %s: unexpected failure running the guest", self.task_id)
             self._report(f"wasm: internal error running the guest: {exc!r}\n")
         finally:
+            self._engine._threads.pop(me, None)
+            self._cpu_final = time.thread_time_ns()
             self._release()
             self._engine._unregister(self)
             self.exit_status = status
@@ -627,10 +991,17 @@ class WasmtimeGuest:
                 assert compiled.instance_pre is not None and prepared.export is not None
                 instance = compiled.instance_pre.instantiate(store)
                 exports = instance.exports(store)
-                for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
-                    func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
-                    assert isinstance(func, wasmtime.Func)  # checked in prepare
-                    func(store)
+                memory = exports.get("memory")
+                if isinstance(memory, wasmtime.Memory):
+                    self._memory = memory
+                    self._memory_bytes = memory.data_len(store)
+                try:
+                    for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
+                        func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
+                        assert isinstance(func, wasmtime.Func)  # checked in prepare
+                        func(store)
+                finally:
+                    self._check_memory(store)
                 return 0
             assert compiled.component is not None and compiled.run_index is not None
             component_instance = self._engine._component_linker.instantiate(store, compiled.component)
@@ -649,6 +1020,24 @@ class WasmtimeGuest:
             text = str(exc)
             _dispose(exc)
             return self._failed(text)
+        except _GuestKilled as exc:  # raised by our host calls; wasmtime hands it back to us as it was
+            exc.__traceback__ = None
+            return self._failed(str(exc))
+
+    def _check_memory(self, store: wasmtime.Store) -> None:
+        """Record the final memory size and whether it ended near its memory limit (for ``oom``).
+
+        wasmtime-py 50 cannot observe a refused memory.grow (its C API has limits but no resource-limiter
+        callback), and the refused request may be large (malloc asks for what it needs at once), so "near" is
+        within an eighth of the limit (at least one page): a guest that fails there did so for lack of memory.
+        """
+        memory = self._memory
+        if memory is None:
+            return
+        size = memory.data_len(store)
+        self._memory_bytes = size
+        limit = self._prepared.spec.memory_limit
+        self._at_memory_limit = limit is not None and size + max(limit // 8, WASM_PAGE) > limit
 
     def _failed(self, text: str) -> int:
         """Status for a guest that ended in an error: killed, trapped (134), or another error (1).
@@ -674,9 +1063,13 @@ class WasmtimeGuest:
 
     def _release(self) -> None:
         """Free the store (and with it every fd wasmtime opened for this guest), then our own fds."""
+        self._memory = None
         store, self._store = self._store, None
         if store is not None:
             store.close()
+        pump, self._stdin_pump = self._stdin_pump, None
+        if pump is not None:
+            pump.close()
         fd, self._stderr_fd = self._stderr_fd, None
         if fd is not None:
             os.close(fd)
@@ -800,6 +1193,41 @@ def _open_stdio(
         if guard is not None:
             os.close(guard)
     return mine
+
+
+NETWORK_ANNOTATION = "wasm.shim.io/network"
+_NO_NETWORK = ("", "none")
+
+
+def check_network_grant(annotations: Mapping[str, str]) -> None:
+    """Network is denied (DESIGN principle 7); a grant this engine cannot enforce fails Create (issue 3).
+
+    wasmtime's WASI denies every socket address unless the embedder installs an address check; wasmtime-py
+    50's WasiConfig exposes neither that check nor per-address rules (its C API has only the all-or-nothing
+    ``wasi_config_inherit_network``), and a grant would also have to move the guest's sockets into the pod's
+    network namespace. Until both exist, any value other than "none" is refused with this explanation
+    rather than silently ignored or widened (docs/annotations.md).
+    """
+    value = annotations.get(NETWORK_ANNOTATION, "").strip()
+    if value.lower() in _NO_NETWORK:
+        return
+    raise EngineError(
+        f"annotation {NETWORK_ANNOTATION}={value!r}: network grants are not supported by this shim's wasmtime "
+        "engine (wasmtime-py 50 cannot restrict socket addresses nor place sockets in the pod's network "
+        "namespace); remove the annotation (guests get no network) or use \"none\""
+    )
+
+
+def _stdin_pump(path: str, task_id: str) -> _StdinPump | None:
+    """A pump for a FIFO or pipe stdin (see ``_StdinPump``); None for anything else (files do not block)."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return None
+        return _StdinPump(path, task_id)
+    except FileNotFoundError:
+        raise EngineError(f"stdin {path}: no such file or FIFO") from None
+    except OSError as exc:
+        raise EngineError(f"stdin {path}: {exc.strerror}") from None
 
 
 def _preopen(wasi: wasmtime.WasiConfig, host: str, guest: str, readonly: bool, what: str) -> None:

@@ -94,3 +94,28 @@ for name in "${COMPONENTS[@]}"; do
 done
 
 echo "build.sh: $built guest(s) built into $out" >&2
+
+# ---------------------------------------------------------------------------------------------------------------
+# Native helpers (issue 4, CRI): pause.c -> pause, a static x86-64/ELF program for the pod sandbox image. Not a
+# wasm guest: it runs under the native engine (runc). Lives beside src/ (not in it) so the wasm loop skips it.
+pause_src="$here/pause.c"
+pause_bin="$out/pause"
+if [[ -f "$pause_src" ]] && stale "$pause_bin" "$pause_src"; then
+    need gcc "apt-get install gcc libc6-dev (static glibc for the pause program)"
+    gcc -static -O2 -Wall -Werror -s "$pause_src" -o "$pause_bin.tmp" || die "compiling $pause_src failed"
+    mv -f "$pause_bin.tmp" "$pause_bin"
+    echo "build.sh: built $pause_bin" >&2
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocking guests as components (issue 3, engine part 2: kill of blocked guests, grants): the same jco adaptation
+# as COMPONENTS above, for guests that sleep, read stdin or touch files.
+for name in sleep cat_file writer; do
+    core="$out/$name.wasm"
+    target="$out/$name.component.wasm"
+    if stale "$target" "$core"; then
+        ensure_jco
+        "$jco" new "$core" --wasi-command -o "$target.tmp" >/dev/null || die "jco new $core failed"
+        mv -f "$target.tmp" "$target"
+    fi
+done

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.harness.containerd import Containerd
-from wasm_shim.oci.layout import build_image_tar
+from wasm_shim.oci.layout import FileSource, build_image_tar
 
 WasmImage = Callable[..., str]
 
 
 def _image_maker(containerd: Containerd, workdir: Path) -> WasmImage:
-    def make(name: str, wasm: Path, *, env: Sequence[str] = (), args: Sequence[str] = ()) -> str:
-        """Pack `wasm` at /app.wasm (entrypoint) into an image, import it, return its ref."""
+    def make(name: str, wasm: Path, *, env: Sequence[str] = (), args: Sequence[str] = (),
+             extra: Mapping[str, FileSource] | None = None) -> str:
+        """Pack `wasm` at /app.wasm (entrypoint) into an image, import it, return its ref.
+
+        ``extra`` adds more image paths (bytes, a host Path, or a ``Symlink``), e.g. for the grant tests.
+        """
         ref = f"localhost/wasm-shim-test/{name}:latest"
         tar = workdir / f"{name}.tar"
-        build_image_tar(tar, ref, {"/app.wasm": Path(wasm)}, entrypoint=["/app.wasm"], cmd=list(args),
+        files: dict[str, FileSource] = {"/app.wasm": Path(wasm), **(extra or {})}
+        build_image_tar(tar, ref, files, entrypoint=["/app.wasm"], cmd=list(args),
                         env=list(env), architecture="amd64", os="linux")
         containerd.import_image(tar)
         return ref
