@@ -3,15 +3,19 @@
 #
 # Idempotent and cached: every step first checks whether its result is already there and does nothing if so.
 # Quiet: one line per step that actually does work; a failing step prints the tail of its log and exits non-zero.
-# Sources: Debian (apt), PyPI (pip), the Go module proxy (go install), npm. Nothing else is downloaded.
+# Sources: Debian (apt), PyPI (pip), the Go module proxy (go install), npm, crates.io (only --with wasmtime-cli).
+# Nothing else is downloaded.
 #
 # Steps
 #   1. apt packages (skipped entirely when dpkg-query says all are installed)
 #   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev]'` when pyproject.toml changed
 #   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
+#   4. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
+#   5. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
 # Usage: scripts/setup.sh [--with TOOL]... [--verbose]
-#   --with TOOL    also build an optional Go tool from the table below (or: WASM_SHIM_TOOLS="oras cosign")
+#   --with TOOL    also build an optional tool: a Go tool from the table below, or wasmtime-cli (cargo; step 4)
+#                  (or: WASM_SHIM_TOOLS="oras cosign")
 #   --verbose      show the commands' own output
 set -euo pipefail
 
@@ -45,7 +49,7 @@ while (($#)); do
     --with) [[ $# -ge 2 ]] || { echo "setup: --with needs a tool name" >&2; exit 2; }; WITH+=("$2"); shift 2 ;;
     --with=*) WITH+=("${1#--with=}"); shift ;;
     -v|--verbose) VERBOSE=1; shift ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,7 +86,7 @@ selected() { # selected NAME DEFAULT-FLAG
   return 1
 }
 
-known=" "
+known=" wasmtime-cli "  # optional tools not built with Go: see their own steps below
 for line in "${GO_TOOLS[@]}"; do known+="${line%%|*} "; done
 for w in "${WITH[@]}"; do
   [[ "$known" == *" $w "* ]] || die "unknown tool '$w' for --with; known:$known"
@@ -187,6 +191,27 @@ if [[ "$want_stamp" != "$have_stamp" || ! -x "$VENV/bin/containerd-shim-wasmtime
   printf '%s\n' "$want_stamp" >"$STAMP"
 fi
 
+# The shim binary's launcher. containerd execs it for `start` and `delete` of every container; that path needs only
+# the standard library and our stdlib-only modules (shim/binary.py, launch.py, config.py, ttrpc/wire.py), so it runs
+# `python -I -S` with a link tree of the package root on sys.path instead of pip's console-script wrapper, which pays
+# for `site` and setuptools' editable-install finder on every container (issue 5). The daemon it spawns runs with the
+# full venv (sys.executable, normal site).
+PKGROOT="$ROOT/.tools/pkgroot"
+mkdir -p "$PKGROOT/wasm_shim"
+ln -sfn ../../../shim "$PKGROOT/wasm_shim/shim"
+ln -sfn ../../../oci "$PKGROOT/wasm_shim/oci"
+launcher="#!$VENV/bin/python -IS
+# containerd-shim-wasmtime-v1, written by scripts/setup.sh: a lean launcher (python -I -S, stdlib-only path).
+import sys
+sys.path.insert(0, \"$PKGROOT\")
+from wasm_shim.shim.binary import main
+sys.exit(main())"
+if [[ "$(cat "$VENV/bin/containerd-shim-wasmtime-v1" 2>/dev/null)" != "$launcher" ]]; then
+  printf '%s\n' "$launcher" >"$VENV/bin/containerd-shim-wasmtime-v1.tmp"
+  chmod 0755 "$VENV/bin/containerd-shim-wasmtime-v1.tmp"
+  mv -f "$VENV/bin/containerd-shim-wasmtime-v1.tmp" "$VENV/bin/containerd-shim-wasmtime-v1"
+fi
+
 # --- 3. Go tools ----------------------------------------------------------------------------------------------
 GO=""
 mkdir -p "$TOOLS_BIN"
@@ -216,3 +241,25 @@ for line in "${GO_TOOLS[@]}"; do
     ln -sfn "$bindir/$bin" "$TOOLS_BIN/$alias"
   done
 done
+
+# --- 4. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
+# The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose
+# rust-version this machine's rustc (1.95) builds; the shim itself embeds wasmtime-py 50 (a newer Cranelift).
+WASMTIME_CLI_VERSION=48.0.0
+if selected wasmtime-cli optional; then
+  cli_root="$CACHE/cargo/wasmtime-cli-$WASMTIME_CLI_VERSION"
+  if [[ ! -x "$cli_root/bin/wasmtime" ]]; then
+    command -v cargo >/dev/null 2>&1 || die "--with wasmtime-cli needs cargo (Rust >= 1.86): install rustup or cargo"
+    say "building wasmtime-cli $WASMTIME_CLI_VERSION with cargo install (first time only; 10-30 minutes)" \
+      "- a baseline only: the shim uses wasmtime-py 50"
+    run cargo-wasmtime-cli cargo install wasmtime-cli --version "$WASMTIME_CLI_VERSION" --locked --root "$cli_root"
+  fi
+  [[ "$(readlink "$TOOLS_BIN/wasmtime" 2>/dev/null)" == "$cli_root/bin/wasmtime" ]] \
+    || ln -sfn "$cli_root/bin/wasmtime" "$TOOLS_BIN/wasmtime"
+fi
+
+# --- 5. bytecode ---------------------------------------------------------------------------------------------
+# containerd execs the shim binary for `start` and `delete` of every container: without .pyc files each exec
+# compiles its modules from source, and with PYTHONDONTWRITEBYTECODE=1 (set in some environments) it never writes
+# them. compileall skips files whose .pyc is current, so this is cheap when nothing changed (issue 5).
+run compileall "$VENV/bin/python" -m compileall -q "$ROOT/shim" "$ROOT/oci"

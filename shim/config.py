@@ -15,9 +15,13 @@ This module is imported by the lean `start`/`delete` path: stdlib only, nothing 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+
+# No dataclasses/typing/collections.abc at run time: this module is on every container start (issue 5 measured
+# `dataclasses` alone at tens of ms under load: it imports inspect and compiles code per class).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 GROUPINGS = ("namespace", "pod", "container")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,36 +34,66 @@ class ConfigError(ValueError):
     """A configuration value an operator set is wrong; the message says which key, where, and why."""
 
 
-@dataclass(frozen=True)
 class ShimConfig:
-    #: Which containers share one daemon. "namespace": every wasm container of one containerd (address) and
-    #: namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
-    #: io.kubernetes.cri.sandbox-id; a container outside a pod gets its own). "container": one daemon each.
-    grouping: str = "namespace"
-    #: Seconds an idle daemon (no tasks, no connections) stays up so the next container skips interpreter
-    #: start, imports and compilation. 0 exits as soon as the last task is deleted.
-    idle_timeout: float = 300.0
-    #: Directory for compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
-    cache_dir: str = "/var/lib/wasm-shim/cache"
-    #: Directory for the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
-    socket_dir: str = "/run/containerd/s"
-    log_level: str = "info"
+    """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
+
+    __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level")
+
+    #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
+    #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
+    #:   io.kubernetes.cri.sandbox-id; a container outside a pod gets its own). "container": one daemon each.
+    #: idle_timeout: seconds an idle daemon (no tasks, no connections) stays up so the next container skips
+    #:   interpreter start, imports and compilation. 0 exits as soon as the last task is deleted.
+    #: cache_dir: compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
+    #: socket_dir: the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
+    DEFAULTS: dict[str, Any] = {
+        "grouping": "namespace",
+        "idle_timeout": 300.0,
+        "cache_dir": "/var/lib/wasm-shim/cache",
+        "socket_dir": "/run/containerd/s",
+        "log_level": "info",
+    }
+
+    grouping: str
+    idle_timeout: float
+    cache_dir: str
+    socket_dir: str
+    log_level: str
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(self.DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown ShimConfig fields: {sorted(unknown)}")
+        for key, default in self.DEFAULTS.items():
+            object.__setattr__(self, key, values.get(key, default))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ShimConfig is immutable; use merged()")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShimConfig) and all(getattr(self, k) == getattr(other, k) for k in self.DEFAULTS)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.DEFAULTS))
+
+    def __repr__(self) -> str:
+        return "ShimConfig(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.DEFAULTS) + ")"
 
     @classmethod
     def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return list(cls.DEFAULTS)
 
     def merged(self, values: Mapping[str, Any], origin: str) -> ShimConfig:
         """Return a copy with `values` applied; raise ConfigError naming `origin` for a bad key or value."""
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {k: getattr(self, k) for k in self.DEFAULTS}
         for key, value in values.items():
             norm = key.replace("-", "_")
-            if norm not in self.keys():
+            if norm not in self.DEFAULTS:
                 raise ConfigError(
                     f"{origin}: unknown option {key!r} (known options: {', '.join(self.keys())})"
                 )
             changes[norm] = _coerce(norm, value, origin)
-        return replace(self, **changes)
+        return ShimConfig(**changes)
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:

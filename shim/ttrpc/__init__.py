@@ -5,35 +5,44 @@
 - ``connection``: the protocol state machine, bytes in, events out; no I/O.
 - ``server`` / ``client``: asyncio transports over unix sockets.
 
-The asyncio names load lazily (PEP 562): the lean ``start``/``delete`` path imports ``wire`` and
-``connection`` through this package and must not pay for importing asyncio (tens of milliseconds).
+Every name loads lazily (PEP 562): the lean ``start``/``delete`` path imports ``wire`` and ``connection``
+directly and must not pay for anything else, asyncio above all (tens of milliseconds).
 """
 
 from __future__ import annotations
-
-from .connection import (
-    MAX_MESSAGE_SIZE,
-    Connection,
-    ConnectionClosed,
-    Event,
-    LocalProtocolError,
-    ProtocolError,
-    RequestReceived,
-    RequestRejected,
-    ResponseReceived,
-    Role,
-    StreamIgnored,
-)
-from .status import Code, RpcError
-from .wire import WireError
 
 # Not ``typing.TYPE_CHECKING``: importing typing costs the lean path ~5 ms; mypy honours this name as well.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .client import Client
+    from .connection import (
+        MAX_MESSAGE_SIZE,
+        Connection,
+        ConnectionClosed,
+        Event,
+        LocalProtocolError,
+        ProtocolError,
+        RequestReceived,
+        RequestRejected,
+        ResponseReceived,
+        Role,
+        StreamIgnored,
+    )
     from .server import NAMESPACE_METADATA_KEY, CallContext, Handler, Server
+    from .status import Code, RpcError
+    from .wire import WireError
 
+# Every name loads on first use: `start` imports only `wire` (through `launch`) and `delete` adds `connection`,
+# so the package itself must import nothing (issue 5: each import is paid by every container start).
 _LAZY = {
+    **dict.fromkeys(
+        ("MAX_MESSAGE_SIZE", "Connection", "ConnectionClosed", "Event", "LocalProtocolError", "ProtocolError",
+         "RequestReceived", "RequestRejected", "ResponseReceived", "Role", "StreamIgnored"),
+        "connection",
+    ),
+    "Code": "status",
+    "RpcError": "status",
+    "WireError": "wire",
     "Client": "client",
     "Server": "server",
     "CallContext": "server",

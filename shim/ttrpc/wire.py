@@ -28,7 +28,11 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+# Only for annotations (strings under `from __future__ import annotations`): collections.abc pulls in
+# `collections`, not loaded at start-up under `python -I -S` (the shim binary's launcher).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 # Wire types (encoding guide, "Message Structure").
 WIRE_VARINT = 0
