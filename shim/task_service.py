@@ -131,46 +131,16 @@ class TaskService:
         if req.checkpoint:
             raise RpcError(Code.UNIMPLEMENTED, "restoring from a checkpoint is not supported for wasm tasks")
         self._pending.add(req.id)
-        loop = asyncio.get_running_loop()
-        mounted = False
-        io: TaskIO | None = None
         try:
-            bundle = bundles.load_bundle(req.bundle)
-            if req.rootfs:
-                specs = [mounts.MountSpec(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs]
-                await loop.run_in_executor(None, mounts.mount_all, specs, bundle.rootfs)
-                mounted = True
-            spec = bundles.guest_spec(req.id, bundle)
-            # issue 4 (wasm OCI artifacts) hook: an artifact's rootfs is empty; image_source reads its wasm layer from
-            # containerd's content store over gRPC and places it at args[0]. One lstat for every other image.
-            await loop.run_in_executor(None, image_source.provide_entrypoint, spec, namespace)
-            engine = self._choose_engine(spec)
-            # prepare may compile (tens of ms): off the loop so other tasks' calls are not held up.
-            prepared = await loop.run_in_executor(None, engine.prepare, spec)
-            io = await loop.run_in_executor(
-                None, open_task_io, req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal
-            )
-        except (bundles.BundleError, EngineError, StdioError, mounts.MountError) as exc:
-            await self._undo_create(req.bundle, mounted, io)
-            raise RpcError(Code.FAILED_PRECONDITION, f"create {req.id}: {exc}") from None
-        except RpcError:
-            await self._undo_create(req.bundle, mounted, io)
-            raise
-        except Exception as exc:
-            await self._undo_create(req.bundle, mounted, io)
-            log.exception("create %s failed", req.id)
-            raise RpcError(Code.INTERNAL, f"create {req.id}: {exc}") from None
+            # Everything blocking (mount, artifact fetch, compile or cache load, opening stdio) in ONE worker hop:
+            # each hop costs a thread hand-off and a loop wake-up on the instance-start path (issue 5).
+            task = await asyncio.get_running_loop().run_in_executor(None, self._build_task, req, namespace)
         finally:
             self._pending.discard(req.id)
-        task = Task(
-            id=req.id, namespace=namespace, bundle=req.bundle, spec=spec, engine=engine, prepared=prepared,
-            io=io, lifecycle=Lifecycle(req.id), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
-            rootfs_mounted=mounted, pid=os.getpid(),
-        )
         self.tasks[req.id] = task
-        log.info("created task %s (%s, engine %s)", req.id, spec.args[0], engine.name)
         # bench hook (issue 5): bench/instance_start.py reads these wall-clock stamps from the debug log.
-        log.debug("timing create %s received_ns=%d done_ns=%d", req.id, received_ns, time.time_ns())
+        log.debug("created task %s (%s, engine %s); timing create %s received_ns=%d done_ns=%d",
+                  req.id, task.spec.args[0], task.engine.name, req.id, received_ns, time.time_ns())
         self._events.publish(namespace, events_pb2.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events_pb2.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
@@ -178,12 +148,44 @@ class TaskService:
         ))
         return task_pb2.CreateTaskResponse(pid=task.pid)
 
-    async def _undo_create(self, bundle_path: str, mounted: bool, io: TaskIO | None) -> None:
-        if io is not None:
-            io.close()
-        if mounted:
-            rootfs = bundles.load_bundle(bundle_path).rootfs
-            await asyncio.get_running_loop().run_in_executor(None, mounts.unmount_all, rootfs)
+    def _build_task(self, req: task_pb2.CreateTaskRequest, namespace: str) -> Task:
+        """Create's blocking part, on a worker thread: on any failure, undo what was done and raise RpcError."""
+        mounted = False
+        io: TaskIO | None = None
+        rootfs = ""
+        try:
+            bundle = bundles.load_bundle(req.bundle)
+            rootfs = bundle.rootfs
+            if req.rootfs:
+                specs = [mounts.MountSpec(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs]
+                mounts.mount_all(specs, rootfs)
+                mounted = True
+            spec = bundles.guest_spec(req.id, bundle)
+            # issue 4 (wasm OCI artifacts) hook: an artifact's rootfs is empty; image_source reads its wasm layer from
+            # containerd's content store over gRPC and places it at args[0]. One lstat for every other image.
+            image_source.provide_entrypoint(spec, namespace)
+            engine = self._choose_engine(spec)
+            prepared = engine.prepare(spec)  # may compile (tens of ms) or load from the cache
+            io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)
+        except BaseException as exc:
+            if io is not None:
+                io.close()
+            if mounted:
+                try:
+                    mounts.unmount_all(rootfs)
+                except OSError as undo:
+                    log.error("create %s: cannot unmount %s after a failure: %s", req.id, rootfs, undo)
+            if isinstance(exc, bundles.BundleError | EngineError | StdioError | mounts.MountError):
+                raise RpcError(Code.FAILED_PRECONDITION, f"create {req.id}: {exc}") from None
+            if isinstance(exc, RpcError | KeyboardInterrupt | SystemExit):
+                raise
+            log.exception("create %s failed", req.id)
+            raise RpcError(Code.INTERNAL, f"create {req.id}: {exc}") from None
+        return Task(
+            id=req.id, namespace=namespace, bundle=req.bundle, spec=spec, engine=engine, prepared=prepared,
+            io=io, lifecycle=Lifecycle(req.id), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
+            rootfs_mounted=mounted, pid=os.getpid(),
+        )
 
     async def start(self, req: task_pb2.StartRequest) -> task_pb2.StartResponse:
         received_ns = time.time_ns()  # bench hook (issue 5): Start received, wall clock; logged below
@@ -294,7 +296,7 @@ class TaskService:
             container_id=task.id, id=task.id, pid=task.pid, exit_status=task.exit_status,
             exited_at=_timestamp(task.exited_at_ns),
         ))
-        log.info("deleted task %s", task.id)
+        log.debug("deleted task %s", task.id)
         if not self.tasks:
             self._on_empty()
         return task_pb2.DeleteResponse(
