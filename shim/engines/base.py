@@ -20,11 +20,14 @@ Rules (the contract the task service codes against):
   signal 0 only checks. Stop/continue signals cannot be honoured and raise ``EngineError``.
 - Optional (``PausableGuest``): ``pause``/``resume`` freeze and thaw a guest; ``stats`` reports its memory and
   CPU; ``oom`` says, by the time on_exit runs, that the guest ended after hitting its memory limit.
+- A guest may run in a child process of the daemon (the wasmtime engine's component runner); it then exposes
+  ``pid`` and its on_exit runs only after that process was reaped.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
 import signal as signals
@@ -100,7 +103,8 @@ class PausableGuest(Guest, Protocol):
         ...
 
     def stats(self) -> tuple[int, int]:
-        """(linear memory bytes, CPU nanoseconds used by the guest's thread)."""
+        """(memory bytes, CPU nanoseconds): linear memory and the guest thread's CPU for an in-process guest;
+        resident set size and CPU of the process for a guest in its own process."""
         ...
 
 
@@ -280,6 +284,32 @@ def _describe_open_error(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "is a symbolic link that could not be resolved inside the rootfs"
     return f"cannot open: {exc.strerror}"
+
+
+def network_namespace_path(bundle: str) -> str | None:
+    """The path of the network namespace the OCI spec joins (``linux.namespaces[type=network].path``), or None.
+
+    OCI runtime-spec config-linux.md "Namespaces": an entry without ``path`` asks the runtime to create a new
+    namespace; only an entry with a path names an existing one (the pod sandbox's, under CRI). Raises
+    EngineError when config.json cannot be read or the entry is malformed.
+    """
+    config = os.path.join(bundle, "config.json")
+    try:
+        with open(config, encoding="utf-8") as file:
+            spec = json.load(file)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read the network namespace from {config}: {exc}") from None
+    linux = spec.get("linux") if isinstance(spec, dict) else None
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    for entry in namespaces if isinstance(namespaces, list) else ():
+        if isinstance(entry, dict) and entry.get("type") == "network":
+            path = entry.get("path")
+            if path is None or path == "":
+                return None
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise EngineError(f"{config}: linux.namespaces network path {path!r} is not an absolute path")
+            return path
+    return None
 
 
 def split_env(entries: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -56,9 +56,45 @@ Kill (stopping one guest without touching the others)
     - Components sleeping (``wasi:io/poll`` on a monotonic-clock pollable) block inside wasmtime's own WASI
       implementation on a tokio timer. wasmtime-py 50 offers nothing to cancel it: no async support, no
       per-store interrupt for host calls, and shadowing ``wasi:io/poll#poll`` from Python would receive only
-      opaque handles of wasmtime's own pollables. Such a kill takes effect when the sleep ends (the status
-      is the kill's). A process boundary per component would fix it at the cost of an interpreter and a
-      deserialized component per guest (tens of MiB, ~100 ms start), which we have not built.
+      opaque handles of wasmtime's own pollables, so components run in a process of their own by default
+      (the runner, next section), where a kill is SIGKILL. A component in a thread (isolation ``thread``)
+      that sleeps is killed only when its sleep ends (the status is the kill's).
+
+Component runner (issue 3: kill of blocked components; network grant in the pod netns)
+    Components block inside wasmtime's own Rust WASI code (sleep, poll, socket accept) where no Python runs,
+    so by default each component runs in a child process: ``python -m wasm_shim.shim.engines.wasmtime_engine
+    --component-runner PLAN`` (PLAN: JSON with the grant), started with ``os.posix_spawn`` (the daemon has
+    threads: no fork, no preexec_fn) in its own process group, with the guest's stdio as its fds 0-2 (opened
+    by the daemon with the FIFO guards of ``_open_stdio``, so neither side blocks on open) and nothing else
+    inherited (every other fd of ours is close-on-exec). The daemon compiles as for any guest and makes sure
+    the compiled component is in the on-disk cache (a private temporary directory when the engine has no
+    cache_dir); the runner never compiles: it re-checks the directory (ours, 0700) and the file (ours, not a
+    symlink, magic and sha256 of the payload, which must also equal the digest the daemon passed) and
+    deserializes it, then runs it with this same engine code in a thread of its own (argv, env, preopens,
+    memory and CPU limits exactly as in-process), exiting with the guest's status (trap 134 with
+    ``wasm trap`` on stderr, run returning err 1). The runner asks for SIGKILL if its parent thread dies
+    (PR_SET_PDEATHSIG: ``start`` is called from the daemon's event-loop thread, which lives as long as the
+    daemon), so no runner outlives a crashed daemon.
+    Kill(sig) sends SIGKILL through a pidfd (never a bare pid that could have been reused); the status is
+    128 + the first terminating signal. Pause/Resume are SIGSTOP/SIGCONT. ``stats`` reads the runner's RSS and
+    CPU time from /proc. Exit: one watcher thread per engine polls the runners' pidfds and reaps each with
+    waitid(P_PIDFD) (never waitpid(-1), which would steal the native engine's children); on_exit runs after the
+    reap, once our own pidfd is closed, so every fd of the guest is gone (the kernel closed the runner's).
+    Cost: one interpreter, ``import wasmtime`` and a deserialized component per guest (start and memory are
+    measured in tests/integration/test_component_process.py). Components that never block may choose a thread
+    with the annotation ``wasm.shim.io/component-isolation: thread`` (docs/annotations.md).
+
+Network (issue 3)
+    ``wasm.shim.io/network: pod`` grants sockets to a component running in a runner: before building the WASI
+    context (before any thread exists) the runner joins the network namespace named in config.json
+    (``linux.namespaces`` entry of type network, with a path) with setns(2), then the WASI context inherits
+    the network (``wasi_config_inherit_network``: every address, TCP and UDP, in that namespace). No path in
+    the spec, a thread-isolated component, or a core module (WASI preview1 has no sockets API) fails Create.
+    Name lookup stays off: the resolver would read the node's /etc/resolv.conf, not the pod's.
+    Known gap: with wasmtime-py 50 a component's create-tcp-socket still returns access-denied after
+    ``wasi_config_inherit_network`` (its C API builds the component WASI context with TCP off and exposes no
+    allow_tcp), so the grant places the guest in the right namespace but its sockets are denied
+    (docs/annotations.md).
 
 Pause, CPU limits (issue 3)
     ``pause`` sets a flag and asks for ticks until the guest parks: its deadline callback (or our
@@ -101,14 +137,17 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.metadata
+import json
 import logging
 import os
-import platform
 import re
 import select
+import shutil
+import signal as signals
 import stat
 import struct
+import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -131,13 +170,16 @@ from .base import (
     WasmKind,
     classify_header,
     killed_status,
+    network_namespace_path,
     read_header,
     resolve_entrypoint,
     signal_terminates,
     split_env,
 )
+from .native import _ExitWatcher  # one pidfd-polling reaper thread (issue 3), shared design with native
 
 log = logging.getLogger(__name__)
+RUNNER_FLAG = "--component-runner"
 
 TICK_SECONDS = 0.01  # ticker period while a kill/pause is pending or a CPU-limited guest runs
 CPU_BURST_SECONDS = 0.05  # a CPU-limited guest may bank at most this much of its share (at its rate)
@@ -184,6 +226,14 @@ class _Compiled:
 
 
 @dataclass(frozen=True)
+class RunnerArtifact:
+    """Where a runner finds a compiled component: a cache file and the sha256 (hex) of its payload."""
+
+    path: str
+    payload_sha256: str
+
+
+@dataclass(frozen=True)
 class WasmtimePrepared:
     """The result of ``prepare``: a compiled artifact plus the resolved entry and the guest's grant."""
 
@@ -194,6 +244,10 @@ class WasmtimePrepared:
     initialize: bool  # call the reactor's `_initialize` before `export`
     env: tuple[tuple[str, str], ...]
     preopens: tuple[GuestMount, ...]  # the directory mounts (file mounts cannot be WASI preopens)
+    isolation: str = "thread"  # "process": a component runner (see the module docstring)
+    network: str = "none"  # "pod": sockets in the pod's network namespace (runners only)
+    netns: str | None = None  # the network namespace path the runner joins (network "pod")
+    artifact: RunnerArtifact | None = None  # the compiled component on disk, for the runner
 
 
 class _ArtifactCache:
@@ -206,6 +260,7 @@ class _ArtifactCache:
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._counts = {name: 0 for name in CacheStats.__dataclass_fields__}
+        self._runner_files: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (identity, payload sha256)
         self._dir: str | None = None
         if cache_dir is not None:
             _check_private_dir(cache_dir, create=True)
@@ -278,25 +333,11 @@ class _ArtifactCache:
         if path is None:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            payload = read_cache_file(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            self._discard(path, f"cannot open: {exc.strerror}")
-            return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
-                self._discard(path, "not a private regular file of ours")
-                return None
-            with os.fdopen(os.dup(fd), "rb") as file:
-                blob = file.read()
-        finally:
-            os.close(fd)
-        header = len(_CACHE_MAGIC) + 32
-        payload = blob[header:]
-        if blob[: len(_CACHE_MAGIC)] != _CACHE_MAGIC or blob[len(_CACHE_MAGIC) : header] != _sha256(payload):
-            self._discard(path, "header or digest mismatch")
+        except _CacheFileRefused as exc:
+            self._discard(path, str(exc))
             return None
         try:
             if kind is WasmKind.MODULE:
@@ -313,24 +354,67 @@ class _ArtifactCache:
         path = self._path(key)
         if path is None:
             return
-        payload = bytes(artifact.serialize())
+        try:
+            self._write(path, bytes(artifact.serialize()))
+        except OSError as exc:
+            # The cache is an optimisation: a full disk must not fail the container.
+            log.warning("cannot write compiled-module cache file %s: %s", path, exc)
+
+    def _write(self, path: str, payload: bytes) -> str:
+        """Write a cache file (temporary name, fsync, rename); return the payload's sha256 (hex)."""
+        digest = _sha256(payload)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as file:
-                file.write(_CACHE_MAGIC + _sha256(payload) + payload)
+                file.write(_CACHE_MAGIC + digest + payload)
                 file.flush()
                 os.fsync(file.fileno())
             os.rename(tmp, path)
-        except OSError as exc:
-            # The cache is an optimisation: a full disk must not fail the container.
-            log.warning("cannot write compiled-module cache file %s: %s", path, exc)
+        except OSError:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            return
+            raise
         self._count("disk_writes")
+        return digest.hex()
+
+    def runner_file(self, compiled: _Compiled, fallback_dir: Callable[[], str]) -> RunnerArtifact:
+        """The compiled component of ``compiled`` on disk, for a runner: the cache file, written if missing.
+
+        The file is read back and its digest checked once per (inode, size, mtime); a file that changed or
+        went away since is rewritten from the in-memory component. Without a cache_dir, ``fallback_dir()``
+        (a private temporary directory of the engine) holds it.
+        """
+        assert compiled.component is not None
+        key = f"{compiled.digest}.{compiled.kind.value}"
+        path = self._path(key) or os.path.join(fallback_dir(), key + ".cwasm")
+        with self._lock:
+            known = self._runner_files.get(path)
+        try:
+            info = os.lstat(path)
+            identity: tuple[int, ...] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except OSError:
+            identity = None
+        if known is not None and identity == known[0]:
+            return RunnerArtifact(path, known[1])
+        try:
+            digest = _sha256(read_cache_file(path)).hex() if identity is not None else None
+        except (OSError, _CacheFileRefused) as exc:
+            self._discard(path, str(exc))
+            digest = None
+        if digest is None:
+            try:
+                digest = self._write(path, bytes(compiled.component.serialize()))
+            except OSError as exc:
+                raise EngineError(
+                    f"cannot write the compiled component to {path} for its runner process: {exc.strerror}"
+                ) from None
+        info = os.lstat(path)
+        with self._lock:
+            self._runner_files[path] = ((info.st_ino, info.st_size, info.st_mtime_ns), digest)
+        return RunnerArtifact(path, digest)
 
     def _discard(self, path: str, why: str) -> None:
         log.warning("discarding compiled-module cache file %s: %s", path, why)
@@ -520,15 +604,25 @@ class WasmtimeEngine:
 
     name = "wasmtime"
 
-    def __init__(self, cache_dir: str | None = None, *, memory_entries: int = 64):
+    def __init__(
+        self, cache_dir: str | None = None, *, memory_entries: int = 64, component_isolation: str = "process"
+    ):
+        if component_isolation not in ISOLATIONS:
+            raise EngineError(f"component_isolation must be one of {', '.join(ISOLATIONS)}")
+        self._component_isolation = component_isolation
+        self._runner_dir: str | None = None
+        self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
+        self._exit_watcher: _ExitWatcher | None = None
+        self._runner_netns: str | None = None  # in a runner: the namespace joined before anything else
         if not hasattr(wasmtime_ffi, "wasmtime_store_epoch_deadline_callback"):
             raise EngineError("wasmtime-py lacks wasmtime_store_epoch_deadline_callback (kill needs it)")
         config = wasmtime.Config()
         config.epoch_interruption = True  # kill: see the module docstring
         self._wasm = wasmtime.Engine(config)
-        version = importlib.metadata.version("wasmtime")
-        self.fingerprint = f"wasmtime-{version}-epoch-{platform.machine()}"
-        self._cache = _ArtifactCache(self._wasm, self.fingerprint, cache_dir, memory_entries)
+        self._fingerprint: str | None = None
+        self._cache = _ArtifactCache(
+            self._wasm, self.fingerprint if cache_dir is not None else "", cache_dir, memory_entries
+        )
         self._module_linker = wasmtime.Linker(self._wasm)
         self._module_linker.define_wasi()
         # Guests by the thread running them, for our host calls (issue 3: kill of a guest blocked in them).
@@ -558,6 +652,20 @@ class WasmtimeEngine:
         self._deadline = _DeadlineHandler(self._guests)
         self._deadline_callback = _DeadlineCallback(self._deadline)
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the on-disk cache directory: artifacts of another wasmtime, Config or machine never load.
+
+        Computed on first use: ``importlib.metadata`` costs ~45 ms to import, which a runner (no cache_dir)
+        must not pay on every container start.
+        """
+        if self._fingerprint is None:
+            import importlib.metadata
+
+            version = importlib.metadata.version("wasmtime")
+            self._fingerprint = f"wasmtime-{version}-epoch-{os.uname().machine}"
+        return self._fingerprint
+
     # --- Engine protocol ------------------------------------------------------------------------------------
 
     @property
@@ -577,7 +685,13 @@ class WasmtimeEngine:
         name = f"entrypoint {entry.guest_path}"
         kind = classify_header(read_header(entry), name)
         env = tuple(split_env(spec.env))
-        check_network_grant(spec.annotations)
+        network = check_network_grant(spec.annotations)
+        isolation = "thread"
+        netns = None
+        if kind is WasmKind.COMPONENT:
+            isolation = component_isolation(spec.annotations, self._component_isolation)
+        if network == "pod":
+            netns = self._pod_network(spec, kind, isolation)
         compiled, source = self._compiled(entry.host_path, kind, name)
         # issue 3: tests and operators see cache reuse here (the daemon logs at debug in tests).
         log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
@@ -604,7 +718,43 @@ class WasmtimeEngine:
                 )
             else:
                 raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
-        return WasmtimePrepared(spec, entry, compiled, export, initialize, env, tuple(preopens))
+        artifact = None
+        if isolation == "process":
+            artifact = self._cache.runner_file(compiled, self._private_runner_dir)
+        return WasmtimePrepared(
+            spec, entry, compiled, export, initialize, env, tuple(preopens), isolation, network, netns, artifact
+        )
+
+    def _pod_network(self, spec: GuestSpec, kind: WasmKind, isolation: str) -> str:
+        """The network namespace a "pod" grant joins; EngineError when the grant cannot be honoured exactly."""
+        grant = f"annotation {NETWORK_ANNOTATION}=pod"
+        if kind is WasmKind.MODULE:
+            raise EngineError(
+                f"{grant}: the entrypoint is a WASI preview1 core module, which has no sockets API; only "
+                "components (wasi:sockets) can use a network grant"
+            )
+        if isolation != "process":
+            raise EngineError(
+                f"{grant} needs {ISOLATION_ANNOTATION}=process: a component in the daemon's threads would open "
+                "its sockets in the node's network namespace"
+            )
+        path = network_namespace_path(spec.bundle) if spec.bundle else None
+        if path is None:
+            raise EngineError(
+                f"{grant}: the OCI spec names no network namespace to join (linux.namespaces has no network "
+                "entry with a path); a pod's containers have one under CRI, with ctr use "
+                "--with-ns network:/var/run/netns/NAME. Sockets are never opened in the node's namespace"
+            )
+        if not os.path.exists(path):
+            raise EngineError(f"{grant}: network namespace {path} does not exist")
+        return path
+
+    def _private_runner_dir(self) -> str:
+        """Without a cache_dir, compiled components for runners live in a private (0700) temporary directory."""
+        with self._cond:
+            if self._runner_dir is None:
+                self._runner_dir = tempfile.mkdtemp(prefix="wasm-shim-runner-")
+            return self._runner_dir
 
     def precompile(self, path: str) -> tuple[str, WasmKind, str]:
         """Compile ``path`` into the cache exactly as ``prepare`` would: (sha256, kind, "memory"/"disk"/"compiled").
@@ -635,9 +785,17 @@ class WasmtimeEngine:
 
     def start(
         self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]
-    ) -> WasmtimeGuest:
+    ) -> WasmtimeGuest | ComponentRunner:
         if not isinstance(prepared, WasmtimePrepared):
             raise TypeError("start() needs what this engine's prepare() returned")
+        if prepared.isolation == "process":
+            return self._start_runner(prepared, stdio, on_exit)
+        return self._start_thread(prepared, stdio, on_exit)
+
+    def _start_thread(
+        self, prepared: WasmtimePrepared, stdio: GuestStdio | None, on_exit: Callable[[int], None]
+    ) -> WasmtimeGuest:
+        """Run the guest on a thread of this process; ``stdio`` None = the process's own fds 0-2 (a runner)."""
         with self._cond:
             if self._closed:
                 raise EngineError("the wasmtime engine is shut down")
@@ -668,10 +826,11 @@ class WasmtimeEngine:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def close(self, timeout: float = 5.0) -> None:
-        """Refuse new guests, kill every guest (SIGKILL), wait up to ``timeout`` for them, stop the ticker."""
+        """Refuse new guests, kill every guest (SIGKILL), wait up to ``timeout`` for them, stop the ticker
+        and the runners' exit watcher, remove the private runner directory."""
         with self._cond:
             self._closed = True
-            guests = list(self._guests.values())
+            guests: list[WasmtimeGuest | ComponentRunner] = [*self._guests.values(), *self._runners.values()]
         for guest in guests:
             guest.kill(9)
         for guest in guests:
@@ -679,15 +838,100 @@ class WasmtimeEngine:
         with self._cond:
             self._ticker_stop = True
             self._cond.notify_all()
-            ticker = self._ticker
+            ticker, watcher = self._ticker, self._exit_watcher
+            runner_dir, self._runner_dir = self._runner_dir, None
         if ticker is not None:
             ticker.join(timeout)
+        if watcher is not None:
+            watcher.close(timeout)
+        if runner_dir is not None:
+            shutil.rmtree(runner_dir, ignore_errors=True)
 
     @property
     def running(self) -> int:
-        """How many guests have started and not yet released their resources."""
+        """How many guests (threads and runner processes) have started and not yet released their resources."""
         with self._cond:
-            return len(self._guests)
+            return len(self._guests) + len(self._runners)
+
+    # --- component runners ----------------------------------------------------------------------------------
+
+    def _start_runner(
+        self, prepared: WasmtimePrepared, stdio: GuestStdio, on_exit: Callable[[int], None]
+    ) -> ComponentRunner:
+        """Spawn a runner process for a component (see the module docstring); returns at once."""
+        artifact = prepared.artifact
+        assert artifact is not None
+        spec = prepared.spec
+        with self._cond:
+            if self._closed:
+                raise EngineError("the wasmtime engine is shut down")
+            if self._exit_watcher is None:
+                self._exit_watcher = _ExitWatcher()
+            watcher = self._exit_watcher
+        plan = {
+            "artifact": artifact.path, "payload_sha256": artifact.payload_sha256, "digest": prepared.compiled.digest,
+            "task_id": spec.task_id, "rootfs": spec.rootfs, "root_readonly": spec.root_readonly,
+            "args": list(spec.args), "cwd": spec.cwd, "env": [list(pair) for pair in prepared.env],
+            "guest_path": prepared.entry.guest_path, "host_path": prepared.entry.host_path,
+            "mounts": [[m.destination, m.source, m.readonly] for m in prepared.preopens],
+            "memory_limit": spec.memory_limit, "cpu_limit": spec.cpu_limit,
+            "network": prepared.network, "netns": prepared.netns, "parent": os.getpid(),
+        }
+        argv = [sys.executable, "-m", __spec__.name if __spec__ else "wasm_shim.shim.engines.wasmtime_engine",
+                RUNNER_FLAG, json.dumps(plan)]
+        # The runner's own environment: only what locates the interpreter's modules (the guest's env is in
+        # the plan and never inherited).
+        env = {key: value for key, value in os.environ.items() if key.startswith("PYTHON") or key == "PATH"}
+        fds = _open_runner_stdio(stdio)
+        try:
+            pid = os.posix_spawn(
+                sys.executable, argv, env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+                setpgroup=0, setsigmask=(),
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot start a runner process for task {spec.task_id}: {exc.strerror}") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # never expected: the child is unreaped; make sure it does not run on
+            os.kill(pid, signals.SIGKILL)
+            os.waitpid(pid, 0)
+            raise EngineError(f"cannot watch the runner process of task {spec.task_id}: {exc.strerror}") from None
+        runner = ComponentRunner(self, spec.task_id, pid, os.dup(pidfd), on_exit)
+        with self._cond:
+            self._runners[pid] = runner
+        log.debug("task %s: component runner pid %d", spec.task_id, pid)
+        watcher.watch(pidfd, runner._reaped)
+        return runner
+
+    def _runner_gone(self, runner: ComponentRunner) -> None:
+        with self._cond:
+            self._runners.pop(runner.pid, None)
+
+    def load_runner_component(self, artifact: RunnerArtifact) -> _Compiled:
+        """In a runner: the compiled component from the daemon's cache file, checked, never compiled.
+
+        The directory must be ours and 0700, the file pass ``read_cache_file`` and its payload digest equal
+        what the daemon verified; raises EngineError naming the failed check.
+        """
+        _check_private_dir(os.path.dirname(artifact.path), create=False)
+        try:
+            payload = read_cache_file(artifact.path)
+        except FileNotFoundError:
+            raise EngineError(f"compiled component {artifact.path} is missing") from None
+        except _CacheFileRefused as exc:
+            raise EngineError(f"compiled component {artifact.path} refused: {exc}") from None
+        if _sha256(payload).hex() != artifact.payload_sha256:
+            raise EngineError(f"compiled component {artifact.path} changed since the daemon checked it")
+        try:
+            component = wasm_component.Component.deserialize(self._wasm, payload)
+        except wasmtime.WasmtimeError as exc:
+            raise EngineError(f"compiled component {artifact.path}: {error_summary(str(exc))}") from None
+        del payload
+        return self._finish_component(component, os.path.basename(artifact.path).split(".", 1)[0])
 
     # --- internals -----------------------------------------------------------------------------------------
 
@@ -901,7 +1145,7 @@ class WasmtimeGuest:
 
     # --- setup on the caller's thread -----------------------------------------------------------------------
 
-    def _setup(self, stdio: GuestStdio) -> None:
+    def _setup(self, stdio: GuestStdio | None) -> None:
         prepared = self._prepared
         spec = prepared.spec
         wasi = wasmtime.WasiConfig()
@@ -921,12 +1165,22 @@ class WasmtimeGuest:
             store.ptr(), self._engine._deadline_callback, ctypes.c_void_p(self._key), _NO_FINALIZER
         )
 
-    def _configure(self, wasi: wasmtime.WasiConfig, stdio: GuestStdio) -> None:
+    def _configure(self, wasi: wasmtime.WasiConfig, stdio: GuestStdio | None) -> None:
         prepared = self._prepared
         spec = prepared.spec
         wasi.argv = list(spec.args)
         wasi.env = [list(pair) for pair in prepared.env]
-        if stdio.stdin is not None:
+        if prepared.network == "pod":
+            # Only in a runner that has joined the pod's network namespace (never the node's; issue 3).
+            if self._engine._runner_netns is None or self._engine._runner_netns != prepared.netns:
+                raise EngineError("a network grant is only honoured in a runner inside the pod's network namespace")
+            wasmtime_ffi.wasi_config_inherit_network(wasi.ptr())
+        if stdio is None:  # a runner: fds 0-2 are the guest's stdio, opened for it by the daemon
+            wasi.inherit_stdin()
+            wasi.inherit_stdout()
+            wasi.inherit_stderr()
+            self._stderr_fd = os.dup(2)
+        elif stdio.stdin is not None:
             self._stdin_pump = _stdin_pump(stdio.stdin, spec.task_id)
             if self._stdin_pump is None:
                 _open_stdio(stdio.stdin, "stdin", lambda path: setattr(wasi, "stdin_file", path))
@@ -939,9 +1193,9 @@ class WasmtimeGuest:
                 os.close(pump.guest_end)  # wasmtime has its own fd now; the pump's writer is the only one
                 pump.guest_end = -1
                 pump.start()
-        if stdio.stdout is not None:
+        if stdio is not None and stdio.stdout is not None:
             _open_stdio(stdio.stdout, "stdout", lambda path: setattr(wasi, "stdout_file", path))
-        if stdio.stderr is not None:
+        if stdio is not None and stdio.stderr is not None:
             self._stderr_fd = _open_stdio(
                 stdio.stderr, "stderr", lambda path: setattr(wasi, "stderr_file", path), keep_writer=True
             )
@@ -1075,6 +1329,197 @@ class WasmtimeGuest:
             os.close(fd)
 
 
+class ComponentRunner:
+    """A component running in a runner process (see the module docstring); created by ``WasmtimeEngine.start``.
+
+    Thread-safe. ``_lock`` guards the pidfd we signal through (a dup of the watcher's, closed before on_exit,
+    so a kill after the reap can never reach a recycled fd) and the kill signal.
+    """
+
+    oom = False  # a component's linear memories are not visible to the daemon (see the engine's docstring)
+
+    def __init__(
+        self, engine: WasmtimeEngine, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None]
+    ):
+        self._engine = engine
+        self.task_id = task_id
+        self.pid = pid
+        self._pidfd: int | None = pidfd
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._kill_signal: int | None = None
+        self._done = threading.Event()
+        self._last_stats = (0, 0)
+        self.exit_status: int | None = None
+
+    def kill(self, signal: int) -> None:
+        """SIGKILL to the runner for any terminating signal; the first one decides the status (128 + it)."""
+        if not signal_terminates(signal):
+            return
+        with self._lock:
+            if self._kill_signal is None:
+                self._kill_signal = signal
+            self._send(signals.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: every thread of the runner stops, whatever the guest is doing; a kill still ends it."""
+        with self._lock:
+            self._send(signals.SIGSTOP)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._send(signals.SIGCONT)
+
+    def stats(self) -> tuple[int, int]:
+        """(resident set size in bytes, CPU ns) of the runner process, from /proc/PID/stat (proc(5))."""
+        with self._lock:
+            if self._pidfd is None:
+                return self._last_stats
+            try:
+                with open(f"/proc/{self.pid}/stat", "rb") as file:
+                    fields = file.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                return self._last_stats
+            # After the ")" of comm: fields[0] is field 3 (state); utime 14, stime 15, rss 24 (pages).
+            ticks = int(fields[11]) + int(fields[12])
+            self._last_stats = (int(fields[21]) * _PAGE_SIZE, ticks * 1_000_000_000 // _CLOCK_TICKS)
+            return self._last_stats
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the runner was reaped and on_exit returned; True if it has."""
+        return self._done.wait(timeout)
+
+    def _send(self, signal: int) -> None:  # with self._lock held
+        if self._pidfd is None:
+            return  # reaped: nothing to signal
+        try:
+            signals.pidfd_send_signal(self._pidfd, signal)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
+
+    def _reaped(self, status: int) -> None:
+        """From the exit watcher, once, after waitid reaped the runner."""
+        with self._lock:
+            fd, self._pidfd = self._pidfd, None
+            if fd is not None:
+                os.close(fd)
+            if self._kill_signal is not None:
+                status = killed_status(self._kill_signal)
+        self.exit_status = status
+        self._engine._runner_gone(self)
+        log.debug("task %s: component runner %d ended with status %d", self.task_id, self.pid, status)
+        try:
+            self._on_exit(status)
+        except Exception:
+            log.exception("task %s: on_exit callback failed", self.task_id)
+        finally:
+            self._done.set()
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _open_runner_stdio(stdio: GuestStdio) -> list[int]:
+    """The runner's fds 0, 1, 2, opened here (close-on-exec; posix_spawn's dup2 places them); EngineError."""
+    fds: list[int] = []
+
+    def opener(flags: int) -> Callable[[str], None]:
+        return lambda path: fds.append(os.open(path, flags | os.O_CLOEXEC, 0o644))
+
+    try:
+        for stream, path, flags in (
+            ("stdin", stdio.stdin, os.O_RDONLY),
+            ("stdout", stdio.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+            ("stderr", stdio.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+        ):
+            if path is None:
+                fds.append(os.open(os.devnull, (os.O_RDONLY if stream == "stdin" else os.O_WRONLY) | os.O_CLOEXEC))
+            else:
+                _open_stdio(path, stream, opener(flags))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+# --- the runner process (python -m wasm_shim.shim.engines.wasmtime_engine --component-runner PLAN) ----------
+
+_CLONE_NEWNET = 0x40000000  # sched.h
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _join_network_namespace(path: str) -> None:
+    """setns(2) into the network namespace at ``path``; only while this process has a single thread.
+
+    The network namespace is per thread: threads created afterwards (the guest's, wasmtime's tokio workers)
+    inherit it, threads that already exist would not, so any second thread here is an error.
+    """
+    threads = os.listdir("/proc/self/task")
+    if len(threads) != 1:
+        raise EngineError(f"cannot join {path}: the runner already has {len(threads)} threads")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EngineError(f"network namespace {path}: {exc.strerror}") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise EngineError(f"cannot join network namespace {path}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+def run_component_runner(plan_text: str) -> int:
+    """The runner's main: join the netns if granted, load the checked artifact, run the guest; its status."""
+    plan = json.loads(plan_text)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signals.SIGKILL, 0, 0, 0)
+    if os.getppid() != plan["parent"]:
+        return killed_status(signals.SIGKILL)  # the daemon died before the line above took effect
+    netns = plan["netns"]
+    if netns is not None:
+        _join_network_namespace(netns)
+        # Say it where the user looks (kubectl logs): the grant is applied as far as wasmtime-py 50 allows, and
+        # that is not far enough to open sockets (module docstring, docs/annotations.md).
+        os.write(2, b"wasm-shim: network grant 'pod': this component runs in the pod's network namespace, but "
+                    b"wasmtime-py 50 denies creating sockets to components (access-denied); see docs/annotations.md\n")
+    engine = WasmtimeEngine(cache_dir=None, component_isolation="thread")
+    engine._runner_netns = netns
+    compiled = engine.load_runner_component(RunnerArtifact(plan["artifact"], plan["payload_sha256"]))
+    spec = GuestSpec(
+        task_id=plan["task_id"], rootfs=plan["rootfs"], root_readonly=plan["root_readonly"],
+        args=tuple(plan["args"]), env=(), cwd=plan["cwd"], memory_limit=plan["memory_limit"],
+        cpu_limit=plan["cpu_limit"],
+    )
+    entry = Entrypoint(plan["guest_path"], plan["host_path"], None)
+    prepared = WasmtimePrepared(
+        spec, entry, compiled, None, False, tuple((key, value) for key, value in plan["env"]),
+        tuple(GuestMount(dest, source, readonly) for dest, source, readonly in plan["mounts"]),
+        "thread", plan["network"], netns,
+    )
+    guest = engine._start_thread(prepared, None, lambda status: None)
+    guest.join()
+    return guest.exit_status if guest.exit_status is not None else EXIT_FAILURE
+
+
+def _runner_entry(argv: list[str]) -> None:
+    if len(argv) != 2 or argv[0] != RUNNER_FLAG:
+        sys.stderr.write(f"usage: python -m {__spec__.name if __spec__ else __name__} {RUNNER_FLAG} PLAN\n")
+        os._exit(2)
+    try:
+        status = run_component_runner(argv[1])
+    except EngineError as exc:
+        os.write(2, f"wasm error: component runner: {exc}\n".encode("utf-8", "replace"))
+        status = EXIT_FAILURE
+    except BaseException as exc:  # the guest's stderr is where the user looks
+        os.write(2, f"wasm error: component runner failed: {exc!r}\n".encode("utf-8", "replace"))
+        status = EXIT_FAILURE
+    os._exit(status)  # no interpreter teardown: the guest's fds are closed by the kernel, now
+
+
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
@@ -1196,26 +1641,42 @@ def _open_stdio(
 
 
 NETWORK_ANNOTATION = "wasm.shim.io/network"
-_NO_NETWORK = ("", "none")
+NETWORK_GRANTS = ("none", "pod")
+ISOLATION_ANNOTATION = "wasm.shim.io/component-isolation"
+ISOLATIONS = ("process", "thread")
 
 
-def check_network_grant(annotations: Mapping[str, str]) -> None:
-    """Network is denied (DESIGN principle 7); a grant this engine cannot enforce fails Create (issue 3).
+def check_network_grant(annotations: Mapping[str, str]) -> str:
+    """The network grant asked for: "none" (the default: no network, DESIGN principle 7) or "pod".
 
-    wasmtime's WASI denies every socket address unless the embedder installs an address check; wasmtime-py
-    50's WasiConfig exposes neither that check nor per-address rules (its C API has only the all-or-nothing
-    ``wasi_config_inherit_network``), and a grant would also have to move the guest's sockets into the pod's
-    network namespace. Until both exist, any value other than "none" is refused with this explanation
-    rather than silently ignored or widened (docs/annotations.md).
+    "pod" gives a component every socket address of the pod's network namespace (see the module docstring).
+    Finer rules (per address, per port) cannot be enforced with wasmtime-py 50: wasmtime checks socket
+    addresses through a callback the embedder installs, and neither the C API nor wasmtime-py exposes it
+    (only the all-or-nothing ``wasi_config_inherit_network``), so they are refused rather than widened
+    (docs/annotations.md).
     """
     value = annotations.get(NETWORK_ANNOTATION, "").strip()
-    if value.lower() in _NO_NETWORK:
-        return
+    if value.lower() in ("", "none"):
+        return "none"
+    if value.lower() == "pod":
+        return "pod"
     raise EngineError(
-        f"annotation {NETWORK_ANNOTATION}={value!r}: network grants are not supported by this shim's wasmtime "
-        "engine (wasmtime-py 50 cannot restrict socket addresses nor place sockets in the pod's network "
-        "namespace); remove the annotation (guests get no network) or use \"none\""
+        f"annotation {NETWORK_ANNOTATION}={value!r} is not supported: use \"none\" (no network, the default) or "
+        "\"pod\" (a component gets every address of the pod's network namespace); per-address rules are not "
+        "supported by this shim's wasmtime engine (wasmtime-py 50 cannot restrict socket addresses)"
     )
+
+
+def component_isolation(annotations: Mapping[str, str], default: str) -> str:
+    """How a component runs: "process" (a runner; killable whatever it does) or "thread" (in the daemon)."""
+    value = annotations.get(ISOLATION_ANNOTATION, "").strip().lower() or default
+    if value not in ISOLATIONS:
+        raise EngineError(
+            f"annotation {ISOLATION_ANNOTATION}={value!r}: use \"process\" (the default: the component runs in "
+            "a process of its own and a kill stops it whatever it does) or \"thread\" (in the daemon: cheaper, "
+            "but a component sleeping or blocked in a socket call is stopped only when that call returns)"
+        )
+    return value
 
 
 def _stdin_pump(path: str, task_id: str) -> _StdinPump | None:
@@ -1265,6 +1726,38 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+class _CacheFileRefused(Exception):
+    """A cache file we must not deserialize (not ours, not private, bad header or digest); says why."""
+
+
+def read_cache_file(path: str) -> bytes:
+    """The payload of the cache file ``path`` once it passed every check; FileNotFoundError if missing.
+
+    Deserializing is running machine code, so the file must be a regular file (not a symlink) owned by us and
+    closed to group/others, start with our magic and carry the sha256 of its payload. Raises
+    ``_CacheFileRefused`` naming the failed check.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _CacheFileRefused(f"cannot open: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise _CacheFileRefused("not a private regular file of ours")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            blob = file.read()
+    finally:
+        os.close(fd)
+    header = len(_CACHE_MAGIC) + 32
+    payload = blob[header:]
+    if blob[: len(_CACHE_MAGIC)] != _CACHE_MAGIC or blob[len(_CACHE_MAGIC) : header] != _sha256(payload):
+        raise _CacheFileRefused("header or digest mismatch")
+    return payload
+
+
 def error_summary(text: str) -> str:
     """wasmtime's multi-line error (message, backtrace, ``Caused by:`` chain) as one line for a user."""
     parts = []
@@ -1280,9 +1773,15 @@ def error_summary(text: str) -> str:
 
 __all__ = [
     "CacheStats",
+    "ComponentRunner",
+    "RunnerArtifact",
     "TICK_SECONDS",
     "WasmtimeEngine",
     "WasmtimeGuest",
     "WasmtimePrepared",
     "trap_report",
 ]
+
+
+if __name__ == "__main__":
+    _runner_entry(sys.argv[1:])

@@ -143,7 +143,9 @@ def test_bad_input_fails_create_and_others_keep_running(containerd, wasm_image, 
 
 
 def test_network_grant_is_refused_and_none_is_accepted(containerd, wasm_image, guests):
-    """No network unless granted, and no grant wasmtime-py 50 cannot enforce (docs/annotations.md)."""
+    """No network unless granted, and no per-address grant wasmtime-py 50 cannot enforce (docs/annotations.md).
+
+    The `pod` grant and its refusals are in tests/integration/test_component_process.py."""
     image = wasm_image("net", guests / "hello.component.wasm")
     asked = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
                            "wasm.shim.io/network=tcp-connect=127.0.0.1:*", image, "net-1", check=False)

@@ -1,10 +1,10 @@
 """Issue 3: Kill stops a guest whatever it is doing — here, blocked in a host call — through `ctr`.
 
-A guest sleeping (WASI poll_oneoff) or blocked reading its stdin is out of reach of epoch interruption; the
-engine's own poll_oneoff waits on the guest's kill signal, and a stdin pump closes the guest's pipe on kill.
-Each case: `ctr task kill` (or SIGKILL) ends `ctr run` with 128 + signal within a second, and the daemon keeps
-no thread or fd of the guest afterwards. Components sleeping inside wasmtime's own WASI code are the documented
-exception (see the wasmtime engine's module docstring): their kill waits for the sleep to end.
+A guest sleeping (WASI poll_oneoff) or blocked reading its stdin is out of reach of epoch interruption. Modules:
+the engine's own poll_oneoff waits on the guest's kill signal, and a stdin pump closes the guest's pipe on kill.
+Components block inside wasmtime's own WASI code, so they run in a runner process that a kill ends with SIGKILL
+(tests/integration/test_component_process.py covers what the runners leave behind). Each case: `ctr task kill`
+ends `ctr run` with 128 + signal within a second, and the daemon keeps no thread or fd of the guest afterwards.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _run_then_kill(containerd, image: str, task_id: str, args: list[str], ready_
     finally:
         if run.poll() is None:
             run.kill()
-            run.communicate()
+        run.communicate()  # also closes the pipes of a ctr that already exited (no ResourceWarning later)
         containerd.ctr("container", "rm", task_id, check=False)
 
 
@@ -72,6 +72,15 @@ def test_sigterm_sleeping_module(containerd, wasm_image, guests):
     code, latency, _ = _run_then_kill(containerd, image, "sleep-term", ["100"], "sleeping 100 s", "SIGTERM")
     assert code == 143
     assert latency < KILL_BOUND
+
+
+@pytest.mark.parametrize(("signal", "status"), [("SIGKILL", 137), ("SIGTERM", 143)])
+def test_kill_sleeping_component(containerd, wasm_image, guests, signal, status):
+    """issue 3: a component sleeping in wasmtime's own WASI code (its runner process gets SIGKILL)."""
+    image = wasm_image("sleep-component", guests / "sleep.component.wasm")
+    code, latency, _ = _run_then_kill(containerd, image, f"sleep-c-{status}", ["100"], "sleeping 100 s", signal)
+    assert code == status
+    assert latency < KILL_BOUND, f"kill of a sleeping component took {latency:.2f} s"
 
 
 @pytest.mark.parametrize("guest", ["cat_file.wasm", "cat_file.component.wasm"])
