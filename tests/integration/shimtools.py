@@ -25,6 +25,15 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
 
 
+def task_status(containerd: Containerd, task_id: str) -> str:
+    """The STATUS column of `ctr task ls` for `task_id` ("" when containerd has no such task)."""
+    for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == task_id:
+            return fields[-1]
+    return ""
+
+
 def daemon_pids(containerd: Containerd) -> list[int]:
     """Our shim daemons serving this containerd (their argv names its address)."""
     pids = []

@@ -25,20 +25,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, wait_for
+from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 
 RUNNER_FLAG = b"--component-runner"
 ISOLATION = "wasm.shim.io/component-isolation"
 NETWORK = "wasm.shim.io/network"
-
-
-def _status(containerd, task_id: str) -> str:
-    for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return fields[-1]
-    return ""
 
 
 def _task_pid(containerd, task_id: str) -> int:

@@ -18,6 +18,9 @@ from tests.integration.shimtools import (
     shim_log_text,
     wait_for,
 )
+from tests.integration.shimtools import (
+    task_status as _task_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +85,6 @@ def test_export_entrypoint(containerd, wasm_image, guests):
     image = wasm_image("multi", guests / "multi.wasm")
     out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "multi-1", "/app.wasm#greet")
     assert "greet" in out.stdout
-
-
-def _task_status(containerd, task_id: str) -> str:
-    out = containerd.ctr("task", "ls", check=False).stdout
-    for line in out.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return fields[-1]
-    return ""
 
 
 @pytest.mark.parametrize("guest", ["spin.wasm", "spin.component.wasm"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.shimtools import RUNTIME, wait_for
+from tests.integration.shimtools import task_status as _status
 from wasm_shim.oci.layout import Symlink
 
 pytestmark = pytest.mark.integration
@@ -93,14 +94,6 @@ def test_environment_is_exactly_the_spec(containerd, wasm_image, guests, kind):
     assert names == ["FROM_IMAGE", "GIVEN"], env  # the image config and --env; nothing of the daemon
     args = [line for line in out.stdout.splitlines() if line.startswith("argv[")]
     assert args == ["argv[0]=/app.wasm", "argv[1]=one"]
-
-
-def _status(containerd, task_id: str) -> str:
-    for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return fields[-1]
-    return ""
 
 
 def test_bad_input_fails_create_and_others_keep_running(containerd, wasm_image, guests, tmp_path):

@@ -15,18 +15,11 @@ import time
 import pytest
 
 from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, wait_for
+from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 
 KILL_BOUND = 1.0  # seconds: the bound for Kill of any guest (a hang bound, not a speed claim)
-
-
-def _status(containerd, task_id: str) -> str:
-    for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return fields[-1]
-    return ""
 
 
 def _run_then_kill(containerd, image: str, task_id: str, args: list[str], ready_text: str,

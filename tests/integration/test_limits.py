@@ -19,16 +19,9 @@ import time
 import pytest
 
 from tests.integration.shimtools import RUNTIME, shim_log_text, wait_for
+from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
-
-
-def _status(containerd, task_id: str) -> str:
-    for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return fields[-1]
-    return ""
 
 
 class _Events:
