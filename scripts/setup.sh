@@ -8,7 +8,7 @@
 #
 # Steps
 #   1. apt packages (skipped entirely when dpkg-query says all are installed)
-#   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev]'` when pyproject.toml changed
+#   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev,bench]'` when pyproject.toml changed
 #   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
 #   4. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   5. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
@@ -181,11 +181,12 @@ if ! venv_ok; then
   run venv "$py" -m venv --clear "$VENV"
   rm -f "$STAMP"
 fi
-want_stamp="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+EXTRAS="dev,bench"  # bench: matplotlib, so CI's smoke run of the benchmark harness draws its plots
+want_stamp="$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
 have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want_stamp" != "$have_stamp" || ! -x "$VENV/bin/containerd-shim-wasmtime-v1" ]]; then
-  say "installing the project into .venv (pip install -e '.[dev]')"
-  run pip env PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "${ROOT}[dev]"
+  say "installing the project into .venv (pip install -e '.[$EXTRAS]')"
+  run pip env PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "${ROOT}[$EXTRAS]"
   [[ -x "$VENV/bin/containerd-shim-wasmtime-v1" ]] \
     || die "pip install finished but .venv/bin/containerd-shim-wasmtime-v1 is missing (check [project.scripts])"
   printf '%s\n' "$want_stamp" >"$STAMP"
