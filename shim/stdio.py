@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .engines.base import GuestStdio
 
 _READY_TIMEOUT = 10.0
+_F_GETPIPE_SZ = 1032  # fcntl(2), Linux
 
 
 class StdioError(Exception):
@@ -60,6 +61,22 @@ class TaskIO:
                 pass
         self._fds.clear()
         self._held.clear()
+
+    def unblock_writers(self, done: threading.Event, timeout: float = 2.0) -> None:
+        """After a kill (worker thread): a guest blocked writing to an output FIFO nobody reads (the client went
+        away; our hold keeps the pipe open) cannot reach an epoch check. While the pipe stays full, discard one
+        pipe's worth so the blocked write returns and the guest meets its kill; a pipe with room is left alone
+        (a live reader gets everything). Stops when `done` is set or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not done.is_set() and time.monotonic() < deadline:
+            for fd in list(self._held):
+                try:
+                    capacity = fcntl.fcntl(fd, _F_GETPIPE_SZ)
+                    if _buffered(fd) >= capacity:
+                        os.read(fd, capacity)
+                except OSError:
+                    pass
+            done.wait(0.05)
 
     def finish(self, timeout: float = 5.0) -> None:
         """After the guest's exit: hand everything it wrote to the readers, then release it all (worker thread).

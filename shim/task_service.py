@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Task:
     exited_at_ns: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     killed_by: int = 0
+    unblocking: bool = False  # a kill started TaskIO.unblock_writers
+    gone: threading.Event = field(default_factory=threading.Event)  # set once the guest has exited (any thread)
 
 
 def _timestamp(ns: int):  # type: ignore[no-untyped-def]
@@ -226,6 +229,7 @@ class TaskService:
 
     def _guest_exited(self, task: Task, status: int) -> None:
         """The guest is gone (its thread released every fd it had). Drain stdio, then record the exit."""
+        task.gone.set()
         if getattr(task.guest, "oom", False):  # issue 3 (engine2): it ended at its memory limit
             log.info("task %s ran out of memory (limit %s bytes)", task.id, task.spec.memory_limit)
             self._events.publish(task.namespace, events_pb2.TaskOOM(container_id=task.id))
@@ -268,6 +272,10 @@ class TaskService:
                     kill(req.signal)
             except EngineError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, f"kill {task.id}: {exc}") from None
+            if not task.unblocking and not getattr(task.engine, "blocking", False):
+                # A wasm guest blocked writing to an output FIFO whose reader is gone would never see its kill.
+                task.unblocking = True
+                asyncio.get_running_loop().run_in_executor(None, task.io.unblock_writers, task.gone)
         elif state is TaskState.CREATED:
             # Never started: there is no guest thread; the process "exits" killed right away.
             self._guest_exited(task, 128 + req.signal)

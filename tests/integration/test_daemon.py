@@ -336,3 +336,27 @@ async def test_delete_binary_is_idempotent(shim, sink, guests):
         assert second.exit_status == 137 and second.exited_at.seconds > 0
     finally:
         await client.close()
+
+
+async def test_kill_reaches_a_guest_blocked_writing_to_an_unread_fifo(shim, sink, guests, tmp_path):
+    """The client went away: nobody reads the stdout FIFO, the guest blocks in write(2) inside wasmtime where no
+    epoch reaches it; Kill must still stop it (the daemon discards what fills the pipe once it is killed)."""
+    bundle = shim.bundle("t11", guests / "cat_file.wasm", args=["/app.wasm", "/big.txt"])
+    (bundle / "rootfs" / "big.txt").write_bytes(b"x" * (4 << 20))
+    fifo = tmp_path / "stdout.fifo"
+    os.mkfifo(fifo)
+    shim.start("t11", bundle)
+    client = await _connect(shim)
+    try:
+        await _call(client, "Create", task_pb2.CreateTaskRequest(id="t11", bundle=str(bundle), stdout=str(fifo)))
+        await _call(client, "Start", task_pb2.StartRequest(id="t11"))
+        await asyncio.sleep(0.5)  # let it fill the pipe and block
+        state = await _call(client, "State", task_pb2.StateRequest(id="t11"), task_pb2.StateResponse)
+        assert state.status == 2  # RUNNING: blocked writing
+        await _call(client, "Kill", task_pb2.KillRequest(id="t11", signal=9))
+        waited = await asyncio.wait_for(
+            _call(client, "Wait", task_pb2.WaitRequest(id="t11"), task_pb2.WaitResponse), 10)
+        assert waited.exit_status == 137
+        await _call(client, "Delete", task_pb2.DeleteRequest(id="t11"))
+    finally:
+        await client.close()
