@@ -30,6 +30,7 @@ from .engines.base import GuestStdio
 
 _READY_TIMEOUT = 10.0
 _F_GETPIPE_SZ = 1032  # fcntl(2), Linux
+_STALL_SECONDS = 0.3  # finish(): a reader that has not taken a byte for this long is taken to be absent
 
 
 class StdioError(Exception):
@@ -82,12 +83,20 @@ class TaskIO:
         """After the guest's exit: hand everything it wrote to the readers, then release it all (worker thread).
 
         An output FIFO's buffer vanishes when its last fd closes, so our hold stays open until the client's
-        reader has taken what is buffered (FIONREAD reaches 0) or `timeout` passes (the client is gone).
+        reader has taken what is buffered (FIONREAD reaches 0), nothing has been taken for _STALL_SECONDS (no
+        reader: a detached client), or `timeout` passes.
         """
         deadline = time.monotonic() + timeout
         for fd in self._held:
-            while _buffered(fd) and time.monotonic() < deadline:
+            # Wait while a reader is taking the data; give up once nothing moves for _STALL_SECONDS (nobody reads:
+            # `ctr run -d` leaves its FIFOs unread, and its exit must not wait the whole timeout for that).
+            left = _buffered(fd)
+            moved = time.monotonic()
+            while left and time.monotonic() < deadline and time.monotonic() - moved < _STALL_SECONDS:
                 time.sleep(0.002)
+                now_left = _buffered(fd)
+                if now_left != left:
+                    left, moved = now_left, time.monotonic()
         self.close()
         self.wait_drained(max(0.1, deadline - time.monotonic()))
 
