@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.containerd import VENV_BIN, Containerd, Kind, launch
+from tests.harness.containerd import VENV_BIN, Containerd, Kind, launch, process_alive
 from wasm_shim.oci.layout import Symlink, build_image_tar
+from wasm_shim.shim.binary import DAEMON_MODULE
 
-DAEMON_MODULE = "wasm_shim.shim.daemon"
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "true")
 RUN_TIMEOUT = 60.0
@@ -236,7 +236,7 @@ class Lab:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout
-        while any(_alive(pid) for pid in pids):
+        while any(process_alive(pid) for pid in pids):
             if time.monotonic() > deadline:
                 raise BenchError(f"shim daemons {pids} still alive {timeout:g} s after SIGTERM")
             time.sleep(0.005)
@@ -321,9 +321,3 @@ def _process_table() -> dict[int, int]:
     return table
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

@@ -341,7 +341,7 @@ class Containerd:
                 self.process.wait(timeout=STOP_TIMEOUT)
         deadline = time.monotonic() + STOP_TIMEOUT
         while True:
-            victims = {pid for pid in self._victims() if _alive(pid)}
+            victims = {pid for pid in self._victims() if process_alive(pid)}
             if not victims:
                 return
             for pid in victims:
@@ -409,7 +409,7 @@ def _process_table() -> dict[int, int]:
     return table
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Exists and is not a zombie (a zombie whose parent is not us is reaped by init, not by us)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

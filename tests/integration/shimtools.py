@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.containerd import Containerd
+from wasm_shim.shim.binary import DAEMON_MODULE
 
 RUNTIME = "io.containerd.wasmtime.v1"
-DAEMON_MODULE = "wasm_shim.shim.daemon"
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
