@@ -2,8 +2,8 @@
 # cached and idempotent, so a warm `make test` spends its time in the tests only.
 #
 #   make setup    apt packages, .venv (editable install), Go tools in .tools/bin   (scripts/setup.sh --help)
-#   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject)
-#   make test     setup, lint, then the whole pytest suite (unit + integration)
+#   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject), rustfmt on runner/
+#   make test     setup, lint, the network runner's unit tests (cargo), then the whole pytest suite
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
@@ -23,6 +23,8 @@ SETUP_ARGS ?=
 # Checked: both packages and the test harness (the tests themselves are left to ruff, to keep mypy quick).
 TYPECHECK_ROOT := .tools/typecheck
 MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness
+# runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
+CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-network-runner
 
 .PHONY: setup lint test demo bench protos
 
@@ -35,9 +37,11 @@ lint: setup
 	@ln -sfn ../../../shim $(TYPECHECK_ROOT)/wasm_shim/shim
 	@ln -sfn ../../../oci $(TYPECHECK_ROOT)/wasm_shim/oci
 	@MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy --explicit-package-bases $(MYPY_TARGETS)
+	@cargo fmt --manifest-path runner/Cargo.toml --check
 
 # pytest exits 5 when it collected nothing; that must fail loudly, never pass as "no failures".
 test: setup lint
+	@CARGO_TARGET_DIR=$(CARGO_TARGET) cargo test --quiet --release --locked --manifest-path runner/Cargo.toml
 	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 

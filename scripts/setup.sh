@@ -3,18 +3,20 @@
 #
 # Idempotent and cached: every step first checks whether its result is already there and does nothing if so.
 # Quiet: one line per step that actually does work; a failing step prints the tail of its log and exits non-zero.
-# Sources: Debian (apt), PyPI (pip), the Go module proxy (go install), npm, crates.io (only --with wasmtime-cli).
+# Sources: Debian (apt), PyPI (pip), the Go module proxy (go install), npm, crates.io (cargo).
 # Nothing else is downloaded.
 #
 # Steps
 #   1. apt packages (skipped entirely when dpkg-query says all are installed)
 #   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev,bench]'` when pyproject.toml changed
 #   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
-#   4. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
-#   5. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
+#   4. the network runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and linked
+#      into .venv/bin (where the daemon looks for it) and .tools/bin
+#   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
+#   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
 # Usage: scripts/setup.sh [--with TOOL]... [--verbose]
-#   --with TOOL    also build an optional tool: a Go tool from the table below, or wasmtime-cli (cargo; step 4)
+#   --with TOOL    also build an optional tool: a Go tool from the table below, or wasmtime-cli (cargo; step 5)
 #                  (or: WASM_SHIM_TOOLS="oras cosign")
 #   --verbose      show the commands' own output
 set -euo pipefail
@@ -243,7 +245,32 @@ for line in "${GO_TOOLS[@]}"; do
   done
 done
 
-# --- 4. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
+# --- 4. the network runner ---------------------------------------------------------------------------------------
+# Components granted a network (wasm.shim.io/network) run in runner/ (wasmtime 48 crates: the newest whose
+# rust-version, 1.95, this machine's rustc builds). Keyed by a hash of its sources and lock file; cargo's target
+# directory is shared across keys, so an edit recompiles only our crate. First build: 10-20 minutes on 2 cores.
+MIN_RUST="1.95"
+runner_key="$(cd "$ROOT/runner" && find Cargo.toml Cargo.lock src -type f -print0 | sort -z \
+  | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+runner_dir="$CACHE/cargo/network-runner-$runner_key"
+if [[ ! -x "$runner_dir/wasm-shim-network-runner" ]]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the network runner (runner/): install Rust" \
+    ">= $MIN_RUST with rustup, or put ~/.cargo/bin on PATH"
+  rust_version="$(rustc --version | awk '{print $2}')"
+  version_ge "$rust_version" "$MIN_RUST" || die "rustc $rust_version is too old for runner/ (needs >= $MIN_RUST)"
+  say "building the network runner (runner/, wasmtime 48) with cargo (first time: 10-20 minutes)"
+  run cargo-network-runner env CARGO_TARGET_DIR="$CACHE/cargo/target-network-runner" \
+    cargo build --release --locked --manifest-path "$ROOT/runner/Cargo.toml"
+  mkdir -p "$runner_dir"
+  cp "$CACHE/cargo/target-network-runner/release/wasm-shim-network-runner" "$runner_dir/.tmp-runner"
+  mv -f "$runner_dir/.tmp-runner" "$runner_dir/wasm-shim-network-runner"
+fi
+for link in "$VENV/bin/wasm-shim-network-runner" "$TOOLS_BIN/wasm-shim-network-runner"; do
+  [[ "$(readlink "$link" 2>/dev/null)" == "$runner_dir/wasm-shim-network-runner" ]] \
+    || ln -sfn "$runner_dir/wasm-shim-network-runner" "$link"
+done
+
+# --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
 # The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose
 # rust-version this machine's rustc (1.95) builds; the shim itself embeds wasmtime-py 50 (a newer Cranelift).
 WASMTIME_CLI_VERSION=48.0.0
@@ -259,7 +286,7 @@ if selected wasmtime-cli optional; then
     || ln -sfn "$cli_root/bin/wasmtime" "$TOOLS_BIN/wasmtime"
 fi
 
-# --- 5. bytecode ---------------------------------------------------------------------------------------------
+# --- 6. bytecode ---------------------------------------------------------------------------------------------
 # containerd execs the shim binary for `start` and `delete` of every container: without .pyc files each exec
 # compiles its modules from source, and with PYTHONDONTWRITEBYTECODE=1 (set in some environments) it never writes
 # them. compileall skips files whose .pyc is current, so this is cheap when nothing changed (issue 5).

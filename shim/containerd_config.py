@@ -32,6 +32,10 @@ from .config import CONTAINERD_OPTION_KEYS, ConfigError, ShimConfig
 RUNTIME_TYPE = "io.containerd.wasmtime.v1"
 HANDLER = "wasmtime"
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+#: Annotations containerd's CRI copies from the pod (and the CRI container config) into each container's OCI spec:
+#: without this, a pod's `wasm.shim.io/network` or `wasm.shim.io/component-isolation` never reaches the shim
+#: (containerd passes only the annotations a runtime lists; docs/annotations.md).
+PASSED_ANNOTATIONS = ("wasm.shim.io/*",)
 
 #: Config version -> the plugin that owns `containerd.runtimes` (version 2: 1.6/1.7's CRI; 3: 2.x's runtime).
 CRI_RUNTIME_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
@@ -95,7 +99,9 @@ class RuntimeTable:
         return _table_path(self.version, self.handler)
 
     def render(self) -> str:
-        lines = [_header(self.path), f"  runtime_type = {_toml_string(RUNTIME_TYPE)}"]
+        passed = "[" + ", ".join(map(_toml_string, PASSED_ANNOTATIONS)) + "]"
+        lines = [_header(self.path), f"  runtime_type = {_toml_string(RUNTIME_TYPE)}",
+                 f"  pod_annotations = {passed}", f"  container_annotations = {passed}"]
         if self.config_path or self.options:
             lines.append(_header((*self.path, "options")))
         if self.config_path:
@@ -110,7 +116,11 @@ class RuntimeTable:
 
     def as_data(self) -> dict[str, Any]:
         """What tomllib reads back for this table (to compare with a file's current one)."""
-        data: dict[str, Any] = {"runtime_type": RUNTIME_TYPE}
+        data: dict[str, Any] = {
+            "runtime_type": RUNTIME_TYPE,
+            "pod_annotations": list(PASSED_ANNOTATIONS),
+            "container_annotations": list(PASSED_ANNOTATIONS),
+        }
         options: dict[str, str] = {}
         if self.config_path:
             options["ConfigPath"] = self.config_path

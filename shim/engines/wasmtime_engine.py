@@ -60,7 +60,7 @@ Kill (stopping one guest without touching the others)
       (the runner, next section), where a kill is SIGKILL. A component in a thread (isolation ``thread``)
       that sleeps is killed only when its sleep ends (the status is the kill's).
 
-Component runner (issue 3: kill of blocked components; network grant in the pod netns)
+Component runner (issue 3: kill of blocked components)
     Components block inside wasmtime's own Rust WASI code (sleep, poll, socket accept) where no Python runs,
     so by default each component runs in a child process: ``python -m wasm_shim.shim.engines.wasmtime_engine
     --component-runner PLAN`` (PLAN: JSON with the grant), started with ``os.posix_spawn`` (the daemon has
@@ -85,16 +85,18 @@ Component runner (issue 3: kill of blocked components; network grant in the pod 
     with the annotation ``wasm.shim.io/component-isolation: thread`` (docs/annotations.md).
 
 Network (issue 3)
-    ``wasm.shim.io/network: pod`` grants sockets to a component running in a runner: before building the WASI
-    context (before any thread exists) the runner joins the network namespace named in config.json
-    (``linux.namespaces`` entry of type network, with a path) with setns(2), then the WASI context inherits
-    the network (``wasi_config_inherit_network``: every address, TCP and UDP, in that namespace). No path in
-    the spec, a thread-isolated component, or a core module (WASI preview1 has no sockets API) fails Create.
-    Name lookup stays off: the resolver would read the node's /etc/resolv.conf, not the pod's.
-    Known gap: with wasmtime-py 50 a component's create-tcp-socket still returns access-denied after
-    ``wasi_config_inherit_network`` (its C API builds the component WASI context with TCP off and exposes no
-    allow_tcp), so the grant places the guest in the right namespace but its sockets are denied
-    (docs/annotations.md).
+    No sockets unless ``wasm.shim.io/network`` grants them (``network.py`` parses the grammar: ``pod`` or rules
+    such as ``tcp-listen=*:8080,tcp-connect=10.0.0.0/8:5432``). wasmtime-py 50 gives components no sockets
+    (its C API builds their WASI context with TCP off) and no socket-address check, so a granted component runs
+    in the network runner instead of our Python runner: ``wasm-shim-network-runner`` (``runner/``, built by
+    scripts/setup.sh on the wasmtime 48 crates), spawned, killed, paused and reaped exactly like the Python
+    runner, with a JSON plan (the grant in canonical form, the wasm path and the digest we compiled). It joins
+    the pod's network namespace (config.json ``linux.namespaces``, the network entry's path) before it has a
+    thread, so every socket lives there, and decides every bind, listen, accept, connect, send and receive
+    with wasmtime's socket-address check. It compiles the component with its own engine and keeps the result
+    in our cache directory under its own fingerprint. No path in the spec, a thread-isolated component, a core
+    module (WASI preview1 has no sockets API) or a missing runner fails Create. Name lookup stays off: the
+    resolver would read the node's /etc/resolv.conf, not the pod's.
 
 Pause, CPU limits (issue 3)
     ``pause`` sets a flag and asks for ticks until the guest parks: its deadline callback (or our
@@ -177,9 +179,11 @@ from .base import (
     split_env,
 )
 from .native import _ExitWatcher  # one pidfd-polling reaper thread (issue 3), shared design with native
+from .network import NETWORK_ANNOTATION, NO_NETWORK, NetworkGrant, parse_network_grant
 
 log = logging.getLogger(__name__)
 RUNNER_FLAG = "--component-runner"
+NETWORK_RUNNER = "wasm-shim-network-runner"  # runner/: components with a network grant
 
 TICK_SECONDS = 0.01  # ticker period while a kill/pause is pending or a CPU-limited guest runs
 CPU_BURST_SECONDS = 0.05  # a CPU-limited guest may bank at most this much of its share (at its rate)
@@ -245,9 +249,10 @@ class WasmtimePrepared:
     env: tuple[tuple[str, str], ...]
     preopens: tuple[GuestMount, ...]  # the directory mounts (file mounts cannot be WASI preopens)
     isolation: str = "thread"  # "process": a component runner (see the module docstring)
-    network: str = "none"  # "pod": sockets in the pod's network namespace (runners only)
-    netns: str | None = None  # the network namespace path the runner joins (network "pod")
-    artifact: RunnerArtifact | None = None  # the compiled component on disk, for the runner
+    network: NetworkGrant = NO_NETWORK  # granted: the component runs in the network runner (runner/)
+    netns: str | None = None  # the pod's network namespace path the network runner joins
+    artifact: RunnerArtifact | None = None  # the compiled component on disk, for the Python runner
+    network_runner: str | None = None  # the network runner executable (granted network only)
 
 
 class _ArtifactCache:
@@ -605,15 +610,21 @@ class WasmtimeEngine:
     name = "wasmtime"
 
     def __init__(
-        self, cache_dir: str | None = None, *, memory_entries: int = 64, component_isolation: str = "process"
+        self,
+        cache_dir: str | None = None,
+        *,
+        memory_entries: int = 64,
+        component_isolation: str = "process",
+        network_runner: str = "",
     ):
         if component_isolation not in ISOLATIONS:
             raise EngineError(f"component_isolation must be one of {', '.join(ISOLATIONS)}")
         self._component_isolation = component_isolation
+        self._cache_dir = cache_dir
+        self._network_runner = network_runner  # "" = beside our interpreter, then PATH (_find_network_runner)
         self._runner_dir: str | None = None
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
         self._exit_watcher: _ExitWatcher | None = None
-        self._runner_netns: str | None = None  # in a runner: the namespace joined before anything else
         if not hasattr(wasmtime_ffi, "wasmtime_store_epoch_deadline_callback"):
             raise EngineError("wasmtime-py lacks wasmtime_store_epoch_deadline_callback (kill needs it)")
         config = wasmtime.Config()
@@ -685,13 +696,14 @@ class WasmtimeEngine:
         name = f"entrypoint {entry.guest_path}"
         kind = classify_header(read_header(entry), name)
         env = tuple(split_env(spec.env))
-        network = check_network_grant(spec.annotations)
+        network = parse_network_grant(spec.annotations)
         isolation = "thread"
-        netns = None
+        netns = network_runner = None
         if kind is WasmKind.COMPONENT:
             isolation = component_isolation(spec.annotations, self._component_isolation)
-        if network == "pod":
-            netns = self._pod_network(spec, kind, isolation)
+        if network.granted:
+            netns = self._pod_network(spec, kind, isolation, network)
+            network_runner = self._find_network_runner(network)
         compiled, source = self._compiled(entry.host_path, kind, name)
         # issue 3: tests and operators see cache reuse here (the daemon logs at debug in tests).
         log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
@@ -719,15 +731,34 @@ class WasmtimeEngine:
             else:
                 raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
         artifact = None
-        if isolation == "process":
+        if isolation == "process" and not network.granted:
             artifact = self._cache.runner_file(compiled, self._private_runner_dir)
         return WasmtimePrepared(
-            spec, entry, compiled, export, initialize, env, tuple(preopens), isolation, network, netns, artifact
+            spec, entry, compiled, export, initialize, env, tuple(preopens), isolation, network, netns, artifact,
+            network_runner,
         )
 
-    def _pod_network(self, spec: GuestSpec, kind: WasmKind, isolation: str) -> str:
-        """The network namespace a "pod" grant joins; EngineError when the grant cannot be honoured exactly."""
-        grant = f"annotation {NETWORK_ANNOTATION}=pod"
+    def _find_network_runner(self, network: NetworkGrant) -> str:
+        """The network runner executable: the configured path, else beside our interpreter, else on PATH."""
+        if self._network_runner:
+            candidates = [self._network_runner]
+        else:
+            candidates = [os.path.join(os.path.dirname(sys.executable), NETWORK_RUNNER)]
+            found = shutil.which(NETWORK_RUNNER)
+            if found:
+                candidates.append(found)
+        for path in candidates:
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+        raise EngineError(
+            f"annotation {NETWORK_ANNOTATION}={network}: components with a network grant run in "
+            f"{NETWORK_RUNNER}, which is not installed here (looked for {', '.join(candidates)}); build it with "
+            "scripts/setup.sh (cargo, runner/) or set network_runner in the shim config"
+        )
+
+    def _pod_network(self, spec: GuestSpec, kind: WasmKind, isolation: str, network: NetworkGrant) -> str:
+        """The network namespace a grant joins; EngineError when the grant cannot be honoured exactly."""
+        grant = f"annotation {NETWORK_ANNOTATION}={network}"
         if kind is WasmKind.MODULE:
             raise EngineError(
                 f"{grant}: the entrypoint is a WASI preview1 core module, which has no sockets API; only "
@@ -858,9 +889,12 @@ class WasmtimeEngine:
     def _start_runner(
         self, prepared: WasmtimePrepared, stdio: GuestStdio, on_exit: Callable[[int], None]
     ) -> ComponentRunner:
-        """Spawn a runner process for a component (see the module docstring); returns at once."""
-        artifact = prepared.artifact
-        assert artifact is not None
+        """Spawn a runner process for a component (see the module docstring); returns at once.
+
+        A component with a network grant runs in the network runner (a wasmtime-crate program, runner/), every
+        other one in our Python runner; both take a JSON plan as their one argument and the guest's stdio as
+        fds 0-2, and are killed, paused and reaped the same way.
+        """
         spec = prepared.spec
         with self._cond:
             if self._closed:
@@ -868,24 +902,39 @@ class WasmtimeEngine:
             if self._exit_watcher is None:
                 self._exit_watcher = _ExitWatcher()
             watcher = self._exit_watcher
-        plan = {
-            "artifact": artifact.path, "payload_sha256": artifact.payload_sha256, "digest": prepared.compiled.digest,
+        common = {
             "task_id": spec.task_id, "rootfs": spec.rootfs, "root_readonly": spec.root_readonly,
-            "args": list(spec.args), "cwd": spec.cwd, "env": [list(pair) for pair in prepared.env],
-            "guest_path": prepared.entry.guest_path, "host_path": prepared.entry.host_path,
+            "args": list(spec.args), "env": [list(pair) for pair in prepared.env],
             "mounts": [[m.destination, m.source, m.readonly] for m in prepared.preopens],
-            "memory_limit": spec.memory_limit, "cpu_limit": spec.cpu_limit,
-            "network": prepared.network, "netns": prepared.netns, "parent": os.getpid(),
+            "memory_limit": spec.memory_limit, "cpu_limit": spec.cpu_limit, "parent": os.getpid(),
         }
-        argv = [sys.executable, "-m", __spec__.name if __spec__ else "wasm_shim.shim.engines.wasmtime_engine",
-                RUNNER_FLAG, json.dumps(plan)]
-        # The runner's own environment: only what locates the interpreter's modules (the guest's env is in
-        # the plan and never inherited).
-        env = {key: value for key, value in os.environ.items() if key.startswith("PYTHON") or key == "PATH"}
+        if prepared.network.granted:
+            assert prepared.network_runner is not None and prepared.netns is not None
+            plan = {
+                **common, "wasm": prepared.entry.host_path, "digest": prepared.compiled.digest,
+                "cache_dir": self._cache_dir or self._private_runner_dir(), "netns": prepared.netns,
+                "network": prepared.network.plan(),
+            }
+            program = prepared.network_runner
+            argv = [program, json.dumps(plan)]
+            env: dict[str, str] = {}  # nothing of ours; the guest's env is in the plan
+        else:
+            artifact = prepared.artifact
+            assert artifact is not None
+            plan = {
+                **common, "artifact": artifact.path, "payload_sha256": artifact.payload_sha256,
+                "digest": prepared.compiled.digest, "cwd": spec.cwd, "guest_path": prepared.entry.guest_path,
+                "host_path": prepared.entry.host_path,
+            }
+            program = sys.executable
+            argv = [program, "-m", __spec__.name if __spec__ else "wasm_shim.shim.engines.wasmtime_engine",
+                    RUNNER_FLAG, json.dumps(plan)]
+            # Only what locates the interpreter's modules (the guest's env is in the plan, never inherited).
+            env = {key: value for key, value in os.environ.items() if key.startswith("PYTHON") or key == "PATH"}
         fds = _open_runner_stdio(stdio)
         try:
             pid = os.posix_spawn(
-                sys.executable, argv, env,
+                program, argv, env,
                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
                 setpgroup=0, setsigmask=(),
             )
@@ -1170,11 +1219,8 @@ class WasmtimeGuest:
         spec = prepared.spec
         wasi.argv = list(spec.args)
         wasi.env = [list(pair) for pair in prepared.env]
-        if prepared.network == "pod":
-            # Only in a runner that has joined the pod's network namespace (never the node's; issue 3).
-            if self._engine._runner_netns is None or self._engine._runner_netns != prepared.netns:
-                raise EngineError("a network grant is only honoured in a runner inside the pod's network namespace")
-            wasmtime_ffi.wasi_config_inherit_network(wasi.ptr())
+        if prepared.network.granted:  # never here: granted components run in the network runner
+            raise EngineError("a network grant is only honoured by the network runner, in the pod's namespace")
         if stdio is None:  # a runner: fds 0-2 are the guest's stdio, opened for it by the daemon
             wasi.inherit_stdin()
             wasi.inherit_stdout()
@@ -1446,48 +1492,17 @@ def _open_runner_stdio(stdio: GuestStdio) -> list[int]:
 
 # --- the runner process (python -m wasm_shim.shim.engines.wasmtime_engine --component-runner PLAN) ----------
 
-_CLONE_NEWNET = 0x40000000  # sched.h
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _join_network_namespace(path: str) -> None:
-    """setns(2) into the network namespace at ``path``; only while this process has a single thread.
-
-    The network namespace is per thread: threads created afterwards (the guest's, wasmtime's tokio workers)
-    inherit it, threads that already exist would not, so any second thread here is an error.
-    """
-    threads = os.listdir("/proc/self/task")
-    if len(threads) != 1:
-        raise EngineError(f"cannot join {path}: the runner already has {len(threads)} threads")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise EngineError(f"network namespace {path}: {exc.strerror}") from None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            error = ctypes.get_errno()
-            raise EngineError(f"cannot join network namespace {path}: {os.strerror(error)}")
-    finally:
-        os.close(fd)
-
-
 def run_component_runner(plan_text: str) -> int:
-    """The runner's main: join the netns if granted, load the checked artifact, run the guest; its status."""
+    """The runner's main: load the checked artifact, run the guest; its status (no network: see runner/)."""
     plan = json.loads(plan_text)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signals.SIGKILL, 0, 0, 0)
     if os.getppid() != plan["parent"]:
         return killed_status(signals.SIGKILL)  # the daemon died before the line above took effect
-    netns = plan["netns"]
-    if netns is not None:
-        _join_network_namespace(netns)
-        # Say it where the user looks (kubectl logs): the grant is applied as far as wasmtime-py 50 allows, and
-        # that is not far enough to open sockets (module docstring, docs/annotations.md).
-        os.write(2, b"wasm-shim: network grant 'pod': this component runs in the pod's network namespace, but "
-                    b"wasmtime-py 50 denies creating sockets to components (access-denied); see docs/annotations.md\n")
     engine = WasmtimeEngine(cache_dir=None, component_isolation="thread")
-    engine._runner_netns = netns
     compiled = engine.load_runner_component(RunnerArtifact(plan["artifact"], plan["payload_sha256"]))
     spec = GuestSpec(
         task_id=plan["task_id"], rootfs=plan["rootfs"], root_readonly=plan["root_readonly"],
@@ -1498,7 +1513,7 @@ def run_component_runner(plan_text: str) -> int:
     prepared = WasmtimePrepared(
         spec, entry, compiled, None, False, tuple((key, value) for key, value in plan["env"]),
         tuple(GuestMount(dest, source, readonly) for dest, source, readonly in plan["mounts"]),
-        "thread", plan["network"], netns,
+        "thread",
     )
     guest = engine._start_thread(prepared, None, lambda status: None)
     guest.join()
@@ -1640,31 +1655,8 @@ def _open_stdio(
     return mine
 
 
-NETWORK_ANNOTATION = "wasm.shim.io/network"
-NETWORK_GRANTS = ("none", "pod")
 ISOLATION_ANNOTATION = "wasm.shim.io/component-isolation"
 ISOLATIONS = ("process", "thread")
-
-
-def check_network_grant(annotations: Mapping[str, str]) -> str:
-    """The network grant asked for: "none" (the default: no network, DESIGN principle 7) or "pod".
-
-    "pod" gives a component every socket address of the pod's network namespace (see the module docstring).
-    Finer rules (per address, per port) cannot be enforced with wasmtime-py 50: wasmtime checks socket
-    addresses through a callback the embedder installs, and neither the C API nor wasmtime-py exposes it
-    (only the all-or-nothing ``wasi_config_inherit_network``), so they are refused rather than widened
-    (docs/annotations.md).
-    """
-    value = annotations.get(NETWORK_ANNOTATION, "").strip()
-    if value.lower() in ("", "none"):
-        return "none"
-    if value.lower() == "pod":
-        return "pod"
-    raise EngineError(
-        f"annotation {NETWORK_ANNOTATION}={value!r} is not supported: use \"none\" (no network, the default) or "
-        "\"pod\" (a component gets every address of the pod's network namespace); per-address rules are not "
-        "supported by this shim's wasmtime engine (wasmtime-py 50 cannot restrict socket addresses)"
-    )
 
 
 def component_isolation(annotations: Mapping[str, str], default: str) -> str:

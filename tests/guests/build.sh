@@ -119,3 +119,55 @@ for name in sleep cat_file writer; do
         mv -f "$target.tmp" "$target"
     fi
 done
+
+# ---------------------------------------------------------------------------------------------------------------
+# Socket guest (issue 3, the network grant): src/net/net.js + src/net/world.wit -> net.component.wasm, a wasi:cli
+# command that uses wasi:sockets 0.2, made by componentize-qjs (QuickJS with the script snapshotted by Wizer).
+# Only our world.wit and net.js are in the repository: the wasi:* packages it imports are copied at build time
+# from the WIT that the pinned jco ships into a temporary deps/ directory under OUTDIR. --sync: the component
+# uses no component-model-async ABI (the network runner's wasmtime 48 is built without it); --opt-size: the
+# smaller QuickJS build (about a third less to compile on every cache miss). componentize-qjs is pinned like jco;
+# jco 1.35.0 depends on componentize-qjs ^0.4.5, so it usually arrives with jco; when the version found is not the
+# pinned one it is installed into the same $NPM_PREFIX. Wizer snapshots are not byte-reproducible: each build of
+# net.component.wasm has a different digest (the fixture builds it once per source digest).
+QJS_VERSION=0.4.5
+WASI_WIT_VERSION=0.2.12 # the @version in src/net/world.wit and the imports of src/net/net.js
+qjs="$NPM_PREFIX/node_modules/.bin/componentize-qjs"
+ensure_qjs() {
+    local pkg="$NPM_PREFIX/node_modules/componentize-qjs/package.json"
+    if [[ -x "$qjs" && -f "$pkg" ]] && grep -q "\"version\": \"$QJS_VERSION\"" "$pkg"; then
+        return 0
+    fi
+    need npm "apt-get install nodejs npm (componentize-qjs builds the JavaScript socket guest)"
+    echo "build.sh: installing componentize-qjs@$QJS_VERSION into $NPM_PREFIX" >&2
+    mkdir -p "$NPM_PREFIX"
+    # --save-exact records it in $NPM_PREFIX/package.json, so a later `npm install` of jco keeps this version.
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$NPM_PREFIX" "componentize-qjs@$QJS_VERSION" >&2 \
+        || die "npm install componentize-qjs@$QJS_VERSION failed (is the npm registry reachable?)"
+    [[ -x "$qjs" ]] || die "componentize-qjs was installed but $qjs is missing"
+}
+
+net_src="$here/src/net"
+net_target="$out/net.component.wasm"
+if stale "$net_target" "$net_src/net.js" "$net_src/world.wit"; then
+    ensure_jco
+    ensure_qjs
+    wasi_wit="$NPM_PREFIX/node_modules/@bytecodealliance/jco/lib/wit/builtin/$WASI_WIT_VERSION"
+    net_wit=$(mktemp -d "$out/.net-wit.XXXXXX")
+    trap 'rm -rf "$net_wit"' EXIT
+    mkdir "$net_wit/deps"
+    cp "$net_src/world.wit" "$net_wit/world.wit"
+    # wasi:sockets uses wasi:io and wasi:clocks; the runtime's own imports come from wasi:cli's world, which
+    # names wasi:filesystem and wasi:random as well.
+    for package in cli clocks filesystem io random sockets; do
+        [[ -f "$wasi_wit/wasi-$package/package.wit" ]] \
+            || die "jco $JCO_VERSION has no WIT for wasi:$package@$WASI_WIT_VERSION (looked in $wasi_wit)"
+        cp -R "$wasi_wit/wasi-$package" "$net_wit/deps/"
+    done
+    "$qjs" --sync --opt-size --wit "$net_wit" --module-root "$net_src" --js "$net_src/net.js" \
+        -o "$net_target.tmp" >/dev/null || die "componentize-qjs $net_src/net.js failed"
+    mv -f "$net_target.tmp" "$net_target"
+    rm -rf "$net_wit"
+    trap - EXIT
+    echo "build.sh: built $net_target" >&2
+fi

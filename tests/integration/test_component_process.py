@@ -3,23 +3,16 @@
 What the process boundary must give (see the wasmtime engine's module docstring): a kill ends a component
 whatever it is doing, and afterwards no runner process is left and the daemon's threads and fds are back to
 what they were; pause/resume freeze the runner; `wasm.shim.io/component-isolation: thread` keeps a component in
-the daemon; `wasm.shim.io/network: pod` puts the runner in the pod's network namespace (a namespace this test
-creates with `ip netns add` and deletes), and is refused with a clear Create error where it cannot be honoured.
+the daemon. (Components with a network grant run in the network runner: tests/integration/test_network.py.)
 Measurements (printed, never asserted): `ctr run` of a hello component via a runner vs in the daemon, and the
 PSS of an idle runner.
-
-No component guest that opens sockets can be built here (Debian's wasi-libc targets wasip1 only; no wasip2 Rust
-target is installed), so the network test checks the namespace the runner is in, not traffic.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +24,6 @@ pytestmark = pytest.mark.integration
 
 RUNNER_FLAG = b"--component-runner"
 ISOLATION = "wasm.shim.io/component-isolation"
-NETWORK = "wasm.shim.io/network"
 
 
 def _task_pid(containerd, task_id: str) -> int:
@@ -149,13 +141,6 @@ def test_pause_and_resume_freeze_the_runner(containerd, wasm_image, guests):
         _remove(containerd, "spin-c")
 
 
-def _proc_threads(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return 0
-
-
 def _proc_state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -171,57 +156,6 @@ def test_thread_isolation_keeps_the_component_in_the_daemon(containerd, wasm_ima
                          check=False)
     assert bad.returncode != 0 and ISOLATION in bad.stderr and "process" in bad.stderr, bad.stderr
     containerd.ctr("container", "rm", "th-2", check=False)
-
-
-@pytest.fixture
-def pod_netns() -> Iterator[Path]:
-    """A network namespace of the test's own (`ip netns add`), deleted afterwards."""
-    name = f"wasmshim-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    try:
-        yield Path("/var/run/netns") / name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)
-
-
-def test_network_grant_joins_the_pod_namespace(containerd, wasm_image, guests, pod_netns):
-    image = wasm_image("net-sleep-c", guests / "sleep.component.wasm")
-    containerd.ctr("run", "-d", "--runtime", RUNTIME, "--annotation", f"{NETWORK}=pod",
-                   "--with-ns", f"network:{pod_netns}", image, "net-pod", "/app.wasm", "100")
-    try:
-        wait_for(lambda: _status(containerd, "net-pod") == "RUNNING", 10, "net-pod running")
-        pid = _task_pid(containerd, "net-pod")
-        (daemon,) = daemon_pids(containerd)
-        assert pid in _runners(daemon)
-        wanted = os.stat(pod_netns)
-        # The runner joins the namespace first thing after its interpreter starts (Start returns before).
-        wait_for(lambda: os.stat(f"/proc/{pid}/ns/net").st_ino == wanted.st_ino, 10, "runner in the pod netns")
-        wait_for(lambda: _proc_threads(pid) > 1, 10, "the guest's and wasmtime's threads started")
-        for task in os.listdir(f"/proc/{pid}/task"):  # every thread of it, not only the first
-            assert os.stat(f"/proc/{pid}/task/{task}/ns/net").st_ino == wanted.st_ino
-        assert os.stat(f"/proc/{daemon}/ns/net").st_ino != wanted.st_ino  # the daemon stays in the node's
-    finally:
-        _remove(containerd, "net-pod")
-
-
-def test_network_grant_refusals(containerd, wasm_image, guests, pod_netns):
-    component = wasm_image("net-hello-c", guests / "hello.component.wasm")
-    module = wasm_image("net-hello-m", guests / "hello.wasm")
-    grant = ("--annotation", f"{NETWORK}=pod")
-    joins = ("--with-ns", f"network:{pod_netns}")
-    cases = {
-        "no-netns": ((*grant,), component, "names no network namespace"),
-        "module": ((*grant, *joins), module, "no sockets API"),
-        "thread": ((*grant, *joins, "--annotation", f"{ISOLATION}=thread"), component, f"{ISOLATION}=process"),
-        "rules": (("--annotation", f"{NETWORK}=tcp-connect=10.0.0.1:80"), component, "not supported"),
-    }
-    for name, (flags, image, expected) in cases.items():
-        out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, f"net-{name}", check=False)
-        assert out.returncode != 0, name
-        assert NETWORK in out.stderr and expected in out.stderr, (name, out.stderr)
-        containerd.ctr("container", "rm", f"net-{name}", check=False)
-    ok = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *grant, *joins, component, "net-ok")
-    assert ok.stdout.strip() == "hello from wasm"
 
 
 def test_measure_runner_start_and_memory(containerd, wasm_image, guests):

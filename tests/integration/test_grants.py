@@ -133,18 +133,3 @@ def test_bad_input_fails_create_and_others_keep_running(containerd, wasm_image, 
     wait_for(lambda: _status(containerd, "survivor") == "STOPPED", 10, "survivor stopped")
     containerd.ctr("task", "rm", "survivor")
     containerd.ctr("container", "rm", "survivor")
-
-
-def test_network_grant_is_refused_and_none_is_accepted(containerd, wasm_image, guests):
-    """No network unless granted, and no per-address grant wasmtime-py 50 cannot enforce (docs/annotations.md).
-
-    The `pod` grant and its refusals are in tests/integration/test_component_process.py."""
-    image = wasm_image("net", guests / "hello.component.wasm")
-    asked = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
-                           "wasm.shim.io/network=tcp-connect=127.0.0.1:*", image, "net-1", check=False)
-    assert asked.returncode != 0
-    assert "wasm.shim.io/network" in asked.stderr and "not supported" in asked.stderr
-    containerd.ctr("container", "rm", "net-1", check=False)
-    none = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", "wasm.shim.io/network=none",
-                          image, "net-2")
-    assert none.stdout.strip() == "hello from wasm"

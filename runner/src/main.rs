@@ -1,0 +1,614 @@
+//! wasm-shim-network-runner: runs one `wasi:cli/run` component whose pod granted it sockets.
+//!
+//! The shim daemon (Python, wasmtime-py) runs components in runner processes so that a kill stops them
+//! whatever they are blocked in. wasmtime-py gives components no sockets and no way to check socket
+//! addresses, so a component with a network grant (`wasm.shim.io/network`, docs/annotations.md) runs in this
+//! runner instead, built on the wasmtime crates, where the embedder decides every address.
+//!
+//! Contract with the daemon (`shim/engines/wasmtime_engine.py`, `_start_network_runner`):
+//! - argv: `wasm-shim-network-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
+//!   the runner re-checks what it relies on and exits 1 with `wasm error: network runner: ...` on stderr
+//!   when something is wrong.
+//! - fds 0-2 are the guest's stdio; nothing else is inherited. The environment is not the guest's.
+//! - Before any thread exists the runner joins the pod's network namespace (`netns`), so every socket the
+//!   guest opens lives there; the node's namespace is never used. PR_SET_PDEATHSIG makes it die with the
+//!   daemon.
+//! - Exit status: the guest's (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (the trap
+//!   on stderr as `wasm trap: ...`). Kill, pause and resume are signals from the daemon (SIGKILL, SIGSTOP,
+//!   SIGCONT): nothing here needs to cooperate.
+//! - Compiled components are cached under `cache_dir/<fingerprint>/<sha256>.component.cwasm` in the daemon's
+//!   private (0700, ours) directory, in the daemon's file format (magic, sha256 of the payload, payload);
+//!   a file failing a check is ignored and rewritten, never deserialized.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
+const EXIT_FAILURE: i32 = 1;
+const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the daemon's in-process engine reports for a trap
+const TICK: Duration = Duration::from_millis(10);
+const CPU_BURST_SECONDS: f64 = 0.1;
+
+/// What the daemon asks for. Every field is required: the daemon always writes all of them.
+#[derive(Deserialize)]
+struct Plan {
+    task_id: String,
+    wasm: PathBuf,      // the component's bytes (in the container's rootfs)
+    digest: String,     // sha256 (hex) of those bytes, as the daemon read and compiled them
+    cache_dir: PathBuf, // the daemon's private directory for compiled artifacts
+    rootfs: PathBuf,
+    root_readonly: bool,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Vec<(String, PathBuf, bool)>, // (guest path, host directory, read-only)
+    memory_limit: Option<u64>,
+    cpu_limit: Option<f64>,
+    netns: String,
+    parent: i32,
+    network: Grant,
+}
+
+/// The socket grant: everything in the pod's namespace, or exactly the listed rules.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Grant {
+    Pod,
+    Rules { rules: Vec<Rule> },
+}
+
+/// One rule of `wasm.shim.io/network`, canonicalised by the daemon: `use` on `ip/prefix` (None = any
+/// address of either family) for ports `ports.0..=ports.1`.
+#[derive(Deserialize, Clone)]
+struct Rule {
+    #[serde(rename = "use")]
+    verb: Verb,
+    ip: Option<IpAddr>,
+    prefix: u8,
+    ports: (u16, u16),
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Verb {
+    TcpListen,
+    TcpConnect,
+    UdpBind,
+    UdpSend,
+}
+
+impl Rule {
+    fn matches(&self, addr: &SocketAddr) -> bool {
+        let port = addr.port();
+        if port < self.ports.0 || port > self.ports.1 {
+            return false;
+        }
+        let Some(net) = self.ip else { return true };
+        match (net, canonical_ip(addr.ip())) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
+                u32::from(net) as u128,
+                u32::from(ip) as u128,
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_match(u128::from(net), u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) reaches the IPv4 host: match it as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn prefix_match(net: u128, ip: u128, bits: u32, prefix: u8) -> bool {
+    let prefix = u32::from(prefix).min(bits);
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - prefix;
+    (net >> shift) == (ip >> shift)
+}
+
+/// Whether the rules allow `use` of `addr` (wasmtime asks before every bind, listen, accept, connect, send
+/// and receive). Implicit binds (the OS picks the port for a connect or a first send) come as the wildcard
+/// address with port 0 and are allowed when a connect or send rule exists; accepted clients are allowed
+/// when a listen rule exists; datagrams are received from anyone when a bind rule exists, otherwise only
+/// from the addresses a send rule names (the replies).
+fn allowed(rules: &[Rule], addr: &SocketAddr, usage: SocketAddrUse) -> bool {
+    let any = |verb: Verb| rules.iter().any(|r| r.verb == verb);
+    let matching = |verb: Verb| rules.iter().any(|r| r.verb == verb && r.matches(addr));
+    let implicit = addr.ip().is_unspecified() && addr.port() == 0;
+    match usage {
+        SocketAddrUse::TcpBind => matching(Verb::TcpListen) || (implicit && any(Verb::TcpConnect)),
+        SocketAddrUse::TcpListen => matching(Verb::TcpListen),
+        SocketAddrUse::TcpAccept => any(Verb::TcpListen),
+        SocketAddrUse::TcpConnect => matching(Verb::TcpConnect),
+        SocketAddrUse::UdpBind => matching(Verb::UdpBind) || (implicit && any(Verb::UdpSend)),
+        SocketAddrUse::UdpSend => matching(Verb::UdpSend),
+        SocketAddrUse::UdpReceive => any(Verb::UdpBind) || matching(Verb::UdpSend),
+    }
+}
+
+/// The store's data: the guest's WASI context, its resources and its memory limit.
+struct Guest {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for Guest {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn fail(message: impl AsRef<str>) -> ! {
+    let line = format!("wasm error: network runner: {}\n", message.as_ref());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    std::process::exit(EXIT_FAILURE)
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() != 2 || argv[1].starts_with('-') {
+        eprintln!(
+            "usage: wasm-shim-network-runner PLAN\n\nStarted by the wasm-shim daemon for a component with a \
+                   network grant; PLAN is JSON (see the crate docs). Not meant to be run by hand."
+        );
+        std::process::exit(2);
+    }
+    let plan: Plan =
+        serde_json::from_str(&argv[1]).unwrap_or_else(|e| fail(format!("bad plan: {e}")));
+    // Die with the daemon; if it is already gone, the prctl came too late: do not run an orphan.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if unsafe { libc::getppid() } != plan.parent {
+        std::process::exit(128 + libc::SIGKILL);
+    }
+    join_network_namespace(&plan.netns).unwrap_or_else(|e| fail(e));
+    std::process::exit(run(&plan).unwrap_or_else(|e| fail(format!("task {}: {e}", plan.task_id))));
+}
+
+/// setns(2) into the pod's network namespace. Only valid while this process has one thread: threads made
+/// later (wasmtime's, tokio's) inherit the namespace, threads made earlier would not.
+fn join_network_namespace(path: &str) -> Result<(), String> {
+    let threads = fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if threads != 1 {
+        return Err(format!(
+            "cannot join {path}: the runner already has {threads} threads"
+        ));
+    }
+    let cpath = CString::new(path).map_err(|_| format!("network namespace {path:?}: bad path"))?;
+    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "network namespace {path}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(format!("cannot join network namespace {path}: {err}"));
+    }
+    Ok(())
+}
+
+fn run(plan: &Plan) -> Result<i32, String> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true); // CPU limits slice time at epoch ticks (the ticker runs only with a limit)
+    let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+    let component = load_component(&engine, plan)?;
+
+    let mut linker: Linker<Guest> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("wasi: {e:#}"))?;
+
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.inherit_stdio()
+        .args(&plan.args)
+        .envs(&plan.env)
+        .allow_ip_name_lookup(false);
+    let root_perms = if plan.root_readonly {
+        FsPerms::ReadOnly
+    } else {
+        FsPerms::ReadWrite
+    };
+    wasi.preopened_dir(&plan.rootfs, "/", root_perms)
+        .map_err(|e| format!("rootfs {}: {e:#}", plan.rootfs.display()))?;
+    for (guest, host, readonly) in &plan.mounts {
+        let perms = if *readonly {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(host, guest, perms).map_err(|e| {
+            format!(
+                "mount {guest}: cannot open directory {}: {e:#}",
+                host.display()
+            )
+        })?;
+    }
+    match &plan.network {
+        Grant::Pod => {
+            wasi.allow_tcp(true).allow_udp(true).inherit_network();
+        }
+        Grant::Rules { rules } => {
+            let rules: Arc<[Rule]> = rules.clone().into();
+            let tcp = rules
+                .iter()
+                .any(|r| matches!(r.verb, Verb::TcpListen | Verb::TcpConnect));
+            let udp = rules
+                .iter()
+                .any(|r| matches!(r.verb, Verb::UdpBind | Verb::UdpSend));
+            wasi.allow_tcp(tcp)
+                .allow_udp(udp)
+                .socket_addr_check(move |addr, usage| {
+                    let ok = allowed(&rules, &addr, usage);
+                    Box::pin(async move { ok })
+                });
+        }
+    }
+
+    let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(false);
+    if let Some(limit) = plan.memory_limit {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        limits = limits.memory_size(limit);
+    }
+    let guest = Guest {
+        ctx: wasi.build(),
+        table: ResourceTable::new(),
+        limits: limits.build(),
+    };
+    let mut store = Store::new(&engine, guest);
+    store.limiter(|guest| &mut guest.limits);
+    store.set_epoch_deadline(1);
+    let ticking = Arc::new(AtomicBool::new(true));
+    if let Some(cpus) = plan.cpu_limit.filter(|c| *c > 0.0) {
+        let mut bucket = CpuBucket::new(cpus);
+        store.epoch_deadline_callback(move |_| {
+            bucket.settle();
+            Ok(UpdateDeadline::Continue(1))
+        });
+        let (engine, ticking) = (engine.clone(), ticking.clone());
+        std::thread::spawn(move || {
+            while ticking.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        });
+    } else {
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(u64::MAX / 2)));
+    }
+
+    let command = Command::instantiate(&mut store, &component, &linker)
+        .map_err(|e| format!("cannot instantiate the component: {e:#}"))?;
+    let result = command.wasi_cli_run().call_run(&mut store);
+    ticking.store(false, Ordering::Relaxed);
+    let _ = std::io::stdout().flush();
+    Ok(match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(())) => EXIT_FAILURE,
+        Err(error) => {
+            if let Some(exit) = error.downcast_ref::<I32Exit>() {
+                exit.0
+            } else {
+                let cause = match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => format!("wasm trap: {trap}"),
+                    None => format!("wasm error: {error:#}"),
+                };
+                let _ = std::io::stderr().write_all(format!("{cause}\n").as_bytes());
+                EXIT_TRAP
+            }
+        }
+    })
+}
+
+/// A token bucket on this thread's CPU clock: the guest earns `cpus` CPU-seconds per wall second, banks at
+/// most CPU_BURST_SECONDS, and sleeps off any debt at the next epoch tick (the same rule as the daemon's
+/// in-process engine).
+struct CpuBucket {
+    cpus: f64,
+    tokens: f64,
+    wall: Instant,
+    cpu: f64,
+}
+
+impl CpuBucket {
+    fn new(cpus: f64) -> Self {
+        CpuBucket {
+            cpus,
+            tokens: CPU_BURST_SECONDS * cpus,
+            wall: Instant::now(),
+            cpu: thread_cpu_seconds(),
+        }
+    }
+
+    fn settle(&mut self) {
+        let (now, cpu) = (Instant::now(), thread_cpu_seconds());
+        let earned = now.duration_since(self.wall).as_secs_f64() * self.cpus;
+        self.tokens = (self.tokens + earned - (cpu - self.cpu)).min(CPU_BURST_SECONDS * self.cpus);
+        self.wall = now;
+        self.cpu = cpu;
+        if self.tokens < 0.0 {
+            let debt = Duration::from_secs_f64(-self.tokens / self.cpus);
+            std::thread::sleep(debt);
+            let after = Instant::now();
+            self.tokens += after.duration_since(self.wall).as_secs_f64() * self.cpus;
+            self.wall = after;
+        }
+    }
+}
+
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The compiled component: from our cache file when it passes every check, else compiled from the wasm
+/// bytes (whose sha256 must be the digest the daemon checked) and written to the cache.
+fn load_component(engine: &Engine, plan: &Plan) -> Result<Component, String> {
+    if plan.digest.len() != 64 || !plan.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("bad digest {:?}", plan.digest));
+    }
+    check_private_dir(&plan.cache_dir)?;
+    let dir = plan.cache_dir.join(fingerprint(engine));
+    let path = dir.join(format!("{}.component.cwasm", plan.digest));
+    if let Some(payload) = read_cache_file(&path) {
+        // SAFETY: the file is ours, private, carries our magic and the digest of its payload, and was
+        // written by this same runner build (the fingerprint names the wasmtime version and target);
+        // wasmtime also refuses an incompatible artifact.
+        if let Ok(component) = unsafe { Component::deserialize(engine, &payload) } {
+            return Ok(component);
+        }
+    }
+    let bytes = fs::read(&plan.wasm).map_err(|e| format!("{}: {e}", plan.wasm.display()))?;
+    let digest = hex(&Sha256::digest(&bytes));
+    if digest != plan.digest {
+        return Err(format!(
+            "{} changed since the daemon read it (sha256 {digest})",
+            plan.wasm.display()
+        ));
+    }
+    let component =
+        Component::from_binary(engine, &bytes).map_err(|e| format!("cannot compile: {e:#}"))?;
+    if let Ok(payload) = component.serialize() {
+        // A cache we cannot write only costs the next start a compile.
+        let _ = fs::create_dir(&dir)
+            .map(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)));
+        if check_private_dir(&dir).is_ok() {
+            let _ = write_cache_file(&path, &payload);
+        }
+    }
+    Ok(component)
+}
+
+/// The cache subdirectory of this engine: compiled code is only valid for the wasmtime build and settings
+/// that made it (wasmtime's own compatibility hash: version, Config, target).
+fn fingerprint(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!(
+        "network-runner-{}-{:016x}",
+        std::env::consts::ARCH,
+        hasher.finish()
+    )
+}
+
+fn check_private_dir(path: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| format!("cache directory {}: {e}", path.display()))?;
+    let uid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "cache directory {} must be a 0700 directory owned by uid {uid}",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn read_cache_file(path: &Path) -> Option<Vec<u8>> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o077 != 0 {
+        return None;
+    }
+    let mut blob = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut blob).ok()?;
+    let header = CACHE_MAGIC.len() + 32;
+    if blob.len() < header || &blob[..CACHE_MAGIC.len()] != CACHE_MAGIC {
+        return None;
+    }
+    if Sha256::digest(&blob[header..]).as_slice() != &blob[CACHE_MAGIC.len()..header] {
+        return None;
+    }
+    Some(blob.split_off(header))
+}
+
+fn write_cache_file(path: &Path, payload: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(CACHE_MAGIC)?;
+        file.write_all(&Sha256::digest(payload))?;
+        file.write_all(payload)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(verb: Verb, ip: Option<&str>, prefix: u8, ports: (u16, u16)) -> Rule {
+        Rule {
+            verb,
+            ip: ip.map(|s| s.parse().unwrap()),
+            prefix,
+            ports,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn connect_rules_match_prefix_and_ports() {
+        let rules = [rule(Verb::TcpConnect, Some("10.1.0.0"), 16, (5432, 5432))];
+        assert!(allowed(
+            &rules,
+            &addr("10.1.2.3:5432"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("10.2.2.3:5432"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("10.1.2.3:5433"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(allowed(
+            &rules,
+            &addr("[::ffff:10.1.0.9]:5432"),
+            SocketAddrUse::TcpConnect
+        ));
+        // connect's implicit bind, but no listening
+        assert!(allowed(&rules, &addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(!allowed(
+            &rules,
+            &addr("0.0.0.0:8080"),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("0.0.0.0:0"),
+            SocketAddrUse::TcpListen
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("10.1.2.3:53"),
+            SocketAddrUse::UdpSend
+        ));
+    }
+
+    #[test]
+    fn listen_rules_allow_bind_listen_and_accept() {
+        let rules = [rule(Verb::TcpListen, None, 0, (8080, 8080))];
+        assert!(allowed(
+            &rules,
+            &addr("0.0.0.0:8080"),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(allowed(
+            &rules,
+            &addr("[::]:8080"),
+            SocketAddrUse::TcpListen
+        ));
+        assert!(allowed(
+            &rules,
+            &addr("192.0.2.1:40000"),
+            SocketAddrUse::TcpAccept
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("0.0.0.0:8081"),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("192.0.2.1:80"),
+            SocketAddrUse::TcpConnect
+        ));
+    }
+
+    #[test]
+    fn udp_send_allows_replies_only_from_its_targets() {
+        let rules = [rule(Verb::UdpSend, Some("fd00::"), 8, (53, 53))];
+        assert!(allowed(
+            &rules,
+            &addr("[fd12::1]:53"),
+            SocketAddrUse::UdpSend
+        ));
+        assert!(allowed(
+            &rules,
+            &addr("[fd12::1]:53"),
+            SocketAddrUse::UdpReceive
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("[fe80::1]:53"),
+            SocketAddrUse::UdpReceive
+        ));
+        assert!(!allowed(
+            &rules,
+            &addr("10.0.0.1:53"),
+            SocketAddrUse::UdpSend
+        ));
+        assert!(allowed(&rules, &addr("[::]:0"), SocketAddrUse::UdpBind));
+    }
+
+    #[test]
+    fn no_rules_allow_nothing() {
+        for usage in [
+            SocketAddrUse::TcpBind,
+            SocketAddrUse::TcpConnect,
+            SocketAddrUse::UdpBind,
+            SocketAddrUse::UdpSend,
+        ] {
+            assert!(!allowed(&[], &addr("127.0.0.1:80"), usage));
+        }
+    }
+}
