@@ -319,8 +319,9 @@ fn run(plan: &Plan) -> Result<i32, String> {
             if let Some(exit) = error.downcast_ref::<I32Exit>() {
                 exit.0
             } else {
+                // The trap's own text already starts with "wasm trap: " (as the daemon's reports do).
                 let cause = match error.downcast_ref::<wasmtime::Trap>() {
-                    Some(trap) => format!("wasm trap: {trap}"),
+                    Some(trap) => trap.to_string(),
                     None => format!("wasm error: {error:#}"),
                 };
                 let _ = std::io::stderr().write_all(format!("{cause}\n").as_bytes());
