@@ -3,7 +3,7 @@
 #
 #   make setup    apt packages, .venv (editable install), Go tools in .tools/bin   (scripts/setup.sh --help)
 #   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject), rustfmt on runner/
-#   make test     setup, lint, the network runner's unit tests (cargo), then the whole pytest suite
+#   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
@@ -11,6 +11,7 @@
 # Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
 
 SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
 
@@ -24,7 +25,7 @@ SETUP_ARGS ?=
 TYPECHECK_ROOT := .tools/typecheck
 MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
-CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-network-runner
+CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
 .PHONY: setup lint test demo bench protos
 

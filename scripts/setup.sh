@@ -10,8 +10,8 @@
 #   1. apt packages (skipped entirely when dpkg-query says all are installed)
 #   2. .venv at the repo root on a real interpreter; `pip install -e '.[dev,bench]'` when pyproject.toml changed
 #   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
-#   4. the network runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and linked
-#      into .venv/bin (where the daemon looks for it) and .tools/bin
+#   4. the component runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and
+#      linked into .venv/bin (where the daemon looks for it) and .tools/bin
 #   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
@@ -245,29 +245,31 @@ for line in "${GO_TOOLS[@]}"; do
   done
 done
 
-# --- 4. the network runner ---------------------------------------------------------------------------------------
-# Components granted a network (wasm.shim.io/network) run in runner/ (wasmtime 48 crates: the newest whose
-# rust-version, 1.95, this machine's rustc builds). Keyed by a hash of its sources and lock file; cargo's target
-# directory is shared across keys, so an edit recompiles only our crate. First build: 10-20 minutes on 2 cores.
+# --- 4. the component runner -------------------------------------------------------------------------------------
+# Components run in runner/, one process each (wasmtime 48 crates: the newest whose rust-version, 1.95, this
+# machine's rustc builds); it is also what gives a component a network (wasm.shim.io/network). Keyed by a hash of
+# its sources and lock file; cargo's target directory is shared across keys, so an edit recompiles only our crate.
+# First build: 7-20 minutes on 2 cores. rustup puts cargo in ~/.cargo/bin, which a non-login shell may lack.
 MIN_RUST="1.95"
+[[ -x "$HOME/.cargo/bin/cargo" && ":$PATH:" != *":$HOME/.cargo/bin:"* ]] && PATH="$HOME/.cargo/bin:$PATH"
 runner_key="$(cd "$ROOT/runner" && find Cargo.toml Cargo.lock src -type f -print0 | sort -z \
   | xargs -0 sha256sum | sha256sum | cut -c1-16)"
-runner_dir="$CACHE/cargo/network-runner-$runner_key"
-if [[ ! -x "$runner_dir/wasm-shim-network-runner" ]]; then
-  command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the network runner (runner/): install Rust" \
+runner_dir="$CACHE/cargo/component-runner-$runner_key"
+if [[ ! -x "$runner_dir/wasm-shim-component-runner" ]]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the component runner (runner/): install Rust" \
     ">= $MIN_RUST with rustup, or put ~/.cargo/bin on PATH"
   rust_version="$(rustc --version | awk '{print $2}')"
   version_ge "$rust_version" "$MIN_RUST" || die "rustc $rust_version is too old for runner/ (needs >= $MIN_RUST)"
-  say "building the network runner (runner/, wasmtime 48) with cargo (first time: 10-20 minutes)"
-  run cargo-network-runner env CARGO_TARGET_DIR="$CACHE/cargo/target-network-runner" \
+  say "building the component runner (runner/, wasmtime 48) with cargo (first time: 10-20 minutes)"
+  run cargo-component-runner env CARGO_TARGET_DIR="$CACHE/cargo/target-component-runner" \
     cargo build --release --locked --manifest-path "$ROOT/runner/Cargo.toml"
   mkdir -p "$runner_dir"
-  cp "$CACHE/cargo/target-network-runner/release/wasm-shim-network-runner" "$runner_dir/.tmp-runner"
-  mv -f "$runner_dir/.tmp-runner" "$runner_dir/wasm-shim-network-runner"
+  cp "$CACHE/cargo/target-component-runner/release/wasm-shim-component-runner" "$runner_dir/.tmp-runner"
+  mv -f "$runner_dir/.tmp-runner" "$runner_dir/wasm-shim-component-runner"
 fi
-for link in "$VENV/bin/wasm-shim-network-runner" "$TOOLS_BIN/wasm-shim-network-runner"; do
-  [[ "$(readlink "$link" 2>/dev/null)" == "$runner_dir/wasm-shim-network-runner" ]] \
-    || ln -sfn "$runner_dir/wasm-shim-network-runner" "$link"
+for link in "$VENV/bin/wasm-shim-component-runner" "$TOOLS_BIN/wasm-shim-component-runner"; do
+  [[ "$(readlink "$link" 2>/dev/null)" == "$runner_dir/wasm-shim-component-runner" ]] \
+    || ln -sfn "$runner_dir/wasm-shim-component-runner" "$link"
 done
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------

@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 class ShimConfig:
     """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
 
-    __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "network_runner")
+    __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -46,15 +46,15 @@ class ShimConfig:
     #:   interpreter start, imports and compilation. 0 exits as soon as the last task is deleted.
     #: cache_dir: compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
     #: socket_dir: the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
-    #: network_runner: the program that runs components with a network grant (runner/); "" = the
-    #:   `wasm-shim-network-runner` beside the daemon's Python interpreter, else on PATH.
+    #: component_runner: the program that runs components with a network grant (runner/); "" = the
+    #:   `wasm-shim-component-runner` beside the daemon's Python interpreter, else on PATH.
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
         "cache_dir": "/var/lib/wasm-shim/cache",
         "socket_dir": "/run/containerd/s",
         "log_level": "info",
-        "network_runner": "",
+        "component_runner": "",
     }
 
     grouping: str
@@ -62,7 +62,7 @@ class ShimConfig:
     cache_dir: str
     socket_dir: str
     log_level: str
-    network_runner: str
+    component_runner: str
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -115,8 +115,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: grouping must be one of {', '.join(GROUPINGS)}, got {value!r}")
     if key == "log_level" and value.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    if key in ("cache_dir", "socket_dir", "network_runner") and not os.path.isabs(value) \
-            and (value or key != "network_runner"):
+    if key in ("cache_dir", "socket_dir", "component_runner") and not os.path.isabs(value) \
+            and (value or key != "component_runner"):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
 

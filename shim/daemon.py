@@ -109,7 +109,7 @@ class Daemon:
 
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
-        engine = WasmtimeEngine(cache_dir=self.config.cache_dir, network_runner=self.config.network_runner)
+        engine = WasmtimeEngine(cache_dir=self.config.cache_dir, component_runner=self.config.component_runner)
         # issue 3: native (ELF/#!) containers run through runc; their init processes are re-parented to the
         # daemon (a child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
         become_subreaper()

@@ -1,18 +1,20 @@
-//! wasm-shim-network-runner: runs one `wasi:cli/run` component whose pod granted it sockets.
+//! wasm-shim-component-runner: runs one `wasi:cli/run` component in a process of its own.
 //!
 //! The shim daemon (Python, wasmtime-py) runs components in runner processes so that a kill stops them
-//! whatever they are blocked in. wasmtime-py gives components no sockets and no way to check socket
-//! addresses, so a component with a network grant (`wasm.shim.io/network`, docs/annotations.md) runs in this
-//! runner instead, built on the wasmtime crates, where the embedder decides every address.
+//! whatever they are blocked in (sleeping, reading, accepting: inside wasmtime's WASI code, where no epoch
+//! reaches). This runner is that process: built on the wasmtime crates it starts in a few milliseconds, and
+//! it can do what wasmtime-py cannot: give a component sockets (`wasm.shim.io/network`, docs/annotations.md)
+//! and decide every socket address itself.
 //!
-//! Contract with the daemon (`shim/engines/wasmtime_engine.py`, `_start_network_runner`):
-//! - argv: `wasm-shim-network-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
-//!   the runner re-checks what it relies on and exits 1 with `wasm error: network runner: ...` on stderr
-//!   when something is wrong.
+//! Contract with the daemon (`shim/engines/wasmtime_engine.py`, `_start_runner`):
+//! - argv: `wasm-shim-component-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
+//!   the runner re-checks what it relies on and exits 1 with `wasm error: component runner: ...` on stderr
+//!   when something is wrong. `wasm-shim-component-runner --precompile CACHE_DIR FILE...` fills the cache
+//!   (`wasm-shim precompile` calls it).
 //! - fds 0-2 are the guest's stdio; nothing else is inherited. The environment is not the guest's.
-//! - Before any thread exists the runner joins the pod's network namespace (`netns`), so every socket the
-//!   guest opens lives there; the node's namespace is never used. PR_SET_PDEATHSIG makes it die with the
-//!   daemon.
+//! - With a network grant, before any thread exists, the runner joins the pod's network namespace (`netns`),
+//!   so every socket the guest opens lives there; the node's namespace is never used. Without one, the guest
+//!   gets no sockets at all. PR_SET_PDEATHSIG makes the runner die with the daemon.
 //! - Exit status: the guest's (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (the trap
 //!   on stderr as `wasm trap: ...`). Kill, pause and resume are signals from the daemon (SIGKILL, SIGSTOP,
 //!   SIGCONT): nothing here needs to cooperate.
@@ -58,7 +60,7 @@ struct Plan {
     mounts: Vec<(String, PathBuf, bool)>, // (guest path, host directory, read-only)
     memory_limit: Option<u64>,
     cpu_limit: Option<f64>,
-    netns: String,
+    netns: Option<String>, // the pod's network namespace; required with a grant (checked), ignored without
     parent: i32,
     network: Grant,
 }
@@ -67,6 +69,7 @@ struct Plan {
 #[derive(Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Grant {
+    None,
     Pod,
     Rules { rules: Vec<Rule> },
 }
@@ -167,17 +170,21 @@ impl WasiView for Guest {
 }
 
 fn fail(message: impl AsRef<str>) -> ! {
-    let line = format!("wasm error: network runner: {}\n", message.as_ref());
+    let line = format!("wasm error: component runner: {}\n", message.as_ref());
     let _ = std::io::stderr().write_all(line.as_bytes());
     std::process::exit(EXIT_FAILURE)
 }
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.len() >= 3 && argv[1] == "--precompile" {
+        std::process::exit(precompile(Path::new(&argv[2]), &argv[3..]));
+    }
     if argv.len() != 2 || argv[1].starts_with('-') {
         eprintln!(
-            "usage: wasm-shim-network-runner PLAN\n\nStarted by the wasm-shim daemon for a component with a \
-                   network grant; PLAN is JSON (see the crate docs). Not meant to be run by hand."
+            "usage: wasm-shim-component-runner PLAN\n       wasm-shim-component-runner --precompile CACHE_DIR \
+             FILE...\n\nStarted by the wasm-shim daemon for each component it runs in a process of its own; PLAN \
+             is JSON (see the crate docs). --precompile fills CACHE_DIR as `wasm-shim precompile` does."
         );
         std::process::exit(2);
     }
@@ -188,7 +195,11 @@ fn main() {
     if unsafe { libc::getppid() } != plan.parent {
         std::process::exit(128 + libc::SIGKILL);
     }
-    join_network_namespace(&plan.netns).unwrap_or_else(|e| fail(e));
+    match (&plan.network, &plan.netns) {
+        (Grant::None, _) => {}
+        (_, Some(netns)) => join_network_namespace(netns).unwrap_or_else(|e| fail(e)),
+        (_, None) => fail("a network grant without a network namespace to join"),
+    }
     std::process::exit(run(&plan).unwrap_or_else(|e| fail(format!("task {}: {e}", plan.task_id))));
 }
 
@@ -220,11 +231,16 @@ fn join_network_namespace(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn run(plan: &Plan) -> Result<i32, String> {
+/// The one engine configuration every run and precompile uses (the cache fingerprint depends on it).
+fn new_engine() -> Result<Engine, String> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true); // CPU limits slice time at epoch ticks (the ticker runs only with a limit)
-    let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+    Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))
+}
+
+fn run(plan: &Plan) -> Result<i32, String> {
+    let engine = new_engine()?;
     let component = load_component(&engine, plan)?;
 
     let mut linker: Linker<Guest> = Linker::new(&engine);
@@ -256,6 +272,9 @@ fn run(plan: &Plan) -> Result<i32, String> {
         })?;
     }
     match &plan.network {
+        Grant::None => {
+            wasi.allow_tcp(false).allow_udp(false); // and the default address check denies everything
+        }
         Grant::Pod => {
             wasi.allow_tcp(true).allow_udp(true).inherit_network();
         }
@@ -382,16 +401,9 @@ fn load_component(engine: &Engine, plan: &Plan) -> Result<Component, String> {
     if plan.digest.len() != 64 || !plan.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("bad digest {:?}", plan.digest));
     }
-    check_private_dir(&plan.cache_dir)?;
-    let dir = plan.cache_dir.join(fingerprint(engine));
-    let path = dir.join(format!("{}.component.cwasm", plan.digest));
-    if let Some(payload) = read_cache_file(&path) {
-        // SAFETY: the file is ours, private, carries our magic and the digest of its payload, and was
-        // written by this same runner build (the fingerprint names the wasmtime version and target);
-        // wasmtime also refuses an incompatible artifact.
-        if let Ok(component) = unsafe { Component::deserialize(engine, &payload) } {
-            return Ok(component);
-        }
+    let cache = Cache::open(engine, &plan.cache_dir)?;
+    if let Some(component) = cache.get(engine, &plan.digest) {
+        return Ok(component);
     }
     let bytes = fs::read(&plan.wasm).map_err(|e| format!("{}: {e}", plan.wasm.display()))?;
     let digest = hex(&Sha256::digest(&bytes));
@@ -401,17 +413,74 @@ fn load_component(engine: &Engine, plan: &Plan) -> Result<Component, String> {
             plan.wasm.display()
         ));
     }
-    let component =
-        Component::from_binary(engine, &bytes).map_err(|e| format!("cannot compile: {e:#}"))?;
-    if let Ok(payload) = component.serialize() {
-        // A cache we cannot write only costs the next start a compile.
-        let _ = fs::create_dir(&dir)
-            .map(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)));
-        if check_private_dir(&dir).is_ok() {
-            let _ = write_cache_file(&path, &payload);
+    cache.compile(engine, &bytes, &digest)
+}
+
+/// `--precompile CACHE_DIR FILE...`: compile each component into the cache (what the first start of it on
+/// this node would do); prints `SHA256 FILE compiled|cached` per file; exit 1 if any failed.
+fn precompile(cache_dir: &Path, files: &[String]) -> i32 {
+    let result = new_engine().and_then(|engine| Ok((Cache::open(&engine, cache_dir)?, engine)));
+    let (cache, engine) = result.unwrap_or_else(|e| fail(e));
+    let mut status = 0;
+    for file in files {
+        let outcome = fs::read(file).map_err(|e| e.to_string()).and_then(|bytes| {
+            let digest = hex(&Sha256::digest(&bytes));
+            if cache.get(&engine, &digest).is_some() {
+                return Ok(format!("{digest} {file} cached"));
+            }
+            cache.compile(&engine, &bytes, &digest)?;
+            Ok(format!("{digest} {file} compiled"))
+        });
+        match outcome {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("wasm-shim-component-runner: {file}: {e}");
+                status = 1;
+            }
         }
     }
-    Ok(component)
+    status
+}
+
+/// Compiled components of this engine under the daemon's private cache directory.
+struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    fn open(engine: &Engine, cache_dir: &Path) -> Result<Cache, String> {
+        check_private_dir(cache_dir)?;
+        Ok(Cache {
+            dir: cache_dir.join(fingerprint(engine)),
+        })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.component.cwasm"))
+    }
+
+    /// The cached component, when its file passes every check (else None: compile again).
+    fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let payload = read_cache_file(&self.path(digest))?;
+        // SAFETY: the file is ours, private, carries our magic and the digest of its payload, and was written
+        // by a runner with this engine's compatibility hash (the directory's name); wasmtime also checks.
+        unsafe { Component::deserialize(engine, &payload) }.ok()
+    }
+
+    /// Compile `bytes` (whose sha256 is `digest`) and store the result; a cache we cannot write only costs the
+    /// next start a compile.
+    fn compile(&self, engine: &Engine, bytes: &[u8], digest: &str) -> Result<Component, String> {
+        let component =
+            Component::from_binary(engine, bytes).map_err(|e| format!("cannot compile: {e:#}"))?;
+        if let Ok(payload) = component.serialize() {
+            let _ = fs::create_dir(&self.dir)
+                .map(|_| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)));
+            if check_private_dir(&self.dir).is_ok() {
+                let _ = write_cache_file(&self.path(digest), &payload);
+            }
+        }
+        Ok(component)
+    }
 }
 
 /// The cache subdirectory of this engine: compiled code is only valid for the wasmtime build and settings
@@ -421,7 +490,7 @@ fn fingerprint(engine: &Engine) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     format!(
-        "network-runner-{}-{:016x}",
+        "component-runner-{}-{:016x}",
         std::env::consts::ARCH,
         hasher.finish()
     )

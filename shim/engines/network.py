@@ -1,6 +1,6 @@
 """The network grant of a wasm guest: the ``wasm.shim.io/network`` annotation, parsed and checked (no I/O).
 
-Owns: the grammar of the annotation and its canonical form for the network runner (``runner/``, which enforces
+Owns: the grammar of the annotation and its canonical form for the component runner (``runner/``, which enforces
 it in wasmtime's socket-address check). DESIGN principle 7: no network unless granted, and a grant that cannot be
 parsed exactly is refused with a message that says why, never widened or narrowed silently.
 
@@ -57,7 +57,7 @@ class NetworkRule:
         return f"{self.verb}={addr}:{ports}"
 
     def plan(self) -> dict[str, Any]:
-        """The canonical form the network runner reads (``Rule`` in runner/src/main.rs)."""
+        """The canonical form the component runner reads (``Rule`` in runner/src/main.rs)."""
         return {
             "use": self.verb,
             "ip": None if self.network is None else str(self.network.network_address),
@@ -81,7 +81,7 @@ class NetworkGrant:
         return ", ".join(map(str, self.rules)) if self.kind == "rules" else self.kind
 
     def plan(self) -> dict[str, Any]:
-        """The canonical form the network runner reads (``Grant`` in runner/src/main.rs)."""
+        """The canonical form the component runner reads (``Grant`` in runner/src/main.rs)."""
         if self.kind == "rules":
             return {"kind": "rules", "rules": [rule.plan() for rule in self.rules]}
         return {"kind": self.kind}

@@ -60,42 +60,44 @@ Kill (stopping one guest without touching the others)
       (the runner, next section), where a kill is SIGKILL. A component in a thread (isolation ``thread``)
       that sleeps is killed only when its sleep ends (the status is the kill's).
 
-Component runner (issue 3: kill of blocked components)
+Component runner (issue 3: kill of blocked components; network grants)
     Components block inside wasmtime's own Rust WASI code (sleep, poll, socket accept) where no Python runs,
-    so by default each component runs in a child process: ``python -m wasm_shim.shim.engines.wasmtime_engine
-    --component-runner PLAN`` (PLAN: JSON with the grant), started with ``os.posix_spawn`` (the daemon has
-    threads: no fork, no preexec_fn) in its own process group, with the guest's stdio as its fds 0-2 (opened
-    by the daemon with the FIFO guards of ``_open_stdio``, so neither side blocks on open) and nothing else
-    inherited (every other fd of ours is close-on-exec). The daemon compiles as for any guest and makes sure
-    the compiled component is in the on-disk cache (a private temporary directory when the engine has no
-    cache_dir); the runner never compiles: it re-checks the directory (ours, 0700) and the file (ours, not a
-    symlink, magic and sha256 of the payload, which must also equal the digest the daemon passed) and
-    deserializes it, then runs it with this same engine code in a thread of its own (argv, env, preopens,
-    memory and CPU limits exactly as in-process), exiting with the guest's status (trap 134 with
-    ``wasm trap`` on stderr, run returning err 1). The runner asks for SIGKILL if its parent thread dies
-    (PR_SET_PDEATHSIG: ``start`` is called from the daemon's event-loop thread, which lives as long as the
-    daemon), so no runner outlives a crashed daemon.
+    so by default each component runs in a child process of its own, the runner, started with
+    ``os.posix_spawn`` (the daemon has threads: no fork, no preexec_fn) in its own process group, with the
+    guest's stdio as its fds 0-2 (opened by the daemon with the FIFO guards of ``_open_stdio``, so neither side
+    blocks on open), nothing else inherited (every other fd of ours is close-on-exec) and one argument, a JSON
+    plan: args, env, preopens, memory and CPU limits, the network grant. The daemon always compiles the
+    component first (bad input fails Create with our messages). Two runners take the same kind of plan:
+    - ``wasm-shim-component-runner`` (``runner/``: Rust on the wasmtime 48 crates, built by scripts/setup.sh;
+      found beside our interpreter, on PATH, or at the ``component_runner`` config path), the default. It
+      starts in milliseconds, compiles the component with its own engine once per node (the result is cached
+      in our cache directory, under its own fingerprint, checked like ours; ``wasm-shim precompile`` warms it
+      through ``--precompile``), and it is the only one that can give a component sockets (next section).
+    - ``python -m wasm_shim.shim.engines.wasmtime_engine --component-runner PLAN``, the fallback when the Rust
+      runner is not installed (said once in the log): it loads the compiled component from our own cache file
+      (re-checking the directory, the file and the digest; it never compiles) and runs it with this same
+      engine code in a thread; one interpreter and ``import wasmtime`` per guest make it slower to start and
+      bigger (measured in tests/integration/test_network.py).
+    Both exit with the guest's status (trap 134 with ``wasm trap`` on stderr, run returning err 1) and ask for
+    SIGKILL if their parent thread dies (PR_SET_PDEATHSIG: ``start`` is called from the daemon's event-loop
+    thread, which lives as long as the daemon), so no runner outlives a crashed daemon.
     Kill(sig) sends SIGKILL through a pidfd (never a bare pid that could have been reused); the status is
     128 + the first terminating signal. Pause/Resume are SIGSTOP/SIGCONT. ``stats`` reads the runner's RSS and
     CPU time from /proc. Exit: one watcher thread per engine polls the runners' pidfds and reaps each with
     waitid(P_PIDFD) (never waitpid(-1), which would steal the native engine's children); on_exit runs after the
     reap, once our own pidfd is closed, so every fd of the guest is gone (the kernel closed the runner's).
-    Cost: one interpreter, ``import wasmtime`` and a deserialized component per guest (start and memory are
-    measured in tests/integration/test_component_process.py). Components that never block may choose a thread
-    with the annotation ``wasm.shim.io/component-isolation: thread`` (docs/annotations.md).
+    Components that never block may choose a thread with the annotation
+    ``wasm.shim.io/component-isolation: thread`` (docs/annotations.md).
 
 Network (issue 3)
     No sockets unless ``wasm.shim.io/network`` grants them (``network.py`` parses the grammar: ``pod`` or rules
     such as ``tcp-listen=*:8080,tcp-connect=10.0.0.0/8:5432``). wasmtime-py 50 gives components no sockets
-    (its C API builds their WASI context with TCP off) and no socket-address check, so a granted component runs
-    in the network runner instead of our Python runner: ``wasm-shim-network-runner`` (``runner/``, built by
-    scripts/setup.sh on the wasmtime 48 crates), spawned, killed, paused and reaped exactly like the Python
-    runner, with a JSON plan (the grant in canonical form, the wasm path and the digest we compiled). It joins
-    the pod's network namespace (config.json ``linux.namespaces``, the network entry's path) before it has a
-    thread, so every socket lives there, and decides every bind, listen, accept, connect, send and receive
-    with wasmtime's socket-address check. It compiles the component with its own engine and keeps the result
-    in our cache directory under its own fingerprint. No path in the spec, a thread-isolated component, a core
-    module (WASI preview1 has no sockets API) or a missing runner fails Create. Name lookup stays off: the
+    (its C API builds their WASI context with TCP off) and no socket-address check, so only the Rust component
+    runner honours a grant: it joins the pod's network namespace (config.json ``linux.namespaces``, the network
+    entry's path) before it has a thread, so every socket lives there, and decides every bind, listen, accept,
+    connect, send and receive with wasmtime's socket-address check (``runner/src/main.rs``, ``allowed``).
+    Without a grant it gives no sockets at all. No path in the spec, a thread-isolated component, a core module
+    (WASI preview1 has no sockets API) or a missing Rust runner fails Create. Name lookup stays off: the
     resolver would read the node's /etc/resolv.conf, not the pod's.
 
 Pause, CPU limits (issue 3)
@@ -148,6 +150,7 @@ import shutil
 import signal as signals
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -183,7 +186,8 @@ from .network import NETWORK_ANNOTATION, NO_NETWORK, NetworkGrant, parse_network
 
 log = logging.getLogger(__name__)
 RUNNER_FLAG = "--component-runner"
-NETWORK_RUNNER = "wasm-shim-network-runner"  # runner/: components with a network grant
+COMPONENT_RUNNER = "wasm-shim-component-runner"  # runner/: the default runner process of a component
+PRECOMPILE_TIMEOUT = 600  # seconds for the Rust runner to compile one component (a hang bound)
 
 TICK_SECONDS = 0.01  # ticker period while a kill/pause is pending or a CPU-limited guest runs
 CPU_BURST_SECONDS = 0.05  # a CPU-limited guest may bank at most this much of its share (at its rate)
@@ -249,10 +253,10 @@ class WasmtimePrepared:
     env: tuple[tuple[str, str], ...]
     preopens: tuple[GuestMount, ...]  # the directory mounts (file mounts cannot be WASI preopens)
     isolation: str = "thread"  # "process": a component runner (see the module docstring)
-    network: NetworkGrant = NO_NETWORK  # granted: the component runs in the network runner (runner/)
-    netns: str | None = None  # the pod's network namespace path the network runner joins
+    network: NetworkGrant = NO_NETWORK  # granted: only the Rust component runner honours it (runner/)
+    netns: str | None = None  # the pod's network namespace path the Rust runner joins (granted only)
     artifact: RunnerArtifact | None = None  # the compiled component on disk, for the Python runner
-    network_runner: str | None = None  # the network runner executable (granted network only)
+    component_runner: str | None = None  # the Rust component runner (process isolation, when installed)
 
 
 class _ArtifactCache:
@@ -615,13 +619,14 @@ class WasmtimeEngine:
         *,
         memory_entries: int = 64,
         component_isolation: str = "process",
-        network_runner: str = "",
+        component_runner: str = "",
     ):
         if component_isolation not in ISOLATIONS:
             raise EngineError(f"component_isolation must be one of {', '.join(ISOLATIONS)}")
         self._component_isolation = component_isolation
         self._cache_dir = cache_dir
-        self._network_runner = network_runner  # "" = beside our interpreter, then PATH (_find_network_runner)
+        self._component_runner = component_runner  # "" = beside our interpreter, then PATH (_find_component_runner)
+        self._warned_no_runner = False
         self._runner_dir: str | None = None
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
         self._exit_watcher: _ExitWatcher | None = None
@@ -698,12 +703,20 @@ class WasmtimeEngine:
         env = tuple(split_env(spec.env))
         network = parse_network_grant(spec.annotations)
         isolation = "thread"
-        netns = network_runner = None
+        netns = component_runner = None
         if kind is WasmKind.COMPONENT:
             isolation = component_isolation(spec.annotations, self._component_isolation)
+        if isolation == "process":
+            component_runner = self._find_component_runner()
         if network.granted:
+            if isolation == "process" and component_runner is None:
+                raise EngineError(
+                    f"annotation {NETWORK_ANNOTATION}={network}: components with a network grant run in "
+                    f"{COMPONENT_RUNNER}, which is not installed here (looked for "
+                    f"{', '.join(self._component_runner_candidates())}); build it with scripts/setup.sh (cargo, "
+                    "runner/) or set component_runner in the shim config"
+                )
             netns = self._pod_network(spec, kind, isolation, network)
-            network_runner = self._find_network_runner(network)
         compiled, source = self._compiled(entry.host_path, kind, name)
         # issue 3: tests and operators see cache reuse here (the daemon logs at debug in tests).
         log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
@@ -731,30 +744,34 @@ class WasmtimeEngine:
             else:
                 raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
         artifact = None
-        if isolation == "process" and not network.granted:
+        if isolation == "process" and component_runner is None:  # the Python runner loads the daemon's artifact
             artifact = self._cache.runner_file(compiled, self._private_runner_dir)
         return WasmtimePrepared(
             spec, entry, compiled, export, initialize, env, tuple(preopens), isolation, network, netns, artifact,
-            network_runner,
+            component_runner,
         )
 
-    def _find_network_runner(self, network: NetworkGrant) -> str:
-        """The network runner executable: the configured path, else beside our interpreter, else on PATH."""
-        if self._network_runner:
-            candidates = [self._network_runner]
-        else:
-            candidates = [os.path.join(os.path.dirname(sys.executable), NETWORK_RUNNER)]
-            found = shutil.which(NETWORK_RUNNER)
-            if found:
-                candidates.append(found)
-        for path in candidates:
+    def _component_runner_candidates(self) -> list[str]:
+        if self._component_runner:
+            return [self._component_runner]
+        candidates = [os.path.join(os.path.dirname(sys.executable), COMPONENT_RUNNER)]
+        found = shutil.which(COMPONENT_RUNNER)
+        if found and found not in candidates:
+            candidates.append(found)
+        return candidates
+
+    def _find_component_runner(self) -> str | None:
+        """The component runner executable (the configured path, else beside our interpreter, else on PATH), or
+        None: then components run in the slower Python runner and network grants are refused (said once)."""
+        for path in self._component_runner_candidates():
             if os.path.isfile(path) and os.access(path, os.X_OK):
                 return path
-        raise EngineError(
-            f"annotation {NETWORK_ANNOTATION}={network}: components with a network grant run in "
-            f"{NETWORK_RUNNER}, which is not installed here (looked for {', '.join(candidates)}); build it with "
-            "scripts/setup.sh (cargo, runner/) or set network_runner in the shim config"
-        )
+        if not self._warned_no_runner:
+            self._warned_no_runner = True
+            log.warning("%s not found (looked for %s): components run in the Python runner (slower to start, "
+                        "no network grants); build it with scripts/setup.sh", COMPONENT_RUNNER,
+                        ", ".join(self._component_runner_candidates()))
+        return None
 
     def _pod_network(self, spec: GuestSpec, kind: WasmKind, isolation: str, network: NetworkGrant) -> str:
         """The network namespace a grant joins; EngineError when the grant cannot be honoured exactly."""
@@ -799,6 +816,16 @@ class WasmtimeEngine:
             raise EngineError(f"{path}: {exc.strerror}") from None
         kind = classify_header(header, path)
         compiled, source = self._compiled(path, kind, path)
+        runner = self._find_component_runner() if kind is WasmKind.COMPONENT and self._cache_dir else None
+        if runner is not None:  # components run in the Rust runner, which caches its own compilation
+            assert self._cache_dir is not None
+            try:
+                done = subprocess.run([runner, "--precompile", self._cache_dir, path], capture_output=True,
+                                      text=True, timeout=PRECOMPILE_TIMEOUT)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise EngineError(f"{path}: {COMPONENT_RUNNER} --precompile: {exc}") from None
+            if done.returncode != 0:
+                raise EngineError(f"{path}: {COMPONENT_RUNNER} --precompile failed: {done.stderr.strip()}")
         return compiled.digest, kind, source
 
     def _compiled(self, host_path: str, kind: WasmKind, name: str) -> tuple[_Compiled, str]:
@@ -891,9 +918,8 @@ class WasmtimeEngine:
     ) -> ComponentRunner:
         """Spawn a runner process for a component (see the module docstring); returns at once.
 
-        A component with a network grant runs in the network runner (a wasmtime-crate program, runner/), every
-        other one in our Python runner; both take a JSON plan as their one argument and the guest's stdio as
-        fds 0-2, and are killed, paused and reaped the same way.
+        The Rust component runner (runner/) when it is installed, else our Python runner; both take a JSON plan as
+        their one argument and the guest's stdio as fds 0-2, and are killed, paused and reaped the same way.
         """
         spec = prepared.spec
         with self._cond:
@@ -908,14 +934,13 @@ class WasmtimeEngine:
             "mounts": [[m.destination, m.source, m.readonly] for m in prepared.preopens],
             "memory_limit": spec.memory_limit, "cpu_limit": spec.cpu_limit, "parent": os.getpid(),
         }
-        if prepared.network.granted:
-            assert prepared.network_runner is not None and prepared.netns is not None
+        if prepared.component_runner is not None:
             plan = {
                 **common, "wasm": prepared.entry.host_path, "digest": prepared.compiled.digest,
                 "cache_dir": self._cache_dir or self._private_runner_dir(), "netns": prepared.netns,
                 "network": prepared.network.plan(),
             }
-            program = prepared.network_runner
+            program = prepared.component_runner
             argv = [program, json.dumps(plan)]
             env: dict[str, str] = {}  # nothing of ours; the guest's env is in the plan
         else:
@@ -1219,8 +1244,8 @@ class WasmtimeGuest:
         spec = prepared.spec
         wasi.argv = list(spec.args)
         wasi.env = [list(pair) for pair in prepared.env]
-        if prepared.network.granted:  # never here: granted components run in the network runner
-            raise EngineError("a network grant is only honoured by the network runner, in the pod's namespace")
+        if prepared.network.granted:  # never here: granted components run in the Rust component runner
+            raise EngineError("a network grant is only honoured by the component runner, in the pod's namespace")
         if stdio is None:  # a runner: fds 0-2 are the guest's stdio, opened for it by the daemon
             wasi.inherit_stdin()
             wasi.inherit_stdout()

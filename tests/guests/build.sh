@@ -125,7 +125,7 @@ done
 # command that uses wasi:sockets 0.2, made by componentize-qjs (QuickJS with the script snapshotted by Wizer).
 # Only our world.wit and net.js are in the repository: the wasi:* packages it imports are copied at build time
 # from the WIT that the pinned jco ships into a temporary deps/ directory under OUTDIR. --sync: the component
-# uses no component-model-async ABI (the network runner's wasmtime 48 is built without it); --opt-size: the
+# uses no component-model-async ABI (the component runner's wasmtime 48 is built without it); --opt-size: the
 # smaller QuickJS build (about a third less to compile on every cache miss). componentize-qjs is pinned like jco;
 # jco 1.35.0 depends on componentize-qjs ^0.4.5, so it usually arrives with jco; when the version found is not the
 # pinned one it is installed into the same $NPM_PREFIX. Wizer snapshots are not byte-reproducible: each build of

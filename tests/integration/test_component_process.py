@@ -3,13 +3,15 @@
 What the process boundary must give (see the wasmtime engine's module docstring): a kill ends a component
 whatever it is doing, and afterwards no runner process is left and the daemon's threads and fds are back to
 what they were; pause/resume freeze the runner; `wasm.shim.io/component-isolation: thread` keeps a component in
-the daemon. (Components with a network grant run in the network runner: tests/integration/test_network.py.)
-Measurements (printed, never asserted): `ctr run` of a hello component via a runner vs in the daemon, and the
-PSS of an idle runner.
+the daemon. The runner is the Rust `wasm-shim-component-runner` (runner/); without it, the Python runner takes
+over (tested here too). Network grants: tests/integration/test_network.py.
+Measurements (printed, never asserted): `ctr run` of a hello component via each runner vs in the daemon, and the
+PSS of idle runners.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -17,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, wait_for
+from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, shim_log_text, wait_for
 from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 
-RUNNER_FLAG = b"--component-runner"
+RUNNER_FLAG = b"--component-runner"  # the Python runner's argv
+RUST_RUNNER = b"wasm-shim-component-runner"  # the Rust runner's program name (runner/)
 ISOLATION = "wasm.shim.io/component-isolation"
 
 
@@ -35,7 +38,7 @@ def _task_pid(containerd, task_id: str) -> int:
 
 
 def _runners(daemon: int) -> list[int]:
-    """The daemon's children that are component runners (their argv carries the runner flag)."""
+    """The daemon's children that are component runners (the Rust runner, or the Python one by its flag)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -45,7 +48,7 @@ def _runners(daemon: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == daemon and RUNNER_FLAG in argv:
+        if ppid == daemon and (RUNNER_FLAG in argv or os.path.basename(argv[0]) == RUST_RUNNER):
             found.append(int(entry.name))
     return sorted(found)
 
@@ -158,14 +161,14 @@ def test_thread_isolation_keeps_the_component_in_the_daemon(containerd, wasm_ima
     containerd.ctr("container", "rm", "th-2", check=False)
 
 
-def test_measure_runner_start_and_memory(containerd, wasm_image, guests):
-    """Prints `ctr run --rm` of a hello component via a runner and in the daemon, and PSS per idle runner."""
+def _measure(containerd, wasm_image, guests, modes: dict[str, tuple[str, ...]]) -> tuple[dict[str, float], float]:
+    """Median `ctr run --rm` of hello.component per mode (ms), and the mean idle PSS of 5 runners (MiB)."""
     image = wasm_image("hello-c-bench", guests / "hello.component.wasm")
-    timings: dict[str, list[float]] = {"runner": [], "thread": []}
+    timings: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_ in range(6):
-        for mode, flags in (("runner", ()), ("thread", ("--annotation", f"{ISOLATION}=thread"))):
+        for mode, flags in modes.items():
             began = time.monotonic()
-            out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, f"bench-{mode}-{round_}")
+            out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, f"bench-{round_}-{len(flags)}")
             if round_:  # the first round compiles and warms the daemon
                 timings[mode].append(time.monotonic() - began)
             assert out.stdout.strip() == "hello from wasm"
@@ -181,13 +184,41 @@ def test_measure_runner_start_and_memory(containerd, wasm_image, guests):
         runners = _runners(daemon)
         assert len(runners) == len(ids)
         pss = [_pss_kib(pid) for pid in runners]
-        rss = [process_footprint(pid).rss_kib for pid in runners]
     finally:
         for task_id in ids:
             _remove(containerd, task_id)
-    runner_ms = statistics.median(timings["runner"]) * 1000
-    thread_ms = statistics.median(timings["thread"]) * 1000
-    print(f"\nctr run --rm hello.component.wasm, median of 5: runner {runner_ms:.0f} ms, "
-          f"in the daemon {thread_ms:.0f} ms (overhead {runner_ms - thread_ms:.0f} ms)")
-    print(f"idle component runners: PSS {statistics.mean(pss) / 1024:.1f} MiB each "
-          f"(RSS {statistics.mean(rss) / 1024:.1f} MiB) over {len(pss)} runners")
+    return {mode: statistics.median(t) * 1000 for mode, t in timings.items()}, statistics.mean(pss) / 1024
+
+
+def test_measure_runner_start_and_memory(containerd, wasm_image, guests):
+    """Prints `ctr run --rm` of a hello component via the (Rust) runner and in the daemon, and PSS per idle runner."""
+    modes = {"runner": (), "thread": ("--annotation", f"{ISOLATION}=thread")}
+    ms, pss = _measure(containerd, wasm_image, guests, modes)
+    print(f"\nctr run --rm hello.component.wasm, median of 5: component runner {ms['runner']:.0f} ms, "
+          f"in the daemon {ms['thread']:.0f} ms; idle component runners: PSS {pss:.1f} MiB each (5 runners)")
+
+
+def test_python_runner_fallback(containerd_factory, wasm_image_factory, guests):
+    """Without the Rust runner, components run in the Python runner: output, kill, and a refused network grant.
+
+    Also prints its start and idle PSS, to compare with test_measure_runner_start_and_memory's Rust runner.
+    """
+    containerd = containerd_factory(env={"WASM_SHIM_COMPONENT_RUNNER": "/nonexistent/wasm-shim-component-runner"})
+    wasm_image = wasm_image_factory(containerd)
+    ms, pss = _measure(containerd, wasm_image, guests, {"python runner": ()})
+    (daemon,) = daemon_pids(containerd)
+    sleeper = wasm_image("sleep-py", guests / "sleep.component.wasm")
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, sleeper, "sleep-py", "/app.wasm", "100")
+    wait_for(lambda: _status(containerd, "sleep-py") == "RUNNING", 10, "sleep-py running")
+    (pid,) = _runners(daemon)
+    assert RUNNER_FLAG in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    _remove(containerd, "sleep-py")
+    wait_for(lambda: _runners(daemon) == [], 5, "the Python runner gone")
+    hello = wasm_image("hello-py", guests / "hello.component.wasm")
+    refused = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", "wasm.shim.io/network=pod",
+                             "--with-ns", "network:/proc/1/ns/net", hello, "net-py", check=False)
+    assert refused.returncode != 0 and "wasm-shim-component-runner, which is not installed" in refused.stderr
+    containerd.ctr("container", "rm", "net-py", check=False)
+    assert "components run in the Python runner" in shim_log_text(containerd)
+    print(f"\nctr run --rm hello.component.wasm, median of 5: Python runner {ms['python runner']:.0f} ms; "
+          f"idle Python runners: PSS {pss:.1f} MiB each (5 runners)")

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +152,25 @@ def test_second_start_does_not_compile(containerd, wasm_image, guests):
     log = shim_log_text(containerd)
     sources = re.findall(r"task cache-(\d): module [0-9a-f]+ from (\w+)", log)
     assert sources == [("1", "compiled"), ("2", "memory")], sources
+
+
+def test_component_runner_compiles_once_per_node(containerd, wasm_image, guests):
+    """The Rust component runner caches its own compilation (in the daemon's cache dir): a second start of the
+    same component, in another runner process, deserializes that file instead of compiling (the file is
+    written by a temporary name and a rename, so a second compile would leave a new inode)."""
+    image = wasm_image("hello-cache-c", guests / "hello.component.wasm")
+    digest = hashlib.sha256((guests / "hello.component.wasm").read_bytes()).hexdigest()
+    cache = Path(containerd.env["WASM_SHIM_CACHE_DIR"])
+    containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "cache-c-1")
+    (compiled,) = cache.glob(f"component-runner-*/{digest}.component.cwasm")
+    first = compiled.stat()
+    assert stat.S_IMODE(first.st_mode) == 0o600 and stat.S_IMODE(compiled.parent.stat().st_mode) == 0o700
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "cache-c-2")
+    assert out.stdout.strip() == "hello from wasm"
+    again = compiled.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    # A damaged cache file is never run: it is ignored and replaced by a fresh compile.
+    compiled.write_bytes(compiled.read_bytes()[:-100] + b"\0" * 100)
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "cache-c-3")
+    assert out.stdout.strip() == "hello from wasm"
+    assert compiled.stat().st_ino != first.st_ino

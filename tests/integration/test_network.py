@@ -264,18 +264,18 @@ def test_grant_refusals_name_their_reason(containerd, wasm_image, guests, net_im
     assert ok.stdout.strip() == "hello from wasm"
 
 
-def test_a_missing_network_runner_fails_prepare_with_its_name(tmp_path, guests, pod_netns):
+def test_a_missing_component_runner_fails_prepare_with_its_name(tmp_path, guests, pod_netns):
     """Without the runner a grant cannot be honoured: Create fails saying what is missing and how to get it."""
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     shutil.copyfile(guests / "hello.component.wasm", rootfs / "app.wasm")
     spec = {"linux": {"namespaces": [{"type": "network", "path": str(pod_netns)}]}}
     (tmp_path / "config.json").write_text(json.dumps(spec))
-    engine = WasmtimeEngine(cache_dir=None, network_runner=str(tmp_path / "no-such-runner"))
+    engine = WasmtimeEngine(cache_dir=None, component_runner=str(tmp_path / "no-such-runner"))
     try:
         guest = GuestSpec(task_id="t", rootfs=str(rootfs), root_readonly=True, args=("/app.wasm",), env=(),
                           cwd="/", annotations={NETWORK: "tcp-listen=*:80"}, bundle=str(tmp_path))
-        with pytest.raises(EngineError, match="wasm-shim-network-runner, which is not installed") as caught:
+        with pytest.raises(EngineError, match="wasm-shim-component-runner, which is not installed") as caught:
             engine.prepare(guest)
         assert "no-such-runner" in str(caught.value) and "tcp-listen=*:80" in str(caught.value)
     finally:
@@ -295,7 +295,7 @@ def _task_pid(containerd, task_id: str) -> int:
     raise AssertionError(f"task {task_id} not listed")
 
 
-def test_network_runner_applies_the_rest_of_the_spec(containerd, wasm_image, guests, pod_netns, tmp_path):
+def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, guests, pod_netns, tmp_path):
     """A granted component gets the same args, env, mounts, limits and exit statuses as one in the Python runner."""
     grant = ("--annotation", f"{NETWORK}=pod", "--with-ns", f"network:{pod_netns}")
 
@@ -333,7 +333,7 @@ def test_network_runner_applies_the_rest_of_the_spec(containerd, wasm_image, gue
     free = run(net, "spec-alloc-free", "alloc", "100", flags=grant)
     assert "reached 100 MiB" in free.stdout, (free.stdout[-200:], free.stderr)
     assert reached < 64, capped.stdout[-200:]
-    print(f"\nnetwork runner, alloc under a 64 MiB limit: {reached} MiB (100 without)")
+    print(f"\ncomponent runner, alloc under a 64 MiB limit: {reached} MiB (100 without)")
 
     spin = wasm_image("net-spin", guests / "spin.component.wasm")
     containerd.ctr("run", "-d", "--runtime", RUNTIME, *grant, "--cpus", "0.25", spin, "spec-spin")
@@ -353,7 +353,7 @@ def test_network_runner_applies_the_rest_of_the_spec(containerd, wasm_image, gue
         assert _cpu_seconds(pid) - frozen < 0.02  # a paused runner uses no CPU
         containerd.ctr("task", "resume", "spec-spin")
         assert _status(containerd, "spec-spin") == "RUNNING"
-        print(f"\nnetwork runner spinning under --cpus 0.25: {rate:.3f} CPU")
+        print(f"\ncomponent runner spinning under --cpus 0.25: {rate:.3f} CPU")
     finally:
         containerd.ctr("task", "kill", "-s", "SIGKILL", "spec-spin", check=False)
         wait_for(lambda: _status(containerd, "spec-spin") in ("STOPPED", ""), 10, "spec-spin stopped")

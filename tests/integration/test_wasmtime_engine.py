@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import os
 import shutil
 import signal
@@ -824,4 +825,7 @@ def test_precompile_writes_what_the_daemon_reads(sandbox: Sandbox, guests: Path)
         assert (daemon_engine.stats.compiles, daemon_engine.stats.disk_hits) == (0, 2)
     finally:
         daemon_engine.close()
+    # ... and the component runner's own compilation, which is what runs a component (runner/).
+    digest = hashlib.sha256((guests / "hello.component.wasm").read_bytes()).hexdigest()
+    assert len(list(cache.glob(f"component-runner-*/{digest}.component.cwasm"))) == 1
     assert main(["precompile", "--cache-dir", str(cache), str(sandbox.tmp)]) == 1  # a directory: an error
