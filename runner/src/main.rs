@@ -11,7 +11,9 @@
 //!   the runner re-checks what it relies on and exits 1 with `wasm error: component runner: ...` on stderr
 //!   when something is wrong. `wasm-shim-component-runner --precompile CACHE_DIR FILE...` fills the cache
 //!   (`wasm-shim precompile` calls it).
-//! - fds 0-2 are the guest's stdio; nothing else is inherited. The environment is not the guest's.
+//! - fds 0-2 are the guest's stdio; fd `report_fd` (3) is a pipe to the daemon, where the runner writes `oom`
+//!   when the guest failed after its memory limit refused a memory.grow; nothing else is inherited. The
+//!   environment is not the guest's.
 //! - With a network grant, before any thread exists, the runner joins the pod's network namespace (`netns`),
 //!   so every socket the guest opens lives there; the node's namespace is never used. Without one, the guest
 //!   gets no sockets at all. PR_SET_PDEATHSIG makes the runner die with the daemon.
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -61,6 +63,7 @@ struct Plan {
     memory_limit: Option<u64>,
     cpu_limit: Option<f64>,
     netns: Option<String>, // the pod's network namespace; required with a grant (checked), ignored without
+    report_fd: Option<i32>, // where to say "oom" (see `report`); the daemon's pipe, inherited
     parent: i32,
     network: Grant,
 }
@@ -157,7 +160,36 @@ fn allowed(rules: &[Rule], addr: &SocketAddr, usage: SocketAddrUse) -> bool {
 struct Guest {
     ctx: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryLimit,
+}
+
+/// `linux.resources.memory.limit` per linear memory: a memory.grow beyond it fails inside the guest (as a
+/// failed allocation does), and the refusal is remembered for the OOM report.
+struct MemoryLimit {
+    bytes: Option<usize>,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.bytes.is_none_or(|limit| desired <= limit);
+        self.refused |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl WasiView for Guest {
@@ -295,15 +327,16 @@ fn run(plan: &Plan) -> Result<i32, String> {
         }
     }
 
-    let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(false);
-    if let Some(limit) = plan.memory_limit {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        limits = limits.memory_size(limit);
-    }
+    let limits = MemoryLimit {
+        bytes: plan
+            .memory_limit
+            .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
+        refused: false,
+    };
     let guest = Guest {
         ctx: wasi.build(),
         table: ResourceTable::new(),
-        limits: limits.build(),
+        limits,
     };
     let mut store = Store::new(&engine, guest);
     store.limiter(|guest| &mut guest.limits);
@@ -331,7 +364,7 @@ fn run(plan: &Plan) -> Result<i32, String> {
     let result = command.wasi_cli_run().call_run(&mut store);
     ticking.store(false, Ordering::Relaxed);
     let _ = std::io::stdout().flush();
-    Ok(match result {
+    let status = match result {
         Ok(Ok(())) => 0,
         Ok(Err(())) => EXIT_FAILURE,
         Err(error) => {
@@ -347,7 +380,19 @@ fn run(plan: &Plan) -> Result<i32, String> {
                 EXIT_TRAP
             }
         }
-    })
+    };
+    if status != 0 && store.data().limits.refused {
+        report(plan, "oom"); // it failed after its memory limit refused it: the daemon publishes /tasks/oom
+    }
+    Ok(status)
+}
+
+/// One line to the daemon on the report fd of the plan (a pipe the daemon reads once we are reaped).
+fn report(plan: &Plan, line: &str) {
+    if let Some(fd) = plan.report_fd {
+        let text = format!("{line}\n");
+        unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
+    }
 }
 
 /// A token bucket on this thread's CPU clock: the guest earns `cpus` CPU-seconds per wall second, banks at

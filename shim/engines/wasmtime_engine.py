@@ -116,7 +116,9 @@ Memory and OOM (issue 3)
     (malloc returns NULL). ``oom`` is set when a guest ends in failure with its linear memory near the limit
     (see ``_check_memory``); the task service publishes /tasks/oom for it. ``stats()`` reports the linear
     memory as last sampled (at deadlines and host calls; 0 for components, whose memories wasmtime-py does
-    not expose) and the CPU time of the guest's thread.
+    not expose) and the CPU time of the guest's thread. In the Rust component runner a resource limiter sees
+    every refused memory.grow; when the guest then fails, the runner writes ``oom`` on its report pipe (its
+    fd 3), which ``ComponentRunner`` reads after the reap (the Python runner reports nothing).
 
 Resources
     On exit the guest thread closes its ``Store`` explicitly (``Store.close()`` frees the instance, the WASI
@@ -934,12 +936,14 @@ class WasmtimeEngine:
             "mounts": [[m.destination, m.source, m.readonly] for m in prepared.preopens],
             "memory_limit": spec.memory_limit, "cpu_limit": spec.cpu_limit, "parent": os.getpid(),
         }
+        report: tuple[int, int] | None = None  # the Rust runner's report pipe (read end, write end)
         if prepared.component_runner is not None:
             plan = {
                 **common, "wasm": prepared.entry.host_path, "digest": prepared.compiled.digest,
                 "cache_dir": self._cache_dir or self._private_runner_dir(), "netns": prepared.netns,
-                "network": prepared.network.plan(),
+                "network": prepared.network.plan(), "report_fd": _REPORT_FD,
             }
+            report = os.pipe2(os.O_CLOEXEC)
             program = prepared.component_runner
             argv = [program, json.dumps(plan)]
             env: dict[str, str] = {}  # nothing of ours; the guest's env is in the plan
@@ -956,7 +960,14 @@ class WasmtimeEngine:
                     RUNNER_FLAG, json.dumps(plan)]
             # Only what locates the interpreter's modules (the guest's env is in the plan, never inherited).
             env = {key: value for key, value in os.environ.items() if key.startswith("PYTHON") or key == "PATH"}
-        fds = _open_runner_stdio(stdio)
+        try:
+            fds = _open_runner_stdio(stdio)
+        except BaseException:
+            for fd in report or ():
+                os.close(fd)
+            raise
+        if report is not None:
+            fds.append(report[1])  # becomes the runner's fd 3 (_REPORT_FD)
         try:
             pid = os.posix_spawn(
                 program, argv, env,
@@ -964,6 +975,8 @@ class WasmtimeEngine:
                 setpgroup=0, setsigmask=(),
             )
         except OSError as exc:
+            if report is not None:
+                os.close(report[0])
             raise EngineError(f"cannot start a runner process for task {spec.task_id}: {exc.strerror}") from None
         finally:
             for fd in fds:
@@ -973,8 +986,11 @@ class WasmtimeEngine:
         except OSError as exc:  # never expected: the child is unreaped; make sure it does not run on
             os.kill(pid, signals.SIGKILL)
             os.waitpid(pid, 0)
+            if report is not None:
+                os.close(report[0])
             raise EngineError(f"cannot watch the runner process of task {spec.task_id}: {exc.strerror}") from None
-        runner = ComponentRunner(self, spec.task_id, pid, os.dup(pidfd), on_exit)
+        runner = ComponentRunner(self, spec.task_id, pid, os.dup(pidfd), on_exit,
+                                 report[0] if report is not None else None)
         with self._cond:
             self._runners[pid] = runner
         log.debug("task %s: component runner pid %d", spec.task_id, pid)
@@ -1407,12 +1423,13 @@ class ComponentRunner:
     so a kill after the reap can never reach a recycled fd) and the kill signal.
     """
 
-    oom = False  # a component's linear memories are not visible to the daemon (see the engine's docstring)
-
     def __init__(
-        self, engine: WasmtimeEngine, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None]
+        self, engine: WasmtimeEngine, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None],
+        report_fd: int | None = None,
     ):
         self._engine = engine
+        self._report_fd = report_fd  # the read end of the Rust runner's report pipe; read once, after the reap
+        self.oom = False  # the runner reported that the guest failed after its memory limit refused it
         self.task_id = task_id
         self.pid = pid
         self._pidfd: int | None = pidfd
@@ -1476,6 +1493,11 @@ class ComponentRunner:
                 os.close(fd)
             if self._kill_signal is not None:
                 status = killed_status(self._kill_signal)
+            report, self._report_fd = self._report_fd, None
+        if report is not None:
+            with os.fdopen(report, "rb") as pipe:  # the runner is gone: its end is closed, so this reads to EOF
+                lines = pipe.read(_REPORT_LIMIT).split(b"\n")
+            self.oom = status != 0 and self._kill_signal is None and b"oom" in lines
         self.exit_status = status
         self._engine._runner_gone(self)
         log.debug("task %s: component runner %d ended with status %d", self.task_id, self.pid, status)
@@ -1488,6 +1510,8 @@ class ComponentRunner:
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_REPORT_FD = 3  # the Rust runner's report pipe (runner/src/main.rs, `report`)
+_REPORT_LIMIT = 4096  # bytes we read of it: a few short lines
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

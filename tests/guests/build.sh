@@ -68,18 +68,25 @@ for src in "$here"/src/*.wat; do
     fi
 done
 
-jco="$NPM_PREFIX/node_modules/.bin/jco"
-ensure_jco() {
-    local pkg="$NPM_PREFIX/node_modules/@bytecodealliance/jco/package.json"
-    if [[ -x "$jco" && -f "$pkg" ]] && grep -q "\"version\": \"$JCO_VERSION\"" "$pkg"; then
+# ensure_npm PACKAGE VERSION BIN WHY: PACKAGE@VERSION installed in $NPM_PREFIX (pinned, recorded exactly in its
+# package.json so a later install of another package keeps it), with node_modules/.bin/BIN present.
+ensure_npm() {
+    local package=$1 version=$2 bin="$NPM_PREFIX/node_modules/.bin/$3" why=$4
+    local pkg="$NPM_PREFIX/node_modules/$package/package.json"
+    if [[ -x "$bin" && -f "$pkg" ]] && grep -q "\"version\": \"$version\"" "$pkg"; then
         return 0
     fi
-    need npm "apt-get install nodejs npm (jco turns preview1 modules into wasi:cli components)"
-    echo "build.sh: installing @bytecodealliance/jco@$JCO_VERSION into $NPM_PREFIX" >&2
+    need npm "apt-get install nodejs npm ($why)"
+    echo "build.sh: installing $package@$version into $NPM_PREFIX" >&2
     mkdir -p "$NPM_PREFIX"
-    npm install --silent --no-audit --no-fund --prefix "$NPM_PREFIX" "@bytecodealliance/jco@$JCO_VERSION" >&2 \
-        || die "npm install @bytecodealliance/jco@$JCO_VERSION failed (is the npm registry reachable?)"
-    [[ -x "$jco" ]] || die "jco was installed but $jco is missing"
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$NPM_PREFIX" "$package@$version" >&2 \
+        || die "npm install $package@$version failed (is the npm registry reachable?)"
+    [[ -x "$bin" ]] || die "$package was installed but $bin is missing"
+}
+
+jco="$NPM_PREFIX/node_modules/.bin/jco"
+ensure_jco() {
+    ensure_npm @bytecodealliance/jco "$JCO_VERSION" jco "jco turns preview1 modules into wasi:cli components"
 }
 
 for name in "${COMPONENTS[@]}"; do
@@ -134,17 +141,7 @@ QJS_VERSION=0.4.5
 WASI_WIT_VERSION=0.2.12 # the @version in src/net/world.wit and the imports of src/net/net.js
 qjs="$NPM_PREFIX/node_modules/.bin/componentize-qjs"
 ensure_qjs() {
-    local pkg="$NPM_PREFIX/node_modules/componentize-qjs/package.json"
-    if [[ -x "$qjs" && -f "$pkg" ]] && grep -q "\"version\": \"$QJS_VERSION\"" "$pkg"; then
-        return 0
-    fi
-    need npm "apt-get install nodejs npm (componentize-qjs builds the JavaScript socket guest)"
-    echo "build.sh: installing componentize-qjs@$QJS_VERSION into $NPM_PREFIX" >&2
-    mkdir -p "$NPM_PREFIX"
-    # --save-exact records it in $NPM_PREFIX/package.json, so a later `npm install` of jco keeps this version.
-    npm install --silent --no-audit --no-fund --save-exact --prefix "$NPM_PREFIX" "componentize-qjs@$QJS_VERSION" >&2 \
-        || die "npm install componentize-qjs@$QJS_VERSION failed (is the npm registry reachable?)"
-    [[ -x "$qjs" ]] || die "componentize-qjs was installed but $qjs is missing"
+    ensure_npm componentize-qjs "$QJS_VERSION" componentize-qjs "componentize-qjs builds the JavaScript socket guest"
 }
 
 net_src="$here/src/net"

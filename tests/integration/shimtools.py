@@ -1,5 +1,5 @@
-"""Helpers for tests that drive our shim through a real containerd: finding its daemons, reading their logs,
-measuring their footprint. Reads /proc only; starts nothing."""
+"""Helpers for tests that drive our shim through a real containerd: finding its daemons and tasks, reading their
+logs, measuring their footprint, removing a task. Starts nothing."""
 
 from __future__ import annotations
 
@@ -32,6 +32,23 @@ def task_status(containerd: Containerd, task_id: str) -> str:
         if fields and fields[0] == task_id:
             return fields[-1]
     return ""
+
+
+def task_pid(containerd: Containerd, task_id: str) -> int:
+    """The PID column of `ctr task ls` for `task_id` (for a component: its runner process)."""
+    for line in containerd.ctr("task", "ls").stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == task_id:
+            return int(fields[1])
+    raise AssertionError(f"task {task_id} not listed")
+
+
+def remove_task(containerd: Containerd, task_id: str) -> None:
+    """SIGKILL the task if it runs, wait until it stopped, delete task and container (whatever exists of them)."""
+    containerd.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
+    wait_for(lambda: task_status(containerd, task_id) in ("STOPPED", ""), 10, f"{task_id} stopped")
+    containerd.ctr("task", "rm", task_id, check=False)
+    containerd.ctr("container", "rm", task_id, check=False)
 
 
 def daemon_pids(containerd: Containerd) -> list[int]:

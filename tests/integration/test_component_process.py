@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, shim_log_text, wait_for
+from tests.integration.shimtools import (
+    RUNTIME,
+    daemon_pids,
+    process_footprint,
+    remove_task,
+    shim_log_text,
+    task_pid,
+    wait_for,
+)
 from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
@@ -27,14 +35,6 @@ pytestmark = pytest.mark.integration
 RUNNER_FLAG = b"--component-runner"  # the Python runner's argv
 RUST_RUNNER = b"wasm-shim-component-runner"  # the Rust runner's program name (runner/)
 ISOLATION = "wasm.shim.io/component-isolation"
-
-
-def _task_pid(containerd, task_id: str) -> int:
-    for line in containerd.ctr("task", "ls").stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return int(fields[1])
-    raise AssertionError(f"task {task_id} not listed")
 
 
 def _runners(daemon: int) -> list[int]:
@@ -60,13 +60,6 @@ def _pss_kib(pid: int) -> int:
     raise AssertionError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
-def _remove(containerd, task_id: str) -> None:
-    containerd.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
-    wait_for(lambda: _status(containerd, task_id) in ("STOPPED", ""), 10, f"{task_id} stopped")
-    containerd.ctr("task", "rm", task_id, check=False)
-    containerd.ctr("container", "rm", task_id, check=False)
-
-
 def test_killed_runners_leave_nothing_behind(containerd, wasm_image, guests):
     """Sleeping components and components blocked on stdin, killed: no runner left, daemon back to baseline."""
     sleeper = wasm_image("sleep-c", guests / "sleep.component.wasm")
@@ -74,7 +67,7 @@ def test_killed_runners_leave_nothing_behind(containerd, wasm_image, guests):
     containerd.ctr("run", "-d", "--runtime", RUNTIME, sleeper, "keeper-c", "/app.wasm", "100")
     wait_for(lambda: _status(containerd, "keeper-c") == "RUNNING", 10, "keeper running")
     (daemon,) = daemon_pids(containerd)
-    keeper = _task_pid(containerd, "keeper-c")
+    keeper = task_pid(containerd, "keeper-c")
     assert _runners(daemon) == [keeper]
 
     def round_of_kills(tag: str) -> None:
@@ -119,7 +112,7 @@ def test_killed_runners_leave_nothing_behind(containerd, wasm_image, guests):
     after = process_footprint(daemon)
     assert after.fds <= before.fds, (before, after)
     assert _status(containerd, "keeper-c") == "RUNNING"  # the survivor is untouched
-    _remove(containerd, "keeper-c")
+    remove_task(containerd, "keeper-c")
     wait_for(lambda: _runners(daemon) == [], 5, "keeper's runner gone")
 
 
@@ -128,7 +121,7 @@ def test_pause_and_resume_freeze_the_runner(containerd, wasm_image, guests):
     containerd.ctr("run", "-d", "--runtime", RUNTIME, image, "spin-c")
     try:
         wait_for(lambda: _status(containerd, "spin-c") == "RUNNING", 10, "spinner running")
-        pid = _task_pid(containerd, "spin-c")
+        pid = task_pid(containerd, "spin-c")
         containerd.ctr("task", "pause", "spin-c")
         assert _status(containerd, "spin-c") == "PAUSED"
         wait_for(lambda: _proc_state(pid) == "T", 5, "runner stopped")
@@ -141,7 +134,7 @@ def test_pause_and_resume_freeze_the_runner(containerd, wasm_image, guests):
         wait_for(lambda: _status(containerd, "spin-c") == "STOPPED", 10, "spinner stopped")
         assert time.monotonic() - before < 1.0 + 0.5  # the kill bound plus ctr's own polling
     finally:
-        _remove(containerd, "spin-c")
+        remove_task(containerd, "spin-c")
 
 
 def _proc_state(pid: int) -> str:
@@ -186,7 +179,7 @@ def _measure(containerd, wasm_image, guests, modes: dict[str, tuple[str, ...]]) 
         pss = [_pss_kib(pid) for pid in runners]
     finally:
         for task_id in ids:
-            _remove(containerd, task_id)
+            remove_task(containerd, task_id)
     return {mode: statistics.median(t) * 1000 for mode, t in timings.items()}, statistics.mean(pss) / 1024
 
 
@@ -212,7 +205,7 @@ def test_python_runner_fallback(containerd_factory, wasm_image_factory, guests):
     wait_for(lambda: _status(containerd, "sleep-py") == "RUNNING", 10, "sleep-py running")
     (pid,) = _runners(daemon)
     assert RUNNER_FLAG in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    _remove(containerd, "sleep-py")
+    remove_task(containerd, "sleep-py")
     wait_for(lambda: _runners(daemon) == [], 5, "the Python runner gone")
     hello = wasm_image("hello-py", guests / "hello.component.wasm")
     refused = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", "wasm.shim.io/network=pod",

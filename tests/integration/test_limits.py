@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, shim_log_text, wait_for
+from tests.integration.shimtools import RUNTIME, remove_task, shim_log_text, wait_for
 from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,6 @@ class _Events:
         self._proc.terminate()
         out, _ = self._proc.communicate(timeout=10)
         return out.splitlines()
-
-
-def _remove(containerd, task_id: str) -> None:
-    containerd.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
-    wait_for(lambda: _status(containerd, task_id) in ("STOPPED", ""), 10, f"{task_id} stopped")
-    containerd.ctr("task", "rm", task_id, check=False)
-    containerd.ctr("container", "rm", task_id, check=False)
 
 
 def _mib_reached(stdout: str) -> int:
@@ -112,7 +105,7 @@ def test_cpu_quotas_share_time_in_ratio(containerd, wasm_image, guests):
         rate = {t: (_cpu_seconds(containerd, t) - start[t]) / elapsed for t in limits}
     finally:
         for task_id in limits:
-            _remove(containerd, task_id)
+            remove_task(containerd, task_id)
     assert rate["slow"] < 0.2 * 1.3, rate  # the cap holds whatever the load
     assert rate["fast"] > min(0.6, rate["free"]) * 0.7, rate  # our slicing does not hold it back further
     if rate["free"] >= 0.6:
@@ -138,7 +131,7 @@ def test_pause_and_resume(containerd, wasm_image, guests):
         time.sleep(0.5)
         assert _cpu_seconds(containerd, "frozen") - first > 0.05  # it runs again
         containerd.ctr("task", "pause", "frozen")
-        _remove(containerd, "frozen")  # a paused guest is killable
+        remove_task(containerd, "frozen")  # a paused guest is killable
     finally:
         lines = events.stop()
     topics = [t for line in lines for t in ("/tasks/paused", "/tasks/resumed", "/tasks/exit") if f" {t} " in line]
@@ -174,3 +167,22 @@ def test_component_runner_compiles_once_per_node(containerd, wasm_image, guests)
     out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "cache-c-3")
     assert out.stdout.strip() == "hello from wasm"
     assert compiled.stat().st_ino != first.st_ino
+
+
+def test_oom_event_for_a_component_in_the_runner(containerd, wasm_image, guests):
+    """The component runner reports a guest that failed after its memory limit refused it: /tasks/oom, then exit."""
+    image = wasm_image("net-oom", guests / "net.component.wasm")
+    events = _Events(containerd)
+    try:
+        out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--memory-limit", str(32 << 20), image,
+                             "runner-oom", "/app.wasm", "alloc", "100", "fail", check=False)
+        graceful = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--memory-limit", str(32 << 20), image,
+                                  "runner-no-oom", "/app.wasm", "alloc", "100")
+    finally:
+        lines = events.stop()
+    assert out.returncode == 1 and "allocation failed at" in out.stdout, (out.stdout[-200:], out.stderr)
+    assert "allocation failed at" in graceful.stdout  # handled: exit 0, so no OOM
+    topics = [(topic, task) for line in lines for topic in ("/tasks/oom", "/tasks/exit")
+              for task in ("runner-oom", "runner-no-oom") if f" {topic} " in line and task in line]
+    assert [t for t in topics if t[1] == "runner-oom"] == [("/tasks/oom", "runner-oom"), ("/tasks/exit", "runner-oom")]
+    assert [t for t in topics if t[1] == "runner-no-oom"] == [("/tasks/exit", "runner-no-oom")], lines

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, wait_for
+from tests.integration.shimtools import RUNTIME, remove_task, task_pid, wait_for
 from tests.integration.shimtools import task_status as _status
 from wasm_shim.shim.engines.base import EngineError, GuestSpec
 from wasm_shim.shim.engines.wasmtime_engine import WasmtimeEngine
@@ -230,10 +230,7 @@ def test_kill_in_accept_frees_the_port_for_the_next_container(containerd, net_im
         wait_for(lambda: _status(containerd, "net-blocked") == "STOPPED", 10, "net-blocked stopped")
         print(f"\nkill of a component blocked in accept -> STOPPED seen by ctr: {time.monotonic() - began:.3f} s")
     finally:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", "net-blocked", check=False)
-        wait_for(lambda: _status(containerd, "net-blocked") in ("STOPPED", ""), 10, "net-blocked stopped")
-        containerd.ctr("task", "rm", "net-blocked", check=False)
-        containerd.ctr("container", "rm", "net-blocked", check=False)
+        remove_task(containerd, "net-blocked")
     run = Run(containerd, net_image, "net-again", grant, pod_netns, "listen", "0.0.0.0", str(port))
     client = _in_netns(pod_netns, _CLIENT, "127.0.0.1", str(port), "30", timeout=TIMEOUT)
     code, out, err = run.wait()
@@ -287,14 +284,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _task_pid(containerd, task_id: str) -> int:
-    for line in containerd.ctr("task", "ls").stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == task_id:
-            return int(fields[1])
-    raise AssertionError(f"task {task_id} not listed")
-
-
 def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, guests, pod_netns, tmp_path):
     """A granted component gets the same args, env, mounts, limits and exit statuses as one in the Python runner."""
     grant = ("--annotation", f"{NETWORK}=pod", "--with-ns", f"network:{pod_netns}")
@@ -339,7 +328,7 @@ def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, g
     containerd.ctr("run", "-d", "--runtime", RUNTIME, *grant, "--cpus", "0.25", spin, "spec-spin")
     try:
         wait_for(lambda: _status(containerd, "spec-spin") == "RUNNING", 30, "spec-spin running")
-        pid = _task_pid(containerd, "spec-spin")
+        pid = task_pid(containerd, "spec-spin")
         time.sleep(1)  # past the compile and the start-up burst
         first, began = _cpu_seconds(pid), time.monotonic()
         time.sleep(3)
@@ -355,7 +344,4 @@ def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, g
         assert _status(containerd, "spec-spin") == "RUNNING"
         print(f"\ncomponent runner spinning under --cpus 0.25: {rate:.3f} CPU")
     finally:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", "spec-spin", check=False)
-        wait_for(lambda: _status(containerd, "spec-spin") in ("STOPPED", ""), 10, "spec-spin stopped")
-        containerd.ctr("task", "rm", "spec-spin", check=False)
-        containerd.ctr("container", "rm", "spec-spin", check=False)
+        remove_task(containerd, "spec-spin")

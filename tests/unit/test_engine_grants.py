@@ -76,3 +76,14 @@ def test_bad_network_grants_are_refused_with_the_reason(value, reason):
 )
 def test_cpu_limit_from_quota_and_period(spec, expected):
     assert cpu_limit(spec) == expected
+
+
+def test_the_kubernetes_example_grant_parses():
+    """k8s/examples/server-deployment.yaml shows a grant: it must be one the shim accepts."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "k8s/examples/server-deployment.yaml").read_text()
+    (value,) = re.findall(r'^\s+wasm\.shim\.io/network: "([^"]+)"$', text, re.M)
+    grant = parse_network_grant({NETWORK_ANNOTATION: value})
+    assert [rule["use"] for rule in grant.plan()["rules"]] == ["tcp-listen", "tcp-connect"]

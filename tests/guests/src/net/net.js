@@ -10,9 +10,10 @@
 //                              ADDR:PORT, print `sent`
 //   udp-echo ADDR PORT         bind ADDR:PORT, print `bound ADDR:PORT`, receive one datagram, print `got TEXT`
 //   create                     create an IPv4 TCP socket, print `created`
-//   alloc MAX_MIB              (not a socket action: the memory limit in the network runner) keep 1 MiB buffers,
-//                              each filled, printing `N MiB` after each, until MAX_MIB (`reached N MiB`) or an
-//                              allocation fails (`allocation failed at N MiB`)
+//   alloc MAX_MIB [fail]       (not a socket action: the memory limit in the component runner) keep 1 MiB
+//                              buffers, each filled, printing `N MiB` after each, until MAX_MIB (`reached N MiB`)
+//                              or an allocation fails (`allocation failed at N MiB`; with `fail` the command then
+//                              ends with status 1, as a program that cannot go on without that memory)
 // ADDR is an IPv4 dotted quad or an IPv6 address (`::1`, `::`, `fd00::5`, `::ffff:10.0.0.1`, optionally in
 // brackets); it is printed as given, PORT as actually bound (so PORT 0 shows the port the system chose).
 //
@@ -39,7 +40,7 @@ const GREETING = "hello from wasm\n";
 const WRITE_CHUNK = 4096; // output-stream.blocking-write-and-flush takes at most 4096 bytes (wasi:io/streams)
 const READ_CHUNK = 65536;
 const USAGE = "usage: net listen ADDR PORT [COUNT] | connect ADDR PORT | udp-send ADDR PORT TEXT | "
-    + "udp-echo ADDR PORT | create | alloc MAX_MIB";
+    + "udp-echo ADDR PORT | create | alloc MAX_MIB [fail]";
 
 /** A usage mistake: reported on stderr, not as a step. */
 class UsageError extends Error {}
@@ -314,7 +315,7 @@ function create(out, scope) {
     out("created");
 }
 
-function alloc(out, scope, [maxText]) {
+function alloc(out, scope, [maxText, mode = ""]) {
     const max = Number(maxText);
     if (!Number.isInteger(max) || max < 1) throw new UsageError(`alloc: bad MAX_MIB ${JSON.stringify(maxText)}`);
     const kept = [];
@@ -327,6 +328,7 @@ function alloc(out, scope, [maxText]) {
         }
     } catch (e) {
         out(`allocation failed at ${kept.length} MiB`);
+        if (mode === "fail") throw e;
         return;
     }
     out(`reached ${kept.length} MiB`);
@@ -339,7 +341,7 @@ const ACTIONS = {
     "udp-send": [3, 3, udpSend],
     "udp-echo": [2, 2, udpEcho],
     create: [0, 0, create],
-    alloc: [1, 1, alloc],
+    alloc: [1, 2, alloc],
 };
 
 /** Run the action argv names; true when every step succeeded. */
