@@ -73,11 +73,13 @@ class RunResult:
 # What each runtime kind runs for a workload: wasm images take args after /app.wasm; busybox gets a full argv.
 _NATIVE_ARGV = {
     "hello": ["/bin/echo", "hello"],
+    "hello_component": ["/bin/echo", "hello"],
     "sleep": ["/bin/sleep", "3600"],
     "clock": ["/bin/sh", "-c", "echo realtime_us=$EPOCHREALTIME"],
 }
 _WASM = {  # workload -> (guest file, default args)
     "hello": ("hello.wasm", []),
+    "hello_component": ("hello.component.wasm", []),  # runs in a component runner process (runner/)
     "sleep": ("sleep.wasm", ["3600"]),
     "clock": ("clock.wasm", []),
     "sha256": ("sha256.wasm", []),
