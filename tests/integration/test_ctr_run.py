@@ -184,3 +184,13 @@ def test_daemon_lingers_then_exits_when_idle(containerd_factory, wasm_image_fact
     out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "idle-2")
     assert out.stdout.strip() == "hello from wasm"
     assert len(daemon_pids(containerd)) == 1
+
+
+@pytest.mark.parametrize("kind", ["module", "component"])
+def test_piped_stdin_reaches_the_guest_and_ends(containerd, wasm_image, guests, kind):
+    """`... | ctr run`: the guest reads what was piped in, then end-of-file, and exits (no hang)."""
+    wasm = guests / ("cat_file.wasm" if kind == "module" else "cat_file.component.wasm")
+    image = wasm_image(f"stdin-{kind}", wasm)
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, f"stdin-{kind}", "/app.wasm", "-",
+                         input="piped text\nsecond line\n", timeout=30)
+    assert out.stdout == "piped text\nsecond line\n", out.stderr
