@@ -2,7 +2,10 @@
 
 Starts a private containerd (Debian's 1.6) in a temp dir on its own sockets, builds the hello guest from C,
 packs it into an OCI image, and runs it with `ctr run --rm --runtime io.containerd.wasmtime.v1`; then runs a
-static busybox echo under runc for comparison. Everything it starts is stopped and removed at the end.
+static busybox echo under runc for comparison. Last, a component granted one listening port
+(`wasm.shim.io/network: tcp-listen=*:8080`) serves a client inside a network namespace the demo makes for it
+(standing in for a pod's), and the same grant refuses it an outgoing connection. Everything it starts is stopped
+and removed at the end.
 Usage: .venv/bin/python scripts/demo.py [--containerd 1.6|2.x]
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +27,16 @@ from tests.harness.containerd import VENV_BIN, launch  # noqa: E402
 from wasm_shim.oci.layout import Symlink, build_image_tar  # noqa: E402
 
 RUNTIME = "io.containerd.wasmtime.v1"
+CLIENT = """
+import socket, time
+for _ in range(600):  # up to 60 s: the first start compiles the component
+    try:
+        with socket.create_connection(("127.0.0.1", 8080), timeout=5) as conn:
+            print(conn.recv(1024).decode().strip())
+            break
+    except ConnectionRefusedError:
+        time.sleep(0.1)
+"""
 
 
 def step(text: str) -> None:
@@ -75,6 +89,7 @@ def main() -> int:
         runc.sort()
         step("warm runs, median of 5 (whole `ctr run --rm`, this machine, not a benchmark: see `make bench`)")
         print(f"    wasm (our shim): {wasm[2]:.0f} ms    runc busybox echo: {runc[2]:.0f} ms")
+        network_demo(containerd, guests, tmp)
         tasks = containerd.ctr("task", "ls", "-q").stdout.strip()
         print(f"    tasks left behind: {tasks or 'none'}")
     finally:
@@ -83,6 +98,40 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print("\ndone.")
     return 0
+
+
+def network_demo(containerd, guests: Path, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """A component with a one-port network grant, in a network namespace of ours (standing in for a pod's)."""
+    netns = f"wsh-demo-{tmp.name[-8:]}"
+    grant = "wasm.shim.io/network=tcp-listen=*:8080"
+    step(f"a component granted one port ({grant}) in network namespace {netns}")
+    tar = tmp / "net.tar"
+    build_image_tar(tar, "localhost/demo/net:latest", {"/net.wasm": guests / "net.component.wasm"},
+                    entrypoint=["/net.wasm"])
+    containerd.import_image(tar)
+    subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+        flags = ("--runtime", RUNTIME, "--annotation", grant, "--with-ns", f"network:/var/run/netns/{netns}")
+        containerd.ctr("run", "-d", *flags, "localhost/demo/net:latest", "demo-net", "/net.wasm", "listen",
+                       "0.0.0.0", "8080")
+        client = subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-c", CLIENT],
+                                capture_output=True, text=True, timeout=90)
+        print(f"    a client in {netns} connected to 127.0.0.1:8080 and got: {client.stdout.strip()!r}")
+        denied = containerd.ctr("run", "--rm", *flags, "localhost/demo/net:latest", "demo-net-out", "/net.wasm",
+                                "connect", "127.0.0.1", "9", check=False)
+        print(f"    the same grant, connecting out to 127.0.0.1:9: {denied.stdout.strip()!r}")
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", "demo-net", check=False)
+        for _ in range(100):  # up to 5 s for the exit to be reported
+            rows = [line.split() for line in containerd.ctr("task", "ls", check=False).stdout.splitlines()[1:]]
+            if not any(row[0] == "demo-net" and row[-1] != "STOPPED" for row in rows if row):
+                break
+            time.sleep(0.05)
+        containerd.ctr("task", "rm", "demo-net", check=False)
+        containerd.ctr("container", "rm", "demo-net", check=False)
+        containerd.ctr("container", "rm", "demo-net-out", check=False)
+        subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True, timeout=10)
 
 
 if __name__ == "__main__":
