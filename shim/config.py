@@ -46,8 +46,8 @@ class ShimConfig:
     #:   interpreter start, imports and compilation. 0 exits as soon as the last task is deleted.
     #: cache_dir: compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
     #: socket_dir: the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
-    #: component_runner: the program that runs components with a network grant (runner/); "" = the
-    #:   `wasm-shim-component-runner` beside the daemon's Python interpreter, else on PATH.
+    #: component_runner: the program each process-isolated component runs in (runner/; the only one that honours
+    #:   network grants); "" = `wasm-shim-component-runner` beside the daemon's Python interpreter, else on PATH.
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
@@ -115,8 +115,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: grouping must be one of {', '.join(GROUPINGS)}, got {value!r}")
     if key == "log_level" and value.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    if key in ("cache_dir", "socket_dir", "component_runner") and not os.path.isabs(value) \
-            and (value or key != "component_runner"):
+    optional = key == "component_runner" and value == ""  # "" = look for it (see DEFAULTS)
+    if key in ("cache_dir", "socket_dir", "component_runner") and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
 

@@ -628,6 +628,7 @@ class WasmtimeEngine:
         self._component_isolation = component_isolation
         self._cache_dir = cache_dir
         self._component_runner = component_runner  # "" = beside our interpreter, then PATH (_find_component_runner)
+        self._runner_found: str | None = None  # the runner once found: Create does not search again
         self._warned_no_runner = False
         self._runner_dir: str | None = None
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
@@ -764,9 +765,16 @@ class WasmtimeEngine:
 
     def _find_component_runner(self) -> str | None:
         """The component runner executable (the configured path, else beside our interpreter, else on PATH), or
-        None: then components run in the slower Python runner and network grants are refused (said once)."""
+        None: then components run in the slower Python runner and network grants are refused (said once).
+
+        Found once, then remembered (this is on every component's Create); while it is missing, each call looks
+        again, so a runner installed later is picked up without restarting the daemon.
+        """
+        if self._runner_found is not None:
+            return self._runner_found
         for path in self._component_runner_candidates():
             if os.path.isfile(path) and os.access(path, os.X_OK):
+                self._runner_found = path
                 return path
         if not self._warned_no_runner:
             self._warned_no_runner = True
