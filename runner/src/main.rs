@@ -263,6 +263,14 @@ fn join_network_namespace(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn fs_perms(readonly: bool) -> FsPerms {
+    if readonly {
+        FsPerms::ReadOnly
+    } else {
+        FsPerms::ReadWrite
+    }
+}
+
 /// The one engine configuration every run and precompile uses (the cache fingerprint depends on it).
 fn new_engine() -> Result<Engine, String> {
     let mut config = Config::new();
@@ -283,25 +291,16 @@ fn run(plan: &Plan) -> Result<i32, String> {
         .args(&plan.args)
         .envs(&plan.env)
         .allow_ip_name_lookup(false);
-    let root_perms = if plan.root_readonly {
-        FsPerms::ReadOnly
-    } else {
-        FsPerms::ReadWrite
-    };
-    wasi.preopened_dir(&plan.rootfs, "/", root_perms)
+    wasi.preopened_dir(&plan.rootfs, "/", fs_perms(plan.root_readonly))
         .map_err(|e| format!("rootfs {}: {e:#}", plan.rootfs.display()))?;
     for (guest, host, readonly) in &plan.mounts {
-        let perms = if *readonly {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wasi.preopened_dir(host, guest, perms).map_err(|e| {
-            format!(
-                "mount {guest}: cannot open directory {}: {e:#}",
-                host.display()
-            )
-        })?;
+        wasi.preopened_dir(host, guest, fs_perms(*readonly))
+            .map_err(|e| {
+                format!(
+                    "mount {guest}: cannot open directory {}: {e:#}",
+                    host.display()
+                )
+            })?;
     }
     match &plan.network {
         Grant::None => {
