@@ -260,7 +260,7 @@ if [[ ! -x "$runner_dir/wasm-shim-component-runner" ]]; then
     ">= $MIN_RUST with rustup, or put ~/.cargo/bin on PATH"
   rust_version="$(rustc --version | awk '{print $2}')"
   version_ge "$rust_version" "$MIN_RUST" || die "rustc $rust_version is too old for runner/ (needs >= $MIN_RUST)"
-  say "building the component runner (runner/, wasmtime 48) with cargo (first time: 10-20 minutes)"
+  say "building the component runner (runner/, wasmtime 48) with cargo (first build 10-20 minutes; after an edit, seconds)"
   run cargo-component-runner env CARGO_TARGET_DIR="$CACHE/cargo/target-component-runner" \
     cargo build --release --locked --manifest-path "$ROOT/runner/Cargo.toml"
   mkdir -p "$runner_dir"
