@@ -35,6 +35,10 @@ MIN_PYTHON="3.11"
 GO_TOOLS=(
   "containerd|v2.4.2|default|github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|containerd:containerd-2 ctr:ctr-2"
   "crictl|v1.34.0|default|sigs.k8s.io/cri-tools/cmd/crictl|crictl"
+  "helm|v3.22.0|default|helm.sh/helm/v3/cmd/helm|helm"
+  "oras|v1.3.6|default|oras.land/oras/cmd/oras|oras"
+  "cosign|v3.1.3|default|github.com/sigstore/cosign/v3/cmd/cosign|cosign"
+  "crane|v0.22.1|default|github.com/google/go-containerregistry/cmd/crane|crane"
 )
 
 APT_PACKAGES=(
