@@ -226,6 +226,11 @@ for line in "${GO_TOOLS[@]}"; do
   IFS='|' read -r name version kind packages links <<<"$line"
   selected "$name" "$kind" || continue
   bindir="$CACHE/go/$name-$version/bin"
+  # Several checkouts share the cache: one lock per tool, so a second setup waits for the build instead of
+  # compiling the same thing again; the check below runs after the lock is held.
+  mkdir -p "$CACHE/go"
+  exec 9>"$CACHE/go/.lock-$name-$version"
+  flock 9
   for pkg in $packages; do
     bin="${pkg##*/}"
     [[ -x "$bindir/$bin" ]] && continue
@@ -247,6 +252,7 @@ for line in "${GO_TOOLS[@]}"; do
     [[ "$(readlink "$TOOLS_BIN/$alias" 2>/dev/null)" == "$bindir/$bin" ]] && continue
     ln -sfn "$bindir/$bin" "$TOOLS_BIN/$alias"
   done
+  exec 9>&-
 done
 
 # --- 4. the component runner -------------------------------------------------------------------------------------
@@ -259,6 +265,9 @@ MIN_RUST="1.95"
 runner_key="$(cd "$ROOT/runner" && find Cargo.toml Cargo.lock src -type f -print0 | sort -z \
   | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 runner_dir="$CACHE/cargo/component-runner-$runner_key"
+mkdir -p "$CACHE/cargo"
+exec 9>"$CACHE/cargo/.lock-component-runner"  # one build at a time across checkouts (see the Go tools' lock)
+flock 9
 if [[ ! -x "$runner_dir/wasm-shim-component-runner" ]]; then
   command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the component runner (runner/): install Rust" \
     ">= $MIN_RUST with rustup, or put ~/.cargo/bin on PATH"
@@ -275,6 +284,7 @@ for link in "$VENV/bin/wasm-shim-component-runner" "$TOOLS_BIN/wasm-shim-compone
   [[ "$(readlink "$link" 2>/dev/null)" == "$runner_dir/wasm-shim-component-runner" ]] \
     || ln -sfn "$runner_dir/wasm-shim-component-runner" "$link"
 done
+exec 9>&-
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
 # The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose
