@@ -48,7 +48,7 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     and to `<socket>.log` beside the socket, which outlives any one container (rotated at 1 MiB).
 
     Records are written by a listener thread (QueueHandler): writing a FIFO and a file on the event loop cost the
-    instance-start path about a millisecond per line (issue 5 profile).
+    instance-start path about a millisecond per line (profiled).
     """
     import queue
     from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler

@@ -40,7 +40,7 @@ from ..base import (
     resolve_entrypoint,
     split_env,
 )
-from ..native import _ExitWatcher
+from ..child import ExitWatcher
 from ..network import NETWORK_ANNOTATION, parse_network_grant
 from .cache import (
     ArtifactCache,
@@ -95,7 +95,7 @@ class WasmtimeEngine:
         self._runner_dir: str | None = None
         self._lock = threading.Lock()  # guards _runners, _exit_watcher, _runner_dir, _closed
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
-        self._exit_watcher: _ExitWatcher | None = None
+        self._exit_watcher: ExitWatcher | None = None
         self._closed = False  # no new guests
         config = wasmtime.Config()
         config.epoch_interruption = True  # kill, pause and CPU limits reach running wasm at epoch deadlines
@@ -243,7 +243,7 @@ class WasmtimeEngine:
             if self._closed:
                 raise EngineError("the wasmtime engine is shut down")
             if self._exit_watcher is None:
-                self._exit_watcher = _ExitWatcher()
+                self._exit_watcher = ExitWatcher()
             watcher = self._exit_watcher
         cache_dir = self._cache_dir or self._private_runner_dir()
         runner, pidfd = spawn_runner(prepared, stdio, on_exit, cache_dir, self._runner_gone)
@@ -329,21 +329,14 @@ class WasmtimeEngine:
 
 
 def _directory_mounts(spec: GuestSpec) -> tuple[GuestMount, ...]:
-    """The mounts a WASI guest is granted: directories only (WASI preopens), destinations absolute."""
-    preopens = []
+    """The mounts a WASI guest is granted: the directories (WASI preopens are directories only)."""
     for mount in spec.mounts:
-        if not mount.destination.startswith("/"):
-            raise EngineError(f"mount {mount.destination!r}: the destination must be an absolute path")
-        if os.path.isdir(mount.source):
-            preopens.append(mount)
-        elif os.path.exists(mount.source):
-            # WASI can only grant directories. Kubernetes bind-mounts files into every container
-            # (/etc/hosts, /etc/resolv.conf, /dev/termination-log): refusing them would refuse every pod.
+        if not mount.directory:
+            # Kubernetes bind-mounts files into every container (/etc/hosts, /etc/resolv.conf,
+            # /dev/termination-log): refusing them would refuse every pod.
             log.warning("task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
                         spec.task_id, mount.destination, mount.source)
-        else:
-            raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
-    return tuple(preopens)
+    return tuple(mount for mount in spec.mounts if mount.directory)
 
 
 __all__ = ["Entrypoint", "WasmtimeEngine", "WasmtimeGuest", "WasmtimePrepared"]

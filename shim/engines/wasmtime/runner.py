@@ -49,23 +49,20 @@ import os
 import shutil
 import signal as signals
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..base import (
     EngineError,
-    Guest,
     GuestSpec,
     GuestStdio,
     WasmKind,
     killed_status,
-    network_namespace_path,
     signal_terminates,
 )
+from ..child import ChildGuest, open_stdio
 from ..network import NETWORK_ANNOTATION, NetworkGrant
 from .components import ISOLATION_ANNOTATION, ComponentPrepared
-from .streams import open_for_wasmtime
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +71,6 @@ PYTHON_RUNNER_MODULE = "wasm_shim.shim.engines.wasmtime.python_runner"
 PRECOMPILE_TIMEOUT = 600  # seconds for the Rust runner to compile one component (a hang bound)
 REPORT_FD = 3  # the Rust runner's report pipe (runner/src/main.rs, `report`)
 _REPORT_LIMIT = 4096  # bytes we read of it: a few short lines
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class RunnerLocator:
@@ -128,7 +123,7 @@ def pod_network(spec: GuestSpec, kind: WasmKind, isolation: str, network: Networ
             f"{grant} needs {ISOLATION_ANNOTATION}=process: a component in the daemon's threads would open "
             "its sockets in the node's network namespace"
         )
-    path = network_namespace_path(spec.bundle) if spec.bundle else None
+    path = spec.network_namespace
     if path is None:
         raise EngineError(
             f"{grant}: the OCI spec names no network namespace to join (linux.namespaces has no network "
@@ -181,7 +176,7 @@ def spawn_runner(
     program, argv, env, reports = runner_plan(prepared, cache_dir)
     report = os.pipe2(os.O_CLOEXEC) if reports else None  # (read end, write end)
     try:
-        fds = open_runner_stdio(stdio)
+        fds = list(open_stdio(stdio))
     except BaseException:
         for fd in report or ():
             os.close(fd)
@@ -215,11 +210,10 @@ def spawn_runner(
     return runner, pidfd
 
 
-class ComponentRunner(Guest):
+class ComponentRunner(ChildGuest):
     """A component running in a runner process (see the module docstring); created by ``spawn_runner``.
 
-    Thread-safe. ``_lock`` guards the pidfd we signal through (a dup of the watcher's, closed before on_exit,
-    so a kill after the reap can never reach a recycled fd) and the kill signal.
+    Every terminating signal becomes SIGKILL through the pidfd; the first one decides the status (128 + it).
     """
 
     engine_name: ClassVar[str] = "wasmtime"
@@ -228,21 +222,12 @@ class ComponentRunner(Guest):
         self, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None],
         on_gone: Callable[[ComponentRunner], None], report_fd: int | None = None,
     ):
+        super().__init__(task_id, pid, pidfd, on_exit)
         self._on_gone = on_gone
         self._report_fd = report_fd  # the read end of the Rust runner's report pipe; read once, after the reap
-        self.oom = False  # the runner reported that the guest failed after its memory limit refused it
-        self.task_id = task_id
-        self.pid = pid
-        self._pidfd: int | None = pidfd
-        self._on_exit = on_exit
-        self._lock = threading.Lock()
         self._kill_signal: int | None = None
-        self._done = threading.Event()
-        self._last_stats = (0, 0)
-        self.exit_status: int | None = None
 
     def kill(self, signal: int, all: bool = False) -> None:
-        """SIGKILL to the runner for any terminating signal; the first one decides the status (128 + it)."""
         if not signal_terminates(signal):
             return
         with self._lock:
@@ -259,81 +244,22 @@ class ComponentRunner(Guest):
         with self._lock:
             self._send(signals.SIGCONT)
 
-    def stats(self) -> tuple[int, int]:
-        """(resident set size in bytes, CPU ns) of the runner process, from /proc/PID/stat (proc(5))."""
-        with self._lock:
-            if self._pidfd is None:
-                return self._last_stats
-            try:
-                with open(f"/proc/{self.pid}/stat", "rb") as file:
-                    fields = file.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                return self._last_stats
-            # After the ")" of comm: fields[0] is field 3 (state); utime 14, stime 15, rss 24 (pages).
-            ticks = int(fields[11]) + int(fields[12])
-            self._last_stats = (int(fields[21]) * _PAGE_SIZE, ticks * 1_000_000_000 // _CLOCK_TICKS)
-            return self._last_stats
-
-    def pids(self) -> list[int]:
-        return [self.pid]
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until the runner was reaped and on_exit returned; True if it has."""
-        return self._done.wait(timeout)
-
-    def _send(self, signal: int) -> None:  # with self._lock held
-        if self._pidfd is None:
-            return  # reaped: nothing to signal
-        try:
-            signals.pidfd_send_signal(self._pidfd, signal)
-        except ProcessLookupError:
-            pass  # exited, not yet reaped
-
-    def reaped(self, status: int) -> None:
-        """From the exit watcher, once, after waitid reaped the runner."""
-        with self._lock:
-            fd, self._pidfd = self._pidfd, None
-            if fd is not None:
-                os.close(fd)
-            if self._kill_signal is not None:
-                status = killed_status(self._kill_signal)
-            report, self._report_fd = self._report_fd, None
+    def _final_status(self, status: int) -> int:  # with self._lock held
+        if self._kill_signal is not None:
+            return killed_status(self._kill_signal)
+        report, self._report_fd = self._report_fd, None
         if report is not None:
             with os.fdopen(report, "rb") as pipe:  # the runner is gone: its end is closed, so this reads to EOF
                 lines = pipe.read(_REPORT_LIMIT).split(b"\n")
-            self.oom = status != 0 and self._kill_signal is None and b"oom" in lines
-        self.exit_status = status
+            self.oom = status != 0 and b"oom" in lines
+        return status
+
+    def _gone(self, status: int) -> None:
+        report, self._report_fd = self._report_fd, None  # a killed runner's report is not read
+        if report is not None:
+            os.close(report)
         self._on_gone(self)
         log.debug("task %s: component runner %d ended with status %d", self.task_id, self.pid, status)
-        try:
-            self._on_exit(status)
-        except Exception:
-            log.exception("task %s: on_exit callback failed", self.task_id)
-        finally:
-            self._done.set()
 
-
-def open_runner_stdio(stdio: GuestStdio) -> list[int]:
-    """The runner's fds 0, 1, 2, opened here (close-on-exec; posix_spawn's dup2 places them); EngineError."""
-    fds: list[int] = []
-
-    def opener(flags: int) -> Callable[[str], None]:
-        return lambda path: fds.append(os.open(path, flags | os.O_CLOEXEC, 0o644))
-
-    try:
-        for stream, path, flags in (
-            ("stdin", stdio.stdin, os.O_RDONLY),
-            ("stdout", stdio.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-            ("stderr", stdio.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-        ):
-            if path is None:
-                fds.append(os.open(os.devnull, (os.O_RDONLY if stream == "stdin" else os.O_WRONLY) | os.O_CLOEXEC))
-            else:
-                open_for_wasmtime(path, stream, opener(flags))
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
 
 
