@@ -1,10 +1,10 @@
 """Conformance: the same guests through every way the wasmtime engine runs them give the same answers.
 
 Three paths: a core module in a daemon thread (``ModuleGuest``), a component in a daemon thread
-(``ComponentGuest``, ``component-isolation: thread``) and a component in the Rust runner process
-(``ComponentRunner``, runner/). The components are the very modules, adapted by jco (tests/guests/build.sh),
-except for memory (see ``ALLOC``). The answers are ``base``'s rules (exit statuses, CPU limits); where the component model itself answers differently
-(WASI 0.2 exits only ok or err) the expectation says so, never the path.
+(``ComponentGuest``, ``component-isolation: thread``) and a component in the runner process (``ComponentRunner``,
+runner/). The components are the very modules, adapted by jco (tests/guests/build.sh), except for memory (see
+``ALLOC``). The answers are ``base``'s rules (exit statuses, CPU limits); where the component model itself
+answers differently (WASI 0.2 exits only ok or err) the expectation says so, never the path.
 
 Real wasmtime (wasmtime-py in this process, the wasmtime crates in the runner), real files for stdio. The CPU
 check compares CPU time with elapsed time over the same interval (a ratio, like test_limits.py): other load can
