@@ -507,10 +507,10 @@ fn check(cache_dir: &Path, file: &Path) -> i32 {
             Some(component) => component,
             None => cache.compile(&engine, &bytes, &digest)?,
         };
-        let exports: Vec<&str> = component
-            .component_type()
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
             .exports(&engine)
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.to_owned())
             .collect();
         Ok(serde_json::json!({ "sha256": digest, "exports": exports }).to_string())
     })();
