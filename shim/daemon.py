@@ -27,8 +27,12 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, ShimConfig, load_config
+
+if TYPE_CHECKING:
+    from .ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
 
@@ -48,7 +52,7 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     and to `<socket>.log` beside the socket, which outlives any one container (rotated at 1 MiB).
 
     Records are written by a listener thread (QueueHandler): writing a FIFO and a file on the event loop cost the
-    instance-start path about a millisecond per line (issue 5 profile).
+    instance-start path about a millisecond per line (profiled).
     """
     import queue
     from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
@@ -101,7 +105,7 @@ class Daemon:
 
     async def run(self) -> None:
         from .engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
-        from .engines.wasmtime_engine import WasmtimeEngine
+        from .engines.wasmtime import WasmtimeEngine
         from .events import EventQueue, TtrpcForwarder
         from .rpc import task_handlers
         from .task_service import TaskService
@@ -110,8 +114,8 @@ class Daemon:
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
         engine = WasmtimeEngine(cache_dir=self.config.cache_dir, component_runner=self.config.component_runner)
-        # issue 3: native (ELF/#!) containers run through runc; their init processes are re-parented to the
-        # daemon (a child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
+        # Native (ELF/#!) containers run through runc; their init processes are re-parented to the daemon (a
+        # child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
         become_subreaper()
         native = NativeEngine(root=os.path.join(DEFAULT_RUNC_ROOT, self.namespace or "default"))
         forwarder = TtrpcForwarder(self.ttrpc_address)
@@ -129,16 +133,19 @@ class Daemon:
             await self._serve_until_done(server)
         finally:
             await self.tasks.kill_all()
-            await loop.run_in_executor(None, native.close)  # issue 3: no runc container outlives the daemon
+            # No runc container and no runner process outlives the daemon; the wasmtime engine's compiled code,
+            # ticker and watcher go with it.
+            for closing in (native, engine):
+                await loop.run_in_executor(None, closing.close)
             await server.close(grace=2.0)
             await events.close(timeout=5.0)
             await forwarder.close()
             log.info("daemon exiting")
 
-    def _busy(self, server: object) -> bool:
-        return bool(self.tasks.tasks) or getattr(server, "connection_count", 0) > 0
+    def _busy(self, server: Server) -> bool:
+        return bool(self.tasks.tasks) or server.connection_count > 0
 
-    async def _serve_until_done(self, server: object) -> None:
+    async def _serve_until_done(self, server: Server) -> None:
         tick = max(0.05, min(1.0, self.config.idle_timeout / 4 or 0.05))
         while not self._stop.is_set():
             try:
@@ -152,7 +159,7 @@ class Daemon:
             if time.monotonic() - self._idle_since >= self.config.idle_timeout and self._release_socket(server):
                 return
 
-    def _release_socket(self, server: object) -> bool:
+    def _release_socket(self, server: Server) -> bool:
         """Under the group lock: if still idle and nobody is queued on the socket, remove it and say so."""
         try:
             lock_fd = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
