@@ -24,16 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .layout import MEDIA_TYPE_MANIFEST, Blob
-
-MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
-MEDIA_TYPE_WASM_LAYER = "application/wasm"
-# Older and other layouts the shim also accepts for the wasm layer (wasm-to-oci; runwasi's component layer).
-LEGACY_WASM_LAYER_TYPES = (
-    "application/vnd.wasm.content.layer.v1+wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
+    LEGACY_WASM_LAYER_TYPES,
+    MEDIA_TYPE_WASM_CONFIG,
+    MEDIA_TYPE_WASM_LAYER,
+    WASM_CONFIG_TYPES,
 )
-WASM_CONFIG_TYPES = (MEDIA_TYPE_WASM_CONFIG, "application/vnd.wasm.config.v1+json")
-_COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
+
+COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
 _TIMEOUT = 30.0
 
 
@@ -52,6 +50,19 @@ def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+def wasm_config(layer_digest: str, is_component: bool, *, created: str = "1970-01-01T00:00:00Z",
+                author: str = "wasm-shim") -> dict[str, Any]:
+    """The CNCF wasm config document: `os` is wasip2 for a component, wasip1 for a core module."""
+    config_doc: dict[str, Any] = {
+        "created": created, "author": author, "architecture": "wasm",
+        "os": "wasip2" if is_component else "wasip1", "layerDigests": [layer_digest],
+    }
+    if is_component:
+        # Required for wasip2 by the CNCF layout; exports/imports are left empty (we do not parse the WIT here).
+        config_doc["component"] = {"exports": [], "imports": [], "target": None}
+    return config_doc
+
+
 def build_artifact(
     wasm: bytes, *, created: str = "1970-01-01T00:00:00Z", author: str = "wasm-shim",
     annotations: Mapping[str, str] | None = None,
@@ -59,15 +70,8 @@ def build_artifact(
     """A one-layer wasm artifact; `os` is wasip2 for a component, wasip1 for a core module."""
     if not wasm.startswith(b"\0asm"):
         raise ArtifactError("not a WebAssembly binary (no \\0asm magic)")
-    is_component = wasm[:8] == _COMPONENT_MAGIC
     layer = Blob(MEDIA_TYPE_WASM_LAYER, wasm)
-    config_doc: dict[str, Any] = {
-        "created": created, "author": author, "architecture": "wasm",
-        "os": "wasip2" if is_component else "wasip1", "layerDigests": [layer.digest],
-    }
-    if is_component:
-        # Required for wasip2 by the CNCF layout; exports/imports are left empty (we do not parse the WIT here).
-        config_doc["component"] = {"exports": [], "imports": [], "target": None}
+    config_doc = wasm_config(layer.digest, wasm[:8] == COMPONENT_MAGIC, created=created, author=author)
     config = Blob(MEDIA_TYPE_WASM_CONFIG, _canonical(config_doc))
     manifest_doc: dict[str, Any] = {
         "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "artifactType": MEDIA_TYPE_WASM_CONFIG,

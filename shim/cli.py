@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cache-dir", help="the cache directory (default: cache_dir of the shim config, "
                      "/var/lib/wasm-shim/cache; must be 0700 and ours)")
     pre.set_defaults(func=_cmd_precompile)
+    from .registry_cli import add_commands
+
+    add_commands(sub)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
     return parser
