@@ -225,9 +225,12 @@ class RegistryClient:
             except self._urllib3.exceptions.MaxRetryError as exc:
                 if isinstance(exc.reason, self._urllib3.exceptions.SSLError):
                     raise RegistryError(f"{method} {url}: TLS failed: {str(exc.reason)[:300]}") from None
-                last_error = f"cannot connect: {exc.reason}"
+                if isinstance(exc.reason, self._urllib3.exceptions.TimeoutError):
+                    last_error = self._timeout_message()
+                else:
+                    last_error = f"cannot connect: {exc.reason}"
             except self._urllib3.exceptions.TimeoutError:
-                last_error = f"no answer within {self._timeout.read_timeout or self._timeout.connect_timeout}s"
+                last_error = self._timeout_message()
             except (self._urllib3.exceptions.HTTPError, OSError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
@@ -246,11 +249,15 @@ class RegistryClient:
                 if status >= 400 and status != 404:
                     message = _registry_message(_drain(response))
                     hint = " (credentials were refused)" if status in (401, 403) else ""
-                    raise RegistryError(f"{method} {url}: HTTP {status}{hint}: {message}", status)
+                    tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise RegistryError(f"{method} {url}: HTTP {status}{hint}: {message}{tries}", status)
                 return response
             if attempt >= self.attempts:
                 raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
             self._sleep(self._delay(attempt, None))
+
+    def _timeout_message(self) -> str:
+        return f"no answer within {self._timeout.read_timeout}s (connect timeout {self._timeout.connect_timeout}s)"
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.isdigit():
