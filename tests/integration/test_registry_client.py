@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.integration.registries import DockerRegistry, make_tls
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import VerificationFailed, sign_image, signature_tag, verify_image
 from wasm_shim.oci.digest import DigestMismatch
@@ -27,8 +28,6 @@ from wasm_shim.oci.reference import parse_reference
 from wasm_shim.oci.registry import NotFoundError, RegistryClient, RegistryError, fallback_tag
 from wasm_shim.oci.signature import BUNDLE_MEDIA_TYPE
 from wasm_shim.oci.transfer import pull_wasm, push_wasm
-
-from tests.integration.registries import DockerRegistry, make_tls
 
 pytestmark = pytest.mark.integration
 
