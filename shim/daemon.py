@@ -30,6 +30,10 @@ import time
 
 from .config import ConfigError, ShimConfig, load_config
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .admission import Admission
+
 log = logging.getLogger("wasm_shim")
 
 LISTEN_FD = 3
@@ -93,6 +97,7 @@ class Daemon:
         self.socket_path = socket_path
         self.namespace = namespace
         self.ttrpc_address = ttrpc_address
+        self.admission: Admission | None = None  # set by main(); None = no policy, no artifact annotation
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
 
@@ -117,7 +122,7 @@ class Daemon:
         forwarder = TtrpcForwarder(self.ttrpc_address)
         events = EventQueue(forwarder)
         events.start()
-        self.tasks = TaskService([engine, native], events, on_empty=self._touch)
+        self.tasks = TaskService([engine, native], events, on_empty=self._touch, admission=self.admission)
         server = Server(task_handlers(self.tasks, self.namespace), on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
@@ -178,6 +183,21 @@ class Daemon:
                 os.close(lock_fd)
 
 
+def _admission(config: ShimConfig) -> Admission:
+    """The Create-time admission (shim/admission.py): the signature policy, if configured, loaded now so that one
+    that does not parse stops the daemon with the reason (oci.policy.PolicyError)."""
+    from .admission import Admission
+
+    policy = None
+    if config.policy:
+        from wasm_shim.oci.policy import load_policy
+
+        policy = load_policy(config.policy)
+        log.info("signature policy %s: default %s, %d rule(s)", config.policy, policy.default, len(policy.rules))
+    return Admission(policy, verified_dir=os.path.join(config.cache_dir, "verified"),
+                     artifact_dir=config.artifact_dir, artifact_cache_bytes=config.artifact_cache_mb << 20)
+
+
 def main() -> int:
     env = os.environ
     try:
@@ -197,6 +217,13 @@ def main() -> int:
         log.error("no listening socket on fd %d (the daemon is started by `start`): %s", LISTEN_FD, exc)
         return 2
     listener.set_inheritable(False)
+    try:
+        admission = _admission(config)
+    except Exception as exc:  # PolicyError, CacheError: never run without the policy the operator asked for
+        log.error("daemon not started: %s", exc)
+        sys.stderr.write(f"wasm-shim daemon: not started: {exc}\n")
+        log_listener.stop()
+        return 2
     daemon = Daemon(
         config,
         listener,
@@ -204,6 +231,7 @@ def main() -> int:
         env.get("WASM_SHIM_DAEMON_NAMESPACE", ""),
         env.get("WASM_SHIM_DAEMON_TTRPC_ADDRESS", ""),
     )
+    daemon.admission = admission
     try:
         asyncio.run(daemon.run())
     except Exception:

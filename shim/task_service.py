@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 from . import bundle as bundles
 from . import image_source  # issue 4 (wasm OCI artifacts); imports no grpc until used
 from . import mount as mounts
+from .admission import Admission
 from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared, read_header, resolve_entrypoint
 from .events import EventQueue
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
@@ -87,8 +88,10 @@ class TaskService:
         *,
         on_empty: Callable[[], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        admission: Admission | None = None,
     ) -> None:
         self._engines = list(engines)
+        self._admission = admission
         self._events = events
         self._on_empty = on_empty or (lambda: None)
         self._clock = clock
@@ -164,6 +167,8 @@ class TaskService:
                 mounts.mount_all(specs, rootfs)
                 mounted = True
             spec = bundles.guest_spec(req.id, bundle)
+            if self._admission is not None:  # signature policy; artifacts the shim pulls itself (shim/admission.py)
+                self._admission.admit(spec, namespace)
             # issue 4 (wasm OCI artifacts) hook: an artifact's rootfs is empty; image_source reads its wasm layer from
             # containerd's content store over gRPC and places it at args[0]. One lstat for every other image.
             image_source.provide_entrypoint(spec, namespace)
