@@ -1,0 +1,214 @@
+"""The signature policy enforced by the shim at Create, through a private containerd (1.6 and 2.x) and `ctr`.
+
+Images are pushed to Debian's docker-registry on loopback, signed there (our signer; cosign interop is in
+test_cosign_oras.py), pulled by containerd with `ctr images pull --plain-http`, and run with `ctr run`. The shim
+gets its policy through the environment (WASM_SHIM_POLICY, config source 4). Covered: under enforce a signed image
+runs; unsigned, signed by another key, signed for another digest and re-tagged after signing are refused with a
+message naming the image, the rule and the reason; warn runs and logs; verification is cached, so a second start
+needs no registry; a policy that does not parse stops the daemon; and the shim's own registry path (annotation
+wasm.shim.io/artifact) for containerd 1.6, verified by the same policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.harness.containerd import Containerd, ContainerdFactory, CtrError
+from tests.harness.fixtures import BUSYBOX_REF
+from tests.integration.registries import DockerRegistry
+from tests.integration.shimtools import RUNTIME, shim_log_text, wait_for
+from wasm_shim.oci.auth import DockerCredentials
+from wasm_shim.oci.cosign import sign_image, signature_tag
+from wasm_shim.oci.layout import build_image
+from wasm_shim.oci.manifest import MEDIA_TYPE_MANIFEST, Descriptor
+from wasm_shim.oci.reference import Reference, parse_reference
+from wasm_shim.oci.registry import RegistryClient
+from wasm_shim.oci.transfer import push_wasm
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Node:
+    containerd: Containerd
+    registry: DockerRegistry
+    client: RegistryClient
+    team: ec.EllipticCurvePrivateKey
+    tmp: Path
+
+    def push_image(self, repository: str, wasm: bytes) -> Reference:
+        """A regular OCI image whose rootfs holds /app.wasm (its entrypoint), pushed as REPOSITORY:v1."""
+        image = build_image({"/app.wasm": wasm}, entrypoint=["/app.wasm"])
+        ref = parse_reference(f"{self.registry.address}/{repository}:v1")
+        for blob in (image.layer, image.config):
+            self.client.push_blob(ref, Descriptor(blob.media_type, blob.digest, blob.size), lambda b=blob: b.data)
+        digest, _ = self.client.put_manifest(ref, "v1", image.manifest.data, MEDIA_TYPE_MANIFEST)
+        return ref.with_digest(digest)
+
+    def pull(self, ref: Reference) -> str:
+        name = f"{ref.name}:{ref.tag}"
+        self.containerd.ctr("images", "pull", "--plain-http", name, timeout=120)
+        return name
+
+    def run(self, image: str, task_id: str, *extra: str, check: bool = True) -> str:
+        try:
+            out = self.containerd.ctr("run", "--rm", "--runtime", RUNTIME, *extra, image, task_id, timeout=120)
+        except CtrError as exc:
+            if check:
+                raise
+            return str(exc.stderr)
+        assert not check or out.returncode == 0
+        return out.stdout
+
+
+def _write_pub(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
+    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+@pytest.fixture
+def node_factory(containerd_factory: ContainerdFactory, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    registry = DockerRegistry(tmp_path / "registry").start()
+    team = ec.generate_private_key(ec.SECP256R1())
+    _write_pub(tmp_path / "team.pub", team)
+    client = RegistryClient(DockerCredentials({}), attempts=1)
+
+    def make(policy: str | None = None, **env: str) -> Node:
+        addr = registry.address
+        text = policy if policy is not None else (
+            'default = "allow"\n'
+            f'[[rule]]\nimages = ["{addr}/team/*"]\nkeys = ["team.pub"]\nmode = "enforce"\n'
+            f'[[rule]]\nimages = ["{addr}/relaxed/*"]\nkeys = ["team.pub"]\nmode = "warn"\n'
+            '[registry]\ntimeout = 5\n')
+        (tmp_path / "policy.toml").write_text(text)
+        cache = tmp_path / "shim-cache"
+        cache.mkdir(mode=0o700, exist_ok=True)
+        containerd = containerd_factory(env={"WASM_SHIM_POLICY": str(tmp_path / "policy.toml"),
+                                             "WASM_SHIM_CACHE_DIR": str(cache),
+                                             "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"), **env})
+        return Node(containerd, registry, client, team, tmp_path)
+
+    try:
+        yield make
+    finally:
+        client.close()
+        registry.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., Node]) -> Node:
+    return node_factory()
+
+
+def test_signed_runs_and_the_verification_is_cached(node: Node, guests: Path) -> None:
+    ref = node.push_image("team/hello", (guests / "hello.wasm").read_bytes())
+    sign_image(node.client, ref, node.team)
+    image = node.pull(ref)
+    assert node.run(image, "signed-1").strip() == "hello from wasm"
+    log = shim_log_text(node.containerd)
+    assert f"image {ref.name}@{ref.digest} allowed by rule 1" in log and "signature verified with team.pub" in log
+    node.registry.stop()  # a warm start needs no registry: the verification is cached
+    assert node.run(image, "signed-2").strip() == "hello from wasm"
+    assert "signature verified (cached)" in shim_log_text(node.containerd)
+
+
+def _refusal(node: Node, image: str, ref: Reference, task_id: str) -> str:
+    stderr = node.run(image, task_id, check=False)
+    assert f"image {ref.name}@{ref.digest} refused by the signature policy: rule 1 (images " in stderr, stderr
+    assert "hello from wasm" not in stderr
+    return stderr
+
+
+def test_unsigned_is_refused(node: Node, guests: Path) -> None:
+    ref = node.push_image("team/unsigned", (guests / "hello.wasm").read_bytes())
+    stderr = _refusal(node, node.pull(ref), ref, "unsigned-1")
+    assert "no signature found" in stderr
+    assert "refused by the signature policy" in shim_log_text(node.containerd)
+
+
+def test_signed_by_another_key_is_refused(node: Node, guests: Path) -> None:
+    ref = node.push_image("team/otherkey", (guests / "hello.wasm").read_bytes())
+    sign_image(node.client, ref, ec.generate_private_key(ec.SECP256R1()), format="legacy")
+    assert "made by another key" in _refusal(node, node.pull(ref), ref, "otherkey-1")
+
+
+def test_signature_for_another_digest_is_refused(node: Node, guests: Path) -> None:
+    signed = node.push_image("team/pair", (guests / "hello.wasm").read_bytes())
+    sign_image(node.client, signed, node.team, format="legacy")
+    target = node.push_image("team/pair2", (guests / "hello.wasm").read_bytes() + b"\0")
+    # Copy the .sig manifest (and its blobs) of the signed image to the other image's .sig tag.
+    sig = node.client.get_manifest(signed.with_tag(signature_tag(signed.digest)))
+    doc = sig.json("sig")
+    for blob in [doc["config"], *doc["layers"]]:
+        desc = Descriptor.parse(blob, "sig")
+        data = node.client.fetch_blob_bytes(signed, desc, 1 << 20)
+        node.client.push_blob(target, desc, lambda d=data: d)
+    node.client.put_manifest(target, signature_tag(target.digest), sig.data, MEDIA_TYPE_MANIFEST)
+    stderr = _refusal(node, node.pull(target), target, "otherdigest-1")
+    assert f"signed for another digest ({signed.digest}), not {target.digest}" in stderr
+
+
+def test_retagged_after_signing_is_refused(node: Node, guests: Path) -> None:
+    first = node.push_image("team/retag", (guests / "hello.wasm").read_bytes())
+    sign_image(node.client, first, node.team)
+    second = node.push_image("team/retag", (guests / "hello.wasm").read_bytes() + b"\0\0")  # v1 -> other bytes
+    assert second.digest != first.digest
+    assert "no signature found" in _refusal(node, node.pull(second), second, "retag-1")
+
+
+def test_warn_mode_runs_and_logs(node: Node, guests: Path) -> None:
+    ref = node.push_image("relaxed/hello", (guests / "hello.wasm").read_bytes())
+    assert node.run(node.pull(ref), "warn-1").strip() == "hello from wasm"
+    assert (f"image {ref.name}@{ref.digest} would be refused (warn mode, running it): rule 2"
+            in shim_log_text(node.containerd))
+
+
+def test_unreachable_registry_without_cached_verification_refuses(node: Node, guests: Path) -> None:
+    ref = node.push_image("team/offline", (guests / "hello.wasm").read_bytes())
+    sign_image(node.client, ref, node.team)
+    image = node.pull(ref)
+    node.registry.stop()
+    stderr = _refusal(node, image, ref, "offline-1")
+    assert "cannot check signatures" in stderr
+
+
+def test_policy_that_does_not_parse_stops_the_daemon(node_factory: Callable[..., Node], guests: Path) -> None:
+    node = node_factory(policy='default = "allow"\n[[rule]]\nimages = "not a list"\n')
+    ref = node.push_image("team/any", (guests / "hello.wasm").read_bytes())
+    image = node.pull(ref)
+    stderr = node.run(image, "badpolicy-1", check=False)
+    assert "hello from wasm" not in stderr
+    wait_for(lambda: "daemon not started" in shim_log_text(node.containerd)
+             or "daemon not started" in node.containerd.log_tail(200), 10, "the daemon's refusal in its log")
+    text = shim_log_text(node.containerd) + node.containerd.log_tail(200)
+    assert "rule 1: images must be a non-empty list of strings" in text
+
+
+def test_shim_pulls_annotated_artifact_itself(node: Node, guests: Path, busybox_image_tar: Path) -> None:
+    # The stand-in image: any small image; the process args name where the artifact's module goes.
+    node.containerd.import_image(busybox_image_tar)
+    busybox_image = BUSYBOX_REF
+    signed = parse_reference(f"{node.registry.address}/team/artifact:v1")
+    signed = signed.with_digest(push_wasm(node.client, str(guests / "hello.wasm"), signed))
+    sign_image(node.client, signed, node.team)
+    annotation = f"wasm.shim.io/artifact={signed.name}:v1"
+    out = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", annotation, busybox_image,
+                              "artifact-1", "/app.wasm", timeout=120)
+    assert out.stdout.strip() == "hello from wasm"
+    cached = node.tmp / "artifacts" / "blobs" / "sha256"
+    assert any(p.stat().st_size == (guests / "hello.wasm").stat().st_size for p in cached.iterdir())
+    unsigned = parse_reference(f"{node.registry.address}/team/artifact2:v1")
+    unsigned = unsigned.with_digest(push_wasm(node.client, str(guests / "hello.wasm"), unsigned,
+                                              annotations={"x": "unsigned"}))
+    failed = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                                 f"wasm.shim.io/artifact={unsigned.name}:v1", busybox_image, "artifact-2",
+                                 "/app.wasm", check=False, timeout=120)
+    assert failed.returncode != 0
+    assert f"image {unsigned.name}@{unsigned.digest} refused by the signature policy: rule 1" in failed.stderr
