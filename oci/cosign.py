@@ -140,7 +140,10 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
     reasons: list[str] = []
     candidates = 0
     for descriptor in client.referrers(pinned, digest):
-        if not (descriptor.artifact_type.startswith(BUNDLE_PREFIX) or not descriptor.artifact_type):
+        # Registries that predate OCI 1.1's final text report the config's media type as artifactType (the
+        # go-containerregistry registry does): for cosign's bundle referrer that is the empty descriptor's type.
+        if descriptor.artifact_type not in ("", MEDIA_TYPE_EMPTY) and \
+                not descriptor.artifact_type.startswith(BUNDLE_PREFIX):
             continue
         candidates += 1
         if candidates > MAX_CANDIDATES:

@@ -3,8 +3,9 @@
 - `DockerRegistry`: Debian's `docker-registry` (distribution 2.8, no referrers API), optionally with TLS (a test CA
   and a server certificate for 127.0.0.1 made here with `cryptography`) and basic auth (a bcrypt htpasswd file,
   the only hash distribution accepts).
-- `CraneRegistry`: go-containerregistry's in-memory registry (`crane registry serve`), which answers the OCI
-  referrers API (GET /v2/<name>/referrers/<digest> returns an image index).
+- `ReferrersRegistry`: go-containerregistry's in-memory registry with its OCI referrers API on
+  (tests/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
+  serve` is the same registry with the API off (it answers 404), and zot is not served by the Go module proxy.
 - `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a test skips when it is missing,
   like the containerd fixtures do.
 
@@ -161,7 +162,7 @@ class DockerRegistry:
 
 
 @dataclass
-class CraneRegistry:
+class ReferrersRegistry:
     root: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -170,16 +171,16 @@ class CraneRegistry:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> CraneRegistry:
-        crane = tool("crane")
+    def start(self) -> ReferrersRegistry:
+        binary = tool("referrers-registry")
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
-        log = self.root / "crane.log"
+        log = self.root / "registry.log"
         with log.open("ab") as out:
-            self.process = subprocess.Popen([crane, "registry", "serve", "--address", self.address],
+            self.process = subprocess.Popen([binary, "--address", self.address],
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        _wait_listening(self.port, self.process, log, "crane registry serve")
+        _wait_listening(self.port, self.process, log, "referrers-registry")
         return self
 
     def stop(self) -> None:

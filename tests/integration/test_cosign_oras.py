@@ -1,7 +1,7 @@
 """Interop with the real `oras` 1.3 and `cosign` 3.1 CLIs, through `wasm-shim`'s own CLI, on loopback registries.
 
 Two registries: Debian's docker-registry (distribution 2.8: no referrers API, so both tools use the
-`sha256-<hex>` fallback tag) and go-containerregistry's `crane registry serve` (answers the referrers API).
+`sha256-<hex>` fallback tag) and go-containerregistry's registry with the referrers API on (registries.py).
 The matrix (issue "Supply chain"): oras push -> wasm-shim pull byte-identical, and the module runs;
 wasm-shim push -> oras pull byte-identical; cosign signatures in both formats verify with wasm-shim verify and
 ours with `cosign verify --key`; key files made by either tool sign for the other. cosign runs offline:
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.registries import CraneRegistry, DockerRegistry, tool
+from tests.integration.registries import DockerRegistry, ReferrersRegistry, tool
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +27,13 @@ WASM_SHIM = str(REPO / ".venv" / "bin" / "wasm-shim")
 PASSWORD = "correct horse"
 
 
-@pytest.fixture(params=["docker-registry", "crane"])
+@pytest.fixture(params=["docker-registry", "referrers-api"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    instance: DockerRegistry | CraneRegistry
+    instance: DockerRegistry | ReferrersRegistry
     if request.param == "docker-registry":
         instance = DockerRegistry(tmp_path / "registry")
     else:
-        instance = CraneRegistry(tmp_path / "crane")
+        instance = ReferrersRegistry(tmp_path / "referrers")
     instance.start()
     try:
         yield instance.address

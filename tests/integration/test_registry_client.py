@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.registries import DockerRegistry, make_tls
+from tests.integration.registries import DockerRegistry, ReferrersRegistry, make_tls
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import VerificationFailed, sign_image, signature_tag, verify_image
 from wasm_shim.oci.digest import DigestMismatch
@@ -300,3 +300,24 @@ def test_failing_or_hanging_registry_gives_up_with_the_reason(tmp_path: Path, st
         assert not os.listdir(tmp_path)
     finally:
         server.close()
+
+
+# -- a registry with the referrers API -----------------------------------------------------------------------
+def test_bundle_found_through_the_referrers_api(tmp_path: Path, client: RegistryClient,
+                                                team_key: ec.EllipticCurvePrivateKey) -> None:
+    registry = ReferrersRegistry(tmp_path / "referrers").start()
+    try:
+        ref = parse_reference(f"{registry.address}/team/app:v1")
+        digest = push_wasm(client, str(_wasm(tmp_path)), ref)
+        assert client.referrers(ref, digest) == []
+        sign_image(client, ref, team_key)
+        found = client.referrers(ref, digest)
+        assert len(found) == 1 and found[0].annotations["dev.sigstore.bundle.content"] == "dsse-envelope"
+        # Without the fallback tag the signature is still found: the index came from the API.
+        response = client._pool.request("DELETE", f"http://{registry.address}/v2/team/app/manifests/"
+                                        f"{fallback_tag(digest)}")
+        assert response.status == 202
+        assert fallback_tag(digest) not in client.list_tags(ref)
+        assert [s.format for s in verify_image(client, ref, [team_key.public_key()]).signatures] == ["bundle"]
+    finally:
+        registry.stop()
