@@ -11,6 +11,7 @@ wasm.shim.io/artifact) for containerd 1.6, verified by the same policy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,8 @@ class Node:
         image = build_image({"/app.wasm": wasm}, entrypoint=["/app.wasm"])
         ref = parse_reference(f"{self.registry.address}/{repository}:v1")
         for blob in (image.layer, image.config):
-            self.client.push_blob(ref, Descriptor(blob.media_type, blob.digest, blob.size), lambda b=blob: b.data)
+            data = blob.data
+            self.client.push_blob(ref, Descriptor(blob.media_type, blob.digest, blob.size), functools.partial(bytes, data))
         digest, _ = self.client.put_manifest(ref, "v1", image.manifest.data, MEDIA_TYPE_MANIFEST)
         return ref.with_digest(digest)
 
@@ -149,7 +151,7 @@ def test_signature_for_another_digest_is_refused(node: Node, guests: Path) -> No
     for blob in [doc["config"], *doc["layers"]]:
         desc = Descriptor.parse(blob, "sig")
         data = node.client.fetch_blob_bytes(signed, desc, 1 << 20)
-        node.client.push_blob(target, desc, lambda d=data: d)
+        node.client.push_blob(target, desc, functools.partial(bytes, data))
     node.client.put_manifest(target, signature_tag(target.digest), sig.data, MEDIA_TYPE_MANIFEST)
     stderr = _refusal(node, node.pull(target), target, "otherdigest-1")
     assert f"signed for another digest ({signed.digest}), not {target.digest}" in stderr
