@@ -48,8 +48,8 @@ class Node:
         image = build_image({"/app.wasm": wasm}, entrypoint=["/app.wasm"])
         ref = parse_reference(f"{self.registry.address}/{repository}:v1")
         for blob in (image.layer, image.config):
-            data = blob.data
-            self.client.push_blob(ref, Descriptor(blob.media_type, blob.digest, blob.size), functools.partial(bytes, data))
+            descriptor = Descriptor(blob.media_type, blob.digest, blob.size)
+            self.client.push_blob(ref, descriptor, functools.partial(bytes, blob.data))
         digest, _ = self.client.put_manifest(ref, "v1", image.manifest.data, MEDIA_TYPE_MANIFEST)
         return ref.with_digest(digest)
 
