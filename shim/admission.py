@@ -5,9 +5,10 @@ Owns `Admission.admit(spec, namespace)`, called once in Create before anything i
   cannot pull wasm artifacts) gets REF's module or component placed at its args[0]: the manifest is resolved once,
   the policy is checked against that manifest digest, and then that manifest's layer is read from the node-local
   artifact cache (oci/cache.py), fetched into it on a miss. So the digest that was verified is the digest that runs.
-- Any other container, when a policy is configured: its image name and the manifest digest containerd resolved
-  for it (Containers.Get -> Images.Get over containerd's gRPC API; the name from CRI's
-  `io.kubernetes.cri.image-name` annotation when present) are checked against the policy (oci/policy.py `decide`).
+- Any other container except CRI's sandbox (pause) container, when a policy is configured: its image name and
+  the manifest digest containerd resolved for it (Containers.Get -> Images.Get over containerd's gRPC API; the name
+  from CRI's `io.kubernetes.cri.image-name` annotation when present) are checked against the policy
+  (oci/policy.py `decide`).
 
 Invariants:
 - Refusals raise AdmissionError (an EngineError, so Create fails with FAILED_PRECONDITION and the message reaches
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_ANNOTATION = "wasm.shim.io/artifact"
 CRI_IMAGE_NAME = "io.kubernetes.cri.image-name"  # containerd's CRI: the image reference the pod spec named
+CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" for the pause container
 MAX_MANIFEST = 4 << 20
 
 
@@ -142,6 +144,10 @@ class Admission:
             self._admit_artifact(spec, reference)
             return
         if self.policy is None:
+            return
+        if spec.annotations.get(CRI_CONTAINER_TYPE) == "sandbox":
+            # The pause image is the node's (containerd's sandbox_image setting), not the pod author's choice,
+            # and runs no wasm: the policy is about what pods bring.
             return
         identity = self._resolver(spec, namespace)
         if identity is None:
