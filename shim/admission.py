@@ -90,7 +90,7 @@ class Admission:
         )
 
     def _containerd_identity(self, spec: GuestSpec, namespace: str) -> ImageIdentity | None:
-        from wasm_shim.oci.content import ContainerdClient, ContentStoreError, NotFound
+        from .containerd_client import ContainerdClient, ContentStoreError, NotFound
 
         address = self._grpc_address if self._grpc_address is not None else \
             os.environ.get("WASM_SHIM_DAEMON_GRPC_ADDRESS", "")

@@ -6,7 +6,7 @@
 //! it can do what wasmtime-py cannot: give a component sockets (`wasm.shim.io/network`, docs/annotations.md)
 //! and decide every socket address itself.
 //!
-//! Contract with the daemon (`shim/engines/wasmtime_engine.py`, `_start_runner`):
+//! Contract with the daemon (`shim/engines/wasmtime/runner.py`, `runner_plan`):
 //! - argv: `wasm-shim-component-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
 //!   the runner re-checks what it relies on and exits 1 with `wasm error: component runner: ...` on stderr
 //!   when something is wrong. `wasm-shim-component-runner --precompile CACHE_DIR FILE...` fills the cache
@@ -17,9 +17,10 @@
 //! - With a network grant, before any thread exists, the runner joins the pod's network namespace (`netns`),
 //!   so every socket the guest opens lives there; the node's namespace is never used. Without one, the guest
 //!   gets no sockets at all. PR_SET_PDEATHSIG makes the runner die with the daemon.
-//! - Exit status: the guest's (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (the trap
-//!   on stderr as `wasm trap: ...`). Kill, pause and resume are signals from the daemon (SIGKILL, SIGSTOP,
-//!   SIGCONT): nothing here needs to cooperate.
+//! - Exit status and CPU limits follow the one rule of `shim/engines/base.py` (its docstring): the guest's
+//!   (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (`wasm trap: ...` on stderr), 1 for
+//!   any other error (`wasm error: ...` on stderr). Kill, pause and resume are signals from the daemon
+//!   (SIGKILL, SIGSTOP, SIGCONT): nothing here needs to cooperate.
 //! - Compiled components are cached under `cache_dir/<fingerprint>/<sha256>.component.cwasm` in the daemon's
 //!   private (0700, ours) directory, in the daemon's file format (magic, sha256 of the payload, payload);
 //!   a file failing a check is ignored and rewritten, never deserialized.
@@ -43,10 +44,10 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
-const EXIT_FAILURE: i32 = 1;
-const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the daemon's in-process engine reports for a trap
+const EXIT_FAILURE: i32 = 1; // `run` returned err, or an error that is not a trap (base.py's rule)
+const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 const TICK: Duration = Duration::from_millis(10);
-const CPU_BURST_SECONDS: f64 = 0.1;
+const CPU_BURST_SECONDS: f64 = 0.1; // base.py's CPU_BURST_SECONDS: the bucket holds 0.1 s of the guest's share
 
 /// What the daemon asks for. Every field is required: the daemon always writes all of them.
 #[derive(Deserialize)]
@@ -371,12 +372,12 @@ fn run(plan: &Plan) -> Result<i32, String> {
                 exit.0
             } else {
                 // The trap's own text already starts with "wasm trap: " (as the daemon's reports do).
-                let cause = match error.downcast_ref::<wasmtime::Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => format!("wasm error: {error:#}"),
+                let (cause, status) = match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => (trap.to_string(), EXIT_TRAP),
+                    None => (format!("wasm error: {error:#}"), EXIT_FAILURE),
                 };
                 let _ = std::io::stderr().write_all(format!("{cause}\n").as_bytes());
-                EXIT_TRAP
+                status
             }
         }
     };
@@ -394,9 +395,9 @@ fn report(plan: &Plan, line: &str) {
     }
 }
 
-/// A token bucket on this thread's CPU clock: the guest earns `cpus` CPU-seconds per wall second, banks at
-/// most CPU_BURST_SECONDS, and sleeps off any debt at the next epoch tick (the same rule as the daemon's
-/// in-process engine).
+/// A token bucket on this thread's CPU clock (base.py's "CPU limits"): the guest earns `cpus` CPU-seconds per
+/// wall second, holds at most `CPU_BURST_SECONDS * cpus`, starts full, and sleeps off any debt at the next
+/// epoch tick (the daemon's `CpuBucket` in shim/engines/wasmtime/epochs.py is the same rule).
 struct CpuBucket {
     cpus: f64,
     tokens: f64,

@@ -11,7 +11,6 @@ killed at once and its port can be bound again by the next container; refusals n
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ import pytest
 from tests.integration.shimtools import RUNTIME, remove_task, task_pid, wait_for
 from tests.integration.shimtools import task_status as _status
 from wasm_shim.shim.engines.base import EngineError, GuestSpec
-from wasm_shim.shim.engines.wasmtime_engine import WasmtimeEngine
+from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
 
 pytestmark = pytest.mark.integration
 
@@ -266,12 +265,11 @@ def test_a_missing_component_runner_fails_prepare_with_its_name(tmp_path, guests
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     shutil.copyfile(guests / "hello.component.wasm", rootfs / "app.wasm")
-    spec = {"linux": {"namespaces": [{"type": "network", "path": str(pod_netns)}]}}
-    (tmp_path / "config.json").write_text(json.dumps(spec))
     engine = WasmtimeEngine(cache_dir=None, component_runner=str(tmp_path / "no-such-runner"))
     try:
         guest = GuestSpec(task_id="t", rootfs=str(rootfs), root_readonly=True, args=("/app.wasm",), env=(),
-                          cwd="/", annotations={NETWORK: "tcp-listen=*:80"}, bundle=str(tmp_path))
+                          cwd="/", annotations={NETWORK: "tcp-listen=*:80"},
+                          network_namespace=str(pod_netns))
         with pytest.raises(EngineError, match="wasm-shim-component-runner, which is not installed") as caught:
             engine.prepare(guest)
         assert "no-such-runner" in str(caught.value) and "tcp-listen=*:80" in str(caught.value)

@@ -18,7 +18,6 @@ from tests.integration.test_cri import (  # noqa: F401  (fixtures)
     CriNodeFactory,
     _wasm_pod,
     cri_node_factory,
-    needs_native,
     registry,
 )
 from wasm_shim.oci.auth import DockerCredentials
@@ -43,7 +42,6 @@ def _node(cri_node_factory: CriNodeFactory, registry: LocalRegistry, tmp_path: P
                                          f'  config_path = "{hosts}"\n')
 
 
-@needs_native
 def test_cri_signed_artifact_runs_and_unsigned_is_refused(
     cri_node_factory: CriNodeFactory, registry: LocalRegistry, guests: Path, tmp_path: Path,  # noqa: F811
     request: pytest.FixtureRequest,
