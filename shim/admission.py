@@ -97,19 +97,32 @@ class Admission:
         if not address:
             raise AdmissionError("the signature policy needs containerd's gRPC address to find the container's "
                                  "image, and the shim was not given one")
+        cri_name = spec.annotations.get(CRI_IMAGE_NAME, "")
         try:
             with ContainerdClient(address, namespace) as client:
                 image = client.container_image(spec.task_id)
-                if not image:
-                    return None
-                target = client.image_target(image)
+                # CRI records the image ID (the config digest) as the container's image; manifests that share a
+                # config (the same bytes, other annotations) share that record. The manifest the pod named is the
+                # one its image-name annotation points at, so look that name up first (as CRI stores it:
+                # normalised, docker.io/library/x:latest for `x`).
+                candidates = [n for n in (cri_name, _normalised(cri_name), image) if n]
+                for name in dict.fromkeys(candidates):
+                    try:
+                        target = client.image_target(name)
+                        break
+                    except NotFound:
+                        continue
+                else:
+                    if not image:
+                        return None
+                    raise NotFound(f"none of the image names {', '.join(candidates)} is in containerd")
         except NotFound as exc:
             raise AdmissionError(f"the signature policy cannot find the image of container {spec.task_id} in "
                                  f"containerd: {exc}") from None
         except ContentStoreError as exc:
             raise AdmissionError(f"the signature policy cannot look up the image of container {spec.task_id}: "
                                  f"{exc}") from None
-        return ImageIdentity(spec.annotations.get(CRI_IMAGE_NAME) or image, target.digest)
+        return ImageIdentity(cri_name or image, target.digest)
 
     # -- the decision ------------------------------------------------------------------------------------------
     def _check(self, name: str, digest: str, verify_ref: Any, client_factory: Callable[[], Any]) -> None:
@@ -208,6 +221,15 @@ class Admission:
         _place_copy(cached_path, entry.host_path, entry.guest_path, reference)
         log.info("task %s: placed layer %s of %s (manifest %s) from the node's artifact cache at %s", spec.task_id,
                  layer.digest, ref.name, digest, entry.guest_path)
+
+
+def _normalised(name: str) -> str:
+    from wasm_shim.oci.reference import ReferenceError, parse_reference
+
+    try:
+        return str(parse_reference(name)) if name else ""
+    except ReferenceError:
+        return ""
 
 
 def _place_copy(source: str, host_path: str, guest_path: str, reference: str) -> None:
