@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
-import ssl
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -145,6 +145,7 @@ class RegistryClient:
         self.backoff = backoff
         self.progress = progress
         self._sleep = sleep
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._pool = urllib3.PoolManager(
             num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle,
@@ -176,22 +177,26 @@ class RegistryClient:
         return f"{scheme}://{host}"
 
     def _probe(self, host: str) -> str:
-        """https, unless the host may speak plain HTTP and no TLS server answers there."""
+        """https, unless the host may speak plain HTTP and does: a plain `GET /v2/` answered by anything but a TLS
+        server's "HTTP request to an HTTPS server" 400. Probing in plain text first spares a plain registry the TLS
+        context and handshake (the system CA store alone takes tens of ms to load)."""
         if not self._plain_http_allowed(host):
             return "https"
+        parts = urlsplit(f"//{host}")
+        hostname = (parts.hostname or host).strip("[]")
         try:
-            response = self._pool.request("GET", f"https://{host}/v2/", preload_content=True, redirect=False)
-            response.release_conn()
-            return "https"
-        except self._urllib3.exceptions.HTTPError as exc:
-            reason = exc.reason if isinstance(exc, self._urllib3.exceptions.MaxRetryError) else exc
-            if not isinstance(reason, self._urllib3.exceptions.SSLError):
-                return "https"  # unreachable or hanging: the real request reports it, with retries
-            text = str(reason)
-            if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(reason.__context__, ssl.SSLCertVerificationError):
-                raise RegistryError(f"https://{host}: the TLS certificate does not verify ({text[:200]}); "
-                                    "pass the registry's CA bundle (--ca-bundle)") from None
-            return "http"  # no TLS server there (e.g. WRONG_VERSION_NUMBER): plain HTTP is allowed for this host
+            port = parts.port or 80
+            with socket.create_connection((hostname, port), timeout=self._connect_timeout) as conn:
+                conn.settimeout(self._read_timeout)
+                conn.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                head = conn.recv(512)
+        except TimeoutError:
+            return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
+        except (OSError, ValueError):
+            return "https"  # unreachable: the real request reports it, with retries
+        if head.startswith(b"HTTP/") and not (head[9:12] == b"400" and b"HTTPS" in head):
+            return "http"
+        return "https"
 
     def _request(
         self,

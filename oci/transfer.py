@@ -114,8 +114,6 @@ def fetch_to_file(client: RegistryClient, ref: Reference, layer: Descriptor, out
     try:
         with os.fdopen(fd, "w+b") as sink:
             client.fetch_blob(ref, layer, sink, label=os.path.basename(out))
-            sink.flush()
-            os.fsync(sink.fileno())
         os.replace(temporary, out)
     except BaseException:
         try:
