@@ -4,13 +4,14 @@ Layout (PROTOCOL.md "Wasm in OCI registries"): an image manifest (`application/v
 whose config is `application/vnd.wasm.config.v0+json` ({created, author, architecture: "wasm", os: "wasip1" |
 "wasip2", layerDigests, component?}) and whose single layer is the raw module or component, `application/wasm`.
 
-Owns: `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules the shim applies
-to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`, an OCI
-distribution-spec client (monolithic blob upload, manifest PUT) over stdlib `http.client`.
+Owns: `wasm_config` and `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules
+the shim applies to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`,
+a minimal in-memory pusher over stdlib `http.client` that tests use to set up registries.
 
 Invariants: `push_artifact` talks plain HTTP to loopback addresses only (127.0.0.0/8, ::1, localhost) — it is a
-test and development tool, not a registry client for the network (that is ORAS's job, DESIGN.md); every request
-has a timeout; a registry error raises ArtifactError with the status and the registry's message.
+test tool; the registry client for real use (TLS, auth, digests checked while streaming) is oci/registry.py with
+oci/transfer.py. Every request has a timeout; a registry error raises ArtifactError with the status and the
+registry's message.
 """
 
 from __future__ import annotations

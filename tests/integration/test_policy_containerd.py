@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.harness.containerd import Containerd, ContainerdFactory, CtrError
 from tests.harness.fixtures import BUSYBOX_REF
 from tests.integration.registries import DockerRegistry
-from tests.integration.shimtools import RUNTIME, shim_log_text, wait_for
+from tests.integration.shimtools import RUNTIME, shim_log_text, task_status, wait_for
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import sign_image, signature_tag
 from wasm_shim.oci.layout import build_image
@@ -214,3 +214,19 @@ def test_shim_pulls_annotated_artifact_itself(node: Node, guests: Path, busybox_
                                  "/app.wasm", check=False, timeout=120)
     assert failed.returncode != 0
     assert f"image {unsigned.name}@{unsigned.digest} refused by the signature policy: rule 1" in failed.stderr
+
+
+def test_refusal_leaves_the_daemon_and_other_tasks_running(node: Node, guests: Path) -> None:
+    sleeper = node.push_image("team/sleeper", (guests / "sleep.wasm").read_bytes())
+    sign_image(node.client, sleeper, node.team)
+    node.containerd.ctr("run", "-d", "--runtime", RUNTIME, node.pull(sleeper), "sleeper-1", "/app.wasm", "60",
+                        timeout=120)
+    wait_for(lambda: task_status(node.containerd, "sleeper-1") == "RUNNING", 30, "the signed sleeper to run")
+    unsigned = node.push_image("team/sleeper-unsigned", (guests / "sleep.wasm").read_bytes() + b"\0")
+    _refusal(node, node.pull(unsigned), unsigned, "refused-1")
+    assert task_status(node.containerd, "sleeper-1") == "RUNNING"
+    assert task_status(node.containerd, "refused-1") == ""
+    node.containerd.ctr("task", "kill", "-s", "SIGKILL", "sleeper-1")
+    wait_for(lambda: task_status(node.containerd, "sleeper-1") in ("STOPPED", ""), 30, "the sleeper to stop")
+    node.containerd.ctr("task", "rm", "sleeper-1", check=False)
+    node.containerd.ctr("container", "rm", "sleeper-1", check=False)
