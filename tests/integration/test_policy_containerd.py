@@ -12,6 +12,7 @@ wasm.shim.io/artifact) for containerd 1.6, verified by the same policy.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,3 +231,23 @@ def test_refusal_leaves_the_daemon_and_other_tasks_running(node: Node, guests: P
     wait_for(lambda: task_status(node.containerd, "sleeper-1") in ("STOPPED", ""), 30, "the sleeper to stop")
     node.containerd.ctr("task", "rm", "sleeper-1", check=False)
     node.containerd.ctr("container", "rm", "sleeper-1", check=False)
+
+
+def test_annotated_artifact_with_a_swapped_blob_is_refused_and_not_cached(node: Node, guests: Path,
+                                                                         busybox_image_tar: Path) -> None:
+    node.containerd.import_image(busybox_image_tar)
+    wasm = (guests / "hello.wasm").read_bytes()
+    ref = parse_reference(f"{node.registry.address}/team/swapped:v1")
+    ref = ref.with_digest(push_wasm(node.client, str(guests / "hello.wasm"), ref))
+    sign_image(node.client, ref, node.team)
+    layer = "sha256:" + hashlib.sha256(wasm).hexdigest()
+    node.registry.blob_path(layer).write_bytes(wasm[::-1])  # the registry now serves other bytes for that digest
+    failed = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                                 f"wasm.shim.io/artifact={ref.name}:v1", BUSYBOX_REF, "swapped-1", "/app.wasm",
+                                 check=False, timeout=120)
+    assert failed.returncode != 0
+    assert f"annotation wasm.shim.io/artifact={ref.name}:v1: blob {layer}" in failed.stderr
+    assert "tampered or corrupt" in failed.stderr
+    cache = node.tmp / "artifacts"
+    assert not (cache / "blobs" / "sha256" / layer.removeprefix("sha256:")).exists()
+    assert list((cache / "tmp").iterdir()) == []
