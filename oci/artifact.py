@@ -16,7 +16,6 @@ registry's message.
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -24,13 +23,19 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .layout import MEDIA_TYPE_MANIFEST, Blob
 from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
     LEGACY_WASM_LAYER_TYPES,
+    MEDIA_TYPE_MANIFEST,
     MEDIA_TYPE_WASM_CONFIG,
     MEDIA_TYPE_WASM_LAYER,
     WASM_CONFIG_TYPES,
 )
+
+# `layout` (gzip, tarfile) and `http.client` are imported where used: `wasm-shim pull` imports this module for the
+# artifact rules alone, and every import is paid on every run of the CLI.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .layout import Blob
 
 COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
 _TIMEOUT = 30.0
@@ -71,6 +76,8 @@ def build_artifact(
     """A one-layer wasm artifact; `os` is wasip2 for a component, wasip1 for a core module."""
     if not wasm.startswith(b"\0asm"):
         raise ArtifactError("not a WebAssembly binary (no \\0asm magic)")
+    from .layout import Blob
+
     layer = Blob(MEDIA_TYPE_WASM_LAYER, wasm)
     config_doc = wasm_config(layer.digest, wasm[:8] == COMPONENT_MAGIC, created=created, author=author)
     config = Blob(MEDIA_TYPE_WASM_CONFIG, _canonical(config_doc))
@@ -123,6 +130,8 @@ class _Registry:
 
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
         conn = http.client.HTTPConnection(self.host, self.port, timeout=_TIMEOUT)
         try:
             all_headers = {"Content-Length": str(len(body)), **(headers or {})}
