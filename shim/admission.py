@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,10 @@ class Admission:
         self._resolver = resolver or self._containerd_identity
         self._cache: Any = None
         self._artifacts: Any = None
+        # One gRPC channel per (address, namespace), kept: a channel's connection setup would otherwise be paid by
+        # every Create under a policy. grpc channels are safe to share between the worker threads.
+        self._containerd: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     def _verification_cache(self) -> Any:
@@ -98,31 +103,44 @@ class Admission:
             raise AdmissionError("the signature policy needs containerd's gRPC address to find the container's "
                                  "image, and the shim was not given one")
         cri_name = spec.annotations.get(CRI_IMAGE_NAME, "")
+        with self._lock:
+            client = self._containerd.get((address, namespace))
+            if client is None:
+                client = self._containerd[(address, namespace)] = ContainerdClient(address, namespace)
         try:
-            with ContainerdClient(address, namespace) as client:
-                image = client.container_image(spec.task_id)
-                # CRI records the image ID (the config digest) as the container's image; manifests that share a
-                # config (the same bytes, other annotations) share that record. The manifest the pod named is the
-                # one its image-name annotation points at, so look that name up first (as CRI stores it:
-                # normalised, docker.io/library/x:latest for `x`).
-                candidates = [n for n in (cri_name, _normalised(cri_name), image) if n]
-                for name in dict.fromkeys(candidates):
-                    try:
-                        target = client.image_target(name)
-                        break
-                    except NotFound:
-                        continue
-                else:
-                    if not image:
-                        return None
-                    raise NotFound(f"none of the image names {', '.join(candidates)} is in containerd")
+            image = client.container_image(spec.task_id)
+            # CRI records the image ID (the config digest) as the container's image; manifests that share a
+            # config (the same bytes, other annotations) share that record. The manifest the pod named is the
+            # one its image-name annotation points at, so look that name up first (as CRI stores it:
+            # normalised, docker.io/library/x:latest for `x`).
+            candidates = [n for n in (cri_name, _normalised(cri_name), image) if n]
+            for name in dict.fromkeys(candidates):
+                try:
+                    target = client.image_target(name)
+                    break
+                except NotFound:
+                    continue
+            else:
+                if not image:
+                    return None
+                raise NotFound(f"none of the image names {', '.join(candidates)} is in containerd")
         except NotFound as exc:
             raise AdmissionError(f"the signature policy cannot find the image of container {spec.task_id} in "
                                  f"containerd: {exc}") from None
         except ContentStoreError as exc:
+            with self._lock:  # a fresh channel next time: containerd may have restarted
+                stale = self._containerd.pop((address, namespace), None)
+            if stale is not None:
+                stale.close()
             raise AdmissionError(f"the signature policy cannot look up the image of container {spec.task_id}: "
                                  f"{exc}") from None
         return ImageIdentity(cri_name or image, target.digest)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._containerd = list(self._containerd.values()), {}
+        for client in clients:
+            client.close()
 
     # -- the decision ------------------------------------------------------------------------------------------
     def _check(self, name: str, digest: str, verify_ref: Any, client_factory: Callable[[], Any]) -> None:

@@ -141,6 +141,8 @@ class Daemon:
             await server.close(grace=2.0)
             await events.close(timeout=5.0)
             await forwarder.close()
+            if self.admission is not None:
+                self.admission.close()
             log.info("daemon exiting")
 
     def _busy(self, server: object) -> bool:
