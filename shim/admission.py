@@ -170,15 +170,16 @@ class Admission:
     def admit(self, spec: GuestSpec, namespace: str) -> None:
         """Place an annotated artifact and/or check the policy; AdmissionError when the task may not run.
         Blocking (gRPC, HTTP, file I/O): call it off the event loop."""
+        if spec.annotations.get(CRI_CONTAINER_TYPE) == "sandbox":
+            # The pause container: its image is the node's (containerd's sandbox_image setting), not the pod
+            # author's choice, and it runs no wasm. containerd copies the pod's annotations into its spec too, so
+            # a pod's wasm.shim.io/artifact must not be placed over /pause either.
+            return
         reference = spec.annotations.get(ARTIFACT_ANNOTATION, "")
         if reference:
             self._admit_artifact(spec, reference)
             return
         if self.policy is None:
-            return
-        if spec.annotations.get(CRI_CONTAINER_TYPE) == "sandbox":
-            # The pause image is the node's (containerd's sandbox_image setting), not the pod author's choice,
-            # and runs no wasm: the policy is about what pods bring.
             return
         identity = self._resolver(spec, namespace)
         if identity is None:

@@ -60,3 +60,10 @@ def test_artifact_annotation_needs_an_artifact_dir_and_a_valid_reference(tmp_pat
     with pytest.raises(AdmissionError, match="wasm.shim.io/artifact=Not A Ref: image reference"):
         Admission(None, artifact_dir=str(tmp_path / "cache")).admit(bad, "default")
     assert not (tmp_path / "app.wasm").exists()
+
+
+def test_cri_sandbox_never_gets_the_pods_artifact(tmp_path: Path) -> None:
+    # containerd copies pod annotations into the pause container's spec as well.
+    spec = _spec(tmp_path, **{"io.kubernetes.cri.container-type": "sandbox", "wasm.shim.io/artifact": "x"})
+    Admission(None, artifact_dir=str(tmp_path / "cache")).admit(spec, "k8s.io")
+    assert not (tmp_path / "cache").exists()
