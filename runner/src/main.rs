@@ -10,7 +10,9 @@
 //! - argv: `wasm-shim-component-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
 //!   the runner re-checks what it relies on and exits 1 with `wasm error: component runner: ...` on stderr
 //!   when something is wrong. `wasm-shim-component-runner --precompile CACHE_DIR FILE...` fills the cache
-//!   (`wasm-shim precompile` calls it).
+//!   (`wasm-shim precompile` calls it); `--check CACHE_DIR FILE` compiles one component into the cache and
+//!   prints its exports (the daemon validates components with it: they are compiled once, here, not also in
+//!   the daemon).
 //! - fds 0-2 are the guest's stdio; fd `report_fd` (3) is a pipe to the daemon, where the runner writes `oom`
 //!   when the guest failed after its memory limit refused a memory.grow; nothing else is inherited. The
 //!   environment is not the guest's.
@@ -213,11 +215,16 @@ fn main() {
     if argv.len() >= 3 && argv[1] == "--precompile" {
         std::process::exit(precompile(Path::new(&argv[2]), &argv[3..]));
     }
+    if argv.len() == 4 && argv[1] == "--check" {
+        std::process::exit(check(Path::new(&argv[2]), Path::new(&argv[3])));
+    }
     if argv.len() != 2 || argv[1].starts_with('-') {
         eprintln!(
             "usage: wasm-shim-component-runner PLAN\n       wasm-shim-component-runner --precompile CACHE_DIR \
-             FILE...\n\nStarted by the wasm-shim daemon for each component it runs in a process of its own; PLAN \
-             is JSON (see the crate docs). --precompile fills CACHE_DIR as `wasm-shim precompile` does."
+             FILE...\n       wasm-shim-component-runner --check CACHE_DIR FILE\n\nStarted by the wasm-shim \
+             daemon for each component it runs in a process of its own; PLAN is JSON (see the crate docs). \
+             --precompile fills CACHE_DIR as `wasm-shim precompile` does; --check is how the daemon validates a \
+             component before its first start."
         );
         std::process::exit(2);
     }
@@ -485,6 +492,38 @@ fn precompile(cache_dir: &Path, files: &[String]) -> i32 {
         }
     }
     status
+}
+
+/// `--check CACHE_DIR FILE`: how the daemon validates a component before it first runs it here. Compiles FILE into
+/// the cache (or finds it there: the start that follows only deserializes it) and prints one JSON line, its
+/// sha256 and the names of its exports; exit 1 with the reason on stderr when this engine cannot compile it.
+fn check(cache_dir: &Path, file: &Path) -> i32 {
+    let result = (|| -> Result<String, String> {
+        let engine = new_engine()?;
+        let cache = Cache::open(&engine, cache_dir)?;
+        let bytes = fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        let component = match cache.get(&engine, &digest) {
+            Some(component) => component,
+            None => cache.compile(&engine, &bytes, &digest)?,
+        };
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Ok(serde_json::json!({ "sha256": digest, "exports": exports }).to_string())
+    })();
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }
 
 /// Compiled components of this engine under the daemon's private cache directory.

@@ -19,7 +19,7 @@ mkdir -p "$out"
 
 JCO_VERSION=1.35.0
 NPM_PREFIX=${WASM_SHIM_NPM_PREFIX:-$HOME/.cache/wasm-shim/npm}
-COMPONENTS=(hello exit_code spin args_env trap alloc)
+COMPONENTS=(hello exit_code spin args_env trap)
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }

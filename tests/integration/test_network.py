@@ -283,7 +283,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, guests, pod_netns, tmp_path):
-    """A granted component gets the same args, env, mounts, limits and exit statuses as one in the Python runner."""
+    """A granted component gets the same args, env, mounts, limits and exit statuses as one without a grant."""
     grant = ("--annotation", f"{NETWORK}=pod", "--with-ns", f"network:{pod_netns}")
 
     def run(image: str, task_id: str, *args: str, flags: tuple[str, ...] = ()):

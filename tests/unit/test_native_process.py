@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from wasm_shim.shim.engines.base import EngineError, GuestStdio
+from wasm_shim.shim.engines.cgroups import cgroup_dir, cgroup_pids, cgroup_usage, parse_proc_cgroup, read_cgroups
 from wasm_shim.shim.engines.child import ExitWatcher, check_signal, exit_status, open_stdio
-from wasm_shim.shim.engines.native import (
-    cgroup_dir,
-    cgroup_pids,
-    cgroup_usage,
-    parse_proc_cgroup,
-    read_cgroups,
-    runc_log_error,
-)
+from wasm_shim.shim.engines.native import runc_log_error
 
 
 def _spawn(*args: str) -> int:
