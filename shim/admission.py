@@ -16,6 +16,8 @@ Invariants:
   message at WARNING and lets the task run.
 - Verification hits the registry only on a cache miss (oci/policy.py VerificationCache, memory + disk); under
   enforce an unreachable registry with no cached verification refuses.
+- A policy that cannot be used refuses everything (`Admission.refusing`), the pause container included: never
+  "allow everything".
 - Only this task is affected by any failure here; nothing is left half-placed (oci/transfer.py-style atomic writes).
 - grpc, urllib3 and cryptography are imported only when a policy or the annotation asks for them.
 """
@@ -69,6 +71,14 @@ class Admission:
         # every Create under a policy. grpc channels are safe to share between the worker threads.
         self._containerd: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._refusal = ""
+
+    @classmethod
+    def refusing(cls, reason: str) -> Admission:
+        """An admission that refuses every container with `reason` (a policy that does not parse)."""
+        admission = cls(None)
+        admission._refusal = reason
+        return admission
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     def _verification_cache(self) -> Any:
@@ -170,6 +180,8 @@ class Admission:
     def admit(self, spec: GuestSpec, namespace: str) -> None:
         """Place an annotated artifact and/or check the policy; AdmissionError when the task may not run.
         Blocking (gRPC, HTTP, file I/O): call it off the event loop."""
+        if self._refusal:
+            raise AdmissionError(self._refusal)
         if spec.annotations.get(CRI_CONTAINER_TYPE) == "sandbox":
             # The pause container: its image is the node's (containerd's sandbox_image setting), not the pod
             # author's choice, and it runs no wasm. containerd copies the pod's annotations into its spec too, so

@@ -50,7 +50,7 @@ class ShimConfig:
     #: component_runner: the program each process-isolated component runs in (runner/; the only one that honours
     #:   network grants); "" = `wasm-shim-component-runner` beside the daemon's Python interpreter, else on PATH.
     #: policy: the signature policy file (TOML, oci/policy.py; docs/supply-chain.md); "" = no signature checks.
-    #:   A policy that does not parse stops the daemon's start with the reason.
+    #:   A policy that does not parse makes the daemon refuse every container with the reason, then exit when idle.
     #: artifact_dir: the node-local cache of artifacts the shim pulls itself (annotation wasm.shim.io/artifact).
     #: artifact_cache_mb: its size cap in MiB; least recently used artifacts are evicted beyond it.
     DEFAULTS: dict[str, Any] = {

@@ -191,7 +191,7 @@ class Daemon:
 
 def _admission(config: ShimConfig) -> Admission:
     """The Create-time admission (shim/admission.py): the signature policy, if configured, loaded now so that one
-    that does not parse stops the daemon with the reason (oci.policy.PolicyError)."""
+    that does not parse is reported at once (oci.policy.PolicyError; main() then refuses every container)."""
     from .admission import Admission
 
     policy = None
@@ -226,10 +226,14 @@ def main() -> int:
     try:
         admission = _admission(config)
     except Exception as exc:  # PolicyError, CacheError: never run without the policy the operator asked for
-        log.error("daemon not started: %s", exc)
-        sys.stderr.write(f"wasm-shim daemon: not started: {exc}\n")
-        log_listener.stop()
-        return 2
+        # Exiting here would leave containerd with "ttrpc: closed" and the reason only in a log; instead every
+        # Create is refused with it (what `ctr` and `kubectl describe` show), and the daemon exits as soon as it is
+        # idle, so the next container after a fix starts a daemon that reads the fixed file.
+        from .admission import Admission
+
+        log.error("the signature policy cannot be used, every container will be refused: %s", exc)
+        admission = Admission.refusing(f"the shim's signature policy cannot be used, so nothing runs: {exc}")
+        config = config.merged({"idle_timeout": 0}, "a policy that cannot be used")
     daemon = Daemon(
         config,
         listener,
