@@ -5,7 +5,7 @@ test_cosign_oras.py), pulled by containerd with `ctr images pull --plain-http`, 
 gets its policy through the environment (WASM_SHIM_POLICY, config source 4). Covered: under enforce a signed image
 runs; unsigned, signed by another key, signed for another digest and re-tagged after signing are refused with a
 message naming the image, the rule and the reason; warn runs and logs; verification is cached, so a second start
-needs no registry; a policy that does not parse stops the daemon; and the shim's own registry path (annotation
+needs no registry; a policy that does not parse refuses everything; and the shim's own registry path (annotation
 wasm.shim.io/artifact) for containerd 1.6, verified by the same policy.
 """
 
