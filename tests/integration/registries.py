@@ -15,6 +15,7 @@ Every process started here is stopped by `stop()`; every wait is bounded.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import shutil
 import socket
@@ -119,6 +120,7 @@ class DockerRegistry:
     root: Path
     tls: TestCA | None = None
     users: dict[str, str] = field(default_factory=dict)
+    token: TokenServer | None = None  # bearer-token auth instead of htpasswd
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -135,8 +137,8 @@ class DockerRegistry:
         http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
         if self.tls:
             http += f"  tls:\n    certificate: {self.tls.cert_pem}\n    key: {self.tls.key_pem}\n"
-        auth = ""
-        if self.users:
+        auth = self.token.registry_auth() if self.token else ""
+        if self.users and not self.token:
             import bcrypt
 
             lines = [f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}"
@@ -185,3 +187,91 @@ class ReferrersRegistry:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+class TokenServer:
+    """A token issuer for docker-registry's `auth: token` (distribution's token authentication spec): checks Basic
+    credentials and answers {"token": JWT} granting the scope asked for, signed ES256 by a key whose certificate
+    the registry trusts (rootcertbundle). Loopback only; stops with `close()`."""
+
+    def __init__(self, directory: Path, users: dict[str, str], service: str = "test-registry",
+                 issuer: str = "test-issuer") -> None:
+        import base64
+        import http.server
+        import json
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        from cryptography.x509.oid import NameOID
+
+        self.service, self.issuer, self.requests = service, issuer, 0
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cert_pem = directory / "token-signer.pem"
+        self.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # libtrust's key ID, which distribution matches the JWT's `kid` against: base32 of the first 30 bytes of
+        # sha256(SPKI DER), in groups of four joined by ':'.
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        digest = base64.b32encode(hashlib.sha256(spki).digest()[:30]).decode().rstrip("=")
+        kid = ":".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+        expected = {"Basic " + base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in users.items()}
+        outer = self
+
+        def b64url(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                from urllib.parse import parse_qs, urlsplit
+
+                outer.requests += 1
+                if self.headers.get("Authorization") not in expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                query = parse_qs(urlsplit(self.path).query)
+                access = []
+                for scope in query.get("scope", []):
+                    kind, repo, actions = scope.split(":")
+                    access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+                issued = int(time.time())
+                header = {"typ": "JWT", "alg": "ES256", "kid": kid}
+                claims = {"iss": outer.issuer, "sub": "alice", "aud": query.get("service", [""])[0],
+                          "exp": issued + 300, "nbf": issued - 10, "iat": issued, "jti": str(issued),
+                          "access": access}
+                signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+                r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+                token = f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+                body = json.dumps({"token": token}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True)
+        self._thread.start()
+
+    def registry_auth(self) -> str:
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.service}\n    issuer: {self.issuer}\n"
+                f"    rootcertbundle: {self.cert_pem}\n")
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.registries import DockerRegistry, ReferrersRegistry, make_tls
+from tests.integration.registries import DockerRegistry, ReferrersRegistry, TokenServer, make_tls
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import VerificationFailed, sign_image, signature_tag, verify_image
 from wasm_shim.oci.digest import DigestMismatch
@@ -323,3 +323,25 @@ def test_bundle_found_through_the_referrers_api(tmp_path: Path, client: Registry
         assert [s.format for s in verify_image(client, ref, [team_key.public_key()]).signatures] == ["bundle"]
     finally:
         registry.stop()
+
+
+def test_bearer_token_auth(tmp_path: Path, team_key: ec.EllipticCurvePrivateKey) -> None:
+    token = TokenServer(tmp_path / "token", {"alice": "wonderland"})
+    registry = DockerRegistry(tmp_path / "registry", token=token).start()
+    try:
+        ref = parse_reference(f"{registry.address}/team/app:v1")
+        creds = _docker_config(tmp_path / "docker", registry.address, "alice", "wonderland")
+        with RegistryClient(creds, attempts=1) as client:
+            digest = push_wasm(client, str(_wasm(tmp_path)), ref)  # pull,push scope
+            pull_wasm(client, ref, str(tmp_path / "back.wasm"))
+            sign_image(client, ref, team_key)
+            assert verify_image(client, ref, [team_key.public_key()]).digest == digest
+        assert (tmp_path / "back.wasm").read_bytes() == MODULE
+        assert token.requests >= 1
+        wrong = _docker_config(tmp_path / "wrong", registry.address, "alice", "queen")
+        with RegistryClient(wrong, attempts=1) as client, \
+                pytest.raises(RegistryError, match=f"token endpoint {token.realm} .*HTTP 401"):
+            client.get_manifest(ref)
+    finally:
+        registry.stop()
+        token.close()
