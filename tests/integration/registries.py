@@ -6,6 +6,7 @@
 - `ReferrersRegistry`: go-containerregistry's in-memory registry with its OCI referrers API on
   (tests/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
   serve` is the same registry with the API off (it answers 404), and zot is not served by the Go module proxy.
+- `TokenServer`: a token issuer for docker-registry's bearer-token authentication (distribution's token spec).
 - `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a test skips when it is missing,
   like the containerd fixtures do.
 

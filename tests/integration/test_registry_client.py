@@ -1,8 +1,9 @@
 """The registry client, transfers and signatures against real registries on loopback (no containerd).
 
 Debian's docker-registry (distribution 2.8: no referrers API, so signatures go through the fallback tag), one
-instance plain and one with TLS from a test CA and basic auth; faults a real registry will not produce on demand
-(500s, a hang, a lying manifest) come from a tiny fault server or from editing the registry's own storage.
+instance plain, one with TLS from a test CA and basic auth, one with bearer-token auth (TokenServer); faults a real
+registry will not produce on demand (500s, a hang, a lying manifest) come from a tiny fault server or from editing
+the registry's own storage.
 """
 
 from __future__ import annotations
