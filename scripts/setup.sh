@@ -263,8 +263,8 @@ for dir in "$ROOT"/tests/tools/*/; do
     say "building tests/tools/$name with go build (first time only)"
     mkdir -p "$(dirname "$out")"
     run "go-$name" env CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-buildvcs=false -mod=readonly" \
-      "$GO" -C "$dir" build -o "$out.tmp" .
-    mv -f "$out.tmp" "$out"
+      "$GO" -C "$dir" build -o "$out.tmp.$$" .
+    mv -f "$out.tmp.$$" "$out"  # a per-process name: concurrent setups of several checkouts may build it at once
   fi
   [[ "$(readlink "$TOOLS_BIN/$name" 2>/dev/null)" == "$out" ]] || ln -sfn "$out" "$TOOLS_BIN/$name"
 done
