@@ -1,7 +1,8 @@
 """`wasm-shim`: the operator's and developer's command line.
 
 Owns the user-facing commands that are not the containerd-facing binary: printing containerd's runtime table,
-warming the compiled-module cache, and version/help. Each subcommand imports only what it needs.
+warming the compiled-module cache, and version/help; the registry and signing commands (push, pull, tags,
+generate-key-pair, sign, verify) are in registry_cli.py. Each subcommand imports only what it needs.
 """
 
 from __future__ import annotations
