@@ -4,18 +4,18 @@ Layout (PROTOCOL.md "Wasm in OCI registries"): an image manifest (`application/v
 whose config is `application/vnd.wasm.config.v0+json` ({created, author, architecture: "wasm", os: "wasip1" |
 "wasip2", layerDigests, component?}) and whose single layer is the raw module or component, `application/wasm`.
 
-Owns: `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules the shim applies
-to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`, an OCI
-distribution-spec client (monolithic blob upload, manifest PUT) over stdlib `http.client`.
+Owns: `wasm_config` and `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules
+the shim applies to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`,
+a minimal in-memory pusher over stdlib `http.client` that tests use to set up registries.
 
 Invariants: `push_artifact` talks plain HTTP to loopback addresses only (127.0.0.0/8, ::1, localhost) — it is a
-test and development tool, not a registry client for the network (that is ORAS's job, DESIGN.md); every request
-has a timeout; a registry error raises ArtifactError with the status and the registry's message.
+test tool; the registry client for real use (TLS, auth, digests checked while streaming) is oci/registry.py with
+oci/transfer.py. Every request has a timeout; a registry error raises ArtifactError with the status and the
+registry's message.
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -23,17 +23,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .layout import MEDIA_TYPE_MANIFEST, Blob
-
-MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
-MEDIA_TYPE_WASM_LAYER = "application/wasm"
-# Older and other layouts the shim also accepts for the wasm layer (wasm-to-oci; runwasi's component layer).
-LEGACY_WASM_LAYER_TYPES = (
-    "application/vnd.wasm.content.layer.v1+wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
+    LEGACY_WASM_LAYER_TYPES,
+    MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_WASM_CONFIG,
+    MEDIA_TYPE_WASM_LAYER,
+    WASM_CONFIG_TYPES,
 )
-WASM_CONFIG_TYPES = (MEDIA_TYPE_WASM_CONFIG, "application/vnd.wasm.config.v1+json")
-_COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
+
+# `layout` (gzip, tarfile) and `http.client` are imported where used: `wasm-shim pull` imports this module for the
+# artifact rules alone, and every import is paid on every run of the CLI.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .layout import Blob
+
+COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
 _TIMEOUT = 30.0
 
 
@@ -52,6 +56,19 @@ def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+def wasm_config(layer_digest: str, is_component: bool, *, created: str = "1970-01-01T00:00:00Z",
+                author: str = "wasm-shim") -> dict[str, Any]:
+    """The CNCF wasm config document: `os` is wasip2 for a component, wasip1 for a core module."""
+    config_doc: dict[str, Any] = {
+        "created": created, "author": author, "architecture": "wasm",
+        "os": "wasip2" if is_component else "wasip1", "layerDigests": [layer_digest],
+    }
+    if is_component:
+        # Required for wasip2 by the CNCF layout; exports/imports are left empty (we do not parse the WIT here).
+        config_doc["component"] = {"exports": [], "imports": [], "target": None}
+    return config_doc
+
+
 def build_artifact(
     wasm: bytes, *, created: str = "1970-01-01T00:00:00Z", author: str = "wasm-shim",
     annotations: Mapping[str, str] | None = None,
@@ -59,15 +76,10 @@ def build_artifact(
     """A one-layer wasm artifact; `os` is wasip2 for a component, wasip1 for a core module."""
     if not wasm.startswith(b"\0asm"):
         raise ArtifactError("not a WebAssembly binary (no \\0asm magic)")
-    is_component = wasm[:8] == _COMPONENT_MAGIC
+    from .layout import Blob
+
     layer = Blob(MEDIA_TYPE_WASM_LAYER, wasm)
-    config_doc: dict[str, Any] = {
-        "created": created, "author": author, "architecture": "wasm",
-        "os": "wasip2" if is_component else "wasip1", "layerDigests": [layer.digest],
-    }
-    if is_component:
-        # Required for wasip2 by the CNCF layout; exports/imports are left empty (we do not parse the WIT here).
-        config_doc["component"] = {"exports": [], "imports": [], "target": None}
+    config_doc = wasm_config(layer.digest, wasm[:8] == COMPONENT_MAGIC, created=created, author=author)
     config = Blob(MEDIA_TYPE_WASM_CONFIG, _canonical(config_doc))
     manifest_doc: dict[str, Any] = {
         "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "artifactType": MEDIA_TYPE_WASM_CONFIG,
@@ -118,6 +130,8 @@ class _Registry:
 
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
         conn = http.client.HTTPConnection(self.host, self.port, timeout=_TIMEOUT)
         try:
             all_headers = {"Content-Length": str(len(body)), **(headers or {})}

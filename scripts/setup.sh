@@ -255,6 +255,26 @@ for line in "${GO_TOOLS[@]}"; do
   exec 9>&-
 done
 
+# --- 3b. Go programs of the test suite (tests/tools/<name>/, each its own module with go.sum) -------------------
+# Built with `go build` once per change of their sources into ~/.cache/wasm-shim/go/<name>-<key>/ and linked into
+# .tools/bin. referrers-registry: go-containerregistry's registry with the OCI referrers API on (crane's `registry
+# serve` has it off; zot and olareg are not served by the Go module proxy here).
+for dir in "$ROOT"/tests/tools/*/; do
+  [[ -f "$dir/go.mod" ]] || continue
+  name="$(basename "$dir")"
+  key="$(cd "$dir" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
+  out="$CACHE/go/$name-$key/$name"
+  if [[ ! -x "$out" ]]; then
+    [[ -n "$GO" ]] || GO="$(find_go)" || die "Go >= $MIN_GO is needed to build tests/tools/$name and there is none"
+    say "building tests/tools/$name with go build (first time only)"
+    mkdir -p "$(dirname "$out")"
+    run "go-$name" env CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-buildvcs=false -mod=readonly" \
+      "$GO" -C "$dir" build -o "$out.tmp.$$" .
+    mv -f "$out.tmp.$$" "$out"  # a per-process name: concurrent setups of several checkouts may build it at once
+  fi
+  [[ "$(readlink "$TOOLS_BIN/$name" 2>/dev/null)" == "$out" ]] || ln -sfn "$out" "$TOOLS_BIN/$name"
+done
+
 # --- 4. the component runner -------------------------------------------------------------------------------------
 # Components run in runner/, one process each (wasmtime 48 crates: the newest whose rust-version, 1.95, this
 # machine's rustc builds); it is also what gives a component a network (wasm.shim.io/network). Keyed by a hash of

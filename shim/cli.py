@@ -1,7 +1,8 @@
 """`wasm-shim`: the operator's and developer's command line.
 
 Owns the user-facing commands that are not the containerd-facing binary: printing containerd's runtime table,
-warming the compiled-module cache, and version/help. Each subcommand imports only what it needs.
+warming the compiled-module cache, and version/help; the registry and signing commands (push, pull, tags,
+generate-key-pair, sign, verify) are in registry_cli.py. Each subcommand imports only what it needs.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cache-dir", help="the cache directory (default: cache_dir of the shim config, "
                      "/var/lib/wasm-shim/cache; must be 0700 and ours)")
     pre.set_defaults(func=_cmd_precompile)
+    from .registry_cli import add_commands
+
+    add_commands(sub)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
     return parser

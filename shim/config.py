@@ -37,7 +37,8 @@ class ConfigError(ValueError):
 class ShimConfig:
     """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
 
-    __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner")
+    __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
+                 "artifact_dir", "artifact_cache_mb")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -48,6 +49,10 @@ class ShimConfig:
     #: socket_dir: the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
     #: component_runner: the program each process-isolated component runs in (runner/; the only one that honours
     #:   network grants); "" = `wasm-shim-component-runner` beside the daemon's Python interpreter, else on PATH.
+    #: policy: the signature policy file (TOML, oci/policy.py; docs/supply-chain.md); "" = no signature checks.
+    #:   A policy that does not parse makes the daemon refuse every container with the reason, then exit when idle.
+    #: artifact_dir: the node-local cache of artifacts the shim pulls itself (annotation wasm.shim.io/artifact).
+    #: artifact_cache_mb: its size cap in MiB; least recently used artifacts are evicted beyond it.
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
@@ -55,6 +60,9 @@ class ShimConfig:
         "socket_dir": "/run/containerd/s",
         "log_level": "info",
         "component_runner": "",
+        "policy": "",
+        "artifact_dir": "/var/lib/wasm-shim/artifacts",
+        "artifact_cache_mb": 1024,
     }
 
     grouping: str
@@ -63,6 +71,9 @@ class ShimConfig:
     socket_dir: str
     log_level: str
     component_runner: str
+    policy: str
+    artifact_dir: str
+    artifact_cache_mb: int
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -109,14 +120,23 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if seconds < 0:
             raise ConfigError(f"{origin}: idle_timeout must not be negative, got {value!r}")
         return seconds
+    if key == "artifact_cache_mb":
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: artifact_cache_mb must be a whole number of MiB, got {value!r}") from None
+        if size <= 0 or isinstance(value, bool | float):
+            raise ConfigError(f"{origin}: artifact_cache_mb must be a positive whole number of MiB, got {value!r}")
+        return size
     if not isinstance(value, str):
         raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
     if key == "grouping" and value not in GROUPINGS:
         raise ConfigError(f"{origin}: grouping must be one of {', '.join(GROUPINGS)}, got {value!r}")
     if key == "log_level" and value.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    optional = key == "component_runner" and value == ""  # "" = look for it (see DEFAULTS)
-    if key in ("cache_dir", "socket_dir", "component_runner") and not optional and not os.path.isabs(value):
+    optional = key in ("component_runner", "policy") and value == ""  # "" = look for it / none (see DEFAULTS)
+    paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir")
+    if key in paths and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
 

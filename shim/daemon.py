@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, ShimConfig, load_config
 
 if TYPE_CHECKING:
+    from .admission import Admission
     from .ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
@@ -97,6 +98,7 @@ class Daemon:
         self.socket_path = socket_path
         self.namespace = namespace
         self.ttrpc_address = ttrpc_address
+        self.admission: Admission | None = None  # set by main(); None = no policy, no artifact annotation
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
 
@@ -121,7 +123,7 @@ class Daemon:
         forwarder = TtrpcForwarder(self.ttrpc_address)
         events = EventQueue(forwarder)
         events.start()
-        self.tasks = TaskService([engine, native], events, on_empty=self._touch)
+        self.tasks = TaskService([engine, native], events, on_empty=self._touch, admission=self.admission)
         server = Server(task_handlers(self.tasks, self.namespace), on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
@@ -140,6 +142,8 @@ class Daemon:
             await server.close(grace=2.0)
             await events.close(timeout=5.0)
             await forwarder.close()
+            if self.admission is not None:
+                self.admission.close()
             log.info("daemon exiting")
 
     def _busy(self, server: Server) -> bool:
@@ -185,6 +189,21 @@ class Daemon:
                 os.close(lock_fd)
 
 
+def _admission(config: ShimConfig) -> Admission:
+    """The Create-time admission (shim/admission.py): the signature policy, if configured, loaded now so that one
+    that does not parse is reported at once (oci.policy.PolicyError; main() then refuses every container)."""
+    from .admission import Admission
+
+    policy = None
+    if config.policy:
+        from wasm_shim.oci.policy import load_policy
+
+        policy = load_policy(config.policy)
+        log.info("signature policy %s: default %s, %d rule(s)", config.policy, policy.default, len(policy.rules))
+    return Admission(policy, verified_dir=os.path.join(config.cache_dir, "verified"),
+                     artifact_dir=config.artifact_dir, artifact_cache_bytes=config.artifact_cache_mb << 20)
+
+
 def main() -> int:
     env = os.environ
     try:
@@ -204,6 +223,17 @@ def main() -> int:
         log.error("no listening socket on fd %d (the daemon is started by `start`): %s", LISTEN_FD, exc)
         return 2
     listener.set_inheritable(False)
+    try:
+        admission = _admission(config)
+    except Exception as exc:  # PolicyError, CacheError: never run without the policy the operator asked for
+        # Exiting here would leave containerd with "ttrpc: closed" and the reason only in a log; instead every
+        # Create is refused with it (what `ctr` and `kubectl describe` show), and the daemon exits as soon as it is
+        # idle, so the next container after a fix starts a daemon that reads the fixed file.
+        from .admission import Admission
+
+        log.error("the signature policy cannot be used, every container will be refused: %s", exc)
+        admission = Admission.refusing(f"the shim's signature policy cannot be used, so nothing runs: {exc}")
+        config = config.merged({"idle_timeout": 0}, "a policy that cannot be used")
     daemon = Daemon(
         config,
         listener,
@@ -211,6 +241,7 @@ def main() -> int:
         env.get("WASM_SHIM_DAEMON_NAMESPACE", ""),
         env.get("WASM_SHIM_DAEMON_TTRPC_ADDRESS", ""),
     )
+    daemon.admission = admission
     try:
         asyncio.run(daemon.run())
     except Exception:

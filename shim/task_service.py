@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from . import bundle as bundles
 from . import image_source  # imports no grpc until an artifact's layer is read
 from . import mount as mounts
+from .admission import Admission
 from .engines.base import (
     Engine,
     EngineError,
@@ -99,8 +100,10 @@ class TaskService:
         *,
         on_empty: Callable[[], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        admission: Admission | None = None,
     ) -> None:
         self._engines = list(engines)
+        self._admission = admission
         self._events = events
         self._on_empty = on_empty or (lambda: None)
         self._clock = clock
@@ -194,7 +197,10 @@ class TaskService:
             # store over gRPC and places it at args[0]. One lstat for every other image.
             image_source.provide_entrypoint(spec, namespace)
             # Here the grant and the entrypoint are known and nothing has been compiled or run: the place for any
-            # check that must refuse an image before its code is touched.
+            # check that must refuse an image before its code is touched. Admission: the signature policy, and
+            # artifacts the shim pulls itself (wasm.shim.io/artifact), placed at args[0] (shim/admission.py).
+            if self._admission is not None:
+                self._admission.admit(spec, namespace)
             engine = self._choose_engine(spec)
             prepared = engine.prepare(spec)  # may compile (tens of ms) or load from the cache
             io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)

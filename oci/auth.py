@@ -1,0 +1,177 @@
+"""Registry credentials and authentication challenges.
+
+Owns: `DockerCredentials` (the docker CLI's config as oras, cosign and crane read it: `$DOCKER_CONFIG/config.json`,
+else `~/.docker/config.json`; `credHelpers` per registry, then `credsStore`, then `auths`), `Credential`, and
+`parse_challenge` (pure: RFC 7235 `WWW-Authenticate`, the distribution token spec's Bearer realm/service/scope).
+
+Rules:
+- `auths` keys may be `host`, `host:port` or a URL (`https://index.docker.io/v1/` is docker.io's); they are
+  compared by host[:port]. An entry gives `auth` (base64 `user:password`), or `username`/`password`, or an
+  `identitytoken` (an OAuth2 refresh token, sent to the token endpoint).
+- A credential helper is the program `docker-credential-<name>`, run as `get` with the server on stdin; it answers
+  JSON {ServerURL, Username, Secret}; Username `<token>` means Secret is an identity token. It runs with a timeout.
+- No credentials is not an error here: anonymous access is tried, and the registry's 401 is what the user sees.
+Invariant: secrets never appear in exceptions or logs; errors name the file or helper and what failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+HELPER_TIMEOUT = 10.0
+_DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+class AuthError(Exception):
+    """Credentials could not be read (a malformed config file, a failing helper); the message names which."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+
+    def __repr__(self) -> str:  # never print a secret
+        token = "***" if self.identity_token else ""
+        return f"Credential(username={self.username!r}, password=***, identity_token={token})"
+
+    def basic(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+
+def _host_of(key: str) -> str:
+    if "://" in key:
+        key = urlsplit(key).netloc
+    host = key.split("/", 1)[0]
+    return "docker.io" if host in _DOCKER_HUB_KEYS else host
+
+
+class DockerCredentials:
+    """Looks credentials up per registry host; reads the config file once, at construction."""
+
+    def __init__(self, config: Mapping[str, object] | None = None, source: str = "") -> None:
+        self.source = source
+        self._config = dict(config or {})
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DockerCredentials:
+        env = os.environ if environ is None else environ
+        directory = env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".docker")
+        path = os.path.join(directory, "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return cls({}, path)
+        except OSError as exc:
+            raise AuthError(f"cannot read registry credentials from {path}: {exc.strerror}") from None
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            raise AuthError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise AuthError(f"{path}: expected a JSON object")
+        return cls(config, path)
+
+    def lookup(self, registry: str) -> Credential | None:
+        host = _host_of(registry)
+        helpers = self._config.get("credHelpers") or {}
+        if isinstance(helpers, dict):
+            for key, helper in helpers.items():
+                if _host_of(key) == host and isinstance(helper, str) and helper:
+                    return self._from_helper(helper, host)
+        auths = self._config.get("auths") or {}
+        entry = None
+        if isinstance(auths, dict):
+            for key, value in auths.items():
+                if _host_of(key) == host and isinstance(value, dict):
+                    entry = value
+                    break
+        if entry is not None:
+            credential = self._from_entry(entry, host)
+            if credential is not None:
+                return credential
+        store = self._config.get("credsStore")
+        if isinstance(store, str) and store:
+            return self._from_helper(store, host)
+        return None
+
+    def _from_entry(self, entry: Mapping[str, object], host: str) -> Credential | None:
+        token = entry.get("identitytoken")
+        auth = entry.get("auth")
+        if isinstance(auth, str) and auth:
+            try:
+                user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise AuthError(f"{self.source}: auths entry for {host}: `auth` is not base64 of user:password") \
+                    from None
+            if not sep:
+                raise AuthError(f"{self.source}: auths entry for {host}: `auth` has no ':' between user and password")
+            return Credential(user, password, token if isinstance(token, str) else "")
+        name, secret = entry.get("username"), entry.get("password")
+        if isinstance(name, str) and isinstance(secret, str) and name:
+            return Credential(name, secret, token if isinstance(token, str) else "")
+        if isinstance(token, str) and token:
+            return Credential("", "", token)
+        return None
+
+    def _from_helper(self, helper: str, host: str) -> Credential | None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
+            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        program = f"docker-credential-{helper}"
+        server = "https://index.docker.io/v1/" if host == "docker.io" else host
+        try:
+            done = subprocess.run([program, "get"], input=server.encode(), capture_output=True,
+                                  timeout=HELPER_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise AuthError(f"credential helper {program} (named in {self.source}) is not on PATH") from None
+        except subprocess.TimeoutExpired:
+            raise AuthError(f"credential helper {program} did not answer for {host} within {HELPER_TIMEOUT:.0f}s") \
+                from None
+        if done.returncode != 0:
+            message = done.stdout.decode(errors="replace").strip()
+            if "credentials not found" in message.lower():
+                return None
+            raise AuthError(f"credential helper {program} failed for {host} (exit {done.returncode}): "
+                            f"{(message or done.stderr.decode(errors='replace').strip())[:200]}")
+        try:
+            answer = json.loads(done.stdout)
+            user, secret = str(answer.get("Username", "")), str(answer["Secret"])
+        except (ValueError, KeyError, AttributeError):
+            raise AuthError(f"credential helper {program} answered for {host} with something that is not "
+                            "JSON {ServerURL, Username, Secret}") from None
+        if user == "<token>":
+            return Credential("", "", secret)
+        return Credential(user, secret)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lower case: "basic" or "bearer"
+    params: Mapping[str, str]
+
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+
+def parse_challenge(header: str) -> Challenge:
+    """The first challenge of a `WWW-Authenticate` header: scheme and parameters (quoted or token values)."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    position = 0
+    while position < len(rest):
+        match = _PARAM.match(rest, position)
+        if not match or match.end() == position:
+            break
+        quoted = match.group(2)
+        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
+        position = match.end()
+    return Challenge(scheme.lower(), params)

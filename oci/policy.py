@@ -1,0 +1,275 @@
+"""The node's signature policy: which images need signatures by which keys, and the decision for one image.
+
+Owns `Policy` (parsed from the TOML file the shim's `policy` option names), `decide` (pure apart from the
+`verify` callable and the cache it is given: rule matching, cache lookup, the verdict and its message) and
+`VerificationCache` (verified digests in memory and on disk, with a TTL).
+
+The file:
+    default = "allow"                      # images no rule matches: "allow" or "deny"
+    cache_ttl = 3600                       # seconds a verification is trusted without asking the registry again
+    [[rule]]
+    images = ["127.0.0.1:5000/team/*"]     # fnmatch globs on REGISTRY/REPOSITORY (docker.io/library/x for `x`)
+    keys = ["/etc/wasm-shim/keys/team.pub"]
+    mode = "enforce"                       # "enforce" refuses; "warn" runs and logs why it would refuse
+    [registry]                             # optional: how the shim reaches registries to fetch signatures
+    ca_bundle = "/etc/wasm-shim/ca.pem"
+    insecure = ["registry.internal:5000"]  # plain HTTP allowed (loopback always is)
+    docker_config = "/etc/wasm-shim/docker" # a directory holding config.json (credentials)
+    timeout = 10
+
+Rules:
+- The first rule whose glob matches REGISTRY/REPOSITORY decides; then `default`.
+- A rule is satisfied when at least one signature of the image's manifest digest (either cosign format) verifies
+  with one of its keys and names that digest. The digest is the one containerd resolved and will run.
+- Anything wrong in the file (bad TOML, unknown keys, a missing or wrong-type key file, a bad mode) is a
+  PolicyError naming the file and the field: a broken policy never means "allow everything".
+- Cached verifications are keyed by (digest, the rule's key fingerprints) and trusted for `cache_ttl`; a disk entry
+  is written atomically and a corrupt one is ignored (verified again).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .keys import KeyFileError, key_hint, load_public_key
+
+MODES = ("enforce", "warn")
+DEFAULTS = ("allow", "deny")
+DEFAULT_TTL = 3600.0
+_TOP_KEYS = {"default", "cache_ttl", "rule", "registry"}
+_RULE_KEYS = {"images", "keys", "mode"}
+_REGISTRY_KEYS = {"ca_bundle", "insecure", "docker_config", "timeout"}
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; the message names the file, the field and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    number: int  # 1-based, as an operator counts [[rule]] tables
+    images: tuple[str, ...]
+    key_paths: tuple[str, ...]
+    keys: tuple[ec.EllipticCurvePublicKey, ...] = field(compare=False)
+    mode: str
+
+    @property
+    def fingerprint(self) -> str:
+        return ",".join(sorted(key_hint(k) for k in self.keys))
+
+    def describe(self) -> str:
+        return f"rule {self.number} (images {', '.join(self.images)}; mode {self.mode})"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    ca_bundle: str | None = None
+    insecure: tuple[str, ...] = ()
+    docker_config: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str
+    default: str
+    rules: tuple[Rule, ...]
+    cache_ttl: float = DEFAULT_TTL
+    registry: RegistrySettings = RegistrySettings()
+
+    def rule_for(self, name: str) -> Rule | None:
+        for rule in self.rules:
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in rule.images):
+                return rule
+        return None
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where} must be a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+def parse_policy(text: str, source: str, read: Callable[[str], bytes] | None = None) -> Policy:
+    """Parse and validate a policy; key files are read (relative paths from the policy's directory) and checked."""
+    import tomllib
+
+    def read_file(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    reader = read or read_file
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        known = ", ".join(sorted(_TOP_KEYS))
+        raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(unknown))} (known: {known})")
+    default = doc.get("default", "allow")
+    if default not in DEFAULTS:
+        raise PolicyError(f"{source}: default must be \"allow\" or \"deny\", got {default!r}")
+    ttl = doc.get("cache_ttl", DEFAULT_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+        raise PolicyError(f"{source}: cache_ttl must be a non-negative number of seconds, got {ttl!r}")
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise PolicyError(f"{source}: `rule` must be an array of tables ([[rule]])")
+    base = os.path.dirname(os.path.abspath(source))
+    rules = []
+    for number, raw in enumerate(raw_rules, start=1):
+        where = f"{source}: rule {number}"
+        if not isinstance(raw, dict):
+            raise PolicyError(f"{where}: must be a table")
+        unknown = set(raw) - _RULE_KEYS
+        if unknown:
+            raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: images, keys, mode)")
+        images = _strings(raw.get("images"), f"{where}: images")
+        paths = _strings(raw.get("keys"), f"{where}: keys")
+        mode = raw.get("mode", "enforce")
+        if mode not in MODES:
+            raise PolicyError(f"{where}: mode must be \"enforce\" or \"warn\", got {mode!r}")
+        keys = []
+        for path in paths:
+            full = path if os.path.isabs(path) else os.path.join(base, path)
+            try:
+                keys.append(load_public_key(reader(full), full))
+            except OSError as exc:
+                raise PolicyError(f"{where}: cannot read key {full}: {exc.strerror}") from None
+            except KeyFileError as exc:
+                raise PolicyError(f"{where}: {exc}") from None
+        rules.append(Rule(number, images, tuple(paths), tuple(keys), mode))
+    registry = _registry_settings(doc.get("registry", {}), f"{source}: [registry]")
+    return Policy(source, default, tuple(rules), float(ttl), registry)
+
+
+def _registry_settings(raw: object, where: str) -> RegistrySettings:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where} must be a table")
+    unknown = set(raw) - _REGISTRY_KEYS
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("ca_bundle", "docker_config"):
+        if key in raw and not (isinstance(raw[key], str) and os.path.isabs(raw[key])):
+            raise PolicyError(f"{where}: {key} must be an absolute path, got {raw[key]!r}")
+    insecure = raw.get("insecure", [])
+    if not isinstance(insecure, list) or not all(isinstance(h, str) for h in insecure):
+        raise PolicyError(f"{where}: insecure must be a list of HOST[:PORT] strings")
+    timeout = raw.get("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise PolicyError(f"{where}: timeout must be a positive number of seconds, got {timeout!r}")
+    return RegistrySettings(raw.get("ca_bundle"), tuple(insecure), raw.get("docker_config"), float(timeout))
+
+
+def load_policy(path: str) -> Policy:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"policy file {path} is not UTF-8 text") from None
+    return parse_policy(text, path)
+
+
+class VerificationCache:
+    """Digests verified under a key set, in memory and (when `directory` is set) on disk, trusted for `ttl`."""
+
+    def __init__(self, directory: str | None, ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.ttl = ttl
+        self._clock = clock
+        self._memory: dict[str, float] = {}
+
+    @staticmethod
+    def _key(digest: str, fingerprint: str) -> str:
+        return hashlib.sha256(f"{digest}\n{fingerprint}".encode()).hexdigest()
+
+    def lookup(self, digest: str, fingerprint: str) -> bool:
+        key = self._key(digest, fingerprint)
+        now = self._clock()
+        when = self._memory.get(key)
+        if when is None and self.directory:
+            try:
+                with open(os.path.join(self.directory, key + ".json"), encoding="utf-8") as f:
+                    entry = json.load(f)
+                if entry.get("digest") == digest and entry.get("keys") == fingerprint:
+                    when = float(entry["verified_at"])
+                    self._memory[key] = when
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                when = None
+        return when is not None and 0 <= now - when < self.ttl
+
+    def store(self, digest: str, fingerprint: str) -> None:
+        key = self._key(digest, fingerprint)
+        now = self._clock()
+        self._memory[key] = now
+        if not self.directory:
+            return
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        final = os.path.join(self.directory, key + ".json")
+        temporary = f"{final}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump({"digest": digest, "keys": fingerprint, "verified_at": now}, f)
+            os.replace(temporary, final)
+        except OSError:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass  # the memory entry stands; the next daemon verifies again
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    image: str
+    digest: str
+    rule: Rule | None
+    reason: str
+    warning: bool = False  # allowed only because the rule is in warn mode
+    cached: bool = False
+
+    def message(self) -> str:
+        where = self.rule.describe() if self.rule else "the policy's default"
+        if self.allowed and not self.warning:
+            return f"image {self.image}@{self.digest} allowed by {where}: {self.reason}"
+        verdict = "would be refused (warn mode, running it)" if self.warning else "refused by the signature policy"
+        return f"image {self.image}@{self.digest} {verdict}: {where}: {self.reason}"
+
+
+Verify = Callable[[Rule], Any]
+
+
+def decide(policy: Policy, name: str, digest: str, verify: Verify, cache: VerificationCache,
+           failures: Sequence[type[BaseException]] = (Exception,)) -> Decision:
+    """The verdict for image `name` (REGISTRY/REPOSITORY) at manifest `digest`.
+
+    `verify(rule)` checks the signatures (network) and raises one of `failures` with the reason when none verifies
+    or the registry cannot be asked; it is called only on a cache miss."""
+    rule = policy.rule_for(name)
+    if rule is None:
+        if policy.default == "allow":
+            return Decision(True, name, digest, None, "no rule matches and the default is allow")
+        return Decision(False, name, digest, None, f"no rule matches {name} and the default is deny")
+    fingerprint = rule.fingerprint
+    if cache.lookup(digest, fingerprint):
+        return Decision(True, name, digest, rule, "signature verified (cached)", cached=True)
+    try:
+        verify(rule)
+    except tuple(failures) as exc:
+        reason = str(exc)
+        return Decision(rule.mode == "warn", name, digest, rule, reason, warning=rule.mode == "warn")
+    cache.store(digest, fingerprint)
+    return Decision(True, name, digest, rule, f"signature verified with {', '.join(rule.key_paths)}")
+

@@ -1,0 +1,126 @@
+"""Image references (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) and digests: parsing, default registry rules, naming.
+
+Owns `Reference` (pure: no I/O) and the digest rules every other module of the registry side uses.
+
+Rules (distribution/reference's grammar and its docker normalisation, which oras, cosign and containerd share):
+- The first path component is a registry when it contains `.` or `:`, is `localhost`, or has an upper-case
+  letter; otherwise the registry is `docker.io`, and a one-component repository on docker.io gets `library/`.
+- Repository components are lower-case `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`; the whole name is
+  at most 255 characters. A tag is `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. A digest is `sha256:` and 64 lower-case
+  hex digits (the only algorithm this project accepts, image-spec descriptor.md "Registered algorithms").
+- No tag and no digest means the tag `latest`. With both, the digest is what is fetched (the tag is informative).
+- `docker.io`'s API lives at `registry-1.docker.io`; `name` keeps `docker.io` (what cosign signs as
+  `docker-reference` differs only for docker.io, and verification does not depend on it).
+
+Invariant: a `Reference` that exists is valid; `parse_reference` raises ReferenceError naming the bad part.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_REGISTRY = "docker.io"
+DOCKER_API_HOST = "registry-1.docker.io"
+DEFAULT_TAG = "latest"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_REGISTRY = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                       r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
+
+
+class ReferenceError(ValueError):
+    """A string is not a valid image reference or digest; the message names the bad part."""
+
+
+def check_digest(value: str, what: str = "digest") -> str:
+    """`value` if it is `sha256:<64 lower-case hex>`, else ReferenceError naming `what`."""
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise ReferenceError(f"{what} {value!r} is not a sha256 digest (sha256:<64 lower-case hex digits>)")
+    return value
+
+
+def is_digest(value: str) -> bool:
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str = ""
+    digest: str = ""
+
+    @property
+    def name(self) -> str:
+        """REGISTRY/REPOSITORY: what policy globs match and what cosign calls the docker-reference."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def api_host(self) -> str:
+        """host[:port] of the registry's HTTP API."""
+        return DOCKER_API_HOST if self.registry == DEFAULT_REGISTRY else self.registry
+
+    @property
+    def identifier(self) -> str:
+        """What goes after /manifests/: the digest when there is one, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def with_digest(self, digest: str) -> Reference:
+        return Reference(self.registry, self.repository, self.tag, check_digest(digest))
+
+    def with_tag(self, tag: str) -> Reference:
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError(f"tag {tag!r} is not valid ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
+        return Reference(self.registry, self.repository, tag, "")
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _is_registry_component(part: str) -> bool:
+    return "." in part or ":" in part or part == "localhost" or part != part.lower()
+
+
+def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
+    """Parse an image reference; the tag defaults to `latest` when neither tag nor digest is given
+    (unless `default_tag` is False, for commands that take a bare repository)."""
+    if not isinstance(text, str) or not text or any(c.isspace() for c in text):
+        raise ReferenceError(f"image reference {text!r} is empty or contains whitespace")
+    rest, digest = text, ""
+    if "@" in rest:
+        rest, _, digest = rest.partition("@")
+        check_digest(digest, f"digest of {text!r}:")
+    tag = ""
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1:]
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError(f"image reference {text!r}: tag {tag!r} is not valid "
+                                 "([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
+    first, sep, remainder = rest.partition("/")
+    if sep and _is_registry_component(first):
+        registry, repository = first, remainder
+        if not _REGISTRY.fullmatch(registry):
+            raise ReferenceError(f"image reference {text!r}: registry {registry!r} is not a valid host[:port]")
+    else:
+        registry, repository = DEFAULT_REGISTRY, rest
+    if registry in ("index.docker.io", DOCKER_API_HOST):
+        registry = DEFAULT_REGISTRY
+    if registry == DEFAULT_REGISTRY and "/" not in repository:
+        repository = f"library/{repository}"
+    if not _REPOSITORY.fullmatch(repository) or len(registry) + 1 + len(repository) > 255:
+        raise ReferenceError(f"image reference {text!r}: repository {repository!r} is not valid (lower-case "
+                             "letters, digits and separators . _ __ -, components joined by /)")
+    if not tag and not digest and default_tag:
+        tag = DEFAULT_TAG
+    return Reference(registry, repository, tag, digest)

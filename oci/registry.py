@@ -1,0 +1,564 @@
+"""An OCI distribution-spec client that checks every digest while it streams.
+
+Owns `RegistryClient`: manifests (get, resolve, put), blobs (exists, streamed fetch, monolithic upload), tag listing
+and the referrers API with the tag-schema fallback (distribution-spec v1.1 "Listing Referrers", "Referrers Tag
+Schema"). It is built on urllib3 (README "Registries" says why not the `oras` package). It knows nothing of
+containerd or the daemon.
+
+Rules:
+- Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
+  host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
+  that does not verify is an error, never a reason to fall back).
+- Authentication: anonymous first; on 401 the challenge says Basic or Bearer (distribution token spec: GET the
+  realm with service and scope, Basic credentials if any; a refresh token is POSTed). Headers are cached per
+  host and repository; a 401 after authenticating is an error naming the registry. urllib3 drops Authorization on a
+  redirect to another host (blob storage).
+- Every request has connect and read timeouts. Connection failures, timeouts, 429 and 5xx are retried with
+  exponential backoff, a bounded number of times; a blob whose stream breaks is fetched again from the start.
+- Every manifest fetched is hashed: by digest it must match; by tag a `Docker-Content-Digest` header must agree.
+  Manifests are capped at 4 MiB. Every blob is hashed while it streams into the caller's file and checked
+  against its descriptor's size and digest (a server sending more than the size is cut off at once). Manifests are
+  uploaded as the exact bytes given, so their digest is what the caller computed.
+- Errors are RegistryError naming the method, URL, status and the registry's own error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from .auth import AuthError, Credential, DockerCredentials, parse_challenge
+from .digest import DigestMismatch, StreamVerifier, sha256_digest
+from .manifest import (
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    MAX_MANIFEST_SIZE,
+    MEDIA_TYPE_INDEX,
+    Descriptor,
+    ManifestError,
+    canonical_json,
+    descriptors_of,
+    parse_json_object,
+)
+from .reference import Reference, check_digest
+
+CHUNK = 1 << 20  # blob reads: fewer Python-level iterations per MiB; manifests are capped at 4 MiB anyway
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_PAGES = 100  # tag and referrer listings: pagination is followed at most this many times
+
+
+class RegistryError(Exception):
+    """A registry request failed or answered something that does not check out; the message says which."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFoundError(RegistryError):
+    """The registry answered 404 for a manifest, blob or repository."""
+
+
+class Progress:
+    """Progress of one transfer; the default does nothing (see oci/progress.py for the terminal one)."""
+
+    def advance(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+ProgressFactory = Callable[[str, int], Progress]
+
+
+def _no_progress(label: str, total: int) -> Progress:
+    return Progress()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest or index exactly as the registry sent it, with its digest."""
+
+    media_type: str
+    data: bytes
+    digest: str
+
+    def json(self, what: str) -> dict[str, Any]:
+        return parse_json_object(self.data, what)
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, len(self.data))
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _registry_message(body: bytes) -> str:
+    """The registry's error text (distribution-spec error codes: {"errors":[{code, message}]}), else the body."""
+    try:
+        doc = json.loads(body)
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        if isinstance(errors, list) and errors:
+            return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
+                             if isinstance(e, dict))
+    except ValueError:
+        pass
+    return body[:300].decode(errors="replace").strip()
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        credentials: DockerCredentials | None = None,
+        *,
+        ca_bundle: str | None = None,
+        insecure: tuple[str, ...] = (),
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        progress: ProgressFactory = _no_progress,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import urllib3  # here: the shim's start path never builds a client
+
+        self._urllib3 = urllib3
+        self.credentials = credentials if credentials is not None else DockerCredentials()
+        self.insecure = frozenset(insecure)
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.progress = progress
+        self._sleep = sleep
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._pool = urllib3.PoolManager(
+            num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle,
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
+                                  raise_on_redirect=True, raise_on_status=False),
+            timeout=self._timeout,
+        )
+        self._scheme: dict[str, str] = {}
+        self._auth: dict[tuple[str, str], str] = {}
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------------------------------------------
+    def _plain_http_allowed(self, host: str) -> bool:
+        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host)
+
+    def _base(self, host: str) -> str:
+        scheme = self._scheme.get(host)
+        if scheme is None:
+            scheme = self._probe(host)
+            self._scheme[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _probe(self, host: str) -> str:
+        """https, unless the host may speak plain HTTP and does: a plain `GET /v2/` answered by anything but a TLS
+        server's "HTTP request to an HTTPS server" 400. Probing in plain text first spares a plain registry the TLS
+        context and handshake (the system CA store alone takes tens of ms to load)."""
+        if not self._plain_http_allowed(host):
+            return "https"
+        parts = urlsplit(f"//{host}")
+        hostname = (parts.hostname or host).strip("[]")
+        try:
+            port = parts.port or 80
+            with socket.create_connection((hostname, port), timeout=self._connect_timeout) as conn:
+                conn.settimeout(self._read_timeout)
+                conn.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                head = conn.recv(512)
+        except TimeoutError:
+            return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
+        except (OSError, ValueError):
+            return "https"  # unreachable: the real request reports it, with retries
+        if head.startswith(b"HTTP/") and not (head[9:12] == b"400" and b"HTTPS" in head):
+            return "http"
+        return "https"
+
+    def _request(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Callable[[], Any] | None = None,
+        stream: bool = False,
+        scope_actions: str = "pull",
+        absolute_url: str = "",
+    ) -> Any:
+        """One logical request with auth and retries; returns the urllib3 response (status < 400 or 404)."""
+        host = ref.api_host
+        url = absolute_url or self._base(host) + path
+        key = (host, ref.repository)
+        last_error = ""
+        reauthenticated = False
+        attempt = 0
+        while True:
+            attempt += 1
+            all_headers = dict(headers or {})
+            if key in self._auth:
+                all_headers["Authorization"] = self._auth[key]
+            try:
+                response = self._pool.request(method, url, body=body() if body else None, headers=all_headers,
+                                              preload_content=not stream, timeout=self._timeout)
+            except self._urllib3.exceptions.SSLError as exc:
+                raise RegistryError(f"{method} {url}: TLS failed: {str(exc)[:300]}") from None
+            except self._urllib3.exceptions.MaxRetryError as exc:
+                if isinstance(exc.reason, self._urllib3.exceptions.SSLError):
+                    raise RegistryError(f"{method} {url}: TLS failed: {str(exc.reason)[:300]}") from None
+                if isinstance(exc.reason, self._urllib3.exceptions.TimeoutError):
+                    last_error = self._timeout_message()
+                else:
+                    last_error = f"cannot connect: {exc.reason}"
+            except self._urllib3.exceptions.TimeoutError:
+                last_error = self._timeout_message()
+            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status
+                if status == 401 and not reauthenticated:
+                    challenge = response.headers.get("WWW-Authenticate", "")
+                    _drain(response)
+                    self._auth[key] = self._authenticate(ref, challenge, url, scope_actions)
+                    reauthenticated = True
+                    attempt -= 1
+                    continue
+                if status in RETRY_STATUSES and attempt < self.attempts:
+                    last_error = f"HTTP {status} {_registry_message(_drain(response))}"
+                    self._sleep(self._delay(attempt, response.headers.get("Retry-After")))
+                    continue
+                if status >= 400 and status != 404:
+                    message = _registry_message(_drain(response))
+                    hint = " (credentials were refused)" if status in (401, 403) else ""
+                    tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise RegistryError(f"{method} {url}: HTTP {status}{hint}: {message}{tries}", status)
+                return response
+            if attempt >= self.attempts:
+                raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
+            self._sleep(self._delay(attempt, None))
+
+    def _timeout_message(self) -> str:
+        return f"no answer within {self._timeout.read_timeout}s (connect timeout {self._timeout.connect_timeout}s)"
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after and retry_after.isdigit():
+            return min(float(retry_after), 30.0)
+        return self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+    def _authenticate(self, ref: Reference, header: str, url: str, actions: str) -> str:
+        if not header:
+            raise RegistryError(f"{url}: HTTP 401 without a WWW-Authenticate challenge", 401)
+        try:
+            credential = self.credentials.lookup(ref.registry)
+        except AuthError as exc:
+            raise RegistryError(str(exc)) from None
+        challenge = parse_challenge(header)
+        if challenge.scheme == "basic":
+            if credential is None or not credential.username:
+                raise RegistryError(f"{url}: the registry asks for a username and password and there are none for "
+                                    f"{ref.registry} in {self.credentials.source or 'the docker config'}", 401)
+            return credential.basic()
+        if challenge.scheme == "bearer":
+            return "Bearer " + self._token(ref, challenge.params, credential, actions)
+        raise RegistryError(f"{url}: unsupported authentication scheme {challenge.scheme!r}", 401)
+
+    def _token(self, ref: Reference, params: Mapping[str, str], credential: Credential | None, actions: str) -> str:
+        realm = params.get("realm", "")
+        if not realm.startswith(("https://", "http://")):
+            raise RegistryError(f"{ref.registry}: bearer challenge has no usable realm ({realm!r})", 401)
+        if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
+            raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
+        scope = params.get("scope") or f"repository:{ref.repository}:{actions}"
+        query = {"service": params.get("service", ""), "scope": scope}
+        headers: dict[str, str] = {}
+        if credential is not None and credential.identity_token:
+            form = urlencode({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
+                              "client_id": "wasm-shim"})
+            method, url, body = "POST", realm, form.encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            if credential is not None and credential.username:
+                headers["Authorization"] = credential.basic()
+            method, url, body = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), None
+        try:
+            response = self._pool.request(method, url, body=body, headers=headers, timeout=self._timeout)
+        except self._urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"token endpoint {realm}: {exc}") from None
+        if response.status != 200:
+            raise RegistryError(f"token endpoint {realm} for {scope}: HTTP {response.status}: "
+                                f"{_registry_message(response.data)}", response.status)
+        try:
+            doc = json.loads(response.data)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"token endpoint {realm} answered without a token")
+        return token
+
+    # -- manifests ---------------------------------------------------------------------------------------------
+    def get_manifest(self, ref: Reference, *, accept: str = MANIFEST_ACCEPT) -> Manifest:
+        """The manifest or index `ref` names, exactly as stored, digest-checked."""
+        path = f"/v2/{ref.repository}/manifests/{ref.identifier}"
+        response = self._request("GET", ref, path, headers={"Accept": accept}, stream=True)
+        try:
+            if response.status == 404:
+                raise NotFoundError(f"{ref}: manifest not found in {ref.registry}", 404)
+            claimed = response.headers.get("Docker-Content-Digest", "")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"{ref}: manifest of {declared} bytes is over the {MAX_MANIFEST_SIZE} byte limit")
+            chunks, total = [], 0
+            for chunk in response.stream(CHUNK):
+                total += len(chunk)
+                if total > MAX_MANIFEST_SIZE:
+                    raise RegistryError(f"{ref}: manifest is over the {MAX_MANIFEST_SIZE} byte limit")
+                chunks.append(chunk)
+        except self._urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"GET {ref}: the manifest stream broke: {exc}") from None
+        finally:
+            response.release_conn()
+        data = b"".join(chunks)
+        digest = sha256_digest(data)
+        if ref.digest and digest != ref.digest:
+            raise DigestMismatch(f"{ref}: the registry sent a manifest whose digest is {digest}")
+        if claimed and claimed != digest:
+            raise DigestMismatch(f"{ref}: the registry says the manifest is {claimed} but its content is {digest}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            declared_type = json.loads(data).get("mediaType")
+        except (ValueError, AttributeError):
+            raise ManifestError(f"{ref}: the manifest is not a JSON object") from None
+        if isinstance(declared_type, str) and declared_type:
+            media_type = declared_type
+        return Manifest(media_type, data, digest)
+
+    def resolve(self, ref: Reference) -> Descriptor:
+        """The descriptor of the manifest `ref` names (a HEAD, or a GET when the registry gives no digest)."""
+        response = self._request("HEAD", ref, f"/v2/{ref.repository}/manifests/{ref.identifier}",
+                                 headers={"Accept": MANIFEST_ACCEPT})
+        if response.status == 404:
+            raise NotFoundError(f"{ref}: manifest not found in {ref.registry}", 404)
+        digest = response.headers.get("Docker-Content-Digest", "")
+        size = response.headers.get("Content-Length", "")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if digest and size.isdigit() and media_type and not ref.digest:
+            return Descriptor(media_type, check_digest(digest, f"{ref}: Docker-Content-Digest"), int(size))
+        return self.get_manifest(ref).descriptor()
+
+    def put_manifest(self, ref: Reference, identifier: str, data: bytes, media_type: str) -> tuple[str, bool]:
+        """Upload `data` as is under a tag or its digest; (digest, whether the registry reported OCI-Subject)."""
+        digest = sha256_digest(data)
+        response = self._request("PUT", ref, f"/v2/{ref.repository}/manifests/{identifier}",
+                                 headers={"Content-Type": media_type}, body=lambda: data, scope_actions="pull,push")
+        _drain(response)
+        if response.status != 201:
+            raise RegistryError(f"PUT {ref.name}/manifests/{identifier}: HTTP {response.status}", response.status)
+        stored = response.headers.get("Docker-Content-Digest", "")
+        if stored and stored != digest:
+            raise DigestMismatch(f"{ref.name}: the registry stored the manifest as {stored}, its bytes are {digest}")
+        return digest, "OCI-Subject" in response.headers
+
+    # -- blobs -------------------------------------------------------------------------------------------------
+    def blob_exists(self, ref: Reference, digest: str) -> bool:
+        response = self._request("HEAD", ref, f"/v2/{ref.repository}/blobs/{digest}")
+        return bool(response.status == 200)
+
+    def fetch_blob(self, ref: Reference, descriptor: Descriptor, sink: IO[bytes], *, label: str = "") -> None:
+        """Stream the blob into `sink` (seekable; rewritten from the start on a retry), verified as it streams.
+        On DigestMismatch the sink holds unchecked bytes: the caller discards it."""
+        path = f"/v2/{ref.repository}/blobs/{descriptor.digest}"
+        what = f"blob {descriptor.digest} of {ref.name}"
+        for attempt in range(1, self.attempts + 1):
+            sink.seek(0)
+            sink.truncate()
+            verifier = StreamVerifier(descriptor.digest, descriptor.size, what)
+            response = self._request("GET", ref, path, stream=True)
+            progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
+            try:
+                if response.status == 404:
+                    raise NotFoundError(f"{what}: not found", 404)
+                for chunk in response.stream(CHUNK):
+                    verifier.update(chunk)
+                    sink.write(chunk)
+                    progress.advance(len(chunk))
+                verifier.finish()
+                return
+            except self._urllib3.exceptions.HTTPError as exc:
+                if attempt >= self.attempts:
+                    raise RegistryError(f"{what}: the stream broke after {verifier.received} bytes: {exc} "
+                                        f"(after {attempt} attempts)") from None
+            finally:
+                progress.close()
+                response.release_conn()
+            self._sleep(self._delay(attempt, None))
+
+    def fetch_blob_bytes(self, ref: Reference, descriptor: Descriptor, limit: int) -> bytes:
+        """A small blob (a config, a signature payload, a bundle) in memory, verified; refused over `limit`."""
+        import io
+
+        if descriptor.size > limit:
+            raise RegistryError(f"blob {descriptor.digest} of {ref.name} has size {descriptor.size}; "
+                                f"the limit for this kind of blob is {limit}")
+        buffer = io.BytesIO()
+        self.fetch_blob(ref, descriptor, buffer)
+        return buffer.getvalue()
+
+    def push_blob(self, ref: Reference, descriptor: Descriptor, opener: Callable[[], IO[bytes] | bytes], *,
+                  label: str = "") -> bool:
+        """Upload a blob (monolithic: POST then PUT ?digest=); False when the registry has it already.
+        `opener` gives the bytes or a fresh file object for each attempt."""
+        if self.blob_exists(ref, descriptor.digest):
+            return False
+        response = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/",
+                                 headers={"Content-Length": "0"}, scope_actions="pull,push")
+        _drain(response)
+        location = response.headers.get("Location", "")
+        if response.status != 202 or not location:
+            raise RegistryError(f"POST {ref.name}/blobs/uploads/: HTTP {response.status} without an upload "
+                                "location", response.status)
+        url = urljoin(self._base(ref.api_host) + "/", location)
+        url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
+        progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
+
+        def body() -> bytes | IO[bytes] | _CountingReader:
+            source = opener()
+            return source if isinstance(source, bytes) else _CountingReader(source, progress)
+
+        try:
+            response = self._request("PUT", ref, "", absolute_url=url, body=body, scope_actions="pull,push",
+                                     headers={"Content-Type": "application/octet-stream",
+                                              "Content-Length": str(descriptor.size)})
+        finally:
+            progress.close()
+        message = _registry_message(_drain(response))
+        if response.status != 201:
+            raise RegistryError(f"uploading blob {descriptor.digest} to {ref.name}: HTTP {response.status}: "
+                                f"{message}", response.status)
+        stored = response.headers.get("Docker-Content-Digest", "")
+        if stored and stored != descriptor.digest:
+            raise DigestMismatch(f"{ref.name}: the registry stored blob {descriptor.digest} as {stored}")
+        return True
+
+    # -- listings ----------------------------------------------------------------------------------------------
+    def _pages(self, ref: Reference, path: str, headers: Mapping[str, str] | None = None) -> Iterator[Any]:
+        url = self._base(ref.api_host) + path
+        for _ in range(MAX_PAGES):
+            response = self._request("GET", ref, "", absolute_url=url, headers=headers)
+            yield response
+            link = response.headers.get("Link", "")
+            if response.status != 200 or 'rel="next"' not in link:
+                return
+            url = urljoin(url, link.split(";")[0].strip().strip("<>"))
+
+    def list_tags(self, ref: Reference) -> list[str]:
+        tags: list[str] = []
+        for response in self._pages(ref, f"/v2/{ref.repository}/tags/list"):
+            if response.status == 404:
+                raise NotFoundError(f"{ref.name}: repository not found", 404)
+            try:
+                page = json.loads(response.data).get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{ref.name}: the tag list is not JSON {{name, tags}}") from None
+            tags.extend(t for t in page if isinstance(t, str))
+        return tags
+
+    def referrers(self, ref: Reference, subject: str, artifact_type: str = "") -> list[Descriptor]:
+        """Manifests whose `subject` is `subject`: the referrers API, else the `sha256-<hex>` fallback tag."""
+        check_digest(subject, "referrers subject")
+        found: list[Descriptor] | None = []
+        for response in self._pages(ref, f"/v2/{ref.repository}/referrers/{subject}"):
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if response.status != 200 or content_type != MEDIA_TYPE_INDEX:
+                found = None  # no referrers API here (distribution 2.8 answers a plain-text 404)
+                break
+            assert found is not None
+            index = parse_json_object(response.data, f"referrers index of {ref.name}@{subject}")
+            found.extend(descriptors_of(index, "manifests", f"referrers index of {ref.name}@{subject}"))
+        if found is None:
+            found = self._fallback_referrers(ref, subject)
+        return [d for d in found if not artifact_type or d.artifact_type == artifact_type]
+
+    def _fallback_referrers(self, ref: Reference, subject: str) -> list[Descriptor]:
+        tag_ref = ref.with_tag(fallback_tag(subject))
+        try:
+            index = self.get_manifest(tag_ref)
+        except NotFoundError:
+            return []
+        doc = index.json(f"referrers fallback index {tag_ref}")
+        if doc.get("mediaType", index.media_type) not in INDEX_TYPES:
+            raise ManifestError(f"{tag_ref}: the referrers fallback tag holds a {index.media_type}, not an index")
+        return descriptors_of(doc, "manifests", f"referrers fallback index {tag_ref}")
+
+    def add_fallback_referrer(self, ref: Reference, subject: str, entry: Descriptor) -> None:
+        """Add `entry` to the `sha256-<hex>` index (for registries without the referrers API)."""
+        tag_ref = ref.with_tag(fallback_tag(subject))
+        try:
+            doc = self.get_manifest(tag_ref).json(f"referrers fallback index {tag_ref}")
+        except NotFoundError:
+            doc = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": []}
+        existing = descriptors_of(doc, "manifests", f"referrers fallback index {tag_ref}")
+        if any(d.digest == entry.digest for d in existing):
+            return
+        doc["manifests"] = [*(d.to_json() for d in existing), entry.to_json()]
+        self.put_manifest(ref, tag_ref.tag, canonical_json(doc), MEDIA_TYPE_INDEX)
+
+
+def fallback_tag(digest: str) -> str:
+    """distribution-spec "Referrers Tag Schema": `<alg>-<ref>` of the subject digest."""
+    return check_digest(digest).replace(":", "-")
+
+
+class _CountingReader:
+    """A file object for urllib3's body that reports progress as it is read."""
+
+    def __init__(self, source: IO[bytes], progress: Progress) -> None:
+        self._source = source
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._progress.advance(len(data))
+        if not data:
+            self._source.close()
+        return data
+
+
+def _drain(response: Any) -> bytes:
+    try:
+        return bytes(response.data or b"")
+    finally:
+        response.release_conn()
+
+
+@contextmanager
+def open_client(**kwargs: Any) -> Iterator[RegistryClient]:
+    client = RegistryClient(**kwargs)
+    try:
+        yield client
+    finally:
+        client.close()

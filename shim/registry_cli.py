@@ -1,0 +1,204 @@
+"""`wasm-shim push | pull | tags | generate-key-pair | sign | verify`: the registry and signing commands.
+
+Owns the argument parsing and the user-facing messages of these commands; the work is in oci/ (registry client,
+transfers, keys, signatures). Exit status: 0 done, 1 failed (the message on stderr names what), 2 usage.
+Signing and verification are key-based and offline, like `cosign ... --key` with `--tlog-upload=false` /
+`--insecure-ignore-tlog`: no transparency log, Fulcio or timestamp authority is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+PASSWORD_ENV = "COSIGN_PASSWORD"
+
+
+class CommandError(Exception):
+    pass
+
+
+def _password(confirm: bool) -> bytes:
+    if PASSWORD_ENV in os.environ:
+        return os.environ[PASSWORD_ENV].encode()
+    if not sys.stdin.isatty():
+        raise CommandError(f"no password: set {PASSWORD_ENV} (no terminal to prompt on)")
+    import getpass
+
+    first = getpass.getpass("Enter password for private key: ")
+    if confirm and getpass.getpass("Enter password for private key again: ") != first:
+        raise CommandError("the passwords do not match")
+    return first.encode()
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from wasm_shim.oci.auth import DockerCredentials
+    from wasm_shim.oci.progress import terminal_progress
+    from wasm_shim.oci.registry import RegistryClient
+
+    return RegistryClient(DockerCredentials.from_environment(), ca_bundle=args.ca_bundle,
+                          insecure=tuple(args.insecure_registry or ()), read_timeout=args.timeout,
+                          connect_timeout=min(args.timeout, 10.0), progress=terminal_progress())
+
+
+def _ref(text: str):  # type: ignore[no-untyped-def]
+    from wasm_shim.oci.reference import parse_reference
+
+    return parse_reference(text)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise CommandError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.transfer import push_wasm
+
+    annotations = {}
+    for item in args.annotation or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CommandError(f"--annotation needs KEY=VALUE, got {item!r}")
+        annotations[key] = value
+    ref = _ref(args.reference)
+    with _client(args) as client:
+        digest = push_wasm(client, args.file, ref, annotations=annotations)
+    sys.stdout.write(f"{ref.name}@{digest}\n")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.transfer import pull_wasm
+
+    ref = _ref(args.reference)
+    with _client(args) as client:
+        pulled = pull_wasm(client, ref, args.output)
+    sys.stdout.write(f"{pulled.path}: {pulled.layer.media_type} {pulled.layer.digest} ({pulled.layer.size} bytes) "
+                     f"from {ref.name}@{pulled.manifest_digest}\n")
+    return 0
+
+
+def _cmd_tags(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.reference import parse_reference
+
+    with _client(args) as client:
+        for tag in client.list_tags(parse_reference(args.repository, default_tag=False)):
+            sys.stdout.write(tag + "\n")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.keys import generate_key_pair, write_file_atomically
+
+    private, public = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
+    if not args.force:
+        for path in (private, public):
+            if os.path.lexists(path):
+                raise CommandError(f"{path} exists; remove it or pass --force")
+    pair = generate_key_pair(_password(confirm=True))
+    write_file_atomically(private, pair.private_pem, 0o600, overwrite=True)
+    write_file_atomically(public, pair.public_pem, 0o644, overwrite=True)
+    sys.stderr.write(f"Private key written to {private}\nPublic key written to {public}\n")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.cosign import sign_image
+    from wasm_shim.oci.keys import load_private_key
+
+    key = load_private_key(_read(args.key, "private key"), _password(confirm=False), args.key)
+    ref = _ref(args.reference)
+    with _client(args) as client:
+        digest = sign_image(client, ref, key, format=args.format)
+    sys.stderr.write(f"Signed {ref.name}@{digest} ({args.format} format)\n")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.cosign import verify_image
+    from wasm_shim.oci.keys import load_public_key
+
+    keys = [load_public_key(_read(path, "public key"), path) for path in args.key]
+    ref = _ref(args.reference)
+    with _client(args) as client:
+        verification = verify_image(client, ref, keys)
+    for signature in verification.signatures:
+        sys.stdout.write(f"Verified {ref.name}@{verification.digest}: {signature.format} signature by key "
+                         f"{signature.key_hint}\n")
+    return 0
+
+
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-bundle", metavar="FILE", help="PEM CA certificates to verify the registry's TLS "
+                        "certificate with (default: the system's)")
+    parser.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                        help="allow plain HTTP to this registry when it does not speak TLS (loopback registries "
+                        "are allowed already); repeatable")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="read timeout per request (default 60); failed requests are retried with backoff")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    push = sub.add_parser("push", help="push a .wasm module or component as a wasm OCI artifact",
+                          description="Push FILE as a CNCF wasm OCI artifact (config application/vnd.wasm.config."
+                          "v0+json, one application/wasm layer). Credentials: $DOCKER_CONFIG/config.json or "
+                          "~/.docker/config.json. Prints REGISTRY/REPOSITORY@DIGEST.")
+    push.add_argument("file", metavar="FILE")
+    push.add_argument("reference", metavar="REGISTRY/REPOSITORY:TAG")
+    push.add_argument("--annotation", action="append", metavar="KEY=VALUE", help="a manifest annotation; "
+                      "repeatable")
+    pull = sub.add_parser("pull", help="pull a wasm OCI artifact's module or component into a file",
+                          description="Pull the wasm layer of an artifact (current and older layouts) into a file; "
+                          "every byte is checked against its digest, and the file appears only when complete.")
+    pull.add_argument("reference", metavar="REFERENCE")
+    pull.add_argument("-o", "--output", required=True, metavar="FILE")
+    tags = sub.add_parser("tags", help="list a repository's tags")
+    tags.add_argument("repository", metavar="REGISTRY/REPOSITORY")
+    gen = sub.add_parser("generate-key-pair", help="write cosign.key and cosign.pub (cosign's formats)",
+                         description=f"Generate an ECDSA P-256 key pair in cosign's formats; the private key is "
+                         f"encrypted with the password from ${PASSWORD_ENV} or a prompt.")
+    gen.add_argument("--output-key-prefix", default="cosign", metavar="PREFIX", help="file name prefix "
+                     "(default cosign: cosign.key, cosign.pub)")
+    gen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    sign = sub.add_parser("sign", help="sign an image or artifact with a cosign key (offline)",
+                          description="Sign the manifest a reference names, like `cosign sign --key KEY "
+                          "--tlog-upload=false`: key-based, offline (no transparency log, no certificate "
+                          f"authority). Password from ${PASSWORD_ENV} or a prompt.")
+    sign.add_argument("--key", required=True, metavar="cosign.key")
+    sign.add_argument("--format", choices=("bundle", "legacy"), default="bundle",
+                      help="bundle: a sigstore bundle v0.3 referrer (cosign 3's default); legacy: the "
+                      "sha256-<hex>.sig simple-signing manifest (cosign --new-bundle-format=false)")
+    sign.add_argument("reference", metavar="REFERENCE")
+    verify = sub.add_parser("verify", help="verify an image's cosign signatures with public keys (offline)",
+                            description="Verify signatures in both cosign formats (bundle referrers, then the "
+                            ".sig tag) against public keys, like `cosign verify --key KEY --insecure-ignore-tlog`. "
+                            "Exit 1 with the reason for each candidate when none verifies.")
+    verify.add_argument("--key", required=True, action="append", metavar="cosign.pub", help="repeatable: any "
+                        "one key suffices")
+    verify.add_argument("reference", metavar="REFERENCE")
+    for parser, func in ((push, _cmd_push), (pull, _cmd_pull), (tags, _cmd_tags), (gen, _cmd_generate),
+                         (sign, _cmd_sign), (verify, _cmd_verify)):
+        if parser is not gen:
+            _registry_options(parser)
+        parser.set_defaults(func=_guarded(func, parser.prog))
+
+
+def _guarded(func, prog):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result: int = func(args)
+            return result
+        except Exception as exc:
+            # Every error the registry side raises on purpose is defined in wasm_shim.oci and says what failed;
+            # matching by module keeps `pull` from importing the signature code just to name its exceptions.
+            if isinstance(exc, CommandError) or type(exc).__module__.startswith("wasm_shim.oci."):
+                sys.stderr.write(f"{prog}: {exc}\n")
+                return 1
+            raise
+
+    return run

@@ -1,0 +1,278 @@
+"""Real registries on loopback for the supply-chain tests, and the real oras/cosign CLIs.
+
+- `DockerRegistry`: Debian's `docker-registry` (distribution 2.8, no referrers API), optionally with TLS (a test CA
+  and a server certificate for 127.0.0.1 made here with `cryptography`) and basic auth (a bcrypt htpasswd file,
+  the only hash distribution accepts).
+- `ReferrersRegistry`: go-containerregistry's in-memory registry with its OCI referrers API on
+  (tests/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
+  serve` is the same registry with the API off (it answers 404), and zot is not served by the Go module proxy.
+- `TokenServer`: a token issuer for docker-registry's bearer-token authentication (distribution's token spec).
+- `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a test skips when it is missing,
+  like the containerd fixtures do.
+
+Every process started here is stopped by `stop()`; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS_BIN = REPO / ".tools" / "bin"
+
+
+def tool(name: str) -> str:
+    path = TOOLS_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    pytest.skip(f"{name} is not built (scripts/setup.sh builds it into .tools/bin)")
+    raise AssertionError  # unreachable: skip raises
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
+        with socket.socket() as conn:
+            conn.settimeout(1)
+            if conn.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within 20 s")
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class TestCA:
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+def make_tls(directory: Path) -> TestCA:
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files in `directory`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wasm-shim test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    return files
+
+
+@dataclass
+class DockerRegistry:
+    root: Path
+    tls: TestCA | None = None
+    users: dict[str, str] = field(default_factory=dict)
+    token: TokenServer | None = None  # bearer-token auth instead of htpasswd
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> DockerRegistry:
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            pytest.skip("docker-registry is missing (apt-get install docker-registry)")
+        self.port = free_port()
+        self.root.mkdir(parents=True, exist_ok=True)
+        http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        if self.tls:
+            http += f"  tls:\n    certificate: {self.tls.cert_pem}\n    key: {self.tls.key_pem}\n"
+        auth = self.token.registry_auth() if self.token else ""
+        if self.users and not self.token:
+            import bcrypt
+
+            lines = [f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}"
+                     for user, pw in self.users.items()]
+            (self.root / "htpasswd").write_text("\n".join(lines) + "\n")
+            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {self.root / 'htpasswd'}\n"
+        config = self.root / "config.yml"
+        config.write_text("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+                          f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n" + http + auth)
+        log = self.root / "registry.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_listening(self.port, self.process, log, "docker-registry")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def blob_path(self, digest: str) -> Path:
+        hex_digest = digest.removeprefix("sha256:")
+        return self.root / "data/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+@dataclass
+class ReferrersRegistry:
+    root: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ReferrersRegistry:
+        binary = tool("referrers-registry")
+        self.port = free_port()
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = self.root / "registry.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen([binary, "--address", self.address],
+                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        _wait_listening(self.port, self.process, log, "referrers-registry")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class TokenServer:
+    """A token issuer for docker-registry's `auth: token` (distribution's token authentication spec): checks Basic
+    credentials and answers {"token": JWT} granting the scope asked for, signed ES256 by a key whose certificate
+    the registry trusts (rootcertbundle). Loopback only; stops with `close()`."""
+
+    def __init__(self, directory: Path, users: dict[str, str], service: str = "test-registry",
+                 issuer: str = "test-issuer") -> None:
+        import base64
+        import http.server
+        import json
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        from cryptography.x509.oid import NameOID
+
+        self.service, self.issuer, self.requests = service, issuer, 0
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cert_pem = directory / "token-signer.pem"
+        self.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # libtrust's key ID, which distribution matches the JWT's `kid` against: base32 of the first 30 bytes of
+        # sha256(SPKI DER), in groups of four joined by ':'.
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        digest = base64.b32encode(hashlib.sha256(spki).digest()[:30]).decode().rstrip("=")
+        kid = ":".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+        expected = {"Basic " + base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in users.items()}
+        outer = self
+
+        def b64url(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                from urllib.parse import parse_qs, urlsplit
+
+                outer.requests += 1
+                if self.headers.get("Authorization") not in expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                query = parse_qs(urlsplit(self.path).query)
+                access = []
+                for scope in query.get("scope", []):
+                    kind, repo, actions = scope.split(":")
+                    access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+                issued = int(time.time())
+                header = {"typ": "JWT", "alg": "ES256", "kid": kid}
+                claims = {"iss": outer.issuer, "sub": "alice", "aud": query.get("service", [""])[0],
+                          "exp": issued + 300, "nbf": issued - 10, "iat": issued, "jti": str(issued),
+                          "access": access}
+                signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+                r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+                token = f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+                body = json.dumps({"token": token}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True)
+        self._thread.start()
+
+    def registry_auth(self) -> str:
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.service}\n    issuer: {self.issuer}\n"
+                f"    rootcertbundle: {self.cert_pem}\n")
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,127 @@
+"""The signature policy: parsing, rule matching, the decision and the verification cache (oci/policy.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from wasm_shim.oci.policy import PolicyError, Rule, VerificationCache, decide, load_policy, parse_policy
+
+DIGEST = "sha256:" + "aa" * 32
+
+
+def _pub(path: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    path.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    _pub(tmp_path / "team.pub")
+    _pub(tmp_path / "other.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text('default = "deny"\ncache_ttl = 60\n'
+                    '[[rule]]\nimages = ["127.0.0.1:5000/team/*"]\nkeys = ["team.pub"]\nmode = "enforce"\n'
+                    '[[rule]]\nimages = ["127.0.0.1:5000/*"]\nkeys = ["other.pub", "team.pub"]\nmode = "warn"\n'
+                    '[registry]\ninsecure = ["reg.internal:5000"]\ntimeout = 5\n')
+    return path
+
+
+def test_rules_match_first_glob_on_registry_and_repository(policy_file: Path) -> None:
+    policy = load_policy(str(policy_file))
+    assert policy.default == "deny" and policy.cache_ttl == 60
+    team = policy.rule_for("127.0.0.1:5000/team/app")
+    assert team is not None and team.number == 1 and team.mode == "enforce" and len(team.keys) == 1
+    rest = policy.rule_for("127.0.0.1:5000/tools/x")
+    assert rest is not None and rest.number == 2 and rest.mode == "warn" and len(rest.keys) == 2
+    assert policy.rule_for("127.0.0.1:5001/team/app") is None
+    assert policy.registry.insecure == ("reg.internal:5000",) and policy.registry.timeout == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("default = ", "not valid TOML"),
+    ('default = "maybe"', 'default must be "allow" or "deny"'),
+    ('defualt = "allow"', "unknown key.*defualt"),
+    ('[[rule]]\nimages = ["x/*"]\nkeys = ["team.pub"]\nmode = "audit"', 'rule 1: mode must be "enforce" or "warn"'),
+    ('[[rule]]\nimages = []\nkeys = ["team.pub"]', "rule 1: images must be a non-empty list"),
+    ('[[rule]]\nimages = ["x/*"]\nkeys = ["missing.pub"]', "rule 1: cannot read key .*missing.pub"),
+    ('[[rule]]\nimages = ["x/*"]\nkeys = ["team.pub"]\nkey = "x"', "rule 1: unknown key.*key"),
+    ('[[rule]]\nimages = ["x/*"]\nkeys = ["policy.toml"]', "rule 1: .*no PEM block"),
+    ('cache_ttl = -1', "cache_ttl must be a non-negative"),
+    ('[registry]\nca_bundle = "rel.pem"', "ca_bundle must be an absolute path"),
+])
+def test_invalid_policies_are_errors_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
+    _pub(tmp_path / "team.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        load_policy(str(path))
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file .*nope.toml"):
+        load_policy(str(tmp_path / "nope.toml"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_decision_verifies_once_then_uses_the_cache(policy_file: Path, tmp_path: Path) -> None:
+    policy = load_policy(str(policy_file))
+    clock = Clock()
+    cache = VerificationCache(str(tmp_path / "verified"), policy.cache_ttl, clock)
+    calls: list[Rule] = []
+    decision = decide(policy, "127.0.0.1:5000/team/app", DIGEST, calls.append, cache)
+    assert decision.allowed and not decision.cached and len(calls) == 1
+    assert decide(policy, "127.0.0.1:5000/team/app", DIGEST, calls.append, cache).cached
+    # A new daemon (fresh memory) trusts the disk entry; after the TTL it verifies again.
+    fresh = VerificationCache(str(tmp_path / "verified"), policy.cache_ttl, clock)
+    assert decide(policy, "127.0.0.1:5000/team/app", DIGEST, calls.append, fresh).cached
+    clock.now += 61
+    assert not decide(policy, "127.0.0.1:5000/team/app", DIGEST, calls.append, fresh).cached
+    assert len(calls) == 2
+
+
+def test_corrupt_cache_entry_is_verified_again(policy_file: Path, tmp_path: Path) -> None:
+    policy = load_policy(str(policy_file))
+    directory = tmp_path / "verified"
+    VerificationCache(str(directory), 60).store(DIGEST, "k")
+    for entry in directory.iterdir():
+        entry.write_text("{junk")
+    assert not VerificationCache(str(directory), 60).lookup(DIGEST, "k")
+    assert policy.rules
+
+
+def test_refusals_and_warnings_name_image_rule_and_reason(policy_file: Path) -> None:
+    policy = load_policy(str(policy_file))
+    cache = VerificationCache(None, 60)
+
+    def fail(rule: Rule) -> None:
+        raise RuntimeError("no valid signature: made by another key")
+
+    refused = decide(policy, "127.0.0.1:5000/team/app", DIGEST, fail, cache)
+    assert not refused.allowed
+    assert refused.message() == (f"image 127.0.0.1:5000/team/app@{DIGEST} refused by the signature policy: rule 1 "
+                                 "(images 127.0.0.1:5000/team/*; mode enforce): no valid signature: made by another "
+                                 "key")
+    warned = decide(policy, "127.0.0.1:5000/tools/x", DIGEST, fail, cache)
+    assert warned.allowed and warned.warning and "would be refused (warn mode" in warned.message()
+    denied = decide(policy, "ghcr.io/x/y", DIGEST, fail, cache)
+    assert not denied.allowed and "no rule matches ghcr.io/x/y and the default is deny" in denied.message()
+    # A failed verification is never cached.
+    assert not cache.lookup(DIGEST, policy.rules[0].fingerprint)
+
+
+def test_default_allow(tmp_path: Path) -> None:
+    policy = parse_policy("", str(tmp_path / "p.toml"))
+    decision = decide(policy, "any/thing", DIGEST, lambda rule: None, VerificationCache(None, 1))
+    assert decision.allowed and decision.rule is None

@@ -1,0 +1,114 @@
+"""References, digests, descriptors and streaming digest checks (oci/reference.py, oci/digest.py, oci/manifest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from wasm_shim.oci.digest import DigestMismatch, StreamVerifier
+from wasm_shim.oci.manifest import Descriptor, ManifestError, choose_manifest
+from wasm_shim.oci.reference import ReferenceError, parse_reference
+from wasm_shim.oci.registry import fallback_tag, is_loopback
+
+D = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("text, registry, repository, tag, digest", [
+    ("alpine", "docker.io", "library/alpine", "latest", ""),
+    ("team/app:v1", "docker.io", "team/app", "v1", ""),
+    ("index.docker.io/library/busybox", "docker.io", "library/busybox", "latest", ""),
+    ("127.0.0.1:5000/team/app:v1", "127.0.0.1:5000", "team/app", "v1", ""),
+    ("localhost/app", "localhost", "app", "latest", ""),
+    ("localhost:5000/a/b/c", "localhost:5000", "a/b/c", "latest", ""),
+    ("ghcr.io/o/app@" + D, "ghcr.io", "o/app", "", D),
+    ("ghcr.io/o/app:v2@" + D, "ghcr.io", "o/app", "v2", D),
+    ("[::1]:5000/x:y", "[::1]:5000", "x", "y", ""),
+    ("Registry/x", "Registry", "x", "latest", ""),
+    ("my_repo/a__b-c.d", "docker.io", "my_repo/a__b-c.d", "latest", ""),
+])
+def test_parse_reference(text: str, registry: str, repository: str, tag: str, digest: str) -> None:
+    ref = parse_reference(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    assert ref.identifier == (digest or tag)
+
+
+def test_reference_names_and_api_host() -> None:
+    ref = parse_reference("busybox:1")
+    assert ref.name == "docker.io/library/busybox"
+    assert ref.api_host == "registry-1.docker.io"
+    assert str(ref) == "docker.io/library/busybox:1"
+    local = parse_reference("127.0.0.1:5000/team/app:v1")
+    assert local.api_host == "127.0.0.1:5000"
+    assert str(local.with_digest(D)) == f"127.0.0.1:5000/team/app:v1@{D}"
+    assert local.with_tag(fallback_tag(D)).tag == "sha256-" + "ab" * 32
+
+
+@pytest.mark.parametrize("text, part", [
+    ("", "empty"),
+    ("Team/App", "repository"),
+    ("a b", "whitespace"),
+    ("reg.io/app:bad tag", "whitespace"),
+    ("reg.io/app:-x", "tag"),
+    ("reg.io/app@sha256:abc", "digest"),
+    ("reg.io/app@md5:" + "a" * 32, "digest"),
+    ("reg.io//app", "repository"),
+    ("reg.io/app_", "repository"),
+])
+def test_bad_references_name_the_part(text: str, part: str) -> None:
+    with pytest.raises(ReferenceError, match=part):
+        parse_reference(text)
+
+
+def test_bare_repository_has_no_tag_when_asked() -> None:
+    assert parse_reference("reg.io/x", default_tag=False).tag == ""
+
+
+def test_loopback_hosts() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("[::1]")
+    assert is_loopback("localhost")
+    assert not is_loopback("10.0.0.1") and not is_loopback("registry.example")
+
+
+def test_stream_verifier_accepts_exact_bytes() -> None:
+    data = b"x" * 1000
+    verifier = StreamVerifier("sha256:" + hashlib.sha256(data).hexdigest(), len(data), "blob")
+    verifier.update(data[:10])
+    verifier.update(data[10:])
+    verifier.finish()
+
+
+def test_stream_verifier_cuts_off_a_server_sending_more_than_the_size() -> None:
+    data = b"x" * 100
+    verifier = StreamVerifier("sha256:" + hashlib.sha256(data).hexdigest(), 50, "blob B")
+    with pytest.raises(DigestMismatch, match="more than the 50 bytes"):
+        verifier.update(data)
+
+
+def test_stream_verifier_truncated_and_swapped() -> None:
+    data = b"hello"
+    truncated = StreamVerifier("sha256:" + hashlib.sha256(data).hexdigest(), 5, "blob B")
+    truncated.update(b"hel")
+    with pytest.raises(DigestMismatch, match="received 3 bytes.*truncated"):
+        truncated.finish()
+    swapped = StreamVerifier("sha256:" + hashlib.sha256(data).hexdigest(), 5, "blob B")
+    swapped.update(b"HELLO")
+    with pytest.raises(DigestMismatch, match="tampered"):
+        swapped.finish()
+
+
+def test_descriptor_parse_rejects_bad_fields() -> None:
+    assert Descriptor.parse({"mediaType": "a", "digest": D, "size": 3}, "m").size == 3
+    for bad in ({"mediaType": "a", "digest": D, "size": -1}, {"mediaType": "a", "digest": "sha256:x", "size": 1},
+                {"digest": D, "size": 1}, {"mediaType": "a", "digest": D, "size": True}, "junk"):
+        with pytest.raises(ManifestError, match="m"):
+            Descriptor.parse(bad, "m")
+
+
+def test_choose_manifest_prefers_the_wasm_platform() -> None:
+    entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": D, "size": 10}
+    other = dict(entry, digest="sha256:" + "cd" * 32, platform={"os": "linux", "architecture": "amd64"})
+    wasm = dict(entry, platform={"os": "wasip1", "architecture": "wasm"})
+    assert choose_manifest({"manifests": [other, wasm]}, "i").digest == D  # type: ignore[union-attr]
+    assert choose_manifest({"manifests": [other]}, "i").digest == other["digest"]  # type: ignore[union-attr]
+    assert choose_manifest({"manifests": [other, dict(other, digest=D)]}, "i") is None
