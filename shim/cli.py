@@ -83,10 +83,10 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def _cmd_precompile(args: argparse.Namespace) -> int:
-    """Warm the compiled-module cache the daemon reads (issue 3): same engine, same fingerprint, same files."""
+    """Warm the compiled-module cache the daemon reads: same engine, same fingerprint, same files."""
     from .config import ConfigError, load_config
     from .engines.base import EngineError
-    from .engines.wasmtime_engine import WasmtimeEngine
+    from .engines.wasmtime import WasmtimeEngine
 
     try:
         cache_dir = args.cache_dir or load_config().cache_dir

@@ -101,7 +101,7 @@ class Daemon:
 
     async def run(self) -> None:
         from .engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
-        from .engines.wasmtime_engine import WasmtimeEngine
+        from .engines.wasmtime import WasmtimeEngine
         from .events import EventQueue, TtrpcForwarder
         from .rpc import task_handlers
         from .task_service import TaskService
@@ -110,8 +110,8 @@ class Daemon:
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
         engine = WasmtimeEngine(cache_dir=self.config.cache_dir, component_runner=self.config.component_runner)
-        # issue 3: native (ELF/#!) containers run through runc; their init processes are re-parented to the
-        # daemon (a child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
+        # Native (ELF/#!) containers run through runc; their init processes are re-parented to the daemon (a
+        # child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
         become_subreaper()
         native = NativeEngine(root=os.path.join(DEFAULT_RUNC_ROOT, self.namespace or "default"))
         forwarder = TtrpcForwarder(self.ttrpc_address)
@@ -129,7 +129,10 @@ class Daemon:
             await self._serve_until_done(server)
         finally:
             await self.tasks.kill_all()
-            await loop.run_in_executor(None, native.close)  # issue 3: no runc container outlives the daemon
+            # No runc container and no runner process outlives the daemon; the wasmtime engine's compiled code,
+            # ticker and watcher go with it.
+            for closing in (native, engine):
+                await loop.run_in_executor(None, closing.close)
             await server.close(grace=2.0)
             await events.close(timeout=5.0)
             await forwarder.close()

@@ -3,7 +3,7 @@
 Owns the mapping of what a guest can report (linear-memory bytes, CPU time of its thread) onto
 `io.containerd.cgroups.v1.Metrics` or `...v2.Metrics` — CRI decodes only those two (PROTOCOL.md "Task service").
 The version follows the host: v2 when /sys/fs/cgroup is the unified hierarchy, else v1.
-A guest that reports nothing yields zeros rather than an error (Stats must not fail a healthy task).
+A task without a started guest reports zeros rather than an error (Stats must not fail a healthy task).
 """
 
 from __future__ import annotations
@@ -19,16 +19,9 @@ def host_cgroup_v2() -> bool:
     return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
 
-def _guest_usage(guest: object) -> tuple[int, int]:
-    stats = getattr(guest, "stats", None)
-    if stats is None:
-        return 0, 0
-    memory_bytes, cpu_ns = stats()
-    return int(memory_bytes), int(cpu_ns)
-
-
-def task_metrics(guest: object, *, v2: bool | None = None) -> any_pb2.Any:
-    memory, cpu_ns = _guest_usage(guest)
+def task_metrics(memory: int, cpu_ns: int, *, v2: bool | None = None) -> any_pb2.Any:
+    """A guest's (memory bytes, CPU ns) as the host's cgroup Metrics message, packed in an Any."""
+    memory, cpu_ns = int(memory), int(cpu_ns)
     packed = any_pb2.Any()
     if host_cgroup_v2() if v2 is None else v2:
         m2 = cgroups_v2_pb2.Metrics()

@@ -24,14 +24,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from . import bundle as bundles
-from . import image_source  # issue 4 (wasm OCI artifacts); imports no grpc until used
+from . import image_source  # imports no grpc until an artifact's layer is read
 from . import mount as mounts
-from .engines.base import Engine, EngineError, Guest, GuestSpec, Prepared, read_header, resolve_entrypoint
+from .engines.base import (
+    Engine,
+    EngineError,
+    Guest,
+    GuestSpec,
+    Prepared,
+    Unsupported,
+    killed_status,
+    read_header,
+    resolve_entrypoint,
+)
 from .events import EventQueue
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
 from .protos import events_pb2, task_pb2, task_types_pb2
@@ -41,6 +52,7 @@ from .ttrpc.status import Code, RpcError
 log = logging.getLogger(__name__)
 
 VERSION = "wasm-shim 0.1.0"
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -114,6 +126,20 @@ class TaskService:
                 raise RpcError(Code.NOT_FOUND, f"task {task.id!r}: process already finished") from None
             raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from None
 
+    @staticmethod
+    async def _engine_call(task: Task, verb: str, call: Callable[..., Result], *args: Any) -> Result:
+        """Call an engine or guest method where its engine says (a worker thread when ``runs_off_loop``).
+
+        A capability the guest lacks (``Unsupported``) is UNIMPLEMENTED naming it and the engine; an
+        EngineError is left to the caller, whose RPC decides its code.
+        """
+        try:
+            if task.engine.runs_off_loop:
+                return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+            return call(*args)
+        except Unsupported as exc:
+            raise RpcError(Code.UNIMPLEMENTED, f"{verb} {task.id}: {exc}") from None
+
     def _choose_engine(self, spec: GuestSpec) -> Engine:
         for engine in self._engines:
             if engine.can_handle(spec):
@@ -128,7 +154,7 @@ class TaskService:
 
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
-        received_ns = time.time_ns()  # bench hook (issue 5): CreateTask received, wall clock; logged below
+        received_ns = time.time_ns()  # CreateTask received, wall clock: bench/instance_start.py reads the log
         if req.id in self.tasks or req.id in self._pending:
             raise RpcError(Code.ALREADY_EXISTS, f"task {req.id!r} already exists")
         if req.checkpoint:
@@ -136,12 +162,12 @@ class TaskService:
         self._pending.add(req.id)
         try:
             # Everything blocking (mount, artifact fetch, compile or cache load, opening stdio) in ONE worker hop:
-            # each hop costs a thread hand-off and a loop wake-up on the instance-start path (issue 5).
+            # each hop costs a thread hand-off and a loop wake-up on the instance-start path.
             task = await asyncio.get_running_loop().run_in_executor(None, self._build_task, req, namespace)
         finally:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
-        # bench hook (issue 5): bench/instance_start.py reads these wall-clock stamps from the debug log.
+        # bench/instance_start.py reads these wall-clock stamps from the debug log.
         log.debug("created task %s (%s, engine %s); timing create %s received_ns=%d done_ns=%d",
                   req.id, task.spec.args[0], task.engine.name, req.id, received_ns, time.time_ns())
         self._events.publish(namespace, events_pb2.TaskCreate(
@@ -163,10 +189,12 @@ class TaskService:
                 specs = [mounts.MountSpec(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs]
                 mounts.mount_all(specs, rootfs)
                 mounted = True
-            spec = bundles.guest_spec(req.id, bundle)
-            # issue 4 (wasm OCI artifacts) hook: an artifact's rootfs is empty; image_source reads its wasm layer from
-            # containerd's content store over gRPC and places it at args[0]. One lstat for every other image.
+            spec = bundles.guest_spec(req.id, bundle)  # the whole grant, from config.json (bundle.py)
+            # A wasm OCI artifact's rootfs is empty: image_source reads its wasm layer from containerd's content
+            # store over gRPC and places it at args[0]. One lstat for every other image.
             image_source.provide_entrypoint(spec, namespace)
+            # Here the grant and the entrypoint are known and nothing has been compiled or run: the place for any
+            # check that must refuse an image before its code is touched.
             engine = self._choose_engine(spec)
             prepared = engine.prepare(spec)  # may compile (tens of ms) or load from the cache
             io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)
@@ -191,29 +219,28 @@ class TaskService:
         )
 
     async def start(self, req: task_pb2.StartRequest) -> task_pb2.StartResponse:
-        received_ns = time.time_ns()  # bench hook (issue 5): Start received, wall clock; logged below
+        received_ns = time.time_ns()  # Start received, wall clock; logged below for bench/instance_start.py
         task = self._get(req.id, req.exec_id)
         self._transition(task, Action.START)
         loop = asyncio.get_running_loop()
 
-        started = loop.create_future()  # issue 3 (native): an exit is recorded only after TaskStart
+        # A guest may exit before a start that runs off the loop returns: its exit waits for TaskStart.
+        started = loop.create_future()
 
         def on_exit(status: int) -> None:  # called once, from the guest's thread
             loop.call_soon_threadsafe(self._exit_after_start, started, task, status)
 
         try:
-            if getattr(task.engine, "blocking", False):  # issue 3 (native): runc create+start, off the loop
-                task.guest = await loop.run_in_executor(None, task.engine.start, task.prepared, task.io.guest, on_exit)
-            else:
-                task.guest = task.engine.start(task.prepared, task.io.guest, on_exit)
+            task.guest = await self._engine_call(task, "start", task.engine.start, task.prepared, task.io.guest,
+                                                 on_exit)
         except EngineError as exc:
-            self._guest_exited(task, 128 + signal.SIGKILL)
+            self._guest_exited(task, killed_status(signal.SIGKILL))
             raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
-        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, time.time_ns())  # bench hook
-        task.pid = getattr(task.guest, "pid", 0) or task.pid  # issue 3 (native): the container's init pid
+        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, time.time_ns())
+        task.pid = task.guest.pid or task.pid  # a guest with a process of its own reports it (a container's init)
         self._events.publish(task.namespace, events_pb2.TaskStart(container_id=task.id, pid=task.pid))
         started.set_result(None)
-        if task.killed_by:  # issue 3 (native): a Kill that came while runc was starting the container
+        if task.killed_by:  # a Kill that came while an off-loop start was running
             try:
                 await self.kill(task_pb2.KillRequest(id=task.id, signal=task.killed_by))
             except RpcError as exc:
@@ -221,7 +248,7 @@ class TaskService:
         return task_pb2.StartResponse(pid=task.pid)
 
     def _exit_after_start(self, started: asyncio.Future[None], task: Task, status: int) -> None:
-        """Issue 3 (native): a container may exit before its off-loop start returns; keep start < exit."""
+        """A container may exit before its off-loop start returns; keep start < exit."""
         if started.done():
             self._guest_exited(task, status)
         else:
@@ -230,7 +257,7 @@ class TaskService:
     def _guest_exited(self, task: Task, status: int) -> None:
         """The guest is gone (its thread released every fd it had). Drain stdio, then record the exit."""
         task.gone.set()
-        if getattr(task.guest, "oom", False):  # issue 3 (engine2): it ended at its memory limit
+        if task.guest is not None and task.guest.oom:  # it ended at its memory limit
             log.info("task %s ran out of memory (limit %s bytes)", task.id, task.spec.memory_limit)
             self._events.publish(task.namespace, events_pb2.TaskOOM(container_id=task.id))
         loop = asyncio.get_running_loop()
@@ -263,22 +290,18 @@ class TaskService:
             return empty_pb2.Empty()
         task.killed_by = task.killed_by or req.signal
         if task.guest is not None:
-            # issue 3 (native): `runc kill [--all]`, a subprocess, so off the loop; KillRequest.all -> kill_all
-            kill = (getattr(task.guest, "kill_all", None) if req.all else None) or task.guest.kill
             try:
-                if getattr(task.engine, "blocking", False):
-                    await asyncio.get_running_loop().run_in_executor(None, kill, req.signal)
-                else:
-                    kill(req.signal)
+                await self._engine_call(task, "kill", task.guest.kill, req.signal, req.all)
             except EngineError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, f"kill {task.id}: {exc}") from None
-            if not task.unblocking and not getattr(task.engine, "blocking", False):
-                # A wasm guest blocked writing to an output FIFO whose reader is gone would never see its kill.
+            if not task.unblocking and task.guest.in_daemon:
+                # A guest in a daemon thread blocked writing to an output FIFO whose reader is gone would never
+                # see its kill.
                 task.unblocking = True
                 asyncio.get_running_loop().run_in_executor(None, task.io.unblock_writers, task.gone)
         elif state is TaskState.CREATED:
             # Never started: there is no guest thread; the process "exits" killed right away.
-            self._guest_exited(task, 128 + req.signal)
+            self._guest_exited(task, killed_status(req.signal))
         return empty_pb2.Empty()
 
     async def delete(self, req: task_pb2.DeleteRequest) -> task_pb2.DeleteResponse:
@@ -288,11 +311,10 @@ class TaskService:
             task.io.close()
             task.exit_status, task.exited_at_ns = 0, self._clock()
         del self.tasks[task.id]
-        remove = getattr(task.guest, "delete", None)  # issue 3 (native): runc delete --force, before unmounting
-        if remove is not None:
+        if task.guest is not None:  # e.g. `runc delete --force`: before unmounting what the container used
             try:
-                await asyncio.get_running_loop().run_in_executor(None, remove)
-            except EngineError as exc:
+                await self._engine_call(task, "delete", task.guest.delete)
+            except (EngineError, RpcError) as exc:
                 log.error("task %s: %s", task.id, exc)
         if task.rootfs_mounted:
             rootfs = task.spec.rootfs
@@ -323,27 +345,24 @@ class TaskService:
         return response
 
     async def pause(self, req: task_pb2.PauseRequest) -> empty_pb2.Empty:
-        """issue 3 (engine2): freeze a running task (the engine parks its guest); publishes /tasks/paused."""
+        """Freeze a running task (the engine parks its guest); publishes /tasks/paused."""
         return await self._freeze(req.id, "pause", Action.PAUSE, events_pb2.TaskPaused(container_id=req.id))
 
     async def resume(self, req: task_pb2.ResumeRequest) -> empty_pb2.Empty:
-        """issue 3 (engine2): thaw a paused task; publishes /tasks/resumed."""
+        """Thaw a paused task; publishes /tasks/resumed."""
         return await self._freeze(req.id, "resume", Action.RESUME, events_pb2.TaskResumed(container_id=req.id))
 
     async def _freeze(self, task_id: str, verb: str, action: Action, event: Message) -> empty_pb2.Empty:
         task = self._get(task_id)
-        call = getattr(task.guest, verb, None)
-        if call is None and task.lifecycle.state is TaskState.RUNNING:
-            raise RpcError(Code.UNIMPLEMENTED, f"{verb} {task.id}: the {task.engine.name} engine cannot {verb} tasks")
         self._transition(task, action)  # FAILED_PRECONDITION unless RUNNING (pause) / PAUSED (resume)
-        assert call is not None
+        guest = task.guest
+        assert guest is not None  # RUNNING and PAUSED tasks have started
         try:
-            if getattr(task.engine, "blocking", False):
-                await asyncio.get_running_loop().run_in_executor(None, call)
-            else:
-                call()
-        except EngineError as exc:
+            await self._engine_call(task, verb, guest.pause if action is Action.PAUSE else guest.resume)
+        except (EngineError, RpcError) as exc:
             task.lifecycle.apply(Action.RESUME if action is Action.PAUSE else Action.PAUSE)  # undo
+            if isinstance(exc, RpcError):
+                raise
             raise RpcError(Code.FAILED_PRECONDITION, f"{verb} {task.id}: {exc}") from None
         log.info("task %s %s", task.id, "paused" if action is Action.PAUSE else "resumed")
         self._events.publish(task.namespace, event)
@@ -351,8 +370,7 @@ class TaskService:
 
     async def pids(self, req: task_pb2.PidsRequest) -> task_pb2.PidsResponse:
         task = self._get(req.id)
-        listed = getattr(task.guest, "pids", None)  # issue 3 (native): every process in the container's cgroup
-        pids = listed() if listed is not None else [task.pid]
+        pids = [task.pid] if task.guest is None else await self._engine_call(task, "pids", task.guest.pids)
         return task_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=pid) for pid in pids])
 
     async def connect(self, req: task_pb2.ConnectRequest) -> task_pb2.ConnectResponse:
@@ -375,7 +393,8 @@ class TaskService:
         from .stats import task_metrics
 
         task = self._get(req.id)
-        return task_pb2.StatsResponse(stats=task_metrics(task.guest))
+        memory, cpu_ns = (0, 0) if task.guest is None else await self._engine_call(task, "stats", task.guest.stats)
+        return task_pb2.StatsResponse(stats=task_metrics(memory, cpu_ns))
 
     async def not_implemented(self, what: str) -> None:
         raise RpcError(Code.UNIMPLEMENTED, f"{what} is not implemented for wasm tasks")

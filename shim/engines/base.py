@@ -1,31 +1,46 @@
-"""The engine seam: what the task service hands an engine, what it gets back, and the engine-neutral rules.
+"""The engine contract: what the task service hands an engine, what it gets back, and the engine-neutral rules.
 
-This module owns the interface between the task service and a WebAssembly engine (DESIGN principle 6: an
-engine is one module behind a small interface) plus the pure helpers every engine needs: resolving the
-entrypoint inside a rootfs without escaping it, classifying a WebAssembly header, and mapping signals to exit
-statuses. It imports no engine and does no I/O beyond ``lstat``/``readlink``/reading 8 header bytes inside the
-rootfs.
+This module owns the interface between the task service and an engine (DESIGN principle 6: an engine sits
+behind one declared contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine
+needs: resolving the entrypoint inside a rootfs without escaping it, classifying a WebAssembly header, and the
+exit-status and CPU rules below. It imports no engine and does no I/O beyond ``lstat``/``readlink``/reading 8
+header bytes inside the rootfs and reading ``config.json`` for the network namespace.
 
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
   names the path or export at fault (the user reads it in ``ctr`` output or ``kubectl describe``).
-- ``Engine.start`` returns at once; the guest runs on its own thread. ``on_exit(status)`` is called exactly
-  once, from that thread, after every fd and native resource the engine opened for the guest is closed
-  (``ctr`` waits for EOF on the stdout/stderr FIFOs; a leaked writer is a hung ``ctr run``).
-- Exit statuses: normal return 0; WASI exit(n) -> n; component ``run`` returning err -> 1; trap -> 134 (like
-  the wasmtime CLI, a one-line ``wasm trap: ...`` goes to the guest's stderr); any other error (e.g. a failed
-  instantiation) -> 1 with ``wasm error: ...`` on stderr; kill(sig) -> 128 + sig.
+- ``Engine.start`` returns a ``Guest``; ``on_exit(status)`` is then called exactly once, from another thread,
+  after every fd and native resource the engine opened for the guest is closed (``ctr`` waits for EOF on the
+  stdout/stderr FIFOs; a leaked writer is a hung ``ctr run``). A guest in a child process of the daemon
+  exposes its ``pid``, and its on_exit runs only after that process was reaped.
+- ``Engine.runs_off_loop`` says whether ``start`` and the guest's calls block; ``Engine.close`` stops every
+  guest and frees the engine (the daemon calls it on exit).
 - ``Guest.kill`` is thread-safe and idempotent. A wasm guest cannot handle signals: a signal whose default
   action terminates a process terminates the guest, one whose default action is to ignore is a no-op, and
   signal 0 only checks. Stop/continue signals cannot be honoured and raise ``EngineError``.
-- Optional (``PausableGuest``): ``pause``/``resume`` freeze and thaw a guest; ``stats`` reports its memory and
-  CPU; ``oom`` says, by the time on_exit runs, that the guest ended after hitting its memory limit.
-- A guest may run in a child process of the daemon (the wasmtime engine's component runner); it then exposes
-  ``pid`` and its on_exit runs only after that process was reaped.
+- Optional capabilities (``pause``/``resume``, ``stats``, ``pids``) raise ``Unsupported`` by default, which
+  the task service answers with UNIMPLEMENTED naming the capability and the engine.
+
+Exit statuses (one rule for every way a wasm guest runs: a module or a component in a daemon thread, a
+component in the runner process, ``runner/src/main.rs``):
+- normal return, or a component's ``run`` returning ok: 0; ``run`` returning err: 1 (``EXIT_FAILURE``).
+- WASI ``proc_exit(n)`` / ``wasi:cli/exit``: n (its low 8 bits, as POSIX keeps them).
+- a trap (unreachable, out-of-bounds access, stack overflow, ...): 134 (``EXIT_TRAP``, 128 + SIGABRT, what the
+  wasmtime CLI exits with), with one line ``wasm trap: ...`` on the guest's stderr.
+- any other error (a failed instantiation, a host error, wasmtime refusing an exit code): 1, with one line
+  ``wasm error: ...`` on the guest's stderr.
+- killed by a terminating signal: 128 + that signal (the first one sent), whatever the guest did meanwhile.
+
+CPU limits (``GuestSpec.cpu_limit``, CPUs = quota / period): a token bucket on the guest's own CPU clock. The
+guest earns ``cpu_limit`` CPU-seconds per wall-second, holds at most ``cpu_limit * CPU_BURST_SECONDS`` of them,
+starts with a full bucket, and sleeps off any debt at its next epoch tick (every 10 ms while limited). That is
+CFS bandwidth control with its default 100 ms period (a fresh cgroup may run its whole quota in its first
+period; unused quota does not carry over beyond one period).
 """
 
 from __future__ import annotations
 
+import abc
 import errno
 import json
 import os
@@ -35,7 +50,7 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 class EngineError(Exception):
@@ -65,7 +80,7 @@ class GuestSpec:
     annotations: Mapping[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes, from linux.resources.memory.limit
     bundle: str = ""  # host path of the OCI bundle (config.json); the native engine hands it to runc
-    cpu_limit: float | None = None  # CPUs (quota / period), from linux.resources.cpu (issue 3)
+    cpu_limit: float | None = None  # CPUs (quota / period), from linux.resources.cpu
 
 
 @dataclass(frozen=True)
@@ -81,31 +96,64 @@ class GuestStdio:
     stderr: str | None = None
 
 
-class Guest(Protocol):
-    def kill(self, signal: int) -> None:
-        """Thread-safe, idempotent; the guest stops soon and on_exit gets 128 + signal."""
-        ...
+class Unsupported(Exception):
+    """A guest capability its engine does not have; the task service answers it with UNIMPLEMENTED.
 
-
-class PausableGuest(Guest, Protocol):
-    """Optional: a guest that can be frozen and thawed (Pause/Resume) and report its usage.
-
-    ``oom`` is True once the guest has ended after its memory limit refused a growth (read it in on_exit).
+    The message names the capability and the engine (``the native engine cannot pause tasks``).
     """
 
-    oom: bool
+    def __init__(self, engine: str, capability: str):
+        super().__init__(f"the {engine} engine cannot {capability}")
+        self.engine = engine
+        self.capability = capability
+
+
+class Guest(abc.ABC):
+    """A started guest, as the task service drives it. Every engine's guest type derives from this class.
+
+    Only ``kill`` is required; a capability an engine lacks keeps the default here, which raises
+    ``Unsupported`` (never an AttributeError). Attributes:
+
+    - ``engine_name``: the engine, for messages.
+    - ``pid``: the guest's own process (a child of the daemon), or 0 for a guest in a thread of the daemon
+      (the task then reports the daemon's pid).
+    - ``oom``: True, by the time on_exit runs, when the guest ended after its memory limit refused a growth.
+    - ``in_daemon``: the guest runs in a thread of the daemon, so the fds it writes its output to are the
+      daemon's: a kill cannot stop a write blocked on a full FIFO nobody reads, and the task service must drain
+      that FIFO for the kill to be seen (``TaskIO.unblock_writers``). A child process is simply killed.
+    """
+
+    engine_name: ClassVar[str] = "unknown"
+    in_daemon: ClassVar[bool] = False
+    pid: int = 0
+    oom: bool = False
+
+    @abc.abstractmethod
+    def kill(self, signal: int, all: bool = False) -> None:
+        """Thread-safe, idempotent; the guest stops soon and on_exit gets 128 + signal.
+
+        ``all`` (KillRequest.all) signals every process of the guest; a guest that is one process or thread
+        treats it like a plain kill. Raises EngineError for a signal the guest cannot take.
+        """
 
     def pause(self) -> None:
-        """Thread-safe: the guest executes no more wasm until ``resume``; a kill still stops it."""
-        ...
+        """Thread-safe: the guest executes no more until ``resume``; a kill still stops it."""
+        raise Unsupported(self.engine_name, "pause tasks")
 
     def resume(self) -> None:
-        ...
+        raise Unsupported(self.engine_name, "resume tasks")
 
     def stats(self) -> tuple[int, int]:
-        """(memory bytes, CPU nanoseconds): linear memory and the guest thread's CPU for an in-process guest;
-        resident set size and CPU of the process for a guest in its own process."""
-        ...
+        """(memory bytes, CPU nanoseconds) the guest uses now (or used last, once it has ended)."""
+        raise Unsupported(self.engine_name, "report task statistics")
+
+    def pids(self) -> list[int]:
+        """The guest's processes, its main one first; empty once it has ended."""
+        raise Unsupported(self.engine_name, "list task processes")
+
+    def delete(self) -> None:
+        """Remove what the guest holds beyond its exit (idempotent). Most guests hold nothing: a no-op."""
+        return None
 
 
 class Prepared(Protocol):
@@ -113,18 +161,31 @@ class Prepared(Protocol):
 
 
 class Engine(Protocol):
+    """An engine: chooses the guests it can run, prepares and starts them, and releases everything on close.
+
+    ``runs_off_loop`` is the one scheduling fact the task service needs: True when ``start`` and the calls of
+    its guests (kill, pause, resume, delete) block (they run subprocesses, e.g. runc), so the task service runs
+    them on a worker thread; False when they return at once and are called on the event loop. ``prepare``
+    may compile and is always called off the loop.
+    """
+
     name: str
+    runs_off_loop: bool
 
     def can_handle(self, spec: GuestSpec) -> bool:
-        """Cheap: resolves args[0] inside the rootfs and reads 8 bytes looking for the wasm magic."""
+        """Cheap: resolves args[0] inside the rootfs and reads a few bytes of it."""
         ...
 
     def prepare(self, spec: GuestSpec) -> Prepared:
-        """May compile (cached); raises EngineError; call it off the event loop."""
+        """May compile (cached); raises EngineError naming the path or export at fault."""
         ...
 
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Guest:
-        """Returns at once; the guest runs on its own thread and on_exit(status) is called exactly once."""
+        """Starts the guest; on_exit(status) is then called exactly once, from another thread."""
+        ...
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Refuse new guests, stop every guest still running and wait up to ``timeout`` for them."""
         ...
 
 
@@ -132,6 +193,7 @@ class Engine(Protocol):
 
 EXIT_TRAP = 134  # 128 + SIGABRT: what the wasmtime CLI exits with on a trap
 EXIT_FAILURE = 1  # component run returned err; any error that is not a trap (e.g. failed instantiation)
+CPU_BURST_SECONDS = 0.1  # the CPU-limit bucket's size in seconds of the guest's share (see "CPU limits")
 
 # Signals whose default action (signal(7)) is to ignore: a wasm guest has no handlers, so delivering them does
 # nothing. Stop/continue cannot be honoured by a thread running wasm.

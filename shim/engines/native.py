@@ -26,12 +26,12 @@ Reaping without a global reaper
 
 Rules (on top of ``base``'s engine contract):
 - Unlike a wasm engine's, ``start`` blocks while runc creates and starts the container (tens of milliseconds),
-  and so do ``kill`` and ``delete``: callers run them off the event loop (``NativeEngine.blocking``). ``start``
+  and so do ``kill`` and ``delete``: callers run them off the event loop (``NativeEngine.runs_off_loop``). ``start``
   either returns a started guest, and then ``on_exit(status)`` is called exactly once after init was reaped
   (from the watcher thread, or from start's own thread for a container that ended before start returned), or
   raises EngineError and never calls ``on_exit`` (whatever runc had created is deleted again).
-- ``NativeGuest.kill``/``kill_all`` signal through ``runc kill`` (``--all``: every process of the container);
-  a container that already exited makes them a no-op. ``delete`` runs ``runc delete --force`` and is
+- ``NativeGuest.kill`` signals through ``runc kill`` (``all``: ``--all``, every process of the container);
+  a container that already exited makes it a no-op. ``delete`` runs ``runc delete --force`` and is
   idempotent; it removes runc's state and the container's cgroup. Every runc call has a timeout.
 - ``stats``/``pids`` read the container's cgroup (v1: memory.usage_in_bytes, cpuacct.usage; v2: memory.current,
   cpu.stat) at the path init was placed in; ``pids`` is empty once init has exited, and both read nothing
@@ -60,9 +60,9 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from .base import EngineError, GuestSpec, GuestStdio, safe_join
+from .base import EngineError, Guest, GuestSpec, GuestStdio, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,8 @@ class NativeEngine:
     """Runs native (ELF / ``#!``) entrypoints as runc containers; see the module docstring."""
 
     name = "native"
-    blocking = True  # start, kill and delete run runc: the task service calls them off the event loop
+    runs_off_loop = True  # start, kill and delete run runc (tens of milliseconds): the task service calls them
+    #                       on a worker thread
 
     def __init__(self, root: str = os.path.join(DEFAULT_RUNC_ROOT, "default"), runc: str = "runc") -> None:
         self.root = root
@@ -625,8 +626,10 @@ def cgroup_pids(cgroups: dict[str, str], root: str = CGROUP_ROOT) -> list[int]:
 
 # --- guests -----------------------------------------------------------------------------------------------------
 
-class NativeGuest:
-    """A runc container of ours: its init ``pid``, signals, usage, and deletion."""
+class NativeGuest(Guest):
+    """A runc container of ours: its init ``pid``, signals, usage, and deletion (no pause: see the docstring)."""
+
+    engine_name: ClassVar[str] = "native"
 
     def __init__(self, runc: Runc, task_id: str) -> None:
         self.runc = runc
@@ -644,13 +647,10 @@ class NativeGuest:
         """None while init runs; its status once it was reaped."""
         return self._exit_status
 
-    def kill(self, signal: int) -> None:
-        """Signal the container's init process (``runc kill``); a no-op once it has exited."""
-        self._signal(signal, every_process=False)
-
-    def kill_all(self, signal: int) -> None:
-        """Signal every process of the container (``runc kill --all``, KillRequest.all)."""
-        self._signal(signal, every_process=True)
+    def kill(self, signal: int, all: bool = False) -> None:
+        """Signal the container's init process, or with ``all`` every process of it (``runc kill [--all]``);
+        a no-op once it has exited."""
+        self._signal(signal, every_process=all)
 
     def stats(self) -> tuple[int, int]:
         """(memory bytes, cpu ns) of the container's cgroup."""

@@ -28,7 +28,7 @@ import pytest
 from tests.integration.shimtools import RUNTIME, remove_task, task_pid, wait_for
 from tests.integration.shimtools import task_status as _status
 from wasm_shim.shim.engines.base import EngineError, GuestSpec
-from wasm_shim.shim.engines.wasmtime_engine import WasmtimeEngine
+from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from wasm_shim.shim.engines.base import EngineError, GuestMount, GuestSpec, GuestStdio
-from wasm_shim.shim.engines.wasmtime_engine import WasmtimeEngine, WasmtimeGuest
+from wasm_shim.shim.engines.wasmtime import WasmtimeEngine, WasmtimeGuest
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wasm_shim.shim.engines.wasmtime_engine import MAX_TRAP_FRAMES, error_summary, trap_report
+from wasm_shim.shim.engines.wasmtime.reports import MAX_TRAP_FRAMES, error_summary, trap_report
 
 MODULE_TRAP = """error while executing at wasm backtrace:
     0:    0x18a - <unknown>!__original_main

@@ -1,0 +1,297 @@
+"""The compiled-artifact cache: compiled modules and components by the sha256 of their bytes.
+
+Owns one bounded in-memory LRU over an optional on-disk store, and the on-disk file format and its checks.
+
+Key: sha256 of the wasm bytes, under a directory named by the engine fingerprint (wasmtime version, the
+``Config`` we set, machine). In memory: an LRU of ``memory_entries`` finished artifacts (what every start
+reuses: an ``InstancePre``, a component's run export). On disk, under ``cache_dir`` (if given):
+``<fingerprint>/<sha256>.<kind>.cwasm`` = magic + sha256(payload) + payload, written to a temporary file and
+renamed. Deserializing untrusted bytes is unsafe (they are machine code), so the cache directory must be owned
+by us and not accessible to group/others (0700; checked at construction), files are opened with O_NOFOLLOW and
+must be ours, and a file whose digest or header does not match, or that wasmtime refuses, is deleted and the
+module recompiled. The component runner (``runner/``) writes its own artifacts in the same format and checks
+them the same way (``runner/src/main.rs``, ``Cache``).
+
+Invariants: concurrent requests for the same bytes compile once; only finished artifacts enter memory; a cache
+that cannot be written costs the next start a compile, never a failed container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import wasmtime
+import wasmtime.component as wasm_component
+
+from ..base import EngineError, WasmKind
+from .reports import error_summary
+
+log = logging.getLogger(__name__)
+
+CACHE_MAGIC = b"wasm-shim-cwasm-v1\n"
+
+Finished = TypeVar("Finished")
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of the compiled-artifact cache (a snapshot)."""
+
+    compiles: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    disk_writes: int = 0
+    disk_discarded: int = 0  # corrupt, foreign or incompatible files deleted
+
+
+@dataclass(frozen=True)
+class RunnerArtifact:
+    """Where a runner finds a compiled component: a cache file and the sha256 (hex) of its payload."""
+
+    path: str
+    payload_sha256: str
+
+
+class CacheFileRefused(Exception):
+    """A cache file we must not deserialize (not ours, not private, bad header or digest); says why."""
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def check_private_dir(path: str, create: bool) -> None:
+    """The cache directory must be ours and closed to group/others: its files are machine code we run."""
+    if create:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise EngineError(f"compiled-module cache {path}: cannot create it: {exc.strerror}") from None
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise EngineError(f"compiled-module cache {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise EngineError(f"compiled-module cache {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise EngineError(
+            f"compiled-module cache {path} is owned by uid {info.st_uid}, not by us ({os.geteuid()})"
+        )
+    if info.st_mode & 0o077:
+        raise EngineError(
+            f"compiled-module cache {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0700 "
+            "(its files are machine code this process executes)"
+        )
+
+
+def read_cache_file(path: str) -> bytes:
+    """The payload of the cache file ``path`` once it passed every check; FileNotFoundError if missing.
+
+    Deserializing is running machine code, so the file must be a regular file (not a symlink) owned by us and
+    closed to group/others, start with our magic and carry the sha256 of its payload. Raises
+    ``CacheFileRefused`` naming the failed check.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CacheFileRefused(f"cannot open: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise CacheFileRefused("not a private regular file of ours")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            blob = file.read()
+    finally:
+        os.close(fd)
+    header = len(CACHE_MAGIC) + 32
+    payload = blob[header:]
+    if blob[: len(CACHE_MAGIC)] != CACHE_MAGIC or blob[len(CACHE_MAGIC) : header] != sha256(payload):
+        raise CacheFileRefused("header or digest mismatch")
+    return payload
+
+
+class ArtifactCache(Generic[Finished]):
+    """Compiled artifacts by sha256 of their bytes: a bounded in-memory LRU over an optional on-disk store."""
+
+    def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache_dir: str | None, memory_entries: int):
+        self._engine = engine
+        self._memory: OrderedDict[str, Finished] = OrderedDict()
+        self._memory_entries = memory_entries
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Lock] = {}
+        self._counts = {name: 0 for name in CacheStats.__dataclass_fields__}
+        self._runner_files: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (identity, payload sha256)
+        self._dir: str | None = None
+        if cache_dir is not None:
+            check_private_dir(cache_dir, create=True)
+            self._dir = os.path.join(cache_dir, fingerprint)
+            check_private_dir(self._dir, create=True)
+
+    @property
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(**self._counts)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def get(
+        self, digest: str, kind: WasmKind, wasm: bytes, name: str, finish: Callable[[Any], Finished]
+    ) -> tuple[Finished, str]:
+        """The finished artifact for ``wasm`` and where it came from: "memory", "disk" or "compiled".
+
+        ``finish`` turns a fresh Module/Component into what every start shares (links it, finds its entry);
+        only finished artifacts enter the memory cache.
+        """
+        key = f"{digest}.{kind.value}"
+        with self._lock:
+            hit = self._memory.get(key)
+            if hit is not None:
+                self._memory.move_to_end(key)
+                self._counts["memory_hits"] += 1
+                return hit, "memory"
+            gate = self._inflight.setdefault(key, threading.Lock())
+        with gate:  # concurrent prepares of the same bytes compile once
+            with self._lock:
+                hit = self._memory.get(key)
+                if hit is not None:
+                    self._memory.move_to_end(key)
+                    self._counts["memory_hits"] += 1
+                    return hit, "memory"
+            try:
+                source = "disk"
+                artifact = self._load(key, kind)
+                if artifact is None:
+                    source = "compiled"
+                    artifact = self._compile(kind, wasm, name)
+                    self._store(key, artifact)
+                finished = finish(artifact)
+            finally:
+                with self._lock:
+                    self._inflight.pop(key, None)
+            with self._lock:
+                self._memory[key] = finished
+                while len(self._memory) > self._memory_entries:
+                    self._memory.popitem(last=False)
+            return finished, source
+
+    def _compile(self, kind: WasmKind, wasm: bytes, name: str) -> Any:
+        self._count("compiles")
+        try:
+            if kind is WasmKind.MODULE:
+                return wasmtime.Module(self._engine, wasm)
+            return wasm_component.Component(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise EngineError(f"{name} is not valid WebAssembly: {error_summary(str(exc))}") from None
+
+    def _path(self, key: str) -> str | None:
+        return None if self._dir is None else os.path.join(self._dir, key + ".cwasm")
+
+    def _load(self, key: str, kind: WasmKind) -> Any:
+        path = self._path(key)
+        if path is None:
+            return None
+        try:
+            payload = read_cache_file(path)
+        except FileNotFoundError:
+            return None
+        except CacheFileRefused as exc:
+            self._discard(path, str(exc))
+            return None
+        try:
+            if kind is WasmKind.MODULE:
+                artifact: Any = wasmtime.Module.deserialize(self._engine, payload)
+            else:
+                artifact = wasm_component.Component.deserialize(self._engine, payload)
+        except wasmtime.WasmtimeError as exc:
+            self._discard(path, f"wasmtime refused it: {error_summary(str(exc))}")
+            return None
+        self._count("disk_hits")
+        return artifact
+
+    def _store(self, key: str, artifact: Any) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        try:
+            self._write(path, bytes(artifact.serialize()))
+        except OSError as exc:
+            # The cache is an optimisation: a full disk must not fail the container.
+            log.warning("cannot write compiled-module cache file %s: %s", path, exc)
+
+    def _write(self, path: str, payload: bytes) -> str:
+        """Write a cache file (temporary name, fsync, rename); return the payload's sha256 (hex)."""
+        digest = sha256(payload)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(CACHE_MAGIC + digest + payload)
+                file.flush()
+                os.fsync(file.fileno())
+            os.rename(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._count("disk_writes")
+        return digest.hex()
+
+    def runner_file(
+        self, digest: str, component: wasm_component.Component, fallback_dir: Callable[[], str]
+    ) -> RunnerArtifact:
+        """The compiled ``component`` (of bytes with sha256 ``digest``) on disk for a runner: the cache file,
+        written if missing.
+
+        The file is read back and its digest checked once per (inode, size, mtime); a file that changed or
+        went away since is rewritten from the in-memory component. Without a cache_dir, ``fallback_dir()``
+        (a private temporary directory of the engine) holds it.
+        """
+        key = f"{digest}.{WasmKind.COMPONENT.value}"
+        path = self._path(key) or os.path.join(fallback_dir(), key + ".cwasm")
+        with self._lock:
+            known = self._runner_files.get(path)
+        try:
+            info = os.lstat(path)
+            identity: tuple[int, ...] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except OSError:
+            identity = None
+        if known is not None and identity == known[0]:
+            return RunnerArtifact(path, known[1])
+        try:
+            payload_digest = sha256(read_cache_file(path)).hex() if identity is not None else None
+        except (OSError, CacheFileRefused) as exc:
+            self._discard(path, str(exc))
+            payload_digest = None
+        if payload_digest is None:
+            try:
+                payload_digest = self._write(path, bytes(component.serialize()))
+            except OSError as exc:
+                raise EngineError(
+                    f"cannot write the compiled component to {path} for its runner process: {exc.strerror}"
+                ) from None
+        info = os.lstat(path)
+        with self._lock:
+            self._runner_files[path] = ((info.st_ino, info.st_size, info.st_mtime_ns), payload_digest)
+        return RunnerArtifact(path, payload_digest)
+
+    def _discard(self, path: str, why: str) -> None:
+        log.warning("discarding compiled-module cache file %s: %s", path, why)
+        self._count("disk_discarded")
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

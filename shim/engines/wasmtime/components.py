@@ -1,0 +1,143 @@
+"""WebAssembly components (``wasi:cli/run`` commands): inspected, checked, and run in a thread or a runner.
+
+Owns what is specific to components: inspecting a compiled component's exports once (``inspect_component``,
+the step that decides what a component can be started as), the entry check (a component runs only through
+``wasi:cli/run@0.2.x``), how it is isolated (``component_isolation``), and running it in a thread of the
+daemon (``ComponentGuest``; the default is a runner process, ``runner``).
+
+Isolation. Components block inside wasmtime's own Rust WASI code (sleep, poll, socket accept) where no Python
+runs and no epoch reaches, so by default each component runs in a child process of its own, the runner, where a
+kill is SIGKILL. ``wasm.shim.io/component-isolation: thread`` keeps a component that never blocks in the daemon
+(cheaper; one that sleeps is killed only when its sleep ends, with the kill's status).
+
+Exit statuses: ``run`` returning ok is 0, err is 1; ``wasi:cli/exit`` with a code is that code; traps and other
+errors follow ``base``'s rule. wasmtime-py 50 exposes no component memories: ``stats`` reports memory 0 and
+``oom`` is never set for a component in a thread (the runner sees refused growths itself).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import wasmtime
+import wasmtime.component as wasm_component
+
+from ..base import EXIT_FAILURE, EngineError, Entrypoint, GuestMount, GuestSpec
+from ..network import NO_NETWORK, NetworkGrant
+from .cache import RunnerArtifact
+from .epochs import Epochs
+from .reports import dispose
+from .thread_guest import GuestKilled, ThreadGuest
+
+RUN_INTERFACE = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
+ISOLATION_ANNOTATION = "wasm.shim.io/component-isolation"
+ISOLATIONS = ("process", "thread")
+
+
+@dataclass(frozen=True)
+class CompiledComponent:
+    """A compiled component and what every start of it needs, shared by all guests of the same bytes."""
+
+    digest: str
+    component: wasm_component.Component
+    run_index: wasm_component.ExportIndex | None  # wasi:cli/run@0.2.x#run, when exported
+    exports: tuple[str, ...]  # the names of its exports (interfaces and functions), for messages
+
+
+@dataclass(frozen=True)
+class ComponentPrepared:
+    """A component ready to start: the compiled artifact, the guest's grant, and where it runs."""
+
+    spec: GuestSpec
+    entry: Entrypoint
+    compiled: CompiledComponent
+    env: tuple[tuple[str, str], ...]
+    preopens: tuple[GuestMount, ...]
+    isolation: str  # "process" (a runner) or "thread"
+    network: NetworkGrant = NO_NETWORK  # granted: only the Rust component runner honours it (runner/)
+    netns: str | None = None  # the pod's network namespace the Rust runner joins (granted only)
+    runner: str | None = None  # the Rust component runner executable (process isolation, when installed)
+    artifact: RunnerArtifact | None = None  # the compiled component on disk, for the Python runner
+
+
+def inspect_component(wasm: wasmtime.Engine, component: wasm_component.Component, digest: str) -> CompiledComponent:
+    """What every start of this component reuses: its export names and the index of wasi:cli/run#run (if any)."""
+    exports = tuple(component.type.exports(wasm))
+    interfaces = [export for export in exports if RUN_INTERFACE.match(export)]
+    run_index = None
+    if interfaces:
+        interface = component.get_export_index(interfaces[0])
+        if interface is not None:
+            run_index = component.get_export_index("run", interface)
+    return CompiledComponent(digest, component, run_index, exports)
+
+
+def check_component_entry(compiled: CompiledComponent, entry: Entrypoint, name: str) -> None:
+    """A component runs only as a wasi:cli command; ``path#export`` may only name that interface."""
+    listing = ", ".join(compiled.exports) or "none"
+    if compiled.run_index is None:
+        raise EngineError(
+            f"{name} is a component that does not export wasi:cli/run@0.2.x (exports: {listing}); "
+            "only wasi:cli command components can run"
+        )
+    if entry.export is not None:
+        selector = entry.export.removesuffix("#run")
+        runs = [export for export in compiled.exports if RUN_INTERFACE.match(export)]
+        if selector not in ("wasi:cli/run", "run", *runs):
+            raise EngineError(
+                f"{name}: a component can only be started through wasi:cli/run, not {entry.export!r} "
+                f"(exports: {listing})"
+            )
+
+
+def component_isolation(annotations: Mapping[str, str], default: str) -> str:
+    """How a component runs: "process" (a runner; killable whatever it does) or "thread" (in the daemon)."""
+    value = annotations.get(ISOLATION_ANNOTATION, "").strip().lower() or default
+    if value not in ISOLATIONS:
+        raise EngineError(
+            f"annotation {ISOLATION_ANNOTATION}={value!r}: use \"process\" (the default: the component runs in "
+            "a process of its own and a kill stops it whatever it does) or \"thread\" (in the daemon: cheaper, "
+            "but a component sleeping or blocked in a socket call is stopped only when that call returns)"
+        )
+    return value
+
+
+class ComponentGuest(ThreadGuest):
+    """A component running on a thread of the daemon (``component-isolation: thread``)."""
+
+    def __init__(
+        self, wasm: wasmtime.Engine, epochs: Epochs, threads: dict[int, ThreadGuest],
+        linker: wasm_component.Linker, prepared: ComponentPrepared, on_exit: Callable[[int], None],
+    ):
+        if prepared.network.granted:  # refused in prepare: a thread would open sockets in the node's namespace
+            raise EngineError("a network grant is only honoured by the component runner, in the pod's namespace")
+        super().__init__(wasm, epochs, threads, prepared.spec, on_exit)
+        self._linker = linker
+        self.prepared = prepared
+
+    def _execute(self, store: wasmtime.Store) -> int:
+        compiled = self.prepared.compiled
+        try:
+            assert compiled.run_index is not None  # checked in prepare
+            instance = self._linker.instantiate(store, compiled.component)
+            run = instance.get_func(store, compiled.run_index)
+            if run is None:
+                self.report(f"wasm: {self.prepared.entry.guest_path}: wasi:cli/run#run is not a function\n")
+                return EXIT_FAILURE
+            result = run(store)
+            # wasi:cli/run#run returns result<_, _>; wasmtime-py lifts it as a Variant tagged "ok" or "err".
+            failed = isinstance(result, wasm_component.Variant) and result.tag == "err"
+            return EXIT_FAILURE if failed else 0
+        except wasmtime.ExitTrap as exc:
+            code = exc.code
+            dispose(exc)
+            return code & 0xFF  # wasi:cli/exit: a POSIX exit status keeps the low 8 bits
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:  # a kill, a trap (a WasmtimeError here), an error
+            text = str(exc)
+            dispose(exc)
+            return self.failed(text)
+        except GuestKilled as exc:
+            exc.__traceback__ = None
+            return self.failed(str(exc))

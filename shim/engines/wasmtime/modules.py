@@ -1,0 +1,144 @@
+"""Core WebAssembly modules (WASI preview1 commands and reactors): compiled, checked, and run in a thread.
+
+Owns what is specific to modules: the finished artifact every start of a module shares (an ``InstancePre``:
+imports are resolved once, at prepare time, so a module importing something we do not provide fails in
+``prepare`` with the import named), the choice of the entry export (``_start``, or ``path#export`` of a
+function taking no parameters, after ``_initialize`` for a reactor), and running it (``ModuleGuest``).
+
+Memory and OOM: ``memory_limit`` is the store's memory limit, so a memory.grow beyond it fails inside the guest
+(malloc returns NULL). wasmtime-py 50 cannot observe a refused memory.grow (its C API has limits but no
+resource-limiter callback), so ``oom`` is set when a guest ends in failure with its linear memory near the
+limit (``_ended_at_memory_limit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import wasmtime
+
+from ..base import EngineError, Entrypoint, GuestMount, GuestSpec
+from .epochs import Epochs
+from .reports import dispose, error_summary
+from .thread_guest import GuestKilled, ThreadGuest
+
+WASM_PAGE = 65536
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """A compiled module and what every start of it needs, shared by all guests of the same bytes."""
+
+    digest: str
+    module: wasmtime.Module
+    instance_pre: wasmtime.InstancePre  # imports resolved against the WASI linker
+    function_exports: tuple[str, ...]  # exported functions taking no parameters
+
+
+@dataclass(frozen=True)
+class ModulePrepared:
+    """A module ready to start: the compiled artifact, the export to call, and the guest's grant."""
+
+    spec: GuestSpec
+    entry: Entrypoint
+    compiled: CompiledModule
+    export: str
+    initialize: bool  # call the reactor's `_initialize` before `export`
+    env: tuple[tuple[str, str], ...]
+    preopens: tuple[GuestMount, ...]
+
+
+def finish_module(linker: wasmtime.Linker, module: wasmtime.Module, digest: str, name: str) -> CompiledModule:
+    """What every start of this module reuses: an InstancePre (imports resolved once, here)."""
+    try:
+        pre = linker.instantiate_pre(module)
+    except wasmtime.WasmtimeError as exc:
+        raise EngineError(f"{name} cannot be linked: {error_summary(str(exc))}") from None
+    functions = tuple(
+        export.name
+        for export in module.exports
+        if isinstance(export.type, wasmtime.FuncType) and not export.type.params
+    )
+    return CompiledModule(digest, module, pre, functions)
+
+
+def module_entry(compiled: CompiledModule, entry: Entrypoint, name: str) -> tuple[str, bool]:
+    """(export to call, whether to call `_initialize` first) for a core module; EngineError if none."""
+    exports = {export.name: export.type for export in compiled.module.exports}
+    listing = ", ".join(compiled.function_exports) or "none"
+    wanted = entry.export or "_start"
+    kind = exports.get(wanted)
+    if kind is None:
+        if entry.export is None:
+            raise EngineError(
+                f"{name} has no _start export (it is not a WASI command); pick a function with "
+                f"{entry.guest_path}#EXPORT (function exports: {listing})"
+            )
+        raise EngineError(f"{name} has no export named {wanted!r} (function exports: {listing})")
+    if not isinstance(kind, wasmtime.FuncType):
+        raise EngineError(
+            f"{name}: export {wanted!r} is a {type(kind).__name__.removesuffix('Type').lower()}, "
+            f"not a function (function exports: {listing})"
+        )
+    if kind.params:
+        raise EngineError(
+            f"{name}: export {wanted!r} takes {len(kind.params)} parameter(s); an entrypoint must take none "
+            f"(function exports: {listing})"
+        )
+    initialize = entry.export is not None and wanted != "_initialize" and "_initialize" in exports
+    return wanted, initialize
+
+
+class ModuleGuest(ThreadGuest):
+    """A core module running on a thread of the daemon."""
+
+    def __init__(
+        self, wasm: wasmtime.Engine, epochs: Epochs, threads: dict[int, ThreadGuest], prepared: ModulePrepared,
+        on_exit: Callable[[int], None],
+    ):
+        super().__init__(wasm, epochs, threads, prepared.spec, on_exit)
+        self.prepared = prepared
+
+    def _execute(self, store: wasmtime.Store) -> int:
+        prepared = self.prepared
+        try:
+            instance = prepared.compiled.instance_pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports.get("memory")
+            if isinstance(memory, wasmtime.Memory):
+                self._memory = memory
+                self.memory_bytes = memory.data_len(store)
+            try:
+                for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
+                    func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
+                    assert isinstance(func, wasmtime.Func)  # checked in prepare
+                    func(store)
+            finally:
+                self._sample_memory(store)
+            return 0
+        except wasmtime.ExitTrap as exc:
+            code = exc.code
+            dispose(exc)
+            return code & 0xFF  # WASI proc_exit(n): a POSIX exit status keeps the low 8 bits
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            # WasmtimeError: a kill or another error; Trap: a core module's trap.
+            text = str(exc)
+            dispose(exc)
+            return self.failed(text)
+        except GuestKilled as exc:  # raised by our host calls; wasmtime hands it back to us as it was
+            exc.__traceback__ = None
+            return self.failed(str(exc))
+
+    def _sample_memory(self, store: wasmtime.Store) -> None:
+        if self._memory is not None:
+            self.memory_bytes = self._memory.data_len(store)
+
+    def _ended_at_memory_limit(self) -> bool:
+        """Ended with its linear memory within an eighth of its limit (at least one page).
+
+        The refused request may be large (malloc asks for what it needs at once), so "near" is generous: a
+        guest that fails there did so for lack of memory.
+        """
+        limit = self.spec.memory_limit
+        return limit is not None and self._memory is not None and self.memory_bytes + max(limit // 8, WASM_PAGE) > limit
