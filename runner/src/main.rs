@@ -42,6 +42,8 @@ use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+mod http;
+
 const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
 const EXIT_FAILURE: i32 = 1;
 const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the daemon's in-process engine reports for a trap
@@ -66,6 +68,9 @@ struct Plan {
     report_fd: Option<i32>, // where to say "oom" (see `report`); the daemon's pipe, inherited
     parent: i32,
     network: Grant,
+    /// Present for a wasi:http/proxy component: serve it (`http.rs`) instead of calling wasi:cli/run.
+    #[serde(default)]
+    serve: Option<http::Serve>,
 }
 
 /// The socket grant: everything in the pod's namespace, or exactly the listed rules.
@@ -227,10 +232,15 @@ fn main() {
     if unsafe { libc::getppid() } != plan.parent {
         std::process::exit(128 + libc::SIGKILL);
     }
-    match (&plan.network, &plan.netns) {
-        (Grant::None, _) => {}
-        (_, Some(netns)) => join_network_namespace(netns).unwrap_or_else(|e| fail(e)),
-        (_, None) => fail("a network grant without a network namespace to join"),
+    // A server listens in the pod's namespace whatever the grant says about the guest's own sockets.
+    let needs_netns = !matches!(plan.network, Grant::None) || plan.serve.is_some();
+    match (needs_netns, &plan.netns) {
+        (false, _) => {}
+        (true, Some(netns)) => join_network_namespace(netns).unwrap_or_else(|e| fail(e)),
+        (true, None) => fail("a network grant or a server without a network namespace to join"),
+    }
+    if plan.serve.is_some() {
+        std::process::exit(http::serve(plan));
     }
     std::process::exit(run(&plan).unwrap_or_else(|e| fail(format!("task {}: {e}", plan.task_id))));
 }
@@ -271,21 +281,21 @@ fn fs_perms(readonly: bool) -> FsPerms {
     }
 }
 
-/// The one engine configuration every run and precompile uses (the cache fingerprint depends on it).
-fn new_engine() -> Result<Engine, String> {
+/// The engine configuration every run, serve and precompile starts from (the cache fingerprint depends on it).
+fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true); // CPU limits slice time at epoch ticks (the ticker runs only with a limit)
-    Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))
+    config
 }
 
-fn run(plan: &Plan) -> Result<i32, String> {
-    let engine = new_engine()?;
-    let component = load_component(&engine, plan)?;
+fn new_engine() -> Result<Engine, String> {
+    Engine::new(&engine_config()).map_err(|e| format!("wasmtime engine: {e:#}"))
+}
 
-    let mut linker: Linker<Guest> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("wasi: {e:#}"))?;
-
+/// The guest's WASI context as the plan describes it: stdio, args, env, the rootfs and mounts, and sockets only
+/// as far as the network grant goes (each request of a server gets one built the same way).
+fn guest_wasi(plan: &Plan) -> Result<WasiCtxBuilder, String> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.inherit_stdio()
         .args(&plan.args)
@@ -325,6 +335,15 @@ fn run(plan: &Plan) -> Result<i32, String> {
                 });
         }
     }
+    Ok(wasi)
+}
+
+fn run(plan: &Plan) -> Result<i32, String> {
+    let engine = new_engine()?;
+    let component = load_component(&engine, plan)?;
+
+    let mut linker: Linker<Guest> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("wasi: {e:#}"))?;
 
     let limits = MemoryLimit {
         bytes: plan
@@ -333,7 +352,7 @@ fn run(plan: &Plan) -> Result<i32, String> {
         refused: false,
     };
     let guest = Guest {
-        ctx: wasi.build(),
+        ctx: guest_wasi(plan)?.build(),
         table: ResourceTable::new(),
         limits,
     };

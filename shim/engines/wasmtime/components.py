@@ -29,6 +29,7 @@ from ..network import NO_NETWORK, NetworkGrant
 from .cache import RunnerArtifact
 from .epochs import Epochs
 from .reports import dispose
+from .serving import ServePlan
 from .thread_guest import GuestKilled, ThreadGuest
 
 RUN_INTERFACE = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
@@ -60,6 +61,7 @@ class ComponentPrepared:
     netns: str | None = None  # the pod's network namespace the Rust runner joins (granted only)
     runner: str | None = None  # the Rust component runner executable (process isolation, when installed)
     artifact: RunnerArtifact | None = None  # the compiled component on disk, for the Python runner
+    serve: ServePlan | None = None  # set for a wasi:http/proxy component: the runner serves it (serving.py)
 
 
 def inspect_component(wasm: wasmtime.Engine, component: wasm_component.Component, digest: str) -> CompiledComponent:

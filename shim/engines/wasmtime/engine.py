@@ -5,7 +5,8 @@ the module and component linkers, the table of running guests (threads via ``Epo
 and the runners' exit watcher. ``prepare`` resolves and checks everything a start needs (bad input fails here,
 with the path or export named); ``start`` returns at once: a module or a thread-isolated component runs on a
 thread of the daemon (``ModuleGuest``, ``ComponentGuest``), any other component in a runner process
-(``ComponentRunner``). ``close`` kills every guest and frees what the engine holds.
+(``ComponentRunner``); a component exporting wasi:http/incoming-handler instead of wasi:cli/run is served by its
+runner (``serving``). ``close`` kills every guest and frees what the engine holds.
 
 Invariants: the ``Epochs`` object and the host calls refer to no engine, so a closed engine (and its compiled
 code) is freed without the garbage collector; ``prepare`` logs at debug where each artifact came from (memory,
@@ -52,6 +53,7 @@ from .cache import (
     sha256,
 )
 from .components import (
+    ISOLATION_ANNOTATION,
     ISOLATIONS,
     CompiledComponent,
     ComponentGuest,
@@ -65,6 +67,7 @@ from .modules import CompiledModule, ModuleGuest, ModulePrepared, finish_module,
 from .poll import HostCalls, module_linker
 from .reports import error_summary
 from .runner import COMPONENT_RUNNER, PRECOMPILE_TIMEOUT, ComponentRunner, RunnerLocator, pod_network, spawn_runner
+from .serving import component_role, serve_network, serve_plan
 from .thread_guest import ThreadGuest
 
 log = logging.getLogger(__name__)
@@ -179,6 +182,17 @@ class WasmtimeEngine:
         if isinstance(compiled, CompiledModule):
             export, initialize = module_entry(compiled, entry, name)
             return ModulePrepared(spec, entry, compiled, export, initialize, env, preopens)
+        if component_role(compiled.exports, entry.export, name) == "serve":
+            serve = serve_plan(spec.annotations, env)
+            if isolation != "process" or runner is None:
+                raise EngineError(
+                    f"{name} exports wasi:http/incoming-handler: it is served by {COMPONENT_RUNNER}, which "
+                    + ("is not installed here; build it with scripts/setup.sh (cargo, runner/)" if runner is None
+                       else f"needs {ISOLATION_ANNOTATION}=process")
+                )
+            netns = netns or serve_network(spec)
+            return ComponentPrepared(spec, entry, compiled, env, preopens, isolation, network, netns, runner,
+                                     serve=serve)
         check_component_entry(compiled, entry, name)
         artifact = None
         if isolation == "process" and runner is None:  # the Python runner loads the daemon's artifact

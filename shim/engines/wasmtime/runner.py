@@ -158,6 +158,7 @@ def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[
         plan.update({
             "wasm": prepared.entry.host_path, "cache_dir": cache_dir, "netns": prepared.netns,
             "network": prepared.network.plan(), "report_fd": REPORT_FD,
+            "serve": prepared.serve.plan() if prepared.serve is not None else None,
         })
         return prepared.runner, [prepared.runner, json.dumps(plan)], {}, True  # env: nothing of ours
     artifact = prepared.artifact
@@ -210,7 +211,7 @@ def spawn_runner(
             os.close(report[0])
         raise EngineError(f"cannot watch the runner process of task {task_id}: {exc.strerror}") from None
     runner = ComponentRunner(task_id, pid, os.dup(pidfd), on_exit, on_gone,
-                             report[0] if report is not None else None)
+                             report[0] if report is not None else None, serving=prepared.serve is not None)
     log.debug("task %s: component runner pid %d", task_id, pid)
     return runner, pidfd
 
@@ -226,7 +227,7 @@ class ComponentRunner(Guest):
 
     def __init__(
         self, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None],
-        on_gone: Callable[[ComponentRunner], None], report_fd: int | None = None,
+        on_gone: Callable[[ComponentRunner], None], report_fd: int | None = None, serving: bool = False,
     ):
         self._on_gone = on_gone
         self._report_fd = report_fd  # the read end of the Rust runner's report pipe; read once, after the reap
@@ -240,15 +241,19 @@ class ComponentRunner(Guest):
         self._done = threading.Event()
         self._last_stats = (0, 0)
         self.exit_status: int | None = None
+        self._serving = serving  # an HTTP server: SIGTERM/SIGINT drain it (runner/src/http.rs) instead of a kill
 
     def kill(self, signal: int, all: bool = False) -> None:
-        """SIGKILL to the runner for any terminating signal; the first one decides the status (128 + it)."""
+        """SIGKILL to the runner for any terminating signal, except that a server gets SIGTERM and SIGINT as they
+        are (it stops accepting, finishes its requests in flight, exits; a later SIGKILL still ends it at once).
+        The first terminating signal decides the status (128 + it)."""
         if not signal_terminates(signal):
             return
         with self._lock:
             if self._kill_signal is None:
                 self._kill_signal = signal
-            self._send(signals.SIGKILL)
+            drains = self._serving and signal in (signals.SIGTERM, signals.SIGINT)
+            self._send(signal if drains else signals.SIGKILL)
 
     def pause(self) -> None:
         """SIGSTOP: every thread of the runner stops, whatever the guest is doing; a kill still ends it."""

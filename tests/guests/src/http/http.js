@@ -10,7 +10,7 @@
 //   /upload              reads the whole request body; 200 `received N bytes fnv1a HEX` (FNV-1a 32 of the body)
 //   /trap                throws out of the handler before answering: the instance traps
 //   /spin                loops forever without host calls (only a per-request CPU deadline ends it)
-//   /sleep?ms=N          blocks N ms in wasi:io/poll, then 200 `slept N ms`
+//   /sleep?ms=N          prints `sleeping N ms` on stdout, blocks N ms in wasi:io/poll, then 200 `slept N ms`
 //   /alloc?mib=N         keeps N 1 MiB buffers, each filled; 200 `allocated N MiB` (or traps when memory runs out)
 //   /log                 writes `log: to stdout` to stdout and `log: to stderr` to stderr; 200 `logged`
 //   /fetch?to=HOST:PORT  GET http://HOST:PORT/ through wasi:http/outgoing-handler; 200 `fetched STATUS BODY`, or
@@ -169,14 +169,13 @@ function sleep(ms) {
     }
 }
 
-function log() {
-    for (const [api, line] of [[stdoutApi.getStdout, "log: to stdout\n"], [stderrApi.getStderr, "log: to stderr\n"]]) {
-        const stream = api();
-        try {
-            writeAll(stream, encode(line));
-        } finally {
-            stream[Symbol.dispose]();
-        }
+/** Write `line` to the stream `getStream` returns (wasi:cli stdout or stderr: the container's log). */
+function say(getStream, line) {
+    const stream = getStream();
+    try {
+        writeAll(stream, encode(line));
+    } finally {
+        stream[Symbol.dispose]();
     }
 }
 
@@ -253,6 +252,7 @@ function route(request, outparam) {
             }
         case "/sleep": {
             const ms = intParam(params, "ms");
+            say(stdoutApi.getStdout, `sleeping ${ms} ms\n`); // tests wait for this line: the request is in flight
             sleep(ms);
             respondText(outparam, 200, `slept ${ms} ms\n`);
             return;
@@ -269,7 +269,8 @@ function route(request, outparam) {
             return;
         }
         case "/log":
-            log();
+            say(stdoutApi.getStdout, "log: to stdout\n");
+            say(stderrApi.getStderr, "log: to stderr\n");
             respondText(outparam, 200, "logged\n");
             return;
         case "/fetch": {
