@@ -1,4 +1,5 @@
-//! wasm-shim-component-runner: runs one `wasi:cli/run` component in a process of its own.
+//! wasm-shim-component-runner: runs one `wasi:cli/run` component, or serves one `wasi:http/proxy` component, in a
+//! process of its own.
 //!
 //! The shim daemon (Python, wasmtime-py) runs components in runner processes so that a kill stops them
 //! whatever they are blocked in (sleeping, reading, accepting: inside wasmtime's WASI code, where no epoch
@@ -17,6 +18,9 @@
 //! - With a network grant, before any thread exists, the runner joins the pod's network namespace (`netns`),
 //!   so every socket the guest opens lives there; the node's namespace is never used. Without one, the guest
 //!   gets no sockets at all. PR_SET_PDEATHSIG makes the runner die with the daemon.
+//! - A plan with `serve` set is a `wasi:http/proxy` component: the runner joins the pod's network namespace
+//!   (with or without a grant) and serves it, an instance per request, until SIGTERM/SIGINT drains it
+//!   (`http.rs`, which says the rest).
 //! - Exit status: the guest's (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (the trap
 //!   on stderr as `wasm trap: ...`). Kill, pause and resume are signals from the daemon (SIGKILL, SIGSTOP,
 //!   SIGCONT): nothing here needs to cooperate.
