@@ -62,7 +62,8 @@ function writeAll(stream, bytes) {
 
 /** The wasi:io stream-error tag or wasi:http error-code tag a thrown binding error carries, else null. */
 function errorTag(e) {
-    if (!(e instanceof Error) || !("payload" in e)) return null;
+    // componentize-js throws a ComponentError carrying the result's error value as `payload`
+    if (e === null || typeof e !== "object" || !("payload" in e)) return null;
     const payload = e.payload;
     if (typeof payload === "string") return payload;
     return payload && typeof payload.tag === "string" ? payload.tag : null;
