@@ -82,7 +82,7 @@ def pattern(size: int) -> bytes:
 
 def stream_pattern(size: int) -> bytes:
     """What the guest's /stream?bytes=SIZE sends (its PATTERN repeated)."""
-    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/\n"
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+\n"  # 64 bytes
     return (line * (size // len(line) + 1))[:size]
 
 

@@ -29,7 +29,7 @@ import * as outgoingHandler from "wasi:http/outgoing-handler@0.2.12";
 
 const WRITE_CHUNK = 4096; // output-stream.blocking-write-and-flush takes at most 4096 bytes (wasi:io/streams)
 const READ_CHUNK = 65536;
-const PATTERN = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/\n"; // 64 bytes
+const PATTERN = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+\n"; // 64 bytes
 
 // ---- bytes -----------------------------------------------------------------------------------------------
 
