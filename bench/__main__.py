@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cold_start, compute, density, instance_start, report, start_cmd, throughput
+from . import cold_start, components, compute, density, instance_start, report, start_cmd, throughput
 from .figure import FULL, QUICK, Context, Figure
 from .lab import BenchError, build_guests, peer_runtimes
 from .machine import Machine, describe, load_average
@@ -30,6 +30,7 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "throughput": throughput.run,
     "density": density.run,
     "compute": compute.run,
+    "components": components.run,
 }
 REPO = Path(__file__).resolve().parents[1]
 # scripts/setup.sh --with wasmtime-cli links it into .tools/bin; the cargo root is where it builds it.

@@ -36,6 +36,8 @@ class Counts:
     density_baseline_steps: tuple[int, ...]  # runc and peers (each container is a process or more)
     compute_runs: int
     compute_rounds: int
+    component_runs: int
+    component_idle: int
 
 
 FULL = Counts(
@@ -49,6 +51,8 @@ FULL = Counts(
     density_baseline_steps=(100,),
     compute_runs=9,
     compute_rounds=100,
+    component_runs=5,
+    component_idle=5,
 )
 QUICK = Counts(
     cold_iterations=1,
@@ -61,6 +65,8 @@ QUICK = Counts(
     density_baseline_steps=(2,),
     compute_runs=1,
     compute_rounds=2,
+    component_runs=1,
+    component_idle=2,
 )
 
 

@@ -81,6 +81,7 @@ _WASM = {  # workload -> (guest file, default args)
     "hello": ("hello.wasm", []),
     "hello_component": ("hello.component.wasm", []),  # runs in a component runner process (runner/)
     "sleep": ("sleep.wasm", ["3600"]),
+    "sleep_component": ("sleep.component.wasm", ["3600"]),
     "clock": ("clock.wasm", []),
     "sha256": ("sha256.wasm", []),
 }

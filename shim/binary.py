@@ -15,7 +15,7 @@ our pure modules (every import here is paid by every container start: DESIGN.md 
 from __future__ import annotations
 
 # `_socket`, not `socket`: the wrapper module imports selectors and enum (IntEnum conversions), a few ms of every
-# container start (issue 5); the C type has all this path uses (connect, bind, listen, send, recv, timeouts) and
+# container start; the C type has all this path uses (connect, bind, listen, send, recv, timeouts) and
 # creates its sockets close-on-exec like the wrapper does.
 import _socket
 import fcntl

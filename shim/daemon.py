@@ -27,8 +27,12 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, ShimConfig, load_config
+
+if TYPE_CHECKING:
+    from .ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
 
@@ -48,7 +52,7 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     and to `<socket>.log` beside the socket, which outlives any one container (rotated at 1 MiB).
 
     Records are written by a listener thread (QueueHandler): writing a FIFO and a file on the event loop cost the
-    instance-start path about a millisecond per line (issue 5 profile).
+    instance-start path about a millisecond per line (profiled).
     """
     import queue
     from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
@@ -138,10 +142,10 @@ class Daemon:
             await forwarder.close()
             log.info("daemon exiting")
 
-    def _busy(self, server: object) -> bool:
-        return bool(self.tasks.tasks) or getattr(server, "connection_count", 0) > 0
+    def _busy(self, server: Server) -> bool:
+        return bool(self.tasks.tasks) or server.connection_count > 0
 
-    async def _serve_until_done(self, server: object) -> None:
+    async def _serve_until_done(self, server: Server) -> None:
         tick = max(0.05, min(1.0, self.config.idle_timeout / 4 or 0.05))
         while not self._stop.is_set():
             try:
@@ -155,7 +159,7 @@ class Daemon:
             if time.monotonic() - self._idle_since >= self.config.idle_timeout and self._release_socket(server):
                 return
 
-    def _release_socket(self, server: object) -> bool:
+    def _release_socket(self, server: Server) -> bool:
         """Under the group lock: if still idle and nobody is queued on the socket, remove it and say so."""
         try:
             lock_fd = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

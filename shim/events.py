@@ -104,8 +104,6 @@ class EventQueue:
         self._attempts = attempts
         self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
-        self.delivered = 0
-        self.dropped = 0
 
     def publish(self, namespace: str, message: Message) -> None:
         topic = TOPICS[type(message)]
@@ -126,11 +124,9 @@ class EventQueue:
         for attempt in range(1, self._attempts + 1):
             try:
                 await self._forward(event)
-                self.delivered += 1
                 return
             except Exception as exc:  # any failure of the sink: retry, then drop with a log line
                 if attempt == self._attempts:
-                    self.dropped += 1
                     log.error("dropping event %s (%s) after %d attempts: %s", event.topic, event.namespace,
                               attempt, exc)
                     return

@@ -1,11 +1,11 @@
-"""Where a task's entrypoint comes from: the container's rootfs, or containerd's content store (issue 4).
+"""Where a task's entrypoint comes from: the container's rootfs, or containerd's content store.
 
 Owns: `provide_entrypoint`, called by TaskService.create before an engine is chosen. A regular image carries its
 `.wasm` in the rootfs and needs nothing from here. A wasm OCI artifact (PROTOCOL.md "Wasm in OCI registries":
 config `application/vnd.wasm.config.v0+json`, one `application/wasm` layer) is pulled by containerd 2.x without
 unpacking (its layer is not a tar), so its rootfs is empty: the module is only in containerd's content store. Then
 this module looks the container up over containerd's gRPC API (Containers.Get -> Images.Get -> Content.Read under a
-lease, oci/content.py) and places the verified layer at args[0] inside the container's rootfs, where the engine
+lease, containerd_client.py) and places the verified layer at args[0] inside the container's rootfs, where the engine
 finds it like any other entrypoint — so the compiled-module cache (keyed by the sha256 of the bytes, the layer's
 digest) makes a second start compile nothing, and the guest sees its module where the pod spec says it is.
 
@@ -19,7 +19,7 @@ Invariants:
 - The file is written inside the rootfs only (the path resolved with `safe_join`, so no symlink in the image leads
   out of it), created exclusively under a temporary name and renamed into place: a half-written module is never
   visible at args[0].
-- grpc is imported only on this path (lazily, through oci.content), never when this module is imported.
+- grpc is imported only on this path (lazily, through containerd_client), never when this module is imported.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def provide_entrypoint(spec: GuestSpec, namespace: str, address: str | None = No
         return False
 
     from wasm_shim.oci.artifact import ArtifactError
-    from wasm_shim.oci.content import ContainerdClient, ContentStoreError, NotFound, fetch_wasm_layer
+    from wasm_shim.shim.containerd_client import ContainerdClient, ContentStoreError, NotFound, fetch_wasm_layer
 
     image = ""
     try:

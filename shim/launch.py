@@ -19,7 +19,7 @@ import os
 
 from .ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
 
-# Lean imports (issue 5, `start` p50 <= 40 ms): hashlib loads OpenSSL and json its decoder and `re`, a few ms on every
+# Lean imports (`start` runs per container): hashlib loads OpenSSL and json its decoder and `re`, a few ms on every
 # container start; the builtin SHA-256 module gives the same digest. json is imported only where it is used.
 try:
     from _sha256 import sha256 as _sha256  # CPython 3.11

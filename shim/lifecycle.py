@@ -17,7 +17,7 @@ Rules (containerd docs/runtime-v2.md, runc shim behaviour):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class TaskState(enum.IntEnum):
@@ -83,7 +83,6 @@ class Lifecycle:
 
     task_id: str
     state: TaskState = TaskState.CREATED
-    history: list[TaskState] = field(default_factory=list)
 
     def check(self, action: Action) -> TaskState:
         """Return the state `action` would lead to, or raise InvalidTransition."""
@@ -94,9 +93,7 @@ class Lifecycle:
 
     def apply(self, action: Action) -> TaskState:
         new = self.check(action)
-        if new is not self.state:
-            self.history.append(self.state)
-            self.state = new
+        self.state = new
         return new
 
     @property

@@ -70,8 +70,8 @@ def task_handlers(service: TaskService, default_namespace: str) -> dict[tuple[st
         "CloseIO": _adapter(task_pb2.CloseIORequest, lambda r, c: service.close_io(r)),
         "Shutdown": _adapter(task_pb2.ShutdownRequest, lambda r, c: service.shutdown(r)),
         "Stats": _adapter(task_pb2.StatsRequest, lambda r, c: service.stats(r)),
-        "Pause": _adapter(task_pb2.PauseRequest, lambda r, c: service.pause(r)),  # issue 3 (engine2)
-        "Resume": _adapter(task_pb2.ResumeRequest, lambda r, c: service.resume(r)),  # issue 3 (engine2)
+        "Pause": _adapter(task_pb2.PauseRequest, lambda r, c: service.pause(r)),
+        "Resume": _adapter(task_pb2.ResumeRequest, lambda r, c: service.resume(r)),
     }
     for name, request_type in _UNSUPPORTED.items():
         methods[name] = _adapter(request_type, _refuse(service, name))

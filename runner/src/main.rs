@@ -7,11 +7,13 @@
 //! it can do what wasmtime-py cannot: give a component sockets (`wasm.shim.io/network`, docs/annotations.md)
 //! and decide every socket address itself.
 //!
-//! Contract with the daemon (`shim/engines/wasmtime_engine.py`, `_start_runner`):
+//! Contract with the daemon (`shim/engines/wasmtime/runner.py`, `runner_plan`):
 //! - argv: `wasm-shim-component-runner PLAN`, PLAN a JSON object (`Plan` below) that the daemon validated;
 //!   the runner re-checks what it relies on and exits 1 with `wasm error: component runner: ...` on stderr
 //!   when something is wrong. `wasm-shim-component-runner --precompile CACHE_DIR FILE...` fills the cache
-//!   (`wasm-shim precompile` calls it).
+//!   (`wasm-shim precompile` calls it); `--check CACHE_DIR FILE` compiles one component into the cache and
+//!   prints its exports (the daemon validates components with it: they are compiled once, here, not also in
+//!   the daemon).
 //! - fds 0-2 are the guest's stdio; fd `report_fd` (3) is a pipe to the daemon, where the runner writes `oom`
 //!   when the guest failed after its memory limit refused a memory.grow; nothing else is inherited. The
 //!   environment is not the guest's.
@@ -21,9 +23,10 @@
 //! - A plan with `serve` set is a `wasi:http/proxy` component: the runner joins the pod's network namespace
 //!   (with or without a grant) and serves it, an instance per request, until SIGTERM/SIGINT drains it
 //!   (`http.rs`, which says the rest).
-//! - Exit status: the guest's (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (the trap
-//!   on stderr as `wasm trap: ...`). Kill, pause and resume are signals from the daemon (SIGKILL, SIGSTOP,
-//!   SIGCONT): nothing here needs to cooperate.
+//! - Exit status and CPU limits follow the one rule of `shim/engines/base.py` (its docstring): the guest's
+//!   (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (`wasm trap: ...` on stderr), 1 for
+//!   any other error (`wasm error: ...` on stderr). Kill, pause and resume are signals from the daemon
+//!   (SIGKILL, SIGSTOP, SIGCONT): nothing here needs to cooperate.
 //! - Compiled components are cached under `cache_dir/<fingerprint>/<sha256>.component.cwasm` in the daemon's
 //!   private (0700, ours) directory, in the daemon's file format (magic, sha256 of the payload, payload);
 //!   a file failing a check is ignored and rewritten, never deserialized.
@@ -49,10 +52,10 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 mod http;
 
 const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
-const EXIT_FAILURE: i32 = 1;
-const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the daemon's in-process engine reports for a trap
+const EXIT_FAILURE: i32 = 1; // `run` returned err, or an error that is not a trap (base.py's rule)
+const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 const TICK: Duration = Duration::from_millis(10);
-const CPU_BURST_SECONDS: f64 = 0.1;
+const CPU_BURST_SECONDS: f64 = 0.1; // base.py's CPU_BURST_SECONDS: the bucket holds 0.1 s of the guest's share
 
 /// What the daemon asks for. Every field is required: the daemon always writes all of them.
 #[derive(Deserialize)]
@@ -221,11 +224,16 @@ fn main() {
     if argv.len() >= 3 && argv[1] == "--precompile" {
         std::process::exit(precompile(Path::new(&argv[2]), &argv[3..]));
     }
+    if argv.len() == 4 && argv[1] == "--check" {
+        std::process::exit(check(Path::new(&argv[2]), Path::new(&argv[3])));
+    }
     if argv.len() != 2 || argv[1].starts_with('-') {
         eprintln!(
             "usage: wasm-shim-component-runner PLAN\n       wasm-shim-component-runner --precompile CACHE_DIR \
-             FILE...\n\nStarted by the wasm-shim daemon for each component it runs in a process of its own; PLAN \
-             is JSON (see the crate docs). --precompile fills CACHE_DIR as `wasm-shim precompile` does."
+             FILE...\n       wasm-shim-component-runner --check CACHE_DIR FILE\n\nStarted by the wasm-shim \
+             daemon for each component it runs in a process of its own; PLAN is JSON (see the crate docs). \
+             --precompile fills CACHE_DIR as `wasm-shim precompile` does; --check is how the daemon validates a \
+             component before its first start."
         );
         std::process::exit(2);
     }
@@ -394,12 +402,12 @@ fn run(plan: &Plan) -> Result<i32, String> {
                 exit.0
             } else {
                 // The trap's own text already starts with "wasm trap: " (as the daemon's reports do).
-                let cause = match error.downcast_ref::<wasmtime::Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => format!("wasm error: {error:#}"),
+                let (cause, status) = match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => (trap.to_string(), EXIT_TRAP),
+                    None => (format!("wasm error: {error:#}"), EXIT_FAILURE),
                 };
                 let _ = std::io::stderr().write_all(format!("{cause}\n").as_bytes());
-                EXIT_TRAP
+                status
             }
         }
     };
@@ -417,9 +425,9 @@ fn report(plan: &Plan, line: &str) {
     }
 }
 
-/// A token bucket on this thread's CPU clock: the guest earns `cpus` CPU-seconds per wall second, banks at
-/// most CPU_BURST_SECONDS, and sleeps off any debt at the next epoch tick (the same rule as the daemon's
-/// in-process engine).
+/// A token bucket on this thread's CPU clock (base.py's "CPU limits"): the guest earns `cpus` CPU-seconds per
+/// wall second, holds at most `CPU_BURST_SECONDS * cpus`, starts full, and sleeps off any debt at the next
+/// epoch tick (the daemon's `CpuBucket` in shim/engines/wasmtime/epochs.py is the same rule).
 struct CpuBucket {
     cpus: f64,
     tokens: f64,
@@ -507,6 +515,38 @@ fn precompile(cache_dir: &Path, files: &[String]) -> i32 {
         }
     }
     status
+}
+
+/// `--check CACHE_DIR FILE`: how the daemon validates a component before it first runs it here. Compiles FILE into
+/// the cache (or finds it there: the start that follows only deserializes it) and prints one JSON line, its
+/// sha256 and the names of its exports; exit 1 with the reason on stderr when this engine cannot compile it.
+fn check(cache_dir: &Path, file: &Path) -> i32 {
+    let result = (|| -> Result<String, String> {
+        let engine = new_engine()?;
+        let cache = Cache::open(&engine, cache_dir)?;
+        let bytes = fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        let component = match cache.get(&engine, &digest) {
+            Some(component) => component,
+            None => cache.compile(&engine, &bytes, &digest)?,
+        };
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Ok(serde_json::json!({ "sha256": digest, "exports": exports }).to_string())
+    })();
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }
 
 /// Compiled components of this engine under the daemon's private cache directory.

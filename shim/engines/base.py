@@ -4,7 +4,8 @@ This module owns the interface between the task service and an engine (DESIGN pr
 behind one declared contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine
 needs: resolving the entrypoint inside a rootfs without escaping it, classifying a WebAssembly header, and the
 exit-status and CPU rules below. It imports no engine and does no I/O beyond ``lstat``/``readlink``/reading 8
-header bytes inside the rootfs and reading ``config.json`` for the network namespace.
+header bytes inside the rootfs. What a guest is granted arrives as a ``GuestSpec``, which ``bundle.py`` alone
+maps from the OCI spec.
 
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import abc
 import errno
-import json
 import os
 import posixpath
 import signal as signals
@@ -64,6 +64,7 @@ class GuestMount:
     destination: str
     source: str
     readonly: bool
+    directory: bool = True  # False for a bind mount of a single file (Kubernetes mounts /etc/hosts so)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class GuestSpec:
     memory_limit: int | None = None  # bytes, from linux.resources.memory.limit
     bundle: str = ""  # host path of the OCI bundle (config.json); the native engine hands it to runc
     cpu_limit: float | None = None  # CPUs (quota / period), from linux.resources.cpu
+    network_namespace: str | None = None  # the existing network namespace the spec joins (a pod's), by path
+    cgroups_path: str = ""  # linux.cgroupsPath; runc places a native container's processes there
 
 
 @dataclass(frozen=True)
@@ -346,32 +349,6 @@ def _describe_open_error(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "is a symbolic link that could not be resolved inside the rootfs"
     return f"cannot open: {exc.strerror}"
-
-
-def network_namespace_path(bundle: str) -> str | None:
-    """The path of the network namespace the OCI spec joins (``linux.namespaces[type=network].path``), or None.
-
-    OCI runtime-spec config-linux.md "Namespaces": an entry without ``path`` asks the runtime to create a new
-    namespace; only an entry with a path names an existing one (the pod sandbox's, under CRI). Raises
-    EngineError when config.json cannot be read or the entry is malformed.
-    """
-    config = os.path.join(bundle, "config.json")
-    try:
-        with open(config, encoding="utf-8") as file:
-            spec = json.load(file)
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"cannot read the network namespace from {config}: {exc}") from None
-    linux = spec.get("linux") if isinstance(spec, dict) else None
-    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
-    for entry in namespaces if isinstance(namespaces, list) else ():
-        if isinstance(entry, dict) and entry.get("type") == "network":
-            path = entry.get("path")
-            if path is None or path == "":
-                return None
-            if not isinstance(path, str) or not path.startswith("/"):
-                raise EngineError(f"{config}: linux.namespaces network path {path!r} is not an absolute path")
-            return path
-    return None
 
 
 def split_env(entries: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The native engine: runs ELF binaries and ``#!`` scripts as real containers through runc (issue 3).
+"""The native engine: runs ELF binaries and ``#!`` scripts as real containers through runc.
 
 Pods always hold a pause container and often native sidecars; a pod whose RuntimeClass is ``wasmtime`` sends
 every one of them through our shim. This module owns delegating those containers to runc from the daemon:
@@ -18,11 +18,9 @@ uses it):
 Reaping without a global reaper
     runc create exits once init waits for ``runc start``; init is then re-parented to the nearest child
     subreaper (prctl(2) PR_SET_CHILD_SUBREAPER), which must be the daemon: ``become_subreaper()`` is called
-    once at daemon start (and by the engine before its first create, in case a caller forgot). Exits are seen
-    through a pidfd per init process (pidfd_open(2)) polled by one watcher thread for the whole engine, then
-    reaped with ``waitid(P_PIDFD, ...)``, which names exactly that process: the engine never waits for "any
-    child" (waitpid(-1) would steal the statuses of runc invocations, logging binaries and other children that
-    their own starters wait for). A status is ``code`` for a normal exit and ``128 + signal`` for a kill.
+    once at daemon start (and by the engine before its first create, in case a caller forgot). From there init
+    is a ``child.ChildGuest``: one watcher thread for the whole engine polls its pidfd and reaps it with
+    ``waitid(P_PIDFD, ...)``; a status is ``code`` for a normal exit and ``128 + signal`` for a kill.
 
 Rules (on top of ``base``'s engine contract):
 - Unlike a wasm engine's, ``start`` blocks while runc creates and starts the container (tens of milliseconds),
@@ -46,15 +44,12 @@ Processes re-parented to the daemon from a container that shares the host's PID 
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import logging
 import os
 import posixpath
 import re
-import select
 import shutil
-import signal as signals
 import stat
 import subprocess
 import threading
@@ -62,7 +57,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .base import EngineError, Guest, GuestSpec, GuestStdio, safe_join
+from .base import EngineError, GuestSpec, GuestStdio, safe_join
+from .cgroups import cgroup_pids, cgroup_usage, read_cgroups
+from .child import ChildGuest, ExitWatcher, check_signal, open_stdio
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +70,6 @@ ELF_MAGIC = b"\x7fELF"
 SCRIPT_MAGIC = b"#!"
 PID_FILE = "init.pid"  # in the bundle, as containerd's runc shim names it
 RUNC_LOG = "log.json"  # in the bundle, likewise
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 # prctl(2) options (include/uapi/linux/prctl.h).
 PR_SET_CHILD_SUBREAPER = 36
@@ -211,20 +207,6 @@ def native_magic(host_path: str) -> bool:
     return head == ELF_MAGIC or head[:2] == SCRIPT_MAGIC
 
 
-# --- exit statuses ------------------------------------------------------------------------------------------
-
-def exit_status(result: os.waitid_result) -> int:
-    """A waitid(2) result as containerd's exit status: the code, or 128 + signal for a killed process."""
-    if result.si_code == os.CLD_EXITED:
-        return int(result.si_status)
-    return 128 + int(result.si_status)  # CLD_KILLED / CLD_DUMPED: si_status is the signal
-
-
-def check_signal(signal: int) -> None:
-    if not 0 < signal < signals.NSIG:
-        raise EngineError(f"invalid signal number {signal}")
-
-
 # --- runc -----------------------------------------------------------------------------------------------------
 
 def runc_log_error(text: str) -> str:
@@ -297,7 +279,7 @@ class NativeEngine:
         self.root = root
         self.runc_binary = shutil.which(runc) or ""
         self._runc_name = runc
-        self._watcher = _ExitWatcher()
+        self._watcher = ExitWatcher()
         self._lock = threading.Lock()
         self._guests: dict[str, NativeGuest] = {}  # not deleted yet, by container id
         self._closed = False
@@ -321,13 +303,7 @@ class NativeEngine:
                               f"(here {executable.guest_path}) run through runc")
         if not spec.bundle or not os.path.isfile(os.path.join(spec.bundle, "config.json")):
             raise EngineError(f"bundle {spec.bundle or '(none)'} has no config.json for runc")
-        try:
-            with open(os.path.join(spec.bundle, "config.json"), "rb") as file:
-                config = json.load(file)
-            cgroups_path = str(((config.get("linux") or {}).get("cgroupsPath")) or "")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise EngineError(f"bundle {spec.bundle}: cannot read config.json: {exc}") from None
-        return NativePrepared(spec, spec.bundle, executable, systemd_cgroup(cgroups_path))
+        return NativePrepared(spec, spec.bundle, executable, systemd_cgroup(spec.cgroups_path))
 
     def start(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> NativeGuest:
         if not isinstance(prepared, NativePrepared):
@@ -350,19 +326,18 @@ class NativeEngine:
                 pass
             except OSError as exc:
                 raise EngineError(f"cannot remove stale {stale}: {exc.strerror}") from None
-        guest = NativeGuest(runc, task_id)
         self._create(runc, prepared, stdio, log_file, pid_file)
         try:
-            guest.pid = _read_pid(pid_file)
-            pidfd = os.pidfd_open(guest.pid)
+            pid = _read_pid(pid_file)
+            pidfd = os.pidfd_open(pid)
         except (EngineError, OSError) as exc:
             _force_delete(runc, task_id)
             raise EngineError(f"runc created {task_id} but its init process cannot be watched: {exc}") from None
+        guest = NativeGuest(runc, task_id, pid, self._forget)
         # Reaped by the watcher from here on, whatever happens next; on_exit is armed only once start succeeded.
-        self._watcher.watch(pidfd, guest._exited)
+        self._watcher.watch(pidfd, guest.reaped)
         with self._lock:
             self._guests[task_id] = guest
-        guest._forget = self._forget
         try:
             guest.cgroups = read_cgroups(guest.pid)
         except EngineError as exc:
@@ -382,7 +357,7 @@ class NativeEngine:
             except EngineError as exc:
                 log.error("native container %s: cleaning up after a failed start: %s", task_id, exc)
             raise EngineError(f"runc start {task_id}: {failure}")
-        guest._arm(on_exit)
+        guest.arm(on_exit)
         log.info("native container %s started (pid %d, %s)", task_id, guest.pid, prepared.executable.guest_path)
         return guest
 
@@ -478,179 +453,32 @@ def _force_delete(runc: Runc, task_id: str) -> None:
         log.error("cleaning up %s: runc delete: %s", task_id, done.stderr.strip())
 
 
-# --- stdio ----------------------------------------------------------------------------------------------------
-
-def open_stdio(stdio: GuestStdio) -> tuple[int, int, int]:
-    """Open the task's stdio paths for the container (None -> /dev/null) without blocking on a FIFO.
-
-    open(2) of a FIFO blocks until the other side exists (fifo(7)). stdin is opened non-blocking (never waits
-    for a writer) and then made blocking again, since the container inherits the open file description;
-    an output FIFO gets a non-blocking guard reader for the moment of the open, so the open is immediate and
-    what the container sees afterwards is unchanged. A regular file is created and truncated.
-    """
-    opened: list[int] = []
-    try:
-        opened.append(_open_input(stdio.stdin))
-        opened.append(_open_output("stdout", stdio.stdout))
-        opened.append(_open_output("stderr", stdio.stderr))
-    except BaseException:
-        for fd in opened:
-            os.close(fd)
-        raise
-    return opened[0], opened[1], opened[2]
-
-
-def _open_input(path: str | None) -> int:
-    if path is None:
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise EngineError(f"stdin {path}: {exc.strerror}") from None
-    os.set_blocking(fd, True)
-    return fd
-
-
-def _open_output(stream: str, path: str | None) -> int:
-    if path is None:
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    guard = None
-    try:
-        try:
-            is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
-        except FileNotFoundError:
-            is_fifo = False
-        if is_fifo:
-            guard = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        raise EngineError(f"{stream} {path}: {exc.strerror}") from None
-    finally:
-        if guard is not None:
-            os.close(guard)
-
-
-# --- cgroups ----------------------------------------------------------------------------------------------------
-
-def parse_proc_cgroup(text: str) -> dict[str, str]:
-    """``/proc/<pid>/cgroup`` as controller -> path; the v2 unified entry (``0::/path``) has key ``""``.
-
-    A v1 line names one or more controllers ("4:cpu,cpuacct:/ns/id"); each gets the path, and so does the
-    joined name, which is also how such a hierarchy's mount directory is named.
-    """
-    paths: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        paths[controllers] = path
-        for controller in controllers.split(","):
-            if controller:
-                paths[controller] = path
-    return paths
-
-
-def read_cgroups(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="ascii") as file:
-            return parse_proc_cgroup(file.read())
-    except OSError as exc:
-        raise EngineError(f"cannot read the cgroups of pid {pid}: {exc.strerror}") from None
-
-
-def cgroup_dir(cgroups: dict[str, str], controller: str, root: str = CGROUP_ROOT) -> str | None:
-    """The host directory of ``controller``'s cgroup (v1), or of the unified cgroup (v2) when controller is ""."""
-    if controller not in cgroups:
-        return None
-    path = cgroups[controller].lstrip("/")
-    if controller == "":
-        return os.path.join(root, path)
-    for joined, joined_path in cgroups.items():  # the mount dir may be the joined name ("cpu,cpuacct")
-        if controller in joined.split(",") and os.path.isdir(os.path.join(root, joined)):
-            return os.path.join(root, joined, joined_path.lstrip("/"))
-    return os.path.join(root, controller, path)
-
-
-def _read_int(path: str | None) -> int:
-    if path is None:
-        return 0
-    try:
-        with open(path, encoding="ascii") as file:
-            return int(file.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _read_keyed(path: str, key: str) -> int:
-    try:
-        with open(path, encoding="ascii") as file:
-            for line in file:
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def cgroup_usage(cgroups: dict[str, str], root: str = CGROUP_ROOT) -> tuple[int, int]:
-    """(memory bytes, cpu ns) of a cgroup: v1 memory.usage_in_bytes + cpuacct.usage, v2 memory.current +
-    cpu.stat usage_usec. Zeros for what cannot be read (a deleted cgroup)."""
-    memory_dir = cgroup_dir(cgroups, "memory", root)
-    if memory_dir is not None:
-        memory = _read_int(os.path.join(memory_dir, "memory.usage_in_bytes"))
-        cpu_dir = cgroup_dir(cgroups, "cpuacct", root)
-        return memory, _read_int(os.path.join(cpu_dir, "cpuacct.usage") if cpu_dir else None)
-    unified = cgroup_dir(cgroups, "", root)
-    if unified is None:
-        return 0, 0
-    return (_read_int(os.path.join(unified, "memory.current")),
-            _read_keyed(os.path.join(unified, "cpu.stat"), "usage_usec") * 1000)
-
-
-def cgroup_pids(cgroups: dict[str, str], root: str = CGROUP_ROOT) -> list[int]:
-    """Every process in the cgroup (cgroup.procs of the pids, memory or unified hierarchy)."""
-    for controller in ("pids", "memory", "cpu", ""):
-        directory = cgroup_dir(cgroups, controller, root)
-        if directory is None:
-            continue
-        try:
-            with open(os.path.join(directory, "cgroup.procs"), encoding="ascii") as file:
-                return sorted(int(line) for line in file if line.strip())
-        except (OSError, ValueError):
-            continue
-    return []
-
-
 # --- guests -----------------------------------------------------------------------------------------------------
 
-class NativeGuest(Guest):
-    """A runc container of ours: its init ``pid``, signals, usage, and deletion (no pause: see the docstring)."""
+class NativeGuest(ChildGuest):
+    """A runc container of ours: its init process (a ``ChildGuest``), signals through runc, its cgroup's usage,
+    and deletion (no pause: see the module docstring)."""
 
     engine_name: ClassVar[str] = "native"
 
-    def __init__(self, runc: Runc, task_id: str) -> None:
+    def __init__(self, runc: Runc, task_id: str, pid: int, forget: Callable[[str], None]) -> None:
+        super().__init__(task_id, pid, None)  # signals go through `runc kill`, which also knows --all
         self.runc = runc
-        self.task_id = task_id
-        self.pid = 0
         self.cgroups: dict[str, str] = {}
-        self._on_exit: Callable[[int], None] | None = None
-        self._lock = threading.Lock()
-        self._exit_status: int | None = None
         self._deleted = False
-        self._forget: Callable[[str], None] = lambda _id: None
-
-    @property
-    def exit_status(self) -> int | None:
-        """None while init runs; its status once it was reaped."""
-        return self._exit_status
+        self._forget = forget
 
     def kill(self, signal: int, all: bool = False) -> None:
         """Signal the container's init process, or with ``all`` every process of it (``runc kill [--all]``);
         a no-op once it has exited."""
-        self._signal(signal, every_process=all)
+        check_signal(signal)
+        if self.exit_status is not None or self._deleted:
+            return
+        args = ["kill", *(["--all"] if all else []), self.task_id, str(signal)]
+        done = self.runc.run(*args)
+        if done.returncode == 0 or self.exit_status is not None or _GONE.search(done.stderr):
+            return
+        raise EngineError(f"runc kill {self.task_id} {signal}: {done.stderr.strip() or done.returncode}")
 
     def stats(self) -> tuple[int, int]:
         """(memory bytes, cpu ns) of the container's cgroup."""
@@ -658,7 +486,7 @@ class NativeGuest(Guest):
 
     def pids(self) -> list[int]:
         """The container's processes (its cgroup's), init first; empty once it has exited."""
-        if self._exit_status is not None:
+        if self.exit_status is not None:
             return []
         found = cgroup_pids(self.cgroups)
         rest = [p for p in found if p != self.pid]
@@ -675,128 +503,5 @@ class NativeGuest(Guest):
         if done.returncode != 0 and not _GONE.search(done.stderr):
             raise EngineError(f"runc delete {self.task_id}: {done.stderr.strip() or done.returncode}")
 
-    # --- internals ------------------------------------------------------------------------------------------
-
-    def _signal(self, signal: int, every_process: bool) -> None:
-        check_signal(signal)
-        if self._exit_status is not None or self._deleted:
-            return
-        args = ["kill", *(["--all"] if every_process else []), self.task_id, str(signal)]
-        done = self.runc.run(*args)
-        if done.returncode == 0 or self._exit_status is not None or _GONE.search(done.stderr):
-            return
-        raise EngineError(f"runc kill {self.task_id} {signal}: {done.stderr.strip() or done.returncode}")
-
-    def _arm(self, on_exit: Callable[[int], None]) -> None:
-        """Start succeeded: deliver the exit to ``on_exit`` once, also if init has already been reaped."""
-        with self._lock:
-            status = self._exit_status
-            if status is None:
-                self._on_exit = on_exit
-        if status is not None:
-            on_exit(status)
-
-    def _exited(self, status: int) -> None:  # from the watcher thread, once
-        with self._lock:
-            self._exit_status = status
-            on_exit, self._on_exit = self._on_exit, None
+    def _gone(self, status: int) -> None:
         log.info("native container %s: init %d exited with status %d", self.task_id, self.pid, status)
-        if on_exit is not None:
-            on_exit(status)
-
-
-class _ExitWatcher:
-    """One thread that polls the pidfds of every watched init process and reaps each exactly once.
-
-    Registration goes through a queue and an eventfd (the thread owns the epoll set). ``close`` stops the
-    thread once every watched process was reaped, or after its timeout.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[tuple[int, Callable[[int], None]]] = []
-        self._watched = 0
-        self._thread: threading.Thread | None = None
-        self._wake = -1
-        self._stopping = False
-        self._idle = threading.Condition(self._lock)
-
-    def watch(self, pidfd: int, on_reaped: Callable[[int], None]) -> None:
-        """Own ``pidfd`` from now on: reap its process when it exits, then call ``on_reaped(status)``."""
-        with self._lock:
-            if self._thread is None:
-                self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-                self._thread = threading.Thread(target=self._run, name="native-exits", daemon=True)
-                self._thread.start()
-            self._queue.append((pidfd, on_reaped))
-            self._watched += 1
-        os.eventfd_write(self._wake, 1)
-
-    def close(self, timeout: float) -> None:
-        with self._lock:
-            thread = self._thread
-            if thread is None:
-                return
-            self._idle.wait_for(lambda: self._watched == 0, timeout)
-            self._stopping = True
-        os.eventfd_write(self._wake, 1)
-        thread.join(timeout)
-
-    def _run(self) -> None:
-        poller = select.epoll()
-        callbacks: dict[int, Callable[[int], None]] = {}
-        poller.register(self._wake, select.EPOLLIN)
-        try:
-            while True:
-                for fd, _ in poller.poll():
-                    if fd == self._wake:
-                        os.eventfd_read(self._wake)
-                        with self._lock:
-                            queued, self._queue = self._queue, []
-                            if self._stopping:
-                                return
-                        for pidfd, callback in queued:
-                            callbacks[pidfd] = callback
-                            poller.register(pidfd, select.EPOLLIN)
-                        continue
-                    status = _reap(fd)
-                    if status is None:
-                        continue  # spurious; still running
-                    poller.unregister(fd)
-                    os.close(fd)
-                    callback = callbacks.pop(fd)
-                    try:
-                        callback(status)
-                    except Exception:
-                        log.exception("exit callback failed")
-                    with self._lock:
-                        self._watched -= 1
-                        self._idle.notify_all()
-        finally:
-            for fd in callbacks:
-                os.close(fd)
-            poller.close()
-            with self._lock:
-                os.close(self._wake)
-                self._wake = -1
-                self._thread = None
-                self._stopping = False
-                self._watched = 0
-                self._idle.notify_all()
-
-
-def _reap(pidfd: int) -> int | None:
-    """waitid(P_PIDFD) without blocking: the status of that one process, or None while it runs."""
-    try:
-        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-    except ChildProcessError:
-        # Not our child (no subreaper above it): the exit is seen, the status is not. Report a failure.
-        log.error("an init process exited that is not the daemon's child; its exit status is unknown")
-        return 255
-    except OSError as exc:
-        if exc.errno == errno.EINTR:
-            return None
-        raise
-    if result is None:
-        return None
-    return exit_status(result)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .wire import WireError
 
 # Every name loads on first use: `start` imports only `wire` (through `launch`) and `delete` adds `connection`,
-# so the package itself must import nothing (issue 5: each import is paid by every container start).
+# so the package itself must import nothing (each import is paid by every container start).
 _LAZY = {
     **dict.fromkeys(
         ("MAX_MESSAGE_SIZE", "Connection", "ConnectionClosed", "Event", "LocalProtocolError", "ProtocolError",

@@ -1,7 +1,7 @@
 """Issue 4 (wasm OCI artifacts): the shim reads an artifact's wasm layer from containerd's content store over gRPC.
 
 Against a real private containerd (1.6 and 2.x): artifacts are imported with `ctr images import --no-unpack` (an
-artifact's layer is not a tar), then `oci.content.ContainerdClient` / `fetch_wasm_layer` read them back and
+artifact's layer is not a tar), then `shim.containerd_client.ContainerdClient` / `fetch_wasm_layer` read them back and
 `shim.image_source.provide_entrypoint` places the layer in a rootfs. Pure rules (index selection, digest checks)
 and the paths that never reach containerd are tested without it.
 """
@@ -21,7 +21,8 @@ import pytest
 
 from tests.harness.containerd import Containerd
 from wasm_shim.oci.artifact import Artifact, ArtifactError, build_artifact
-from wasm_shim.oci.content import (
+from wasm_shim.oci.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Blob
+from wasm_shim.shim.containerd_client import (
     ContainerdClient,
     ContentStoreError,
     Descriptor,
@@ -30,7 +31,6 @@ from wasm_shim.oci.content import (
     select_manifest,
     verify_blob,
 )
-from wasm_shim.oci.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Blob
 from wasm_shim.shim.engines.base import GuestSpec
 from wasm_shim.shim.image_source import ImageSourceError, provide_entrypoint
 

@@ -1,18 +1,16 @@
-"""Issue 3: components run in a runner process of their own, through `ctr` on containerd 1.6 and 2.x.
+"""Components run in a runner process of their own, through `ctr` on containerd 1.6 and 2.x.
 
-What the process boundary must give (see the wasmtime engine's module docstring): a kill ends a component
-whatever it is doing, and afterwards no runner process is left and the daemon's threads and fds are back to
-what they were; pause/resume freeze the runner; `wasm.shim.io/component-isolation: thread` keeps a component in
-the daemon. The runner is the Rust `wasm-shim-component-runner` (runner/); without it, the Python runner takes
-over (tested here too). Network grants: tests/integration/test_network.py.
-Measurements (printed, never asserted): `ctr run` of a hello component via each runner vs in the daemon, and the
-PSS of idle runners.
+What the process boundary must give (shim/engines/wasmtime/runner.py): a kill ends a component whatever it is
+doing, and afterwards no runner process is left and the daemon's threads and fds are back to what they were;
+pause/resume freeze the runner; `wasm.shim.io/component-isolation: thread` keeps a component in the daemon. The
+runner is `wasm-shim-component-runner` (runner/); without it, Create of a component in a process fails saying so
+(tested here too). Network grants: tests/integration/test_network.py. What a runner costs (start, PSS) is
+measured by `python -m bench --only components`, not here.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -32,13 +30,12 @@ from tests.integration.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 
-RUNNER_FLAG = b"--component-runner"  # the Python runner's argv
-RUST_RUNNER = b"wasm-shim-component-runner"  # the Rust runner's program name (runner/)
+RUNNER = b"wasm-shim-component-runner"  # the runner's program name (runner/)
 ISOLATION = "wasm.shim.io/component-isolation"
 
 
 def _runners(daemon: int) -> list[int]:
-    """The daemon's children that are component runners (the Rust runner, or the Python one by its flag)."""
+    """The daemon's children that are component runners."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -48,16 +45,9 @@ def _runners(daemon: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == daemon and (RUNNER_FLAG in argv or os.path.basename(argv[0]) == RUST_RUNNER):
+        if ppid == daemon and os.path.basename(argv[0]) == RUNNER:
             found.append(int(entry.name))
     return sorted(found)
-
-
-def _pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
 def test_killed_runners_leave_nothing_behind(containerd, wasm_image, guests):
@@ -154,64 +144,21 @@ def test_thread_isolation_keeps_the_component_in_the_daemon(containerd, wasm_ima
     containerd.ctr("container", "rm", "th-2", check=False)
 
 
-def _measure(containerd, wasm_image, guests, modes: dict[str, tuple[str, ...]]) -> tuple[dict[str, float], float]:
-    """Median `ctr run --rm` of hello.component per mode (ms), and the mean idle PSS of 5 runners (MiB)."""
-    image = wasm_image("hello-c-bench", guests / "hello.component.wasm")
-    timings: dict[str, list[float]] = {mode: [] for mode in modes}
-    for round_ in range(6):
-        for mode, flags in modes.items():
-            began = time.monotonic()
-            out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, f"bench-{round_}-{len(flags)}")
-            if round_:  # the first round compiles and warms the daemon
-                timings[mode].append(time.monotonic() - began)
-            assert out.stdout.strip() == "hello from wasm"
-    sleeper = wasm_image("idle-c", guests / "sleep.component.wasm")
-    ids = [f"idle-c-{i}" for i in range(5)]
-    try:
-        for task_id in ids:
-            containerd.ctr("run", "-d", "--runtime", RUNTIME, sleeper, task_id, "/app.wasm", "100")
-        for task_id in ids:
-            wait_for(lambda: _status(containerd, task_id) == "RUNNING", 10, f"{task_id} running")  # noqa: B023
-        time.sleep(0.5)
-        (daemon,) = daemon_pids(containerd)
-        runners = _runners(daemon)
-        assert len(runners) == len(ids)
-        pss = [_pss_kib(pid) for pid in runners]
-    finally:
-        for task_id in ids:
-            remove_task(containerd, task_id)
-    return {mode: statistics.median(t) * 1000 for mode, t in timings.items()}, statistics.mean(pss) / 1024
-
-
-def test_measure_runner_start_and_memory(containerd, wasm_image, guests):
-    """Prints `ctr run --rm` of a hello component via the (Rust) runner and in the daemon, and PSS per idle runner."""
-    modes = {"runner": (), "thread": ("--annotation", f"{ISOLATION}=thread")}
-    ms, pss = _measure(containerd, wasm_image, guests, modes)
-    print(f"\nctr run --rm hello.component.wasm, median of 5: component runner {ms['runner']:.0f} ms, "
-          f"in the daemon {ms['thread']:.0f} ms; idle component runners: PSS {pss:.1f} MiB each (5 runners)")
-
-
-def test_python_runner_fallback(containerd_factory, wasm_image_factory, guests):
-    """Without the Rust runner, components run in the Python runner: output, kill, and a refused network grant.
-
-    Also prints its start and idle PSS, to compare with test_measure_runner_start_and_memory's Rust runner.
-    """
+def test_without_the_runner_a_component_in_a_process_fails_create_naming_it(containerd_factory,
+                                                                            wasm_image_factory, guests):
+    """The runner is the one way a component runs in a process: without it, Create says what is missing and how
+    to get it (or to run the component in the daemon instead), and nothing is left running."""
     containerd = containerd_factory(env={"WASM_SHIM_COMPONENT_RUNNER": "/nonexistent/wasm-shim-component-runner"})
     wasm_image = wasm_image_factory(containerd)
-    ms, pss = _measure(containerd, wasm_image, guests, {"python runner": ()})
+    hello = wasm_image("hello-norunner", guests / "hello.component.wasm")
+    refused = containerd.ctr("run", "--rm", "--runtime", RUNTIME, hello, "norunner-1", check=False)
+    assert refused.returncode != 0
+    assert "components run in wasm-shim-component-runner, which is not installed here" in refused.stderr
+    assert "/nonexistent/wasm-shim-component-runner" in refused.stderr and f"{ISOLATION}=thread" in refused.stderr
+    containerd.ctr("container", "rm", "norunner-1", check=False)
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", f"{ISOLATION}=thread", hello,
+                         "norunner-2")
+    assert out.stdout.strip() == "hello from wasm"
     (daemon,) = daemon_pids(containerd)
-    sleeper = wasm_image("sleep-py", guests / "sleep.component.wasm")
-    containerd.ctr("run", "-d", "--runtime", RUNTIME, sleeper, "sleep-py", "/app.wasm", "100")
-    wait_for(lambda: _status(containerd, "sleep-py") == "RUNNING", 10, "sleep-py running")
-    (pid,) = _runners(daemon)
-    assert RUNNER_FLAG in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    remove_task(containerd, "sleep-py")
-    wait_for(lambda: _runners(daemon) == [], 5, "the Python runner gone")
-    hello = wasm_image("hello-py", guests / "hello.component.wasm")
-    refused = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", "wasm.shim.io/network=pod",
-                             "--with-ns", "network:/proc/1/ns/net", hello, "net-py", check=False)
-    assert refused.returncode != 0 and "wasm-shim-component-runner, which is not installed" in refused.stderr
-    containerd.ctr("container", "rm", "net-py", check=False)
-    assert "components run in the Python runner" in shim_log_text(containerd)
-    print(f"\nctr run --rm hello.component.wasm, median of 5: Python runner {ms['python runner']:.0f} ms; "
-          f"idle Python runners: PSS {pss:.1f} MiB each (5 runners)")
+    assert _runners(daemon) == []
+    assert "wasm-shim-component-runner not found" in shim_log_text(containerd)

@@ -7,7 +7,6 @@ Each step asserts what a user sees: `crictl logs` output, states in `crictl ps -
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import time
@@ -83,16 +82,6 @@ def test_runc_pod_baseline(cri_node: CriNode) -> None:
 
 
 # -- the wasmtime handler: the pause container runs native (runc) inside our shim, app containers in wasmtime --
-def _native_engine_present() -> bool:
-    return importlib.util.find_spec("wasm_shim.shim.engines.native") is not None
-
-
-needs_native = pytest.mark.skipif(
-    not _native_engine_present(),
-    reason="the pause container needs the native engine (shim/engines/native.py, issue 3), not there yet",
-)
-
-
 def _wasm_pod(cri_node: CriNode, name: str) -> tuple[str, Path]:
     pod = cri_node.pod_config(name)
     pod_id = cri_node.crictl.runp(pod, runtime=HANDLER)
@@ -100,7 +89,6 @@ def _wasm_pod(cri_node: CriNode, name: str) -> tuple[str, Path]:
     return pod_id, pod
 
 
-@needs_native
 def test_wasm_pod_lifecycle(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     hello = cri_node.wasm_image("hello", guests / "hello.wasm")
@@ -138,7 +126,6 @@ def test_wasm_pod_lifecycle(cri_node: CriNode, guests: Path) -> None:
     assert crictl.pod_state(pod_id) == ""
 
 
-@needs_native
 def test_stats_and_stop_of_spinning_guest(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     spin = cri_node.wasm_image("spin", guests / "spin.wasm")
@@ -167,7 +154,6 @@ def test_stats_and_stop_of_spinning_guest(cri_node: CriNode, guests: Path) -> No
     crictl.run("rmp", pod_id)
 
 
-@needs_native
 def test_two_pods_at_once(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     hello = cri_node.wasm_image("hello", guests / "hello.wasm")
@@ -191,7 +177,6 @@ def test_two_pods_at_once(cri_node: CriNode, guests: Path) -> None:
     assert crictl.json("pods").get("items", []) == []
 
 
-@needs_native
 def test_wasm_with_native_sidecar(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     spin = cri_node.wasm_image("spin", guests / "spin.wasm")
@@ -210,7 +195,6 @@ def test_wasm_with_native_sidecar(cri_node: CriNode, guests: Path) -> None:
     crictl.run("rmp", pod_id)
 
 
-@needs_native
 def test_containerd_restart_keeps_wasm_pod(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     spin = cri_node.wasm_image("spin", guests / "spin.wasm")
@@ -231,7 +215,6 @@ def test_containerd_restart_keeps_wasm_pod(cri_node: CriNode, guests: Path) -> N
     assert crictl.pod_state(pod_id) == ""
 
 
-@needs_native
 def test_image_without_wasm_or_entrypoint_is_a_clear_error(cri_node: CriNode, guests: Path) -> None:
     crictl = cri_node.crictl
     text = cri_node.image("notwasm", {"/app.wasm": b"this is not wasm\n"}, entrypoint=["/app.wasm"])
@@ -252,7 +235,6 @@ def _options_table(kind: str, body: str) -> str:
     return f'[plugins."{plugin}".containerd.runtimes.{HANDLER}.options]\n{body}'
 
 
-@needs_native
 def test_runtime_options_reach_the_shim(cri_node_factory: CriNodeFactory, guests: Path, tmp_path: Path,
                                         request: pytest.FixtureRequest) -> None:
     """grouping=pod (one daemon per pod) set through containerd's options table: inline on 2.x (config_body),
@@ -337,7 +319,6 @@ def _pull_and_pod(node: CriNode, registry: LocalRegistry, artifact: Artifact, na
     return ref, pod_id, pod
 
 
-@needs_native
 def test_wasm_artifact_runs_from_content_store(cri_node_factory: CriNodeFactory, registry: LocalRegistry,
                                                 guests: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     node = _artifact_node(cri_node_factory, registry, tmp_path, request)
@@ -368,7 +349,6 @@ def test_wasm_artifact_runs_from_content_store(cri_node_factory: CriNodeFactory,
     node.crictl.run("rmp", pod_id)
 
 
-@needs_native
 @pytest.mark.parametrize("problem", ["two layers", "unknown media type"])
 def test_bad_wasm_artifact_fails_start_with_the_reason(cri_node_factory: CriNodeFactory, registry: LocalRegistry,
                                                        guests: Path, tmp_path: Path, request: pytest.FixtureRequest,
@@ -400,7 +380,6 @@ def test_bad_wasm_artifact_fails_start_with_the_reason(cri_node_factory: CriNode
     node.crictl.run("rmp", pod_id)
 
 
-@needs_native
 def test_pod_network_grant_serves_on_the_pod_ip(cri_node: CriNode, guests: Path) -> None:
     """Issue 3 through CRI: a pod annotation grants a component one listening port, in the pod's network namespace.
 
@@ -441,7 +420,6 @@ def test_pod_network_grant_serves_on_the_pod_ip(cri_node: CriNode, guests: Path)
     crictl.run("rmp", pod_id)
 
 
-@needs_native
 def test_wasi_http_component_is_served_on_the_pod_ip(cri_node: CriNode, guests: Path) -> None:
     """A wasi:http/proxy component in a pod: served on the pod's CNI address, port 8080, until `crictl stop`.
 

@@ -11,7 +11,6 @@ killed at once and its port can be bound again by the next container; refusals n
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -266,12 +265,11 @@ def test_a_missing_component_runner_fails_prepare_with_its_name(tmp_path, guests
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     shutil.copyfile(guests / "hello.component.wasm", rootfs / "app.wasm")
-    spec = {"linux": {"namespaces": [{"type": "network", "path": str(pod_netns)}]}}
-    (tmp_path / "config.json").write_text(json.dumps(spec))
     engine = WasmtimeEngine(cache_dir=None, component_runner=str(tmp_path / "no-such-runner"))
     try:
         guest = GuestSpec(task_id="t", rootfs=str(rootfs), root_readonly=True, args=("/app.wasm",), env=(),
-                          cwd="/", annotations={NETWORK: "tcp-listen=*:80"}, bundle=str(tmp_path))
+                          cwd="/", annotations={NETWORK: "tcp-listen=*:80"},
+                          network_namespace=str(pod_netns))
         with pytest.raises(EngineError, match="wasm-shim-component-runner, which is not installed") as caught:
             engine.prepare(guest)
         assert "no-such-runner" in str(caught.value) and "tcp-listen=*:80" in str(caught.value)
@@ -285,7 +283,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_component_runner_applies_the_rest_of_the_spec(containerd, wasm_image, guests, pod_netns, tmp_path):
-    """A granted component gets the same args, env, mounts, limits and exit statuses as one in the Python runner."""
+    """A granted component gets the same args, env, mounts, limits and exit statuses as one without a grant."""
     grant = ("--annotation", f"{NETWORK}=pod", "--with-ns", f"network:{pod_netns}")
 
     def run(image: str, task_id: str, *args: str, flags: tuple[str, ...] = ()):

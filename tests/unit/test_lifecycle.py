@@ -16,7 +16,6 @@ def test_normal_run():
     assert life.apply(Action.KILL) is TaskState.RUNNING
     assert life.apply(Action.EXIT) is TaskState.STOPPED
     assert life.apply(Action.DELETE) is TaskState.STOPPED
-    assert life.history == [TaskState.CREATED, TaskState.RUNNING]
 
 
 def test_killed_before_start_exits():

@@ -1,5 +1,5 @@
-"""The native engine's process plumbing without runc: exit statuses, the pidfd exit watcher, stdio, cgroups,
-runc's log. Real child processes and FIFOs; no sockets, no containers."""
+"""The child-process plumbing (shim/engines/child.py) and the native engine's without runc: exit statuses, the
+pidfd exit watcher, stdio, cgroups, runc's log. Real child processes and FIFOs; no sockets, no containers."""
 
 from __future__ import annotations
 
@@ -12,18 +12,9 @@ from pathlib import Path
 import pytest
 
 from wasm_shim.shim.engines.base import EngineError, GuestStdio
-from wasm_shim.shim.engines.native import (
-    _ExitWatcher,
-    cgroup_dir,
-    cgroup_pids,
-    cgroup_usage,
-    check_signal,
-    exit_status,
-    open_stdio,
-    parse_proc_cgroup,
-    read_cgroups,
-    runc_log_error,
-)
+from wasm_shim.shim.engines.cgroups import cgroup_dir, cgroup_pids, cgroup_usage, parse_proc_cgroup, read_cgroups
+from wasm_shim.shim.engines.child import ExitWatcher, check_signal, exit_status, open_stdio
+from wasm_shim.shim.engines.native import runc_log_error
 
 
 def _spawn(*args: str) -> int:
@@ -52,7 +43,7 @@ def test_signal_numbers_are_checked() -> None:
 
 
 def test_watcher_reaps_each_process_once_and_reports_its_status() -> None:
-    watcher = _ExitWatcher()
+    watcher = ExitWatcher()
     statuses: dict[int, int] = {}
     done = threading.Event()
 
@@ -79,7 +70,7 @@ def test_watcher_reaps_each_process_once_and_reports_its_status() -> None:
 
 
 def test_watcher_close_waits_for_watched_processes() -> None:
-    watcher = _ExitWatcher()
+    watcher = ExitWatcher()
     seen: list[int] = []
     pid = _spawn("import time; time.sleep(0.3)")
     watcher.watch(os.pidfd_open(pid), seen.append)
@@ -177,14 +168,14 @@ def test_guest_delivers_an_exit_that_came_before_start_returned() -> None:
     # A container like `true` can be reaped before start() arms on_exit: the status must still arrive, once.
     from wasm_shim.shim.engines.native import NativeGuest, Runc
 
-    guest = NativeGuest(Runc("runc", "/nonexistent"), "t")
-    guest._exited(3)
+    guest = NativeGuest(Runc("runc", "/nonexistent"), "t", 0, lambda _id: None)
+    guest.reaped(3)
     seen: list[int] = []
-    guest._arm(seen.append)
+    guest.arm(seen.append)
     assert seen == [3] and guest.exit_status == 3
-    armed = NativeGuest(Runc("runc", "/nonexistent"), "u")
-    armed._arm(seen.append)
-    armed._exited(137)
+    armed = NativeGuest(Runc("runc", "/nonexistent"), "u", 0, lambda _id: None)
+    armed.arm(seen.append)
+    armed.reaped(137)
     assert seen == [3, 137]
     assert armed.pids() == []
     armed.kill(9)  # a no-op once the container has exited: no runc call

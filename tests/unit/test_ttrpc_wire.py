@@ -238,12 +238,22 @@ def test_malformed_response() -> None:
 
 
 def test_every_truncation_fails_cleanly() -> None:
+    """A cut inside a field is a WireError; a cut between fields is a shorter valid message (protobuf has no end
+    marker: the frame header's length is what catches those) and decodes to exactly the fields before it."""
     encoded = encode_request("containerd.task.v2.Task", "Create", b"x" * 200, 5, [("a", "b")])
+    failed, boundaries = 0, []
     for cut in range(len(encoded)):
         try:
-            decode_request(encoded[:cut])
+            request = decode_request(encoded[:cut])
         except WireError:
-            pass
+            failed += 1
+            continue
+        again = encode_request(request.service, request.method, request.payload, request.timeout_nano,
+                               request.metadata)
+        assert again == encoded[:cut], f"cut at {cut} decoded to something else than the fields before it"
+        boundaries.append(cut)
+    assert boundaries == [0, 25, 33, 236, 238]  # before service, method, payload, timeout, metadata
+    assert failed == len(encoded) - len(boundaries)
 
 
 def test_random_bytes_raise_only_wire_error() -> None:

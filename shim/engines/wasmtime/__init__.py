@@ -11,15 +11,14 @@ This package is the only code that imports ``wasmtime`` (DESIGN principle 6). On
 - ``thread_guest`` a guest on a thread of the daemon (what modules and components share there).
 - ``modules``      core modules: linking, the entry export, ``ModuleGuest``.
 - ``components``   components: export inspection, the entry check, isolation, ``ComponentGuest``.
-- ``runner``       the component runner process: locating it, its plan, spawning, ``ComponentRunner``.
-- ``python_runner`` the fallback runner process when the Rust one is not installed.
+- ``runner``       the component runner process: locating it, the check, its plan, ``ComponentRunner``.
 - ``reports``      ``wasm trap: ...`` / ``wasm error: ...`` texts.
 
 Import it only where wasmtime is wanted: ``import wasmtime`` alone costs ~65 ms, which the ``start`` subcommand
 must never pay.
 """
 
-from .cache import CacheStats, RunnerArtifact
+from .cache import CacheStats
 from .components import ComponentGuest, ComponentPrepared
 from .engine import WasmtimeEngine, WasmtimeGuest, WasmtimePrepared
 from .epochs import TICK_SECONDS
@@ -36,7 +35,6 @@ __all__ = [
     "ComponentRunner",
     "ModuleGuest",
     "ModulePrepared",
-    "RunnerArtifact",
     "WasmtimeEngine",
     "WasmtimeGuest",
     "WasmtimePrepared",

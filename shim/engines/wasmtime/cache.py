@@ -52,14 +52,6 @@ class CacheStats:
     disk_discarded: int = 0  # corrupt, foreign or incompatible files deleted
 
 
-@dataclass(frozen=True)
-class RunnerArtifact:
-    """Where a runner finds a compiled component: a cache file and the sha256 (hex) of its payload."""
-
-    path: str
-    payload_sha256: str
-
-
 class CacheFileRefused(Exception):
     """A cache file we must not deserialize (not ours, not private, bad header or digest); says why."""
 
@@ -130,7 +122,6 @@ class ArtifactCache(Generic[Finished]):
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._counts = {name: 0 for name in CacheStats.__dataclass_fields__}
-        self._runner_files: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (identity, payload sha256)
         self._dir: str | None = None
         if cache_dir is not None:
             check_private_dir(cache_dir, create=True)
@@ -249,44 +240,6 @@ class ArtifactCache(Generic[Finished]):
             raise
         self._count("disk_writes")
         return digest.hex()
-
-    def runner_file(
-        self, digest: str, component: wasm_component.Component, fallback_dir: Callable[[], str]
-    ) -> RunnerArtifact:
-        """The compiled ``component`` (of bytes with sha256 ``digest``) on disk for a runner: the cache file,
-        written if missing.
-
-        The file is read back and its digest checked once per (inode, size, mtime); a file that changed or
-        went away since is rewritten from the in-memory component. Without a cache_dir, ``fallback_dir()``
-        (a private temporary directory of the engine) holds it.
-        """
-        key = f"{digest}.{WasmKind.COMPONENT.value}"
-        path = self._path(key) or os.path.join(fallback_dir(), key + ".cwasm")
-        with self._lock:
-            known = self._runner_files.get(path)
-        try:
-            info = os.lstat(path)
-            identity: tuple[int, ...] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
-        except OSError:
-            identity = None
-        if known is not None and identity == known[0]:
-            return RunnerArtifact(path, known[1])
-        try:
-            payload_digest = sha256(read_cache_file(path)).hex() if identity is not None else None
-        except (OSError, CacheFileRefused) as exc:
-            self._discard(path, str(exc))
-            payload_digest = None
-        if payload_digest is None:
-            try:
-                payload_digest = self._write(path, bytes(component.serialize()))
-            except OSError as exc:
-                raise EngineError(
-                    f"cannot write the compiled component to {path} for its runner process: {exc.strerror}"
-                ) from None
-        info = os.lstat(path)
-        with self._lock:
-            self._runner_files[path] = ((info.st_ino, info.st_size, info.st_mtime_ns), payload_digest)
-        return RunnerArtifact(path, payload_digest)
 
     def _discard(self, path: str, why: str) -> None:
         log.warning("discarding compiled-module cache file %s: %s", path, why)

@@ -3,7 +3,8 @@
 Owns what is specific to components: inspecting a compiled component's exports once (``inspect_component``,
 the step that decides what a component can be started as), the entry check (a component runs only through
 ``wasi:cli/run@0.2.x``), how it is isolated (``component_isolation``), and running it in a thread of the
-daemon (``ComponentGuest``; the default is a runner process, ``runner``).
+daemon (``ComponentGuest``; the default is a runner process, ``runner``, which alone compiles the components
+it runs: the daemon never compiles those a second time).
 
 Isolation. Components block inside wasmtime's own Rust WASI code (sleep, poll, socket accept) where no Python
 runs and no epoch reaches, so by default each component runs in a child process of its own, the runner, where a
@@ -26,7 +27,6 @@ import wasmtime.component as wasm_component
 
 from ..base import EXIT_FAILURE, EngineError, Entrypoint, GuestMount, GuestSpec
 from ..network import NO_NETWORK, NetworkGrant
-from .cache import RunnerArtifact
 from .epochs import Epochs
 from .reports import dispose
 from .serving import ServePlan
@@ -49,18 +49,23 @@ class CompiledComponent:
 
 @dataclass(frozen=True)
 class ComponentPrepared:
-    """A component ready to start: the compiled artifact, the guest's grant, and where it runs."""
+    """A component ready to start: what it is, the guest's grant, and where it runs.
+
+    In a runner process (``isolation == "process"``) the component is compiled by the runner alone (``runner``,
+    ``check_in_runner``) and ``compiled`` is None; in a daemon thread ``compiled`` is the daemon's artifact.
+    """
 
     spec: GuestSpec
     entry: Entrypoint
-    compiled: CompiledComponent
+    digest: str  # sha256 (hex) of the component's bytes
+    exports: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     preopens: tuple[GuestMount, ...]
     isolation: str  # "process" (a runner) or "thread"
-    network: NetworkGrant = NO_NETWORK  # granted: only the Rust component runner honours it (runner/)
-    netns: str | None = None  # the pod's network namespace the Rust runner joins (granted only)
-    runner: str | None = None  # the Rust component runner executable (process isolation, when installed)
-    artifact: RunnerArtifact | None = None  # the compiled component on disk, for the Python runner
+    network: NetworkGrant = NO_NETWORK  # granted: only the component runner honours it (runner/)
+    netns: str | None = None  # the pod's network namespace the runner joins (granted only)
+    runner: str | None = None  # the component runner executable (process isolation)
+    compiled: CompiledComponent | None = None  # thread isolation: compiled in the daemon
     serve: ServePlan | None = None  # set for a wasi:http/proxy component: the runner serves it (serving.py)
 
 
@@ -76,18 +81,26 @@ def inspect_component(wasm: wasmtime.Engine, component: wasm_component.Component
     return CompiledComponent(digest, component, run_index, exports)
 
 
-def check_component_entry(compiled: CompiledComponent, entry: Entrypoint, name: str) -> None:
-    """A component runs only as a wasi:cli command; ``path#export`` may only name that interface."""
-    listing = ", ".join(compiled.exports) or "none"
-    if compiled.run_index is None:
+def exports_run(exports: tuple[str, ...]) -> bool:
+    """Whether a component with these export names is a wasi:cli command (exports wasi:cli/run@0.2.x)."""
+    return any(RUN_INTERFACE.match(export) for export in exports)
+
+
+def check_component_entry(exports: tuple[str, ...], runs: bool, entry: Entrypoint, name: str) -> None:
+    """A component runs only as a wasi:cli command; ``path#export`` may only name that interface.
+
+    ``runs``: it exports wasi:cli/run@0.2.x with its ``run`` function.
+    """
+    listing = ", ".join(exports) or "none"
+    if not runs:
         raise EngineError(
             f"{name} is a component that does not export wasi:cli/run@0.2.x (exports: {listing}); "
             "only wasi:cli command components can run"
         )
     if entry.export is not None:
         selector = entry.export.removesuffix("#run")
-        runs = [export for export in compiled.exports if RUN_INTERFACE.match(export)]
-        if selector not in ("wasi:cli/run", "run", *runs):
+        interfaces = [export for export in exports if RUN_INTERFACE.match(export)]
+        if selector not in ("wasi:cli/run", "run", *interfaces):
             raise EngineError(
                 f"{name}: a component can only be started through wasi:cli/run, not {entry.export!r} "
                 f"(exports: {listing})"
@@ -115,12 +128,15 @@ class ComponentGuest(ThreadGuest):
     ):
         if prepared.network.granted:  # refused in prepare: a thread would open sockets in the node's namespace
             raise EngineError("a network grant is only honoured by the component runner, in the pod's namespace")
+        if prepared.compiled is None:
+            raise TypeError("a component for a daemon thread is compiled in the daemon (isolation thread)")
         super().__init__(wasm, epochs, threads, prepared.spec, on_exit)
         self._linker = linker
         self.prepared = prepared
+        self._compiled = prepared.compiled
 
     def _execute(self, store: wasmtime.Store) -> int:
-        compiled = self.prepared.compiled
+        compiled = self._compiled
         try:
             assert compiled.run_index is not None  # checked in prepare
             instance = self._linker.instantiate(store, compiled.component)

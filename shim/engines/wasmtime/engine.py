@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -41,16 +42,11 @@ from ..base import (
     resolve_entrypoint,
     split_env,
 )
-from ..native import _ExitWatcher
+from ..child import ExitWatcher
 from ..network import NETWORK_ANNOTATION, parse_network_grant
 from .cache import (
     ArtifactCache,
-    CacheFileRefused,
     CacheStats,
-    RunnerArtifact,
-    check_private_dir,
-    read_cache_file,
-    sha256,
 )
 from .components import (
     ISOLATION_ANNOTATION,
@@ -60,17 +56,26 @@ from .components import (
     ComponentPrepared,
     check_component_entry,
     component_isolation,
+    exports_run,
     inspect_component,
 )
 from .epochs import Epochs
 from .modules import CompiledModule, ModuleGuest, ModulePrepared, finish_module, module_entry
 from .poll import HostCalls, module_linker
-from .reports import error_summary
-from .runner import COMPONENT_RUNNER, PRECOMPILE_TIMEOUT, ComponentRunner, RunnerLocator, pod_network, spawn_runner
+from .runner import (
+    COMPONENT_RUNNER,
+    PRECOMPILE_TIMEOUT,
+    ComponentRunner,
+    RunnerLocator,
+    check_in_runner,
+    pod_network,
+    spawn_runner,
+)
 from .serving import component_role, serve_network, serve_plan
 from .thread_guest import ThreadGuest
 
 log = logging.getLogger(__name__)
+CHECKED_ENTRIES = 1024  # components whose runner check is remembered (a digest and a few export names each)
 
 WasmtimePrepared = ModulePrepared | ComponentPrepared
 WasmtimeGuest = ThreadGuest | ComponentRunner
@@ -98,7 +103,8 @@ class WasmtimeEngine:
         self._runner_dir: str | None = None
         self._lock = threading.Lock()  # guards _runners, _exit_watcher, _runner_dir, _closed
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
-        self._exit_watcher: _ExitWatcher | None = None
+        self._checked: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # components the runner compiled: exports
+        self._exit_watcher: ExitWatcher | None = None
         self._closed = False  # no new guests
         config = wasmtime.Config()
         config.epoch_interruption = True  # kill, pause and CPU limits reach running wasm at epoch deadlines
@@ -165,46 +171,75 @@ class WasmtimeEngine:
             isolation = component_isolation(spec.annotations, self._component_isolation)
         if isolation == "process":
             runner = self._runner.find()
-        if network.granted:
-            if isolation == "process" and runner is None:
+        if isolation == "process" and runner is None:
+            looked = ", ".join(self._runner.candidates())
+            if network.granted:
                 raise EngineError(
                     f"annotation {NETWORK_ANNOTATION}={network}: components with a network grant run in "
-                    f"{COMPONENT_RUNNER}, which is not installed here (looked for "
-                    f"{', '.join(self._runner.candidates())}); build it with scripts/setup.sh (cargo, "
-                    "runner/) or set component_runner in the shim config"
+                    f"{COMPONENT_RUNNER}, which is not installed here (looked for {looked}); build it with "
+                    "scripts/setup.sh (cargo, runner/) or set component_runner in the shim config"
                 )
+            raise EngineError(
+                f"{name}: components run in {COMPONENT_RUNNER}, which is not installed here (looked for {looked}); "
+                "build it with scripts/setup.sh (cargo, runner/), set component_runner in the shim config, or run "
+                f"this component in the daemon with the annotation {ISOLATION_ANNOTATION}=thread"
+            )
+        if network.granted:
             netns = pod_network(spec, kind, isolation, network)
+        preopens = _directory_mounts(spec)
+        if runner is not None:  # a component in its runner process: the runner compiles it, the daemon does not
+            digest, exports, source = self._check_in_runner(runner, entry.host_path, name)
+            log.debug("task %s: component %s checked by %s (%s)", spec.task_id, digest[:16], COMPONENT_RUNNER,
+                      source)
+            if component_role(exports, entry.export, name) == "serve":
+                netns = netns or serve_network(spec)
+                return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns,
+                                         runner, serve=serve_plan(spec.annotations, env))
+            check_component_entry(exports, exports_run(exports), entry, name)
+            return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns, runner)
         compiled, source = self._compiled(entry.host_path, kind, name)
         # Operators and tests see cache reuse here (the daemon logs at debug in tests).
         log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
                   self._cache.stats)
-        preopens = _directory_mounts(spec)
         if isinstance(compiled, CompiledModule):
             export, initialize = module_entry(compiled, entry, name)
             return ModulePrepared(spec, entry, compiled, export, initialize, env, preopens)
         if component_role(compiled.exports, entry.export, name) == "serve":
-            serve = serve_plan(spec.annotations, env)
-            if isolation != "process" or runner is None:
-                raise EngineError(
-                    f"{name} exports wasi:http/incoming-handler: it is served by {COMPONENT_RUNNER}, which "
-                    + ("is not installed here; build it with scripts/setup.sh (cargo, runner/)" if runner is None
-                       else f"needs {ISOLATION_ANNOTATION}=process")
-                )
-            netns = netns or serve_network(spec)
-            return ComponentPrepared(spec, entry, compiled, env, preopens, isolation, network, netns, runner,
-                                     serve=serve)
-        check_component_entry(compiled, entry, name)
-        artifact = None
-        if isolation == "process" and runner is None:  # the Python runner loads the daemon's artifact
-            artifact = self._cache.runner_file(compiled.digest, compiled.component, self._private_runner_dir)
-        return ComponentPrepared(spec, entry, compiled, env, preopens, isolation, network, netns, runner, artifact)
+            raise EngineError(f"{name} exports wasi:http/incoming-handler: it is served by {COMPONENT_RUNNER}, "
+                              f"which needs {ISOLATION_ANNOTATION}=process")
+        check_component_entry(compiled.exports, compiled.run_index is not None, entry, name)
+        return ComponentPrepared(spec, entry, compiled.digest, compiled.exports, env, preopens, isolation,
+                                 compiled=compiled)
+
+    def _check_in_runner(self, runner: str, path: str, name: str) -> tuple[str, tuple[str, ...], str]:
+        """(sha256, export names, "memory" or "runner") of the component at ``path``, checked by its runner.
+
+        The runner compiles it into the cache the runner processes read (``runner.check_in_runner``); what was
+        checked is remembered by digest, so a component is checked once per daemon.
+        """
+        try:
+            with open(path, "rb") as file:
+                digest = hashlib.file_digest(file, "sha256").hexdigest()
+        except OSError as exc:
+            raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
+        with self._lock:
+            known = self._checked.get(digest)
+            if known is not None:
+                self._checked.move_to_end(digest)
+                return digest, known, "memory"
+        exports = check_in_runner(runner, self._cache_dir or self._private_runner_dir(), path, digest, name)
+        with self._lock:
+            self._checked[digest] = exports
+            while len(self._checked) > CHECKED_ENTRIES:
+                self._checked.popitem(last=False)
+        return digest, exports, "runner"
 
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> WasmtimeGuest:
         if isinstance(prepared, ComponentPrepared) and prepared.isolation == "process":
             return self._start_runner(prepared, stdio, on_exit)
         if not isinstance(prepared, ModulePrepared | ComponentPrepared):
             raise TypeError("start() needs what this engine's prepare() returned")
-        return self.start_thread(prepared, stdio, on_exit)
+        return self._start_thread(prepared, stdio, on_exit)
 
     def close(self, timeout: float = 5.0) -> None:
         """Refuse new guests, kill every guest (SIGKILL), wait up to ``timeout`` for them, stop the ticker
@@ -227,10 +262,10 @@ class WasmtimeEngine:
 
     # --- in-process guests ----------------------------------------------------------------------------------
 
-    def start_thread(
-        self, prepared: WasmtimePrepared, stdio: GuestStdio | None, on_exit: Callable[[int], None]
+    def _start_thread(
+        self, prepared: WasmtimePrepared, stdio: GuestStdio, on_exit: Callable[[int], None]
     ) -> ThreadGuest:
-        """Run the guest on a thread of this process; ``stdio`` None = the process's own fds 0-2 (a runner)."""
+        """Run the guest on a thread of this process."""
         with self._lock:
             if self._closed:
                 raise EngineError("the wasmtime engine is shut down")
@@ -257,7 +292,7 @@ class WasmtimeEngine:
             if self._closed:
                 raise EngineError("the wasmtime engine is shut down")
             if self._exit_watcher is None:
-                self._exit_watcher = _ExitWatcher()
+                self._exit_watcher = ExitWatcher()
             watcher = self._exit_watcher
         cache_dir = self._cache_dir or self._private_runner_dir()
         runner, pidfd = spawn_runner(prepared, stdio, on_exit, cache_dir, self._runner_gone)
@@ -276,28 +311,6 @@ class WasmtimeEngine:
             if self._runner_dir is None:
                 self._runner_dir = tempfile.mkdtemp(prefix="wasm-shim-runner-")
             return self._runner_dir
-
-    def load_runner_component(self, artifact: RunnerArtifact) -> CompiledComponent:
-        """In the Python runner: the compiled component from the daemon's cache file, checked, never compiled.
-
-        The directory must be ours and 0700, the file pass ``read_cache_file`` and its payload digest equal
-        what the daemon verified; raises EngineError naming the failed check.
-        """
-        check_private_dir(os.path.dirname(artifact.path), create=False)
-        try:
-            payload = read_cache_file(artifact.path)
-        except FileNotFoundError:
-            raise EngineError(f"compiled component {artifact.path} is missing") from None
-        except CacheFileRefused as exc:
-            raise EngineError(f"compiled component {artifact.path} refused: {exc}") from None
-        if sha256(payload).hex() != artifact.payload_sha256:
-            raise EngineError(f"compiled component {artifact.path} changed since the daemon checked it")
-        try:
-            component = wasm_component.Component.deserialize(self._wasm, payload)
-        except wasmtime.WasmtimeError as exc:
-            raise EngineError(f"compiled component {artifact.path}: {error_summary(str(exc))}") from None
-        del payload
-        return inspect_component(self._wasm, component, os.path.basename(artifact.path).split(".", 1)[0])
 
     # --- compiling ------------------------------------------------------------------------------------------
 
@@ -343,21 +356,14 @@ class WasmtimeEngine:
 
 
 def _directory_mounts(spec: GuestSpec) -> tuple[GuestMount, ...]:
-    """The mounts a WASI guest is granted: directories only (WASI preopens), destinations absolute."""
-    preopens = []
+    """The mounts a WASI guest is granted: the directories (WASI preopens are directories only)."""
     for mount in spec.mounts:
-        if not mount.destination.startswith("/"):
-            raise EngineError(f"mount {mount.destination!r}: the destination must be an absolute path")
-        if os.path.isdir(mount.source):
-            preopens.append(mount)
-        elif os.path.exists(mount.source):
-            # WASI can only grant directories. Kubernetes bind-mounts files into every container
-            # (/etc/hosts, /etc/resolv.conf, /dev/termination-log): refusing them would refuse every pod.
+        if not mount.directory:
+            # Kubernetes bind-mounts files into every container (/etc/hosts, /etc/resolv.conf,
+            # /dev/termination-log): refusing them would refuse every pod.
             log.warning("task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
                         spec.task_id, mount.destination, mount.source)
-        else:
-            raise EngineError(f"mount {mount.destination}: source {mount.source} does not exist")
-    return tuple(preopens)
+    return tuple(mount for mount in spec.mounts if mount.directory)
 
 
 __all__ = ["Entrypoint", "WasmtimeEngine", "WasmtimeGuest", "WasmtimePrepared"]

@@ -152,7 +152,7 @@ class ThreadGuest(Guest):
     # --- setup on the caller's thread -----------------------------------------------------------------------
 
     def setup(
-        self, env: tuple[tuple[str, str], ...], preopens: tuple[GuestMount, ...], stdio: GuestStdio | None
+        self, env: tuple[tuple[str, str], ...], preopens: tuple[GuestMount, ...], stdio: GuestStdio
     ) -> None:
         """Build the WASI context and the store; on failure everything opened so far is released."""
         spec = self.spec

@@ -33,9 +33,9 @@ class WasiContext:
 
 
 def build_wasi(
-    spec: GuestSpec, env: Sequence[tuple[str, str]], preopens: Sequence[GuestMount], stdio: GuestStdio | None
+    spec: GuestSpec, env: Sequence[tuple[str, str]], preopens: Sequence[GuestMount], stdio: GuestStdio
 ) -> WasiContext:
-    """The WASI config of a guest; ``stdio`` None = this process's own fds 0-2 (the Python component runner)."""
+    """The WASI config of a guest."""
     wasi = wasmtime.WasiConfig()
     context = WasiContext(wasi)
     try:
@@ -62,17 +62,12 @@ def _configure(
     spec: GuestSpec,
     env: Sequence[tuple[str, str]],
     preopens: Sequence[GuestMount],
-    stdio: GuestStdio | None,
+    stdio: GuestStdio,
 ) -> None:
     wasi = context.config
     wasi.argv = list(spec.args)
     wasi.env = [list(pair) for pair in env]
-    if stdio is None:  # a runner: fds 0-2 are the guest's stdio, opened for it by the daemon
-        wasi.inherit_stdin()
-        wasi.inherit_stdout()
-        wasi.inherit_stderr()
-        context.stderr_fd = os.dup(2)
-    elif stdio.stdin is not None:
+    if stdio.stdin is not None:
         context.stdin_pump = stdin_pump(stdio.stdin, spec.task_id)
         if context.stdin_pump is None:
             open_for_wasmtime(stdio.stdin, "stdin", lambda path: setattr(wasi, "stdin_file", path))
@@ -85,9 +80,9 @@ def _configure(
             os.close(pump.guest_end)  # wasmtime has its own fd now; the pump's writer is the only one
             pump.guest_end = -1
             pump.start()
-    if stdio is not None and stdio.stdout is not None:
+    if stdio.stdout is not None:
         open_for_wasmtime(stdio.stdout, "stdout", lambda path: setattr(wasi, "stdout_file", path))
-    if stdio is not None and stdio.stderr is not None:
+    if stdio.stderr is not None:
         context.stderr_fd = open_for_wasmtime(
             stdio.stderr, "stderr", lambda path: setattr(wasi, "stderr_file", path), keep_writer=True
         )

@@ -34,7 +34,8 @@ from google.protobuf import empty_pb2
 
 from wasm_shim.oci.artifact import check_artifact_manifest, is_wasm_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST
-from wasm_shim.shim.protos import containers_pb2, content_pb2, images_pb2, leases_pb2
+
+from .protos import containers_pb2, content_pb2, images_pb2, leases_pb2
 
 NAMESPACE_HEADER = "containerd-namespace"  # containerd pkg/namespaces/grpc.go
 GC_EXPIRE_LABEL = "containerd.io/gc.expire"  # containerd core/metadata/gc: an expired lease is collected
