@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import EngineError, GuestSpec, network_namespace_path
+from ..base import EngineError, GuestSpec
 
 RUN_EXPORT = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
 HTTP_EXPORT = re.compile(r"^wasi:http/incoming-handler@0\.2\.\d+$")
@@ -147,7 +147,7 @@ def _size(text: str | None, default: int) -> int:
 
 def serve_network(spec: GuestSpec) -> str:
     """The pod's network namespace a served component listens in; EngineError when there is none."""
-    path = network_namespace_path(spec.bundle) if spec.bundle else None
+    path = spec.network_namespace
     if path is None:
         raise EngineError(
             "a wasi:http/incoming-handler component is served inside the pod's network namespace, and the OCI "
