@@ -10,8 +10,9 @@ runs under any python3. Every step is bounded by the timeout it names (default 6
   (``text`` only for bodies up to 64 KiB), or {error} when the connection failed
 - ``parallel`` {requests: [request...]}: the requests at once, one thread each; results in order, each with
   ``done``, its completion rank (0 = first)
-- ``raw`` {port, data, timeout}: send ``data`` (latin-1 text) and read until the server closes or the timeout;
-  result {received (latin-1 text), closed}
+- ``raw`` {port, data, body_bytes, chunked, timeout}: send ``data`` (latin-1 text), then ``body_bytes`` bytes of
+  ``pattern`` (as one chunk of a chunked body, never terminated, when ``chunked``), and read until the server
+  closes or the timeout; result {received (latin-1 text), closed}
 - ``abandon`` {port, path, declared, send}: a POST declaring ``declared`` body bytes, ``send`` of them sent, then
   the connection is closed (a client that disconnects mid-body); result {}
 """
@@ -108,6 +109,10 @@ def raw(step: dict) -> dict:
     deadline = time.monotonic() + step.get("timeout", 30)
     try:
         sock.sendall(step["data"].encode("latin-1"))
+        size = step.get("body_bytes", 0)
+        if size:
+            body = pattern(size)
+            sock.sendall(f"{size:x}\r\n".encode() + body + b"\r\n" if step.get("chunked") else body)
         while time.monotonic() < deadline:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
             try:
