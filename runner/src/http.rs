@@ -46,7 +46,7 @@ use wasmtime::{
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
@@ -326,11 +326,11 @@ async fn handle(
         Err(e) => return Ok(failed(id, &target, StatusCode::INTERNAL_SERVER_ERROR, e)),
     };
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let prepared = (|| {
+    let prepared = (|| -> wasmtime::Result<_> {
         let mut http = store.data_mut().http();
         let incoming = http.new_incoming_request(Scheme::Http, request)?;
         let outparam = http.new_response_outparam(sender)?;
-        wasmtime::Result::Ok((incoming, outparam))
+        Ok((incoming, outparam))
     })();
     let (incoming, outparam) = match prepared {
         Ok(pair) => pair,
@@ -435,7 +435,7 @@ impl Outcome {
 
 fn trap_text(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("{trap}: {error:#}"),
+        Some(trap) => trap.to_string(), // "wasm trap: ..." (wasmtime's text), without the backtrace
         None => format!("wasm error: {error:#}"),
     }
 }
