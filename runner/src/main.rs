@@ -1,4 +1,5 @@
-//! wasm-shim-component-runner: runs one `wasi:cli/run` component in a process of its own.
+//! wasm-shim-component-runner: runs one `wasi:cli/run` component, or serves one `wasi:http/proxy` component, in a
+//! process of its own.
 //!
 //! The shim daemon (Python, wasmtime-py) runs components in runner processes so that a kill stops them
 //! whatever they are blocked in (sleeping, reading, accepting: inside wasmtime's WASI code, where no epoch
@@ -19,6 +20,9 @@
 //! - With a network grant, before any thread exists, the runner joins the pod's network namespace (`netns`),
 //!   so every socket the guest opens lives there; the node's namespace is never used. Without one, the guest
 //!   gets no sockets at all. PR_SET_PDEATHSIG makes the runner die with the daemon.
+//! - A plan with `serve` set is a `wasi:http/proxy` component: the runner joins the pod's network namespace
+//!   (with or without a grant) and serves it, an instance per request, until SIGTERM/SIGINT drains it
+//!   (`http.rs`, which says the rest).
 //! - Exit status and CPU limits follow the one rule of `shim/engines/base.py` (its docstring): the guest's
 //!   (`wasi:cli/exit`), 0/1 for `run` returning ok/err, 134 after a trap (`wasm trap: ...` on stderr), 1 for
 //!   any other error (`wasm error: ...` on stderr). Kill, pause and resume are signals from the daemon
@@ -45,6 +49,8 @@ use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+mod http;
+
 const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
 const EXIT_FAILURE: i32 = 1; // `run` returned err, or an error that is not a trap (base.py's rule)
 const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the wasmtime CLI exits with on a trap
@@ -69,6 +75,9 @@ struct Plan {
     report_fd: Option<i32>, // where to say "oom" (see `report`); the daemon's pipe, inherited
     parent: i32,
     network: Grant,
+    /// Present for a wasi:http/proxy component: serve it (`http.rs`) instead of calling wasi:cli/run.
+    #[serde(default)]
+    serve: Option<http::Serve>,
 }
 
 /// The socket grant: everything in the pod's namespace, or exactly the listed rules.
@@ -235,10 +244,15 @@ fn main() {
     if unsafe { libc::getppid() } != plan.parent {
         std::process::exit(128 + libc::SIGKILL);
     }
-    match (&plan.network, &plan.netns) {
-        (Grant::None, _) => {}
-        (_, Some(netns)) => join_network_namespace(netns).unwrap_or_else(|e| fail(e)),
-        (_, None) => fail("a network grant without a network namespace to join"),
+    // A server listens in the pod's namespace whatever the grant says about the guest's own sockets.
+    let needs_netns = !matches!(plan.network, Grant::None) || plan.serve.is_some();
+    match (needs_netns, &plan.netns) {
+        (false, _) => {}
+        (true, Some(netns)) => join_network_namespace(netns).unwrap_or_else(|e| fail(e)),
+        (true, None) => fail("a network grant or a server without a network namespace to join"),
+    }
+    if plan.serve.is_some() {
+        std::process::exit(http::serve(plan));
     }
     std::process::exit(run(&plan).unwrap_or_else(|e| fail(format!("task {}: {e}", plan.task_id))));
 }
@@ -279,21 +293,21 @@ fn fs_perms(readonly: bool) -> FsPerms {
     }
 }
 
-/// The one engine configuration every run and precompile uses (the cache fingerprint depends on it).
-fn new_engine() -> Result<Engine, String> {
+/// The engine configuration every run, serve and precompile starts from (the cache fingerprint depends on it).
+fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true); // CPU limits slice time at epoch ticks (the ticker runs only with a limit)
-    Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))
+    config
 }
 
-fn run(plan: &Plan) -> Result<i32, String> {
-    let engine = new_engine()?;
-    let component = load_component(&engine, plan)?;
+fn new_engine() -> Result<Engine, String> {
+    Engine::new(&engine_config()).map_err(|e| format!("wasmtime engine: {e:#}"))
+}
 
-    let mut linker: Linker<Guest> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("wasi: {e:#}"))?;
-
+/// The guest's WASI context as the plan describes it: stdio, args, env, the rootfs and mounts, and sockets only
+/// as far as the network grant goes (each request of a server gets one built the same way).
+fn guest_wasi(plan: &Plan) -> Result<WasiCtxBuilder, String> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.inherit_stdio()
         .args(&plan.args)
@@ -333,6 +347,15 @@ fn run(plan: &Plan) -> Result<i32, String> {
                 });
         }
     }
+    Ok(wasi)
+}
+
+fn run(plan: &Plan) -> Result<i32, String> {
+    let engine = new_engine()?;
+    let component = load_component(&engine, plan)?;
+
+    let mut linker: Linker<Guest> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("wasi: {e:#}"))?;
 
     let limits = MemoryLimit {
         bytes: plan
@@ -341,7 +364,7 @@ fn run(plan: &Plan) -> Result<i32, String> {
         refused: false,
     };
     let guest = Guest {
-        ctx: wasi.build(),
+        ctx: guest_wasi(plan)?.build(),
         table: ResourceTable::new(),
         limits,
     };

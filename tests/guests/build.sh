@@ -168,3 +168,35 @@ if stale "$net_target" "$net_src/net.js" "$net_src/world.wit"; then
     trap - EXIT
     echo "build.sh: built $net_target" >&2
 fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTP guest (wasi:http/proxy serving): src/http/http.js + src/http/world.wit -> http.component.wasm, a component
+# that exports wasi:http/incoming-handler and no wasi:cli/run, so the component runner serves it. Built with
+# componentize-js (StarlingMonkey), which jco 1.35.0 depends on: componentize-qjs 0.4.5 cannot build it (its Wizer
+# step links wasi:http/types against a stub whose io-error is not wasi:io/error's resource: "mismatched resource
+# types"). The wasi:* packages come from the pinned jco's WIT, as for net. StarlingMonkey components are ~14 MB:
+# building one takes about a minute of CPU, compiling it in wasmtime ~20 s (cached by digest after that).
+COMPONENTIZE_JS_VERSION=0.22.0
+http_src="$here/src/http"
+http_target="$out/http.component.wasm"
+if stale "$http_target" "$http_src/http.js" "$http_src/world.wit"; then
+    ensure_jco
+    ensure_npm @bytecodealliance/componentize-js "$COMPONENTIZE_JS_VERSION" componentize-js \
+        "componentize-js builds the JavaScript HTTP guest"
+    wasi_wit="$NPM_PREFIX/node_modules/@bytecodealliance/jco/lib/wit/builtin/$WASI_WIT_VERSION"
+    http_wit=$(mktemp -d "$out/.http-wit.XXXXXX")
+    trap 'rm -rf "$http_wit"' EXIT
+    mkdir "$http_wit/deps"
+    cp "$http_src/world.wit" "$http_wit/world.wit"
+    for package in cli clocks filesystem http io random sockets; do
+        [[ -f "$wasi_wit/wasi-$package/package.wit" ]] \
+            || die "jco $JCO_VERSION has no WIT for wasi:$package@$WASI_WIT_VERSION (looked in $wasi_wit)"
+        cp -R "$wasi_wit/wasi-$package" "$http_wit/deps/"
+    done
+    "$NPM_PREFIX/node_modules/.bin/componentize-js" "$http_src/http.js" --wit "$http_wit" --world-name http \
+        -o "$http_target.tmp" >/dev/null || die "componentize-js $http_src/http.js failed"
+    mv -f "$http_target.tmp" "$http_target"
+    rm -rf "$http_wit"
+    trap - EXIT
+    echo "build.sh: built $http_target" >&2
+fi

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -414,5 +416,47 @@ def test_pod_network_grant_serves_on_the_pod_ip(cri_node: CriNode, guests: Path)
     crictl.wait_state(client, "CONTAINER_EXITED")
     assert "denied: access-denied" in crictl.logs(client).stdout
     crictl.run("rm", server, client)
+    crictl.run("stopp", pod_id)
+    crictl.run("rmp", pod_id)
+
+
+def test_wasi_http_component_is_served_on_the_pod_ip(cri_node: CriNode, guests: Path) -> None:
+    """A wasi:http/proxy component in a pod: served on the pod's CNI address, port 8080, until `crictl stop`.
+
+    No network grant: listening is what a served component does; the annotation here only bounds requests. Ready
+    means the listener accepts (what a kubelet TCP probe checks); stop sends SIGTERM, which drains and exits.
+    """
+    crictl = cri_node.crictl
+    image = cri_node.wasm_image("http", guests / "http.component.wasm")
+    pod = cri_node.pod_config("http-served", annotations={"wasm.shim.io/http-request-timeout": "5"})
+    pod_id = crictl.runp(pod, runtime=HANDLER)
+    ip = crictl.json("inspectp", pod_id)["status"]["network"]["ip"]
+    server = crictl.create(pod_id, cri_node.container_config("http", image), pod)
+    crictl.run("start", server)
+    deadline = time.monotonic() + 180  # the first start compiles a 14 MB component twice (a hang bound)
+    while True:
+        try:
+            socket.create_connection((ip, 8080), timeout=5).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, crictl.logs(server).stderr
+            time.sleep(0.1)
+
+    def fetch(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{ip}:8080{path}", timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    assert fetch("/from/the/node") == (200, "method GET\npath /from/the/node\nx-test none\n")
+    assert fetch("/trap")[0] == 500
+    assert fetch("/spin")[0] == 504
+    assert fetch("/log") == (200, "logged\n")
+    crictl.run("stop", "--timeout", "20", server)
+    crictl.wait_state(server, "CONTAINER_EXITED")
+    logs = crictl.logs(server)
+    assert "log: to stdout" in logs.stdout and "drained" in logs.stderr, (logs.stdout, logs.stderr)
+    crictl.run("rm", server)
     crictl.run("stopp", pod_id)
     crictl.run("rmp", pod_id)

@@ -29,6 +29,7 @@ from ..base import EXIT_FAILURE, EngineError, Entrypoint, GuestMount, GuestSpec
 from ..network import NO_NETWORK, NetworkGrant
 from .epochs import Epochs
 from .reports import dispose
+from .serving import ServePlan
 from .thread_guest import GuestKilled, ThreadGuest
 
 RUN_INTERFACE = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
@@ -65,6 +66,7 @@ class ComponentPrepared:
     netns: str | None = None  # the pod's network namespace the runner joins (granted only)
     runner: str | None = None  # the component runner executable (process isolation)
     compiled: CompiledComponent | None = None  # thread isolation: compiled in the daemon
+    serve: ServePlan | None = None  # set for a wasi:http/proxy component: the runner serves it (serving.py)
 
 
 def inspect_component(wasm: wasmtime.Engine, component: wasm_component.Component, digest: str) -> CompiledComponent:

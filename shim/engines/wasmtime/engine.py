@@ -5,7 +5,8 @@ the module and component linkers, the table of running guests (threads via ``Epo
 and the runners' exit watcher. ``prepare`` resolves and checks everything a start needs (bad input fails here,
 with the path or export named); ``start`` returns at once: a module or a thread-isolated component runs on a
 thread of the daemon (``ModuleGuest``, ``ComponentGuest``), any other component in a runner process
-(``ComponentRunner``). ``close`` kills every guest and frees what the engine holds.
+(``ComponentRunner``); a component exporting wasi:http/incoming-handler instead of wasi:cli/run is served by its
+runner (``serving``). ``close`` kills every guest and frees what the engine holds.
 
 Invariants: the ``Epochs`` object and the host calls refer to no engine, so a closed engine (and its compiled
 code) is freed without the garbage collector; ``prepare`` logs at debug where each artifact came from (memory,
@@ -70,6 +71,7 @@ from .runner import (
     pod_network,
     spawn_runner,
 )
+from .serving import component_role, serve_network, serve_plan
 from .thread_guest import ThreadGuest
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,10 @@ class WasmtimeEngine:
             digest, exports, source = self._check_in_runner(runner, entry.host_path, name)
             log.debug("task %s: component %s checked by %s (%s)", spec.task_id, digest[:16], COMPONENT_RUNNER,
                       source)
+            if component_role(exports, entry.export, name) == "serve":
+                netns = netns or serve_network(spec)
+                return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns,
+                                         runner, serve=serve_plan(spec.annotations, env))
             check_component_entry(exports, exports_run(exports), entry, name)
             return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns, runner)
         compiled, source = self._compiled(entry.host_path, kind, name)
@@ -198,6 +204,9 @@ class WasmtimeEngine:
         if isinstance(compiled, CompiledModule):
             export, initialize = module_entry(compiled, entry, name)
             return ModulePrepared(spec, entry, compiled, export, initialize, env, preopens)
+        if component_role(compiled.exports, entry.export, name) == "serve":
+            raise EngineError(f"{name} exports wasi:http/incoming-handler: it is served by {COMPONENT_RUNNER}, "
+                              f"which needs {ISOLATION_ANNOTATION}=process")
         check_component_entry(compiled.exports, compiled.run_index is not None, entry, name)
         return ComponentPrepared(spec, entry, compiled.digest, compiled.exports, env, preopens, isolation,
                                  compiled=compiled)

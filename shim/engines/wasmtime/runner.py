@@ -153,6 +153,7 @@ def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[
     plan.update({
         "wasm": prepared.entry.host_path, "cache_dir": cache_dir, "netns": prepared.netns,
         "network": prepared.network.plan(), "report_fd": REPORT_FD,
+        "serve": prepared.serve.plan() if prepared.serve is not None else None,
     })
     return prepared.runner, [prepared.runner, json.dumps(plan)], {}, True  # env: nothing of ours
 
@@ -219,7 +220,7 @@ def spawn_runner(
             os.close(report[0])
         raise EngineError(f"cannot watch the runner process of task {task_id}: {exc.strerror}") from None
     runner = ComponentRunner(task_id, pid, os.dup(pidfd), on_exit, on_gone,
-                             report[0] if report is not None else None)
+                             report[0] if report is not None else None, serving=prepared.serve is not None)
     log.debug("task %s: component runner pid %d", task_id, pid)
     return runner, pidfd
 
@@ -227,27 +228,33 @@ def spawn_runner(
 class ComponentRunner(ChildGuest):
     """A component running in a runner process (see the module docstring); created by ``spawn_runner``.
 
-    Every terminating signal becomes SIGKILL through the pidfd; the first one decides the status (128 + it).
+    Every terminating signal becomes SIGKILL through the pidfd, except SIGTERM and SIGINT to a server (``kill``);
+    the first one decides the status (128 + it).
     """
 
     engine_name: ClassVar[str] = "wasmtime"
 
     def __init__(
         self, task_id: str, pid: int, pidfd: int, on_exit: Callable[[int], None],
-        on_gone: Callable[[ComponentRunner], None], report_fd: int | None = None,
+        on_gone: Callable[[ComponentRunner], None], report_fd: int | None = None, serving: bool = False,
     ):
         super().__init__(task_id, pid, pidfd, on_exit)
         self._on_gone = on_gone
         self._report_fd = report_fd  # the read end of the runner's report pipe; read once, after the reap
         self._kill_signal: int | None = None
+        self._serving = serving  # an HTTP server: SIGTERM/SIGINT drain it (runner/src/http.rs) instead of a kill
 
     def kill(self, signal: int, all: bool = False) -> None:
+        """SIGKILL to the runner for any terminating signal, except that a server gets SIGTERM and SIGINT as they
+        are (it stops accepting, finishes its requests in flight, exits; a later SIGKILL still ends it at once).
+        The first terminating signal decides the status (128 + it)."""
         if not signal_terminates(signal):
             return
         with self._lock:
             if self._kill_signal is None:
                 self._kill_signal = signal
-            self._send(signals.SIGKILL)
+            drains = self._serving and signal in (signals.SIGTERM, signals.SIGINT)
+            self._send(signal if drains else signals.SIGKILL)
 
     def pause(self) -> None:
         """SIGSTOP: every thread of the runner stops, whatever the guest is doing; a kill still ends it."""
