@@ -1,0 +1,75 @@
+"""The installer's outcome on the Node object: label `wasm.shim.io/runtime=ready|failed`, annotations, events.
+
+Owns the `kubernetes` client use (imported here only, so neither the shim binary nor the daemon ever loads it).
+The RuntimeClass's `scheduling.nodeSelector` picks `wasm.shim.io/runtime=ready` nodes, so the label is what puts
+wasm pods on a node and takes them off it.
+
+Invariants: a failure to reach the API server is reported on stderr and never changes the installer's exit code
+decision for the node itself (the node's files are already as the installer left them); the RBAC it needs is
+exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Any
+
+from .installer import Reporter
+from .layout import LABEL, REASON_ANNOTATION, VERSION_ANNOTATION
+
+COMPONENT = "wasm-shim-installer"
+
+
+class KubeReporter(Reporter):
+    def __init__(self, node_name: str, namespace: str = "default", kubeconfig: str = "") -> None:
+        from kubernetes import client, config
+
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)
+        else:
+            config.load_incluster_config()
+        self.node_name = node_name
+        self.namespace = namespace
+        self.core = client.CoreV1Api()
+        self._client = client
+
+    def _patch(self, labels: dict[str, Any], annotations: dict[str, Any]) -> None:
+        body = {"metadata": {"labels": labels, "annotations": annotations}}
+        self.core.patch_node(self.node_name, body)
+
+    def _event(self, kind: str, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        c = self._client
+        event = c.CoreV1Event(
+            metadata=c.V1ObjectMeta(generate_name=f"{self.node_name}.wasm-shim.", namespace=self.namespace),
+            involved_object=c.V1ObjectReference(kind="Node", name=self.node_name, uid=self.node_name,
+                                                api_version="v1"),
+            reason=reason, message=message[:1024], type=kind, first_timestamp=now, last_timestamp=now, count=1,
+            source=c.V1EventSource(component=COMPONENT, host=self.node_name),
+        )
+        self.core.create_namespaced_event(self.namespace, event)
+
+    def _safely(self, what: str, action: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            action()
+        except (ApiException, OSError) as exc:
+            sys.stderr.write(f"wasm-shim node: could not {what} on node {self.node_name}: {exc}\n")
+
+    def ready(self, version: str, layout: str) -> None:
+        self._safely("label", lambda: self._patch({LABEL: "ready"},
+                                                   {VERSION_ANNOTATION: version, REASON_ANNOTATION: None}))
+        message = f"wasm-shim {version} installed ({layout}); containerd has handler wasmtime"
+        self._safely("create an event", lambda: self._event("Normal", "WasmShimInstalled", message))
+
+    def failed(self, reason: str) -> None:
+        self._safely("label", lambda: self._patch({LABEL: "failed"}, {REASON_ANNOTATION: reason[:1024]}))
+        self._safely("create an event", lambda: self._event("Warning", "WasmShimInstallFailed", reason))
+
+    def removed(self) -> None:
+        self._safely("unlabel", lambda: self._patch({LABEL: None},
+                                                     {REASON_ANNOTATION: None, VERSION_ANNOTATION: None}))
+        self._safely("create an event", lambda: self._event("Normal", "WasmShimUninstalled",
+                                                            "wasm-shim removed; containerd config restored"))
