@@ -127,6 +127,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from .node.installer import Node, Options, Reporter
     from .node.layout import InstallError
 
+    if args.action == "check-log":
+        return _cmd_check_log(args)
     try:
         options = Options(
             host_root=args.host_root, node_root=args.node_root, prefix=args.prefix, bin_dir=args.bin_dir,
@@ -140,20 +142,50 @@ def _cmd_node(args: argparse.Namespace) -> int:
         sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
         return 2
     if args.action == "status":
-        sys.stdout.write(json.dumps(node.status(), indent=2, sort_keys=True) + "\n")
+        status = node.status()
+        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
+        if args.check and not (status["installed"] and status.get("config_as_installed")):
+            return 1
         return 0
     reporter = Reporter()
+    kube = None
     node_name = args.node_name or os.environ.get("NODE_NAME", "")
     if node_name and not args.no_report:
         from .node.report import KubeReporter
 
-        reporter = KubeReporter(node_name, namespace=args.event_namespace, kubeconfig=args.kubeconfig or "")
+        reporter = kube = KubeReporter(node_name, namespace=args.event_namespace, kubeconfig=args.kubeconfig or "")
     try:
-        return node.install(reporter) if args.action == "install" else node.uninstall(reporter)
+        if args.action == "uninstall":
+            return node.uninstall(reporter)
+        result = node.install(reporter)
+        if args.action == "install" or result != 0:
+            return result
     except BundleError as exc:
         sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
         reporter.failed(str(exc))
         return 1
+    # run: stay up (a DaemonSet pod) until asked to stop; then uninstall only when the DaemonSet is going away.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signum = signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    sys.stdout.write(f"wasm-shim node: {signal.Signals(signum).name}\n")
+    if args.uninstall_on_delete and kube is not None and kube.daemonset_going(args.uninstall_on_delete):
+        sys.stdout.write(f"wasm-shim node: DaemonSet {args.uninstall_on_delete} is being deleted: uninstalling\n")
+        return Node(options).uninstall(reporter)
+    sys.stdout.write("wasm-shim node: leaving the node installed (the DaemonSet stays: upgrade or eviction)\n")
+    return 0
+
+
+def _cmd_check_log(args: argparse.Namespace) -> int:
+    from .node.report import check_log
+
+    problem = check_log(args.pod, args.namespace, args.expect, args.timeout, args.kubeconfig or "")
+    if problem:
+        sys.stderr.write(f"wasm-shim node check-log: {problem}\n")
+        return 1
+    sys.stdout.write(f"wasm-shim node check-log: {args.namespace}/{args.pod} succeeded and logged {args.expect!r}\n")
+    return 0
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
@@ -216,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "1.6/1.7 (config version 2), 2.x (3), k3s, rke2, microk8s, k0s; detected unless --layout names one. "
         "uninstall puts every byte back. See docs/node-install.md.",
     )
-    node.add_argument("action", choices=("install", "uninstall", "status"))
+    node.add_argument("action", choices=("install", "uninstall", "status", "run", "check-log"),
+                      help="run = install, then wait for SIGTERM (the DaemonSet's container); check-log = the "
+                      "helm test's checker (--pod, --namespace, --expect)")
     node.add_argument("--host-root", default="/host", help="where the node's / is mounted (default /host)")
     node.add_argument("--node-root", default="/", help="the same directory as the node's own processes name it "
                       "(default /; a fixture root in tests, where containerd runs beside the installer)")
@@ -245,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default default)")
     node.add_argument("--kubeconfig", help="a kubeconfig instead of the in-cluster service account")
     node.add_argument("--no-report", action="store_true", help="do not touch the Node object")
+    node.add_argument("--check", action="store_true", help="status: exit 1 unless installed with the config as "
+                      "the installer left it (the DaemonSet's readiness probe)")
+    node.add_argument("--uninstall-on-delete", metavar="DAEMONSET", help="run: on SIGTERM, uninstall if this "
+                      "DaemonSet (in --event-namespace) is gone or being deleted")
+    node.add_argument("--pod", help="check-log: the pod")
+    node.add_argument("--namespace", default="default", help="check-log: its namespace")
+    node.add_argument("--expect", default="", help="check-log: the text its log must hold")
+    node.add_argument("--timeout", type=float, default=180.0, help="check-log: seconds to wait for the pod")
     node.set_defaults(func=_cmd_node)
     bun = sub.add_parser("bundle", help="build the self-contained node bundle",
                          description="Build the node bundle (interpreter, stdlib, dependencies, our code, the "

@@ -9,6 +9,7 @@ Layout (what `build` writes and the installer copies to `<prefix>/versions/<id>`
     python/bin/wasm-shim-component-runner   beside the interpreter, where the daemon looks first
     python/lib/libpython3.11.so.1.0  and the stdlib (no test suites, tkinter, idle, ensurepip)
     python/lib/python3.11/site-packages/   the runtime closure of our dependencies + wasm_shim/{shim,oci}
+    installer/site-packages/         the installer's own (kubernetes client closure); not copied onto nodes
 
 Chosen by measurement (docs/node-install.md): a relocatable copy of the interpreter starts exactly as the .venv's
 does (same binary, same .pyc files), where a frozen PyInstaller executable unpacks/bootstraps first.
@@ -37,8 +38,11 @@ from pathlib import Path
 
 INFO = "BUNDLE.json"
 LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
-#: Our runtime dependencies, by distribution name: what the daemon, the CLI and the installer import.
-ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "kubernetes")
+#: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import.
+ROOT_DISTS = ("wasmtime", "protobuf", "grpcio")
+#: What only the installer imports (the Node label and events): kept in installer/, which is not copied to nodes.
+INSTALLER_DISTS = ("kubernetes",)
+INSTALLER_DIR = "installer"
 #: Not needed on a node: test suites, GUI and teaching modules, pip's bootstrap, the static library for embedding.
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__pycache__",
                f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu", "pydoc_data"}
@@ -81,8 +85,11 @@ def launcher_texts(node_root: str) -> dict[str, str]:
     # skips `site` and every .pth; the daemon it spawns runs `sys.executable` with site, so site-packages is there.
     shim = (f"#!{interpreter} -IS\n# containerd-shim-wasmtime-v1 of the wasm-shim bundle at {node_root}\n"
             f"import sys\nsys.path.insert(0, {site!r})\nfrom wasm_shim.shim.binary import main\nsys.exit(main())\n")
+    # The installer's own packages (kubernetes) come after everything else, and only where installer/ exists (the
+    # installer image; a node's copy has none).
+    installer = f"{node_root}/{INSTALLER_DIR}/site-packages"
     cli = (f"#!{interpreter} -I\n# wasm-shim of the bundle at {node_root}\n"
-           "import sys\nfrom wasm_shim.shim.cli import main\nsys.exit(main())\n")
+           f"import sys\nsys.path.append({installer!r})\nfrom wasm_shim.shim.cli import main\nsys.exit(main())\n")
     return {LAUNCHERS[0]: shim, LAUNCHERS[1]: cli}
 
 
@@ -99,14 +106,15 @@ def write_launchers(real_root: str, node_root: str) -> None:
         os.replace(tmp, path)
 
 
-def _dist_closure(roots: Iterable[str]) -> list[md.Distribution]:
-    """The installed distributions `roots` need (their Requires-Dist without extras, transitively)."""
+def _dist_closure(roots: Iterable[str], have: Iterable[str] = ()) -> list[md.Distribution]:
+    """The installed distributions `roots` need (their Requires-Dist without extras, transitively), minus `have`."""
     seen: dict[str, md.Distribution] = {}
+    skip = {re.sub(r"[-_.]+", "-", name).lower() for name in have}
     todo = list(roots)
     while todo:
         name = re.split(r"[ ;<>=!~\[(]", todo.pop(), maxsplit=1)[0].strip()
         key = re.sub(r"[-_.]+", "-", name).lower()
-        if not key or key in seen:
+        if not key or key in seen or key in skip:
             continue
         try:
             dist = md.distribution(name)
@@ -127,6 +135,34 @@ def _dist_closure(roots: Iterable[str]) -> list[md.Distribution]:
                     pass
             todo.append(req)
     return sorted(seen.values(), key=lambda d: str(d.metadata["Name"]).lower())
+
+
+def _copy_dists(dists: Iterable[md.Distribution], site: Path) -> None:
+    for dist in dists:
+        for file in dist.files or []:
+            rel = Path(str(file))
+            if rel.parts[0] == ".." or rel.suffix == ".pyc" or "__pycache__" in rel.parts:
+                continue  # scripts in bin/ are not ours to ship; bytecode is compiled after
+            src = Path(str(dist.locate_file(file)))
+            if src.is_file():
+                _copy_file(src, site / rel)
+
+
+def _elf_files(root: Path) -> list[Path]:
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(path)
+    return found
+
+
+def _strip_debug(root: Path) -> None:
+    """Drop DWARF debug sections (pyenv builds libpython with them: 23 of its 29 MB); symbols stay."""
+    files = [str(p) for p in _elf_files(root)]
+    if files:
+        subprocess.run(["strip", "--strip-debug", *files], check=True)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -151,8 +187,8 @@ def _digest(root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
-        if rel in LAUNCHERS or rel == INFO:
-            continue
+        if rel in LAUNCHERS or rel == INFO or rel.startswith(INSTALLER_DIR + "/"):
+            continue  # the id names what lands on a node
         h.update(rel.encode() + b"\0")
         if path.is_symlink():
             h.update(b"L" + os.readlink(path).encode())
@@ -165,12 +201,7 @@ def _digest(root: Path) -> str:
 def oldest_glibc(root: Path) -> str:
     """The newest GLIBC_x.y symbol version any ELF file here needs (objdump -T): the oldest glibc it runs on."""
     best = (0, 0)
-    for path in root.rglob("*"):
-        if not path.is_file() or path.is_symlink():
-            continue
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                continue
+    for path in _elf_files(root):
         out = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=False).stdout
         for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
             best = max(best, (int(major), int(minor)))
@@ -199,24 +230,23 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
     ldlib = sysconfig.get_config_var("INSTSONAME") or ""
     if ldlib and (libdir / ldlib).exists():
         _copy_file(libdir / ldlib, pyroot / "lib" / ldlib)
-        subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", str(pyroot / "bin" / py)], check=True)
     _copy_tree(base / "lib" / py, pyroot / "lib" / py, STDLIB_SKIP)
     site = pyroot / "lib" / py / "site-packages"
-    for dist in _dist_closure(ROOT_DISTS):
-        for file in dist.files or []:
-            rel = Path(str(file))
-            if rel.parts[0] == ".." or rel.suffix == ".pyc" or "__pycache__" in rel.parts:
-                continue  # scripts in bin/ are not ours to ship; bytecode is compiled below
-            src = Path(str(dist.locate_file(file)))
-            if src.is_file():
-                _copy_file(src, site / rel)
+    runtime = _dist_closure(ROOT_DISTS)
+    _copy_dists(runtime, site)
+    names = [str(d.metadata["Name"]) for d in runtime]
+    _copy_dists(_dist_closure(INSTALLER_DISTS, have=names), partial / INSTALLER_DIR / "site-packages")
     for package in ("shim", "oci"):
         _copy_tree(Path(repo) / package, site / "wasm_shim" / package, {"__pycache__"})
     shutil.copyfile(runner, pyroot / "bin" / "wasm-shim-component-runner")
     os.chmod(pyroot / "bin" / "wasm-shim-component-runner", 0o755)
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
-    compileall.compile_dir(str(pyroot / "lib"), quiet=1, workers=1,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    for tree in (pyroot / "lib", partial / INSTALLER_DIR):
+        compileall.compile_dir(str(tree), quiet=1, workers=1,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    _strip_debug(partial)
+    if ldlib:  # after strip: patchelf rewrites the dynamic section strip would otherwise lay out again
+        subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", str(pyroot / "bin" / py)], check=True)
     from ..binary import VERSION
 
     digest = _digest(partial)

@@ -386,7 +386,8 @@ class Node:
         partial = self.host.path(self.p("versions", f".{version}.partial"))
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            shutil.copytree(source, partial, symlinks=True)
+            shutil.copytree(source, partial, symlinks=True,
+                            ignore=lambda d, names: [bundle_mod.INSTALLER_DIR] if d == source else [])
             bundle_mod.write_launchers(partial, self.node_view(target))
             os.rename(partial, self.host.path(target))
         except OSError as exc:

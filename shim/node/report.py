@@ -73,3 +73,48 @@ class KubeReporter(Reporter):
                                                      {REASON_ANNOTATION: None, VERSION_ANNOTATION: None}))
         self._safely("create an event", lambda: self._event("Normal", "WasmShimUninstalled",
                                                             "wasm-shim removed; containerd config restored"))
+
+    def daemonset_going(self, name: str) -> bool:
+        """True when DaemonSet `name` (the reporter's namespace) is gone or being deleted: helm uninstall."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            ds = self._client.AppsV1Api().read_namespaced_daemon_set(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            sys.stderr.write(f"wasm-shim node: cannot read DaemonSet {self.namespace}/{name}: {exc.reason}; "
+                             "leaving the node installed\n")
+            return False
+        return ds.metadata is None or ds.metadata.deletion_timestamp is not None
+
+
+def check_log(pod: str, namespace: str, expect: str, timeout: float, kubeconfig: str = "") -> str:
+    """"" once pod `pod` has Succeeded and its log holds `expect`; else what is wrong (the helm test's checker)."""
+    import time
+
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        config.load_incluster_config()
+    core = client.CoreV1Api()
+    deadline = time.monotonic() + timeout
+    phase = "unknown"
+    while time.monotonic() < deadline:
+        try:
+            status = core.read_namespaced_pod(pod, namespace).status
+            phase = (status.phase if status is not None else None) or "unknown"
+        except ApiException as exc:
+            return f"cannot read pod {namespace}/{pod}: {exc.status} {exc.reason}"
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(2)
+    log = core.read_namespaced_pod_log(pod, namespace) if phase in ("Succeeded", "Failed") else ""
+    if phase != "Succeeded":
+        return f"pod {namespace}/{pod} is {phase}, not Succeeded (after at most {timeout:g} s); log: {log[-500:]!r}"
+    if expect not in log:
+        return f"pod {namespace}/{pod} succeeded but its log lacks {expect!r}: {log[-500:]!r}"
+    return ""
