@@ -1,0 +1,155 @@
+"""The node bundle, installed by its own `wasm-shim node install` into a fresh host root, runs guests in a private
+containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map.
+
+The bundle is built once per module with `wasm-shim bundle build` (the real build: interpreter copy, packages,
+component runner). containerd starts on the config the installer wrote into the host root (the harness's own
+config for that instance, installed there as the node's original); `ctr run` runs a module and a component; the
+installer's CRI wait answers against the real CRI plugin; uninstall gives back the original bytes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
+from tests.integration.shimtools import daemon_pids
+from wasm_shim.oci.layout import build_image_tar
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUNTIME = "io.containerd.wasmtime.v1"
+VENV = REPO_ROOT / ".venv"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "wasm-shim"
+    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(out)], capture_output=True,
+                          text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["id"].startswith(info["version"] + "-")
+    return out
+
+
+def without_venv_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "WASM_SHIM_"))}
+    env["PATH"] = SYSTEM_PATH
+    return env
+
+
+def bundle_cli(bundle: Path, *args: str, host: Path) -> subprocess.CompletedProcess[str]:
+    argv = [str(bundle / "bin" / "wasm-shim"), "node", *args, "--host-root", str(host), "--node-root", str(host),
+            "--no-report"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=without_venv_env(), check=False,
+                          cwd="/")
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            out[rel] = os.readlink(path) if path.is_symlink() else (b"" if path.is_dir() else path.read_bytes())
+    return out
+
+
+def wasm_image(containerd: Containerd, workdir: Path, name: str, wasm: Path) -> str:
+    ref = f"localhost/wasm-shim-test/{name}:latest"
+    tar = workdir / f"{name}.tar"
+    tar.write_bytes(build_image_tar({"/app.wasm": wasm}, ref=ref, entrypoint=["/app.wasm"]))
+    containerd.import_image(tar)
+    return ref
+
+
+@pytest.fixture
+def host_root() -> Iterator[Path]:
+    # Short: the launcher's #! line names the interpreter under it (Linux reads 255 bytes of it).
+    root = Path(tempfile.mkdtemp(prefix="wsh-host-", dir="/tmp"))
+    (root / "etc" / "containerd").mkdir(parents=True)
+    (root / "usr" / "local" / "bin").mkdir(parents=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[f"containerd-{k}" for k in KINDS])
+def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
+    kind: Kind, bundle: Path, host_root: Path, tmp_path: Path, guests: Path
+) -> None:
+    config = host_root / "etc" / "containerd" / "config.toml"
+    original: dict[str, bytes] = {}
+    before: list[dict[str, bytes | str]] = []
+    installed: list[subprocess.CompletedProcess[str]] = []
+
+    def install_into_node(text: str) -> Path:
+        config.write_text(text)
+        original["config"] = config.read_bytes()
+        before.append(snapshot(host_root))
+        installed.append(bundle_cli(bundle, "install", "--no-restart", "--option", "grouping=pod", host=host_root))
+        return config
+
+    instance: Containerd | None = None
+    try:
+        instance = launch(kind, tmp_path / "ctrd", cri=True, prepare_config=install_into_node,
+                          env={"PATH": f"{host_root}/usr/local/bin:{SYSTEM_PATH}"})
+        assert installed and installed[0].returncode == 0, installed[0].stderr if installed else "no install"
+        assert config.read_bytes() != original["config"]
+        assert "io.containerd.wasmtime.v1" in config.read_text()
+        assert ".venv" not in instance.env["PATH"] and str(REPO_ROOT) not in instance.env["PATH"]
+
+        hello = wasm_image(instance, tmp_path, "hello", guests / "hello.wasm")
+        out = instance.ctr("run", "--rm", "--runtime", RUNTIME, hello, "bundle-module")
+        assert out.stdout.strip() == "hello from wasm"
+        component = wasm_image(instance, tmp_path, "comp", guests / "hello.component.wasm")
+        out = instance.ctr("run", "--rm", "--runtime", RUNTIME, component, "bundle-component")
+        assert out.stdout.strip() == "hello from wasm"
+
+        # The daemon that ran them is the installed bundle's interpreter, with nothing of the .venv mapped.
+        pids = daemon_pids(instance)
+        assert pids
+        for pid in pids:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            assert exe.startswith(str(host_root / "opt" / "wasm-shim" / "versions")), exe
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert str(VENV) not in maps and "/.pyenv/" not in maps
+
+        # The installer's wait for CRI, against this containerd's real CRI plugin.
+        probe = subprocess.run(
+            [str(bundle / "python" / "bin" / "python3"), "-c",
+             "import sys; from wasm_shim.shim.node.installer import wait_for_cri; "
+             "print(repr(wait_for_cri(sys.argv[1], 20)))", instance.address],
+            capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
+        assert probe.stdout.strip() == "''", probe.stderr
+
+        status = bundle_cli(bundle, "status", "--check", host=host_root)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        if instance is not None:
+            instance.stop()
+    gone = bundle_cli(bundle, "uninstall", "--no-restart", host=host_root)
+    assert gone.returncode == 0, gone.stderr
+    assert config.read_bytes() == original["config"]
+    assert snapshot(host_root) == before[0]
+
+
+def test_bundle_build_is_reproducible(bundle: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(again)], capture_output=True,
+                          text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr
+    first = json.loads((bundle / "BUNDLE.json").read_text())
+    second = json.loads((again / "BUNDLE.json").read_text())
+    assert first["content_sha256"] == second["content_sha256"]
+
