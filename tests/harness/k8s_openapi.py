@@ -97,7 +97,8 @@ def _check(value: Any, schema: Mapping[str, Any], doc: Mapping[str, Any], path: 
             errors.append(f"{path}: must be an integer or a string, got {type(value).__name__}")
         return
     kind = schema.get("type")
-    expected = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    expected: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list, "string": str, "boolean": bool,
+                                                    "integer": int, "number": (int, float)}
     if kind in expected:
         ok = isinstance(value, expected[kind]) and not (kind in ("integer", "number") and isinstance(value, bool))
         if not ok:
