@@ -208,6 +208,26 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image(args: argparse.Namespace) -> int:
+    """Build the installer image (OCI layout tarball) or a Docker build context of the same files."""
+    from pathlib import Path
+
+    from .node.bundle import BundleError
+    from .node.image import build_tar, write_context
+
+    try:
+        if args.action == "build":
+            digest = build_tar(Path(args.bundle), Path(args.test_wasm), Path(args.out), args.ref)
+            sys.stdout.write(f"{args.out}: {args.ref} {digest}\n")
+        else:
+            write_context(Path(args.bundle), Path(args.test_wasm), Path(args.out))
+            sys.stdout.write(f"{args.out}: Docker build context (docker build -t {args.ref} {args.out})\n")
+    except (BundleError, OSError, ValueError) as exc:
+        sys.stderr.write(f"wasm-shim image {args.action}: {exc}\n")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasm-shim",
@@ -295,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     bun.add_argument("out", metavar="OUT", help="the directory to create")
     bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter)")
     bun.set_defaults(func=_cmd_bundle)
+    img = sub.add_parser("image", help="build the installer image (OCI layout tarball) or its Docker context",
+                         description="build: write the installer image (the bundle at /bundle, the helm test's "
+                         "module at /test/hello.wasm) as an OCI image-layout tarball OUT, for `ctr images import` "
+                         "or a registry push. context: write the same files and image/Dockerfile to directory OUT.")
+    img.add_argument("action", choices=("build", "context"))
+    img.add_argument("out", metavar="OUT")
+    img.add_argument("--bundle", required=True, help="the bundle directory (`wasm-shim bundle build`)")
+    img.add_argument("--test-wasm", required=True, help="the wasm module `helm test` runs (prints its log line)")
+    img.add_argument("--ref", default=f"ghcr.io/wasm-shim/installer:{VERSION}", help="the image name")
+    img.set_defaults(func=_cmd_image)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
     return parser

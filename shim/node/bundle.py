@@ -47,6 +47,14 @@ INSTALLER_DIR = "installer"
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__pycache__",
                f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu", "pydoc_data"}
 SUBDIR_SKIP = {"__pycache__", "test", "tests", "idle_test"}
+#: Extension modules that would pull GUI, terminal or NIS libraries onto nodes, and that nothing of ours imports.
+DYNLOAD_SKIP = ("_tkinter", "_curses", "_curses_panel", "readline", "nis", "_dbm", "_gdbm", "_crypt")
+#: What the node provides: glibc's own objects (the bundle's one real requirement of its host, the glibc version
+#: `oldest_glibc` reports) and the GCC runtime, which the manylinux wheels we ship (grpcio) also expect from the
+#: host (PEP 599's library policy); a vendored Debian 12 libstdc++ would raise the glibc floor to 2.36. Every
+#: other shared library an ELF file here needs is copied in.
+GLIBC = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libresolv.so.2", "libutil.so.1",
+         "ld-linux-x86-64.so.2", "linux-vdso.so.1", "libgcc_s.so.1", "libstdc++.so.6"}
 
 
 class BundleError(RuntimeError):
@@ -148,7 +156,7 @@ def _copy_dists(dists: Iterable[md.Distribution], site: Path) -> None:
                 _copy_file(src, site / rel)
 
 
-def _elf_files(root: Path) -> list[Path]:
+def elf_files(root: Path) -> list[Path]:
     found = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
@@ -158,9 +166,60 @@ def _elf_files(root: Path) -> list[Path]:
     return found
 
 
+def needed_libraries(path: Path) -> dict[str, str]:
+    """soname -> resolved file of every shared library `path` loads (ldd: the build host's resolution)."""
+    out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=False).stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"\s*(\S+) => (/\S+)", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+        else:
+            match = re.match(r"\s*(/\S+/(ld-linux[^ /]*))", line)
+            if match:
+                found[match.group(2)] = match.group(1)
+    return found
+
+
+def _set_runpath(path: Path, directory: Path) -> None:
+    rel = os.path.relpath(directory, path.parent)
+    runpath = "$ORIGIN" if rel == "." else f"$ORIGIN/{rel}"
+    old = subprocess.run(["patchelf", "--print-rpath", str(path)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    if runpath not in old.split(":"):
+        subprocess.run(["patchelf", "--set-rpath", ":".join(p for p in (old, runpath) if p), str(path)], check=True)
+
+
+def _vendor_libraries(root: Path, libdir: Path) -> list[str]:
+    """Copy every non-glibc library the bundle's ELF files need into `libdir`; point their RUNPATHs at it.
+
+    Libraries a wheel already carries (resolved inside `root`, e.g. through the wheel's own RUNPATH) stay as
+    they are.
+    """
+    vendored: list[str] = []
+    needs: dict[Path, set[str]] = {}
+    pending = True
+    while pending:  # a copied library may need others (libssl -> libcrypto): until nothing new is found
+        pending = False
+        for elf in elf_files(root):
+            outside = {name: where for name, where in needed_libraries(elf).items()
+                       if name not in GLIBC and not os.path.realpath(where).startswith(str(root) + os.sep)}
+            needs[elf] = set(outside)
+            for name, where in outside.items():
+                if not (libdir / name).exists():
+                    shutil.copyfile(os.path.realpath(where), libdir / name)
+                    os.chmod(libdir / name, 0o755)
+                    vendored.append(name)
+                    pending = True
+    for elf, names in sorted(needs.items()):
+        if names:
+            _set_runpath(elf, libdir)
+    return sorted(vendored)
+
+
 def _strip_debug(root: Path) -> None:
     """Drop DWARF debug sections (pyenv builds libpython with them: 23 of its 29 MB); symbols stay."""
-    files = [str(p) for p in _elf_files(root)]
+    files = [str(p) for p in elf_files(root)]
     if files:
         subprocess.run(["strip", "--strip-debug", *files], check=True)
 
@@ -201,7 +260,7 @@ def _digest(root: Path) -> str:
 def oldest_glibc(root: Path) -> str:
     """The newest GLIBC_x.y symbol version any ELF file here needs (objdump -T): the oldest glibc it runs on."""
     best = (0, 0)
-    for path in _elf_files(root):
+    for path in elf_files(root):
         out = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=False).stdout
         for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
             best = max(best, (int(major), int(minor)))
@@ -231,6 +290,9 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
     if ldlib and (libdir / ldlib).exists():
         _copy_file(libdir / ldlib, pyroot / "lib" / ldlib)
     _copy_tree(base / "lib" / py, pyroot / "lib" / py, STDLIB_SKIP)
+    for module in (pyroot / "lib" / py / "lib-dynload").iterdir():
+        if module.name.split(".")[0] in DYNLOAD_SKIP:
+            module.unlink()
     site = pyroot / "lib" / py / "site-packages"
     runtime = _dist_closure(ROOT_DISTS)
     _copy_dists(runtime, site)
@@ -245,13 +307,16 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
         compileall.compile_dir(str(tree), quiet=1, workers=1,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     _strip_debug(partial)
-    if ldlib:  # after strip: patchelf rewrites the dynamic section strip would otherwise lay out again
+    # After strip: patchelf rewrites the dynamic section strip would otherwise lay out again.
+    if ldlib:
         subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", str(pyroot / "bin" / py)], check=True)
+    vendored = _vendor_libraries(partial, pyroot / "lib")
     from ..binary import VERSION
 
     digest = _digest(partial)
     info = {"id": f"{VERSION}-{digest[:16]}", "version": VERSION, "content_sha256": digest,
             "python": sys.version.split()[0]}
+    info["libraries"] = " ".join(vendored)
     if glibc:
         info["glibc"] = oldest_glibc(partial)
     (partial / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,8 @@
 """The node bundle, installed by its own `wasm-shim node install` into a fresh host root, runs guests in a private
-containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map.
+containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map. And the
+installer image built from it: imported with `ctr images import`, its installer run as the DaemonSet runs it
+(a container with the host root mounted at /host), its /test/hello.wasm run through our runtime as `helm test`
+does, and the image pushed to a registry on loopback with `ctr images push`.
 
 The bundle is built once per module with `wasm-shim bundle build` (the real build: interpreter copy, packages,
 component runner). containerd starts on the config the installer wrote into the host root (the harness's own
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
+from tests.integration.cri_tools import LocalRegistry
 from tests.integration.shimtools import daemon_pids
 from wasm_shim.oci.layout import build_image_tar
 
@@ -67,7 +71,7 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
 def wasm_image(containerd: Containerd, workdir: Path, name: str, wasm: Path) -> str:
     ref = f"localhost/wasm-shim-test/{name}:latest"
     tar = workdir / f"{name}.tar"
-    tar.write_bytes(build_image_tar({"/app.wasm": wasm}, ref=ref, entrypoint=["/app.wasm"]))
+    build_image_tar(tar, ref, {"/app.wasm": wasm}, entrypoint=["/app.wasm"])
     containerd.import_image(tar)
     return ref
 
@@ -153,3 +157,53 @@ def test_bundle_build_is_reproducible(bundle: Path, tmp_path: Path) -> None:
     second = json.loads((again / "BUNDLE.json").read_text())
     assert first["content_sha256"] == second["content_sha256"]
 
+
+
+def test_installer_image_imports_installs_runs_its_test_module_and_pushes(
+    bundle: Path, host_root: Path, tmp_path: Path, guests: Path, containerd: Containerd
+) -> None:
+    image = tmp_path / "installer.tar"
+    ref = "localhost/wasm-shim/installer:test"
+    built = subprocess.run([str(bundle / "bin" / "wasm-shim"), "image", "build", str(image), "--bundle",
+                            str(bundle), "--test-wasm", str(guests / "hello.wasm"), "--ref", ref],
+                           capture_output=True, text=True, timeout=900, env=without_venv_env(), check=False)
+    assert built.returncode == 0, built.stderr
+    containerd.import_image(image, timeout=600)
+
+    # The image's own interpreter runs in a container with nothing but the image (no distribution base).
+    out = containerd.ctr("run", "--rm", ref, "image-version", "/bundle/bin/wasm-shim", "version")
+    assert out.stdout.startswith("wasm-shim ")
+
+    # The installer as the DaemonSet runs it: the node's / (here a fixture root) mounted at /host.
+    config = host_root / "etc" / "containerd" / "config.toml"
+    config.write_text("version = 2\n")
+    before = snapshot(host_root)
+    mount = f"type=bind,src={host_root},dst=/host,options=rbind:rw"
+    out = containerd.ctr("run", "--rm", "--mount", mount, ref, "image-install", "/bundle/bin/wasm-shim", "node",
+                         "install", "--host-root=/host", f"--node-root={host_root}", "--no-restart", "--no-report",
+                         timeout=300)
+    assert "installed" in out.stdout, out.stdout + out.stderr
+    assert "io.containerd.wasmtime.v1" in config.read_text()
+    link = host_root / "usr" / "local" / "bin" / "containerd-shim-wasmtime-v1"
+    assert os.path.realpath(link).startswith(str(host_root / "opt" / "wasm-shim" / "versions"))
+    assert not (host_root / "opt" / "wasm-shim" / "current" / "installer").exists()  # not copied onto nodes
+    out = containerd.ctr("run", "--rm", "--mount", mount, ref, "image-uninstall", "/bundle/bin/wasm-shim", "node",
+                         "uninstall", "--host-root=/host", f"--node-root={host_root}", "--no-restart", "--no-report",
+                         timeout=300)
+    assert snapshot(host_root) == before
+
+    # What the chart's `helm test` pod runs: the image's module, through our runtime.
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, ref, "image-test-wasm", "/test/hello.wasm")
+    assert out.stdout.strip() == "hello from wasm"
+
+    registry = LocalRegistry(tmp_path / "registry").start()
+    try:
+        remote = f"{registry.address}/wasm-shim/installer:test"
+        containerd.ctr("images", "tag", ref, remote)
+        containerd.ctr("images", "push", "--plain-http", remote, timeout=300)
+        containerd.ctr("images", "rm", remote, ref)
+        containerd.ctr("images", "pull", "--plain-http", remote, timeout=300)
+        out = containerd.ctr("run", "--rm", remote, "image-pulled", "/bundle/bin/wasm-shim", "version")
+        assert out.stdout.startswith("wasm-shim ")
+    finally:
+        registry.stop()
