@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.k8s_openapi import SchemaMissing, spec_dir, validate
+from tests.harness.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
 from tests.integration.cri_tools import LocalRegistry
 from wasm_shim.shim.cli import build_parser
 from wasm_shim.shim.engines.network import parse_network_grant
@@ -63,7 +63,9 @@ def run_helm(helm: str, *args: str, home: Path | None = None, check: bool = True
 
 
 def render(helm: str, *args: str, chart: str = str(CHART)) -> list[dict[str, Any]]:
-    out = run_helm(helm, "template", "wasm-shim", chart, "--namespace", "wasm-system", *args).stdout
+    # --kube-version: the release whose API schemas we validate against (helm built by `go install` says 1.20).
+    out = run_helm(helm, "template", "wasm-shim", chart, "--namespace", "wasm-system", "--kube-version", K8S_VERSION,
+                   *args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -200,7 +202,8 @@ BAD_VALUES = {
 
 @pytest.mark.parametrize("assignment", sorted(BAD_VALUES))
 def test_bad_values_fail_naming_the_value(helm: str, assignment: str) -> None:
-    done = run_helm(helm, "template", "wasm-shim", str(CHART), "--set", assignment, check=False)
+    done = run_helm(helm, "template", "wasm-shim", str(CHART), "--kube-version", K8S_VERSION, "--set", assignment,
+                    check=False)
     assert done.returncode != 0, f"{assignment} was accepted"
     assert "values don't meet the specifications of the schema" in done.stderr
     assert BAD_VALUES[assignment] in done.stderr
@@ -232,7 +235,7 @@ def test_k8s_examples_are_valid_and_use_the_charts_runtimeclass(helm: str) -> No
             kinds.add(obj["kind"])
             for spec in _pod_specs(obj):
                 assert spec["runtimeClassName"] == chart_rc["metadata"]["name"], path.name
-            annotations = (obj["spec"].get("template", obj)["metadata"].get("annotations") or {})
+            annotations = ((obj["spec"].get("template") or obj).get("metadata") or {}).get("annotations") or {}
             if "wasm.shim.io/network" in annotations:
                 kinds.add("network grant")
                 assert parse_network_grant(annotations).rules, path.name  # the shim's own parser accepts it
@@ -259,7 +262,23 @@ def test_package_push_and_render_from_an_oci_registry(helm: str, tmp_path: Path)
         remote = render(helm, "--version", chart["version"], "--plain-http", chart=ref)
         assert remote == render(helm)
         bad = run_helm(helm, "template", "wasm-shim", ref, "--version", chart["version"], "--plain-http",
+                       "--kube-version", K8S_VERSION,
                        "--set", "shim.grouping=sometimes", home=tmp_path, check=False)
         assert bad.returncode != 0 and "grouping" in bad.stderr  # the schema travels with the package
     finally:
         registry.stop()
+
+
+def test_the_schema_check_catches_what_an_api_server_would_reject(helm: str) -> None:
+    (ds,) = by_kind(render(helm), "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    spec["hostPID"] = "yes"
+    spec["containers"][0]["securityContext"]["privilegd"] = True
+    spec["volumes"][0]["hostPath"].pop("path")
+    ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = 1.5
+    problems = validate(ds)
+    assert any(".spec.template.spec.hostPID: must be boolean" in p for p in problems), problems
+    assert any("securityContext: unknown field 'privilegd'" in p for p in problems), problems
+    assert any("hostPath: missing required field 'path'" in p for p in problems), problems
+    assert any("maxUnavailable: matches none of oneOf" in p for p in problems), problems
+    assert len(problems) == 4, problems
