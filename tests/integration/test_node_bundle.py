@@ -1,5 +1,6 @@
 """The node bundle, installed by its own `wasm-shim node install` into a fresh host root, runs guests in a private
-containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map. And the
+containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map; through
+`ctr run` and through CRI (crictl, a pod with handler wasmtime), a module and a component each. And the
 installer image built from it: imported with `ctr images import`, its installer run as the DaemonSet runs it
 (a container with the host root mounted at /host), its /test/hello.wasm run through our runtime as `helm test`
 does, and the image pushed to a registry on loopback with `ctr images push`.
@@ -23,8 +24,17 @@ from pathlib import Path
 import pytest
 
 from tests.harness.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
-from tests.integration.cri_tools import LocalRegistry
-from tests.integration.shimtools import daemon_pids
+from tests.integration.cri_tools import (
+    HANDLER,
+    PAUSE_REF,
+    CniNetwork,
+    Crictl,
+    CriNode,
+    LocalRegistry,
+    cni_config,
+    sandbox_image_config,
+)
+from tests.integration.shimtools import daemon_pids, wait_for
 from wasm_shim.oci.layout import build_image_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -98,19 +108,29 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
     installed: list[subprocess.CompletedProcess[str]] = []
 
     def install_into_node(text: str) -> Path:
+        # The harness's config for this instance (CRI with CNI, no runtime tables at all) is the node's original.
         config.write_text(text)
         original["config"] = config.read_bytes()
         before.append(snapshot(host_root))
         installed.append(bundle_cli(bundle, "install", "--no-restart", "--option", "grouping=pod", host=host_root))
         return config
 
+    # A CRI node as tests/integration/cri_tools.py makes one, except that the runtime tables come from the
+    # installer (it must also add `runc`, which CRI needs once any runtime is declared).
+    workdir = tmp_path / "cri"
+    network = CniNetwork.fresh()
+    conf_dir, ipam_dir = workdir / "cni" / "net.d", workdir / "cni" / "ipam"
+    conf_dir.mkdir(parents=True)
+    ipam_dir.mkdir(parents=True)
+    (conf_dir / "10-wasm-shim-test.conflist").write_text(json.dumps(network.conflist(ipam_dir)))
     instance: Containerd | None = None
+    node: CriNode | None = None
     try:
-        instance = launch(kind, tmp_path / "ctrd", cri=True, prepare_config=install_into_node,
-                          env={"PATH": f"{host_root}/usr/local/bin:{SYSTEM_PATH}"})
+        instance = launch(kind, Path(tempfile.mkdtemp(prefix=f"wsh-{kind}-", dir="/tmp")), cri=True,
+                          extra_config=sandbox_image_config(kind) + cni_config(kind, conf_dir),
+                          prepare_config=install_into_node, env={"PATH": f"{host_root}/usr/local/bin:{SYSTEM_PATH}"})
         assert installed and installed[0].returncode == 0, installed[0].stderr if installed else "no install"
         assert config.read_bytes() != original["config"]
-        assert "io.containerd.wasmtime.v1" in config.read_text()
         assert ".venv" not in instance.env["PATH"] and str(REPO_ROOT) not in instance.env["PATH"]
 
         hello = wasm_image(instance, tmp_path, "hello", guests / "hello.wasm")
@@ -120,7 +140,33 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
         out = instance.ctr("run", "--rm", "--runtime", RUNTIME, component, "bundle-component")
         assert out.stdout.strip() == "hello from wasm"
 
-        # The daemon that ran them is the installed bundle's interpreter, with nothing of the .venv mapped.
+        # The installer's wait for CRI, against this containerd's real CRI plugin (what a restart waits for).
+        probe = subprocess.run(
+            [str(bundle / "python" / "bin" / "python3"), "-c",
+             "import sys; from wasm_shim.shim.node.installer import wait_for_cri; "
+             "print(repr(wait_for_cri(sys.argv[1], 20)))", instance.address],
+            capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
+        assert probe.stdout.strip() == "''", probe.stderr
+
+        # crictl: a pod with handler wasmtime (its pause container delegated to runc), a module and a component.
+        crictl_config = workdir / "crictl.yaml"
+        crictl_config.write_text(f"runtime-endpoint: unix://{instance.address}\n"
+                                 f"image-endpoint: unix://{instance.address}\ntimeout: 30\n")
+        node = CriNode(containerd=instance, crictl=Crictl(instance, crictl_config), network=network, workdir=workdir)
+        pause_tar = workdir / "pause.tar"
+        build_image_tar(pause_tar, PAUSE_REF, {"/pause": guests / "pause"}, entrypoint=["/pause"])
+        node.import_image(pause_tar)
+        wait_for(node.crictl.network_ready, 30, "CRI to load the CNI config")
+        pod = node.pod_config("bundle-pod")
+        pod_id = node.crictl.runp(pod, runtime=HANDLER)
+        for name, wasm in (("module", "hello.wasm"), ("component", "hello.component.wasm")):
+            image = node.wasm_image(f"cri-{name}", guests / wasm)
+            cid = node.crictl.create(pod_id, node.container_config(name, image), pod)
+            node.crictl.run("start", cid)
+            node.crictl.wait_state(cid, "CONTAINER_EXITED")
+            assert node.crictl.logs(cid).stdout.strip() == "hello from wasm", name
+
+        # Every daemon that ran them is the installed bundle's interpreter, with nothing of the .venv mapped.
         pids = daemon_pids(instance)
         assert pids
         for pid in pids:
@@ -129,17 +175,11 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert str(VENV) not in maps and "/.pyenv/" not in maps
 
-        # The installer's wait for CRI, against this containerd's real CRI plugin.
-        probe = subprocess.run(
-            [str(bundle / "python" / "bin" / "python3"), "-c",
-             "import sys; from wasm_shim.shim.node.installer import wait_for_cri; "
-             "print(repr(wait_for_cri(sys.argv[1], 20)))", instance.address],
-            capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
-        assert probe.stdout.strip() == "''", probe.stderr
-
         status = bundle_cli(bundle, "status", "--check", host=host_root)
         assert status.returncode == 0, status.stdout + status.stderr
     finally:
+        if node is not None:
+            node.teardown()
         if instance is not None:
             instance.stop()
     gone = bundle_cli(bundle, "uninstall", "--no-restart", host=host_root)
