@@ -154,6 +154,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
         from .node.report import KubeReporter
 
         reporter = kube = KubeReporter(node_name, namespace=args.event_namespace, kubeconfig=args.kubeconfig or "")
+    import signal
+
+    if args.action == "run":
+        # Blocked from the start: a SIGTERM during the install waits for it to finish (no half-installed node),
+        # then is taken by sigwait below.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         if args.action == "uninstall":
             return node.uninstall(reporter)
@@ -165,9 +171,6 @@ def _cmd_node(args: argparse.Namespace) -> int:
         reporter.failed(str(exc))
         return 1
     # run: stay up (a DaemonSet pod) until asked to stop; then uninstall only when the DaemonSet is going away.
-    import signal
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     signum = signal.sigwait({signal.SIGTERM, signal.SIGINT})
     sys.stdout.write(f"wasm-shim node: {signal.Signals(signum).name}\n")
     if args.uninstall_on_delete and kube is not None and kube.daemonset_going(args.uninstall_on_delete):

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..config import ShimConfig
 from ..containerd_config import RuntimeTable, validate_options
 from . import bundle as bundle_mod
 from .layout import InstallError, Layout, Probe, detect, plan_install, plan_restore, runtime_table
@@ -40,7 +41,7 @@ from .layout import InstallError, Layout, Probe, detect, plan_install, plan_rest
 SHIM_BINARY = "containerd-shim-wasmtime-v1"
 STATE_FILE = "state.json"
 OPTIONS_FILE = "config.toml"
-KEEP_VERSIONS = 2  # current + the previous one, whose files running daemons may still import from
+DEFAULT_CACHE_DIR: str = ShimConfig.DEFAULTS["cache_dir"]
 
 
 def write_atomic(path: str, data: bytes, *, mode_from: str | None = None, mode: int = 0o644) -> None:
@@ -367,6 +368,8 @@ class Node:
             "added_runc": bool(state.get("added_runc")) or plan.added_runc,
             "bin_link": bin_link,
             "created_dirs": list(state.get("created_dirs", [])) + created,  # type: ignore[call-overload]
+            "shim_data": state.get("shim_data", self._missing_ancestor(shim_options.get("cache_dir",
+                                                                                           DEFAULT_CACHE_DIR))),
         }
         self._write(self.p(STATE_FILE), json.dumps(new_state, indent=2, sort_keys=True).encode() + b"\n")
         if self.o.restart and plan.new is not None:
@@ -375,9 +378,20 @@ class Node:
             _say("containerd's config already has the wasmtime runtime: no restart needed")
         else:
             _say("--no-restart: restart containerd to load the wasmtime runtime")
+        # The previous version stays: a running daemon may still import modules from it.
         self._prune_versions(keep={version, previous or version})
         _say(f"installed {version} ({layout.describe()})")
         return version, layout
+
+    def _missing_ancestor(self, node_path: str) -> str | None:
+        """The topmost directory of `node_path` that does not exist yet: what the daemon will create, so what
+        uninstall removes (None: it all exists, and is not ours)."""
+        missing = None
+        path = os.path.normpath(node_path)
+        while path not in ("/", "") and not self.host.exists(path):
+            missing = path
+            path = os.path.dirname(path)
+        return missing
 
     def _copy_bundle(self, source: str, version: str) -> None:
         target = self.p("versions", version)
@@ -458,6 +472,9 @@ class Node:
                     os.readlink(link) == self.node_view(self.p("current", "bin", SHIM_BINARY)):
                 os.unlink(link)
         shutil.rmtree(self.host.path(self.o.prefix))
+        if state and state.get("shim_data"):
+            # The daemon's compiled-module cache, created after install: ours, so it goes too.
+            shutil.rmtree(self.host.path(str(state["shim_data"])), ignore_errors=True)
         created = list(state.get("created_dirs", [])) if state else []  # type: ignore[call-overload]
         for directory in reversed(created):
             real = self.host.path(directory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -338,3 +339,37 @@ def test_second_install_racing_the_first_stops_and_touches_nothing(tmp_path: Pat
         first.communicate(timeout=60)
     assert first.returncode == 1
     assert snapshot(root) == before
+
+
+def test_uninstall_removes_the_cache_the_daemon_made(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16, "var/lib/.keep": ""})
+    before = snapshot(root)
+    assert node(root, "install", "--no-restart", "--option", "cache_dir=/var/lib/wasm-shim/cache",
+                bundle=make_bundle(tmp_path)).returncode == 0
+    # What a daemon leaves after running pods (shim/engines/wasmtime_engine.py: <cache_dir>/<fingerprint>/...).
+    (root / "var/lib/wasm-shim/cache/fp").mkdir(parents=True)
+    (root / "var/lib/wasm-shim/cache/fp/abc.cwasm").write_bytes(b"compiled")
+    assert node(root, "uninstall", "--no-restart").returncode == 0
+    assert snapshot(root) == before
+
+
+def test_run_installs_then_leaves_the_node_installed_on_sigterm_without_its_daemonset(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    argv = [*CLI, "node", "run", "--host-root", str(root), "--node-root", str(root), "--no-report", "--no-restart",
+            "--bundle", str(make_bundle(tmp_path)), "--uninstall-on-delete", "wasm-shim"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: install ends, then the process waits for the signal
+            if line.startswith("wasm-shim node: installed"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err
+    # No Node API here (--no-report): nothing says the DaemonSet is going, so the node stays installed.
+    assert "leaving the node installed" in out
+    assert (root / "opt/wasm-shim/state.json").exists()
