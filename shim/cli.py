@@ -129,6 +129,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
     if args.action == "check-log":
         return _cmd_check_log(args)
+    if args.action == "delete-daemonset":
+        return _cmd_delete_daemonset(args)
     try:
         options = Options(
             host_root=args.host_root, node_root=args.node_root, prefix=args.prefix, bin_dir=args.bin_dir,
@@ -177,6 +179,20 @@ def _cmd_node(args: argparse.Namespace) -> int:
         sys.stdout.write(f"wasm-shim node: DaemonSet {args.uninstall_on_delete} is being deleted: uninstalling\n")
         return Node(options).uninstall(reporter)
     sys.stdout.write("wasm-shim node: leaving the node installed (the DaemonSet stays: upgrade or eviction)\n")
+    return 0
+
+
+def _cmd_delete_daemonset(args: argparse.Namespace) -> int:
+    from .node.report import delete_daemonset
+
+    if not args.daemonset:
+        sys.stderr.write("wasm-shim node delete-daemonset: --daemonset NAME is required\n")
+        return 2
+    problem = delete_daemonset(args.daemonset, args.namespace, args.timeout, args.kubeconfig or "")
+    if problem:
+        sys.stderr.write(f"wasm-shim node delete-daemonset: {problem}\n")
+        return 1
+    sys.stdout.write(f"wasm-shim node delete-daemonset: {args.namespace}/{args.daemonset} and its pods are gone\n")
     return 0
 
 
@@ -271,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         "1.6/1.7 (config version 2), 2.x (3), k3s, rke2, microk8s, k0s; detected unless --layout names one. "
         "uninstall puts every byte back. See docs/node-install.md.",
     )
-    node.add_argument("action", choices=("install", "uninstall", "status", "run", "check-log"),
+    node.add_argument("action", choices=("install", "uninstall", "status", "run", "check-log", "delete-daemonset"),
                       help="run = install, then wait for SIGTERM (the DaemonSet's container); check-log = the "
-                      "helm test's checker (--pod, --namespace, --expect)")
+                      "helm test's checker (--pod, --namespace, --expect); delete-daemonset = the chart's "
+                      "pre-delete hook (--daemonset, --namespace, --timeout)")
     node.add_argument("--host-root", default="/host", help="where the node's / is mounted (default /host)")
     node.add_argument("--node-root", default="/", help="the same directory as the node's own processes name it "
                       "(default /; a fixture root in tests, where containerd runs beside the installer)")
@@ -307,9 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--uninstall-on-delete", metavar="DAEMONSET", help="run: on SIGTERM, uninstall if this "
                       "DaemonSet (in --event-namespace) is gone or being deleted")
     node.add_argument("--pod", help="check-log: the pod")
-    node.add_argument("--namespace", default="default", help="check-log: its namespace")
+    node.add_argument("--daemonset", help="delete-daemonset: the DaemonSet")
+    node.add_argument("--namespace", default="default", help="check-log, delete-daemonset: the namespace")
     node.add_argument("--expect", default="", help="check-log: the text its log must hold")
-    node.add_argument("--timeout", type=float, default=180.0, help="check-log: seconds to wait for the pod")
+    node.add_argument("--timeout", type=float, default=180.0, help="check-log, delete-daemonset: seconds to wait")
     node.set_defaults(func=_cmd_node)
     bun = sub.add_parser("bundle", help="build the self-contained node bundle",
                          description="Build the node bundle (interpreter, stdlib, dependencies, our code, the "

@@ -118,3 +118,38 @@ def check_log(pod: str, namespace: str, expect: str, timeout: float, kubeconfig:
     if expect not in log:
         return f"pod {namespace}/{pod} succeeded but its log lacks {expect!r}: {log[-500:]!r}"
     return ""
+
+
+def delete_daemonset(name: str, namespace: str, timeout: float, kubeconfig: str = "") -> str:
+    """Delete DaemonSet `name` in the foreground and wait until it is gone; "" on success, else the problem.
+
+    The chart's pre-delete hook: its installer pods get SIGTERM while the release's ServiceAccount and RBAC still
+    exist, see the DaemonSet being deleted, and put their nodes back (they could not once helm had deleted their
+    credentials). Foreground deletion keeps the DaemonSet (with a deletionTimestamp) until its pods are gone.
+    """
+    import time
+
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        config.load_incluster_config()
+    apps = client.AppsV1Api()
+    try:
+        apps.delete_namespaced_daemon_set(name, namespace, propagation_policy="Foreground")
+    except ApiException as exc:
+        if exc.status == 404:
+            return ""
+        return f"cannot delete DaemonSet {namespace}/{name}: {exc.status} {exc.reason}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            apps.read_namespaced_daemon_set(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return ""
+            return f"cannot read DaemonSet {namespace}/{name}: {exc.status} {exc.reason}"
+        time.sleep(2)
+    return f"DaemonSet {namespace}/{name} still exists after {timeout:g} s (its pods are still uninstalling?)"

@@ -120,7 +120,7 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert_valid(objects)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                            "DaemonSet", "RuntimeClass", "Pod", "Pod", "ServiceAccount", "Role", "RoleBinding"])
+                            "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -137,9 +137,21 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["handler"] == "wasmtime" and rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready"}
     assert "overhead" not in rc
-    rules = {(r["kind"], tuple(r["rules"][0]["resources"]), tuple(r["rules"][0]["verbs"])) for r in objects
-             if r["kind"] in ("ClusterRole", "Role") and not r["metadata"]["name"].endswith("-test")}
-    assert rules == {("ClusterRole", ("nodes",), ("patch",)), ("Role", ("events",), ("create",))}
+    rules = {r["metadata"]["name"]: [(tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(rule["verbs"]),
+                                      tuple(rule.get("resourceNames", []))) for rule in r["rules"]]
+             for r in objects if r["kind"] in ("ClusterRole", "Role")}
+    assert rules == {
+        "wasm-shim": [(("",), ("events",), ("create",), ()), (("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim-test": [(("",), ("pods", "pods/log"), ("get",), ("wasm-shim-test-wasm",))],
+        "wasm-shim-uninstall": [(("apps",), ("daemonsets",), ("get", "delete"), ("wasm-shim",))],
+    }
+    (cluster_role,) = by_kind(objects, "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
+    hook = next(p for p in by_kind(objects, "Pod") if p["metadata"]["name"] == "wasm-shim-uninstall")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    hook_args = build_parser().parse_args(hook["spec"]["containers"][0]["command"][1:])
+    assert (hook_args.action, hook_args.daemonset, hook_args.namespace) == ("delete-daemonset", "wasm-shim",
+                                                                              "wasm-system")
     probe = ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
     assert build_parser().parse_args(probe[1:]).check is True
 
@@ -178,7 +190,12 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
 
 def test_optional_parts_can_be_turned_off(helm: str) -> None:
     objects = render(helm, "--set", "runtimeClass.create=false", "--set", "test.enabled=false")
-    assert by_kind(objects, "RuntimeClass") == [] and by_kind(objects, "Pod") == []
+    assert by_kind(objects, "RuntimeClass") == []
+    assert [p["metadata"]["name"] for p in by_kind(objects, "Pod")] == ["wasm-shim-uninstall"]
+    assert_valid(objects)
+    kept = render(helm, "--set", "node.uninstallOnDelete=false")
+    assert "wasm-shim-uninstall" not in {o["metadata"]["name"] for o in kept}
+    assert build_parser().parse_args(installer_argv(kept)).uninstall_on_delete is None
     assert_valid(objects)
 
 
