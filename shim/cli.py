@@ -155,7 +155,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if node_name and not args.no_report:
         from .node.report import KubeReporter
 
-        reporter = kube = KubeReporter(node_name, namespace=args.event_namespace, kubeconfig=args.kubeconfig or "")
+        reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
+                                       events_namespace=args.event_namespace)
     import signal
 
     if args.action == "run":
@@ -316,16 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "restart (default: the layout's)")
     node.add_argument("--restart-timeout", type=float, default=90.0, help="seconds to wait for CRI (default 90)")
     node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
-    node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default default)")
+    node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
+                      "the only one the API server allows for events about a Node)")
     node.add_argument("--kubeconfig", help="a kubeconfig instead of the in-cluster service account")
     node.add_argument("--no-report", action="store_true", help="do not touch the Node object")
     node.add_argument("--check", action="store_true", help="status: exit 1 unless installed with the config as "
                       "the installer left it (the DaemonSet's readiness probe)")
     node.add_argument("--uninstall-on-delete", metavar="DAEMONSET", help="run: on SIGTERM, uninstall if this "
-                      "DaemonSet (in --event-namespace) is gone or being deleted")
+                      "DaemonSet (in --namespace) is gone or being deleted")
     node.add_argument("--pod", help="check-log: the pod")
     node.add_argument("--daemonset", help="delete-daemonset: the DaemonSet")
-    node.add_argument("--namespace", default="default", help="check-log, delete-daemonset: the namespace")
+    node.add_argument("--namespace", default="default", help="the namespace of --pod, --daemonset and "
+                      "--uninstall-on-delete (default: default)")
     node.add_argument("--expect", default="", help="check-log: the text its log must hold")
     node.add_argument("--timeout", type=float, default=180.0, help="check-log, delete-daemonset: seconds to wait")
     node.set_defaults(func=_cmd_node)

@@ -22,7 +22,8 @@ COMPONENT = "wasm-shim-installer"
 
 
 class KubeReporter(Reporter):
-    def __init__(self, node_name: str, namespace: str = "default", kubeconfig: str = "") -> None:
+    def __init__(self, node_name: str, namespace: str = "default", kubeconfig: str = "",
+                 events_namespace: str = "default") -> None:
         from kubernetes import client, config
 
         if kubeconfig:
@@ -30,7 +31,10 @@ class KubeReporter(Reporter):
         else:
             config.load_incluster_config()
         self.node_name = node_name
-        self.namespace = namespace
+        self.namespace = namespace  # where the installer's DaemonSet is
+        # An event about a cluster-scoped object must be in "default" (the API server's event validation: an
+        # involvedObject without a namespace allows only "" or "default"), as the kubelet's node events are.
+        self.events_namespace = events_namespace
         self.core = client.CoreV1Api()
         self._client = client
 
@@ -42,13 +46,12 @@ class KubeReporter(Reporter):
         now = datetime.datetime.now(datetime.UTC)
         c = self._client
         event = c.CoreV1Event(
-            metadata=c.V1ObjectMeta(generate_name=f"{self.node_name}.wasm-shim.", namespace=self.namespace),
-            involved_object=c.V1ObjectReference(kind="Node", name=self.node_name, uid=self.node_name,
-                                                api_version="v1"),
+            metadata=c.V1ObjectMeta(generate_name=f"{self.node_name}.wasm-shim.", namespace=self.events_namespace),
+            involved_object=c.V1ObjectReference(kind="Node", name=self.node_name, api_version="v1"),
             reason=reason, message=message[:1024], type=kind, first_timestamp=now, last_timestamp=now, count=1,
             source=c.V1EventSource(component=COMPONENT, host=self.node_name),
         )
-        self.core.create_namespaced_event(self.namespace, event)
+        self.core.create_namespaced_event(self.events_namespace, event)
 
     def _safely(self, what: str, action: Any) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -119,7 +119,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     objects = render(helm)
     assert_valid(objects)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
+                            "RoleBinding",
                             "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
@@ -131,7 +132,10 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert "hostNetwork" not in spec
     argv = installer_argv(objects)
     args = build_parser().parse_args(argv)
-    assert (args.action, args.host_root, args.uninstall_on_delete) == ("run", "/host", "wasm-shim")
+    assert (args.action, args.host_root, args.uninstall_on_delete, args.namespace, args.event_namespace) == (
+        "run", "/host", "wasm-shim", "wasm-system", "default")
+    events_role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "wasm-shim-events")
+    assert events_role["metadata"]["namespace"] == "default"
     assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
                            "cache_dir=/var/lib/wasm-shim/cache"]
     (rc,) = by_kind(objects, "RuntimeClass")
@@ -141,7 +145,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
                                       tuple(rule.get("resourceNames", []))) for rule in r["rules"]]
              for r in objects if r["kind"] in ("ClusterRole", "Role")}
     assert rules == {
-        "wasm-shim": [(("",), ("events",), ("create",), ()), (("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim-events": [(("",), ("events",), ("create",), ())],
         "wasm-shim-test": [(("",), ("pods", "pods/log"), ("get",), ("wasm-shim-test-wasm",))],
         "wasm-shim-uninstall": [(("apps",), ("daemonsets",), ("get", "delete"), ("wasm-shim",))],
     }
