@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from ..config import ShimConfig
 from ..containerd_config import RuntimeTable, validate_options
 from . import bundle as bundle_mod
-from .layout import InstallError, Layout, Probe, detect, plan_install, plan_restore, runtime_table
+from .layout import NSENTER, InstallError, Layout, Probe, detect, plan_install, plan_restore, runtime_table
 
 SHIM_BINARY = "containerd-shim-wasmtime-v1"
 STATE_FILE = "state.json"
@@ -515,8 +515,7 @@ def _layout_for_restart(probe: Probe, state: Mapping[str, object], options: Opti
     except InstallError:
         # The config is gone or unreadable now; the restart command and socket do not depend on it.
         return Layout(str(state["layout"]), str(state["config_path"]), 2, "merge",
-                      ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "systemctl", "restart", "containerd"),
-                      "/run/containerd/containerd.sock")
+                      (*NSENTER, "systemctl", "restart", "containerd"), "/run/containerd/containerd.sock")
 
 
 def validate_or_fail(options: Mapping[str, str]) -> dict[str, str]:
