@@ -373,3 +373,11 @@ def test_run_installs_then_leaves_the_node_installed_on_sigterm_without_its_daem
     # No Node API here (--no-report): nothing says the DaemonSet is going, so the node stays installed.
     assert "leaving the node installed" in out
     assert (root / "opt/wasm-shim/state.json").exists()
+
+
+def test_shim_start_path_and_daemon_never_load_the_kubernetes_client() -> None:
+    code = ("import sys, wasm_shim.shim.binary, wasm_shim.shim.daemon, wasm_shim.shim.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'yaml', 'urllib3')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          check=True)
+    assert done.stdout.strip() == "[]"
