@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -196,3 +197,52 @@ def test_the_charts_rbac_allows_nothing_more(api: Api, installer_kubeconfig: Pat
     assert not can("get", "nodes") and not can("delete", "nodes") and not can("get", "secrets", "-A")
     assert not can("create", "events", "-n", "kube-system") and not can("get", "daemonsets/other", "-n", NAMESPACE)
     assert not can("create", "pods", "-n", NAMESPACE)
+
+
+def run_until_sigterm(kubeconfig: Path, root: Path, node: str, bundle: Path) -> subprocess.CompletedProcess[str]:
+    """`node run` as the DaemonSet's container: install, then SIGTERM once installed."""
+    proc = subprocess.Popen(
+        [str(WASM_SHIM), "node", "run", "--host-root", str(root), "--node-root", str(root), "--node-name", node,
+         "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--no-restart", "--bundle", str(bundle),
+         "--uninstall-on-delete", "wasm-shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: install ends (or fails and the process exits)
+            lines.append(line)
+            if line.startswith("wasm-shim node: installed"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
+
+
+def test_run_uninstalls_only_when_its_daemonset_is_being_deleted(
+    api: Api, installer_kubeconfig: Path, tmp_path: Path
+) -> None:
+    add_node(api, "node-c")
+    api.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "wasm-shim", "namespace": NAMESPACE},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
+            "metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}))
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    # An upgrade or an eviction: the DaemonSet stays, so the node stays installed and labelled.
+    kept = run_until_sigterm(installer_kubeconfig, root, "node-c", bundle)
+    assert kept.returncode == 0, kept.stderr
+    assert "leaving the node installed" in kept.stdout
+    assert api.node("node-c")["metadata"]["labels"]["wasm.shim.io/runtime"] == "ready"
+    # helm uninstall: the pre-delete hook deletes the DaemonSet in the foreground (no garbage collector runs here,
+    # so it keeps its deletionTimestamp), then the pod's SIGTERM puts the node back.
+    api.kubectl("delete", "daemonset", "wasm-shim", "-n", NAMESPACE, "--cascade=foreground", "--wait=false")
+    gone = run_until_sigterm(installer_kubeconfig, root, "node-c", bundle)
+    assert gone.returncode == 0, gone.stderr
+    assert "is being deleted: uninstalling" in gone.stdout
+    assert "could not" not in gone.stderr, gone.stderr
+    assert snapshot(root) == before
+    assert "wasm.shim.io/runtime" not in (api.node("node-c")["metadata"].get("labels") or {})
