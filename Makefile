@@ -7,6 +7,8 @@
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
+#   make bundle   the self-contained node bundle in out/bundle (docs/node-install.md)
+#   make image    the installer image (OCI layout tarball) out/installer.tar from that bundle
 #
 # Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
 
@@ -27,7 +29,7 @@ MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
-.PHONY: setup lint test demo bench protos
+.PHONY: setup lint test demo bench protos bundle image
 
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
@@ -58,3 +60,13 @@ bench: setup
 protos: setup
 	@if [[ -f scripts/gen-protos.sh ]]; then bash scripts/gen-protos.sh; \
 	else echo "make protos: scripts/gen-protos.sh does not exist yet" >&2; exit 1; fi
+
+OUT := out
+bundle: setup
+	@rm -rf $(OUT)/bundle && mkdir -p $(OUT)
+	@$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle
+
+image: bundle
+	@guests="$$($(PY) -c 'from tests.guests.fixtures import build_guests; print(build_guests())')"; \
+	$(OUT)/bundle/bin/wasm-shim image build $(OUT)/installer.tar --bundle $(OUT)/bundle \
+	  --test-wasm "$$guests/hello.wasm" --ref ghcr.io/wasm-shim/installer:$$($(OUT)/bundle/bin/wasm-shim version | cut -d' ' -f2)

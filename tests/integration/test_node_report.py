@@ -1,0 +1,248 @@
+"""The installer's label, annotations and events on a real API server, with exactly the chart's RBAC.
+
+etcd and kube-apiserver (v1.37.2, as the cluster e2e builds them into the cache) run on loopback; the chart's
+ServiceAccount and RBAC (`helm template --show-only`) are applied; the installer runs with a token of that
+ServiceAccount, so a permission the chart forgot fails here. A Node object stands for the node (no kubelet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_node_installer import CONTAINERD_16, make_bundle, make_root, snapshot
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("WASM_SHIM_CACHE", "~/.cache/wasm-shim")).expanduser()
+APISERVER = CACHE / "k8s-v1.37.2" / "bin" / "kube-apiserver"
+KUBECTL = CACHE / "k8s-v1.37.2" / "bin" / "kubectl"
+ETCD = CACHE / "etcd-v3.7.3" / "bin" / "etcd"
+HELM = REPO / ".tools" / "bin" / "helm"
+WASM_SHIM = REPO / ".venv" / "bin" / "wasm-shim"
+NAMESPACE = "wasm-system"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Api:
+    admin: Path  # kubeconfig of system:masters
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.admin), *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done
+
+    def node(self, name: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.kubectl("get", "node", name, "-o", "json").stdout)  # type: ignore[no-any-return]
+
+    def events(self, reason: str) -> list[dict]:  # type: ignore[type-arg]
+        items = json.loads(self.kubectl("get", "events", "-n", "default", "-o", "json").stdout)["items"]
+        return [e for e in items if e.get("reason") == reason]
+
+
+def kubeconfig(path: Path, server: str, token: str) -> Path:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    for binary in (APISERVER, KUBECTL, ETCD):
+        if not os.access(binary, os.X_OK):
+            pytest.skip(f"{binary} is missing: the cluster e2e builds Kubernetes and etcd into the cache (make e2e)")
+    work = tmp_path_factory.mktemp("apiserver")
+    subprocess.run(["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(work / "sa.key"), "-pubout", "-out", str(work / "sa.pub")],
+                   check=True, capture_output=True)
+    (work / "tokens.csv").write_text('admin-token,admin,admin,"system:masters"\n')
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with (work / "etcd.log").open("wb") as log:
+            processes.append(subprocess.Popen(
+                [str(ETCD), "--data-dir", str(work / "etcd"), "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-cluster", f"default=http://127.0.0.1:{peer_port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        with (work / "apiserver.log").open("wb") as log:
+            processes.append(subprocess.Popen(
+                [str(APISERVER), f"--etcd-servers=http://127.0.0.1:{etcd_port}", "--bind-address=127.0.0.1",
+                 "--advertise-address=127.0.0.1", f"--secure-port={api_port}", f"--cert-dir={work / 'certs'}",
+                 f"--token-auth-file={work / 'tokens.csv'}", "--authorization-mode=RBAC",
+                 f"--service-account-key-file={work / 'sa.pub'}",
+                 f"--service-account-signing-key-file={work / 'sa.key'}",
+                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                 "--service-cluster-ip-range=10.96.0.0/16",
+                 # Loopback only: no Service endpoints to reconcile (the reconciler refuses a loopback address).
+                 "--endpoint-reconciler-type=none"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        server = f"https://127.0.0.1:{api_port}"
+        instance = Api(kubeconfig(work / "admin.kubeconfig", server, "admin-token"))
+        deadline = time.monotonic() + 180  # a cold apiserver on a loaded machine: bounded, then a clear failure
+        while instance.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
+            for process in processes:
+                assert process.poll() is None, (work / "apiserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (work / "apiserver.log").read_text()[-3000:]
+            time.sleep(1)
+        yield instance
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installer_kubeconfig(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig with a token of the chart's ServiceAccount, bound by the chart's RBAC (and nothing else)."""
+    api.kubectl("create", "namespace", NAMESPACE)
+    rendered = subprocess.run(
+        [str(HELM), "template", "wasm-shim", str(REPO / "charts" / "wasm-shim"), "--namespace", NAMESPACE,
+         "--kube-version", "1.37.2", "--show-only", "templates/serviceaccount.yaml", "--show-only",
+         "templates/rbac.yaml"], capture_output=True, text=True, timeout=60, check=True).stdout
+    api.kubectl("apply", "-f", "-", stdin=rendered)
+    token = api.kubectl("create", "token", "wasm-shim", "-n", NAMESPACE).stdout.strip()
+    server = json.loads(api.admin.read_text())["clusters"][0]["cluster"]["server"]
+    return kubeconfig(tmp_path_factory.mktemp("installer") / "kubeconfig", server, token)
+
+
+def add_node(api: Api, name: str) -> None:
+    api.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                      "metadata": {"name": name}}))
+
+
+def run_node(kubeconfig: Path, root: Path, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(WASM_SHIM), "node", *args, "--host-root", str(root), "--node-root", str(root), "--node-name", node,
+         "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--no-restart"],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_install_labels_ready_and_uninstall_unlabels_with_the_charts_rbac(
+    api: Api, installer_kubeconfig: Path, tmp_path: Path
+) -> None:
+    add_node(api, "node-a")
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    done = run_node(installer_kubeconfig, root, "node-a", "install", "--bundle", str(make_bundle(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert "could not" not in done.stderr, done.stderr  # every API call was allowed
+    meta = api.node("node-a")["metadata"]
+    assert meta["labels"]["wasm.shim.io/runtime"] == "ready"
+    assert meta["annotations"]["wasm.shim.io/runtime-version"] == "0.1.0-fixture"
+    (event,) = api.events("WasmShimInstalled")
+    assert event["involvedObject"]["name"] == "node-a" and event["type"] == "Normal"
+
+    before_uninstall = run_node(installer_kubeconfig, root, "node-a", "uninstall")
+    assert before_uninstall.returncode == 0, before_uninstall.stderr
+    assert "could not" not in before_uninstall.stderr, before_uninstall.stderr
+    meta = api.node("node-a")["metadata"]
+    assert "wasm.shim.io/runtime" not in (meta.get("labels") or {})
+    assert "wasm.shim.io/runtime-version" not in (meta.get("annotations") or {})
+    assert api.events("WasmShimUninstalled")
+
+
+def test_failed_install_labels_failed_with_the_reason(api: Api, installer_kubeconfig: Path, tmp_path: Path) -> None:
+    add_node(api, "node-b")
+    root = make_root(tmp_path, {"etc/containerd/config.toml": "version = 2\n[plugins\n"})
+    before = snapshot(root)
+    done = run_node(installer_kubeconfig, root, "node-b", "install", "--bundle", str(make_bundle(tmp_path)))
+    assert done.returncode == 1
+    assert "could not" not in done.stderr, done.stderr
+    assert snapshot(root) == before
+    meta = api.node("node-b")["metadata"]
+    assert meta["labels"]["wasm.shim.io/runtime"] == "failed"
+    assert "does not parse as TOML" in meta["annotations"]["wasm.shim.io/runtime-reason"]
+    (event,) = api.events("WasmShimInstallFailed")
+    assert event["type"] == "Warning" and "does not parse as TOML" in event["message"]
+
+
+def test_the_charts_rbac_allows_nothing_more(api: Api, installer_kubeconfig: Path) -> None:
+    def can(*args: str) -> bool:
+        done = subprocess.run([str(KUBECTL), "--kubeconfig", str(installer_kubeconfig), "auth", "can-i", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        return done.stdout.strip() == "yes"
+
+    assert can("patch", "nodes") and can("create", "events", "-n", "default")
+    assert can("get", "daemonsets/wasm-shim", "-n", NAMESPACE)
+    assert not can("get", "nodes") and not can("delete", "nodes") and not can("get", "secrets", "-A")
+    assert not can("create", "events", "-n", "kube-system") and not can("get", "daemonsets/other", "-n", NAMESPACE)
+    assert not can("create", "pods", "-n", NAMESPACE)
+
+
+def run_until_sigterm(kubeconfig: Path, root: Path, node: str, bundle: Path) -> subprocess.CompletedProcess[str]:
+    """`node run` as the DaemonSet's container: install, then SIGTERM once installed."""
+    proc = subprocess.Popen(
+        [str(WASM_SHIM), "node", "run", "--host-root", str(root), "--node-root", str(root), "--node-name", node,
+         "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--no-restart", "--bundle", str(bundle),
+         "--uninstall-on-delete", "wasm-shim"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: install ends (or fails and the process exits)
+            lines.append(line)
+            if line.startswith("wasm-shim node: installed"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
+
+
+def test_run_uninstalls_only_when_its_daemonset_is_being_deleted(
+    api: Api, installer_kubeconfig: Path, tmp_path: Path
+) -> None:
+    add_node(api, "node-c")
+    api.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "wasm-shim", "namespace": NAMESPACE},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
+            "metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}))
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    # An upgrade or an eviction: the DaemonSet stays, so the node stays installed and labelled.
+    kept = run_until_sigterm(installer_kubeconfig, root, "node-c", bundle)
+    assert kept.returncode == 0, kept.stderr
+    assert "leaving the node installed" in kept.stdout
+    assert api.node("node-c")["metadata"]["labels"]["wasm.shim.io/runtime"] == "ready"
+    # helm uninstall: the pre-delete hook deletes the DaemonSet in the foreground (no garbage collector runs here,
+    # so it keeps its deletionTimestamp), then the pod's SIGTERM puts the node back.
+    api.kubectl("delete", "daemonset", "wasm-shim", "-n", NAMESPACE, "--cascade=foreground", "--wait=false")
+    gone = run_until_sigterm(installer_kubeconfig, root, "node-c", bundle)
+    assert gone.returncode == 0, gone.stderr
+    assert "is being deleted: uninstalling" in gone.stdout
+    assert "could not" not in gone.stderr, gone.stderr
+    assert snapshot(root) == before
+    assert "wasm.shim.io/runtime" not in (api.node("node-c")["metadata"].get("labels") or {})
