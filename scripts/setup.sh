@@ -308,6 +308,9 @@ if [[ ! -x "$runner_dir/wasm-shim-component-runner" ]]; then
   rust_version="$(rustc --version | awk '{print $2}')"
   version_ge "$rust_version" "$MIN_RUST" || die "rustc $rust_version is too old for runner/ (needs >= $MIN_RUST)"
   say "building the component runner (runner/, wasmtime 48) with cargo (first build 10-20 minutes; after an edit, seconds)"
+  # The target dir is shared by every checkout, and cargo judges our crate fresh by mtimes: another checkout's
+  # newer build would be taken for this one's. Touching our sources makes cargo compile this checkout's crate.
+  find "$ROOT/runner/src" -type f -exec touch {} +
   run cargo-component-runner env CARGO_TARGET_DIR="$CACHE/cargo/target-component-runner" \
     cargo build --release --locked --manifest-path "$ROOT/runner/Cargo.toml"
   mkdir -p "$runner_dir"
