@@ -433,7 +433,7 @@ def test_wasi_http_component_is_served_on_the_pod_ip(cri_node: CriNode, guests: 
     ip = crictl.json("inspectp", pod_id)["status"]["network"]["ip"]
     server = crictl.create(pod_id, cri_node.container_config("http", image), pod)
     crictl.run("start", server)
-    deadline = time.monotonic() + 180  # the first start compiles a 14 MB component twice (a hang bound)
+    deadline = time.monotonic() + 180  # the first start compiles a 14 MB component (a hang bound)
     while True:
         try:
             socket.create_connection((ip, 8080), timeout=5).close()

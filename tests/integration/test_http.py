@@ -32,7 +32,7 @@ LISTEN = "wasm.shim.io/http-listen"
 TIMEOUT = "wasm.shim.io/http-request-timeout"
 MAX_BODY = "wasm.shim.io/http-max-body"
 CLIENT = Path(__file__).resolve().parent / "http_client.py"
-READY_TIMEOUT = 180  # the first start compiles a 14 MB StarlingMonkey component (twice: daemon and runner)
+READY_TIMEOUT = 180  # a hang bound: the first start compiles a 14 MB StarlingMonkey component
 
 
 @pytest.fixture
