@@ -22,9 +22,9 @@ PYTEST_ARGS ?=
 SETUP_ARGS ?=
 # mypy cannot see through setuptools' editable-install import hook, so `wasm_shim.*` would type as Any. A link
 # tree (.tools/typecheck/wasm_shim/{shim,oci} -> the folders) on MYPYPATH gives it the real import root.
-# Checked: both packages and the test harness (the tests themselves are left to ruff, to keep mypy quick).
+# Checked: both packages, the test harness and e2e/cluster (the tests themselves are left to ruff, to keep mypy quick).
 TYPECHECK_ROOT := .tools/typecheck
-MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness
+MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 

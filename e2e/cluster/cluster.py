@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -574,7 +575,7 @@ def cluster_init(state: State, listener_fd: int) -> None:
             process = subprocess.Popen(
                 ["nsenter", f"--net={netns}", "--", "unshare", "--mount", "--pid", "--fork",
                  "--propagation", "private", "--", sys.executable, str(Path(__file__).resolve()),
-                 "_node", "--state", str(state.root), node.name],
+                 "--state", str(state.root), "_node", node.name],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=node_env,
                 start_new_session=True)
             log.close()
@@ -584,7 +585,7 @@ def cluster_init(state: State, listener_fd: int) -> None:
         for node in NODES:
             ready = state.node_dir(node) / "processes-ready"
             wait_for(f"{node.name} (containerd, kubelet, kube-proxy)", ready.exists, 120,
-                     state.node_dir(node) / "logs" / "supervisor.log", lambda n=node.name: sup.alive(n))
+                     state.node_dir(node) / "logs" / "supervisor.log", functools.partial(sup.alive, node.name))
 
         relay = threading.Thread(target=api_relay, args=(listener_fd, (BRIDGE_IP, API_PORT)), daemon=True)
         relay.start()
@@ -866,8 +867,8 @@ def up(state: State, *, port: int = 0, timeout: float = START_TIMEOUT,
     log = open(state.logs / "cluster.log", "ab")  # noqa: SIM115 - handed to the child
     unshare = subprocess.Popen(
         ["unshare", f"--net={state.ns / 'net'}", f"--mount={state.ns / 'mnt'}", "--pid", "--fork",
-         "--propagation", "private", "--", sys.executable, str(Path(__file__).resolve()), "_init",
-         "--state", str(state.root), "--listener-fd", str(listener.fileno())],
+         "--propagation", "private", "--", sys.executable, str(Path(__file__).resolve()),
+         "--state", str(state.root), "_init", "--listener-fd", str(listener.fileno())],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=[listener.fileno()],
         env={"PATH": SYS_PATH, MARKER: str(state.root), "HOME": "/root"}, start_new_session=True)
     log.close()
