@@ -7,6 +7,7 @@
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
+#   make cluster-demo  the cluster up, helm install wasm-shim, wasm pods and a Service; leaves it up (e2e/README.md)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
 #
 # Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
@@ -28,7 +29,7 @@ MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
-.PHONY: setup lint test demo bench protos e2e
+.PHONY: setup lint test demo bench protos e2e cluster-demo
 
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
@@ -66,3 +67,7 @@ e2e: setup
 	@nice -n 10 e2e/cluster/build
 	@rc=0; $(PY) -m pytest -q e2e $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "make e2e: pytest collected no tests" >&2; fi; exit $$rc
+
+cluster-demo: setup
+	@nice -n 10 e2e/cluster/build
+	@e2e/cluster/demo

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import cluster as cl
 from e2e.cluster import images
@@ -51,6 +52,15 @@ def installer_image(work: Path, guests: Path) -> Path:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}"
     return tar
+
+
+def absent_ok(delete: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Delete, where "already gone" (404) is fine: a cleanup must not hide the failure that preceded it."""
+    try:
+        delete(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def node_labels(core: client.CoreV1Api, node: str) -> dict[str, str]:
@@ -152,3 +162,54 @@ def test_helm_test_passes(cluster: Cluster, release: dict) -> None:
     assert wasm[0].status.phase == "Succeeded"
     assert wasm[0].spec.node_name == "node-a"
     assert "hello from wasm" in core.read_namespaced_pod_log(wasm[0].metadata.name, RELEASE_NS)
+
+
+def test_wasm_server_behind_a_service_answers_a_pod_on_the_other_node(cluster: Cluster, release: dict) -> None:
+    # A component served through the component runner in the pod's network namespace, with the network grant
+    # (docs/annotations.md); a busybox pod on node-b reaches it through the Service's ClusterIP (kube-proxy).
+    apps = client.AppsV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
+    name = f"wasm-server-{uuid.uuid4().hex[:6]}"
+    apps.create_namespaced_deployment(NAMESPACE, client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(
+            replicas=1, selector=client.V1LabelSelector(match_labels={"app": name}),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={"app": name},
+                                             annotations={"wasm.shim.io/network": "tcp-listen=*:8080"}),
+                spec=client.V1PodSpec(
+                    runtime_class_name="wasmtime", termination_grace_period_seconds=2,
+                    containers=[client.V1Container(
+                        name="server", image=images.WASM_NET, image_pull_policy="Never",
+                        args=["listen", "0.0.0.0", "8080", "0"], ports=[client.V1ContainerPort(container_port=8080)],
+                        resources=client.V1ResourceRequirements(limits={"memory": "128Mi"}))])))))
+    core.create_namespaced_service(NAMESPACE, client.V1Service(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1ServiceSpec(selector={"app": name}, ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    client_pod = f"client-{uuid.uuid4().hex[:6]}"
+    try:
+        wait_until(f"deployment {name} available", lambda: (apps.read_namespaced_deployment(name, NAMESPACE)
+                                                            .status.available_replicas or 0) == 1, timeout=180)
+        cluster_ip = core.read_namespaced_service(name, NAMESPACE).spec.cluster_ip
+        script = (f"for i in 1 2 3 4 5 6 7 8 9 10; do out=$(nc -w 3 {cluster_ip} 80 </dev/null); "
+                  f'[ -n "$out" ] && {{ echo "got: $out"; exit 0; }}; sleep 1; done; exit 1')
+        core.create_namespaced_pod(NAMESPACE, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=client_pod),
+            spec=client.V1PodSpec(
+                node_selector={"kubernetes.io/hostname": "node-b"}, restart_policy="Never",
+                containers=[client.V1Container(name="main", image=images.BUSYBOX, image_pull_policy="Never",
+                                               command=["sh", "-c", script])])))
+        wait_until("the client finished", lambda: core.read_namespaced_pod(client_pod, NAMESPACE).status.phase
+                   in ("Succeeded", "Failed"), timeout=120)
+        log = core.read_namespaced_pod_log(client_pod, NAMESPACE)
+        assert "got: hello from wasm" in log, log
+        server = core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items[0]
+        assert server.spec.node_name == "node-a"
+        assert "listening 0.0.0.0:8080" in core.read_namespaced_pod_log(server.metadata.name, NAMESPACE)
+    finally:
+        absent_ok(core.delete_namespaced_pod, client_pod, NAMESPACE, grace_period_seconds=0)
+        absent_ok(core.delete_namespaced_service, name, NAMESPACE)
+        absent_ok(apps.delete_namespaced_deployment, name, NAMESPACE)
+        wait_until("the server's pods gone", lambda: not core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app={name}").items, timeout=120)

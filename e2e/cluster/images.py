@@ -18,6 +18,7 @@ PAUSE = "wasm-shim.local/pause:e2e"  # containerd's sandbox image on every node 
 BUSYBOX = "wasm-shim.local/busybox:e2e"
 WASM_HELLO = "wasm-shim.local/wasm-hello:e2e"  # prints "hello from wasm", exits 0
 WASM_SLEEP = "wasm-shim.local/wasm-sleep:e2e"  # prints "sleeping S s", then sleeps (a long-running guest)
+WASM_NET = "wasm-shim.local/wasm-net:e2e"  # the wasi:sockets component: `listen ADDR PORT COUNT` serves a greeting
 BUSYBOX_BINARY = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "nc", "hostname", "ip", "ls", "true", "false", "env")
 
@@ -26,7 +27,7 @@ def build(out: Path, guests: Path) -> list[Path]:
     """Write every image tarball into ``out`` and return their paths (pause first)."""
     if not BUSYBOX_BINARY.exists():
         raise FileNotFoundError(f"{BUSYBOX_BINARY} is missing: apt-get install busybox-static")
-    for needed in ("pause", "hello.wasm", "sleep.wasm"):
+    for needed in ("pause", "hello.wasm", "sleep.wasm", "net.component.wasm"):
         if not (guests / needed).exists():
             raise FileNotFoundError(f"{guests / needed} is missing: tests/guests/build.sh {guests}")
     out.mkdir(parents=True, exist_ok=True)
@@ -36,6 +37,7 @@ def build(out: Path, guests: Path) -> list[Path]:
          ["/bin/sh"]),
         (WASM_HELLO, {"/hello.wasm": guests / "hello.wasm"}, ["/hello.wasm"]),
         (WASM_SLEEP, {"/sleep.wasm": guests / "sleep.wasm"}, ["/sleep.wasm"]),
+        (WASM_NET, {"/net.wasm": guests / "net.component.wasm"}, ["/net.wasm"]),
     ]
     paths = []
     for ref, files, entrypoint in images:
