@@ -9,6 +9,8 @@
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
 #   make cluster-demo  the cluster up, helm install wasm-shim, wasm pods and a Service; leaves it up (e2e/README.md)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
+#   make bundle   the self-contained node bundle in out/bundle (docs/node-install.md)
+#   make image    the installer image (OCI layout tarball) out/installer.tar from that bundle
 #
 # Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
 
@@ -29,7 +31,7 @@ MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
-.PHONY: setup lint test demo bench protos e2e cluster-demo
+.PHONY: setup lint test demo bench protos bundle image e2e cluster-demo
 
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
@@ -60,6 +62,16 @@ bench: setup
 protos: setup
 	@if [[ -f scripts/gen-protos.sh ]]; then bash scripts/gen-protos.sh; \
 	else echo "make protos: scripts/gen-protos.sh does not exist yet" >&2; exit 1; fi
+
+OUT := out
+bundle: setup
+	@rm -rf $(OUT)/bundle && mkdir -p $(OUT)
+	@$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle
+
+image: bundle
+	@guests="$$($(PY) -c 'from tests.guests.fixtures import build_guests; print(build_guests())')"; \
+	$(OUT)/bundle/bin/wasm-shim image build $(OUT)/installer.tar --bundle $(OUT)/bundle \
+	  --test-wasm "$$guests/hello.wasm" --ref ghcr.io/wasm-shim/installer:$$($(OUT)/bundle/bin/wasm-shim version | cut -d' ' -f2)
 
 # The cluster's first build (Kubernetes v1.37.2 + etcd from the Go module proxy) is ~25 CPU-minutes, cached in
 # ~/.cache/wasm-shim after that; the suite starts its own cluster in a temp dir and tears it down (e2e/README.md).

@@ -45,6 +45,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
+  patchelf binutils
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,6 +249,19 @@ for line in "${GO_TOOLS[@]}"; do
     ln -sfn "$bindir/$bin" "$TOOLS_BIN/$alias"
   done
 done
+
+# --- 3b. the Kubernetes API's OpenAPI schemas --------------------------------------------------------------------
+# tests/harness/k8s_openapi.py validates the chart's rendered objects against api/openapi-spec/v3 of the
+# k8s.io/kubernetes module (21 MB zip, from the Go module proxy like the tools above; never built).
+K8S_API_VERSION=v1.37.2
+if [[ -n "$(find_go 2>/dev/null)" ]]; then
+  k8s_modcache="$("$(find_go)" env GOMODCACHE)"
+  if [[ ! -d "$k8s_modcache/k8s.io/kubernetes@$K8S_API_VERSION/api/openapi-spec/v3" ]]; then
+    say "downloading k8s.io/kubernetes@$K8S_API_VERSION (its OpenAPI schemas) from the Go module proxy"
+    run go-k8s-openapi env GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS=-mod=mod \
+      "$(find_go)" mod download -json "k8s.io/kubernetes@$K8S_API_VERSION"
+  fi
+fi
 
 # --- 4. the component runner -------------------------------------------------------------------------------------
 # Components run in runner/, one process each (wasmtime 48 crates: the newest whose rust-version, 1.95, this

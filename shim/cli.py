@@ -1,7 +1,8 @@
 """`wasm-shim`: the operator's and developer's command line.
 
 Owns the user-facing commands that are not the containerd-facing binary: printing containerd's runtime table,
-warming the compiled-module cache, and version/help. Each subcommand imports only what it needs.
+warming the compiled-module cache, installing onto a node (`node`), building the node bundle (`bundle`), and
+version/help. Each subcommand imports only what it needs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ def containerd_config(version: int, handler: str = HANDLER, options: dict[str, s
 
 def _cmd_containerd_config(args: argparse.Namespace) -> int:
     """Print the runtime table, or merge it into a containerd config file (backup FILE.bak, atomic, idempotent)."""
-    import os
     import shutil
     import tomllib
 
@@ -61,14 +61,12 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
     except ConfigMergeError as exc:
         return fail(f"{args.merge}: {exc}" if args.merge else str(exc))
     if merged is not None:
+        from .node.installer import write_atomic  # the installer's write too: one way to replace a config
+
         backup = args.merge + ".bak"
-        partial = args.merge + ".wasm-shim.partial"
         try:
             shutil.copy2(args.merge, backup)
-            with open(partial, "w", encoding="utf-8") as f:
-                f.write(merged)
-            shutil.copymode(args.merge, partial)
-            os.replace(partial, args.merge)
+            write_atomic(args.merge, merged.encode("utf-8"), mode_from=args.merge)
         except OSError as exc:
             return fail(f"cannot write {args.merge}: {exc}")
         notes.append(f"previous file saved as {backup}; restart containerd to apply")
@@ -110,6 +108,146 @@ def _cmd_precompile(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _shim_options(items: list[str] | None) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option needs KEY=VALUE, got {item!r}")
+        options[key] = value
+    return options
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    """Install, uninstall or inspect the shim on the node whose / is mounted at --host-root."""
+    import json
+    import os
+
+    from .node.bundle import BundleError
+    from .node.installer import Node, Options, Reporter
+    from .node.layout import InstallError
+
+    if args.action == "check-log":
+        return _cmd_check_log(args)
+    if args.action == "delete-daemonset":
+        return _cmd_delete_daemonset(args)
+    try:
+        options = Options(
+            host_root=args.host_root, node_root=args.node_root, prefix=args.prefix, bin_dir=args.bin_dir,
+            bundle=args.bundle or "", layout=args.layout or "", containerd_config=args.containerd_config or "",
+            config_version=args.config_version, shim_options=_shim_options(args.option),
+            restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
+            restart_timeout=args.restart_timeout,
+        )
+        node = Node(options)
+    except (ValueError, InstallError) as exc:
+        sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
+        return 2
+    if args.action == "status":
+        status = node.status()
+        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
+        if args.check and not (status["installed"] and status.get("config_as_installed")):
+            return 1
+        return 0
+    reporter = Reporter()
+    kube = None
+    node_name = args.node_name or os.environ.get("NODE_NAME", "")
+    if node_name and not args.no_report:
+        from .node.report import KubeReporter
+
+        reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
+                                       events_namespace=args.event_namespace)
+    import signal
+
+    if args.action == "run":
+        # Blocked from the start: a SIGTERM during the install waits for it to finish (no half-installed node),
+        # then is taken by sigwait below.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        if args.action == "uninstall":
+            return node.uninstall(reporter)
+        result = node.install(reporter)
+        if args.action == "install" or result != 0:
+            return result
+    except BundleError as exc:
+        sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
+        reporter.failed(str(exc))
+        return 1
+    # run: stay up (a DaemonSet pod) until asked to stop; then uninstall only when the DaemonSet is going away.
+    signum = signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    sys.stdout.write(f"wasm-shim node: {signal.Signals(signum).name}\n")
+    if args.uninstall_on_delete and kube is not None and kube.daemonset_going(args.uninstall_on_delete):
+        sys.stdout.write(f"wasm-shim node: DaemonSet {args.uninstall_on_delete} is being deleted: uninstalling\n")
+        return Node(options).uninstall(reporter)
+    sys.stdout.write("wasm-shim node: leaving the node installed (the DaemonSet stays: upgrade or eviction)\n")
+    return 0
+
+
+def _cmd_delete_daemonset(args: argparse.Namespace) -> int:
+    from .node.report import delete_daemonset
+
+    if not args.daemonset:
+        sys.stderr.write("wasm-shim node delete-daemonset: --daemonset NAME is required\n")
+        return 2
+    problem = delete_daemonset(args.daemonset, args.namespace, args.timeout, args.kubeconfig or "")
+    if problem:
+        sys.stderr.write(f"wasm-shim node delete-daemonset: {problem}\n")
+        return 1
+    sys.stdout.write(f"wasm-shim node delete-daemonset: {args.namespace}/{args.daemonset} and its pods are gone\n")
+    return 0
+
+
+def _cmd_check_log(args: argparse.Namespace) -> int:
+    from .node.report import check_log
+
+    problem = check_log(args.pod, args.namespace, args.expect, args.timeout, args.kubeconfig or "")
+    if problem:
+        sys.stderr.write(f"wasm-shim node check-log: {problem}\n")
+        return 1
+    sys.stdout.write(f"wasm-shim node check-log: {args.namespace}/{args.pod} succeeded and logged {args.expect!r}\n")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    """Build the self-contained node bundle from this interpreter, its packages and the clone."""
+    import json
+    import os
+    import shutil
+
+    from .node.bundle import BundleError, build
+
+    repo = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    runner = args.runner or shutil.which("wasm-shim-component-runner",
+                                         path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
+    try:
+        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "")
+    except (BundleError, OSError) as exc:
+        sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    """Build the installer image (OCI layout tarball) or a Docker build context of the same files."""
+    from pathlib import Path
+
+    from .node.bundle import BundleError
+    from .node.image import build_tar, write_context
+
+    try:
+        if args.action == "build":
+            digest = build_tar(Path(args.bundle), Path(args.test_wasm), Path(args.out), args.ref)
+            sys.stdout.write(f"{args.out}: {args.ref} {digest}\n")
+        else:
+            write_context(Path(args.bundle), Path(args.test_wasm), Path(args.out))
+            sys.stdout.write(f"{args.out}: Docker build context (docker build -t {args.ref} {args.out})\n")
+    except (BundleError, OSError, ValueError) as exc:
+        sys.stderr.write(f"wasm-shim image {args.action}: {exc}\n")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasm-shim",
@@ -142,6 +280,75 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cache-dir", help="the cache directory (default: cache_dir of the shim config, "
                      "/var/lib/wasm-shim/cache; must be 0700 and ours)")
     pre.set_defaults(func=_cmd_precompile)
+    node = sub.add_parser(
+        "node", help="install, uninstall or inspect the shim on a Kubernetes node (what the chart's DaemonSet runs)",
+        description="Put the bundle on the node whose / is at --host-root, add the wasmtime runtime to its "
+        "containerd config (backup of the original bytes), restart containerd through the host's init and wait "
+        "for CRI, and label the node wasm.shim.io/runtime=ready (or failed, with the reason). Layouts: containerd "
+        "1.6/1.7 (config version 2), 2.x (3), k3s, rke2, microk8s, k0s; detected unless --layout names one. "
+        "uninstall puts every byte back. See docs/node-install.md.",
+    )
+    node.add_argument("action", choices=("install", "uninstall", "status", "run", "check-log", "delete-daemonset"),
+                      help="run = install, then wait for SIGTERM (the DaemonSet's container); check-log = the "
+                      "helm test's checker (--pod, --namespace, --expect); delete-daemonset = the chart's "
+                      "pre-delete hook (--daemonset, --namespace, --timeout)")
+    node.add_argument("--host-root", default="/host", help="where the node's / is mounted (default /host)")
+    node.add_argument("--node-root", default="/", help="the same directory as the node's own processes name it "
+                      "(default /; a fixture root in tests, where containerd runs beside the installer)")
+    node.add_argument("--prefix", default="/opt/wasm-shim", help="node path of the install (versions/, current, "
+                      "state; default /opt/wasm-shim)")
+    node.add_argument("--bin-dir", default="/usr/local/bin", help="node directory on containerd's PATH for the "
+                      "shim binary link (default /usr/local/bin)")
+    node.add_argument("--bundle", help="the bundle directory to install (default: the one this wasm-shim runs from)")
+    node.add_argument("--layout", choices=("containerd", "k3s", "rke2", "microk8s", "k0s"),
+                      help="skip detection: the node's containerd layout")
+    node.add_argument("--containerd-config", metavar="PATH", help="node path of a plain containerd's config "
+                      "(default /etc/containerd/config.toml)")
+    node.add_argument("--config-version", type=int, choices=(2, 3), help="k0s drop-in only: containerd config "
+                      "version (default 2; other layouts read it from their file)")
+    node.add_argument("--option", action="append", metavar="KEY=VALUE", help="a shim option (grouping, "
+                      "idle_timeout, log_level, cache_dir, ...) for the options file containerd names in ConfigPath")
+    node.add_argument("--no-restart", action="store_true", help="do not restart containerd (fixture roots, images "
+                      "prepared offline)")
+    node.add_argument("--restart-command", metavar="CMD", help="run CMD (shell words) instead of the layout's "
+                      "restart (default: nsenter -t 1 -m -u -i -n -p -- systemctl restart containerd, or the "
+                      "distribution's unit)")
+    node.add_argument("--cri-socket", metavar="PATH", help="node path of containerd's socket to wait on after the "
+                      "restart (default: the layout's)")
+    node.add_argument("--restart-timeout", type=float, default=90.0, help="seconds to wait for CRI (default 90)")
+    node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
+    node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
+                      "the only one the API server allows for events about a Node)")
+    node.add_argument("--kubeconfig", help="a kubeconfig instead of the in-cluster service account")
+    node.add_argument("--no-report", action="store_true", help="do not touch the Node object")
+    node.add_argument("--check", action="store_true", help="status: exit 1 unless installed with the config as "
+                      "the installer left it (the DaemonSet's readiness probe)")
+    node.add_argument("--uninstall-on-delete", metavar="DAEMONSET", help="run: on SIGTERM, uninstall if this "
+                      "DaemonSet (in --namespace) is gone or being deleted")
+    node.add_argument("--pod", help="check-log: the pod")
+    node.add_argument("--daemonset", help="delete-daemonset: the DaemonSet")
+    node.add_argument("--namespace", default="default", help="the namespace of --pod, --daemonset and "
+                      "--uninstall-on-delete (default: default)")
+    node.add_argument("--expect", default="", help="check-log: the text its log must hold")
+    node.add_argument("--timeout", type=float, default=180.0, help="check-log, delete-daemonset: seconds to wait")
+    node.set_defaults(func=_cmd_node)
+    bun = sub.add_parser("bundle", help="build the self-contained node bundle",
+                         description="Build the node bundle (interpreter, stdlib, dependencies, our code, the "
+                         "component runner) into a new directory OUT. See docs/node-install.md.")
+    bun.add_argument("action", choices=("build",))
+    bun.add_argument("out", metavar="OUT", help="the directory to create")
+    bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter)")
+    bun.set_defaults(func=_cmd_bundle)
+    img = sub.add_parser("image", help="build the installer image (OCI layout tarball) or its Docker context",
+                         description="build: write the installer image (the bundle at /bundle, the helm test's "
+                         "module at /test/hello.wasm) as an OCI image-layout tarball OUT, for `ctr images import` "
+                         "or a registry push. context: write the same files and image/Dockerfile to directory OUT.")
+    img.add_argument("action", choices=("build", "context"))
+    img.add_argument("out", metavar="OUT")
+    img.add_argument("--bundle", required=True, help="the bundle directory (`wasm-shim bundle build`)")
+    img.add_argument("--test-wasm", required=True, help="the wasm module `helm test` runs (prints its log line)")
+    img.add_argument("--ref", default=f"ghcr.io/wasm-shim/installer:{VERSION}", help="the image name")
+    img.set_defaults(func=_cmd_image)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
     return parser

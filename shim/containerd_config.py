@@ -39,7 +39,7 @@ PASSED_ANNOTATIONS = ("wasm.shim.io/*",)
 
 #: Config version -> the plugin that owns `containerd.runtimes` (version 2: 1.6/1.7's CRI; 3: 2.x's runtime).
 CRI_RUNTIME_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
-__all__ = ["CONTAINERD_OPTION_KEYS", "ConfigMergeError", "RuntimeTable", "merge_runtime_table"]
+__all__ = ["CONTAINERD_OPTION_KEYS", "ConfigMergeError", "RuntimeTable", "merge_runtime_table", "remove_runtime_tables"]
 
 
 class ConfigMergeError(ValueError):
@@ -257,3 +257,21 @@ def merge_runtime_table(text: str, table: RuntimeTable) -> tuple[str | None, lis
     if _lookup(merged, table.path) != table.as_data():
         raise ConfigMergeError("merging did not produce the expected table; the file was left unchanged")
     return new_text, notes
+
+
+def remove_runtime_tables(text: str, table: RuntimeTable, *, runc: bool = False) -> str:
+    """`text` without `table` (and its options), and without the runc table when `runc` (the merge added it).
+
+    The inverse of `merge_runtime_table` for a file edited since: every other line stays as it is. Raises
+    ConfigMergeError when the result would not parse or still holds the table (inline or dotted-key forms).
+    """
+    new_text = _drop_tables(text, table.path)
+    if runc:
+        new_text = _drop_tables(new_text, (*table.path[:-1], "runc"))
+    try:
+        left = _lookup(tomllib.loads(new_text), table.path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigMergeError(f"removing our table would leave invalid TOML ({exc}); edit it by hand") from None
+    if left is not None:
+        raise ConfigMergeError(f"{_header(table.path)} is defined inline or with dotted keys; remove it by hand")
+    return new_text

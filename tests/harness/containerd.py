@@ -549,9 +549,13 @@ def launch(
     cri: bool = False,
     extra_config: str = "",
     env: Mapping[str, str] | None = None,
+    prepare_config: Callable[[str], Path] | None = None,
 ) -> Containerd:
     """Start containerd ``kind`` under ``tmp`` and return it once `ctr version` answers; the caller must
     stop() it.
+
+    ``prepare_config(text)``, if given, receives the config the harness made and returns the file containerd is
+    started with instead (e.g. that text installed as a node's config and then edited by `wasm-shim node install`).
 
     On any failure everything started so far is stopped and ``tmp`` removed before the error propagates.
     """
@@ -615,7 +619,10 @@ def launch(
             snapshotter=instance.snapshotter,
             cri=cri,
         )
-        instance.config_path.write_text(dumps(deep_merge(config, overrides)))
+        if prepare_config is None:
+            instance.config_path.write_text(dumps(deep_merge(config, overrides)))
+        else:
+            instance.config_path = prepare_config(dumps(deep_merge(config, overrides)))
         began = time.monotonic()
         with instance.log_path.open("ab") as log:
             instance.process = subprocess.Popen(

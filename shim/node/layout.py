@@ -1,0 +1,267 @@
+"""Which containerd a node runs, where its config lives, and the exact bytes an install or uninstall writes.
+
+Sans-IO: every function here takes what it needs to know about the host as arguments (a `Probe` that answers
+"does this host path exist" and "what are its bytes") and returns values; the installer does the reading, writing
+and restarting. Paths are host paths (as the node's own processes see them), never prefixed by a host-root mount.
+
+Layouts (`LAYOUTS`), each with its config file, how our table gets in, its restart command and its CRI socket:
+- `containerd`: a packaged or hand-installed containerd, `/etc/containerd/config.toml`, config version 2
+  (containerd 1.6/1.7) or 3 (2.x), read from the file's `version` key; the table is merged into the file.
+- `k3s`, `rke2`: the agent regenerates `config.toml` on every start from `config.toml.tmpl` (`config-v3.toml.tmpl`
+  for containerd 2.x) when that exists (docs.k3s.io "Configuring containerd"); we merge into the template, or
+  create it from the generated file when there is none (uninstall then deletes it again).
+- `microk8s`: `/var/snap/microk8s/current/args/containerd-template.toml` (its containerd reads that template at
+  start); merged in place.
+- `k0s`: `/etc/k0s/containerd.d/*.toml` drop-ins are merged into the generated config by k0s (docs.k0sproject.io
+  "runtime.md"); we own one drop-in file, `wasm-shim.toml`.
+
+Invariants: `plan_install` never returns bytes that do not parse as TOML with our table in them (it goes through
+`merge_runtime_table`, the same code path as `wasm-shim containerd-config --merge`); `plan_restore` gives back
+the original bytes exactly when the file is as we left it, else removes only our tables.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table, remove_runtime_tables
+
+LABEL = "wasm.shim.io/runtime"
+REASON_ANNOTATION = "wasm.shim.io/runtime-reason"
+VERSION_ANNOTATION = "wasm.shim.io/runtime-version"
+DROPIN_NAME = "wasm-shim.toml"
+#: Run the restart inside PID 1's namespaces: the installer pod has hostPID, so PID 1 is the node's init, and its
+#: mount/UTS/IPC/net/PID namespaces are where `systemctl` finds the system bus (nsenter(1)).
+NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
+
+
+class InstallError(RuntimeError):
+    """The node cannot be installed or uninstalled; the message names what failed and what to do."""
+
+
+class Probe:
+    """What the pure functions may ask about the host: existence and bytes of host paths."""
+
+    def __init__(self, exists: Callable[[str], bool], read: Callable[[str], bytes | None]) -> None:
+        self.exists = exists
+        self.read = read
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    config_path: str  # the file we edit or create
+    config_version: int  # 2: containerd 1.6/1.7; 3: 2.x
+    mode: str  # "merge": edit in place; "template": k3s/rke2 .tmpl (created from base_path if absent); "dropin"
+    restart: tuple[str, ...]
+    cri_socket: str
+    base_path: str = ""  # template mode: the generated config a new template starts from
+
+    def describe(self) -> str:
+        return f"{self.name} (config version {self.config_version}, {self.config_path})"
+
+
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+K3S_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
+RKE2_DIR = "/var/lib/rancher/rke2/agent/etc/containerd"
+MICROK8S_TEMPLATE = "/var/snap/microk8s/current/args/containerd-template.toml"
+K0S_DROPINS = "/etc/k0s/containerd.d"
+LAYOUTS = ("containerd", "k3s", "rke2", "microk8s", "k0s")
+UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+
+
+def _version_of(text: str, path: str) -> int:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InstallError(f"{path} does not parse as TOML ({exc}); fix it by hand, then install again") from None
+    version = data.get("version", 1)
+    if version not in (2, 3):
+        raise InstallError(
+            f"{path} has config version {version!r}: the installer knows version 2 (containerd 1.6/1.7) and 3 (2.x); "
+            "migrate it with `containerd config migrate`"
+        )
+    return int(version)
+
+
+def _unit(probe: Probe, *names: str) -> str:
+    """The first systemd unit among `names` that has a unit file; else the first name."""
+    for name in names:
+        if any(probe.exists(f"{d}/{name}.service") for d in UNIT_DIRS):
+            return name
+    return names[0]
+
+
+def _grpc_address(text: str) -> str:
+    try:
+        grpc = tomllib.loads(text).get("grpc", {})
+    except tomllib.TOMLDecodeError:
+        return ""
+    address = grpc.get("address", "") if isinstance(grpc, Mapping) else ""
+    return address if isinstance(address, str) else ""
+
+
+def _read_text(probe: Probe, path: str) -> str | None:
+    data = probe.read(path)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InstallError(f"{path} is not UTF-8 text; it cannot be a containerd config") from None
+
+
+def _containerd(probe: Probe, config_path: str) -> Layout:
+    text = _read_text(probe, config_path)
+    if text is None:
+        raise InstallError(
+            f"no containerd config at {config_path}: containerd runs on its built-in defaults there, which the "
+            "installer will not guess; write one (`containerd config default > " + config_path + "`), restart "
+            "containerd, then install again (or name another file with --containerd-config)"
+        )
+    version = _version_of(text, config_path)
+    socket = _grpc_address(text) or "/run/containerd/containerd.sock"
+    return Layout("containerd", config_path, version, "merge", (*NSENTER, "systemctl", "restart", "containerd"),
+                  socket)
+
+
+def _rancher(probe: Probe, name: str, directory: str) -> Layout:
+    base = f"{directory}/config.toml"
+    base_text = _read_text(probe, base)
+    # A template that already exists is the source of truth (the agent rewrites config.toml from it).
+    for tmpl, version in ((f"{directory}/config-v3.toml.tmpl", 3), (f"{directory}/config.toml.tmpl", 0)):
+        text = _read_text(probe, tmpl)
+        if text is not None:
+            if "{{" in text:
+                raise InstallError(
+                    f"{tmpl} holds Go template actions, which the installer cannot merge into safely; add the "
+                    "table printed by `wasm-shim containerd-config` by hand"
+                )
+            return Layout(name, tmpl, version or _version_of(text, tmpl), "template", _rancher_restart(probe, name),
+                          "/run/k3s/containerd/containerd.sock", base)
+    if base_text is None:
+        raise InstallError(f"no containerd config at {base}: start {name} once so it writes it, then install again")
+    version = _version_of(base_text, base)
+    tmpl = f"{directory}/config-v3.toml.tmpl" if version == 3 else f"{directory}/config.toml.tmpl"
+    return Layout(name, tmpl, version, "template", _rancher_restart(probe, name), "/run/k3s/containerd/containerd.sock",
+                  base)
+
+
+def _rancher_restart(probe: Probe, name: str) -> tuple[str, ...]:
+    unit = _unit(probe, f"{name}-agent", name) if name == "k3s" else _unit(probe, "rke2-agent", "rke2-server")
+    return (*NSENTER, "systemctl", "restart", unit)
+
+
+def _microk8s(probe: Probe) -> Layout:
+    text = _read_text(probe, MICROK8S_TEMPLATE)
+    if text is None:
+        raise InstallError(f"no containerd template at {MICROK8S_TEMPLATE}")
+    version = _version_of(text, MICROK8S_TEMPLATE)
+    return Layout("microk8s", MICROK8S_TEMPLATE, version, "merge",
+                  (*NSENTER, "snap", "restart", "microk8s.daemon-containerd"),
+                  "/var/snap/microk8s/common/run/containerd.sock")
+
+
+def _k0s(probe: Probe, version: int | None) -> Layout:
+    path = f"{K0S_DROPINS}/{DROPIN_NAME}"
+    text = _read_text(probe, path)
+    # k0s 1.27-1.31 embed containerd 1.7 (config version 2); a drop-in of ours names its version explicitly.
+    found = _version_of(text, path) if text is not None else None
+    unit = _unit(probe, "k0sworker", "k0scontroller")
+    return Layout("k0s", path, version or found or 2, "dropin", (*NSENTER, "systemctl", "restart", unit),
+                  "/run/k0s/containerd.sock")
+
+
+def detect(probe: Probe, *, layout: str = "", containerd_config: str = "", config_version: int | None = None) -> Layout:
+    """The node's layout: the one named, else the first whose files exist (k0s, k3s, rke2, microk8s, containerd).
+
+    Raises InstallError for a host with none of them, or with a config we cannot read.
+    """
+    if layout and layout not in LAYOUTS:
+        raise InstallError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if containerd_config and layout not in ("", "containerd"):
+        raise InstallError("--containerd-config names a plain containerd's file; it does not apply to " + layout)
+    if layout == "k0s" or (not layout and not containerd_config and probe.exists(K0S_DROPINS)):
+        return _k0s(probe, config_version)
+    if layout == "k3s" or (not layout and not containerd_config and probe.exists(K3S_DIR)):
+        return _rancher(probe, "k3s", K3S_DIR)
+    if layout == "rke2" or (not layout and not containerd_config and probe.exists(RKE2_DIR)):
+        return _rancher(probe, "rke2", RKE2_DIR)
+    if layout == "microk8s" or (not layout and not containerd_config and probe.exists(MICROK8S_TEMPLATE)):
+        return _microk8s(probe)
+    path = containerd_config or CONTAINERD_CONFIG
+    if not layout and not containerd_config and not probe.exists(path) and not probe.exists("/etc/containerd"):
+        raise InstallError(
+            "unknown node layout: none of /etc/containerd, " + ", ".join((K3S_DIR, RKE2_DIR, MICROK8S_TEMPLATE,
+                                                                           K0S_DROPINS))
+            + " exists; name the file with --containerd-config (and --layout containerd)"
+        )
+    return _containerd(probe, path)
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    """The edit of one file: its bytes before (None: it did not exist) and after (None: leave it as it is)."""
+
+    path: str
+    original: bytes | None
+    new: bytes | None
+    notes: list[str] = field(default_factory=list)
+    added_runc: bool = False
+
+
+def runtime_table(layout: Layout, options_path: str) -> RuntimeTable:
+    # Options always through ConfigPath: the only form containerd 1.6 passes (containerd_config's docstring), and
+    # a file the installer can rewrite on upgrade without touching containerd's config.
+    return RuntimeTable(layout.config_version, config_path=options_path)
+
+
+def plan_install(layout: Layout, probe: Probe, table: RuntimeTable) -> ConfigPlan:
+    """The config edit that adds `table` on this layout (new=None when it is already there)."""
+    current = _read_text(probe, layout.config_path)
+    original = None if current is None else current.encode("utf-8")
+    if current is None:
+        if layout.mode == "merge":
+            raise InstallError(f"no containerd config at {layout.config_path}")
+        if layout.mode == "template":
+            base = _read_text(probe, layout.base_path)
+            if base is None:
+                raise InstallError(f"no containerd config at {layout.base_path}")
+            source = base
+        else:  # dropin: our own file, holding only the version and our table
+            source = f"version = {layout.config_version}\n"
+    else:
+        source = current
+    try:
+        merged, notes = merge_runtime_table(source, table)
+    except ConfigMergeError as exc:
+        raise InstallError(f"{layout.config_path}: {exc}") from None
+    if merged is None and current is None:
+        merged = source  # the template starts as a copy of an already merged base
+    added_runc = any("runc" in note and note.startswith("added") for note in notes)
+    return ConfigPlan(layout.config_path, original, None if merged is None else merged.encode("utf-8"), notes,
+                      added_runc)
+
+
+def plan_restore(current: bytes | None, installed: bytes, original: bytes | None, table: RuntimeTable,
+                 added_runc: bool) -> tuple[bytes | None, str]:
+    """What the config file should hold after uninstall (None: delete it), and a note saying which case it was.
+
+    As we left it: the original bytes exactly. Edited since: the file minus our tables (and the runc table, if we
+    added it), every other byte kept.
+    """
+    if current == installed:
+        return original, "restored the original bytes"
+    if current is None:
+        return None, "the file is gone; nothing to restore"
+    try:
+        text = current.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InstallError("the config is no longer UTF-8 text; restore it by hand") from None
+    try:
+        stripped = remove_runtime_tables(text, table, runc=added_runc)
+    except ConfigMergeError as exc:
+        raise InstallError(str(exc)) from None
+    return stripped.encode("utf-8"), "the file changed since install: removed only our tables"

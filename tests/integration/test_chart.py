@@ -1,0 +1,306 @@
+"""charts/wasm-shim and k8s/ with the real `helm` (scripts/setup.sh builds it from the Go module proxy).
+
+Rendered objects are checked against the Kubernetes API's own OpenAPI v3 schemas (tests/harness/k8s_openapi.py,
+k8s.io/kubernetes from the Go module cache); bad values must fail at render time naming the value; the chart
+goes through `helm package` + `helm push` to Debian's docker-registry on loopback and back with `helm show` /
+`helm template oci://...`. The DaemonSet's and the test hook's command lines are parsed by the real CLI parser,
+so a flag the chart passes and `wasm-shim` lacks fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
+from tests.integration.cri_tools import LocalRegistry
+from wasm_shim.shim.cli import build_parser
+from wasm_shim.shim.engines.network import parse_network_grant
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "wasm-shim"
+HELM_CANDIDATES = (REPO / ".tools" / "bin" / "helm", Path("~/.cache/wasm-shim/go/helm-v3.22.0/bin/helm").expanduser())
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    for candidate in HELM_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("helm")
+    if found is None:
+        pytest.fail("helm is missing: run scripts/setup.sh (it builds helm v3.22.0 with go install)")
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def openapi() -> None:
+    try:
+        spec_dir()
+    except SchemaMissing as exc:
+        pytest.fail(str(exc))
+
+
+def run_helm(helm: str, *args: str, home: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if home is not None:  # registry logins and the cache stay in the test's directory
+        env.update({"HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+                    "HELM_DATA_HOME": str(home / "data"), "HELM_REGISTRY_CONFIG": str(home / "registry.json")})
+    done = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} exited {done.returncode}: {done.stderr}")
+    return done
+
+
+def render(helm: str, *args: str, chart: str = str(CHART)) -> list[dict[str, Any]]:
+    # --kube-version: the release whose API schemas we validate against (helm built by `go install` says 1.20).
+    out = run_helm(helm, "template", "wasm-shim", chart, "--namespace", "wasm-system", "--kube-version", K8S_VERSION,
+                   *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def assert_valid(objects: list[dict[str, Any]]) -> None:
+    problems = [problem for obj in objects for problem in validate(obj)]
+    assert problems == []
+
+
+EVERY_VALUE = {
+    "image": {"repository": "127.0.0.1:5000/wasm-shim/installer", "tag": "dev", "pullPolicy": "Never"},
+    "imagePullSecrets": ["regcred"],
+    "runtimeClass": {"create": True, "name": "wasm", "handler": "wasmtime-dev", "overhead": {"memory": "8Mi",
+                     "cpu": "10m"}, "extraNodeSelector": {"pool": "wasm"},
+                     "tolerations": [{"key": "wasm", "operator": "Exists", "effect": "NoSchedule"}]},
+    "node": {"layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
+             "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
+             "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
+    "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim"},
+    "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
+    "tolerations": [{"operator": "Exists"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+    "resources": {"requests": {"cpu": "20m", "memory": "80Mi"}, "limits": {"memory": "300Mi"}},
+    "priorityClassName": "system-node-critical",
+    "podAnnotations": {"example.com/team": "wasm"},
+    "terminationGracePeriodSeconds": 300,
+    "maxUnavailable": "20%",
+    "serviceAccount": {"create": False, "name": "wasm-installer"},
+    "test": {"enabled": True, "command": ["/test/other.wasm"], "expect": "other"},
+}
+
+
+def installer_argv(objects: list[dict[str, Any]]) -> list[str]:
+    (ds,) = by_kind(objects, "DaemonSet")
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    command: list[str] = container["command"]
+    assert command[0] == "/bundle/bin/wasm-shim"
+    return command[1:]
+
+
+def test_lint(helm: str) -> None:
+    done = run_helm(helm, "lint", "--strict", str(CHART))
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+def test_defaults_render_valid_objects(helm: str) -> None:
+    objects = render(helm)
+    assert_valid(objects)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
+                            "RoleBinding",
+                            "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
+    (ds,) = by_kind(objects, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert spec["containers"][0]["image"] == f"ghcr.io/wasm-shim/installer:{chart['appVersion']}"
+    # Nothing beyond what the installer uses: one hostPath (/), hostPID for nsenter, privileged for setns.
+    assert [v["hostPath"]["path"] for v in spec["volumes"]] == ["/"]
+    assert spec["hostPID"] is True and spec["containers"][0]["securityContext"] == {"privileged": True}
+    assert "hostNetwork" not in spec
+    argv = installer_argv(objects)
+    args = build_parser().parse_args(argv)
+    assert (args.action, args.host_root, args.uninstall_on_delete, args.namespace, args.event_namespace) == (
+        "run", "/host", "wasm-shim", "wasm-system", "default")
+    events_role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "wasm-shim-events")
+    assert events_role["metadata"]["namespace"] == "default"
+    assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
+                           "cache_dir=/var/lib/wasm-shim/cache"]
+    (rc,) = by_kind(objects, "RuntimeClass")
+    assert rc["handler"] == "wasmtime" and rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready"}
+    assert "overhead" not in rc
+    rules = {r["metadata"]["name"]: [(tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(rule["verbs"]),
+                                      tuple(rule.get("resourceNames", []))) for rule in r["rules"]]
+             for r in objects if r["kind"] in ("ClusterRole", "Role")}
+    assert rules == {
+        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim-events": [(("",), ("events",), ("create",), ())],
+        "wasm-shim-test": [(("",), ("pods", "pods/log"), ("get",), ("wasm-shim-test-wasm",))],
+        "wasm-shim-uninstall": [(("apps",), ("daemonsets",), ("get", "delete"), ("wasm-shim",))],
+    }
+    (cluster_role,) = by_kind(objects, "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
+    hook = next(p for p in by_kind(objects, "Pod") if p["metadata"]["name"] == "wasm-shim-uninstall")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    hook_args = build_parser().parse_args(hook["spec"]["containers"][0]["command"][1:])
+    assert (hook_args.action, hook_args.daemonset, hook_args.namespace) == ("delete-daemonset", "wasm-shim",
+                                                                              "wasm-system")
+    probe = ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+    assert build_parser().parse_args(probe[1:]).check is True
+
+
+def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps(EVERY_VALUE))
+    objects = render(helm, "-f", str(values))
+    assert_valid(objects)
+    assert by_kind(objects, "ServiceAccount") == [o for o in by_kind(objects, "ServiceAccount")
+                                                   if o["metadata"]["name"].endswith("-test")]
+    (ds,) = by_kind(objects, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == "127.0.0.1:5000/wasm-shim/installer:dev"
+    assert spec["serviceAccountName"] == "wasm-installer"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+    args = build_parser().parse_args(installer_argv(objects))
+    assert (args.layout, args.containerd_config, args.no_restart, args.restart_command, args.cri_socket,
+            args.restart_timeout, args.prefix, args.bin_dir, args.uninstall_on_delete) == (
+        "containerd", "/etc/kind/containerd.toml", True, "supervisorctl restart containerd",
+        "/run/kind/containerd.sock", 30.0, "/opt/wasm", "/opt/bin", None)
+    assert args.option == ["grouping=pod", "idle_timeout=60", "log_level=debug", "cache_dir=/var/cache/wasm-shim"]
+    (rc,) = by_kind(objects, "RuntimeClass")
+    assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
+    assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
+    assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready", "pool": "wasm"}
+    pods = {p["metadata"]["name"]: p for p in by_kind(objects, "Pod")}
+    assert pods["wasm-shim-test-wasm"]["spec"]["runtimeClassName"] == "wasm"
+    assert pods["wasm-shim-test-wasm"]["spec"]["containers"][0]["command"] == ["/test/other.wasm"]
+    check = pods["wasm-shim-test-log"]["spec"]["containers"][0]["command"]
+    check_args = build_parser().parse_args(check[1:])
+    assert (check_args.action, check_args.pod, check_args.expect) == ("check-log", "wasm-shim-test-wasm", "other")
+
+
+def test_optional_parts_can_be_turned_off(helm: str) -> None:
+    objects = render(helm, "--set", "runtimeClass.create=false", "--set", "test.enabled=false")
+    assert by_kind(objects, "RuntimeClass") == []
+    assert [p["metadata"]["name"] for p in by_kind(objects, "Pod")] == ["wasm-shim-uninstall"]
+    assert_valid(objects)
+    kept = render(helm, "--set", "node.uninstallOnDelete=false")
+    assert "wasm-shim-uninstall" not in {o["metadata"]["name"] for o in kept}
+    assert build_parser().parse_args(installer_argv(kept)).uninstall_on_delete is None
+    assert_valid(objects)
+
+
+BAD_VALUES = {
+    "shim.grouping=sometimes": "grouping",
+    "shim.logLevel=loud": "logLevel",
+    "shim.idleTimeout=soon": "idleTimeout",
+    "shim.cacheDir=relative/cache": "cacheDir",
+    "shim.bogus=1": "bogus",
+    "node.layout=docker": "layout",
+    "node.restartTimeoutSeconds=0": "restartTimeoutSeconds",
+    "node.prefix=opt": "prefix",
+    "image.pullPolicy=Sometimes": "pullPolicy",
+    "runtimeClass.overhead.disk=1Gi": "disk",
+    "runtimeClass.name=Not_A_Name": "name",
+    "resources.limits.memory=lots": "memory",
+    "tolerations=none": "tolerations",
+    "unknownTopLevel=1": "unknownTopLevel",
+}
+
+
+@pytest.mark.parametrize("assignment", sorted(BAD_VALUES))
+def test_bad_values_fail_naming_the_value(helm: str, assignment: str) -> None:
+    done = run_helm(helm, "template", "wasm-shim", str(CHART), "--kube-version", K8S_VERSION, "--set", assignment,
+                    check=False)
+    assert done.returncode != 0, f"{assignment} was accepted"
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert BAD_VALUES[assignment] in done.stderr
+
+
+def test_k8s_runtimeclass_is_the_charts(helm: str) -> None:
+    (chart_rc,) = by_kind(render(helm), "RuntimeClass")
+    chart_rc["metadata"].pop("labels")
+    ours = yaml.safe_load((REPO / "k8s" / "runtimeclass.yaml").read_text())
+    assert ours == chart_rc
+    assert_valid([ours])
+
+
+def _pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if obj["kind"] == "Pod":
+        yield obj["spec"]
+    else:
+        yield obj["spec"]["template"]["spec"]
+
+
+def test_k8s_examples_are_valid_and_use_the_charts_runtimeclass(helm: str) -> None:
+    (chart_rc,) = by_kind(render(helm), "RuntimeClass")
+    examples = sorted((REPO / "k8s" / "examples").glob("*.yaml"))
+    kinds = set()
+    for path in examples:
+        objects = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        assert_valid(objects)
+        for obj in objects:
+            kinds.add(obj["kind"])
+            for spec in _pod_specs(obj):
+                assert spec["runtimeClassName"] == chart_rc["metadata"]["name"], path.name
+            annotations = ((obj["spec"].get("template") or obj).get("metadata") or {}).get("annotations") or {}
+            if "wasm.shim.io/network" in annotations:
+                kinds.add("network grant")
+                assert parse_network_grant(annotations).rules, path.name  # the shim's own parser accepts it
+            if any(c.get("restartPolicy") == "Always" for s in _pod_specs(obj) for c in s.get("initContainers", [])):
+                kinds.add("native sidecar")
+    assert {"Deployment", "Job", "Pod", "network grant", "native sidecar"} <= kinds
+
+
+def test_package_push_and_render_from_an_oci_registry(helm: str, tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry").start()
+    try:
+        run_helm(helm, "package", str(CHART), "--destination", str(tmp_path), home=tmp_path)
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        package = tmp_path / f"wasm-shim-{chart['version']}.tgz"
+        assert package.is_file()
+        pushed = run_helm(helm, "push", str(package), f"oci://{registry.address}/charts", "--plain-http",
+                          home=tmp_path)
+        assert "Digest: sha256:" in pushed.stdout + pushed.stderr
+        ref = f"oci://{registry.address}/charts/wasm-shim"
+        shown = run_helm(helm, "show", "chart", ref, "--version", chart["version"], "--plain-http", home=tmp_path)
+        assert yaml.safe_load(shown.stdout)["appVersion"] == chart["appVersion"]
+        values = run_helm(helm, "show", "values", ref, "--version", chart["version"], "--plain-http", home=tmp_path)
+        assert yaml.safe_load(values.stdout) == yaml.safe_load((CHART / "values.yaml").read_text())
+        remote = render(helm, "--version", chart["version"], "--plain-http", chart=ref)
+        assert remote == render(helm)
+        bad = run_helm(helm, "template", "wasm-shim", ref, "--version", chart["version"], "--plain-http",
+                       "--kube-version", K8S_VERSION,
+                       "--set", "shim.grouping=sometimes", home=tmp_path, check=False)
+        assert bad.returncode != 0 and "grouping" in bad.stderr  # the schema travels with the package
+    finally:
+        registry.stop()
+
+
+def test_the_schema_check_catches_what_an_api_server_would_reject(helm: str) -> None:
+    (ds,) = by_kind(render(helm), "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    spec["hostPID"] = "yes"
+    spec["containers"][0]["securityContext"]["privilegd"] = True
+    spec["volumes"][0]["hostPath"].pop("path")
+    ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = 1.5
+    problems = validate(ds)
+    assert any(".spec.template.spec.hostPID: must be boolean" in p for p in problems), problems
+    assert any("securityContext: unknown field 'privilegd'" in p for p in problems), problems
+    assert any("hostPath: missing required field 'path'" in p for p in problems), problems
+    assert any("maxUnavailable: matches none of oneOf" in p for p in problems), problems
+    assert len(problems) == 4, problems

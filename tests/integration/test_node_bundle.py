@@ -1,0 +1,249 @@
+"""The node bundle, installed by its own `wasm-shim node install` into a fresh host root, runs guests in a private
+containerd (1.6 and 2.x) with no .venv anywhere: not on containerd's PATH, not in any daemon's memory map; through
+`ctr run` and through CRI (crictl, a pod with handler wasmtime), a module and a component each. And the
+installer image built from it: imported with `ctr images import`, its installer run as the DaemonSet runs it
+(a container with the host root mounted at /host), its /test/hello.wasm run through our runtime as `helm test`
+does, and the image pushed to a registry on loopback with `ctr images push`.
+
+The bundle is built once per module with `wasm-shim bundle build` (the real build: interpreter copy, packages,
+component runner). containerd starts on the config the installer wrote into the host root (the harness's own
+config for that instance, installed there as the node's original); `ctr run` runs a module and a component; the
+installer's CRI wait answers against the real CRI plugin; uninstall gives back the original bytes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
+from tests.integration.cri_tools import (
+    HANDLER,
+    PAUSE_REF,
+    CniNetwork,
+    Crictl,
+    CriNode,
+    LocalRegistry,
+    cni_config,
+    sandbox_image_config,
+)
+from tests.integration.shimtools import daemon_pids, wait_for
+from wasm_shim.oci.layout import build_image_tar
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUNTIME = "io.containerd.wasmtime.v1"
+VENV = REPO_ROOT / ".venv"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "wasm-shim"
+    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(out)], capture_output=True,
+                          text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["id"].startswith(info["version"] + "-")
+    return out
+
+
+def without_venv_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "WASM_SHIM_"))}
+    env["PATH"] = SYSTEM_PATH
+    return env
+
+
+def bundle_cli(bundle: Path, *args: str, host: Path) -> subprocess.CompletedProcess[str]:
+    argv = [str(bundle / "bin" / "wasm-shim"), "node", *args, "--host-root", str(host), "--node-root", str(host),
+            "--no-report"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=without_venv_env(), check=False,
+                          cwd="/")
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            out[rel] = os.readlink(path) if path.is_symlink() else (b"" if path.is_dir() else path.read_bytes())
+    return out
+
+
+def wasm_image(containerd: Containerd, workdir: Path, name: str, wasm: Path) -> str:
+    ref = f"localhost/wasm-shim-test/{name}:latest"
+    tar = workdir / f"{name}.tar"
+    build_image_tar(tar, ref, {"/app.wasm": wasm}, entrypoint=["/app.wasm"])
+    containerd.import_image(tar)
+    return ref
+
+
+@pytest.fixture
+def host_root() -> Iterator[Path]:
+    # Short: the launcher's #! line names the interpreter under it (Linux reads 255 bytes of it).
+    root = Path(tempfile.mkdtemp(prefix="wsh-host-", dir="/tmp"))
+    (root / "etc" / "containerd").mkdir(parents=True)
+    (root / "usr" / "local" / "bin").mkdir(parents=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[f"containerd-{k}" for k in KINDS])
+def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
+    kind: Kind, bundle: Path, host_root: Path, tmp_path: Path, guests: Path
+) -> None:
+    config = host_root / "etc" / "containerd" / "config.toml"
+    original: dict[str, bytes] = {}
+    before: list[dict[str, bytes | str]] = []
+    installed: list[subprocess.CompletedProcess[str]] = []
+
+    def install_into_node(text: str) -> Path:
+        # The harness's config for this instance (CRI with CNI, no runtime tables at all) is the node's original.
+        config.write_text(text)
+        original["config"] = config.read_bytes()
+        before.append(snapshot(host_root))
+        installed.append(bundle_cli(bundle, "install", "--no-restart", "--option", "grouping=pod", host=host_root))
+        return config
+
+    # A CRI node as tests/integration/cri_tools.py makes one, except that the runtime tables come from the
+    # installer (it must also add `runc`, which CRI needs once any runtime is declared).
+    workdir = tmp_path / "cri"
+    network = CniNetwork.fresh()
+    conf_dir, ipam_dir = workdir / "cni" / "net.d", workdir / "cni" / "ipam"
+    conf_dir.mkdir(parents=True)
+    ipam_dir.mkdir(parents=True)
+    (conf_dir / "10-wasm-shim-test.conflist").write_text(json.dumps(network.conflist(ipam_dir)))
+    instance: Containerd | None = None
+    node: CriNode | None = None
+    try:
+        instance = launch(kind, Path(tempfile.mkdtemp(prefix=f"wsh-{kind}-", dir="/tmp")), cri=True,
+                          extra_config=sandbox_image_config(kind) + cni_config(kind, conf_dir),
+                          prepare_config=install_into_node, env={"PATH": f"{host_root}/usr/local/bin:{SYSTEM_PATH}"})
+        assert installed and installed[0].returncode == 0, installed[0].stderr if installed else "no install"
+        assert config.read_bytes() != original["config"]
+        assert ".venv" not in instance.env["PATH"] and str(REPO_ROOT) not in instance.env["PATH"]
+
+        hello = wasm_image(instance, tmp_path, "hello", guests / "hello.wasm")
+        out = instance.ctr("run", "--rm", "--runtime", RUNTIME, hello, "bundle-module")
+        assert out.stdout.strip() == "hello from wasm"
+        component = wasm_image(instance, tmp_path, "comp", guests / "hello.component.wasm")
+        out = instance.ctr("run", "--rm", "--runtime", RUNTIME, component, "bundle-component")
+        assert out.stdout.strip() == "hello from wasm"
+
+        # The installer's wait for CRI, against this containerd's real CRI plugin (what a restart waits for).
+        probe = subprocess.run(
+            [str(bundle / "python" / "bin" / "python3"), "-c",
+             "import sys; from wasm_shim.shim.node.installer import wait_for_cri; "
+             "print(repr(wait_for_cri(sys.argv[1], 20)))", instance.address],
+            capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
+        assert probe.stdout.strip() == "''", probe.stderr
+
+        # crictl: a pod with handler wasmtime (its pause container delegated to runc), a module and a component.
+        crictl_config = workdir / "crictl.yaml"
+        crictl_config.write_text(f"runtime-endpoint: unix://{instance.address}\n"
+                                 f"image-endpoint: unix://{instance.address}\ntimeout: 30\n")
+        node = CriNode(containerd=instance, crictl=Crictl(instance, crictl_config), network=network, workdir=workdir)
+        pause_tar = workdir / "pause.tar"
+        build_image_tar(pause_tar, PAUSE_REF, {"/pause": guests / "pause"}, entrypoint=["/pause"])
+        node.import_image(pause_tar)
+        wait_for(node.crictl.network_ready, 30, "CRI to load the CNI config")
+        pod = node.pod_config("bundle-pod")
+        pod_id = node.crictl.runp(pod, runtime=HANDLER)
+        for name, wasm in (("module", "hello.wasm"), ("component", "hello.component.wasm")):
+            image = node.wasm_image(f"cri-{name}", guests / wasm)
+            cid = node.crictl.create(pod_id, node.container_config(name, image), pod)
+            node.crictl.run("start", cid)
+            node.crictl.wait_state(cid, "CONTAINER_EXITED")
+            assert node.crictl.logs(cid).stdout.strip() == "hello from wasm", name
+
+        # Every daemon that ran them is the installed bundle's interpreter, with nothing of the .venv mapped.
+        pids = daemon_pids(instance)
+        assert pids
+        for pid in pids:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            assert exe.startswith(str(host_root / "opt" / "wasm-shim" / "versions")), exe
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert str(VENV) not in maps and "/.pyenv/" not in maps
+
+        status = bundle_cli(bundle, "status", "--check", host=host_root)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        if node is not None:
+            node.teardown()
+        if instance is not None:
+            instance.stop()
+    gone = bundle_cli(bundle, "uninstall", "--no-restart", host=host_root)
+    assert gone.returncode == 0, gone.stderr
+    assert config.read_bytes() == original["config"]
+    assert snapshot(host_root) == before[0]
+
+
+def test_bundle_build_is_reproducible(bundle: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(again)], capture_output=True,
+                          text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr
+    first = json.loads((bundle / "BUNDLE.json").read_text())
+    second = json.loads((again / "BUNDLE.json").read_text())
+    assert first["content_sha256"] == second["content_sha256"]
+
+
+
+def test_installer_image_imports_installs_runs_its_test_module_and_pushes(
+    bundle: Path, host_root: Path, tmp_path: Path, guests: Path, containerd: Containerd
+) -> None:
+    image = tmp_path / "installer.tar"
+    ref = "localhost/wasm-shim/installer:test"
+    built = subprocess.run([str(bundle / "bin" / "wasm-shim"), "image", "build", str(image), "--bundle",
+                            str(bundle), "--test-wasm", str(guests / "hello.wasm"), "--ref", ref],
+                           capture_output=True, text=True, timeout=900, env=without_venv_env(), check=False)
+    assert built.returncode == 0, built.stderr
+    containerd.import_image(image, timeout=600)
+
+    # The image's own interpreter runs in a container with nothing but the image (no distribution base).
+    out = containerd.ctr("run", "--rm", ref, "image-version", "/bundle/bin/wasm-shim", "version")
+    assert out.stdout.startswith("wasm-shim ")
+
+    # The installer as the DaemonSet runs it: the node's / (here a fixture root) mounted at /host.
+    config = host_root / "etc" / "containerd" / "config.toml"
+    config.write_text("version = 2\n")
+    before = snapshot(host_root)
+    mount = f"type=bind,src={host_root},dst=/host,options=rbind:rw"
+    out = containerd.ctr("run", "--rm", "--mount", mount, ref, "image-install", "/bundle/bin/wasm-shim", "node",
+                         "install", "--host-root=/host", f"--node-root={host_root}", "--no-restart", "--no-report",
+                         timeout=300)
+    assert "installed" in out.stdout, out.stdout + out.stderr
+    assert "io.containerd.wasmtime.v1" in config.read_text()
+    link = host_root / "usr" / "local" / "bin" / "containerd-shim-wasmtime-v1"
+    assert os.path.realpath(link).startswith(str(host_root / "opt" / "wasm-shim" / "versions"))
+    assert not (host_root / "opt" / "wasm-shim" / "current" / "installer").exists()  # not copied onto nodes
+    out = containerd.ctr("run", "--rm", "--mount", mount, ref, "image-uninstall", "/bundle/bin/wasm-shim", "node",
+                         "uninstall", "--host-root=/host", f"--node-root={host_root}", "--no-restart", "--no-report",
+                         timeout=300)
+    assert snapshot(host_root) == before
+
+    # What the chart's `helm test` pod runs: the image's module, through our runtime.
+    out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, ref, "image-test-wasm", "/test/hello.wasm")
+    assert out.stdout.strip() == "hello from wasm"
+
+    registry = LocalRegistry(tmp_path / "registry").start()
+    try:
+        remote = f"{registry.address}/wasm-shim/installer:test"
+        containerd.ctr("images", "tag", ref, remote)
+        containerd.ctr("images", "push", "--plain-http", remote, timeout=300)
+        containerd.ctr("images", "rm", remote, ref)
+        containerd.ctr("images", "pull", "--plain-http", remote, timeout=300)
+        out = containerd.ctr("run", "--rm", remote, "image-pulled", "/bundle/bin/wasm-shim", "version")
+        assert out.stdout.startswith("wasm-shim ")
+    finally:
+        registry.stop()
