@@ -7,7 +7,9 @@ manifests, and a node's containerd restartable through its supervisor the way th
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,9 +124,33 @@ def manifests() -> list[Path]:
     return sorted((ROOT / "k8s").rglob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def runtimeclass(cluster: Cluster) -> Iterator[None]:
+    """k8s/runtimeclass.yaml applied for real: the RuntimeClass admission plugin rejects a Pod naming a missing one."""
+    result = cluster.kubectl("apply", "-f", str(ROOT / "k8s" / "runtimeclass.yaml"))
+    assert result.returncode == 0, result.stderr
+    yield
+    result = cluster.kubectl("delete", "-f", str(ROOT / "k8s" / "runtimeclass.yaml"))
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("manifest", manifests(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_k8s_manifests_pass_server_side_dry_run(cluster: Cluster, manifest: Path) -> None:
+def test_k8s_manifests_pass_server_side_dry_run(cluster: Cluster, runtimeclass: None, manifest: Path) -> None:
     result = cluster.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "charts" / "wasm-shim").is_dir(), reason="no chart in this tree")
+@pytest.mark.parametrize("values", [[], ["--set", "runtimeClass.overhead.memory=8Mi",
+                                         "--set", "priorityClassName=system-node-critical"]],
+                         ids=["defaults", "overhead"])
+def test_chart_objects_pass_server_side_dry_run(cluster: Cluster, values: list[str]) -> None:
+    # Every object the chart renders, hooks and helm-test pods included, validated by this API server.
+    rendered = subprocess.run([cl.tool("helm"), "template", "wasm-shim", str(ROOT / "charts" / "wasm-shim"),
+                               "-n", "default", *values], capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "kind: DaemonSet" in rendered.stdout
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", input=rendered.stdout)
     assert result.returncode == 0, result.stderr
 
 
@@ -160,8 +186,6 @@ def test_containerd_restart_through_the_node_supervisor_keeps_pods(core: client.
 def test_restart_helper_refuses_outside_the_node_pid_namespace(cluster: Cluster) -> None:
     # Entered without the node's PID namespace, `kill -HUP 1` would reach the machine's init: the helper refuses.
     pid = cl.node_pid1(cluster.state, cl.node_by_name("node-b"))
-    import subprocess
-
     result = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", f"{cl.NODE_SUPPORT_DIR}/restart-containerd"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
