@@ -118,7 +118,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
         text = path.read_text(errors="replace")
     except OSError as exc:
         return f"    (no log: {exc})"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+    return "\n".join("    " + line[:300] for line in text.splitlines()[-lines:])
 
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -464,7 +464,8 @@ class Supervisor:
     def alive(self, name: str) -> bool:
         self.reap()
         pid = self.children.get(name)
-        return pid is not None and pid not in self.exited
+        # A node's PID 1 is unshare's child, reaped by unshare, not here: also ask /proc.
+        return pid is not None and pid not in self.exited and not _zombie(pid)
 
     def stop(self, name: str, timeout: float) -> None:
         pid = self.children.get(name)
@@ -667,7 +668,8 @@ def prepare_cgroup_root(name: str) -> None:
     """Create the kubelet's cgroupRoot in every v1 hierarchy it uses (cpuset needs cpus/mems filled in)."""
     base = Path("/sys/fs/cgroup")
     for hierarchy in sorted(base.iterdir()):
-        if hierarchy.name in ("systemd", "unified") or not hierarchy.is_dir() or hierarchy.is_symlink():
+        # The kubelet checks every v1 hierarchy, the named `systemd` one included; `unified` is cgroup v2's.
+        if hierarchy.name == "unified" or not hierarchy.is_dir() or hierarchy.is_symlink():
             continue
         directory = hierarchy / name
         directory.mkdir(exist_ok=True)
