@@ -20,7 +20,6 @@ import pytest
 
 from e2e.cluster import cluster as cl
 from e2e.cluster import images
-from tests.guests.fixtures import build_guests
 
 BUILD_TIMEOUT = 3600  # seconds: a cold Kubernetes build is ~25 CPU-minutes, longer on a shared machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +61,7 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 90, inte
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(guests: Path) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("the e2e cluster needs root (namespaces, mounts, cgroups)")
     result = subprocess.run([str(ROOT / "e2e" / "cluster" / "build")], capture_output=True, text=True,
@@ -72,7 +71,7 @@ def cluster() -> Iterator[Cluster]:
     from kubernetes import config
 
     work = Path(tempfile.mkdtemp(prefix="wasm-shim-e2e-"))
-    tars = images.build(work / "images", build_guests())
+    tars = images.build(work / "images", guests)
     state = cl.State(work / "cluster")
     try:
         kubeconfig = cl.up(state, images=tars)
