@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wasm_shim.oci.layout import Symlink, build_image_tar
+from wasm_shim.oci.layout import FileSource, Symlink, build_image_tar
 
 PAUSE = "wasm-shim.local/pause:e2e"  # containerd's sandbox image on every node (cluster.py containerd_config)
 BUSYBOX = "wasm-shim.local/busybox:e2e"
@@ -31,7 +31,7 @@ def build(out: Path, guests: Path) -> list[Path]:
         if not (guests / needed).exists():
             raise FileNotFoundError(f"{guests / needed} is missing: tests/guests/build.sh {guests}")
     out.mkdir(parents=True, exist_ok=True)
-    images = [
+    images: list[tuple[str, dict[str, FileSource], list[str]]] = [
         (PAUSE, {"/pause": guests / "pause"}, ["/pause"]),
         (BUSYBOX, {"/bin/busybox": BUSYBOX_BINARY, **{f"/bin/{a}": Symlink("busybox") for a in BUSYBOX_APPLETS}},
          ["/bin/sh"]),
