@@ -3,7 +3,7 @@
 #
 #   make setup    apt packages, .venv (editable install), Go tools in .tools/bin   (scripts/setup.sh --help)
 #   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject), rustfmt on runner/
-#   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite
+#   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite (with e2e/)
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
@@ -45,8 +45,10 @@ lint: setup
 	@cargo fmt --manifest-path runner/Cargo.toml --check
 
 # pytest exits 5 when it collected nothing; that must fail loudly, never pass as "no failures".
+# The e2e suite (e2e/) is part of it: e2e/cluster/build builds Kubernetes + etcd once (cached), quiet when cached.
 test: setup lint
 	@CARGO_TARGET_DIR=$(CARGO_TARGET) cargo test --quiet --release --locked --manifest-path runner/Cargo.toml
+	@nice -n 10 e2e/cluster/build
 	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
