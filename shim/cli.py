@@ -155,8 +155,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if node_name and not args.no_report:
         from .node.report import KubeReporter
 
-        reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
-                                       events_namespace=args.event_namespace)
+        try:
+            reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
+                                           events_namespace=args.event_namespace)
+        except ImportError as exc:
+            sys.stderr.write(f"wasm-shim node {args.action}: the kubernetes client is not here ({exc}): run the "
+                             "installer image's wasm-shim, or pass --no-report\n")
+            return 2
+        except Exception as exc:  # kubernetes.config.ConfigException and what loading a kubeconfig raises
+            sys.stderr.write(f"wasm-shim node {args.action}: cannot use the Kubernetes API to label node "
+                             f"{node_name}: {exc}; pass --no-report to install without it\n")
+            return 2
     import signal
 
     if args.action == "run":

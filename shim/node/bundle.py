@@ -303,8 +303,10 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
     shutil.copyfile(runner, pyroot / "bin" / "wasm-shim-component-runner")
     os.chmod(pyroot / "bin" / "wasm-shim-component-runner", 0o755)
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
+    # ddir: co_filename names the file relative to the bundle, not the build directory (the import system puts
+    # the real path back when it loads a .pyc: importlib._bootstrap_external, _fix_up_module / _fix_co_filename).
     for tree in (pyroot / "lib", partial / INSTALLER_DIR):
-        compileall.compile_dir(str(tree), quiet=1, workers=1,
+        compileall.compile_dir(str(tree), ddir="/" + tree.relative_to(partial).as_posix(), quiet=1, workers=1,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     _strip_debug(partial)
     # After strip: patchelf rewrites the dynamic section strip would otherwise lay out again.

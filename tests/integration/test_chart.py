@@ -62,10 +62,10 @@ def run_helm(helm: str, *args: str, home: Path | None = None, check: bool = True
     return done
 
 
-def render(helm: str, *args: str, chart: str = str(CHART)) -> list[dict[str, Any]]:
+def render(helm: str, *args: str, chart: str = str(CHART), home: Path | None = None) -> list[dict[str, Any]]:
     # --kube-version: the release whose API schemas we validate against (helm built by `go install` says 1.20).
     out = run_helm(helm, "template", "wasm-shim", chart, "--namespace", "wasm-system", "--kube-version", K8S_VERSION,
-                   *args).stdout
+                   *args, home=home).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -281,7 +281,7 @@ def test_package_push_and_render_from_an_oci_registry(helm: str, tmp_path: Path)
         assert yaml.safe_load(shown.stdout)["appVersion"] == chart["appVersion"]
         values = run_helm(helm, "show", "values", ref, "--version", chart["version"], "--plain-http", home=tmp_path)
         assert yaml.safe_load(values.stdout) == yaml.safe_load((CHART / "values.yaml").read_text())
-        remote = render(helm, "--version", chart["version"], "--plain-http", chart=ref)
+        remote = render(helm, "--version", chart["version"], "--plain-http", chart=ref, home=tmp_path)
         assert remote == render(helm)
         bad = run_helm(helm, "template", "wasm-shim", ref, "--version", chart["version"], "--plain-http",
                        "--kube-version", K8S_VERSION,

@@ -381,3 +381,15 @@ def test_shim_start_path_and_daemon_never_load_the_kubernetes_client() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_node_name_without_an_api_server_stops_before_touching_the_node(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    done = subprocess.run([*CLI, "node", "install", "--host-root", str(root), "--node-name", "node-a",
+                           "--no-restart", "--bundle", str(make_bundle(tmp_path))],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=env, check=False)
+    assert done.returncode == 2
+    assert "cannot use the Kubernetes API to label node node-a" in done.stderr and "--no-report" in done.stderr
+    assert snapshot(root) == before
