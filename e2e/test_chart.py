@@ -213,3 +213,4 @@ def test_wasm_server_behind_a_service_answers_a_pod_on_the_other_node(cluster: C
         absent_ok(apps.delete_namespaced_deployment, name, NAMESPACE)
         wait_until("the server's pods gone", lambda: not core.list_namespaced_pod(
             NAMESPACE, label_selector=f"app={name}").items, timeout=120)
+
