@@ -1,0 +1,123 @@
+"""Wasm pods on a real kubelet with the shim put on one node by hand (no chart): what the installer automates.
+
+The module fixture does on node-a exactly what an operator without the chart would: link the shim binary into
+/usr/local/bin, merge our runtime table into /etc/containerd/config.toml with `wasm-shim containerd-config
+--merge` (both inside the node's own overlays), restart containerd through the node's supervisor, apply
+k8s/runtimeclass.yaml and give node-a the label its nodeSelector asks for. Afterwards it undoes every step and
+checks that the node's containerd config is byte-identical to before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.cluster import cluster as cl
+from e2e.cluster import images
+from e2e.conftest import Cluster, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "default"
+NODE = "node-a"
+CONFIG = "/etc/containerd/config.toml"
+SHIM_LINK = "/usr/local/bin/containerd-shim-wasmtime-v1"
+
+
+def runtimeclass() -> dict:
+    return yaml.safe_load((ROOT / "k8s" / "runtimeclass.yaml").read_text())
+
+
+def node_ok(cluster: Cluster, *argv: str) -> str:
+    result = cluster.node_exec(NODE, *argv)
+    assert result.returncode == 0, f"{' '.join(argv)} on {NODE}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def shim_on_node_a(cluster: Cluster) -> Iterator[str]:
+    """node-a runs the shim; yields the RuntimeClass name. Undone (and checked) at the end of the module."""
+    core = client.CoreV1Api(cluster.api)
+    node_api = client.NodeV1Api(cluster.api)
+    rc = runtimeclass()
+    labels = rc["scheduling"]["nodeSelector"]
+    original = node_ok(cluster, "cat", CONFIG)
+    node_ok(cluster, "ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
+    node_ok(cluster, str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
+    node_ok(cluster, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+    node_api.create_runtime_class(rc)
+    core.patch_node(NODE, {"metadata": {"labels": labels}})
+    try:
+        yield rc["metadata"]["name"]
+    finally:
+        core.patch_node(NODE, {"metadata": {"labels": {k: None for k in labels}}})
+        node_api.delete_runtime_class(rc["metadata"]["name"])
+        backups = node_ok(cluster, "sh", "-c", f"ls {CONFIG}.* 2>/dev/null || true").split()
+        node_ok(cluster, "sh", "-c", f"printf '%s' \"$1\" > {CONFIG}", "sh", original)
+        for backup in backups:
+            node_ok(cluster, "rm", "-f", backup)
+        node_ok(cluster, "rm", "-f", SHIM_LINK)
+        node_ok(cluster, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+        assert node_ok(cluster, "cat", CONFIG) == original
+
+
+def wasm_pod_spec(runtime_class: str, image: str, args: list[str], restart: str) -> client.V1PodSpec:
+    return client.V1PodSpec(
+        runtime_class_name=runtime_class, restart_policy=restart, termination_grace_period_seconds=2,
+        containers=[client.V1Container(name="guest", image=image, image_pull_policy="Never", args=args,
+                                       resources=client.V1ResourceRequirements(limits={"memory": "64Mi"}))])
+
+
+def test_wasm_deployment_ready_on_the_labelled_node_only(cluster: Cluster, shim_on_node_a: str) -> None:
+    apps = client.AppsV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    name = f"wasm-sleep-{uuid.uuid4().hex[:6]}"
+    deployment = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(
+            replicas=2, selector=client.V1LabelSelector(match_labels={"app": name}),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={"app": name}),
+                spec=wasm_pod_spec(shim_on_node_a, images.WASM_SLEEP, ["3600"], "Always"))))
+    apps.create_namespaced_deployment(NAMESPACE, deployment)
+    try:
+        wait_until(f"deployment {name} available", lambda: (apps.read_namespaced_deployment(name, NAMESPACE)
+                                                            .status.available_replicas or 0) == 2, timeout=120)
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items
+        assert {p.spec.node_name for p in pods} == {NODE}  # the RuntimeClass's scheduling keeps them off node-b
+        for pod in pods:
+            log = wait_until("the guest's log", lambda p=pod: core.read_namespaced_pod_log(p.metadata.name,
+                                                                                           NAMESPACE))
+            assert "sleeping 3600 s" in str(log)
+    finally:
+        apps.delete_namespaced_deployment(name, NAMESPACE)
+        wait_until("the deployment's pods gone", lambda: not core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app={name}").items, timeout=90)
+    # Deleting the pods stopped the guests: no task of the wasm runtime is left in node-a's containerd.
+    _, ctr = cl.containerd_binaries(cl.node_by_name(NODE))
+    tasks = node_ok(cluster, ctr, "-n", "k8s.io", "containers", "ls")
+    assert images.WASM_SLEEP not in tasks
+
+
+def test_wasm_job_completes_with_the_guest_output(cluster: Cluster, shim_on_node_a: str) -> None:
+    batch = client.BatchV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    name = f"wasm-hello-{uuid.uuid4().hex[:6]}"
+    job = client.V1Job(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1JobSpec(backoff_limit=0, template=client.V1PodTemplateSpec(
+            spec=wasm_pod_spec(shim_on_node_a, images.WASM_HELLO, [], "Never"))))
+    batch.create_namespaced_job(NAMESPACE, job)
+    try:
+        wait_until(f"job {name} complete", lambda: (batch.read_namespaced_job(name, NAMESPACE).status.succeeded
+                                                    or 0) == 1, timeout=120)
+        pod = core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={name}").items[0]
+        assert pod.spec.node_name == NODE
+        assert core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE).strip() == "hello from wasm"
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+    finally:
+        batch.delete_namespaced_job(name, NAMESPACE, propagation_policy="Foreground")
