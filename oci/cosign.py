@@ -61,7 +61,9 @@ class VerificationFailed(Exception):
 
     def __init__(self, ref: str, digest: str, reasons: Sequence[str]) -> None:
         self.ref, self.digest, self.reasons = ref, digest, list(reasons)
-        super().__init__(f"{ref}@{digest}: no valid signature: " + "; ".join(self.reasons))
+        # A reference the caller already pinned ends in the digest: name the image once.
+        image = ref if ref.endswith(f"@{digest}") else f"{ref}@{digest}"
+        super().__init__(f"{image}: no valid signature: " + "; ".join(self.reasons))
 
 
 @dataclass

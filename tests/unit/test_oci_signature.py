@@ -189,3 +189,12 @@ def test_bundle_verifies_and_names_failures(key: ec.EllipticCurvePrivateKey) -> 
         verify_bundle(json.dumps(old).encode(), [public], DIGEST)
     with pytest.raises(SignatureError, match="not a sigstore bundle"):
         verify_bundle(b"junk", [public], DIGEST)
+
+
+def test_verification_failure_names_a_pinned_image_once() -> None:
+    from wasm_shim.oci.cosign import VerificationFailed
+
+    digest = "sha256:" + "ab" * 32
+    pinned = str(VerificationFailed(f"127.0.0.1:5000/team/app:v1@{digest}", digest, ["no signature found"]))
+    tagged = str(VerificationFailed("127.0.0.1:5000/team/app:v1", digest, ["no signature found"]))
+    assert pinned == tagged == f"127.0.0.1:5000/team/app:v1@{digest}: no valid signature: no signature found"
