@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.guests.fixtures import build_guests, cache_root  # noqa: E402
-from tests.harness.containerd import VENV_BIN, launch  # noqa: E402
+from tests.harness.containerd import VENV_BIN, Kind, launch  # noqa: E402
 from tests.integration.registries import DockerRegistry  # noqa: E402
 from tests.integration.shimtools import task_status, wait_for  # noqa: E402
 from wasm_shim.oci.layout import Symlink, build_image_tar  # noqa: E402
@@ -66,10 +66,12 @@ for path, headers in (("/hello/from/the/demo", {"x-test": "demo"}), ("/trap", {}
     request = urllib.request.Request("http://127.0.0.1:8080" + path, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            status, body = response.status, response.read().decode()
+            status, body, response_headers = response.status, response.read().decode(), response.headers
     except urllib.error.HTTPError as error:
-        status, body = error.code, error.read().decode()
-    print(f"GET {path} {headers or ''} -> {status} {body.strip()!r}")
+        status, body, response_headers = error.code, error.read().decode(), error.headers
+    sent = "".join(f" ({k}: {v})" for k, v in headers.items())
+    echoed = f", x-test-echo: {response_headers.get('x-test-echo')}" if "x-test-echo" in response_headers else ""
+    print(f"GET {path}{sent} -> {status}{echoed}, body {body.strip()!r}")
 """
 
 
@@ -113,7 +115,7 @@ def main() -> int:
 
         step(f"ctr run --rm --runtime {RUNTIME} localhost/demo/hello:latest demo-wasm")
         out, first_ms = timed(containerd, "run", "--rm", "--runtime", RUNTIME, "localhost/demo/hello:latest", "demo-1")
-        print(f"    guest says: {out.strip()}   ({first_ms:.0f} ms, first run: starts the shim daemon, compiles)")
+        print(f"    guest says: {out.strip()}   ({first_ms:.0f} ms, first run: starts the shim daemon)")
         wasm = [timed(containerd, "run", "--rm", "--runtime", RUNTIME, "localhost/demo/hello:latest",
                       f"demo-{i}")[1] for i in range(2, 7)]
         runc = []
@@ -190,7 +192,7 @@ def wasm_shim(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def supply_chain_demo(kind: str, guests: Path, tmp: Path, busybox_tar: Path) -> None:
+def supply_chain_demo(kind: Kind, guests: Path, tmp: Path, busybox_tar: Path) -> None:
     """Push, sign and verify with the CLI; then a node whose shim enforces a signature policy."""
     step("starting Debian's docker-registry on loopback")
     registry = DockerRegistry(tmp / "registry").start()
@@ -254,12 +256,13 @@ def http_demo(containerd, guests: Path, tmp: Path, shim_cache: Path) -> None:  #
     subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True, timeout=10)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+        began = time.perf_counter()
         containerd.ctr("run", "-d", "--runtime", RUNTIME, "--annotation", "wasm.shim.io/http-request-timeout=10",
                        "--with-ns", f"network:/var/run/netns/{netns}", "localhost/demo/http:latest", "demo-http",
                        timeout=120)
         client = subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-c", HTTP_CLIENT],
                                 capture_output=True, text=True, timeout=300)
-        print(f"    a client in {netns}:")
+        print(f"    a client in {netns} ({time.perf_counter() - began:.1f} s from `ctr run -d` until the answers):")
         for line in (client.stdout + client.stderr).strip().splitlines():
             print(f"      {line}")
     finally:
