@@ -232,7 +232,8 @@ def supply_chain_demo(kind: Kind, guests: Path, tmp: Path, busybox_tar: Path) ->
                 else:
                     print(f"    refused (ctr exited {done.returncode}):")
                     for line in done.stderr.strip().splitlines():
-                        print(f"      {line}")
+                        if not line.startswith("time="):  # ctr 2.x's own log lines (a cgroup v1 deprecation)
+                            print(f"      {line}")
                 node.ctr("container", "rm", task_id, check=False)
         finally:
             node.stop()
