@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.containerd import TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
+from tests.integration.registries import DockerRegistry
 from wasm_shim.oci.layout import build_image_tar
 
 CRI_NAMESPACE = "k8s.io"  # containerd's CRI plugin keeps every pod and image here (1.6 and 2.x)
@@ -369,55 +369,9 @@ def start_cri_node(
 
 
 
-@dataclass
-class LocalRegistry:
-    """Debian's `docker-registry` (distribution 2.8) on 127.0.0.1:<free port>, storing under `root`."""
-
-    root: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> LocalRegistry:
-        binary = shutil.which("docker-registry")
-        if binary is None:
-            raise HarnessError("docker-registry is missing (apt-get install docker-registry)")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.root.mkdir(parents=True, exist_ok=True)
-        config = self.root / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        with (self.root / "registry.log").open("ab") as log:
-            self.process = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-        def answers() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise HarnessError(f"docker-registry exited: {(self.root / 'registry.log').read_text()[-2000:]}")
-            with socket.socket() as conn:
-                conn.settimeout(1)
-                return conn.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(answers, 20, f"docker-registry to listen on {self.address}")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+class LocalRegistry(DockerRegistry):
+    """Debian's `docker-registry` (distribution 2.8), plain HTTP on 127.0.0.1:<free port>, storing under `root`;
+    `hosts_config` points a containerd at it."""
 
     def hosts_config(self, directory: Path) -> Path:
         """A containerd registry `config_path` dir whose hosts.toml sends pulls to us over plain HTTP."""

@@ -7,8 +7,8 @@
   (tests/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
   serve` is the same registry with the API off (it answers 404), and zot is not served by the Go module proxy.
 - `TokenServer`: a token issuer for docker-registry's bearer-token authentication (distribution's token spec).
-- `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a test skips when it is missing,
-  like the containerd fixtures do.
+- `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a missing one fails the test
+  (setup builds it), like the containerd fixtures do.
 
 Every process started here is stopped by `stop()`; every wait is bounded.
 """
@@ -25,10 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-TOOLS_BIN = REPO / ".tools" / "bin"
+from tests.harness.containerd import TOOLS_BIN, HarnessError
 
 
 def tool(name: str) -> str:
@@ -38,8 +35,7 @@ def tool(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    pytest.skip(f"{name} is not built (scripts/setup.sh builds it into .tools/bin)")
-    raise AssertionError  # unreachable: skip raises
+    raise HarnessError(f"{name} is not built (scripts/setup.sh builds it into .tools/bin)")
 
 
 def free_port() -> int:
@@ -132,7 +128,7 @@ class DockerRegistry:
     def start(self) -> DockerRegistry:
         binary = shutil.which("docker-registry")
         if binary is None:
-            pytest.skip("docker-registry is missing (apt-get install docker-registry)")
+            raise HarnessError("docker-registry is missing (scripts/setup.sh installs it)")
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
         http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
