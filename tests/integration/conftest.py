@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,15 @@ def wasm_image(containerd: Containerd, tmp_path: Path) -> WasmImage:
 @pytest.fixture
 def wasm_image_factory(tmp_path: Path) -> Callable[[Containerd], WasmImage]:
     return lambda containerd: _image_maker(containerd, tmp_path)
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[Path]:
+    """A network namespace of the test's own with loopback up (what CRI's CNI gives a pod), deleted afterwards."""
+    name = f"wasmshim-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+        yield Path("/var/run/netns") / name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)

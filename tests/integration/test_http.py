@@ -17,8 +17,6 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,18 +31,6 @@ TIMEOUT = "wasm.shim.io/http-request-timeout"
 MAX_BODY = "wasm.shim.io/http-max-body"
 CLIENT = Path(__file__).resolve().parent / "http_client.py"
 READY_TIMEOUT = 180  # a hang bound: the first start compiles a 14 MB StarlingMonkey component
-
-
-@pytest.fixture
-def pod_netns() -> Iterator[Path]:
-    """A network namespace of the test's own with loopback up (what CRI's CNI gives a pod), deleted afterwards."""
-    name = f"wasmshim-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
-        yield Path("/var/run/netns") / name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)
 
 
 @pytest.fixture

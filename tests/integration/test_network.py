@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,18 +33,6 @@ pytestmark = pytest.mark.integration
 NETWORK = "wasm.shim.io/network"
 ISOLATION = "wasm.shim.io/component-isolation"
 TIMEOUT = 60  # a hang bound for one ctr run (the first start compiles a 1.6 MB QuickJS component twice)
-
-
-@pytest.fixture
-def pod_netns() -> Iterator[Path]:
-    """A network namespace of the test's own with loopback up (what CRI's CNI gives a pod), deleted afterwards."""
-    name = f"wasmshim-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
-        yield Path("/var/run/netns") / name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)
 
 
 @pytest.fixture
