@@ -6,6 +6,7 @@
 #   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite (with e2e/)
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
+#   make soak     setup, then the reliability suite at full size (fuzz million, 1000-cycle soak); writes docs/reliability.md
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
 #   make cluster-demo  the cluster up, helm install wasm-shim, wasm pods and a Service; leaves it up (e2e/README.md)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
@@ -31,7 +32,7 @@ MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
-.PHONY: setup lint test demo bench protos bundle image e2e cluster-demo
+.PHONY: setup lint test demo bench soak protos bundle image e2e cluster-demo
 
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
@@ -60,6 +61,10 @@ demo: setup
 bench: setup
 	@if [[ -f scripts/bench.sh ]]; then bash scripts/bench.sh; \
 	else echo "make bench: no benchmarks yet (scripts/bench.sh does not exist)" >&2; exit 1; fi
+
+# The same tests `make test` runs at smoke size (marker `soak`), at full size; bounded in count and time.
+soak: setup
+	@bash scripts/soak.sh $(PYTEST_ARGS)
 
 protos: setup
 	@if [[ -f scripts/gen-protos.sh ]]; then bash scripts/gen-protos.sh; \
