@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import IO
 
 from .digest import StreamVerifier
+from .files import removed_on_failure
 from .reference import check_digest
 
 STALE_TMP = 3600.0
@@ -116,7 +117,7 @@ class ArtifactCache:
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise CacheError(f"cannot write to the artifact cache {self.tmp}: {exc.strerror}") from None
-        try:
+        with removed_on_failure(temporary):
             with os.fdopen(fd, "w+b") as sink:
                 fetch(sink)
                 sink.flush()
@@ -129,12 +130,6 @@ class ArtifactCache:
             final = self.path_of(digest)
             os.replace(temporary, final)
             return final
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
 
     def put_bytes(self, digest: str, data: bytes) -> str:
         def write(sink: IO[bytes]) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .files import removed_on_failure
+
 PEM_SIGSTORE = "ENCRYPTED SIGSTORE PRIVATE KEY"
 PEM_COSIGN = "ENCRYPTED COSIGN PRIVATE KEY"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 16, 8, 1
@@ -204,13 +206,7 @@ def write_file_atomically(path: str, data: bytes, mode: int, *, overwrite: bool 
         raise FileExistsError(path)
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
+    with removed_on_failure(temporary):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .artifact import COMPONENT_MAGIC, ArtifactError, check_artifact_manifest, is_wasm_artifact, wasm_config
+from .files import removed_on_failure
 from .manifest import (
     ANNOTATION_TITLE,
     INDEX_TYPES,
@@ -111,13 +112,7 @@ def fetch_to_file(client: RegistryClient, ref: Reference, layer: Descriptor, out
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
         raise ArtifactError(f"cannot write {out}: {exc.strerror}") from None
-    try:
+    with removed_on_failure(temporary):
         with os.fdopen(fd, "w+b") as sink:
             client.fetch_blob(ref, layer, sink, label=os.path.basename(out))
         os.replace(temporary, out)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wasm_shim.oci.files import removed_on_failure
+
 from .engines.base import EngineError, GuestSpec, resolve_entrypoint
 
 log = logging.getLogger(__name__)
@@ -268,15 +270,11 @@ def _place_copy(source: str, host_path: str, guest_path: str, reference: str) ->
     temporary = os.path.join(directory, f".{os.path.basename(host_path)}.wasm-shim-{os.getpid()}.tmp")
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        with open(source, "rb") as src:
+        with removed_on_failure(temporary), open(source, "rb") as src:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             with os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        os.rename(temporary, host_path)
+            os.rename(temporary, host_path)
     except OSError as exc:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise AdmissionError(f"cannot place artifact {reference} at {guest_path} in the container's rootfs: "
                              f"{exc.strerror}") from None

@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 
+from wasm_shim.oci.files import removed_on_failure
+
 from .engines.base import EngineError, GuestSpec, resolve_entrypoint
 
 log = logging.getLogger(__name__)
@@ -93,19 +95,16 @@ def _place(host_path: str, guest_path: str, data: bytes, image: str) -> None:
     temporary = os.path.join(directory, f".{os.path.basename(host_path)}.wasm-shim-{os.getpid()}.tmp")
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(temporary, host_path)
+        with removed_on_failure(temporary):
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.rename(temporary, host_path)
     except OSError as exc:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise ImageSourceError(
             f"cannot place the wasm layer of image {image} at {guest_path} in the container's rootfs: "
             f"{exc.strerror}"
