@@ -329,7 +329,7 @@ def test_thousands_of_open_files_in_a_preopen(containerd, wasm_image, guests, co
     pid = _daemon(containerd)
     before = sample(pid)
     count = size(2000, 20000)
-    rounds = size(2, 5)
+    rounds = size(1, 5)
     outcomes = []
     for n in range(rounds):
         out = _run(containerd, image, f"files-{n}", "/data", str(count), flags=mount, timeout=300)
@@ -352,7 +352,7 @@ def test_trapping_guest_restarted_over_and_over(containerd, wasm_image, guests, 
         _run(containerd, image, f"loop-warm-{n}")
     pid = _daemon(containerd)
     before = sample(pid)
-    rounds = size(20, 300)
+    rounds = size(10, 300)
     statuses = set()
     for n in range(rounds):
         out = _run(containerd, image, "crashloop")
