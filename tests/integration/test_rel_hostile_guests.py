@@ -346,25 +346,26 @@ def test_thousands_of_open_files_in_a_preopen(containerd, wasm_image, guests, co
 
 
 def test_trapping_guest_restarted_over_and_over(containerd, wasm_image, guests, companion):
-    """What a restart policy does to a crash-looping guest: the same container run again and again."""
-    image = _image(wasm_image, guests, "trap")
-    for n in range(3):
-        _run(containerd, image, f"loop-warm-{n}")
+    """What a restart policy does to a crash-looping guest: the same container run again and again, a component
+    (in its own runner process) and a module alternately."""
+    images = [_image(wasm_image, guests, "trap"), wasm_image("trap-c", guests / "trap.component.wasm")]
+    for n in range(4):
+        _run(containerd, images[n % 2], f"loop-warm-{n}")
     pid = _daemon(containerd)
     before = sample(pid)
     rounds = size(10, 300)
-    statuses = set()
+    statuses: dict[str, set[int]] = {"module": set(), "component": set()}
     for n in range(rounds):
-        out = _run(containerd, image, "crashloop")
-        statuses.add(out.returncode)
+        out = _run(containerd, images[n % 2], "crashloop")
+        statuses["module" if n % 2 == 0 else "component"].add(out.returncode)
         if n % 10 == 0:
             companion.feed()
     after = _settled(pid, before)
-    assert statuses == {134}, statuses
+    assert statuses == {"module": {134}, "component": {134}}, statuses
     _assert_steady(before, after)
     companion.finish()
-    record("hostile: crash loop", tried=f"{rounds} runs of one trapping container", held="each exits 134; steady",
-           before=before, after=after)
+    record("hostile: crash loop", tried=f"{rounds} runs of one trapping container (component and module in turn)",
+           held="each exits 134; daemon steady", before=before, after=after)
 
 
 def test_symlinks_in_a_mount_do_not_lead_out(containerd, wasm_image, guests, companion, tmp_path):
