@@ -158,7 +158,7 @@ def test_memory_bomb_without_a_limit_is_bounded_by_wasm32(containerd, wasm_image
     after = _settled(pid, before)
     _assert_steady(before, after)
     companion.finish()
-    record("hostile: memory bomb, no limit", tried=f"one guest allocating {mib or 'until malloc fails'} MiB",
+    record("hostile: memory bomb, no limit", tried=f"one guest allocating {f'{mib} MiB' if mib else 'until malloc fails (4 GiB)'}",
            held="bounded by wasm32 (4 GiB); memory returned after exit; companion untouched",
            before=before, after=after)
 
