@@ -158,7 +158,8 @@ def test_memory_bomb_without_a_limit_is_bounded_by_wasm32(containerd, wasm_image
     after = _settled(pid, before)
     _assert_steady(before, after)
     companion.finish()
-    record("hostile: memory bomb, no limit", tried=f"one guest allocating {f'{mib} MiB' if mib else 'until malloc fails (4 GiB)'}",
+    amount = f"{mib} MiB" if mib else "until malloc fails (4 GiB)"
+    record("hostile: memory bomb, no limit", tried=f"one guest allocating {amount}",
            held="bounded by wasm32 (4 GiB); memory returned after exit; companion untouched",
            before=before, after=after)
 
