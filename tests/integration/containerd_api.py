@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -41,11 +42,16 @@ def messages() -> ModuleType:
         out = Path(tempfile.gettempdir()) / f"wasm-shim-test-protos-{digest}"
         target = out / "containerd_api_pb2.py"
         if not target.exists():
-            out.mkdir(mode=0o700, exist_ok=True)
+            # Generated into a fresh dir, then renamed into place: a concurrent test process never sees half a file.
+            fresh = Path(tempfile.mkdtemp(prefix="wasm-shim-test-protos-"))
             include = str(Path(protoc.__file__).parent / "_proto")
-            code = protoc.main(["protoc", f"-I{PROTO.parent}", f"-I{include}", f"--python_out={out}", str(PROTO)])
-            if code != 0 or not target.exists():
-                raise RuntimeError(f"protoc failed ({code}) generating {target} from {PROTO}")
+            code = protoc.main(["protoc", f"-I{PROTO.parent}", f"-I{include}", f"--python_out={fresh}", str(PROTO)])
+            if code != 0 or not (fresh / target.name).exists():
+                raise RuntimeError(f"protoc failed ({code}) generating {target.name} from {PROTO}")
+            try:
+                fresh.rename(out)
+            except OSError:  # another process got there first: use its copy
+                shutil.rmtree(fresh, ignore_errors=True)
         spec = importlib.util.spec_from_file_location("wasm_shim_test_containerd_api_pb2", target)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
