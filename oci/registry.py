@@ -230,12 +230,9 @@ class RegistryClient:
             except self._urllib3.exceptions.MaxRetryError as exc:
                 if isinstance(exc.reason, self._urllib3.exceptions.SSLError):
                     raise RegistryError(f"{method} {url}: TLS failed: {str(exc.reason)[:300]}") from None
-                if isinstance(exc.reason, self._urllib3.exceptions.TimeoutError):
-                    last_error = self._timeout_message()
-                else:
-                    last_error = f"cannot connect: {exc.reason}"
-            except self._urllib3.exceptions.TimeoutError:
-                last_error = self._timeout_message()
+                last_error = self._connection_error(exc.reason)
+            except self._urllib3.exceptions.TimeoutError as exc:
+                last_error = self._connection_error(exc)
             except (self._urllib3.exceptions.HTTPError, OSError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
@@ -260,6 +257,18 @@ class RegistryClient:
             if attempt >= self.attempts:
                 raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
             self._sleep(self._delay(attempt, None))
+
+    def _connection_error(self, reason: object) -> str:
+        """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
+        subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
+        that is slow (issue 12)."""
+        if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
+            cause = reason.__cause__ or reason.__context__
+            detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]
+            return f"cannot connect: {detail}"
+        if isinstance(reason, self._urllib3.exceptions.TimeoutError):
+            return self._timeout_message()
+        return f"cannot connect: {reason}"
 
     def _timeout_message(self) -> str:
         return f"no answer within {self._timeout.read_timeout}s (connect timeout {self._timeout.connect_timeout}s)"

@@ -33,6 +33,7 @@ from .config import ConfigError, ShimConfig, load_config
 
 if TYPE_CHECKING:
     from .admission import Admission
+    from .engines.wasmtime import WasmtimeEngine
     from .ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
@@ -114,8 +115,7 @@ class Daemon:
         from .ttrpc.server import Server
 
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
-        os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
-        engine = WasmtimeEngine(cache_dir=self.config.cache_dir, component_runner=self.config.component_runner)
+        engine = _wasmtime_engine(WasmtimeEngine, self.config)
         # Native (ELF/#!) containers run through runc; their init processes are re-parented to the daemon (a
         # child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
         become_subreaper()
@@ -202,6 +202,25 @@ def _admission(config: ShimConfig) -> Admission:
         log.info("signature policy %s: default %s, %d rule(s)", config.policy, policy.default, len(policy.rules))
     return Admission(policy, verified_dir=os.path.join(config.cache_dir, "verified"),
                      artifact_dir=config.artifact_dir, artifact_cache_bytes=config.artifact_cache_mb << 20)
+
+
+def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:
+    """The wasmtime engine with its on-disk compiled cache, or without one when the cache dir is unusable.
+
+    The cache is an optimisation (shim/engines/wasmtime/cache.py): a cache dir that cannot be created or checked
+    (a full disk, no inodes left, wrong owner or mode) must cost compiles, never every container of the node
+    (issue 12). The warning names the dir and the reason.
+    """
+    from .engines.base import EngineError
+
+    try:
+        os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
+        return factory(cache_dir=config.cache_dir, component_runner=config.component_runner)
+    except (OSError, EngineError) as exc:
+        reason = f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning("compiled-module cache %s is unusable (%s): running without an on-disk cache",
+                    config.cache_dir, reason)
+        return factory(cache_dir=None, component_runner=config.component_runner)
 
 
 def main() -> int:

@@ -277,6 +277,8 @@ class ThreadGuest(Guest):
         if self._kill_signal is not None:
             return killed_status(self._kill_signal)
         report = trap_report(text)
+        # The shim log says why, too (issue 12): the guest's stderr may have no reader, and an operator looks there.
+        log.info("task %s: %s", self.task_id, report.splitlines()[0] if report else "failed")
         self.report(report)
         return EXIT_TRAP if report.startswith("wasm trap:") else EXIT_FAILURE
 
