@@ -99,6 +99,7 @@ async def test_hostile_clients_are_closed_alone_and_the_daemon_and_its_task_keep
     good = await _connect(shim)
     pid = shim.daemon_pid
     tried: list[str] = []
+    started = time.monotonic()
     try:
         await _call(good, "Create", task_pb2.CreateTaskRequest(id="victim", bundle=str(bundle)))
         await _call(good, "Start", task_pb2.StartRequest(id="victim"))
@@ -236,7 +237,7 @@ async def test_hostile_clients_are_closed_alone_and_the_daemon_and_its_task_keep
     record("daemon socket: hostile clients", tried="; ".join(tried),
            held="each bad connection answered (RESOURCE_EXHAUSTED / INVALID_ARGUMENT / UNIMPLEMENTED) or closed "
                 "alone; an earlier connection and a running task kept going; task exited 143 on SIGTERM",
-           before=baseline, after=after)
+           before=baseline, after=after, seconds=time.monotonic() - started)
 
 
 def _renumber(chunk: bytes, offset: int) -> bytes:

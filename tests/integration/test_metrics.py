@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness.soak import record
 from tests.integration.shimtools import RUNTIME, daemon_pids, remove_task, shim_log_text, task_status, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(240)]
 
 
 def free_port() -> int:
@@ -131,8 +131,9 @@ def test_metrics_endpoint_under_containerd(containerd_factory, wasm_image_factor
         assert needle in log, needle
     assert all(line.startswith("time=") and " level=" in line for line in log.splitlines() if line), log[-2000:]
     assert len(daemon_pids(containerd)) == 1
-    record(f"operations: metrics endpoint ({transport})", tried="4 guests (2 hello, a sleeper, an OOM) through "
-           "ctr, scrapes parsed by prometheus_client, a 404 and a garbage request",
+    record(f"operations: metrics endpoint ({transport}, containerd {containerd.kind})",
+           tried="4 guests (2 hello, a sleeper, an OOM) through ctr, scrapes parsed by prometheus_client, "
+                 "a 404 and a garbage request",
            held="tasks by state, starts + latency histogram, cache misses/hits, OOM, task memory all as run; "
                 "log lines carry task= and namespace=")
 
@@ -153,3 +154,5 @@ def test_metrics_are_off_by_default(containerd, wasm_image, guests):
         sockets = {str(fd.readlink())[len("socket:["):-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
                    if str(fd.readlink()).startswith("socket:[")}
         assert not (sockets & listening), "the daemon listens on TCP without metrics_address"
+    record(f"operations: metrics off by default (containerd {containerd.kind})", tried="a guest, no metrics_address",
+           held="no metrics endpoint logged, no TCP listener among the daemon's sockets")
