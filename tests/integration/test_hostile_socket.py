@@ -162,12 +162,16 @@ async def test_hostile_clients_are_closed_alone_and_the_daemon_and_its_task_keep
         flood = size(3_000, 30_000)
         raw = await Raw.open(path)
         wait_payload = task_pb2.WaitRequest(id="victim").SerializeToString()
-        await raw.send(b"".join(request(2 * i + 1, "Wait", wait_payload) for i in range(flood)))
+        # Written while the answers are read: a client that only wrote would stall on the daemon's backpressure.
+        sending = asyncio.ensure_future(raw.send(b"".join(request(2 * i + 1, "Wait", wait_payload)
+                                                          for i in range(flood))))
         refused = 0
         for _ in range(flood - MAX_CALLS_PER_CONNECTION):
             _, code, _ = await raw.answer()
             assert code == Code.RESOURCE_EXHAUSTED
             refused += 1
+        async with asyncio.timeout(HANG):
+            await sending
         raw.close()
         tried.append(f"{flood} Wait streams on one connection ({refused} refused)")
         await still_serving()
