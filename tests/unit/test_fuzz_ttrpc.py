@@ -15,7 +15,7 @@ What must hold for every input: no exception but the documented ones (the core n
 INTERNAL/UNKNOWN, which would mean a crash inside the daemon), no hang (pytest-timeout and bounded waits), and
 bounded memory: the core never holds more than one header plus one allowed body, whatever the lengths claim.
 
-Sizes: `size(300, 20_000)` examples per target (`make test` / `make soak`): hypothesis is the structure-aware half;
+Sizes: `size(300, 10_000)` examples per target (`make test` / `make soak`): hypothesis is the structure-aware half;
 the million inputs run through the coverage-guided atheris targets (tests/fuzz/ttrpc_targets.py). Smoke runs are
 derandomized and no hypothesis database is written (nothing lands in the repository).
 """
@@ -60,7 +60,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600 if FULL else 300)]
 
 # hypothesis builds structured inputs (whole frames, envelopes, task messages) but pays ~10 ms per example here;
 # the volume (the million) comes from the coverage-guided atheris targets (tests/fuzz, test_fuzz_atheris.py).
-EXAMPLES = size(300, 20_000)
+EXAMPLES = size(300, 10_000)
 SETTINGS = settings(
     max_examples=EXAMPLES,
     derandomize=not FULL,  # smoke: the same inputs every run; full: fresh ones
