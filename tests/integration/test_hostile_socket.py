@@ -254,3 +254,36 @@ def _renumber(chunk: bytes, offset: int) -> bytes:
         out[pos + 4 : pos + 8] = stream_id.to_bytes(4, "big")
         pos += 10 + length
     return bytes(out)
+
+
+async def test_calls_per_connection_are_capped_and_freed(tmp_path):
+    """The cap on its own (a Server with a cap of 4): refusals are immediate, per connection, and lift as calls end."""
+    from wasm_shim.shim.ttrpc import Client, Server
+
+    release = asyncio.Event()
+
+    async def hold(payload: bytes, ctx) -> bytes:  # type: ignore[no-untyped-def]
+        await release.wait()
+        return payload
+
+    server = Server({("t.v1.S", "Hold"): hold}, max_calls_per_connection=4)
+    path = str(tmp_path / "cap.sock")
+    await server.start(path)
+    try:
+        async with await Client.connect(path) as busy, await Client.connect(path) as other:
+            held = [asyncio.ensure_future(busy.call("t.v1.S", "Hold", str(i).encode())) for i in range(4)]
+            await asyncio.sleep(0)
+            with pytest.raises(RpcError) as info:
+                await busy.call("t.v1.S", "Hold", b"fifth", timeout=HANG)
+            assert info.value.code == Code.RESOURCE_EXHAUSTED and "at most 4" in info.value.message
+            other_call = asyncio.ensure_future(other.call("t.v1.S", "Hold", b"other", timeout=HANG))
+            release.set()
+            async with asyncio.timeout(HANG):
+                assert await asyncio.gather(*held) == [b"0", b"1", b"2", b"3"]
+                assert await other_call == b"other"
+                assert await busy.call("t.v1.S", "Hold", b"again") == b"again"
+    finally:
+        await server.close(grace=1.0)
+    record("ttrpc server: calls per connection capped", tried="5 held calls on a connection capped at 4, "
+           "one on another connection", held="the 5th RESOURCE_EXHAUSTED at once; the other connection served; "
+           "calls accepted again once the held ones ended")
