@@ -38,7 +38,7 @@ class ShimConfig:
     """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
 
     __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
-                 "artifact_dir", "artifact_cache_mb")
+                 "artifact_dir", "artifact_cache_mb", "metrics_address")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -53,6 +53,10 @@ class ShimConfig:
     #:   A policy that does not parse makes the daemon refuse every container with the reason, then exit when idle.
     #: artifact_dir: the node-local cache of artifacts the shim pulls itself (annotation wasm.shim.io/artifact).
     #: artifact_cache_mb: its size cap in MiB; least recently used artifacts are evicted beyond it.
+    #: metrics_address: where the daemon serves Prometheus metrics (shim/metrics.py): "" = off (the default),
+    #:   "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:/absolute/path". Loopback or a unix socket only:
+    #:   the endpoint has no authentication. One daemon per address: with several daemons on a node (one per
+    #:   namespace, or per pod) the first binds it and the others log that they serve no metrics.
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
@@ -63,6 +67,7 @@ class ShimConfig:
         "policy": "",
         "artifact_dir": "/var/lib/wasm-shim/artifacts",
         "artifact_cache_mb": 1024,
+        "metrics_address": "",
     }
 
     grouping: str
@@ -74,6 +79,7 @@ class ShimConfig:
     policy: str
     artifact_dir: str
     artifact_cache_mb: int
+    metrics_address: str
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -134,11 +140,47 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: grouping must be one of {', '.join(GROUPINGS)}, got {value!r}")
     if key == "log_level" and value.lower() not in LOG_LEVELS:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    if key == "metrics_address" and value:
+        parse_metrics_address(value, origin)
     optional = key in ("component_runner", "policy") and value == ""  # "" = look for it / none (see DEFAULTS)
     paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir")
     if key in paths and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
+
+
+def parse_metrics_address(value: str, origin: str = "metrics_address") -> tuple[str, int] | str:
+    """``(host, port)`` on loopback, or the path of a unix socket, from a ``metrics_address`` value.
+
+    Raises ConfigError for anything else: a non-loopback host above all (the endpoint has no authentication; task
+    ids, namespaces and memory figures are not for the network).
+    """
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        path = path[2:] if path.startswith("//") else path  # unix:///path, containerd's spelling
+        if not os.path.isabs(path):
+            raise ConfigError(f"{origin}: metrics_address {value!r}: a unix socket needs an absolute path "
+                              "(unix:/run/wasm-shim/metrics.sock)")
+        return path
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{origin}: metrics_address {value!r}: expected 127.0.0.1:PORT, [::1]:PORT, "
+                          "localhost:PORT or unix:/path")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{origin}: metrics_address {value!r}: port {port_text!r} is not in 1..65535")
+    if host != "localhost":
+        import ipaddress  # only when metrics are configured: not on every container start
+
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ConfigError(f"{origin}: metrics_address {value!r}: {host!r} is not an IP address; use "
+                              "127.0.0.1, ::1 or localhost") from None
+        if not loopback:
+            raise ConfigError(f"{origin}: metrics_address {value!r}: {host} is not a loopback address; the "
+                              "endpoint has no authentication, so it listens on loopback or a unix socket only")
+    return host, int(port_text)
 
 
 def parse_toml(text: str, origin: str) -> dict[str, Any]:

@@ -49,6 +49,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setLevel(logging.CRITICAL + 1)
 
 
+class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
+    """The daemon's log file, root-only like the socket beside it (issue 12, "Access"): task ids, namespaces and
+    guest errors are not for other users. Every open (the first and after each rotation) makes it 0600."""
+
+    def _open(self):  # type: ignore[no-untyped-def]  # logging's private hook for opening the stream
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file from an older daemon may have been created 0644
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.QueueListener:
     """Log to stderr (the first bundle's `log` FIFO, copied into containerd's log while that container lives)
     and to `<socket>.log` beside the socket, which outlives any one container (rotated at 1 MiB).
@@ -57,15 +67,15 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     instance-start path about a millisecond per line (profiled).
     """
     import queue
-    from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
+    from logging.handlers import QueueHandler, QueueListener
 
-    formatter = logging.Formatter(
-        "time=%(asctime)s level=%(levelname)s msg=%(message)s runtime=wasm-shim pid=%(process)d"
-    )
+    from .logfmt import LogfmtFormatter
+
+    formatter = LogfmtFormatter()  # one logfmt line per record, task= and namespace= on task lines (logfmt.py)
     handlers: list[logging.Handler] = [_StderrHandler(sys.stderr)]
     if log_file:
         try:
-            handlers.append(RotatingFileHandler(log_file, maxBytes=1 << 20, backupCount=1))
+            handlers.append(_PrivateRotatingFile(log_file, maxBytes=1 << 20, backupCount=1))
         except OSError:
             pass
     for handler in handlers:
@@ -124,7 +134,16 @@ class Daemon:
         events = EventQueue(forwarder)
         events.start()
         self.tasks = TaskService([engine, native], events, on_empty=self._touch, admission=self.admission)
-        server = Server(task_handlers(self.tasks, self.namespace), on_connection_change=self._touch)
+        handlers = task_handlers(self.tasks, self.namespace)
+        metrics = None
+        if self.config.metrics_address:  # off by default (config.py); prometheus_client is imported only then
+            from .metrics import Metrics
+
+            metrics = Metrics(self.tasks, [engine, native])
+            events.observe(metrics.on_event)
+            handlers = metrics.timed(handlers)
+            await metrics.serve(self.config.metrics_address)
+        server = Server(handlers, on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,6 +159,8 @@ class Daemon:
             for closing in (native, engine):
                 await loop.run_in_executor(None, closing.close)
             await server.close(grace=2.0)
+            if metrics is not None:
+                await metrics.close()
             await events.close(timeout=5.0)
             await forwarder.close()
             if self.admission is not None:

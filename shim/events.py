@@ -9,6 +9,8 @@ Invariants:
 - Events leave in the order they were published, one at a time; a failed delivery is retried (bounded) before the
   next event is attempted, so containerd never sees an exit before its start.
 - `close()` flushes what is queued (bounded by a timeout) before the daemon exits.
+- Observers (`observe`, e.g. the metrics) see each event as it is published, on the loop; one that fails is
+  logged and never stops the event or the other observers.
 The sink is a collaborator (`Forwarder`), so tests can capture events without containerd.
 """
 
@@ -104,10 +106,21 @@ class EventQueue:
         self._attempts = attempts
         self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
+        self._observers: list[Callable[[Event], None]] = []
+
+    def observe(self, observer: Callable[[Event], None]) -> None:
+        """Call ``observer(event)`` for every event published from now on (on the loop, before delivery)."""
+        self._observers.append(observer)
 
     def publish(self, namespace: str, message: Message) -> None:
         topic = TOPICS[type(message)]
-        self._queue.put_nowait(Event(namespace, topic, message, time.time_ns()))
+        event = Event(namespace, topic, message, time.time_ns())
+        self._queue.put_nowait(event)
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("event observer failed on %s", topic)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-publisher")

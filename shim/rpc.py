@@ -56,22 +56,24 @@ def _refuse(service: TaskService, name: str) -> Callable[[Any, CallContext], Awa
 
 def task_handlers(service: TaskService, default_namespace: str) -> dict[tuple[str, str], Handler]:
     def namespace(ctx: CallContext) -> str:
+        # Every call is scoped to the caller's namespace (containerd always sends it); a task of another
+        # namespace answers NOT_FOUND (task_service.py). No metadata: the daemon's own namespace.
         return ctx.namespace or default_namespace
 
     methods: dict[str, Handler] = {
         "Create": _adapter(task_pb2.CreateTaskRequest, lambda r, c: service.create(r, namespace(c))),
-        "Start": _adapter(task_pb2.StartRequest, lambda r, c: service.start(r)),
-        "Wait": _adapter(task_pb2.WaitRequest, lambda r, c: service.wait(r)),
-        "Kill": _adapter(task_pb2.KillRequest, lambda r, c: service.kill(r)),
-        "Delete": _adapter(task_pb2.DeleteRequest, lambda r, c: service.delete(r)),
-        "State": _adapter(task_pb2.StateRequest, lambda r, c: service.state(r)),
-        "Pids": _adapter(task_pb2.PidsRequest, lambda r, c: service.pids(r)),
-        "Connect": _adapter(task_pb2.ConnectRequest, lambda r, c: service.connect(r)),
-        "CloseIO": _adapter(task_pb2.CloseIORequest, lambda r, c: service.close_io(r)),
+        "Start": _adapter(task_pb2.StartRequest, lambda r, c: service.start(r, namespace(c))),
+        "Wait": _adapter(task_pb2.WaitRequest, lambda r, c: service.wait(r, namespace(c))),
+        "Kill": _adapter(task_pb2.KillRequest, lambda r, c: service.kill(r, namespace(c))),
+        "Delete": _adapter(task_pb2.DeleteRequest, lambda r, c: service.delete(r, namespace(c))),
+        "State": _adapter(task_pb2.StateRequest, lambda r, c: service.state(r, namespace(c))),
+        "Pids": _adapter(task_pb2.PidsRequest, lambda r, c: service.pids(r, namespace(c))),
+        "Connect": _adapter(task_pb2.ConnectRequest, lambda r, c: service.connect(r, namespace(c))),
+        "CloseIO": _adapter(task_pb2.CloseIORequest, lambda r, c: service.close_io(r, namespace(c))),
         "Shutdown": _adapter(task_pb2.ShutdownRequest, lambda r, c: service.shutdown(r)),
-        "Stats": _adapter(task_pb2.StatsRequest, lambda r, c: service.stats(r)),
-        "Pause": _adapter(task_pb2.PauseRequest, lambda r, c: service.pause(r)),
-        "Resume": _adapter(task_pb2.ResumeRequest, lambda r, c: service.resume(r)),
+        "Stats": _adapter(task_pb2.StatsRequest, lambda r, c: service.stats(r, namespace(c))),
+        "Pause": _adapter(task_pb2.PauseRequest, lambda r, c: service.pause(r, namespace(c))),
+        "Resume": _adapter(task_pb2.ResumeRequest, lambda r, c: service.resume(r, namespace(c))),
     }
     for name, request_type in _UNSUPPORTED.items():
         methods[name] = _adapter(request_type, _refuse(service, name))

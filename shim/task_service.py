@@ -12,6 +12,9 @@ Invariants:
   the output (`ctr run` waits for EOF on its FIFOs).
 - Nothing a task or client does takes down another task: engine and bundle errors become RPC errors for that call.
 - Collaborators (engines, event queue, clock) are passed in; there is no module-level state.
+- A task belongs to the namespace it was created in: a call naming another namespace (rpc.py passes the caller's
+  `containerd-namespace-ttrpc`) finds nothing, exactly as if the task did not exist (issue 12, "Access").
+- Ids are checked against containerd's identifier rule (identifiers.py) before anything else: INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .engines.base import (
     resolve_entrypoint,
 )
 from .events import EventQueue
+from .identifiers import id_problem
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
 from .protos import events_pb2, task_pb2, task_types_pb2
 from .stdio import StdioError, TaskIO, open_task_io
@@ -82,6 +86,11 @@ class Task:
     gone: threading.Event = field(default_factory=threading.Event)  # set once the guest has exited (any thread)
 
 
+def _context(task_id: str, namespace: str) -> dict[str, str]:
+    """The ``extra`` of a log record about one task: logfmt.py writes them as task= and namespace=."""
+    return {"task": task_id, "namespace": namespace}
+
+
 def _timestamp(ns: int):  # type: ignore[no-untyped-def]
     from google.protobuf import timestamp_pb2
 
@@ -111,13 +120,26 @@ class TaskService:
         self._pending: set[str] = set()  # ids between Create's start and its end
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _get(self, task_id: str, exec_id: str = "") -> Task:
+    @staticmethod
+    def _check_ids(task_id: str, exec_id: str = "") -> None:
+        problem = id_problem(task_id)
+        if problem is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, f"task id {task_id!r} is not valid: {problem}")
+        problem = id_problem(exec_id) if exec_id else None
+        if problem is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, f"exec id {exec_id!r} of task {task_id!r} is not valid: {problem}")
+
+    def _get(self, task_id: str, exec_id: str = "", namespace: str | None = None) -> Task:
+        """The task ``task_id`` as the caller in ``namespace`` may see it (None: an in-process caller, any)."""
+        self._check_ids(task_id, exec_id)
         if exec_id:
             raise RpcError(Code.NOT_FOUND, f"exec process {exec_id!r} of task {task_id!r} not found "
                                            "(exec is not supported for wasm tasks)")
         task = self.tasks.get(task_id)
-        if task is None:
-            raise RpcError(Code.NOT_FOUND, f"task {task_id!r} not found")
+        if task is None or (namespace is not None and task.namespace != namespace):
+            # Another namespace's task is answered exactly like a missing one: its existence is not ours to tell.
+            where = f" in namespace {namespace!r}" if namespace is not None else ""
+            raise RpcError(Code.NOT_FOUND, f"task {task_id!r} not found{where}")
         return task
 
     @staticmethod
@@ -158,6 +180,7 @@ class TaskService:
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
         received_ns = time.time_ns()  # CreateTask received, wall clock: bench/instance_start.py reads the log
+        self._check_ids(req.id)
         if req.id in self.tasks or req.id in self._pending:
             raise RpcError(Code.ALREADY_EXISTS, f"task {req.id!r} already exists")
         if req.checkpoint:
@@ -171,8 +194,9 @@ class TaskService:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
         # bench/instance_start.py reads these wall-clock stamps from the debug log.
-        log.debug("created task %s (%s, engine %s); timing create %s received_ns=%d done_ns=%d",
-                  req.id, task.spec.args[0], task.engine.name, req.id, received_ns, time.time_ns())
+        done_ns = time.time_ns()
+        log.info("task created: %s, engine %s", task.spec.args[0], task.engine.name, extra=_context(req.id, namespace))
+        log.debug("timing create %s received_ns=%d done_ns=%d", req.id, received_ns, done_ns)
         self._events.publish(namespace, events_pb2.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events_pb2.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
@@ -224,9 +248,9 @@ class TaskService:
             rootfs_mounted=mounted, pid=os.getpid(),
         )
 
-    async def start(self, req: task_pb2.StartRequest) -> task_pb2.StartResponse:
+    async def start(self, req: task_pb2.StartRequest, namespace: str | None = None) -> task_pb2.StartResponse:
         received_ns = time.time_ns()  # Start received, wall clock; logged below for bench/instance_start.py
-        task = self._get(req.id, req.exec_id)
+        task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.START)
         loop = asyncio.get_running_loop()
 
@@ -242,7 +266,9 @@ class TaskService:
         except EngineError as exc:
             self._guest_exited(task, killed_status(signal.SIGKILL))
             raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
-        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, time.time_ns())
+        done_ns = time.time_ns()
+        log.info("task started", extra=_context(task.id, task.namespace))
+        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, done_ns)
         task.pid = task.guest.pid or task.pid  # a guest with a process of its own reports it (a container's init)
         self._events.publish(task.namespace, events_pb2.TaskStart(container_id=task.id, pid=task.pid))
         started.set_result(None)
@@ -250,7 +276,7 @@ class TaskService:
             try:
                 await self.kill(task_pb2.KillRequest(id=task.id, signal=task.killed_by))
             except RpcError as exc:
-                log.info("task %s: kill after start: %s", task.id, exc)
+                log.info("kill after start: %s", exc, extra=_context(task.id, task.namespace))
         return task_pb2.StartResponse(pid=task.pid)
 
     def _exit_after_start(self, started: asyncio.Future[None], task: Task, status: int) -> None:
@@ -264,7 +290,8 @@ class TaskService:
         """The guest is gone (its thread released every fd it had). Drain stdio, then record the exit."""
         task.gone.set()
         if task.guest is not None and task.guest.oom:  # it ended at its memory limit
-            log.info("task %s ran out of memory (limit %s bytes)", task.id, task.spec.memory_limit)
+            log.info("task ran out of memory (limit %s bytes)", task.spec.memory_limit,
+                     extra=_context(task.id, task.namespace))
             self._events.publish(task.namespace, events_pb2.TaskOOM(container_id=task.id))
         loop = asyncio.get_running_loop()
         drained = loop.run_in_executor(None, task.io.finish)
@@ -276,25 +303,27 @@ class TaskService:
         self._transition(task, Action.EXIT)
         task.exit_status = status
         task.exited_at_ns = self._clock()
-        log.info("task %s exited with status %d", task.id, status)
+        log.info("task exited with status %d", status, extra=_context(task.id, task.namespace))
         self._events.publish(task.namespace, events_pb2.TaskExit(
             container_id=task.id, id=task.id, pid=task.pid, exit_status=status,
             exited_at=_timestamp(task.exited_at_ns),
         ))
         task.exited.set()
 
-    async def wait(self, req: task_pb2.WaitRequest) -> task_pb2.WaitResponse:
-        task = self._get(req.id, req.exec_id)
+    async def wait(self, req: task_pb2.WaitRequest, namespace: str | None = None) -> task_pb2.WaitResponse:
+        task = self._get(req.id, req.exec_id, namespace)
         await task.exited.wait()
         return task_pb2.WaitResponse(exit_status=task.exit_status, exited_at=_timestamp(task.exited_at_ns))
 
-    async def kill(self, req: task_pb2.KillRequest) -> empty_pb2.Empty:
-        task = self._get(req.id, req.exec_id)
+    async def kill(self, req: task_pb2.KillRequest, namespace: str | None = None) -> empty_pb2.Empty:
+        task = self._get(req.id, req.exec_id, namespace)
         state = task.lifecycle.state
         self._transition(task, Action.KILL)
         if req.signal == 0:  # a liveness probe
             return empty_pb2.Empty()
         task.killed_by = task.killed_by or req.signal
+        log.info("task killed with signal %d%s", req.signal, " (all processes)" if req.all else "",
+                 extra=_context(task.id, task.namespace))
         if task.guest is not None:
             try:
                 await self._engine_call(task, "kill", task.guest.kill, req.signal, req.all)
@@ -310,8 +339,8 @@ class TaskService:
             self._guest_exited(task, killed_status(req.signal))
         return empty_pb2.Empty()
 
-    async def delete(self, req: task_pb2.DeleteRequest) -> task_pb2.DeleteResponse:
-        task = self._get(req.id, req.exec_id)
+    async def delete(self, req: task_pb2.DeleteRequest, namespace: str | None = None) -> task_pb2.DeleteResponse:
+        task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.DELETE)
         if task.lifecycle.state is TaskState.CREATED:
             task.io.close()
@@ -321,26 +350,26 @@ class TaskService:
             try:
                 await self._engine_call(task, "delete", task.guest.delete)
             except (EngineError, RpcError) as exc:
-                log.error("task %s: %s", task.id, exc)
+                log.error("%s", exc, extra=_context(task.id, task.namespace))
         if task.rootfs_mounted:
             rootfs = task.spec.rootfs
             try:
                 await asyncio.get_running_loop().run_in_executor(None, mounts.unmount_all, rootfs)
             except OSError as exc:
-                log.error("task %s: cannot unmount %s: %s", task.id, rootfs, exc)
+                log.error("cannot unmount %s: %s", rootfs, exc, extra=_context(task.id, task.namespace))
         self._events.publish(task.namespace, events_pb2.TaskDelete(
             container_id=task.id, id=task.id, pid=task.pid, exit_status=task.exit_status,
             exited_at=_timestamp(task.exited_at_ns),
         ))
-        log.debug("deleted task %s", task.id)
+        log.info("task deleted (exit status %d)", task.exit_status, extra=_context(task.id, task.namespace))
         if not self.tasks:
             self._on_empty()
         return task_pb2.DeleteResponse(
             pid=task.pid, exit_status=task.exit_status, exited_at=_timestamp(task.exited_at_ns)
         )
 
-    async def state(self, req: task_pb2.StateRequest) -> task_pb2.StateResponse:
-        task = self._get(req.id, req.exec_id)
+    async def state(self, req: task_pb2.StateRequest, namespace: str | None = None) -> task_pb2.StateResponse:
+        task = self._get(req.id, req.exec_id, namespace)
         response = task_pb2.StateResponse(
             id=task.id, bundle=task.bundle, pid=task.pid, status=task_types_pb2.Status.Name(int(task.lifecycle.state)),
             stdin=task.stdin, stdout=task.stdout, stderr=task.stderr, terminal=False,
@@ -350,16 +379,19 @@ class TaskService:
             response.exited_at.CopyFrom(_timestamp(task.exited_at_ns))
         return response
 
-    async def pause(self, req: task_pb2.PauseRequest) -> empty_pb2.Empty:
+    async def pause(self, req: task_pb2.PauseRequest, namespace: str | None = None) -> empty_pb2.Empty:
         """Freeze a running task (the engine parks its guest); publishes /tasks/paused."""
-        return await self._freeze(req.id, "pause", Action.PAUSE, events_pb2.TaskPaused(container_id=req.id))
+        return await self._freeze(req.id, "pause", Action.PAUSE, events_pb2.TaskPaused(container_id=req.id),
+                                  namespace)
 
-    async def resume(self, req: task_pb2.ResumeRequest) -> empty_pb2.Empty:
+    async def resume(self, req: task_pb2.ResumeRequest, namespace: str | None = None) -> empty_pb2.Empty:
         """Thaw a paused task; publishes /tasks/resumed."""
-        return await self._freeze(req.id, "resume", Action.RESUME, events_pb2.TaskResumed(container_id=req.id))
+        return await self._freeze(req.id, "resume", Action.RESUME, events_pb2.TaskResumed(container_id=req.id),
+                                  namespace)
 
-    async def _freeze(self, task_id: str, verb: str, action: Action, event: Message) -> empty_pb2.Empty:
-        task = self._get(task_id)
+    async def _freeze(self, task_id: str, verb: str, action: Action, event: Message,
+                      namespace: str | None) -> empty_pb2.Empty:
+        task = self._get(task_id, "", namespace)
         self._transition(task, action)  # FAILED_PRECONDITION unless RUNNING (pause) / PAUSED (resume)
         guest = task.guest
         assert guest is not None  # RUNNING and PAUSED tasks have started
@@ -370,21 +402,23 @@ class TaskService:
             if isinstance(exc, RpcError):
                 raise
             raise RpcError(Code.FAILED_PRECONDITION, f"{verb} {task.id}: {exc}") from None
-        log.info("task %s %s", task.id, "paused" if action is Action.PAUSE else "resumed")
+        log.info("task %s", "paused" if action is Action.PAUSE else "resumed", extra=_context(task.id, task.namespace))
         self._events.publish(task.namespace, event)
         return empty_pb2.Empty()
 
-    async def pids(self, req: task_pb2.PidsRequest) -> task_pb2.PidsResponse:
-        task = self._get(req.id)
+    async def pids(self, req: task_pb2.PidsRequest, namespace: str | None = None) -> task_pb2.PidsResponse:
+        task = self._get(req.id, "", namespace)
         pids = [task.pid] if task.guest is None else await self._engine_call(task, "pids", task.guest.pids)
         return task_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=pid) for pid in pids])
 
-    async def connect(self, req: task_pb2.ConnectRequest) -> task_pb2.ConnectResponse:
+    async def connect(self, req: task_pb2.ConnectRequest, namespace: str | None = None) -> task_pb2.ConnectResponse:
         task = self.tasks.get(req.id)
+        if task is not None and namespace is not None and task.namespace != namespace:
+            task = None
         return task_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.pid if task else 0, version=VERSION)
 
-    async def close_io(self, req: task_pb2.CloseIORequest) -> empty_pb2.Empty:
-        self._get(req.id, req.exec_id)
+    async def close_io(self, req: task_pb2.CloseIORequest, namespace: str | None = None) -> empty_pb2.Empty:
+        self._get(req.id, req.exec_id, namespace)
         # The guest opens its stdin FIFO itself; closing the writer side is containerd's (ctr's) job.
         return empty_pb2.Empty()
 
@@ -395,10 +429,10 @@ class TaskService:
             self._on_empty()
         return empty_pb2.Empty()
 
-    async def stats(self, req: task_pb2.StatsRequest) -> task_pb2.StatsResponse:
+    async def stats(self, req: task_pb2.StatsRequest, namespace: str | None = None) -> task_pb2.StatsResponse:
         from .stats import task_metrics
 
-        task = self._get(req.id)
+        task = self._get(req.id, "", namespace)
         memory, cpu_ns = (0, 0) if task.guest is None else await self._engine_call(task, "stats", task.guest.stats)
         return task_pb2.StatsResponse(stats=task_metrics(memory, cpu_ns))
 

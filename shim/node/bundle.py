@@ -39,7 +39,7 @@ from pathlib import Path
 INFO = "BUNDLE.json"
 LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
 #: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import.
-ROOT_DISTS = ("wasmtime", "protobuf", "grpcio")
+ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client")
 #: What only the installer imports (the Node label and events): kept in installer/, which is not copied to nodes.
 INSTALLER_DISTS = ("kubernetes",)
 INSTALLER_DIR = "installer"

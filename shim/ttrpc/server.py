@@ -15,7 +15,9 @@ Invariants:
   order they finish (as in ttrpc's server.go).
 - Every request gets exactly one answer while its connection lives: the handler's bytes; the status of an
   ``RpcError`` it raised; INTERNAL (logged with its traceback) for any other exception; UNIMPLEMENTED for a
-  (service, method) with no handler; UNAVAILABLE once the server is shutting down.
+  (service, method) with no handler; UNAVAILABLE once the server is shutting down; RESOURCE_EXHAUSTED while
+  the connection already has ``max_calls_per_connection`` calls running (a flood of streams, e.g. Waits that
+  never end, cannot grow the daemon without bound; containerd runs a handful per connection at most).
 - Nothing a client sends can stop the server: a ``ProtocolError`` closes only that connection, after a log.
 - Deadlines are cooperative: ``CallContext`` carries the client's timeout, but a handler is not cancelled
   when it passes (cancelling a task-lifecycle call halfway could lose a task; Go's ttrpc likewise only puts
@@ -54,6 +56,14 @@ log = logging.getLogger(__name__)
 
 # containerd puts the namespace of every shim call in this metadata key (namespaces/ttrpc.go).
 NAMESPACE_METADATA_KEY = "containerd-namespace-ttrpc"
+
+# Pending connections the kernel queues before connect() fails with EAGAIN (clamped to net.core.somaxconn). asyncio
+# re-listens an inherited socket with its own default (100), so it is passed explicitly: a burst of more than 100
+# clients at once (issue 12) was otherwise refused before the daemon saw it.
+LISTEN_BACKLOG = 4096
+
+# Calls running at once on one connection before new ones are refused (issue 12: a flood of streams).
+MAX_CALLS_PER_CONNECTION = 1024
 
 # After cancelling calls that outlived the grace period, and after closing transports, wait at most this long
 # for them to finish; a handler that swallows cancellation or a peer that never reads cannot hold close().
@@ -151,8 +161,10 @@ class Server:
         *,
         on_connection_change: Callable[[int], None] | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        max_calls_per_connection: int = MAX_CALLS_PER_CONNECTION,
     ) -> None:
         self._handlers = dict(handlers)
+        self._max_calls = max_calls_per_connection
         self._services = {service for service, _ in self._handlers}
         self._on_connection_change = on_connection_change
         self._max_message_size = max_message_size
@@ -183,7 +195,8 @@ class Server:
             fs_path = socket_path(path)
             try:
                 _refuse_live_socket(fs_path)
-                self._server = await loop.create_unix_server(self._new_connection, path=fs_path)
+                self._server = await loop.create_unix_server(self._new_connection, path=fs_path,
+                                                             backlog=LISTEN_BACKLOG)
                 self._created_socket = (fs_path, os.lstat(fs_path).st_ino)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
@@ -192,7 +205,7 @@ class Server:
             assert sock is not None
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"ttrpc needs a unix stream socket, got {sock!r}")
-            self._server = await loop.create_unix_server(self._new_connection, sock=sock)
+            self._server = await loop.create_unix_server(self._new_connection, sock=sock, backlog=LISTEN_BACKLOG)
         log.debug("ttrpc server listening on %s", path if path is not None else sock)
 
     async def close(self, grace: float) -> None:
@@ -278,6 +291,15 @@ class Server:
                 message = f"service {event.service!r} is not served here (method {event.method!r})"
             conn.write_now(conn.core.send_error(event.stream_id, Code.UNIMPLEMENTED, message))
             return
+        if conn.calls >= self._max_calls:
+            message = (f"{event.service}/{event.method} refused: this connection already has {conn.calls} calls "
+                       f"running (at most {self._max_calls})")
+            if not conn.flooded:  # one line per connection, not one per refused call
+                conn.flooded = True
+                log.warning("ttrpc: %s from %s (further refusals on this connection are not logged)", message,
+                            conn.peer)
+            conn.write_now(conn.core.send_error(event.stream_id, Code.RESOURCE_EXHAUSTED, message))
+            return
         task = asyncio.get_running_loop().create_task(self._run_call(conn, handler, event))
         conn.calls += 1
         self._calls.add(task)
@@ -336,6 +358,7 @@ class _ServerConnection(asyncio.Protocol):
         self.server = server
         self.core = core
         self.calls = 0  # handler tasks running for this connection
+        self.flooded = False  # a call was refused for too many running calls (logged once)
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._transport: asyncio.Transport | None = None
         self._writable = asyncio.Event()
@@ -345,6 +368,10 @@ class _ServerConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self.calls == 0
+
+    @property
+    def peer(self) -> str:
+        return self._peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)

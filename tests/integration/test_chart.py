@@ -87,7 +87,8 @@ EVERY_VALUE = {
     "node": {"layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
              "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
              "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
-    "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim"},
+    "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
+             "metricsAddress": "127.0.0.1:9464"},
     "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
     "tolerations": [{"operator": "Exists"}],
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -180,7 +181,8 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
             args.restart_timeout, args.prefix, args.bin_dir, args.uninstall_on_delete) == (
         "containerd", "/etc/kind/containerd.toml", True, "supervisorctl restart containerd",
         "/run/kind/containerd.sock", 30.0, "/opt/wasm", "/opt/bin", None)
-    assert args.option == ["grouping=pod", "idle_timeout=60", "log_level=debug", "cache_dir=/var/cache/wasm-shim"]
+    assert args.option == ["grouping=pod", "idle_timeout=60", "log_level=debug", "cache_dir=/var/cache/wasm-shim",
+                           "metrics_address=127.0.0.1:9464"]
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
     assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
@@ -209,6 +211,7 @@ BAD_VALUES = {
     "shim.logLevel=loud": "logLevel",
     "shim.idleTimeout=soon": "idleTimeout",
     "shim.cacheDir=relative/cache": "cacheDir",
+    "shim.metricsAddress=0.0.0.0:9464": "metricsAddress",
     "shim.bogus=1": "bogus",
     "node.layout=docker": "layout",
     "node.restartTimeoutSeconds=0": "restartTimeoutSeconds",
