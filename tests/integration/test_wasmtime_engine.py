@@ -827,3 +827,35 @@ def test_precompile_writes_what_the_daemon_reads(sandbox: Sandbox, guests: Path)
     digest = hashlib.sha256((guests / "hello.component.wasm").read_bytes()).hexdigest()
     assert len(list(cache.glob(f"component-runner-*/{digest}.component.cwasm"))) == 1
     assert main(["precompile", "--cache-dir", str(cache), str(sandbox.tmp)]) == 1  # a directory: an error
+
+
+def test_concurrent_creates_of_one_component_compile_it_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A Deployment scaled up on a node that has not compiled its component yet: every Create arrives while the
+    first compile runs. They wait for that compile; the real runner is asked to --check the digest once (issue 11's
+    cluster benchmark saw one compile per pending pod, sharing two cores)."""
+    real = WasmtimeEngine(cache_dir=str(tmp_path / "probe"))._runner.find()
+    if real is None:
+        pytest.fail("wasm-shim-component-runner is not built (scripts/setup.sh builds it)")
+    calls = tmp_path / "runner-calls"
+    wrapper = tmp_path / "runner-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    engine = WasmtimeEngine(cache_dir=str(tmp_path / "cache"), component_runner=str(wrapper))
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def create(n: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            results.append(engine.prepare(sandbox.spec("hello.component.wasm", task_id=f"pod-{n}")))
+        except Exception as exc:  # noqa: BLE001 - reported below with the others
+            results.append(exc)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    engine.close()
+    assert len(results) == 4 and not [r for r in results if isinstance(r, Exception)], results
+    assert calls.read_text().split() == ["--check"], calls.read_text()

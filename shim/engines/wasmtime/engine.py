@@ -104,6 +104,7 @@ class WasmtimeEngine:
         self._lock = threading.Lock()  # guards _runners, _exit_watcher, _runner_dir, _closed
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
         self._checked: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # components the runner compiled: exports
+        self._checking: dict[str, threading.Lock] = {}  # digest -> held while one runner compiles it
         self._exit_watcher: ExitWatcher | None = None
         self._closed = False  # no new guests
         config = wasmtime.Config()
@@ -215,7 +216,10 @@ class WasmtimeEngine:
         """(sha256, export names, "memory" or "runner") of the component at ``path``, checked by its runner.
 
         The runner compiles it into the cache the runner processes read (``runner.check_in_runner``); what was
-        checked is remembered by digest, so a component is checked once per daemon.
+        checked is remembered by digest, so a component is checked once per daemon. One compile per digest at a
+        time: Creates of the same component that arrive while its first compile runs (a Deployment scaled up on a
+        node that has not compiled it yet) wait for that compile instead of starting their own, which on a busy
+        node shared the CPU among N copies of the same work (issue 11's cluster benchmark).
         """
         try:
             with open(path, "rb") as file:
@@ -223,16 +227,34 @@ class WasmtimeEngine:
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         with self._lock:
-            known = self._checked.get(digest)
+            known = self._remembered(digest)
             if known is not None:
-                self._checked.move_to_end(digest)
                 return digest, known, "memory"
-        exports = check_in_runner(runner, self._cache_dir or self._private_runner_dir(), path, digest, name)
-        with self._lock:
-            self._checked[digest] = exports
-            while len(self._checked) > CHECKED_ENTRIES:
-                self._checked.popitem(last=False)
+            checking = self._checking.setdefault(digest, threading.Lock())
+        with checking:
+            with self._lock:
+                known = self._remembered(digest)  # the compile this Create waited for succeeded
+            if known is not None:
+                return digest, known, "memory"
+            exports: tuple[str, ...] | None = None
+            try:
+                exports = check_in_runner(runner, self._cache_dir or self._private_runner_dir(), path, digest, name)
+            finally:  # remembered and unmarked at once: a Create arriving now finds one or the other
+                with self._lock:
+                    if exports is not None:
+                        self._checked[digest] = exports
+                        while len(self._checked) > CHECKED_ENTRIES:
+                            self._checked.popitem(last=False)
+                    if self._checking.get(digest) is checking:
+                        del self._checking[digest]
         return digest, exports, "runner"
+
+    def _remembered(self, digest: str) -> tuple[str, ...] | None:
+        """Exports of a component the runner already checked, or None (caller holds ``_lock``)."""
+        known = self._checked.get(digest)
+        if known is not None:
+            self._checked.move_to_end(digest)
+        return known
 
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> WasmtimeGuest:
         if isinstance(prepared, ComponentPrepared) and prepared.isolation == "process":
