@@ -55,6 +55,7 @@ NODE = "node-a"
 REPLICAS = 50
 QUICK_REPLICAS = 5
 READY_TIMEOUT = 600.0  # seconds for N pods to become Ready on a busy 2-core machine
+MAX_WATCH_RESTARTS = 20  # a watch stream that ends early is opened again, this many times at most
 GONE_TIMEOUT = 300.0  # seconds for N pods to go after the scale-down
 SETTLE_SECONDS = 3.0  # after all Ready / all gone, before PSS is read (shims finish their start-up / exit)
 INFRA = ("containerd", "kubelet", "kube-proxy")  # the node's own processes (basename of argv[0] starts with one)
@@ -101,6 +102,7 @@ class ScaleResult:
     containerd_kib: float = math.nan
     runtime_processes: int = 0
     gone_s: float = math.nan
+    watch_restarts: int = 0
     first_pod_events: str = ""  # the first Ready pod's events, seconds after its creation (where its time went)
     error: str = ""
 
@@ -199,31 +201,51 @@ class PodWatch:
         self.api_latency: dict[str, float] = {}
         self.changed = threading.Condition()
         self._watch = watch.Watch()
-        self._stream_args = dict(namespace=NAMESPACE, label_selector=selector, resource_version=resource_version,
-                                 timeout_seconds=int(timeout), _request_timeout=timeout + 10)
+        self._selector = selector
+        self._resource_version = resource_version
+        self._deadline = time.monotonic() + timeout
+        self._stopped = False
+        self.restarts = 0
         self._core = core
         self.error = ""
         self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        # A watch stream can end before its timeoutSeconds (seen here under load 20+: the API server or the relay
+        # closed it): open it again from the last resourceVersion seen, a bounded number of times.
         try:
-            for event in self._watch.stream(self._core.list_namespaced_pod, **self._stream_args):  # type: ignore
-                now = time.monotonic()
-                pod = event["object"]
-                name = pod.metadata.name
-                with self.changed:
-                    self.seen.setdefault(name, now)
-                    condition = _ready(pod)
-                    if condition is not None and name not in self.ready:
-                        self.ready[name] = now
-                        self.api_latency[name] = (condition.last_transition_time
-                                                  - pod.metadata.creation_timestamp).total_seconds()
-                    self.changed.notify_all()
+            for _ in range(MAX_WATCH_RESTARTS + 1):
+                left = self._deadline - time.monotonic()
+                if left <= 1 or self._stopped:
+                    break
+                for event in self._watch.stream(  # type: ignore[attr-defined]
+                        self._core.list_namespaced_pod, namespace=NAMESPACE,  # type: ignore[attr-defined]
+                        label_selector=self._selector, resource_version=self._resource_version,
+                        timeout_seconds=int(left), _request_timeout=left + 10):
+                    self._record(event["object"], time.monotonic())
+                self._resource_version = self._watch.resource_version or self._resource_version
+                if self._stopped:
+                    break
+                self.restarts += 1
         except Exception as exc:  # noqa: BLE001 - reported by the waiter, which then fails with it
             self.error = f"{exc.__class__.__name__}: {exc}"
         with self.changed:
             self.changed.notify_all()
+
+    def _record(self, pod: object, now: float) -> None:
+        name = pod.metadata.name  # type: ignore[attr-defined]
+        with self.changed:
+            self.seen.setdefault(name, now)
+            condition = _ready(pod)
+            if condition is not None and name not in self.ready:
+                self.ready[name] = now
+                self.api_latency[name] = (condition.last_transition_time  # type: ignore[attr-defined]
+                                          - pod.metadata.creation_timestamp).total_seconds()  # type: ignore
+            self.changed.notify_all()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def wait_ready(self, count: int, timeout: float) -> float | None:
         """The monotonic time the count-th pod was seen Ready, or None after ``timeout``."""
@@ -237,6 +259,7 @@ class PodWatch:
             return sorted(self.ready.values())[count - 1]
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
         self._thread.join(timeout=5)  # the stream ends at its next event or its own timeout
 
@@ -278,8 +301,9 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
         apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
         last = watch.wait_ready(replicas, READY_TIMEOUT)
         if last is None:
-            result.error = (f"{len(watch.ready)}/{replicas} pods Ready after {READY_TIMEOUT:.0f} s"
-                            + (f" (watch: {watch.error})" if watch.error else ""))
+            result.error = (f"{len(watch.ready)}/{replicas} pods seen Ready after {time.monotonic() - began:.0f} s"
+                            + (f" (the watch failed: {watch.error})" if watch.error else
+                               " (the watch ended)" if len(watch.ready) < replicas and not watch.alive() else ""))
             log(f"  cluster: {variant.label}: {result.error}")
             return result
         result.all_ready_s = last - began
@@ -287,7 +311,10 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
             result.per_pod_watch_s = [watch.ready[p] - watch.seen[p] for p in watch.ready]
             result.per_pod_api_s = list(watch.api_latency.values())
         log(f"  cluster: {variant.label}: {replicas} Ready in {result.all_ready_s:.1f} s")
-        result.first_pod_events = _event_timeline(core, min(watch.ready, key=watch.ready.__getitem__))
+        try:
+            result.first_pod_events = _event_timeline(core, min(watch.ready, key=watch.ready.__getitem__))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic only; the measurement goes on without it
+            result.first_pod_events = f"(events not read: {exc.__class__.__name__})"
         time.sleep(SETTLE_SECONDS)
         runtime, ctrd, result.runtime_processes = node_pss_kib(state, node)
         result.runtime_kib = runtime - base_runtime
@@ -297,6 +324,7 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
     finally:
         if watch is not None:
             watch.stop()
+            result.watch_restarts = watch.restarts
         down_began = time.monotonic()
         try:
             apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": 0}})
@@ -319,7 +347,9 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
 def measure(api: object, state: cl.State, replicas: int = REPLICAS, node: str = NODE,
             variants: Sequence[Variant] = VARIANTS, log: Callable[[str], None] = lambda _: None) -> Figure:
     """The figure on a running cluster whose ``node`` has the shim and the `wasmtime` RuntimeClass."""
-    figure = Figure("cluster", f"9. Cluster: {replicas} pods 0 -> Ready on one kubelet ({node})", plot_unit="s")
+    containerd = cl.node_by_name(node).containerd
+    figure = Figure(f"cluster-{node}", f"9. Cluster: {replicas} pods 0 -> Ready on one kubelet ({node}, containerd "
+                    f"{containerd})", plot_unit="s")
     results: list[ScaleResult] = []
     timed(figure, lambda: results.extend(scale_once(api, state, v, replicas, node, log) for v in variants))
     _rows(figure, results, replicas, node)
@@ -351,7 +381,8 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                 met=(t_ratio <= WASM_GOAL_TIME if not math.isnan(t_ratio) else None) if is_wasm else None,
                 note="; ".join(part for part in (
                     f"scaled back to 0 and gone in {r.gone_s:.1f} s" if not math.isnan(r.gone_s) else "",
-                    f"first pod Ready: {r.first_pod_events}" if r.first_pod_events else "") if part)),
+                    f"first pod Ready: {r.first_pod_events}" if r.first_pod_events else "",
+                    f"the watch was reopened {r.watch_restarts} time(s)" if r.watch_restarts else "") if part)),
             Row(f"{label}: per pod, watch", "s", summarize(r.per_pod_watch_s),
                 vs_baseline=ratio(summarize(r.per_pod_watch_s).p50, summarize(base.per_pod_watch_s).p50)
                 if base else math.nan),
@@ -393,22 +424,25 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
 # --- the shim on the node, and the whole run on a cluster of its own -----------------------------------------------
 
 
-def install_shim(api: object, state: cl.State, node: str = NODE) -> None:
-    """What e2e/test_wasm_direct.py's fixture does (not undone: the cluster is this run's own and goes away)."""
+def install_shim(api: object, state: cl.State, nodes: Sequence[str] = (NODE,)) -> None:
+    """What e2e/test_wasm_direct.py's fixture does, on each of ``nodes`` (not undone: the cluster is this run's
+    own and goes away)."""
     import yaml
     from kubernetes import client
 
-    def node_ok(*argv: str) -> None:
-        done = cl.node_exec(state, cl.node_by_name(node), argv)
-        if done.returncode != 0:
-            raise cl.ClusterError(f"{' '.join(argv)} on {node}: {done.stderr.strip()}")
-
     rc = yaml.safe_load((ROOT / "k8s" / "runtimeclass.yaml").read_text())
-    node_ok("ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
-    node_ok(str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
-    node_ok(f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+    for node in nodes:
+
+        def node_ok(*argv: str, node: str = node) -> None:
+            done = cl.node_exec(state, cl.node_by_name(node), argv)
+            if done.returncode != 0:
+                raise cl.ClusterError(f"{' '.join(argv)} on {node}: {done.stderr.strip()}")
+
+        node_ok("ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
+        node_ok(str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
+        node_ok(f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+        client.CoreV1Api(api).patch_node(node, {"metadata": {"labels": rc["scheduling"]["nodeSelector"]}})
     client.NodeV1Api(api).create_runtime_class(rc)
-    client.CoreV1Api(api).patch_node(node, {"metadata": {"labels": rc["scheduling"]["nodeSelector"]}})
 
 
 def keep_node_logs(state: cl.State, node: str, into: Path) -> None:
@@ -421,8 +455,10 @@ def keep_node_logs(state: cl.State, node: str, into: Path) -> None:
     (into / "wasm-shim-daemon.log").write_text(done.stdout)
 
 
-def run_on_own_cluster(replicas: int, log: Callable[[str], None], keep_logs: Path | None = None) -> Figure:
-    """Up a cluster in a temp state dir, install the shim on node-a, measure; the cluster is always torn down."""
+def run_on_own_cluster(replicas: int, log: Callable[[str], None], keep_logs: Path | None = None,
+                       nodes: Sequence[str] = (NODE,)) -> list[Figure]:
+    """Up a cluster in a temp state dir, install the shim on ``nodes``, measure one figure per node (one node
+    after the other); the cluster is always torn down."""
     from kubernetes import config
 
     from tests.guests.fixtures import build_guests
@@ -435,15 +471,19 @@ def run_on_own_cluster(replicas: int, log: Callable[[str], None], keep_logs: Pat
         kubeconfig = cl.up(state, images=tars)
         api = config.new_client_from_config(config_file=str(kubeconfig))
         try:
-            install_shim(api, state)
-            one, five, _ = load_average()
-            log(f"bench.cluster: shim on {NODE}; measuring {replicas} replicas (load average {one:.2f} {five:.2f})")
-            return measure(api, state, replicas, log=log)
+            install_shim(api, state, nodes)
+            figures = []
+            for node in nodes:
+                one, five, _ = load_average()
+                log(f"bench.cluster: measuring {replicas} replicas on {node} (load average {one:.2f} {five:.2f})")
+                figures.append(measure(api, state, replicas, node, log=log))
+            return figures
         finally:
             api.close()
             if keep_logs is not None:
-                keep_node_logs(state, NODE, keep_logs)
-                log(f"bench.cluster: {NODE}'s logs kept in {keep_logs}")
+                for node in nodes:
+                    keep_node_logs(state, node, keep_logs / node)
+                log(f"bench.cluster: the nodes' logs kept in {keep_logs}")
     finally:
         log("bench.cluster: tearing the cluster down")
         problems = cl.down(state)
@@ -457,12 +497,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=REPLICAS)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPLICAS} replicas: checks the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out-cluster")
-    parser.add_argument("--keep-logs", action="store_true", help=f"copy {NODE}'s logs into OUT/logs before teardown")
+    parser.add_argument("--keep-logs", action="store_true", help="copy the nodes' logs into OUT/logs before teardown")
+    parser.add_argument("--nodes", default=NODE, help=f"comma-separated, measured in turn (default {NODE}: "
+                        "containerd 2.x; node-b runs Debian's containerd 1.6)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
         print("bench.cluster: run as root (the cluster needs namespaces, mounts and cgroups)", file=sys.stderr)
         return 2
     replicas = QUICK_REPLICAS if args.quick else args.replicas
+    nodes = [n for n in args.nodes.split(",") if n]
+    unknown = [n for n in nodes if n not in {node.name for node in cl.NODES}]
+    if unknown or not nodes:
+        parser.error(f"unknown node(s) {unknown}; nodes: {', '.join(n.name for n in cl.NODES)}")
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -474,17 +520,17 @@ def main(argv: list[str] | None = None) -> int:
     machine.versions.pop("wasmtime CLI (guest-compute baseline)", None)
     machine.versions["kubelet"] = cl.run([cl.tool("kubelet"), "--version"], check=False).stdout.strip()
     try:
-        figure = run_on_own_cluster(replicas, log, args.out / "logs" if args.keep_logs else None)
+        figures = run_on_own_cluster(replicas, log, args.out / "logs" if args.keep_logs else None, nodes)
     except Exception as exc:  # noqa: BLE001 - the table still says what failed
-        figure = Figure("cluster", f"9. Cluster: {replicas} pods", error=f"{exc.__class__.__name__}: {exc}")
+        figures = [Figure("cluster", f"9. Cluster: {replicas} pods", error=f"{exc.__class__.__name__}: {exc}")]
     machine.load_end = load_average()
-    table = report.text_table(machine, [figure])
+    table = report.text_table(machine, figures)
     print(table, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.txt").write_text(table + "\n")
-    (args.out / "results.json").write_text(report.results_json(machine, [figure]))
-    (args.out / "results.md").write_text(report.markdown(machine, [figure], None))
-    return 1 if figure.error else 0
+    (args.out / "results.json").write_text(report.results_json(machine, figures))
+    (args.out / "results.md").write_text(report.markdown(machine, figures, None))
+    return 1 if any(f.error for f in figures) else 0
 
 
 if __name__ == "__main__":
