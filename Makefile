@@ -6,6 +6,8 @@
 #   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite (with e2e/)
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
+#   make bench-cluster  setup, build Kubernetes once, then `python -m bench.cluster`: 50 wasm vs 50 runc pods on one
+#                 kubelet of a two-node cluster of its own (up, measured, always torn down; docs/benchmarks.md)
 #   make soak     setup, then the reliability suite at full size (fuzz million, 1000-cycle soak); writes docs/reliability.md
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
 #   make cluster-demo  the cluster up, helm install wasm-shim, wasm pods and a Service; leaves it up (e2e/README.md)
@@ -32,7 +34,7 @@ MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
-.PHONY: setup lint test demo bench soak protos bundle image e2e cluster-demo
+.PHONY: setup lint test demo bench bench-cluster soak protos bundle image e2e cluster-demo
 
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
@@ -61,6 +63,12 @@ demo: setup
 bench: setup
 	@if [[ -f scripts/bench.sh ]]; then bash scripts/bench.sh; \
 	else echo "make bench: no benchmarks yet (scripts/bench.sh does not exist)" >&2; exit 1; fi
+
+# Its own cluster in a temp dir (never the one e2e/cluster/up or the e2e suite started); BENCH_ARGS="--quick".
+BENCH_ARGS ?=
+bench-cluster: setup
+	@nice -n 10 e2e/cluster/build
+	@$(PY) -m bench.cluster $(BENCH_ARGS)
 
 # The same tests `make test` runs at smoke size (marker `soak`), at full size; bounded in count and time.
 soak: setup
