@@ -44,6 +44,7 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "components": components.run,
     "supply_chain": supply_chain.run,
     "http": http_serving.run,
+    "http_start": http_serving.run_first_answer,
 }
 REPO = Path(__file__).resolve().parents[1]
 # scripts/setup.sh --with wasmtime-cli links it into .tools/bin; the cargo root is where it builds it.

@@ -1,7 +1,7 @@
-"""Figure 9, wasi:http serving (issue 14): requests/s and latency of a served component, and the first answer
-after `ctr run`.
+"""Figures 9 and 10, wasi:http serving (issue 14): requests/s and latency of a served component (key `http`), and
+the first answer after `ctr run` (key `http_start`).
 
-Throughput: the `http` guest (tests/guests/src/http, a wasi:http/proxy component) served three ways, each in a
+Figure 9, throughput: the `http` guest (tests/guests/src/http, a wasi:http/proxy component) served three ways, each in a
 network namespace the bench made (loopback up, as CRI's CNI gives a pod), all listening on 8080 there:
 - ours: `ctr run -d --null-io --with-ns network:NETNS` on our runtime (the component runner serves it);
 - `wasmtime serve -Scli` of the same file (the wasmtime CLI setup builds; `-Scli` because the guest writes to
@@ -12,11 +12,12 @@ connection count; a Lua `done` hook prints its totals and latency percentiles as
 servers (interleaved A/B); each round gives one requests/s, one p50 and one p99 sample per server and count.
 Goal (issue 14): ours >= 0.9x `wasmtime serve`'s requests/s.
 
-First answer: from spawning `ctr run -d` to the first 200 answer on 127.0.0.1:8080 inside the namespace (polled
-every 2 ms from a thread that joined it), for ours in three states prepared (untimed) before the run — cold: no
-daemon and an empty compiled cache (the component is compiled; fewer samples: about a minute each here); disk: no
-daemon, the compiled component on disk; warm: the daemon up — against runc running Debian's static busybox
-`httpd -f` serving a file, and each peer shim. All in one namespace, one server at a time, torn down after each.
+Figure 10, first answer: from spawning `ctr run -d` to the first 200 answer on 127.0.0.1:8080 inside the
+namespace (polled every 2 ms from a thread that joined it), for ours in three states prepared (untimed) before
+the run — cold: no daemon and an empty compiled cache (the component is compiled; fewer samples: a minute or two
+each here); disk: no daemon, the compiled component on disk; warm: the daemon up — against runc running Debian's
+static busybox `httpd -f` serving a file, and each peer shim. All in one namespace, one server at a time, torn
+down after each.
 
 Invariants: every server is stopped and every namespace deleted on the way out, whatever failed; every wait is
 bounded (READY_TIMEOUT for a server to answer, the wrk duration plus a margin for wrk).
@@ -76,9 +77,16 @@ end
 
 
 def run(ctx: Context) -> Figure:
-    figure = Figure("http", "9. wasi:http serving: requests/s and latency; first answer after `ctr run`",
-                    plot_kind="bar", plot_unit="requests/s")
-    return timed(figure, lambda: _measure(ctx, figure))
+    """Figure 9 (key `http`): requests/s and latency under wrk, ours vs `wasmtime serve` vs peers."""
+    figure = Figure("http", "9. wasi:http serving: requests/s and latency under wrk", plot_kind="bar",
+                    plot_unit="requests/s")
+    return timed(figure, lambda: _measure(ctx, figure, _throughput))
+
+
+def run_first_answer(ctx: Context) -> Figure:
+    """Figure 10 (key `http_start`): the first answer after `ctr run`, ours (cold/disk/warm) vs runc's httpd."""
+    figure = Figure("http_start", "10. wasi:http serving: first answer after `ctr run -d` (ms)")
+    return timed(figure, lambda: _measure(ctx, figure, _first_answer))
 
 
 # -- namespaces ----------------------------------------------------------------------------------------------
@@ -280,24 +288,10 @@ def wrk(path: Path, script: Path, connections: int, seconds: float) -> Load:
 
 
 # -- the figure ----------------------------------------------------------------------------------------------
-def _measure(ctx: Context, figure: Figure) -> None:
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk is missing (apt-get install wrk; scripts/setup.sh installs it): the load generator")
-    component = ctx.guests / "http.component.wasm"
-    script = ctx.workdir / "wrk-summary.lua"
-    script.write_text(WRK_SCRIPT)
+def _measure(ctx: Context, figure: Figure, part: Callable[[Context, Figure, Lab, dict[str, str]], None]) -> None:
     began = load_average()
-    with ctx.new_lab("http") as lab:
-        images = _images(lab)
-        figure.commands = [
-            " ".join(_ctr_argv(lab, images, OURS, "ID", Path("/var/run/netns/NETNS"))),
-            " ".join(_ctr_argv(lab, images, RUNC, "ID", Path("/var/run/netns/NETNS"))),
-            f"nsenter --net=NETNS -- wasmtime serve --addr 0.0.0.0:{PORT} -Scli http.component.wasm",
-            f"nsenter --net=NETNS -- wrk -t min(C,{WRK_THREADS}) -c C -d {ctx.counts.http_seconds:g}s "
-            f"--timeout 10s -s wrk-summary.lua http://127.0.0.1:{PORT}{TARGET}",
-        ]
-        _first_answer(ctx, figure, lab, images)
-        _throughput(ctx, figure, lab, images, component, script)
+    with ctx.new_lab(figure.key) as lab:
+        part(ctx, figure, lab, _images(lab))
     ended = load_average()
     figure.notes.append(f"load average (1/5 min) at the figure's start {began[0]:.2f} {began[1]:.2f}, at its end "
                         f"{ended[0]:.2f} {ended[1]:.2f} (a shared 2-core machine: absolute figures move with it, "
@@ -343,21 +337,33 @@ def _first_answer(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]
     runc = summarize(samples[RUNC.label])
     for state, what in STATES.items():
         s = summarize(samples[f"wasm-shim {state}"])
-        figure.rows.append(Row(f"first answer after ctr run: wasm-shim {state} ({what})", "ms", s,
+        figure.rows.append(Row(f"wasm-shim {state} ({what})", "ms", s,
                                ratio(s.p50, runc.p50)))
     for rt in baselines:
         s = summarize(samples[rt.label])
         what = "busybox httpd, a file" if rt is RUNC else "http guest; its own caches as they come"
-        figure.rows.append(Row(f"first answer after ctr run: {rt.label} ({what})", "ms", s,
+        figure.rows.append(Row(f"{rt.label} ({what})", "ms", s,
                                ratio(s.p50, runc.p50)))
-    figure.notes.append(f"first answer: {counts.http_first_runs} iteration(s), the cold state in "
+    figure.series = {label: values for label, values in samples.items() if values}
+    figure.commands = [" ".join(_ctr_argv(lab, images, rt, "ID", Path("/var/run/netns/NETNS"))) for rt in (OURS, RUNC)]
+    figure.notes.append(f"{counts.http_first_runs} iteration(s), the cold state in "
                         f"{counts.http_cold_runs} of them (each compiles the component); runc and peers run "
                         "beside every wasm-shim state; vs base = vs runc")
 
 
-def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str], component: Path,
-                script: Path) -> None:
+def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) -> None:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is missing (apt-get install wrk; scripts/setup.sh installs it): the load generator")
     counts = ctx.counts
+    component = ctx.guests / "http.component.wasm"
+    script = ctx.workdir / "wrk-summary.lua"
+    script.write_text(WRK_SCRIPT)
+    figure.commands = [
+        " ".join(_ctr_argv(lab, images, OURS, "ID", Path("/var/run/netns/NETNS"))),
+        f"nsenter --net=NETNS -- wasmtime serve --addr 0.0.0.0:{PORT} -Scli http.component.wasm",
+        f"nsenter --net=NETNS -- wrk -t min(C,{WRK_THREADS}) -c C -d {counts.http_seconds:g}s "
+        f"--timeout 10s -s wrk-summary.lua http://127.0.0.1:{PORT}{TARGET}",
+    ]
     with ExitStack() as stack:
         servers: list[Server] = []
         for rt in [OURS, *lab.peers]:
@@ -400,6 +406,6 @@ def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str], 
                 figure.rows.append(Row(f"{name}: latency {q}", "ms", s,
                                        ratio(s.p50, summarize([pick(load) for load in base]).p50)))
             figure.series[f"{server.label} x{connections}"] = [load.rps for load in got]
-    figure.notes.append(f"throughput: {counts.http_rounds} round(s) of {counts.http_seconds:g} s per server and "
+    figure.notes.append(f"{counts.http_rounds} round(s) of {counts.http_seconds:g} s per server and "
                         "connection count, servers alternating; a latency row's p50 column is the median over "
                         f"rounds of wrk's per-round percentile; vs base = vs {WASMTIME_SERVE}")
