@@ -18,7 +18,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cold_start, components, compute, density, instance_start, report, start_cmd, supply_chain, throughput
+from . import (
+    cold_start,
+    components,
+    compute,
+    density,
+    http_serving,
+    instance_start,
+    report,
+    start_cmd,
+    supply_chain,
+    throughput,
+)
 from .figure import FULL, QUICK, Context, Figure
 from .lab import BenchError, build_guests, peer_runtimes
 from .machine import Machine, describe, load_average
@@ -32,6 +43,8 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "compute": compute.run,
     "components": components.run,
     "supply_chain": supply_chain.run,
+    "http": http_serving.run,
+    "http_start": http_serving.run_first_answer,
 }
 REPO = Path(__file__).resolve().parents[1]
 # scripts/setup.sh --with wasmtime-cli links it into .tools/bin; the cargo root is where it builds it.
@@ -57,7 +70,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--containerd", choices=("1.6", "2.x"), default="1.6")
     p.add_argument("--peer-shim", action="append", default=[], metavar="PATH",
                    help="another shim v2 binary to run the wasm images beside ours (repeatable)")
-    p.add_argument("--wasmtime-cli", metavar="PATH", help="wasmtime CLI for figure 6 (default: found)")
+    p.add_argument("--wasmtime-cli", metavar="PATH", help="wasmtime CLI for figures 6 and 9 (default: found)")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(FIGURES)}")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     p.add_argument("--update-docs", action="store_true",

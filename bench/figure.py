@@ -38,6 +38,11 @@ class Counts:
     compute_rounds: int
     component_runs: int
     component_idle: int
+    http_first_runs: int
+    http_cold_runs: int  # of them with an empty cache (each compiles the 14 MB component: about a minute here)
+    http_rounds: int
+    http_seconds: float
+    http_connections: tuple[int, ...]
 
 
 FULL = Counts(
@@ -53,6 +58,11 @@ FULL = Counts(
     compute_rounds=100,
     component_runs=5,
     component_idle=5,
+    http_first_runs=10,
+    http_cold_runs=3,
+    http_rounds=3,
+    http_seconds=10.0,
+    http_connections=(1, 16),
 )
 QUICK = Counts(
     cold_iterations=1,
@@ -67,6 +77,11 @@ QUICK = Counts(
     compute_rounds=2,
     component_runs=1,
     component_idle=2,
+    http_first_runs=3,
+    http_cold_runs=1,
+    http_rounds=1,
+    http_seconds=2.0,
+    http_connections=(1, 16),
 )
 
 

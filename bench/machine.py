@@ -81,7 +81,7 @@ def describe(containerd_binary: str, ctr_binary: str, wasmtime_cli: str | None) 
         "containerd-shim-runc-v2": _first_line(["containerd-shim-runc-v2", "-v"]),
         "busybox": _first_line(["/bin/busybox"]),
         "wasmtime-py (the shim's engine)": wasmtime_py,
-        "wasmtime CLI (guest-compute baseline)": _first_line([wasmtime_cli, "--version"])
+        "wasmtime CLI (baseline of figures 6 and 9)": _first_line([wasmtime_cli, "--version"])
         if wasmtime_cli
         else "not found (scripts/setup.sh --with wasmtime-cli)",
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
