@@ -600,17 +600,19 @@ def test_helm_upgrade_keeps_running_wasm_pods_running(cluster: Cluster, release:
     name = f"wasm-upgrade-{uuid.uuid4().hex[:6]}"
     apps.create_namespaced_deployment(NAMESPACE, wasm_deployment(
         name, [wasm_container("server", images.WASM_NET, ["listen", "0.0.0.0", "8080", "0"],
-                              ports=[client.V1ContainerPort(container_port=8080)])],
+                              ports=[client.V1ContainerPort(container_port=8080)],
+                              readiness_probe=client.V1Probe(tcp_socket=client.V1TCPSocketAction(port=8080),
+                                                             period_seconds=2))],
         replicas=2, annotations={"wasm.shim.io/network": "tcp-listen=*:8080"}))
     core.create_namespaced_service(NAMESPACE, client.V1Service(
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1ServiceSpec(selector={"app": name}, ports=[client.V1ServicePort(port=80, target_port=8080)])))
-    script = "for i in 1 2 3 4 5 6 7 8 9 10; do out=$(nc -w 3 {ip} 80 </dev/null); " \
+    script = "for i in 1 2 3 4 5 6 7 8 9 10; do out=$(nc -w 3 IP 80 </dev/null); " \
              '[ -n "$out" ] && { echo "got: $out"; exit 0; }; sleep 1; done; exit 1'
     try:
         wait_until(f"deployment {name} available", available(apps, name, 2), timeout=180)
         cluster_ip = core.read_namespaced_service(name, NAMESPACE).spec.cluster_ip
-        assert "got: hello from wasm" in client_on_node_b(core, script.format(ip=cluster_ip))
+        assert "got: hello from wasm" in client_on_node_b(core, script.replace("IP", cluster_ip))
         before = {p.metadata.uid: (p.status.container_statuses[0].container_id,
                                    p.status.container_statuses[0].restart_count) for p in pods_of(core, name)}
         installer_before = {p.metadata.uid for p in core.list_namespaced_pod(
@@ -633,7 +635,7 @@ def test_helm_upgrade_keeps_running_wasm_pods_running(cluster: Cluster, release:
                                   p.status.container_statuses[0].restart_count) for p in pods_of(core, name)}
         assert after == before  # same pods, same containers, no restarts
         assert all(p.status.container_statuses[0].ready for p in pods_of(core, name))
-        assert "got: hello from wasm" in client_on_node_b(core, script.format(ip=cluster_ip))
+        assert "got: hello from wasm" in client_on_node_b(core, script.replace("IP", cluster_ip))
     finally:
         absent_ok(core.delete_namespaced_service, name, NAMESPACE)
         delete_deployment(apps, core, name)
