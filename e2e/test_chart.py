@@ -639,3 +639,59 @@ def test_helm_upgrade_keeps_running_wasm_pods_running(cluster: Cluster, release:
     finally:
         absent_ok(core.delete_namespaced_service, name, NAMESPACE)
         delete_deployment(apps, core, name)
+
+
+def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(cluster: Cluster, release: dict,
+                                                                               tmp_path: Path) -> None:
+    # node-b's /etc/containerd/config.toml bound read-only over itself inside node-b's mount namespace (what the
+    # installer's hostPath of / sees), then a second release selecting node-b only. The installer cannot replace
+    # the config: node-b is labelled `failed` with the reason in an annotation and a Warning event, the installer
+    # pod is not Ready, `helm install --wait` fails and `helm status` says so; node-a, its wasm pod and node-b's
+    # config are untouched, and uninstalling that release leaves node-b as it was.
+    apps = client.AppsV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
+    name = f"wasm-beside-{uuid.uuid4().hex[:6]}"
+    apps.create_namespaced_deployment(NAMESPACE, wasm_deployment(
+        name, [wasm_container("guest", images.WASM_SLEEP, ["3600"])]))
+    before = cluster.node_exec("node-b", "cat", CONFIG).stdout
+    for argv in (["mount", "--bind", CONFIG, CONFIG], ["mount", "-o", "remount,bind,ro", CONFIG]):
+        result = cluster.node_exec("node-b", *argv)
+        assert result.returncode == 0, result.stderr
+    other, other_ns = "wasm-shim-b", "wasm-system-b"
+    try:
+        wait_until(f"deployment {name} available", available(apps, name, 1), timeout=180)
+        [beside] = pods_of(core, name)
+        values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b"},
+                  "runtimeClass": {"create": False}, "test": {"enabled": False}}
+        values_file = tmp_path / "values.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+        result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
+                      "-f", str(values_file), "--wait", "--timeout", "90s")
+        assert result.returncode != 0, result.stdout
+        status = helm(cluster, "status", other, "-n", other_ns)
+        assert "STATUS: failed" in status.stdout, status.stdout + status.stderr
+        assert node_labels(core, "node-b").get(LABEL) == "failed"
+        reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
+        assert CONFIG in reason, reason
+        events = core.list_namespaced_event(NAMESPACE, field_selector="involvedObject.kind=Node,"
+                                                                      "involvedObject.name=node-b,"
+                                                                      "reason=WasmShimInstallFailed").items
+        assert events and CONFIG in events[0].message
+        [installer] = core.list_namespaced_pod(other_ns, label_selector=f"app.kubernetes.io/instance={other}").items
+        assert installer.spec.node_name == "node-b"
+        assert not all(s.ready for s in installer.status.container_statuses or [])
+        # The rest of the cluster keeps running.
+        pod = core.read_namespaced_pod(beside.metadata.name, NAMESPACE)
+        assert pod.status.phase == "Running" and pod.status.container_statuses[0].restart_count == 0
+        assert node_labels(core, "node-a").get(LABEL) == "ready"
+        assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+    finally:
+        result = helm(cluster, "uninstall", other, "-n", other_ns, "--wait", "--timeout", "3m")
+        cluster.node_exec("node-b", "umount", CONFIG)
+        absent_ok(core.delete_namespace, other_ns)
+        core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
+                                                "annotations": {"wasm.shim.io/runtime-reason": None}}})
+        delete_deployment(apps, core, name)
+    assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
+    assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
