@@ -70,6 +70,20 @@ def cluster(guests: Path) -> Iterator[Cluster]:
         pytest.fail(f"e2e/cluster/build failed:\n{result.stdout}{result.stderr}")
     from kubernetes import config
 
+    reuse = os.environ.get("WASM_SHIM_E2E_CLUSTER")
+    if reuse:
+        # For iterating on a test: a cluster a person started with e2e/cluster/up (its state directory), used as it
+        # is and left running. Its images are those `up` imported.
+        state = cl.State(Path(reuse))
+        kubeconfig = state.root / "kubeconfig"
+        if not kubeconfig.exists():
+            pytest.fail(f"WASM_SHIM_E2E_CLUSTER={reuse}: no kubeconfig there (is the cluster up?)")
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        try:
+            yield Cluster(state=state, kubeconfig=kubeconfig, api=api)
+        finally:
+            api.close()
+        return
     work = Path(tempfile.mkdtemp(prefix="wasm-shim-e2e-"))
     tars = images.build(work / "images", guests)
     state = cl.State(work / "cluster")

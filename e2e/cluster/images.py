@@ -19,6 +19,9 @@ BUSYBOX = "wasm-shim.local/busybox:e2e"
 WASM_HELLO = "wasm-shim.local/wasm-hello:e2e"  # prints "hello from wasm", exits 0
 WASM_SLEEP = "wasm-shim.local/wasm-sleep:e2e"  # prints "sleeping S s", then sleeps (a long-running guest)
 WASM_NET = "wasm-shim.local/wasm-net:e2e"  # the wasi:sockets component: `listen ADDR PORT COUNT` serves a greeting
+WASM_HTTP = "wasm-shim.local/wasm-http:e2e"  # the wasi:http/incoming-handler component (tests/guests/src/http)
+WASM_EXIT = "wasm-shim.local/wasm-exit:e2e"  # prints "exiting with N", exits with argv[1]
+WASM_CAT = "wasm-shim.local/wasm-cat:e2e"  # copies the file argv[1] to stdout; "cat_file: PATH: REASON", exit 1
 BUSYBOX_BINARY = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "nc", "hostname", "ip", "ls", "true", "false", "env")
 
@@ -27,7 +30,8 @@ def build(out: Path, guests: Path) -> list[Path]:
     """Write every image tarball into ``out`` and return their paths (pause first)."""
     if not BUSYBOX_BINARY.exists():
         raise FileNotFoundError(f"{BUSYBOX_BINARY} is missing: apt-get install busybox-static")
-    for needed in ("pause", "hello.wasm", "sleep.wasm", "net.component.wasm"):
+    for needed in ("pause", "hello.wasm", "sleep.wasm", "net.component.wasm", "http.component.wasm", "exit_code.wasm",
+                   "cat_file.wasm"):
         if not (guests / needed).exists():
             raise FileNotFoundError(f"{guests / needed} is missing: tests/guests/build.sh {guests}")
     out.mkdir(parents=True, exist_ok=True)
@@ -38,6 +42,9 @@ def build(out: Path, guests: Path) -> list[Path]:
         (WASM_HELLO, {"/hello.wasm": guests / "hello.wasm"}, ["/hello.wasm"]),
         (WASM_SLEEP, {"/sleep.wasm": guests / "sleep.wasm"}, ["/sleep.wasm"]),
         (WASM_NET, {"/net.wasm": guests / "net.component.wasm"}, ["/net.wasm"]),
+        (WASM_HTTP, {"/http.wasm": guests / "http.component.wasm"}, ["/http.wasm"]),
+        (WASM_EXIT, {"/exit_code.wasm": guests / "exit_code.wasm"}, ["/exit_code.wasm"]),
+        (WASM_CAT, {"/cat_file.wasm": guests / "cat_file.wasm"}, ["/cat_file.wasm"]),
     ]
     paths = []
     for ref, files, entrypoint in images:

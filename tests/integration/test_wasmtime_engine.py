@@ -551,6 +551,18 @@ def test_new_engine_hits_the_disk_cache(sandbox: Sandbox) -> None:
         fresh.close()
 
 
+def test_cache_dir_removed_under_a_running_daemon_is_made_again(sandbox: Sandbox) -> None:
+    # `helm uninstall` removes the shim's data (/var/lib/wasm-shim) while the daemon lives on; a reinstall reuses
+    # that daemon (found on the e2e cluster: every component then failed with "cache directory ...: No such file
+    # or directory"). Modules and components, already checked and not, still run.
+    assert sandbox.run("hello.component.wasm")[0] == 0
+    shutil.rmtree(sandbox.cache_dir)
+    for name in ("hello.component.wasm", "args_env.component.wasm", "hello.wasm"):
+        status, out, err = sandbox.run(name)
+        assert status == 0, err
+    assert stat.S_IMODE(sandbox.cache_dir.stat().st_mode) == 0o700
+
+
 def corrupt_cache_files(cache_dir: Path) -> list[Path]:
     files = sorted(cache_dir.rglob("*.cwasm"))
     for path in files:

@@ -47,6 +47,7 @@ from ..network import NETWORK_ANNOTATION, parse_network_grant
 from .cache import (
     ArtifactCache,
     CacheStats,
+    check_private_dir,
 )
 from .components import (
     ISOLATION_ANNOTATION,
@@ -238,7 +239,7 @@ class WasmtimeEngine:
                 return digest, known, "memory"
             exports: tuple[str, ...] | None = None
             try:
-                exports = check_in_runner(runner, self._cache_dir or self._private_runner_dir(), path, digest, name)
+                exports = check_in_runner(runner, self._runner_cache_dir(), path, digest, name)
             finally:  # remembered and unmarked at once: a Create arriving now finds one or the other
                 with self._lock:
                     if exports is not None:
@@ -316,8 +317,7 @@ class WasmtimeEngine:
             if self._exit_watcher is None:
                 self._exit_watcher = ExitWatcher()
             watcher = self._exit_watcher
-        cache_dir = self._cache_dir or self._private_runner_dir()
-        runner, pidfd = spawn_runner(prepared, stdio, on_exit, cache_dir, self._runner_gone)
+        runner, pidfd = spawn_runner(prepared, stdio, on_exit, self._runner_cache_dir(), self._runner_gone)
         with self._lock:
             self._runners[runner.pid] = runner
         watcher.watch(pidfd, runner.reaped)  # after the line above: the reap removes it from _runners
@@ -326,6 +326,19 @@ class WasmtimeEngine:
     def _runner_gone(self, runner: ComponentRunner) -> None:
         with self._lock:
             self._runners.pop(runner.pid, None)
+
+    def _runner_cache_dir(self) -> str:
+        """The directory a runner compiles into and loads from, made again if it went away.
+
+        The daemon outlives the node bundle that started it (it serves its pods until they end), so ``helm
+        uninstall`` removing the shim's data (``/var/lib/wasm-shim``) and a reinstall reusing this daemon must not
+        leave every later component failing with "cache directory ...: No such file or directory". One stat per
+        component start; the 0700/owner checks apply as at start-up.
+        """
+        if self._cache_dir is None:
+            return self._private_runner_dir()
+        check_private_dir(self._cache_dir, create=True)
+        return self._cache_dir
 
     def _private_runner_dir(self) -> str:
         """Without a cache_dir, compiled components for runners live in a private (0700) temporary directory."""
