@@ -566,31 +566,16 @@ fn new_store(plan: &'static Plan, engine: &Engine) -> Result<Store<RequestState>
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     let mut meter = plan.cpu_limit.filter(|cpus| *cpus > 0.0).map(CpuMeter::new);
-    let mut ticks: u32 = 0;
-    // Every YIELD_TICKS ticks of running the guest yields to tokio, so a request past its deadline is dropped
-    // even while it spins (at most YIELD_TICKS * TICK late) and a long request cannot hold a worker from the
-    // others; with a CPU limit it sleeps off any CPU debt at the tick it is found, without holding a worker.
-    // Not at every tick: a yield lets tokio interleave every running request on the same workers, and with
-    // 16 connections that cost 17% of the requests/s of `wasmtime serve` (bench figure 9), which runs each
-    // request to its end; a request of a few ticks now does the same.
+    // At every tick the guest yields to tokio (so a request past its deadline is dropped even while it spins)
+    // and, with a CPU limit, sleeps off any CPU debt without holding a tokio worker.
     store.epoch_deadline_callback(move |_| {
-        if let Some(pause) = meter.as_mut().and_then(CpuMeter::settle) {
-            ticks = 0;
-            return Ok(UpdateDeadline::YieldCustom(1, pause));
-        }
-        ticks += 1;
-        Ok(if ticks >= YIELD_TICKS {
-            ticks = 0;
-            UpdateDeadline::Yield(1)
-        } else {
-            UpdateDeadline::Continue(1)
+        Ok(match meter.as_mut().and_then(CpuMeter::settle) {
+            Some(pause) => UpdateDeadline::YieldCustom(1, pause),
+            None => UpdateDeadline::Yield(1),
         })
     });
     Ok(store)
 }
-
-/// Epoch ticks a request runs between yields to tokio (see `new_store`).
-const YIELD_TICKS: u32 = 5;
 
 /// The CPU limit per request: the same token bucket as a run's (`cpus` CPU-seconds earned per wall second,
 /// at most CPU_BURST_SECONDS banked), measured on the thread's CPU clock between epoch ticks. A request's
