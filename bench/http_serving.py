@@ -34,13 +34,13 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.harness.netns import network_namespace
 from wasm_shim.oci.layout import Symlink, build_image_tar
 
 from .figure import Context, Figure, Row, met, rotate, timed
@@ -90,16 +90,9 @@ def run_first_answer(ctx: Context) -> Figure:
 
 
 # -- namespaces ----------------------------------------------------------------------------------------------
-@contextmanager
-def netns() -> Iterator[Path]:
+def netns() -> AbstractContextManager[Path]:
     """A network namespace of the bench's own with loopback up, deleted afterwards."""
-    name = f"wsb-http-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
-        yield Path("/var/run/netns") / name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)
+    return network_namespace("wsb-http")
 
 
 def in_netns(path: Path, body: Callable[[], T]) -> T:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.harness.containerd import Containerd
+from tests.harness.netns import network_namespace
 from wasm_shim.oci.layout import FileSource, build_image_tar
 
 WasmImage = Callable[..., str]
@@ -46,10 +45,5 @@ def wasm_image_factory(tmp_path: Path) -> Callable[[Containerd], WasmImage]:
 @pytest.fixture
 def pod_netns() -> Iterator[Path]:
     """A network namespace of the test's own with loopback up (what CRI's CNI gives a pod), deleted afterwards."""
-    name = f"wasmshim-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
-        yield Path("/var/run/netns") / name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True, timeout=10)
+    with network_namespace("wasmshim") as path:
+        yield path

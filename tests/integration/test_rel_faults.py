@@ -149,7 +149,7 @@ def test_containerd_restart_keeps_tasks(containerd, wasm_image, guests):
 
     _restart_containerd(containerd, start=False)
     # "short" exits while containerd is down: its exit event has nowhere to go yet.
-    wait_for(lambda: "task short exited with status 0" in shim_log_text(containerd), 30, "short to exit")
+    wait_for(lambda: 'msg="task exited with status 0" task=short ' in shim_log_text(containerd), 30, "short to exit")
     _start_again(containerd)
 
     assert daemon_pids(containerd) == [daemon], "the daemon outlived containerd"

@@ -129,7 +129,7 @@ def test_memory_bomb_with_a_limit(containerd, wasm_image, guests, companion):
         companion.feed()
     after = _settled(pid, before)
     _assert_steady(before, after)
-    assert len(re.findall(r"task bomb-\d+ ran out of memory", shim_log_text(containerd))) == rounds
+    assert len(re.findall(r'msg="task ran out of memory[^"]*" task=bomb-\d+ ', shim_log_text(containerd))) == rounds
     companion.finish()
     record("hostile: memory bomb, 64 MiB limit", tried=f"{rounds} guests allocating until malloc fails",
            held="each exits 134 with an OOM log line; companion untouched; daemon steady",
