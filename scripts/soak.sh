@@ -16,24 +16,5 @@ report="$(mktemp /tmp/wasm-shim-soak.XXXXXX.jsonl)"
 trap 'rm -f "$report"' EXIT
 rc=0
 WASM_SHIM_SOAK=full WASM_SHIM_SOAK_REPORT="$report" "$PY" -m pytest -q -m soak -p no:cacheprovider "$@" || rc=$?
-table="$("$PY" -m tests.harness.soak "$report")"
-echo "$table"
-doc="$ROOT/docs/reliability.md"
-begin='<!-- soak:begin -->'
-end='<!-- soak:end -->'
-if [[ -f "$doc" ]] && grep -qF "$begin" "$doc"; then
-  TABLE="$table" BEGIN="$begin" END="$end" "$PY" - "$doc" <<'PYEOF'
-import os, sys, time
-path = sys.argv[1]
-text = open(path).read()
-head, rest = text.split(os.environ["BEGIN"], 1)
-_, tail = rest.split(os.environ["END"], 1)
-stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-body = f"\n_Written by `make soak` on {stamp}._\n\n{os.environ['TABLE']}\n"
-open(path, "w").write(head + os.environ["BEGIN"] + body + os.environ["END"] + tail)
-PYEOF
-  echo "soak.sh: table written into docs/reliability.md" >&2
-else
-  echo "soak.sh: docs/reliability.md has no $begin marker; the table is printed only" >&2
-fi
+"$PY" -m tests.harness.soak "$report" "$ROOT/docs/reliability.md"
 exit $rc

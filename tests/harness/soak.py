@@ -87,7 +87,29 @@ def render(lines: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":  # scripts/soak.sh: python -m tests.harness.soak REPORT  -> the table on stdout
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def write_table(doc: Path, table: str) -> bool:
+    """Replace what stands between the markers in ``doc`` with ``table`` and a date line; False without markers."""
+    text = doc.read_text() if doc.exists() else ""
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    doc.write_text(f"{head}{BEGIN}\n_Written by `make soak` on {stamp}._\n\n{table.rstrip()}\n{END}{tail}")
+    return True
+
+
+if __name__ == "__main__":  # scripts/soak.sh: python -m tests.harness.soak REPORT [DOC]
     import sys
 
-    print(render(Path(sys.argv[1]).read_text().splitlines()), end="")
+    table = render(Path(sys.argv[1]).read_text().splitlines())
+    print(table, end="")
+    if len(sys.argv) > 2:
+        doc = Path(sys.argv[2])
+        if write_table(doc, table):
+            print(f"soak.sh: table written into {doc}", file=sys.stderr)
+        else:
+            print(f"soak.sh: {doc} has no {BEGIN} marker; the table is printed only", file=sys.stderr)
