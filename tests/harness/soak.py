@@ -50,6 +50,18 @@ def sample(pid: int) -> dict[str, int]:
             "threads": field(status, "Threads"), "mounts": mounts}
 
 
+def threads(pid: int) -> list[str]:
+    """The names of process ``pid``'s threads (``/proc/<pid>/task/*/comm``), sorted: what a thread-count
+    assertion prints when it fails, so the thread that stayed is named."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            continue  # the thread ended while we listed
+    return sorted(names)
+
+
 def record(test: str, *, tried: str, held: str, before: Mapping[str, object] | None = None,
            after: Mapping[str, object] | None = None, seconds: float | None = None) -> None:
     """Append one result line for docs/reliability.md (a no-op unless ``WASM_SHIM_SOAK_REPORT`` is set).
