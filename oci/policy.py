@@ -1,8 +1,9 @@
 """The node's signature policy: which images need signatures by which keys, and the decision for one image.
 
-Owns `Policy` (parsed from the TOML file the shim's `policy` option names), `decide` (pure apart from the
-`verify` callable and the cache it is given: rule matching, cache lookup, the verdict and its message) and
-`VerificationCache` (verified digests in memory and on disk, with a TTL).
+Owns `Policy` (parsed from the TOML file the shim's `policy` option names), `PolicyFile` (that file as a daemon
+holds it: re-read when it or a key file it names changes), `decide` (pure apart from the `verify` callable and the
+cache it is given: rule matching, cache lookup, the verdict and its message) and `VerificationCache` (verified
+digests in memory and on disk, with a TTL).
 
 The file:
     default = "allow"                      # images no rule matches: "allow" or "deny"
@@ -33,6 +34,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +87,11 @@ class Policy:
     rules: tuple[Rule, ...]
     cache_ttl: float = DEFAULT_TTL
     registry: RegistrySettings = RegistrySettings()
+
+    @property
+    def checks_nothing(self) -> bool:
+        """No rule and default allow: every image is allowed without asking containerd or a registry anything."""
+        return not self.rules and self.default == "allow"
 
     def rule_for(self, name: str) -> Rule | None:
         for rule in self.rules:
@@ -180,6 +187,54 @@ def load_policy(path: str) -> Policy:
     except UnicodeDecodeError:
         raise PolicyError(f"policy file {path} is not UTF-8 text") from None
     return parse_policy(text, path)
+
+
+class PolicyFile:
+    """The policy at `path` as a long-lived daemon holds it: `current()` re-reads the file when it, or a key file
+    one of its rules names, has changed since the last read (inode, size or mtime), so a node's new policy (the
+    chart's installer rewriting it) applies from the next Create without restarting the daemon.
+
+    Invariant: `current()` never returns a policy older than the files it last saw; when the files changed and no
+    longer parse, it raises PolicyError (every check refuses) until they do again. Thread-safe: Creates run on the
+    daemon's worker threads.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[object, ...] | None = None
+        self._policy: Policy | None = None
+        self._error: PolicyError | None = None
+
+    def _files(self) -> list[str]:
+        keys = [path for rule in self._policy.rules for path in rule.key_paths] if self._policy else []
+        base = os.path.dirname(os.path.abspath(self.path))
+        return [self.path] + [k if os.path.isabs(k) else os.path.join(base, k) for k in keys]
+
+    def _read_stamp(self) -> tuple[object, ...]:
+        stamp: list[object] = []
+        for path in self._files():
+            try:
+                st = os.stat(path)
+                stamp.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError as exc:
+                stamp.append((path, exc.errno))
+        return tuple(stamp)
+
+    def current(self) -> Policy:
+        with self._lock:
+            stamp = self._read_stamp()
+            if stamp != self._stamp:
+                try:
+                    self._policy, self._error = load_policy(self.path), None
+                except PolicyError as exc:
+                    self._error = exc
+                # The stamp of what was read: with the new policy's key files when it parsed.
+                self._stamp = self._read_stamp() if self._error is None else stamp
+            if self._error is not None:
+                raise self._error
+            assert self._policy is not None
+            return self._policy
 
 
 class VerificationCache:

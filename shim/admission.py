@@ -17,7 +17,9 @@ Invariants:
 - Verification hits the registry only on a cache miss (oci/policy.py VerificationCache, memory + disk); under
   enforce an unreachable registry with no cached verification refuses.
 - A policy that cannot be used refuses everything (`Admission.refusing`), the pause container included: never
-  "allow everything".
+  "allow everything". A policy read from a file (`policy_file`, oci.policy.PolicyFile) is the file's current
+  content at each Create: a changed file applies from the next Create; one that no longer parses refuses every
+  container but the pause container until it does again.
 - Only this task is affected by any failure here; nothing is left half-placed (oci/transfer.py-style atomic writes).
 - grpc, urllib3 and cryptography are imported only when a policy or the annotation asks for them.
 """
@@ -58,10 +60,11 @@ Resolver = Callable[[GuestSpec, str], "ImageIdentity | None"]
 
 
 class Admission:
-    def __init__(self, policy: Any = None, *, verified_dir: str | None = None, artifact_dir: str = "",
-                 artifact_cache_bytes: int = 1 << 30, grpc_address: str | None = None,
+    def __init__(self, policy: Any = None, *, policy_file: Any = None, verified_dir: str | None = None,
+                 artifact_dir: str = "", artifact_cache_bytes: int = 1 << 30, grpc_address: str | None = None,
                  resolver: Resolver | None = None) -> None:
-        self.policy = policy  # an oci.policy.Policy, or None: no signature checks
+        self.policy = policy  # a fixed oci.policy.Policy, or None: no signature checks (unless policy_file)
+        self.policy_file = policy_file  # an oci.policy.PolicyFile: its current policy, re-read when it changes
         self._verified_dir = verified_dir
         self._artifact_dir = artifact_dir
         self._artifact_cache_bytes = artifact_cache_bytes
@@ -83,18 +86,31 @@ class Admission:
         return admission
 
     # -- plumbing ----------------------------------------------------------------------------------------------
-    def _verification_cache(self) -> Any:
+    def _current_policy(self) -> Any:
+        """The policy this Create is checked against (None: no signature checks)."""
+        if self.policy_file is None:
+            return self.policy
+        from wasm_shim.oci.policy import PolicyError
+
+        try:
+            return self.policy_file.current()
+        except PolicyError as exc:
+            log.error("the signature policy cannot be used, refusing: %s", exc)
+            raise AdmissionError(f"the shim's signature policy cannot be used, so nothing runs: {exc}") from None
+
+    def _verification_cache(self, policy: Any) -> Any:
         if self._cache is None:
             from wasm_shim.oci.policy import VerificationCache
 
-            self._cache = VerificationCache(self._verified_dir, self.policy.cache_ttl if self.policy else 0.0)
+            self._cache = VerificationCache(self._verified_dir, 0.0)
+        self._cache.ttl = policy.cache_ttl if policy is not None else 0.0  # the policy's, as re-read
         return self._cache
 
-    def _registry(self) -> Any:
+    def _registry(self, policy: Any) -> Any:
         from wasm_shim.oci.auth import DockerCredentials
         from wasm_shim.oci.registry import RegistryClient
 
-        settings = self.policy.registry if self.policy is not None else None
+        settings = policy.registry if policy is not None else None
         environ = dict(os.environ)
         if settings is not None and settings.docker_config:
             environ["DOCKER_CONFIG"] = settings.docker_config
@@ -155,7 +171,8 @@ class Admission:
             client.close()
 
     # -- the decision ------------------------------------------------------------------------------------------
-    def _check(self, name: str, digest: str, verify_ref: Any, client_factory: Callable[[], Any]) -> None:
+    def _check(self, policy: Any, name: str, digest: str, verify_ref: Any,
+               client_factory: Callable[[], Any]) -> None:
         from wasm_shim.oci.cosign import VerificationFailed, verify_image
         from wasm_shim.oci.digest import DigestMismatch
         from wasm_shim.oci.manifest import ManifestError
@@ -169,7 +186,7 @@ class Admission:
                 except RegistryError as exc:
                     raise RegistryError(f"cannot check signatures: {exc}") from None
 
-        decision = decide(self.policy, name, digest, verify, self._verification_cache(),
+        decision = decide(policy, name, digest, verify, self._verification_cache(policy),
                           failures=(VerificationFailed, RegistryError, DigestMismatch, ManifestError))
         if not decision.allowed:
             log.error("%s", decision.message())
@@ -189,25 +206,27 @@ class Admission:
             # author's choice, and it runs no wasm. containerd copies the pod's annotations into its spec too, so
             # a pod's wasm.shim.io/artifact must not be placed over /pause either.
             return
+        policy = self._current_policy()
         reference = spec.annotations.get(ARTIFACT_ANNOTATION, "")
         if reference:
-            self._admit_artifact(spec, reference)
+            self._admit_artifact(spec, reference, policy)
             return
-        if self.policy is None:
+        if policy is None or policy.checks_nothing:
             return
         identity = self._resolver(spec, namespace)
         if identity is None:
-            if self.policy.default == "allow":
+            if policy.default == "allow":
                 return
             raise AdmissionError(f"container {spec.task_id} has no image, and the signature policy "
-                                 f"{self.policy.source} refuses images no rule matches (default deny)")
+                                 f"{policy.source} refuses images no rule matches (default deny)")
         from wasm_shim.oci.reference import ReferenceError, parse_reference
 
         try:
             ref = parse_reference(identity.name)
         except ReferenceError as exc:
             raise AdmissionError(f"the signature policy cannot check image {identity.name!r}: {exc}") from None
-        self._check(ref.name, identity.digest, ref.with_digest(identity.digest), self._registry)
+        self._check(policy, ref.name, identity.digest, ref.with_digest(identity.digest),
+                    lambda: self._registry(policy))
 
     # -- the shim's own registry path --------------------------------------------------------------------------
     def _artifacts_cache(self) -> Any:
@@ -217,7 +236,7 @@ class Admission:
             self._artifacts = ArtifactCache(self._artifact_dir, self._artifact_cache_bytes)
         return self._artifacts
 
-    def _admit_artifact(self, spec: GuestSpec, reference: str) -> None:
+    def _admit_artifact(self, spec: GuestSpec, reference: str, policy: Any) -> None:
         from wasm_shim.oci.artifact import ArtifactError, check_artifact_manifest, is_wasm_artifact
         from wasm_shim.oci.cache import CacheError
         from wasm_shim.oci.digest import DigestMismatch
@@ -232,7 +251,7 @@ class Admission:
             entry = resolve_entrypoint(spec)
             ref = parse_reference(reference)
             cache = self._artifacts_cache()
-            with self._registry() as client:
+            with self._registry(policy) as client:
                 doc = None
                 digest = ref.digest
                 if digest:  # pinned: a cached manifest needs no registry at all
@@ -244,8 +263,8 @@ class Admission:
                     cache.put_bytes(digest, manifest.data)
                 if not is_wasm_artifact(doc):
                     raise ArtifactError(f"{reference} is not a wasm OCI artifact")
-                if self.policy is not None:
-                    self._check(ref.name, digest, ref.with_digest(digest), self._registry)
+                if policy is not None and not policy.checks_nothing:
+                    self._check(policy, ref.name, digest, ref.with_digest(digest), lambda: self._registry(policy))
                 layer = Descriptor.parse(check_artifact_manifest(doc), f"manifest {digest} of {reference}")
                 cached_path = cache.ensure(layer.digest, layer.size,
                                            lambda sink: client.fetch_blob(ref, layer, sink))

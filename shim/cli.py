@@ -138,7 +138,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
             bundle=args.bundle or "", layout=args.layout or "", containerd_config=args.containerd_config or "",
             config_version=args.config_version, shim_options=_shim_options(args.option),
             restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
-            restart_timeout=args.restart_timeout,
+            restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "",
         )
         node = Node(options)
     except (ValueError, InstallError) as exc:
@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "version (default 2; other layouts read it from their file)")
     node.add_argument("--option", action="append", metavar="KEY=VALUE", help="a shim option (grouping, "
                       "idle_timeout, log_level, cache_dir, ...) for the options file containerd names in ConfigPath")
+    node.add_argument("--policy-dir", metavar="DIR", help="install: the node's signature policy, DIR/policy.toml "
+                      "and the key files it names (the chart mounts its signaturePolicy ConfigMap here); written to "
+                      "PREFIX/policy/ and checked before the install goes on. Without it (and without --option "
+                      "policy=...) an allow-all policy is written there, so a later one applies without a restart")
     node.add_argument("--no-restart", action="store_true", help="do not restart containerd (fixture roots, images "
                       "prepared offline)")
     node.add_argument("--restart-command", metavar="CMD", help="run CMD (shell words) instead of the layout's "

@@ -212,16 +212,19 @@ class Daemon:
 
 def _admission(config: ShimConfig) -> Admission:
     """The Create-time admission (shim/admission.py): the signature policy, if configured, loaded now so that one
-    that does not parse is reported at once (oci.policy.PolicyError; main() then refuses every container)."""
+    that does not parse is reported at once (oci.policy.PolicyError; main() then refuses every container), and
+    re-read at a Create after the file changed."""
     from .admission import Admission
 
-    policy = None
+    policy_file = None
     if config.policy:
-        from wasm_shim.oci.policy import load_policy
+        from wasm_shim.oci.policy import PolicyFile
 
-        policy = load_policy(config.policy)
-        log.info("signature policy %s: default %s, %d rule(s)", config.policy, policy.default, len(policy.rules))
-    return Admission(policy, verified_dir=os.path.join(config.cache_dir, "verified"),
+        policy_file = PolicyFile(config.policy)
+        policy = policy_file.current()
+        log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
+                 policy.default, len(policy.rules))
+    return Admission(policy_file=policy_file, verified_dir=os.path.join(config.cache_dir, "verified"),
                      artifact_dir=config.artifact_dir, artifact_cache_bytes=config.artifact_cache_mb << 20)
 
 

@@ -16,6 +16,11 @@ Invariants:
 - Uninstall removes exactly what the state file lists (files, links, directories we created) and writes back the
   original config bytes when the file is as we left it; afterwards nothing of ours is on the node.
 - Running daemons keep working across an upgrade: the previous version directory stays until the next upgrade.
+- The signature policy: unless an explicit `--option policy=...` names the operator's own file, the installer
+  owns `<prefix>/policy/` (the policy and the keys it names, from `--policy-dir`, or an allow-all policy without
+  one) and the `policy` option points there. It is checked (oci.policy.parse_policy, keys read) before anything
+  is restarted; a bad one fails the install with the reason. Running daemons re-read the file at their next
+  Create (oci.policy.PolicyFile), so a new policy needs no restart of anything.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ from .layout import NSENTER, InstallError, Layout, Probe, detect, plan_install, 
 SHIM_BINARY = "containerd-shim-wasmtime-v1"
 STATE_FILE = "state.json"
 OPTIONS_FILE = "config.toml"
+POLICY_DIR = "policy"
+POLICY_FILE = "policy.toml"
+ALLOW_ALL_POLICY = (b"# Written by `wasm-shim node install` without --policy-dir: no signature checks.\n"
+                    b"# docs/supply-chain.md \"The node's policy\"; the chart's signaturePolicy values set one.\n"
+                    b'default = "allow"\n')
 DEFAULT_CACHE_DIR: str = ShimConfig.DEFAULTS["cache_dir"]
 
 
@@ -131,6 +141,7 @@ class Options:
     restart_command: str = ""
     cri_socket: str = ""
     restart_timeout: float = 90.0
+    policy_dir: str = ""  # a directory with policy.toml and the key files it names ("" = allow-all policy)
 
 
 class Reporter:
@@ -341,6 +352,12 @@ class Node:
         if os.path.islink(current_real):
             previous = os.path.basename(os.readlink(current_real))
         self._symlink(self.p("current"), os.path.join("versions", version))
+        if "policy" in shim_options:
+            if self.o.policy_dir:
+                raise InstallError("--policy-dir and --option policy=... both name a signature policy: choose one")
+        else:
+            self._install_policy(created)
+            shim_options["policy"] = self.node_view(self.p(POLICY_DIR, POLICY_FILE))
         self._write(self.p(OPTIONS_FILE), options_toml(shim_options))
         self._symlink(bin_link, link_target)
 
@@ -408,6 +425,37 @@ class Node:
             shutil.rmtree(partial, ignore_errors=True)
             raise InstallError(f"cannot copy the bundle to {target}: {exc.strerror or exc}") from None
         self.undo.add(f"bundle {target}", lambda: shutil.rmtree(self.host.path(target)))
+
+    def _install_policy(self, created: list[str]) -> None:
+        """Make `<prefix>/policy/` hold exactly the policy and keys of `--policy-dir` (or the allow-all policy),
+        then check it as the shim will read it. Each write and removal is undoable."""
+        files = read_policy_dir(self.o.policy_dir) if self.o.policy_dir else {POLICY_FILE: ALLOW_ALL_POLICY}
+        directory = self.p(POLICY_DIR)
+        self._mkdirs(directory, created)
+        for stale in sorted(set(os.listdir(self.host.path(directory))) - set(files)):
+            node_path = os.path.join(directory, stale)
+            before = self.host.read(node_path)
+            if before is None:
+                continue  # not a regular file: nothing we wrote
+            os.unlink(self.host.path(node_path))
+            self.undo.add(f"remove {node_path}", functools.partial(self._put_back, node_path, before))
+        for name in sorted(files, key=lambda n: n == POLICY_FILE):  # the keys first, the policy that names them last
+            if self.host.read(os.path.join(directory, name)) != files[name]:
+                self._write(os.path.join(directory, name), files[name])
+        from wasm_shim.oci.policy import PolicyError, parse_policy
+
+        def read(node_path: str) -> bytes:
+            data = self.host.read(node_path)
+            if data is None:
+                raise FileNotFoundError(2, "No such file or directory")
+            return data
+
+        source = self.p(POLICY_DIR, POLICY_FILE)
+        try:
+            policy = parse_policy(files[POLICY_FILE].decode("utf-8", errors="replace"), source, read)
+        except PolicyError as exc:
+            raise InstallError(f"signature policy: {exc}") from None
+        _say(f"signature policy {source}: default {policy.default}, {len(policy.rules)} rule(s)")
 
     def _prune_versions(self, keep: set[str]) -> None:
         versions = self.host.path(self.p("versions"))
@@ -525,6 +573,26 @@ def validate_or_fail(options: Mapping[str, str]) -> dict[str, str]:
         return validate_options(options)
     except ConfigMergeError as exc:
         raise InstallError(f"shim option: {exc}") from None
+
+
+def read_policy_dir(directory: str) -> dict[str, bytes]:
+    """The files of a policy directory (a mounted ConfigMap: `policy.toml` and key files, each a link into
+    `..data/`): name -> bytes. Hidden entries are the ConfigMap's own; anything else must be a regular file
+    with a plain name."""
+    files: dict[str, bytes] = {}
+    try:
+        names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    except OSError as exc:
+        raise InstallError(f"--policy-dir {directory}: {exc.strerror}") from None
+    for name in names:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise InstallError(f"--policy-dir {directory}: {name} is not a regular file")
+        with open(path, "rb") as f:
+            files[name] = f.read()
+    if POLICY_FILE not in files:
+        raise InstallError(f"--policy-dir {directory} has no {POLICY_FILE}")
+    return files
 
 
 def options_toml(options: Mapping[str, str]) -> bytes:

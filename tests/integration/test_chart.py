@@ -98,9 +98,16 @@ EVERY_VALUE = {
     "podAnnotations": {"example.com/team": "wasm"},
     "terminationGracePeriodSeconds": 300,
     "maxUnavailable": "20%",
+    "maxSurge": 0,
+    "signaturePolicy": {"toml": 'default = "deny"\n[[rule]]\nimages = ["registry.example.com/*"]\nkeys = ["team.pub"]\n',
+                        "keys": {"team.pub": "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"}},
     "serviceAccount": {"create": False, "name": "wasm-installer"},
     "test": {"enabled": True, "command": ["/test/other.wasm"], "expect": "other"},
 }
+
+
+def spec_annotations(ds: dict[str, Any]) -> dict[str, str]:
+    return ds["spec"]["template"]["metadata"]["annotations"]
 
 
 def installer_argv(objects: list[dict[str, Any]]) -> list[str]:
@@ -121,14 +128,20 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert_valid(objects)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
-                            "RoleBinding",
+                            "RoleBinding", "ConfigMap",
                             "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert spec["containers"][0]["image"] == f"ghcr.io/wasm-shim/installer:{chart['appVersion']}"
-    # Nothing beyond what the installer uses: one hostPath (/), hostPID for nsenter, privileged for setns.
-    assert [v["hostPath"]["path"] for v in spec["volumes"]] == ["/"]
+    # Nothing beyond what the installer uses: one hostPath (/) and the policy ConfigMap, hostPID for nsenter,
+    # privileged for setns.
+    assert [v.get("hostPath", {}).get("path") or v["configMap"]["name"] for v in spec["volumes"]] == [
+        "/", "wasm-shim-policy"]
+    (policy,) = by_kind(objects, "ConfigMap")
+    assert not policy.get("data")  # no policy: the installer writes an allow-all one
+    # --wait means every selected node installed: a new installer is Ready before the old one goes.
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert spec["hostPID"] is True and spec["containers"][0]["securityContext"] == {"privileged": True}
     assert "hostNetwork" not in spec
     argv = installer_argv(objects)
@@ -139,6 +152,7 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert events_role["metadata"]["namespace"] == "default"
     assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
                            "cache_dir=/var/lib/wasm-shim/cache"]
+    assert args.policy_dir is None
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["handler"] == "wasmtime" and rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready"}
     assert "overhead" not in rc
@@ -175,8 +189,19 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
     assert spec["serviceAccountName"] == "wasm-installer"
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert spec["priorityClassName"] == "system-node-critical"
-    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "20%", "maxSurge": 0}
     args = build_parser().parse_args(installer_argv(objects))
+    (policy,) = by_kind(objects, "ConfigMap")
+    assert policy["data"] == {"policy.toml": EVERY_VALUE["signaturePolicy"]["toml"],
+                              "team.pub": EVERY_VALUE["signaturePolicy"]["keys"]["team.pub"]}
+    assert args.policy_dir == "/etc/wasm-shim-policy"
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "signature-policy")
+    assert mount == {"name": "signature-policy", "mountPath": args.policy_dir, "readOnly": True}
+    # The policy's checksum is in the pod template, so a new policy rolls the installers that write it.
+    default_ds = by_kind(render(helm), "DaemonSet")[0]
+    annotation = "wasm.shim.io/signature-policy-sha256"
+    assert spec_annotations(ds)[annotation] != spec_annotations(default_ds)[annotation]
+    assert spec_annotations(ds)["example.com/team"] == "wasm"
     assert (args.layout, args.containerd_config, args.no_restart, args.restart_command, args.cri_socket,
             args.restart_timeout, args.prefix, args.bin_dir, args.uninstall_on_delete) == (
         "containerd", "/etc/kind/containerd.toml", True, "supervisorctl restart containerd",
@@ -221,6 +246,10 @@ BAD_VALUES = {
     "runtimeClass.name=Not_A_Name": "name",
     "resources.limits.memory=lots": "memory",
     "tolerations=none": "tolerations",
+    "signaturePolicy.keys.policy\\.toml=-----BEGIN PUBLIC KEY-----": "policy.toml",
+    "signaturePolicy.keys.team\\.pub=not a key": "team.pub",
+    "signaturePolicy.rules=x": "rules",
+    "maxUnavailable=-1": "maxUnavailable",
     "unknownTopLevel=1": "unknownTopLevel",
 }
 
@@ -310,3 +339,12 @@ def test_the_schema_check_catches_what_an_api_server_would_reject(helm: str) -> 
     assert any("hostPath: missing required field 'path'" in p for p in problems), problems
     assert any("maxUnavailable: matches none of oneOf" in p for p in problems), problems
     assert len(problems) == 4, problems
+
+
+def test_policy_keys_without_a_policy_are_refused(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"signaturePolicy": EVERY_VALUE["signaturePolicy"] | {"toml": ""}}))
+    done = run_helm(helm, "template", "wasm-shim", str(CHART), "--kube-version", K8S_VERSION, "-f", str(values),
+                    check=False)
+    assert done.returncode != 0
+    assert "signaturePolicy.keys is set but signaturePolicy.toml is empty" in done.stderr

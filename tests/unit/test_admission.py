@@ -67,3 +67,27 @@ def test_cri_sandbox_never_gets_the_pods_artifact(tmp_path: Path) -> None:
     spec = _spec(tmp_path, **{"io.kubernetes.cri.container-type": "sandbox", "wasm.shim.io/artifact": "x"})
     Admission(None, artifact_dir=str(tmp_path / "cache")).admit(spec, "k8s.io")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_changed_policy_file_applies_from_the_next_create(tmp_path: Path) -> None:
+    from wasm_shim.oci.policy import PolicyFile
+
+    path = tmp_path / "policy.toml"
+    path.write_text('default = "allow"\n')
+    asked: list[str] = []
+
+    def resolver(spec: GuestSpec, ns: str) -> ImageIdentity:
+        asked.append(spec.task_id)
+        return ImageIdentity("ghcr.io/team/app:v1", DIGEST)
+
+    admission = Admission(policy_file=PolicyFile(str(path)), resolver=resolver)
+    admission.admit(_spec(tmp_path), "k8s.io")
+    assert asked == []  # no rule and default allow: containerd is not even asked
+    path.with_suffix(".new").write_text('default = "deny"\n')
+    path.with_suffix(".new").replace(path)
+    with pytest.raises(AdmissionError, match="refused by the signature policy"):
+        admission.admit(_spec(tmp_path), "k8s.io")
+    path.write_text("default = ")
+    with pytest.raises(AdmissionError, match="signature policy cannot be used, so nothing runs.*not valid TOML"):
+        admission.admit(_spec(tmp_path), "k8s.io")
+    admission.admit(_spec(tmp_path, **{"io.kubernetes.cri.container-type": "sandbox"}), "k8s.io")

@@ -156,7 +156,10 @@ def test_install_twice_is_once_and_uninstall_restores_every_byte(tmp_path: Path,
     assert table["runtime_type"] == "io.containerd.wasmtime.v1"
     options_path = root / "opt/wasm-shim/config.toml"
     assert table["options"]["ConfigPath"] == str(options_path)
-    assert tomllib.loads(options_path.read_text()) == {"grouping": "pod", "idle_timeout": "60"}
+    policy_path = root / "opt/wasm-shim/policy/policy.toml"
+    assert tomllib.loads(options_path.read_text()) == {"grouping": "pod", "idle_timeout": "60",
+                                                       "policy": str(policy_path)}
+    assert tomllib.loads(policy_path.read_text()) == {"default": "allow"}  # no --policy-dir: no checks
     # The link containerd finds the shim by, and the launcher naming the installed interpreter by its node path.
     link = root / "usr/local/bin/containerd-shim-wasmtime-v1"
     assert os.readlink(link) == str(root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1")
@@ -392,4 +395,91 @@ def test_node_name_without_an_api_server_stops_before_touching_the_node(tmp_path
                           capture_output=True, text=True, timeout=60, cwd=REPO, env=env, check=False)
     assert done.returncode == 2
     assert "cannot use the Kubernetes API to label node node-a" in done.stderr and "--no-report" in done.stderr
+    assert snapshot(root) == before
+
+
+def _configmap_dir(path: Path, files: dict[str, bytes]) -> Path:
+    """A directory laid out as the kubelet mounts a ConfigMap: the files in ..2026_x/, ..data -> it, and each
+    name a link through ..data."""
+    data = path / "..2026_11_30_00_00_00.000000001"
+    data.mkdir(parents=True)
+    for name, content in files.items():
+        (data / name).write_bytes(content)
+        (path / name).symlink_to(Path("..data") / name)
+    (path / "..data").symlink_to(data.name)
+    return path
+
+
+def _public_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_policy_dir_is_installed_checked_replaced_and_removed(tmp_path: Path) -> None:
+    files, _, _ = LAYOUT_ROOTS["containerd-2.x"]
+    root = make_root(tmp_path, files)
+    bundle = make_bundle(tmp_path)
+    before = snapshot(root)
+    team, other = _public_key_pem(), _public_key_pem()
+    enforcing = (b'default = "deny"\n[[rule]]\nimages = ["10.0.0.1:5000/*"]\nkeys = ["team.pub", "other.pub"]\n'
+                 b'[registry]\ninsecure = ["10.0.0.1:5000"]\n')
+    first = _configmap_dir(tmp_path / "cm1", {"policy.toml": enforcing, "team.pub": team, "other.pub": other})
+    result = node(root, "install", "--no-restart", "--policy-dir", str(first), bundle=bundle)
+    assert result.returncode == 0, result.stderr
+    assert "default deny, 1 rule(s)" in result.stdout
+    policy = root / "opt/wasm-shim/policy"
+    assert sorted(p.name for p in policy.iterdir()) == ["other.pub", "policy.toml", "team.pub"]
+    assert (policy / "policy.toml").read_bytes() == enforcing and (policy / "team.pub").read_bytes() == team
+    options = tomllib.loads((root / "opt/wasm-shim/config.toml").read_text())
+    assert options["policy"] == str(policy / "policy.toml")
+    from wasm_shim.oci.policy import load_policy
+
+    assert load_policy(options["policy"]).rules[0].images == ("10.0.0.1:5000/*",)  # what the daemon reads
+
+    # A new policy (the chart's values changed): a key dropped, the policy rewritten; the stale key goes.
+    second = _configmap_dir(tmp_path / "cm2", {"policy.toml": enforcing.replace(b', "other.pub"', b""),
+                                               "team.pub": team})
+    result = node(root, "install", "--no-restart", "--policy-dir", str(second), bundle=bundle)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in policy.iterdir()) == ["policy.toml", "team.pub"]
+    installed = snapshot(root)
+
+    # A policy naming a key it was not given fails the install with the reason and changes nothing.
+    broken = _configmap_dir(tmp_path / "cm3", {"policy.toml": enforcing, "team.pub": team})
+    result = node(root, "install", "--no-restart", "--policy-dir", str(broken), bundle=bundle)
+    assert result.returncode == 1
+    assert "signature policy:" in result.stderr and "cannot read key" in result.stderr and "other.pub" in result.stderr
+    assert snapshot(root) == installed
+
+    # Without --policy-dir: back to the allow-all policy, no keys left.
+    result = node(root, "install", "--no-restart", bundle=bundle)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in policy.iterdir()] == ["policy.toml"]
+    assert tomllib.loads((policy / "policy.toml").read_text()) == {"default": "allow"}
+
+    gone = node(root, "uninstall", "--no-restart")
+    assert gone.returncode == 0, gone.stderr
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("case", ["no policy.toml", "both", "subdirectory"])
+def test_bad_policy_dir_is_named_and_changes_nothing(tmp_path: Path, case: str) -> None:
+    files, _, _ = LAYOUT_ROOTS["containerd-2.x"]
+    root = make_root(tmp_path, files)
+    before = snapshot(root)
+    directory = _configmap_dir(tmp_path / "cm", {} if case == "no policy.toml" else {"policy.toml": b""})
+    extra: tuple[str, ...] = ()
+    if case == "both":
+        extra = ("--option", f"policy={tmp_path / 'own.toml'}")
+    if case == "subdirectory":
+        (directory / "keys").mkdir()
+    result = node(root, "install", "--no-restart", "--policy-dir", str(directory), *extra,
+                  bundle=make_bundle(tmp_path))
+    assert result.returncode == 1, result.stdout
+    expected = {"no policy.toml": "has no policy.toml", "both": "both name a signature policy",
+                "subdirectory": "keys is not a regular file"}[case]
+    assert expected in result.stderr
     assert snapshot(root) == before

@@ -125,3 +125,34 @@ def test_default_allow(tmp_path: Path) -> None:
     policy = parse_policy("", str(tmp_path / "p.toml"))
     decision = decide(policy, "any/thing", DIGEST, lambda rule: None, VerificationCache(None, 1))
     assert decision.allowed and decision.rule is None
+
+
+def test_a_policy_file_is_re_read_when_it_or_a_key_it_names_changes(policy_file: Path) -> None:
+    from wasm_shim.oci.policy import PolicyFile
+
+    held = PolicyFile(str(policy_file))
+    first = held.current()
+    assert first.default == "deny" and held.current() is first  # unchanged: not parsed again
+    _pub(policy_file.parent / "team.next.pub").replace(policy_file.parent / "team.pub")  # a key rotated
+    rotated = held.current()
+    assert rotated is not first and rotated.rules[0].fingerprint != first.rules[0].fingerprint
+    policy_file.with_suffix(".new").write_text('default = "allow"\n')
+    policy_file.with_suffix(".new").replace(policy_file)  # how the installer writes it: a new inode
+    assert held.current().default == "allow" and held.current().checks_nothing
+
+
+def test_a_policy_file_that_stops_parsing_refuses_until_it_parses_again(policy_file: Path) -> None:
+    from wasm_shim.oci.policy import PolicyFile
+
+    held = PolicyFile(str(policy_file))
+    held.current()
+    good = policy_file.read_text()
+    policy_file.write_text('default = "maybe"\n')
+    for _ in range(2):  # never the old policy, never "allow everything"
+        with pytest.raises(PolicyError, match='default must be "allow" or "deny"'):
+            held.current()
+    policy_file.unlink()
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        held.current()
+    policy_file.write_text(good)
+    assert held.current().default == "deny"
