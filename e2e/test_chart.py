@@ -7,6 +7,7 @@ node's supervisor (`node.restartCommand`, e2e/README.md): on a systemd node the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import cluster as cl
-from e2e.cluster import images
+from e2e.cluster import images, registry
 from e2e.conftest import Cluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -654,8 +655,10 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
     # node-b's /etc/containerd/config.toml bound read-only over itself inside node-b's mount namespace (what the
     # installer's hostPath of / sees), then a second release selecting node-b only. The installer cannot replace
     # the config: node-b is labelled `failed` with the reason in an annotation and a Warning event, the installer
-    # pod is not Ready (helm install --wait and helm status do not notice); node-a, its wasm pod and node-b's
-    # config are untouched, and uninstalling that release leaves node-b as it was.
+    # pod is not Ready; node-a, its wasm pod and node-b's
+    # config are untouched, and uninstalling that release leaves node-b as it was. helm sees it too: the
+    # DaemonSet's maxUnavailable 0 makes --wait wait for every selected node, so the install fails and
+    # `helm status` says failed.
     apps = client.AppsV1Api(cluster.api)
     core = client.CoreV1Api(cluster.api)
     wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
@@ -674,12 +677,11 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
                   "runtimeClass": {"create": False}, "test": {"enabled": False}}
         values_file = tmp_path / "values.yaml"
         values_file.write_text(yaml.safe_dump(values))
-        # helm cannot see it: its --wait counts a DaemonSet of one pod with maxUnavailable 1 as ready at once, so
-        # the release is "deployed" while the node failed. Where it shows is the node and the installer pod.
         result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
                       "-f", str(values_file), "--wait", "--timeout", "90s")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "STATUS: deployed" in helm(cluster, "status", other, "-n", other_ns).stdout
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "context deadline exceeded" in result.stderr or "timed out" in result.stderr, result.stderr
+        assert "STATUS: failed" in helm(cluster, "status", other, "-n", other_ns).stdout
         wait_until("node-b labelled failed", lambda: node_labels(core, "node-b").get(LABEL) == "failed", timeout=180)
         reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
         assert CONFIG in reason, reason
@@ -704,3 +706,79 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
         delete_deployment(apps, core, name)
     assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
     assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+
+
+def upgrade(cluster: Cluster, values: dict, work: Path) -> None:
+    """`helm upgrade --wait` of the release to ``values``; then the rolled installer pod is the only one and Ready
+    (maxSurge: the old one goes once the new one is Ready)."""
+    core = client.CoreV1Api(cluster.api)
+    before = {p.metadata.uid for p in installer_pods(core)}
+    values_file = work / f"values-{uuid.uuid4().hex[:6]}.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = helm(cluster, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "-f", str(values_file),
+                  "--wait", "--timeout", "5m")
+    assert result.returncode == 0, f"helm upgrade failed:\n{result.stdout}{result.stderr}"
+
+    def rolled() -> bool:
+        pods = installer_pods(core)
+        return len(pods) == 1 and pods[0].metadata.uid not in before and \
+            all(s.ready for s in pods[0].status.container_statuses or [False])
+    wait_until("the upgraded installer pod alone and Ready", rolled, timeout=180)
+
+
+def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(cluster: Cluster, release: dict,
+                                                                              guests: Path, tmp_path: Path) -> None:
+    # Issue 11 item 5: an enforcing policy set through the chart's values. Two artifacts in the cluster's registry,
+    # one signed with the e2e key (`wasm-shim sign`, cosign's bundle format). After `helm upgrade` the installer
+    # has written the policy onto node-a and the shim daemon already running there re-reads it at the next Create:
+    # the unsigned pod's refusal shows in `kubectl describe`, the signed pod runs. Back to no policy afterwards.
+    core = client.CoreV1Api(cluster.api)
+    password = "e2e-password"
+    keygen = subprocess.run([str(ROOT / ".venv" / "bin" / "wasm-shim"), "generate-key-pair", "--output-key-prefix",
+                             str(tmp_path / "e2e")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COSIGN_PASSWORD": password})
+    assert keygen.returncode == 0, keygen.stderr
+    signed = registry.push_artifact(cluster, guests / "hello.wasm", "e2e/policy-signed:v1")
+    unsigned = registry.push_artifact(cluster, guests / "sleep.wasm", "e2e/policy-unsigned:v1")
+    sign = cluster.node_exec("node-a", "env", f"COSIGN_PASSWORD={password}", str(ROOT / ".venv" / "bin" / "wasm-shim"),
+                             "sign", "--key", str(tmp_path / "e2e.key"), "--insecure-registry", cl.REGISTRY, signed)
+    assert sign.returncode == 0, sign.stdout + sign.stderr
+    policy = (f'default = "allow"\n[[rule]]\nimages = ["{cl.REGISTRY}/e2e/policy-*"]\nkeys = ["e2e.pub"]\n'
+              f'mode = "enforce"\n[registry]\ninsecure = ["{cl.REGISTRY}"]\ntimeout = 10\n')
+    upgrade(cluster, {**release["values"], "signaturePolicy": {
+        "toml": policy, "keys": {"e2e.pub": (tmp_path / "e2e.pub").read_text()}}}, tmp_path)
+    suffix = uuid.uuid4().hex[:6]
+    pods = {f"unsigned-{suffix}": unsigned.rsplit("@", 1)[0] + ":v1", f"signed-{suffix}": signed.rsplit("@", 1)[0] + ":v1"}
+    try:
+        assert cluster.node_exec("node-a", "cat", "/opt/wasm-shim/policy/policy.toml").stdout == policy
+        for name, image in pods.items():
+            core.create_namespaced_pod(NAMESPACE, client.V1Pod(
+                metadata=client.V1ObjectMeta(name=name),
+                spec=client.V1PodSpec(runtime_class_name="wasmtime", restart_policy="Never",
+                                      termination_grace_period_seconds=2, containers=[client.V1Container(
+                                          name="guest", image=image, image_pull_policy="IfNotPresent",
+                                          args=["3600"] if name.startswith("unsigned") else None)])))
+        unsigned_pod, signed_pod = pods
+
+        def refusal() -> str | None:
+            found = [e.message for e in core.list_namespaced_event(
+                NAMESPACE, field_selector=f"involvedObject.name={unsigned_pod},reason=Failed").items
+                if "signature policy" in (e.message or "")]
+            return found[0] if found else None
+        message = wait_until("the unsigned pod's refusal event", refusal, timeout=180)
+        assert "refused by the signature policy" in message and f"{cl.REGISTRY}/e2e/policy-unsigned" in message, \
+            message
+        describe = cluster.kubectl("describe", "pod", unsigned_pod, "-n", NAMESPACE)
+        assert "refused by the signature policy" in describe.stdout, describe.stdout[-2000:]
+        state = core.read_namespaced_pod(unsigned_pod, NAMESPACE).status.container_statuses[0]
+        assert not state.ready and state.state.running is None
+        wait_until("the signed pod finished", finished(core, signed_pod), timeout=180)
+        pod = core.read_namespaced_pod(signed_pod, NAMESPACE)
+        assert pod.status.phase == "Succeeded", pod.status
+        assert "hello from wasm" in core.read_namespaced_pod_log(signed_pod, NAMESPACE)
+    finally:
+        for name in pods:
+            absent_ok(core.delete_namespaced_pod, name, NAMESPACE, grace_period_seconds=0)
+        upgrade(cluster, release["values"], tmp_path)
+    allow_all = cluster.node_exec("node-a", "cat", "/opt/wasm-shim/policy/policy.toml").stdout
+    assert 'default = "allow"' in allow_all and "[[rule]]" not in allow_all
