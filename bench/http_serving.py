@@ -6,6 +6,8 @@ network namespace the bench made (loopback up, as CRI's CNI gives a pod), all li
 - ours: `ctr run -d --null-io --with-ns network:NETNS` on our runtime (the component runner serves it);
 - `wasmtime serve -Scli` of the same file (the wasmtime CLI setup builds; `-Scli` because the guest writes to
   stdout/stderr), started under `nsenter --net=NETNS`;
+- the same with `-W timeout=30s`: a per-request deadline, which `wasmtime serve` enforces with epoch
+  interruption, as our runner always does (per-request deadlines and CPU limits): the like-for-like baseline;
 - each `--peer-shim`, through `ctr` like ours (runwasi's wasmtime shim serves on 0.0.0.0:8080 too).
 `wrk` runs inside the namespace (`nsenter --net`), keep-alive, GET of the echo route, for N seconds at each
 connection count; a Lua `done` hook prints its totals and latency percentiles as JSON. Rounds alternate the
@@ -55,6 +57,7 @@ TARGET = "/index.html"  # busybox httpd serves the file; the http guest echoes t
 READY_TIMEOUT = 600.0  # a hang bound: a cold start compiles a 14 MB StarlingMonkey component (140 s at load 15 here)
 POLL_INTERVAL = 0.002
 WASMTIME_SERVE = "wasmtime serve"
+WASMTIME_SERVE_DEADLINE = "wasmtime serve -W timeout=30s"
 GOAL = 0.9
 CLONE_NEWNET = 0x40000000
 WRK_THREADS = 2  # wrk -t1 -c1 and -t2 -c16: at most one load thread per core of this 2-core machine
@@ -224,9 +227,11 @@ def start_ctr(lab: Lab, images: dict[str, str], runtime: Runtime, path: Path) ->
     return server, answered - began
 
 
-def start_wasmtime_serve(cli: str, component: Path, path: Path, log: Path) -> Server:
-    """`wasmtime serve` of ``component`` inside ``path``, ready (answering) when this returns."""
-    cmd = ["nsenter", f"--net={path}", "--", cli, "serve", "--addr", f"0.0.0.0:{PORT}", "-Scli", str(component)]
+def start_wasmtime_serve(cli: str, component: Path, path: Path, log: Path, deadline: bool = False) -> Server:
+    """`wasmtime serve` of ``component`` inside ``path`` (``deadline``: with `-W timeout=30s`), ready (answering)
+    when this returns."""
+    cmd = ["nsenter", f"--net={path}", "--", cli, "serve", "--addr", f"0.0.0.0:{PORT}", "-Scli",
+           *(["-W", "timeout=30s"] if deadline else []), str(component)]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
@@ -249,7 +254,7 @@ def start_wasmtime_serve(cli: str, component: Path, path: Path, log: Path) -> Se
     except BaseException:
         stop()
         raise
-    return Server(WASMTIME_SERVE, path, stop)
+    return Server(WASMTIME_SERVE_DEADLINE if deadline else WASMTIME_SERVE, path, stop)
 
 
 # -- load ----------------------------------------------------------------------------------------------------
@@ -353,7 +358,7 @@ def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) 
     script.write_text(WRK_SCRIPT)
     figure.commands = [
         " ".join(_ctr_argv(lab, images, OURS, "ID", Path("/var/run/netns/NETNS"))),
-        f"nsenter --net=NETNS -- wasmtime serve --addr 0.0.0.0:{PORT} -Scli http.component.wasm",
+        f"nsenter --net=NETNS -- wasmtime serve --addr 0.0.0.0:{PORT} -Scli [-W timeout=30s] http.component.wasm",
         f"nsenter --net=NETNS -- wrk -t min(C,{WRK_THREADS}) -c C -d {counts.http_seconds:g}s "
         f"--timeout 10s -s wrk-summary.lua http://127.0.0.1:{PORT}{TARGET}",
     ]
@@ -364,10 +369,11 @@ def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) 
             stack.callback(server.stop)
             servers.append(server)
         if ctx.wasmtime_cli:
-            server = start_wasmtime_serve(ctx.wasmtime_cli, component, stack.enter_context(netns()),
-                                          ctx.workdir / "wasmtime-serve.log")
-            stack.callback(server.stop)
-            servers.append(server)
+            for deadline in (False, True):
+                server = start_wasmtime_serve(ctx.wasmtime_cli, component, stack.enter_context(netns()),
+                                              ctx.workdir / "wasmtime-serve.log", deadline)
+                stack.callback(server.stop)
+                servers.append(server)
         else:
             figure.notes.append("no wasmtime CLI found: `scripts/setup.sh --with wasmtime-cli` builds 48.0.0 "
                                 "(or pass --wasmtime-cli PATH); the goal is not judged")
@@ -399,6 +405,12 @@ def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) 
                 figure.rows.append(Row(f"{name}: latency {q}", "ms", s,
                                        ratio(s.p50, summarize([pick(load) for load in base]).p50)))
             figure.series[f"{server.label} x{connections}"] = [load.rps for load in got]
+        like = loads.get((WASMTIME_SERVE_DEADLINE, connections), [])
+        if like and loads.get((OURS.label, connections)):
+            ours_rps = summarize([load.rps for load in loads[OURS.label, connections]]).p50
+            like_rps = summarize([load.rps for load in like]).p50
+            figure.notes.append(f"like for like at {connections} connection(s): ours {ratio(ours_rps, like_rps):.2f}x "
+                                f"`{WASMTIME_SERVE_DEADLINE}` (both with epoch interruption)")
     figure.notes.append(f"{counts.http_rounds} round(s) of {counts.http_seconds:g} s per server and "
                         "connection count, servers alternating; a latency row's p50 column is the median over "
                         f"rounds of wrk's per-round percentile; vs base = vs {WASMTIME_SERVE}")
