@@ -149,7 +149,9 @@ class Reporter:
 
     def ready(self, version: str, layout: str) -> None: ...
 
-    def failed(self, reason: str) -> None: ...
+    def failed(self, reason: str, kept: str = "") -> None:
+        """The install did not happen; ``kept``: the version that was installed before and still is (an upgrade
+        rolled back whole), so the node still runs wasm."""
 
     def removed(self) -> None: ...
 
@@ -291,9 +293,11 @@ class Node:
     # --- install ----------------------------------------------------------------------------------------------
     def install(self, reporter: Reporter) -> int:
         created: list[str] = []
+        previous: Mapping[str, object] = {}
         try:
             try:
                 self.lock(created)
+                previous = self.state() or {}
                 version, layout = self._install(created)
             except InstallError as exc:
                 # Still under the lock: nobody else sees the node half-way back.
@@ -310,7 +314,10 @@ class Node:
                     sys.stderr.write("wasm-shim node install: the node could not be fully put back (above)\n")
                 else:
                     sys.stderr.write("wasm-shim node install: the node is as it was before this run\n")
-                reporter.failed(reason)
+                kept = str(previous.get("version", "")) if not errors else ""
+                if kept:
+                    sys.stderr.write(f"wasm-shim node install: version {kept} stays installed and in use\n")
+                reporter.failed(reason, kept=kept)
                 return 1
         finally:
             self.unlock()

@@ -67,7 +67,14 @@ class KubeReporter(Reporter):
         message = f"wasm-shim {version} installed ({layout}); containerd has handler wasmtime"
         self._safely("create an event", lambda: self._event("Normal", "WasmShimInstalled", message))
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, kept: str = "") -> None:
+        if kept:
+            # An upgrade that rolled back: the node still runs `kept`, so it stays schedulable for wasm pods; the
+            # reason and the event say the new version did not go on.
+            reason = f"upgrade failed, {kept} still installed: {reason}"
+            self._safely("annotate", lambda: self._patch({LABEL: "ready"}, {REASON_ANNOTATION: reason[:1024]}))
+            self._safely("create an event", lambda: self._event("Warning", "WasmShimUpgradeFailed", reason))
+            return
         self._safely("label", lambda: self._patch({LABEL: "failed"}, {REASON_ANNOTATION: reason[:1024]}))
         self._safely("create an event", lambda: self._event("Warning", "WasmShimInstallFailed", reason))
 

@@ -246,3 +246,25 @@ def test_run_uninstalls_only_when_its_daemonset_is_being_deleted(
     assert "could not" not in gone.stderr, gone.stderr
     assert snapshot(root) == before
     assert "wasm.shim.io/runtime" not in (api.node("node-c")["metadata"].get("labels") or {})
+
+
+def test_failed_upgrade_keeps_the_node_ready_and_says_why(api: Api, installer_kubeconfig: Path,
+                                                          tmp_path: Path) -> None:
+    add_node(api, "node-c")
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    bundle = str(make_bundle(tmp_path))
+    done = run_node(installer_kubeconfig, root, "node-c", "install", "--bundle", bundle)
+    assert done.returncode == 0, done.stderr
+    bad = tmp_path / "policy"
+    bad.mkdir()
+    (bad / "policy.toml").write_text('default = "maybe"\n')
+    again = run_node(installer_kubeconfig, root, "node-c", "install", "--bundle", bundle, "--policy-dir", str(bad))
+    assert again.returncode == 1 and "0.1.0-fixture stays installed" in again.stderr, again.stderr
+    assert "could not" not in again.stderr, again.stderr
+    meta = api.node("node-c")["metadata"]
+    assert meta["labels"]["wasm.shim.io/runtime"] == "ready"  # it still runs the version it had
+    reason = meta["annotations"]["wasm.shim.io/runtime-reason"]
+    assert reason.startswith("upgrade failed, 0.1.0-fixture still installed:") and "default must be" in reason
+    (event,) = api.events("WasmShimUpgradeFailed")
+    assert event["type"] == "Warning" and event["involvedObject"]["name"] == "node-c"
+    assert run_node(installer_kubeconfig, root, "node-c", "uninstall").returncode == 0

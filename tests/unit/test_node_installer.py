@@ -483,3 +483,32 @@ def test_bad_policy_dir_is_named_and_changes_nothing(tmp_path: Path, case: str) 
                 "subdirectory": "keys is not a regular file"}[case]
     assert expected in result.stderr
     assert snapshot(root) == before
+
+
+def test_a_failed_upgrade_that_rolled_back_keeps_the_node_ready(tmp_path: Path) -> None:
+    from wasm_shim.shim.node.installer import Node, Options, Reporter
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, ...]] = []
+
+        def ready(self, version: str, layout: str) -> None:
+            self.calls.append(("ready", version))
+
+        def failed(self, reason: str, kept: str = "") -> None:
+            self.calls.append(("failed", reason, kept))
+
+    files, _, _ = LAYOUT_ROOTS["containerd-2.x"]
+    root = make_root(tmp_path, files)
+    bundle = make_bundle(tmp_path)
+    bad = _configmap_dir(tmp_path / "cm", {"policy.toml": b'default = "maybe"\n'})
+    options = dict(host_root=str(root), node_root=str(root), bundle=str(bundle), restart=False)
+    fresh = Recorder()
+    assert Node(Options(**options, policy_dir=str(bad))).install(fresh) == 1
+    assert fresh.calls[0][0] == "failed" and fresh.calls[0][2] == ""  # nothing was installed: the node failed
+    first = Recorder()
+    assert Node(Options(**options)).install(first) == 0 and first.calls == [("ready", "0.1.0-fixture")]
+    upgrade = Recorder()
+    assert Node(Options(**options, policy_dir=str(bad))).install(upgrade) == 1
+    [(what, reason, kept)] = upgrade.calls
+    assert (what, kept) == ("failed", "0.1.0-fixture") and 'default must be "allow" or "deny"' in reason
