@@ -29,6 +29,7 @@ RELEASE_NS = "wasm-system"
 INSTALLER = "wasm-shim.local/installer:e2e"
 LABEL = "wasm.shim.io/runtime"
 CONFIG = "/etc/containerd/config.toml"
+NODE_POLICY = "/opt/wasm-shim/policy/policy.toml"  # where the installer puts the chart's signaturePolicy
 NAMESPACE = "default"
 RESTART_COMMAND = f"nsenter -t 1 -m -n -p -- {cl.NODE_SUPPORT_DIR}/restart-containerd"
 
@@ -625,19 +626,8 @@ def test_helm_upgrade_keeps_running_wasm_pods_running(cluster: Cluster, release:
         assert "got: hello from wasm" in client_on_node_b(core, script.replace("IP", cluster_ip))
         before = {p.metadata.uid: (p.status.container_statuses[0].container_id,
                                    p.status.container_statuses[0].restart_count) for p in pods_of(core, name)}
-        installer_before = {p.metadata.uid for p in installer_pods(core)}
-        values = {**release["values"], "shim": {"logLevel": "debug"}, "podAnnotations": {"e2e/upgrade": "1"}}
-        values_file = tmp_path / "values.yaml"
-        values_file.write_text(yaml.safe_dump(values))
-        result = helm(cluster, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "-f", str(values_file),
-                      "--wait", "--timeout", "5m")
-        assert result.returncode == 0, f"helm upgrade failed:\n{result.stdout}{result.stderr}"
-
-        def new_installer_ready() -> bool:
-            pods = installer_pods(core)
-            statuses = pods[0].status.container_statuses if len(pods) == 1 else None
-            return bool(statuses) and pods[0].metadata.uid not in installer_before and all(s.ready for s in statuses)
-        wait_until("the upgraded installer pod ready", new_installer_ready, timeout=180)
+        upgrade(cluster, {**release["values"], "shim": {"logLevel": "debug"}, "podAnnotations": {"e2e/upgrade": "1"}},
+                tmp_path)
         assert "STATUS: deployed" in helm(cluster, "status", RELEASE, "-n", RELEASE_NS).stdout
         assert node_labels(core, "node-a").get(LABEL) == "ready"
         after = {p.metadata.uid: (p.status.container_statuses[0].container_id,
@@ -748,9 +738,11 @@ def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(clu
     upgrade(cluster, {**release["values"], "signaturePolicy": {
         "toml": policy, "keys": {"e2e.pub": (tmp_path / "e2e.pub").read_text()}}}, tmp_path)
     suffix = uuid.uuid4().hex[:6]
-    pods = {f"unsigned-{suffix}": unsigned.rsplit("@", 1)[0] + ":v1", f"signed-{suffix}": signed.rsplit("@", 1)[0] + ":v1"}
+    # By tag, as a pod author writes it: containerd resolves the digest the policy then checks.
+    pods = {f"unsigned-{suffix}": unsigned.rsplit("@", 1)[0] + ":v1",
+            f"signed-{suffix}": signed.rsplit("@", 1)[0] + ":v1"}
     try:
-        assert cluster.node_exec("node-a", "cat", "/opt/wasm-shim/policy/policy.toml").stdout == policy
+        assert cluster.node_exec("node-a", "cat", NODE_POLICY).stdout == policy
         for name, image in pods.items():
             core.create_namespaced_pod(NAMESPACE, client.V1Pod(
                 metadata=client.V1ObjectMeta(name=name),
@@ -780,5 +772,5 @@ def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(clu
         for name in pods:
             absent_ok(core.delete_namespaced_pod, name, NAMESPACE, grace_period_seconds=0)
         upgrade(cluster, release["values"], tmp_path)
-    allow_all = cluster.node_exec("node-a", "cat", "/opt/wasm-shim/policy/policy.toml").stdout
+    allow_all = cluster.node_exec("node-a", "cat", NODE_POLICY).stdout
     assert 'default = "allow"' in allow_all and "[[rule]]" not in allow_all

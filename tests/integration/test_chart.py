@@ -99,7 +99,8 @@ EVERY_VALUE = {
     "terminationGracePeriodSeconds": 300,
     "maxUnavailable": "20%",
     "maxSurge": 0,
-    "signaturePolicy": {"toml": 'default = "deny"\n[[rule]]\nimages = ["registry.example.com/*"]\nkeys = ["team.pub"]\n',
+    "signaturePolicy": {"toml": 'default = "deny"\n[[rule]]\nimages = ["registry.example.com/*"]\n'
+                                'keys = ["team.pub"]\n',
                         "keys": {"team.pub": "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"}},
     "serviceAccount": {"create": False, "name": "wasm-installer"},
     "test": {"enabled": True, "command": ["/test/other.wasm"], "expect": "other"},
