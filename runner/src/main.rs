@@ -28,8 +28,10 @@
 //!   any other error (`wasm error: ...` on stderr). Kill, pause and resume are signals from the daemon
 //!   (SIGKILL, SIGSTOP, SIGCONT): nothing here needs to cooperate.
 //! - Compiled components are cached under `cache_dir/<fingerprint>/<sha256>.component.cwasm` in the daemon's
-//!   private (0700, ours) directory, in the daemon's file format (magic, sha256 of the payload, payload);
-//!   a file failing a check is ignored and rewritten, never deserialized.
+//!   private (0700, ours) directory: wasmtime's serialized component as it is, beside `<...>.cwasm.sha256`
+//!   (the hex sha256 of that file). A start maps the file (`Component::deserialize_file`) instead of copying it,
+//!   so every runner of one component shares its compiled code in the page cache; the file is hashed first, and
+//!   one failing a check is ignored and rewritten (by rename: a mapped file is never changed), never mapped.
 
 use std::ffi::CString;
 use std::fs;
@@ -51,7 +53,6 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 mod http;
 
-const CACHE_MAGIC: &[u8] = b"wasm-shim-cwasm-v1\n";
 const EXIT_FAILURE: i32 = 1; // `run` returned err, or an error that is not a trap (base.py's rule)
 const EXIT_TRAP: i32 = 134; // 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 const TICK: Duration = Duration::from_millis(10);
@@ -566,12 +567,22 @@ impl Cache {
         self.dir.join(format!("{digest}.component.cwasm"))
     }
 
+    fn sum_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.component.cwasm.sha256"))
+    }
+
     /// The cached component, when its file passes every check (else None: compile again).
     fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let payload = read_cache_file(&self.path(digest))?;
-        // SAFETY: the file is ours, private, carries our magic and the digest of its payload, and was written
-        // by a runner with this engine's compatibility hash (the directory's name); wasmtime also checks.
-        unsafe { Component::deserialize(engine, &payload) }.ok()
+        let path = self.path(digest);
+        let expected = read_private_file(&self.sum_path(digest), 64)?;
+        let actual = sha256_of_private_file(&path)?;
+        if actual.as_bytes() != expected.as_slice() {
+            return None;
+        }
+        // SAFETY: the file is ours, private (0600 in a 0700 directory), its contents hash to the digest
+        // recorded when this engine (the directory's compatibility hash) wrote it, and it is only ever replaced
+        // by rename, never written in place, so the mapping stays as checked; wasmtime checks it too.
+        unsafe { Component::deserialize_file(engine, &path) }.ok()
     }
 
     /// Compile `bytes` (whose sha256 is `digest`) and store the result; a cache we cannot write only costs the
@@ -583,7 +594,10 @@ impl Cache {
             let _ = fs::create_dir(&self.dir)
                 .map(|_| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)));
             if check_private_dir(&self.dir).is_ok() {
-                let _ = write_cache_file(&self.path(digest), &payload);
+                // The file first, then its sum: a reader between the two sees a mismatch and compiles.
+                let sum = hex(&Sha256::digest(&payload));
+                let _ = write_private_file(&self.path(digest), &payload)
+                    .and_then(|_| write_private_file(&self.sum_path(digest), sum.as_bytes()));
             }
         }
         Ok(component)
@@ -616,8 +630,9 @@ fn check_private_dir(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn read_cache_file(path: &Path) -> Option<Vec<u8>> {
-    let mut file = fs::OpenOptions::new()
+/// `path` opened for reading when it is a regular file of ours that nobody else can read or write.
+fn open_private_file(path: &Path) -> Option<fs::File> {
+    let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
@@ -626,19 +641,37 @@ fn read_cache_file(path: &Path) -> Option<Vec<u8>> {
     if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o077 != 0 {
         return None;
     }
-    let mut blob = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut blob).ok()?;
-    let header = CACHE_MAGIC.len() + 32;
-    if blob.len() < header || &blob[..CACHE_MAGIC.len()] != CACHE_MAGIC {
-        return None;
-    }
-    if Sha256::digest(&blob[header..]).as_slice() != &blob[CACHE_MAGIC.len()..header] {
-        return None;
-    }
-    Some(blob.split_off(header))
+    Some(file)
 }
 
-fn write_cache_file(path: &Path, payload: &[u8]) -> std::io::Result<()> {
+/// The contents of a private file of at most `limit` bytes.
+fn read_private_file(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    let mut content = Vec::new();
+    open_private_file(path)?
+        .take(limit + 1)
+        .read_to_end(&mut content)
+        .ok()?;
+    (content.len() as u64 <= limit).then_some(content)
+}
+
+/// The hex sha256 of a private file, read in chunks (the page cache holds it; no copy stays in this process).
+fn sha256_of_private_file(path: &Path) -> Option<String> {
+    let mut file = open_private_file(path)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(hex(&hasher.finalize()))
+}
+
+/// Replace `path` with `payload` (0600) all at once: a temporary file, synced, then renamed over it.
+fn write_private_file(path: &Path, payload: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
@@ -646,8 +679,6 @@ fn write_cache_file(path: &Path, payload: &[u8]) -> std::io::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(CACHE_MAGIC)?;
-        file.write_all(&Sha256::digest(payload))?;
         file.write_all(payload)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
