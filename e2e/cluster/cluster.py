@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A two-node Kubernetes cluster inside private namespaces on this machine: start, wait, stop.
 
 This module owns the cluster's process tree, its namespaces and its state directory. Standard library only (it
