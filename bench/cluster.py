@@ -2,7 +2,7 @@
 
 `python -m bench.cluster` (`make bench-cluster`) brings up its own two-node cluster (e2e/cluster, in a temp state
 directory, so a cluster started by a person or the e2e suite is left alone), puts the shim on node-a the way
-e2e/test_wasm_direct.py's fixture does (link, `wasm-shim containerd-config --merge`, restart containerd, the
+e2e/conftest.py's `shim_on_node_a` fixture does (link, `wasm-shim containerd-config --merge`, restart containerd, the
 RuntimeClass, the node label), measures, and always tears the cluster down again. `measure()` is the figure itself
 and needs only a cluster with the shim on the node; e2e/test_bench_cluster.py runs it on the e2e session cluster.
 
@@ -425,7 +425,7 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
 
 
 def install_shim(api: object, state: cl.State, nodes: Sequence[str] = (NODE,)) -> None:
-    """What e2e/test_wasm_direct.py's fixture does, on each of ``nodes`` (not undone: the cluster is this run's
+    """What e2e/conftest.py's `shim_on_node_a` fixture does, on each of ``nodes`` (not undone: the cluster is this run's
     own and goes away)."""
     import yaml
     from kubernetes import client

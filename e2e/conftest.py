@@ -1,9 +1,13 @@
-"""The e2e suite's session fixture: one two-node cluster (e2e/cluster/) for the whole session, then torn down.
+"""The e2e suite's fixtures: one two-node cluster (e2e/cluster/) for the whole session, and the shim on node-a.
 
-Every test here is marked ``e2e``. The fixture builds what is missing first (Kubernetes and etcd through
-e2e/cluster/build, cached in ~/.cache/wasm-shim; the node images from tests/guests), starts the cluster in a
-state directory of its own (so a cluster a person started with e2e/cluster/up is left alone), and at the end
-asserts that ``down`` left nothing behind.
+Every test here is marked ``e2e``. The session fixture ``cluster`` builds what is missing first (Kubernetes and
+etcd through e2e/cluster/build, cached in ~/.cache/wasm-shim; the node images from tests/guests), starts the
+cluster in a state directory of its own (so a cluster a person started with e2e/cluster/up is left alone), and at
+the end asserts that ``down`` left nothing behind.
+
+``shim_on_node_a`` (module scope, so each module that asks for it installs it and undoes it again) puts the shim on
+node-a by hand, the way an operator without the chart would; it checks on the way out that node-a's containerd
+config is byte-identical to before.
 """
 
 from __future__ import annotations
@@ -12,17 +16,24 @@ import os
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+from kubernetes import client
 
 from e2e.cluster import cluster as cl
 from e2e.cluster import images
 
 BUILD_TIMEOUT = 3600  # seconds: a cold Kubernetes build is ~25 CPU-minutes, longer on a shared machine
 ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "default"  # where the tests put their objects
+SHIM_NODE = "node-a"  # the node the shim is put on by hand (containerd 2.x)
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+SHIM_LINK = "/usr/local/bin/containerd-shim-wasmtime-v1"
 
 pytest_plugins = ["tests.guests.fixtures"]
 
@@ -46,6 +57,24 @@ class Cluster:
 
     def node_exec(self, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
         return cl.node_exec(self.state, cl.node_by_name(node), argv)
+
+    def node_ok(self, node: str, *argv: str) -> str:
+        """``node_exec`` that must succeed; returns its stdout."""
+        result = self.node_exec(node, *argv)
+        assert result.returncode == 0, f"{' '.join(argv)} on {node}: {result.stderr}"
+        return result.stdout
+
+    def push_artifact(self, wasm: Path, repository_tag: str) -> str:
+        """Push ``wasm`` into the cluster's registry (from inside node-a); returns ``REGISTRY/REPO@sha256:...``."""
+        try:
+            return cl.push_artifact(self.state, wasm, repository_tag)
+        except cl.ClusterError as exc:
+            pytest.fail(str(exc))
+
+
+def unique(prefix: str) -> str:
+    """A fresh object name: tests never reuse a name, so a slow deletion from an earlier test cannot collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float = 90, interval: float = 0.5) -> object:
@@ -102,3 +131,64 @@ def cluster(guests: Path) -> Iterator[Cluster]:
         (work / "images").rmdir()
         work.rmdir()
         assert not problems, f"e2e/cluster down left things behind: {problems}"
+
+
+def runtimeclass() -> dict:
+    return yaml.safe_load((ROOT / "k8s" / "runtimeclass.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def shim_on_node_a(cluster: Cluster) -> Iterator[str]:
+    """node-a runs the shim; yields the RuntimeClass name. Undone (and checked) at the end of the module.
+
+    Exactly what an operator without the chart does: link the shim binary into /usr/local/bin, merge our runtime
+    table into containerd's config with `wasm-shim containerd-config --merge` (both inside the node's overlays),
+    restart containerd through the node's supervisor, apply k8s/runtimeclass.yaml and give node-a the label its
+    nodeSelector asks for.
+    """
+    core = client.CoreV1Api(cluster.api)
+    node_api = client.NodeV1Api(cluster.api)
+    rc = runtimeclass()
+    labels = rc["scheduling"]["nodeSelector"]
+    node, config = SHIM_NODE, CONTAINERD_CONFIG
+    original = cluster.node_ok(node, "cat", config)
+    cluster.node_ok(node, "ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
+    cluster.node_ok(node, str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", config)
+    cluster.node_ok(node, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+    node_api.create_runtime_class(rc)
+    core.patch_node(node, {"metadata": {"labels": labels}})
+    try:
+        yield rc["metadata"]["name"]
+    finally:
+        core.patch_node(node, {"metadata": {"labels": {k: None for k in labels}}})
+        node_api.delete_runtime_class(rc["metadata"]["name"])
+        backups = cluster.node_ok(node, "sh", "-c", f"ls {config}.* 2>/dev/null || true").split()
+        cluster.node_ok(node, "sh", "-c", f"printf '%s' \"$1\" > {config}", "sh", original)
+        for backup in backups:
+            cluster.node_ok(node, "rm", "-f", backup)
+        cluster.node_ok(node, "rm", "-f", SHIM_LINK)
+        cluster.node_ok(node, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+        assert cluster.node_ok(node, "cat", config) == original
+
+
+@pytest.fixture
+def core(cluster: Cluster) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.api)
+
+
+@pytest.fixture
+def pods(core: client.CoreV1Api) -> Iterator[Callable[[client.V1Pod], str]]:
+    """Create pods in NAMESPACE through this fixture; they are deleted (and waited for) at the end of the test."""
+    created: list[str] = []
+
+    def create(pod: client.V1Pod) -> str:
+        core.create_namespaced_pod(NAMESPACE, pod)
+        created.append(pod.metadata.name)
+        return pod.metadata.name
+
+    yield create
+    for name in created:
+        core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+    for name in created:
+        wait_until(f"pod {name} deleted", lambda n=name: n not in {
+            p.metadata.name for p in core.list_namespaced_pod(NAMESPACE).items}, timeout=60)

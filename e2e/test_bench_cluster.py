@@ -2,7 +2,7 @@
 
 It checks that the figure ran both variants on node-a and that its table has every row with a value; it never
 asserts anything about time or memory (benchmarks are not tests). The shim is put on node-a by
-e2e/test_wasm_direct.py's module fixture (imported here, so it is set up and undone again for this module).
+e2e/conftest.py's module fixture ``shim_on_node_a`` (set up and undone again for this module).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from bench import cluster as bench_cluster
 from bench import report
 from bench.machine import Machine
 from e2e.conftest import Cluster
-from e2e.test_wasm_direct import shim_on_node_a  # noqa: F401 - the fixture, used by name
 
 REPLICAS = 3
 ROWS = ("all 3 Ready", "per pod, watch", "per pod, API timestamps", "PSS shims+guests per pod",
         "PSS containerd per pod", "PSS total per pod")
 
 
-def test_cluster_figure_has_its_rows(cluster: Cluster, shim_on_node_a: str) -> None:  # noqa: F811
+def test_cluster_figure_has_its_rows(cluster: Cluster, shim_on_node_a: str) -> None:
     figure = bench_cluster.measure(cluster.api, cluster.state, replicas=REPLICAS)
     assert not figure.error, figure.error
     by_label = {row.label: row for row in figure.rows}

@@ -8,7 +8,6 @@ manifests, and a node's containerd restartable through its supervisor the way th
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from kubernetes import client
 
 from e2e.cluster import cluster as cl
 from e2e.cluster import images
-from e2e.conftest import Cluster, wait_until
+from e2e.conftest import NAMESPACE, Cluster, unique, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMESPACE = "default"
 
 
 def busybox_pod(name: str, node: str, script: str, *, restart: str = "Always", labels: dict | None = None
@@ -40,33 +38,6 @@ def busybox_pod(name: str, node: str, script: str, *, restart: str = "Always", l
 
 def pod_phase(core: client.CoreV1Api, name: str) -> str:
     return core.read_namespaced_pod(name, NAMESPACE).status.phase
-
-
-@pytest.fixture
-def core(cluster: Cluster) -> client.CoreV1Api:
-    return client.CoreV1Api(cluster.api)
-
-
-@pytest.fixture
-def pods(core: client.CoreV1Api):
-    """Create pods through this fixture; they are deleted (and waited for) at the end of the test."""
-    created: list[str] = []
-
-    def create(pod: client.V1Pod) -> str:
-        core.create_namespaced_pod(NAMESPACE, pod)
-        created.append(pod.metadata.name)
-        return pod.metadata.name
-
-    yield create
-    for name in created:
-        core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
-    for name in created:
-        wait_until(f"pod {name} deleted", lambda n=name: n not in {
-            p.metadata.name for p in core.list_namespaced_pod(NAMESPACE).items}, timeout=60)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def test_both_nodes_ready_each_on_its_own_containerd(core: client.CoreV1Api) -> None:

@@ -1,68 +1,23 @@
 """Wasm pods on a real kubelet with the shim put on one node by hand (no chart): what the installer automates.
 
-The module fixture does on node-a exactly what an operator without the chart would: link the shim binary into
-/usr/local/bin, merge our runtime table into /etc/containerd/config.toml with `wasm-shim containerd-config
---merge` (both inside the node's own overlays), restart containerd through the node's supervisor, apply
-k8s/runtimeclass.yaml and give node-a the label its nodeSelector asks for. Afterwards it undoes every step and
-checks that the node's containerd config is byte-identical to before.
+The shim is put on node-a by e2e/conftest.py's module fixture ``shim_on_node_a`` (link, `wasm-shim
+containerd-config --merge`, restart, k8s/runtimeclass.yaml, the node label), which undoes every step afterwards and
+checks that the node's containerd config is byte-identical to before. The images are the ones every node imported
+at start (e2e/cluster/images.py), so pods never pull.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import yaml
 from kubernetes import client
 
 from e2e.cluster import cluster as cl
 from e2e.cluster import images
+from e2e.conftest import SHIM_NODE as NODE
 from e2e.conftest import Cluster, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "default"
-NODE = "node-a"
-CONFIG = "/etc/containerd/config.toml"
-SHIM_LINK = "/usr/local/bin/containerd-shim-wasmtime-v1"
-
-
-def runtimeclass() -> dict:
-    return yaml.safe_load((ROOT / "k8s" / "runtimeclass.yaml").read_text())
-
-
-def node_ok(cluster: Cluster, *argv: str) -> str:
-    result = cluster.node_exec(NODE, *argv)
-    assert result.returncode == 0, f"{' '.join(argv)} on {NODE}: {result.stderr}"
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def shim_on_node_a(cluster: Cluster) -> Iterator[str]:
-    """node-a runs the shim; yields the RuntimeClass name. Undone (and checked) at the end of the module."""
-    core = client.CoreV1Api(cluster.api)
-    node_api = client.NodeV1Api(cluster.api)
-    rc = runtimeclass()
-    labels = rc["scheduling"]["nodeSelector"]
-    original = node_ok(cluster, "cat", CONFIG)
-    node_ok(cluster, "ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
-    node_ok(cluster, str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
-    node_ok(cluster, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
-    node_api.create_runtime_class(rc)
-    core.patch_node(NODE, {"metadata": {"labels": labels}})
-    try:
-        yield rc["metadata"]["name"]
-    finally:
-        core.patch_node(NODE, {"metadata": {"labels": {k: None for k in labels}}})
-        node_api.delete_runtime_class(rc["metadata"]["name"])
-        backups = node_ok(cluster, "sh", "-c", f"ls {CONFIG}.* 2>/dev/null || true").split()
-        node_ok(cluster, "sh", "-c", f"printf '%s' \"$1\" > {CONFIG}", "sh", original)
-        for backup in backups:
-            node_ok(cluster, "rm", "-f", backup)
-        node_ok(cluster, "rm", "-f", SHIM_LINK)
-        node_ok(cluster, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
-        assert node_ok(cluster, "cat", CONFIG) == original
 
 
 def wasm_pod_spec(runtime_class: str, image: str, args: list[str], restart: str) -> client.V1PodSpec:
@@ -99,7 +54,7 @@ def test_wasm_deployment_ready_on_the_labelled_node_only(cluster: Cluster, shim_
             NAMESPACE, label_selector=f"app={name}").items, timeout=90)
     # Deleting the pods stopped the guests: no task of the wasm runtime is left in node-a's containerd.
     _, ctr = cl.containerd_binaries(cl.node_by_name(NODE))
-    tasks = node_ok(cluster, ctr, "-n", "k8s.io", "containers", "ls")
+    tasks = cluster.node_ok(NODE, ctr, "-n", "k8s.io", "containers", "ls")
     assert images.WASM_SLEEP not in tasks
 
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A two-node Kubernetes cluster inside private namespaces on this machine: start, wait, stop.
 
 This module owns the cluster's process tree, its namespaces and its state directory. Standard library only (it
@@ -8,7 +9,8 @@ Shape (addresses are private to the cluster's network namespace; the machine's n
     machine ── 127.0.0.1:PORT (the only thing on the machine's network: a TCP relay to the API server)
      └─ cluster: own PID, mount and network namespaces (pinned under STATE/ns for nsenter)
         │  bridge wsbr0 10.255.0.1/24; etcd on 127.0.0.1; kube-apiserver on 10.255.0.1:6443;
-        │  kube-controller-manager and kube-scheduler on 127.0.0.1
+        │  kube-controller-manager and kube-scheduler on 127.0.0.1;
+        │  a registry (Debian's docker-registry, plain HTTP) on 10.255.0.1:5000, storing under STATE/registry
         ├─ node-a: own PID, mount and network namespaces; eth0 10.255.0.11, pods 10.244.1.0/24
         │   containerd 2.x, kubelet, kube-proxy, supervised by the node's PID 1 (this module)
         └─ node-b: the same with Debian's containerd 1.6; eth0 10.255.0.12, pods 10.244.2.0/24
@@ -18,6 +20,11 @@ STATE), so containerd, the kubelet and anything installed onto the node (the cha
 /etc/containerd/config.toml and its bundle) keep their default paths while nothing reaches the machine's own
 files. The kubelet writes six host sysctls at start; plain files are bind-mounted over them. Pod cgroups live
 under a per-node cgroup root (``cgroupRoot``) that ``down`` removes.
+
+The registry is what the nodes pull wasm OCI artifacts from: both containerds read registry hosts from
+/etc/containerd/certs.d, where each node's PID 1 writes a hosts.toml sending 10.255.0.1:5000 to plain HTTP. Like
+the API server it is reachable only inside the cluster's network namespace (nodes and pods route to the bridge);
+``push_artifact`` (``cluster.py push-artifact``) pushes into it from inside node-a with ``wasm-shim push``.
 
 Restarting a node's containerd (what the chart's installer must do after changing its config): inside a node,
 PID 1 is this supervisor, so ``nsenter -t 1 -m -n -p -- /run/wasm-shim-node/restart-containerd`` from a hostPID pod
@@ -44,6 +51,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -65,6 +73,9 @@ SERVICE_API_IP = "10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernet
 CLUSTER_CIDR = "10.244.0.0/16"
 API_PORT = 6443
 ETCD_CLIENT = "http://127.0.0.1:2379"
+REGISTRY = f"{BRIDGE_IP}:5000"  # the in-cluster registry, plain HTTP; pods' images name it as REGISTRY/REPO@DIGEST
+REGISTRY_BINARY = "/usr/bin/docker-registry"  # Debian's docker-registry: distribution 2.8
+REGISTRY_HOSTS_DIR = "/etc/containerd/certs.d"  # the CRI `registry.config_path` of every node's containerd
 
 # Host sysctls the kubelet sets at start (pkg/kubelet/cm: setupKernelTunables) and the values it wants.
 KUBELET_SYSCTLS = {
@@ -147,6 +158,13 @@ def containerd_binaries(node: Node) -> tuple[str, str]:
     return "/usr/bin/containerd", "/usr/bin/ctr"
 
 
+def registry_binary() -> str:
+    """Debian's docker-registry, which serves the cluster's registry (REGISTRY)."""
+    if not os.access(REGISTRY_BINARY, os.X_OK):
+        raise ClusterError(f"{REGISTRY_BINARY} is missing: apt-get install docker-registry (scripts/setup.sh does)")
+    return REGISTRY_BINARY
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | None,
              alive: Callable[[], bool] | None = None) -> None:
     """Poll ``check`` until true; raise naming ``what`` with the tail of ``log`` on timeout or death."""
@@ -217,6 +235,7 @@ class State:
         self.port = self.root / "api-port"
         self.failed = self.root / "failed"
         self.processes_ready = self.root / "processes-ready"
+        self.registry = self.root / "registry"  # the registry's config and blobs (removed by `down`)
 
     def node_dir(self, node: Node) -> Path:
         return self.root / "nodes" / node.name
@@ -285,7 +304,8 @@ def kubeconfig(state: State, path: Path, user: str, server: str) -> Path:
 
 
 def containerd_config(node: Node) -> str:
-    """containerd's config for a node: default root/state/socket (private to the node's namespaces)."""
+    """containerd's config for a node: default root/state/socket (private to the node's namespaces); registry hosts
+    from REGISTRY_HOSTS_DIR (registry_hosts_toml)."""
     pause = "wasm-shim.local/pause:e2e"
     if node.containerd == "1.6":
         return f"""version = 2
@@ -298,6 +318,8 @@ def containerd_config(node: Node) -> str:
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{REGISTRY_HOSTS_DIR}"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -306,6 +328,8 @@ def containerd_config(node: Node) -> str:
     return f"""version = 3
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{pause}"
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = "{REGISTRY_HOSTS_DIR}"
 [plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
@@ -320,6 +344,22 @@ def containerd_config(node: Node) -> str:
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 """
+
+
+def registry_hosts_toml() -> str:
+    """containerd's hosts.toml for REGISTRY: plain HTTP (it has no TLS), used to resolve tags and pull.
+
+    Without it containerd tries HTTPS first and fails the pull ("server gave HTTP response to HTTPS client"):
+    only localhost registries get the plain-HTTP fallback.
+    """
+    return f'server = "http://{REGISTRY}"\n\n[host."http://{REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n'
+
+
+def registry_config(state: State) -> str:
+    """docker-registry's config: REGISTRY over plain HTTP, blobs under STATE/registry, deletes allowed."""
+    return (f"version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\n"  # info logs each request
+            f"storage:\n  filesystem:\n    rootdirectory: {state.registry / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {REGISTRY}\n")
 
 
 def cni_config(node: Node) -> str:
@@ -411,6 +451,7 @@ def prepare(state: State) -> None:
     inside = f"https://{BRIDGE_IP}:{API_PORT}"
     for user in ("controller-manager", "scheduler", "admin"):
         kubeconfig(state, state.root / f"{user}.kubeconfig", user, inside)
+    write(state.registry / "config.yml", registry_config(state))
     for node in NODES:
         d = state.node_dir(node)
         for sub in ("manifests", "logs", "containerd-root", "kubelet-root"):
@@ -491,7 +532,7 @@ def mount_proc_and_run() -> None:
 
 
 def cluster_init(state: State, listener_fd: int) -> None:
-    """PID 1 of the cluster: network, control plane, nodes, the API relay; stops them all on SIGTERM."""
+    """PID 1 of the cluster: network, registry, control plane, nodes, the API relay; stops them all on SIGTERM."""
     stop_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
@@ -505,6 +546,11 @@ def cluster_init(state: State, listener_fd: int) -> None:
         run(["ip", "addr", "add", f"{BRIDGE_IP}/{NODE_NET_PREFIX}", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # per network namespace
+
+        # The registry listens on the bridge address, so it needs the bridge up; the nodes pull from it.
+        sup.start("registry", [registry_binary(), "serve", str(state.registry / "config.yml")])
+        wait_for(f"the registry (docker-registry on {REGISTRY})", registry_answers, 30, sup.log("registry"),
+                 lambda: sup.alive("registry"))
 
         sup.start("etcd", [tool("etcd"), "--name", "e2e", "--data-dir", str(state.root / "etcd"),
                            "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
@@ -594,7 +640,7 @@ def cluster_init(state: State, listener_fd: int) -> None:
         print("cluster: control plane and nodes started", flush=True)
         while not stop_requested.wait(0.5):
             sup.reap()
-            for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+            for name in ("registry", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
                 if not sup.alive(name) and not state.failed.exists():
                     state.failed.write_text(f"{name} exited; last lines of {sup.log(name)}:\n"
                                             f"{log_tail(sup.log(name))}\n")
@@ -602,14 +648,24 @@ def cluster_init(state: State, listener_fd: int) -> None:
         state.failed.write_text(f"{exc}\n")
         print(f"cluster: {exc}", flush=True)
     finally:
-        # Nodes first (their supervisors stop the kubelet before containerd), then the control plane top-down.
+        # Nodes first (their supervisors stop the kubelet before containerd), then the control plane top-down,
+        # then the registry the nodes pulled from.
         for node in NODES:
             sup.stop(node.name, 60)
         for name, timeout in (("kube-scheduler", 20), ("kube-controller-manager", 20), ("kube-apiserver", 70),
-                              ("etcd", 20)):
+                              ("etcd", 20), ("registry", 10)):
             sup.stop(name, timeout)
         print("cluster: stopped", flush=True)
     # Returning ends PID 1: the kernel kills whatever is left in the cluster's PID namespace.
+
+
+def registry_answers() -> bool:
+    """The registry's API base answers 200 (distribution's version check: `GET /v2/`)."""
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _insecure_ok(url: str) -> bool:
@@ -713,6 +769,7 @@ def node_init(state: State, node: Node) -> None:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         Path("/etc/containerd").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(d / "containerd.toml", "/etc/containerd/config.toml")
+        write(Path(REGISTRY_HOSTS_DIR) / REGISTRY / "hosts.toml", registry_hosts_toml())  # in the /etc overlay
         Path("/etc/cni/net.d").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(d / "cni.conflist", "/etc/cni/net.d/10-wasm-shim-e2e.conflist")
         write(support / "restart-containerd", RESTART_SCRIPT, 0o755)
@@ -829,6 +886,37 @@ def load_image(state: State, node: Node, tar: Path) -> None:
         raise ClusterError(f"importing {tar} into {node.name}'s containerd failed: {result.stderr.strip()}")
 
 
+def push_artifact(state: State, wasm: Path, repository_tag: str, node: Node = NODES[0],
+                  timeout: float = 120) -> str:
+    """Push a wasm module or component into the cluster's registry as REGISTRY/REPOSITORY:TAG (a CNCF wasm OCI
+    artifact, with this clone's ``wasm-shim push``) and return the ``REGISTRY/REPOSITORY@sha256:...`` it printed.
+
+    The registry answers only inside the cluster's network namespace, so the push runs in ``node``'s mount and
+    network namespaces. The file is staged under STATE first: a node sees STATE (its configs live there) but not
+    the machine's /run, and /etc, /usr/local, /opt and /var only through its own overlays.
+    """
+    repository, sep, tag = repository_tag.rpartition(":")
+    if not sep or not repository or "/" in tag or "@" in repository_tag or repository.startswith(REGISTRY):
+        raise ClusterError(f"push_artifact wants REPOSITORY:TAG (the registry is always {REGISTRY}), "
+                           f"got {repository_tag!r}")
+    cli = ROOT / ".venv" / "bin" / "wasm-shim"
+    if not cli.exists():
+        raise ClusterError(f"{cli} is missing: run scripts/setup.sh first")
+    staging = Path(tempfile.mkdtemp(prefix="push-", dir=state.root))
+    try:
+        staged = staging / wasm.name
+        shutil.copyfile(wasm, staged)
+        result = node_exec(state, node, [str(cli), "push", "--insecure-registry", REGISTRY, "--timeout", "30",
+                                         str(staged), f"{REGISTRY}/{repository_tag}"], timeout=timeout)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    printed = result.stdout.strip().splitlines()[-1:] if result.returncode == 0 else []
+    if not printed or not printed[0].startswith(f"{REGISTRY}/{repository}@sha256:"):
+        raise ClusterError(f"wasm-shim push {wasm} {REGISTRY}/{repository_tag} on {node.name} failed "
+                           f"(exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+    return printed[0]
+
+
 def pin_namespaces(state: State) -> None:
     """A private bind mount of STATE/ns, so the namespace pins made in it never propagate anywhere."""
     state.ns.mkdir(parents=True, exist_ok=True)
@@ -851,6 +939,7 @@ def up(state: State, *, port: int = 0, timeout: float = START_TIMEOUT,
         tool(name)
     for node in NODES:
         containerd_binaries(node)
+    registry_binary()
     began = time.monotonic()
     state.root.mkdir(parents=True)
     prepare(state)
@@ -1059,6 +1148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_load = sub.add_parser("load-image", help="import an OCI image tarball into nodes' containerd (k8s.io)")
     p_load.add_argument("tar", type=Path)
     p_load.add_argument("--node", action="append", help="only this node (repeatable; default: all)")
+    p_push = sub.add_parser("push-artifact", help=f"push a .wasm into the cluster's registry ({REGISTRY}) from "
+                            "inside a node; prints REGISTRY/REPOSITORY@DIGEST for a pod's image")
+    p_push.add_argument("wasm", type=Path)
+    p_push.add_argument("repository_tag", metavar="REPOSITORY:TAG")
+    p_push.add_argument("--node", default=NODES[0].name, help="the node to push from (default %(default)s)")
     p_restart = sub.add_parser("restart-containerd", help="restart a node's containerd through its supervisor")
     p_restart.add_argument("node")
     p_exec = sub.add_parser("node-exec", help="run a command in a node's mount and network namespaces")
@@ -1081,6 +1175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "load-image":
             for name in args.node or [n.name for n in NODES]:
                 load_image(state, node_by_name(name), args.tar)
+        elif args.command == "push-artifact":
+            print(push_artifact(state, args.wasm, args.repository_tag, node_by_name(args.node)))
         elif args.command == "restart-containerd":
             node = node_by_name(args.node)
             result = node_exec(state, node, [f"{NODE_SUPPORT_DIR}/restart-containerd"])
