@@ -19,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import cluster as cl
-from e2e.cluster import images, registry
+from e2e.cluster import images
 from e2e.conftest import Cluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -728,8 +728,8 @@ def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(clu
                              str(tmp_path / "e2e")], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "COSIGN_PASSWORD": password})
     assert keygen.returncode == 0, keygen.stderr
-    signed = registry.push_artifact(cluster, guests / "hello.wasm", "e2e/policy-signed:v1")
-    unsigned = registry.push_artifact(cluster, guests / "sleep.wasm", "e2e/policy-unsigned:v1")
+    signed = cluster.push_artifact(guests / "hello.wasm", "e2e/policy-signed:v1")
+    unsigned = cluster.push_artifact(guests / "sleep.wasm", "e2e/policy-unsigned:v1")
     sign = cluster.node_exec("node-a", "env", f"COSIGN_PASSWORD={password}", str(ROOT / ".venv" / "bin" / "wasm-shim"),
                              "sign", "--key", str(tmp_path / "e2e.key"), "--insecure-registry", cl.REGISTRY, signed)
     assert sign.returncode == 0, sign.stdout + sign.stderr
@@ -748,7 +748,10 @@ def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(clu
                 metadata=client.V1ObjectMeta(name=name),
                 spec=client.V1PodSpec(runtime_class_name="wasmtime", restart_policy="Never",
                                       termination_grace_period_seconds=2, containers=[client.V1Container(
+                                          # An artifact has no entrypoint: the command names the module by its
+                                          # title (docs/cri.md "Wasm OCI artifacts").
                                           name="guest", image=image, image_pull_policy="IfNotPresent",
+                                          command=["/sleep.wasm"] if name.startswith("unsigned") else ["/hello.wasm"],
                                           args=["3600"] if name.startswith("unsigned") else None)])))
         unsigned_pod, signed_pod = pods
 
