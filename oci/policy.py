@@ -38,11 +38,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-from .keys import KeyFileError, key_hint, load_public_key
+# .keys (and so cryptography) is imported only where a rule's keys are read: a daemon whose policy has no rules
+# (the installer's allow-all default) starts without loading it.
 
 MODES = ("enforce", "warn")
 DEFAULTS = ("allow", "deny")
@@ -66,6 +68,8 @@ class Rule:
 
     @property
     def fingerprint(self) -> str:
+        from .keys import key_hint
+
         return ",".join(sorted(key_hint(k) for k in self.keys))
 
     def describe(self) -> str:
@@ -135,6 +139,8 @@ def parse_policy(text: str, source: str, read: Callable[[str], bytes] | None = N
     base = os.path.dirname(os.path.abspath(source))
     rules = []
     for number, raw in enumerate(raw_rules, start=1):
+        from .keys import KeyFileError, load_public_key
+
         where = f"{source}: rule {number}"
         if not isinstance(raw, dict):
             raise PolicyError(f"{where}: must be a table")

@@ -148,6 +148,24 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
             capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
         assert probe.stdout.strip() == "''", probe.stderr
 
+        # The installed policy (the installer's allow-all default), and what a real one needs on a node: the
+        # policy parser with a key, the registry client and cosign verification, all from the bundle alone.
+        pem = subprocess.run([str(VENV / "bin" / "python"), "-c",
+                              "from cryptography.hazmat.primitives import serialization as s;"
+                              "from cryptography.hazmat.primitives.asymmetric import ec;"
+                              "k = ec.generate_private_key(ec.SECP256R1()).public_key();"
+                              "print(k.public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo).decode())"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        (tmp_path / "team.pub").write_text(pem)
+        (tmp_path / "policy.toml").write_text('[[rule]]\nimages = ["x/*"]\nkeys = ["team.pub"]\n')
+        policy = subprocess.run(
+            [str(bundle / "python" / "bin" / "python3"), "-c",
+             "import sys; from wasm_shim.oci.policy import load_policy; from wasm_shim.oci import cosign, registry; "
+             "print(load_policy(sys.argv[1]).default, load_policy(sys.argv[2]).rules[0].fingerprint != '')",
+             str(host_root / "opt" / "wasm-shim" / "policy" / "policy.toml"), str(tmp_path / "policy.toml")],
+            capture_output=True, text=True, timeout=60, env=without_venv_env(), check=False)
+        assert policy.stdout.split() == ["allow", "True"], policy.stderr
+
         # crictl: a pod with handler wasmtime (its pause container delegated to runc), a module and a component.
         crictl_config = workdir / "crictl.yaml"
         crictl_config.write_text(f"runtime-endpoint: unix://{instance.address}\n"
