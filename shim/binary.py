@@ -158,7 +158,7 @@ def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
         return _fail("no namespace: containerd passes -namespace NS")
     socket_dir = start_input.socket_dir or config.socket_dir
     group = launch.group_key(config.grouping, args.id, bundle)
-    path = launch.socket_path(socket_dir, args.address, namespace, group)
+    path = launch.socket_path(socket_dir, args.address, namespace, group, repr(config))
     if len(path.encode()) > 107:  # sun_path is 108 bytes with the NUL
         return _fail(f"socket path {path} is longer than a unix socket allows (107 bytes): "
                      f"choose a shorter socket_dir than {socket_dir}")

@@ -247,8 +247,11 @@ def group_key(grouping: str, container_id: str, bundle: str) -> str:
     return f"container:{container_id}"
 
 
-def socket_path(socket_dir: str, containerd_address: str, namespace: str, group: str) -> str:
-    digest = _sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}".encode()).hexdigest()
+def socket_path(socket_dir: str, containerd_address: str, namespace: str, group: str, settings: str = "") -> str:
+    """The daemon's socket: one per containerd, namespace, group and `settings` (the effective shim config as
+    text). A container whose config differs from a running daemon's (a new policy path, log level, limits...)
+    gets a daemon of its own with that config; the old one keeps its tasks and exits once idle."""
+    digest = _sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}\0{settings}".encode()).hexdigest()
     return os.path.join(socket_dir, digest)
 
 

@@ -102,6 +102,9 @@ def test_socket_path_is_stable_and_short():
     assert a == launch.socket_path("/run/containerd/s", "/run/containerd/containerd.sock", "k8s.io", "namespace")
     assert a != launch.socket_path("/run/containerd/s", "/run/containerd/containerd.sock", "default", "namespace")
     assert len(a) < 100
+    # A different effective config: another daemon (a running one keeps the config it started with).
+    assert a != launch.socket_path("/run/containerd/s", "/run/containerd/containerd.sock", "k8s.io", "namespace",
+                                   "ShimConfig(policy='/opt/wasm-shim/policy/policy.toml')")
 
 
 def test_config_sources_and_errors(tmp_path):
