@@ -65,6 +65,7 @@ class Rule:
     key_paths: tuple[str, ...]
     keys: tuple[ec.EllipticCurvePublicKey, ...] = field(compare=False)
     mode: str
+    key_files: tuple[str, ...] = ()  # key_paths as read: relative ones joined to the policy file's directory
 
     @property
     def fingerprint(self) -> str:
@@ -153,15 +154,15 @@ def parse_policy(text: str, source: str, read: Callable[[str], bytes] | None = N
         if mode not in MODES:
             raise PolicyError(f"{where}: mode must be \"enforce\" or \"warn\", got {mode!r}")
         keys = []
-        for path in paths:
-            full = path if os.path.isabs(path) else os.path.join(base, path)
+        files = tuple(path if os.path.isabs(path) else os.path.join(base, path) for path in paths)
+        for full in files:
             try:
                 keys.append(load_public_key(reader(full), full))
             except OSError as exc:
                 raise PolicyError(f"{where}: cannot read key {full}: {exc.strerror}") from None
             except KeyFileError as exc:
                 raise PolicyError(f"{where}: {exc}") from None
-        rules.append(Rule(number, images, tuple(paths), tuple(keys), mode))
+        rules.append(Rule(number, images, tuple(paths), tuple(keys), mode, files))
     registry = _registry_settings(doc.get("registry", {}), f"{source}: [registry]")
     return Policy(source, default, tuple(rules), float(ttl), registry)
 
@@ -213,9 +214,8 @@ class PolicyFile:
         self._error: PolicyError | None = None
 
     def _files(self) -> list[str]:
-        keys = [path for rule in self._policy.rules for path in rule.key_paths] if self._policy else []
-        base = os.path.dirname(os.path.abspath(self.path))
-        return [self.path] + [k if os.path.isabs(k) else os.path.join(base, k) for k in keys]
+        rules = self._policy.rules if self._policy else ()
+        return [self.path] + [path for rule in rules for path in rule.key_files]
 
     def _read_stamp(self) -> tuple[object, ...]:
         stamp: list[object] = []

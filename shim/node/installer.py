@@ -336,6 +336,8 @@ class Node:
             )
         _say(f"layout: {layout.describe()}")
         shim_options = validate_or_fail(self.o.shim_options)
+        if "policy" in shim_options and self.o.policy_dir:
+            raise InstallError("--policy-dir and --option policy=... both name a signature policy: choose one")
         table = runtime_table(layout, self.node_view(self.p(OPTIONS_FILE)))
         plan = plan_install(layout, probe, table)
 
@@ -359,10 +361,7 @@ class Node:
         if os.path.islink(current_real):
             previous = os.path.basename(os.readlink(current_real))
         self._symlink(self.p("current"), os.path.join("versions", version))
-        if "policy" in shim_options:
-            if self.o.policy_dir:
-                raise InstallError("--policy-dir and --option policy=... both name a signature policy: choose one")
-        else:
+        if "policy" not in shim_options:
             self._install_policy(created)
             shim_options["policy"] = self.node_view(self.p(POLICY_DIR, POLICY_FILE))
         self._write(self.p(OPTIONS_FILE), options_toml(shim_options))
