@@ -28,9 +28,9 @@ PYTEST_ARGS ?=
 SETUP_ARGS ?=
 # mypy cannot see through setuptools' editable-install import hook, so `wasm_shim.*` would type as Any. A link
 # tree (.tools/typecheck/wasm_shim/{shim,oci} -> the folders) on MYPYPATH gives it the real import root.
-# Checked: both packages, the test harness and e2e/cluster (the tests themselves are left to ruff, to keep mypy quick).
+# Checked: both packages and the development package lab/ (the tests themselves are left to ruff, to keep mypy quick).
 TYPECHECK_ROOT := .tools/typecheck
-MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim tests/harness e2e/cluster
+MYPY_TARGETS := $(TYPECHECK_ROOT)/wasm_shim lab
 # runner/ (Rust) builds into a target directory outside the clone, shared with scripts/setup.sh.
 CARGO_TARGET := $${WASM_SHIM_CACHE:-$$HOME/.cache/wasm-shim}/cargo/target-component-runner
 
@@ -84,7 +84,7 @@ bundle: setup
 	@$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle
 
 image: bundle
-	@guests="$$($(PY) -c 'from tests.guests.fixtures import build_guests; print(build_guests())')"; \
+	@guests="$$($(PY) -c 'from lab.guests.fixtures import build_guests; print(build_guests())')"; \
 	$(OUT)/bundle/bin/wasm-shim image build $(OUT)/installer.tar --bundle $(OUT)/bundle \
 	  --test-wasm "$$guests/hello.wasm" --ref ghcr.io/wasm-shim/installer:$$($(OUT)/bundle/bin/wasm-shim version | cut -d' ' -f2)
 

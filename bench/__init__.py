@@ -4,7 +4,7 @@ Every figure runs our shim side by side with a baseline in the same run (runc wi
 any `--peer-shim PATH`), interleaved A/B, and reports medians with their spread. Benchmarks are not tests: they
 assert nothing about speed; `tests/integration/test_bench_smoke.py` only checks that the harness works.
 
-Modules: `stats` (pure summaries), `machine` (what ran where), `lab` (a private containerd with the images and
+Modules: `stats` (pure summaries), `machine` (what ran where), `testbed` (a private containerd with the images and
 runtimes imported, timed `ctr` runs, process memory), one module per figure (`cold_start`, `instance_start`,
 `start_cmd`, `throughput`, `density`, `compute`), `report` (table, markdown, plots) and `__main__` (the CLI).
 """

@@ -31,8 +31,8 @@ from . import (
     throughput,
 )
 from .figure import FULL, QUICK, Context, Figure
-from .lab import BenchError, build_guests, peer_runtimes
 from .machine import Machine, describe, load_average
+from .testbed import BenchError, build_guests, peer_runtimes
 
 FIGURES: dict[str, Callable[[Context], Figure]] = {
     "cold_start": cold_start.run,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(f.error for f in saved) else 0
     guests = build_guests()
     cli = _wasmtime_cli(args.wasmtime_cli)
-    from tests.harness.containerd import binaries
+    from lab.containerd import binaries
 
     ctrd, ctr = binaries(args.containerd)
     machine = describe(ctrd, ctr, cli)

@@ -40,14 +40,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.cluster import cluster as cl
-from e2e.cluster import images
+from lab.cluster import cluster as cl
+from lab.cluster import images
 
 from . import report
 from .figure import Figure, Row, timed
-from .lab import pss_kib
 from .machine import describe, load_average
 from .stats import ratio, summarize
+from .testbed import pss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "default"
@@ -461,7 +461,7 @@ def run_on_own_cluster(replicas: int, log: Callable[[str], None], keep_logs: Pat
     after the other); the cluster is always torn down."""
     from kubernetes import config
 
-    from tests.guests.fixtures import build_guests
+    from lab.guests.fixtures import build_guests
 
     work = Path(tempfile.mkdtemp(prefix="wasm-shim-bench-cluster-"))
     state = cl.State(work / "cluster")
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    from tests.harness.containerd import binaries
+    from lab.containerd import binaries
 
     ctrd, ctr = binaries("2.x")
     machine = describe(ctrd, ctr, None)

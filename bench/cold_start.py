@@ -13,8 +13,8 @@ a process of its own (wasm-shim-component-runner) rather than in a daemon thread
 from __future__ import annotations
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, RUNC, Runtime
 from .stats import ratio, summarize
+from .testbed import OURS, RUNC, Runtime
 
 COMPONENT = "wasm-shim warm component"
 MODES = {
@@ -30,28 +30,28 @@ def run(ctx: Context) -> Figure:
 
 
 def _measure(ctx: Context, figure: Figure) -> None:
-    lab = ctx.lab()
-    baselines: list[Runtime] = [RUNC, *lab.peers]
+    testbed = ctx.testbed()
+    baselines: list[Runtime] = [RUNC, *testbed.peers]
     samples: dict[str, list[float]] = {f"wasm-shim {mode}": [] for mode in MODES}
     samples[COMPONENT] = []
     samples.update({rt.label: [] for rt in baselines})
     for rt in [OURS, *baselines]:  # untimed warm-up: the very first run of each pays one-time costs
-        lab.run(rt, "hello")
-    lab.run(OURS, "hello_component")
+        testbed.run(rt, "hello")
+    testbed.run(OURS, "hello_component")
     for i in range(ctx.counts.cold_iterations):
         for j, mode in enumerate(MODES):
             for rt in rotate([OURS, *baselines], i + j):
                 if rt is OURS:
                     if mode != "warm":
-                        lab.stop_daemons()
+                        testbed.stop_daemons()
                     if mode == "cold":
-                        lab.clear_cache()
-                    samples[f"wasm-shim {mode}"].append(lab.run(rt, "hello").seconds * 1000)
+                        testbed.clear_cache()
+                    samples[f"wasm-shim {mode}"].append(testbed.run(rt, "hello").seconds * 1000)
                     if mode == "warm":  # untimed first: the cold state of this iteration emptied the cache
-                        lab.run(rt, "hello_component")
-                        samples[COMPONENT].append(lab.run(rt, "hello_component").seconds * 1000)
+                        testbed.run(rt, "hello_component")
+                        samples[COMPONENT].append(testbed.run(rt, "hello_component").seconds * 1000)
                 else:
-                    samples[rt.label].append(lab.run(rt, "hello").seconds * 1000)
+                    samples[rt.label].append(testbed.run(rt, "hello").seconds * 1000)
         ctx.log(f"  cold start: iteration {i + 1}/{ctx.counts.cold_iterations}")
     runc = summarize(samples[RUNC.label])
     for mode, what in MODES.items():
@@ -67,11 +67,11 @@ def _measure(ctx: Context, figure: Figure) -> None:
         figure.rows.append(Row(f"{rt.label} ({'busybox echo' if rt is RUNC else 'hello guest'})", "ms", s,
                                ratio(s.p50, runc.p50), note=note))
     figure.series = samples
-    image, argv = lab.workload(OURS, "hello")
-    b_image, b_argv = lab.workload(RUNC, "hello")
+    image, argv = testbed.workload(OURS, "hello")
+    b_image, b_argv = testbed.workload(RUNC, "hello")
     figure.commands = [
-        " ".join(lab.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, image, "ID", *argv)),
-        " ".join(lab.containerd.ctr_argv("run", "--rm", "--runtime", RUNC.runtime, b_image, "ID", *b_argv)),
+        " ".join(testbed.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, image, "ID", *argv)),
+        " ".join(testbed.containerd.ctr_argv("run", "--rm", "--runtime", RUNC.runtime, b_image, "ID", *b_argv)),
     ]
     figure.notes.append(f"{ctx.counts.cold_iterations} iterations; runc and peers run after (or before) every "
                         "wasm-shim state, so they have 3 samples per iteration")

@@ -16,8 +16,8 @@ import subprocess
 import time
 
 from .figure import Context, Figure, Row, rotate, timed
-from .lab import OURS, Lab, pss_kib
 from .stats import summarize
+from .testbed import OURS, Testbed, pss_kib
 
 ISOLATION_THREAD = ("--annotation", "wasm.shim.io/component-isolation=thread")
 
@@ -27,17 +27,17 @@ def run(ctx: Context) -> Figure:
     return timed(figure, lambda: _measure(ctx, figure))
 
 
-def _run_thread(lab: Lab) -> float:
-    image, argv = lab.workload(OURS, "hello_component")
-    cmd = lab.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, *ISOLATION_THREAD, image,
-                                  lab.new_id("thread"), *argv)
+def _run_thread(testbed: Testbed) -> float:
+    image, argv = testbed.workload(OURS, "hello_component")
+    cmd = testbed.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, *ISOLATION_THREAD, image,
+                                  testbed.new_id("thread"), *argv)
     began = time.perf_counter()
-    _ctr(lab, cmd)
+    _ctr(testbed, cmd)
     return (time.perf_counter() - began) * 1000
 
 
-def _ctr(lab: Lab, cmd: list[str]) -> None:
-    done = subprocess.run(cmd, env=lab.containerd.ctr_env(), capture_output=True, text=True, timeout=60)
+def _ctr(testbed: Testbed, cmd: list[str]) -> None:
+    done = subprocess.run(cmd, env=testbed.containerd.ctr_env(), capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {done.returncode}: {done.stderr}")
 
@@ -45,27 +45,27 @@ def _ctr(lab: Lab, cmd: list[str]) -> None:
 def _measure(ctx: Context, figure: Figure) -> None:
     samples: dict[str, list[float]] = {"first start": [], "warm, runner": [], "warm, thread": []}
     daemon_growth: list[float] = []
-    with ctx.new_lab("components") as lab:
+    with ctx.new_testbed("components") as testbed:
         for i in range(ctx.counts.component_runs):
-            lab.stop_daemons()
-            lab.clear_cache()
-            lab.run(OURS, "hello")  # the daemon up, with a module run: the baseline of its memory
-            (daemon,) = lab.daemon_pids()
+            testbed.stop_daemons()
+            testbed.clear_cache()
+            testbed.run(OURS, "hello")  # the daemon up, with a module run: the baseline of its memory
+            (daemon,) = testbed.daemon_pids()
             before = pss_kib(daemon)
-            samples["first start"].append(lab.run(OURS, "hello_component").seconds * 1000)
+            samples["first start"].append(testbed.run(OURS, "hello_component").seconds * 1000)
             daemon_growth.append((pss_kib(daemon) - before) / 1024)
             for mode in rotate(["warm, runner", "warm, thread"], i):
                 if mode == "warm, runner":
-                    samples[mode].append(lab.run(OURS, "hello_component").seconds * 1000)
+                    samples[mode].append(testbed.run(OURS, "hello_component").seconds * 1000)
                 else:
-                    samples[mode].append(_run_thread(lab))
+                    samples[mode].append(_run_thread(testbed))
             ctx.log(f"  components: iteration {i + 1}/{ctx.counts.component_runs}")
-        ids = [lab.new_id("idle-c") for _ in range(ctx.counts.component_idle)]
+        ids = [testbed.new_id("idle-c") for _ in range(ctx.counts.component_idle)]
         for task_id in ids:
-            lab.run(OURS, "sleep_component", detach=True, task_id=task_id)
+            testbed.run(OURS, "sleep_component", detach=True, task_id=task_id)
         time.sleep(1.0)
-        (daemon,) = lab.daemon_pids()
-        runners = [pid for pid in lab.involved_pids() if pid != daemon and _is_runner(pid)]
+        (daemon,) = testbed.daemon_pids()
+        runners = [pid for pid in testbed.involved_pids() if pid != daemon and _is_runner(pid)]
         pss = [pss_kib(pid) / 1024 for pid in runners]
     for label, values in samples.items():
         figure.rows.append(Row(f"hello component, {label}", "ms", summarize(values)))

@@ -1,4 +1,4 @@
-"""Figure 6, guest compute: a CPU-bound guest (tests/guests/src/sha256.c: ROUNDS SHA-256 passes over 1 MiB) in
+"""Figure 6, guest compute: a CPU-bound guest (lab/guests/src/sha256.c: ROUNDS SHA-256 passes over 1 MiB) in
 our shim against the same module under the `wasmtime` CLI, and under any peer shim.
 
 The guest measures its own compute time (CLOCK_MONOTONIC around the rounds: `compute_ns=`), which is what
@@ -16,8 +16,8 @@ import subprocess
 import time
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, BenchError, Runtime
 from .stats import ratio, summarize
+from .testbed import OURS, BenchError, Runtime
 
 TIMEOUT = 300.0
 
@@ -44,7 +44,7 @@ def _cli(argv: list[str]) -> tuple[float, float, str]:
 
 
 def _measure(ctx: Context, figure: Figure) -> None:
-    lab = ctx.lab()
+    testbed = ctx.testbed()
     rounds = str(ctx.counts.compute_rounds)
     module = str(ctx.guests / "sha256.wasm")
     variants: dict[str, list[str]] = {}
@@ -64,9 +64,9 @@ def _measure(ctx: Context, figure: Figure) -> None:
     else:
         figure.notes.append("no wasmtime CLI found: `scripts/setup.sh --with wasmtime-cli` builds 48.0.0 "
                             "(or pass --wasmtime-cli PATH); only the shims are measured")
-    shims: list[Runtime] = [OURS, *lab.peers]
+    shims: list[Runtime] = [OURS, *testbed.peers]
     for rt in shims:
-        lab.run(rt, "sha256", args=[rounds])  # warm-up: compiled and cached
+        testbed.run(rt, "sha256", args=[rounds])  # warm-up: compiled and cached
     names = [rt.label for rt in shims] + list(variants)
     compute: dict[str, list[float]] = {name: [] for name in names}
     wall: dict[str, list[float]] = {name: [] for name in names}
@@ -77,7 +77,7 @@ def _measure(ctx: Context, figure: Figure) -> None:
                 c, w, out = _cli(variants[name])
             else:
                 rt = next(r for r in shims if r.label == name)
-                result = lab.run(rt, "sha256", args=[rounds], timeout=TIMEOUT)
+                result = testbed.run(rt, "sha256", args=[rounds], timeout=TIMEOUT)
                 c, w, out = _compute_ms(result.stdout, name), result.seconds * 1000, result.stdout
             compute[name].append(c)
             wall[name].append(w)

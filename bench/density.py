@@ -15,8 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .figure import Context, Figure, Row, met, timed
-from .lab import OURS, RUNC, Lab, Runtime, pss_kib
 from .stats import summarize
+from .testbed import OURS, RUNC, Runtime, Testbed, pss_kib
 
 PARALLEL = 4
 SETTLE_SECONDS = 2.0
@@ -27,9 +27,9 @@ def run(ctx: Context) -> Figure:
     return timed(figure, lambda: _measure(ctx, figure))
 
 
-def _start(lab: Lab, rt: Runtime, count: int) -> None:
+def _start(testbed: Testbed, rt: Runtime, count: int) -> None:
     with ThreadPoolExecutor(PARALLEL) as pool:
-        for future in [pool.submit(lab.run, rt, "sleep", detach=True) for _ in range(count)]:
+        for future in [pool.submit(testbed.run, rt, "sleep", detach=True) for _ in range(count)]:
             future.result()
 
 
@@ -37,19 +37,19 @@ def _measure(ctx: Context, figure: Figure) -> None:
     runtimes: list[Runtime] = [OURS, RUNC, *ctx.peers]
     for rt in runtimes:
         steps = ctx.counts.density_steps if rt is OURS else ctx.counts.density_baseline_steps
-        with ctx.new_lab(f"density-{rt.label.replace(':', '_')}") as lab:
-            ctrd_idle = pss_kib(lab.containerd_pid())
+        with ctx.new_testbed(f"density-{rt.label.replace(':', '_')}") as testbed:
+            ctrd_idle = pss_kib(testbed.containerd_pid())
             running = 0
             for step in steps:
                 began = time.monotonic()
-                _start(lab, rt, step - running)
+                _start(testbed, rt, step - running)
                 running = step
                 took = time.monotonic() - began
                 time.sleep(SETTLE_SECONDS)
-                pids = lab.involved_pids()
+                pids = testbed.involved_pids()
                 total = sum(pss_kib(pid) for pid in pids)
                 per = total / step / 1024
-                ctrd = (pss_kib(lab.containerd_pid()) - ctrd_idle) / 1024
+                ctrd = (pss_kib(testbed.containerd_pid()) - ctrd_idle) / 1024
                 goal = "<= 1 MiB at 1000" if rt is OURS and step == max(steps) else ""
                 row = Row(f"{rt.label}, {step} containers", "MiB", summarize([per]), goal=goal,
                           met=met(per, 1.0) if goal else None,

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from tests.harness.containerd import Kind
+from lab.containerd import Kind
 
-from .lab import Lab, Runtime
 from .stats import Summary
+from .testbed import Runtime, Testbed
 
 T = TypeVar("T")
 
@@ -94,16 +94,16 @@ class Context:
     peers: Sequence[Runtime]
     wasmtime_cli: str | None
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)
-    _lab: Lab | None = None
+    _lab: Testbed | None = None
 
-    def lab(self) -> Lab:
+    def testbed(self) -> Testbed:
         """The shared containerd (info-level shim logs) for figures that need no private one."""
         if self._lab is None:
-            self._lab = self.new_lab("shared")
+            self._lab = self.new_testbed("shared")
         return self._lab
 
-    def new_lab(self, name: str, **kwargs: object) -> Lab:
-        return Lab(self.kind, self.workdir / name, self.guests, self.peers, **kwargs)  # type: ignore[arg-type]
+    def new_testbed(self, name: str, **kwargs: object) -> Testbed:
+        return Testbed(self.kind, self.workdir / name, self.guests, self.peers, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         if self._lab is not None:

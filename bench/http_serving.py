@@ -1,7 +1,7 @@
 """Figures 9 and 10, wasi:http serving (issue 14): requests/s and latency of a served component (key `http`), and
 the first answer after `ctr run` (key `http_start`).
 
-Figure 9, throughput: the `http` guest (tests/guests/src/http, a wasi:http/proxy component) served three ways, each in a
+Figure 9, throughput: the `http` guest (lab/guests/src/http, a wasi:http/proxy component) served three ways, each in a
 network namespace the bench made (loopback up, as CRI's CNI gives a pod), all listening on 8080 there:
 - ours: `ctr run -d --null-io --with-ns network:NETNS` on our runtime (the component runner serves it);
 - `wasmtime serve -Scli` of the same file (the wasmtime CLI setup builds; `-Scli` because the guest writes to
@@ -42,13 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tests.harness.netns import network_namespace
+from lab.netns import network_namespace
 from wasm_shim.oci.layout import Symlink, build_image_tar
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import BUSYBOX, OURS, RUNC, BenchError, Lab, Runtime
 from .machine import load_average
 from .stats import ratio, summarize
+from .testbed import BUSYBOX, OURS, RUNC, BenchError, Runtime, Testbed
 
 T = TypeVar("T")
 
@@ -164,14 +164,14 @@ class Server:
     stop: Callable[[], None]
 
 
-def _images(lab: Lab) -> dict[str, str]:
+def _images(testbed: Testbed) -> dict[str, str]:
     """The http guest as a wasm image, and busybox with httpd and a file for runc: their references."""
-    tars = lab.workdir / "images"
+    tars = testbed.workdir / "images"
     tars.mkdir(exist_ok=True)
     wasm_ref = "localhost/wasm-shim-bench/http:latest"
-    build_image_tar(tars / "http.tar", wasm_ref, {"/app.wasm": lab.guests / "http.component.wasm"},
+    build_image_tar(tars / "http.tar", wasm_ref, {"/app.wasm": testbed.guests / "http.component.wasm"},
                     entrypoint=["/app.wasm"], architecture="amd64", os="linux")
-    lab.containerd.import_image(tars / "http.tar")
+    testbed.containerd.import_image(tars / "http.tar")
     httpd_ref = "localhost/wasm-shim-bench/busybox-httpd:latest"
     files: dict[str, bytes | Path | Symlink] = {
         "/bin/busybox": BUSYBOX,
@@ -179,39 +179,39 @@ def _images(lab: Lab) -> dict[str, str]:
         "/www/index.html": b"hello from busybox httpd\n",
     }
     build_image_tar(tars / "busybox-httpd.tar", httpd_ref, files, entrypoint=["/bin/httpd"], env=["PATH=/bin"])
-    lab.containerd.import_image(tars / "busybox-httpd.tar")
+    testbed.containerd.import_image(tars / "busybox-httpd.tar")
     return {"wasm": wasm_ref, "httpd": httpd_ref}
 
 
-def _ctr_argv(lab: Lab, images: dict[str, str], runtime: Runtime, task_id: str, path: Path) -> list[str]:
+def _ctr_argv(testbed: Testbed, images: dict[str, str], runtime: Runtime, task_id: str, path: Path) -> list[str]:
     if runtime.wasm:
         image, argv = images["wasm"], ["/app.wasm"]
     else:
         image, argv = images["httpd"], ["/bin/httpd", "-f", "-p", str(PORT), "-h", "/www"]
-    return lab.containerd.ctr_argv("run", "-d", "--null-io", "--runtime", runtime.runtime,
+    return testbed.containerd.ctr_argv("run", "-d", "--null-io", "--runtime", runtime.runtime,
                                    "--with-ns", f"network:{path}", image, task_id, *argv)
 
 
-def _ctr_stop(lab: Lab, task_id: str) -> None:
-    lab.containerd.ctr("task", "delete", "--force", task_id, check=False, timeout=60)
-    lab.containerd.ctr("container", "rm", task_id, check=False, timeout=60)
+def _ctr_stop(testbed: Testbed, task_id: str) -> None:
+    testbed.containerd.ctr("task", "delete", "--force", task_id, check=False, timeout=60)
+    testbed.containerd.ctr("container", "rm", task_id, check=False, timeout=60)
 
 
-def start_ctr(lab: Lab, images: dict[str, str], runtime: Runtime, path: Path) -> tuple[Server, float]:
+def start_ctr(testbed: Testbed, images: dict[str, str], runtime: Runtime, path: Path) -> tuple[Server, float]:
     """`ctr run -d` of the served workload on ``runtime`` in ``path``; (the server, seconds from spawning ctr
     to the first 200 answer)."""
-    task_id = lab.new_id("http")
-    cmd = _ctr_argv(lab, images, runtime, task_id, path)
+    task_id = testbed.new_id("http")
+    cmd = _ctr_argv(testbed, images, runtime, task_id, path)
     began = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=lab.containerd.ctr_env(), text=True)
-    server = Server(runtime.label, path, lambda: _ctr_stop(lab, task_id))
+                            env=testbed.containerd.ctr_env(), text=True)
+    server = Server(runtime.label, path, lambda: _ctr_stop(testbed, task_id))
 
     def gave_up() -> str | None:
         if proc.poll() is None or proc.returncode == 0:
             return None
         return (f"`{' '.join(cmd)}` exited {proc.returncode}\n{proc.stderr.read() if proc.stderr else ''}"
-                f"--- containerd log (tail)\n{lab.containerd.log_tail()}")
+                f"--- containerd log (tail)\n{testbed.containerd.log_tail()}")
 
     try:
         answered = first_answer(path, began + READY_TIMEOUT, gave_up)
@@ -286,33 +286,33 @@ def wrk(path: Path, script: Path, connections: int, seconds: float) -> Load:
 
 
 # -- the figure ----------------------------------------------------------------------------------------------
-def _measure(ctx: Context, figure: Figure, part: Callable[[Context, Figure, Lab, dict[str, str]], None]) -> None:
+def _measure(ctx: Context, figure: Figure, part: Callable[[Context, Figure, Testbed, dict[str, str]], None]) -> None:
     began = load_average()
-    with ctx.new_lab(figure.key) as lab:
-        part(ctx, figure, lab, _images(lab))
+    with ctx.new_testbed(figure.key) as testbed:
+        part(ctx, figure, testbed, _images(testbed))
     ended = load_average()
     figure.notes.append(f"load average (1/5 min) at the figure's start {began[0]:.2f} {began[1]:.2f}, at its end "
                         f"{ended[0]:.2f} {ended[1]:.2f} (a shared 2-core machine: absolute figures move with it, "
                         "ratios within a round much less)")
-    if not lab.peers:
+    if not testbed.peers:
         figure.notes.append("no peer shim given (--peer-shim PATH)")
 
 
-def _first_answer(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) -> None:
-    baselines: list[Runtime] = [RUNC, *lab.peers]
+def _first_answer(ctx: Context, figure: Figure, testbed: Testbed, images: dict[str, str]) -> None:
+    baselines: list[Runtime] = [RUNC, *testbed.peers]
     counts = ctx.counts
     samples: dict[str, list[float]] = {f"wasm-shim {state}": [] for state in STATES}
     samples.update({rt.label: [] for rt in baselines})
     with netns() as path:
-        # The lab is new: no daemon, nothing compiled. Our first start is a cold sample; the baselines' first
+        # A new testbed: no daemon, nothing compiled. Our first start is a cold sample; the baselines' first
         # starts are untimed warm-ups (images unpacked, binaries in the page cache).
-        lab.stop_daemons()
-        lab.clear_cache()
-        server, seconds = start_ctr(lab, images, OURS, path)
+        testbed.stop_daemons()
+        testbed.clear_cache()
+        server, seconds = start_ctr(testbed, images, OURS, path)
         server.stop()
         samples["wasm-shim cold"].append(seconds * 1000)
         for rt in baselines:
-            server, _ = start_ctr(lab, images, rt, path)
+            server, _ = start_ctr(testbed, images, rt, path)
             server.stop()
         for i in range(counts.http_first_runs):
             # Every state in every iteration, except cold: it compiles the component, so it runs only in the
@@ -322,13 +322,13 @@ def _first_answer(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]
                 for rt in rotate([OURS, *baselines], i + j):
                     if rt is OURS:
                         if state != "warm":
-                            lab.stop_daemons()
+                            testbed.stop_daemons()
                         if state == "cold":
-                            lab.clear_cache()
+                            testbed.clear_cache()
                         label = f"wasm-shim {state}"
                     else:
                         label = rt.label
-                    server, seconds = start_ctr(lab, images, rt, path)
+                    server, seconds = start_ctr(testbed, images, rt, path)
                     server.stop()
                     samples[label].append(seconds * 1000)
             ctx.log(f"  http: first answer, iteration {i + 1}/{counts.http_first_runs}")
@@ -343,13 +343,14 @@ def _first_answer(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]
         figure.rows.append(Row(f"{rt.label} ({what})", "ms", s,
                                ratio(s.p50, runc.p50)))
     figure.series = {label: values for label, values in samples.items() if values}
-    figure.commands = [" ".join(_ctr_argv(lab, images, rt, "ID", Path("/var/run/netns/NETNS"))) for rt in (OURS, RUNC)]
+    netns_path = Path("/var/run/netns/NETNS")
+    figure.commands = [" ".join(_ctr_argv(testbed, images, rt, "ID", netns_path)) for rt in (OURS, RUNC)]
     figure.notes.append(f"{counts.http_first_runs} iteration(s), the cold state in "
                         f"{counts.http_cold_runs} of them (each compiles the component); runc and peers run "
                         "beside every wasm-shim state; vs base = vs runc")
 
 
-def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) -> None:
+def _throughput(ctx: Context, figure: Figure, testbed: Testbed, images: dict[str, str]) -> None:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is missing (apt-get install wrk; scripts/setup.sh installs it): the load generator")
     counts = ctx.counts
@@ -357,15 +358,15 @@ def _throughput(ctx: Context, figure: Figure, lab: Lab, images: dict[str, str]) 
     script = ctx.workdir / "wrk-summary.lua"
     script.write_text(WRK_SCRIPT)
     figure.commands = [
-        " ".join(_ctr_argv(lab, images, OURS, "ID", Path("/var/run/netns/NETNS"))),
+        " ".join(_ctr_argv(testbed, images, OURS, "ID", Path("/var/run/netns/NETNS"))),
         f"nsenter --net=NETNS -- wasmtime serve --addr 0.0.0.0:{PORT} -Scli [-W timeout=30s] http.component.wasm",
         f"nsenter --net=NETNS -- wrk -t min(C,{WRK_THREADS}) -c C -d {counts.http_seconds:g}s "
         f"--timeout 10s -s wrk-summary.lua http://127.0.0.1:{PORT}{TARGET}",
     ]
     with ExitStack() as stack:
         servers: list[Server] = []
-        for rt in [OURS, *lab.peers]:
-            server, _ = start_ctr(lab, images, rt, stack.enter_context(netns()))
+        for rt in [OURS, *testbed.peers]:
+            server, _ = start_ctr(testbed, images, rt, stack.enter_context(netns()))
             stack.callback(server.stop)
             servers.append(server)
         if ctx.wasmtime_cli:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, RUNC, Lab, Runtime
 from .stats import ratio, summarize
+from .testbed import OURS, RUNC, Runtime, Testbed
 
 _TIMING = re.compile(r"timing (create|start) (\S+) received_ns=(\d+) done_ns=(\d+)")
 
@@ -37,26 +37,26 @@ def _first_instruction_ns(rt: Runtime, stdout: str) -> int:
     raise ValueError(f"{rt.label}: no realtime stamp in the workload's output: {stdout!r}")
 
 
-def _timings(lab: Lab) -> dict[tuple[str, str], tuple[int, int]]:
+def _timings(testbed: Testbed) -> dict[tuple[str, str], tuple[int, int]]:
     found = {}
-    for m in _TIMING.finditer(lab.shim_log_text()):
+    for m in _TIMING.finditer(testbed.shim_log_text()):
         found[(m.group(1), m.group(2))] = (int(m.group(3)), int(m.group(4)))
     return found
 
 
 def _measure(ctx: Context, figure: Figure) -> None:
-    with ctx.new_lab("instance", shim_log_level="debug") as lab:
-        runtimes: list[Runtime] = [OURS, RUNC, *lab.peers]
+    with ctx.new_testbed("instance", shim_log_level="debug") as testbed:
+        runtimes: list[Runtime] = [OURS, RUNC, *testbed.peers]
         for rt in runtimes:
-            lab.run(rt, "clock")  # warm-up: daemon up, module compiled and cached
+            testbed.run(rt, "clock")  # warm-up: daemon up, module compiled and cached
         first: dict[str, int] = {}  # our task id -> first instruction
         client: dict[str, list[float]] = {rt.label: [] for rt in runtimes}
         timings: dict[tuple[str, str], tuple[int, int]] = {}
         lost: dict[str, int] = {}
         for i in range(ctx.counts.instance_runs):
             for rt in rotate(runtimes, i):
-                task_id = lab.new_id("clock")
-                result = lab.run(rt, "clock", task_id=task_id)
+                task_id = testbed.new_id("clock")
+                result = testbed.run(rt, "clock", task_id=task_id)
                 try:
                     ns = _first_instruction_ns(rt, result.stdout)
                 except ValueError:
@@ -67,9 +67,9 @@ def _measure(ctx: Context, figure: Figure) -> None:
                 if rt is OURS:
                     first[task_id] = ns
             if (i + 1) % 50 == 0:  # the daemon's log rotates at 1 MiB: collect as we go
-                timings.update(_timings(lab))
+                timings.update(_timings(testbed))
                 ctx.log(f"  instance start: {i + 1}/{ctx.counts.instance_runs}")
-        timings.update(_timings(lab))
+        timings.update(_timings(testbed))
     in_daemon, create_to_first, start_to_first, create_handling = [], [], [], []
     for task_id, ns in first.items():
         create, start = timings.get(("create", task_id)), timings.get(("start", task_id))

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, RUNC, BenchError, Lab, Runtime
 from .stats import ratio, summarize
+from .testbed import OURS, RUNC, BenchError, Runtime, Testbed
 
 TIMEOUT = 10.0
 
@@ -31,18 +31,18 @@ def run(ctx: Context) -> Figure:
     return timed(figure, lambda: _measure(ctx, figure))
 
 
-def _binary(lab: Lab, rt: Runtime) -> str:
+def _binary(testbed: Testbed, rt: Runtime) -> str:
     if os.sep in rt.binary:
         return rt.binary
-    found = shutil.which(rt.binary, path=lab.containerd.env["PATH"])
+    found = shutil.which(rt.binary, path=testbed.containerd.env["PATH"])
     if not found:
         raise BenchError(f"{rt.binary} not found on containerd's PATH")
     return found
 
 
-def _invocation(lab: Lab, rt: Runtime, task_id: str, bundle: Path) -> tuple[list[str], dict[str, str]]:
-    c = lab.containerd
-    argv = [_binary(lab, rt), "-namespace", c.namespace, "-address", c.address,
+def _invocation(testbed: Testbed, rt: Runtime, task_id: str, bundle: Path) -> tuple[list[str], dict[str, str]]:
+    c = testbed.containerd
+    argv = [_binary(testbed, rt), "-namespace", c.namespace, "-address", c.address,
             "-publish-binary", c.containerd_binary, "-id", task_id, "start"]
     env = dict(c.env)
     env.update({"NAMESPACE": c.namespace, "TTRPC_ADDRESS": c.ttrpc_address, "GRPC_ADDRESS": c.address})
@@ -79,22 +79,22 @@ def _exec(argv: list[str], env: dict[str, str], bundle: Path) -> tuple[float, st
 
 
 def _measure(ctx: Context, figure: Figure) -> None:
-    lab = ctx.lab()
-    runtimes: list[Runtime] = [OURS, RUNC, *lab.peers]
+    testbed = ctx.testbed()
+    runtimes: list[Runtime] = [OURS, RUNC, *testbed.peers]
     calls: dict[str, tuple[list[str], dict[str, str], Path]] = {}
     running: list[str] = []
     logs: list[int] = []
     try:
         for rt in list(runtimes):
-            task_id = lab.new_id("idle")
-            lab.run(rt, "sleep", detach=True, task_id=task_id)
+            task_id = testbed.new_id("idle")
+            testbed.run(rt, "sleep", detach=True, task_id=task_id)
             running.append(task_id)
-            state = Path(lab.containerd.state) / "io.containerd.runtime.v2.task" / lab.containerd.namespace
+            state = Path(testbed.containerd.state) / "io.containerd.runtime.v2.task" / testbed.containerd.namespace
             bundle = ctx.workdir / "start-bundles" / rt.label.replace(":", "_")
             bundle.mkdir(parents=True, exist_ok=True)
             shutil.copy(state / task_id / "config.json", bundle / "config.json")
             logs.append(_log_fifo(bundle))
-            argv, env = _invocation(lab, rt, task_id, bundle)
+            argv, env = _invocation(testbed, rt, task_id, bundle)
             calls[rt.label] = (argv, env, bundle)
             try:
                 _, address = _exec(argv, env, bundle)  # warm-up, and check it answers with the running address
@@ -116,14 +116,14 @@ def _measure(ctx: Context, figure: Figure) -> None:
         for fd in logs:
             os.close(fd)
         for task_id in running:
-            lab.containerd.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
+            testbed.containerd.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
         for task_id in running:
             deadline = time.monotonic() + TIMEOUT
             while time.monotonic() < deadline:
-                if lab.containerd.ctr("task", "rm", task_id, check=False).returncode == 0:
+                if testbed.containerd.ctr("task", "rm", task_id, check=False).returncode == 0:
                     break
                 time.sleep(0.05)
-            lab.containerd.ctr("container", "rm", task_id, check=False)
+            testbed.containerd.ctr("container", "rm", task_id, check=False)
     runc = summarize(samples[RUNC.label])
     for rt in runtimes:
         s = summarize(samples[rt.label])

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.registries import DockerRegistry
+from lab.registries import DockerRegistry
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import sign_image, verify_image
 from wasm_shim.oci.keys import encrypt_private_key
@@ -34,8 +34,8 @@ from wasm_shim.oci.registry import RegistryClient
 from wasm_shim.oci.transfer import pull_wasm, push_wasm
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, BenchError, Lab
 from .stats import ratio, summarize
+from .testbed import OURS, BenchError, Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / ".tools" / "bin"
@@ -79,7 +79,7 @@ def _measure(ctx: Context, figure: Figure) -> None:
     work = ctx.workdir / "supply"
     work.mkdir(parents=True, exist_ok=True)
     registry = DockerRegistry(work / "registry").start()
-    labs: list[Lab] = []
+    labs: list[Testbed] = []
     try:
         key = ec.generate_private_key(ec.SECP256R1())
         (work / "team.pub").write_bytes(key.public_key().public_bytes(
@@ -96,31 +96,31 @@ def _measure(ctx: Context, figure: Figure) -> None:
             _verification(ctx, figure, work, client, signed, key)
             _pulls(ctx, figure, work, client, registry)
     finally:
-        for lab in labs:
-            lab.close()
+        for testbed in labs:
+            testbed.close()
         registry.stop()
 
 
 def _runs(ctx: Context, figure: Figure, work: Path, registry: DockerRegistry, signed: Reference,
-          unsigned: Reference, labs: list[Lab]) -> None:
+          unsigned: Reference, labs: list[Testbed]) -> None:
     cache = work / "shim-cache"
     cache.mkdir(mode=0o700, exist_ok=True)
-    enforced = ctx.new_lab("supply-enforce", env={"WASM_SHIM_POLICY": str(work / "policy.toml"),
+    enforced = ctx.new_testbed("supply-enforce", env={"WASM_SHIM_POLICY": str(work / "policy.toml"),
                                                   "WASM_SHIM_CACHE_DIR": str(cache)})
     labs.append(enforced)
-    plain = ctx.new_lab("supply-plain")
+    plain = ctx.new_testbed("supply-plain")
     labs.append(plain)
     cases = {"signed, policy enforce": (enforced, signed), "unsigned, no policy": (plain, unsigned)}
-    for lab, ref in cases.values():
-        lab.containerd.ctr("images", "pull", "--plain-http", f"{ref.name}:v1", timeout=120)
+    for testbed, ref in cases.values():
+        testbed.containerd.ctr("images", "pull", "--plain-http", f"{ref.name}:v1", timeout=120)
     samples: dict[str, list[float]] = {label: [] for label in cases}
 
     def once(label: str) -> float:
-        lab, ref = cases[label]
-        argv = lab.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, f"{ref.name}:v1",
-                                       lab.new_id("supply"), "/app.wasm")
+        testbed, ref = cases[label]
+        argv = testbed.containerd.ctr_argv("run", "--rm", "--runtime", OURS.runtime, f"{ref.name}:v1",
+                                       testbed.new_id("supply"), "/app.wasm")
         began = time.perf_counter()
-        done = subprocess.run(argv, env=lab.containerd.ctr_env(), capture_output=True, text=True, timeout=60,
+        done = subprocess.run(argv, env=testbed.containerd.ctr_env(), capture_output=True, text=True, timeout=60,
                               check=False)
         if done.returncode != 0 or "hello from wasm" not in done.stdout:
             raise BenchError(f"`{' '.join(argv)}` exited {done.returncode}: {done.stderr[-1000:]}")

@@ -17,8 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .figure import Context, Figure, Row, met, rotate, timed
-from .lab import OURS, RUNC, Lab, Runtime
 from .stats import ratio, summarize
+from .testbed import OURS, RUNC, Runtime, Testbed
 
 
 def run(ctx: Context) -> Figure:
@@ -27,7 +27,7 @@ def run(ctx: Context) -> Figure:
     return timed(figure, lambda: _measure(ctx, figure))
 
 
-def _round(lab: Lab, rt: Runtime, tasks: int, clients: int) -> float:
+def _round(testbed: Testbed, rt: Runtime, tasks: int, clients: int) -> float:
     counter = itertools.count()
     lock = threading.Lock()
 
@@ -37,7 +37,7 @@ def _round(lab: Lab, rt: Runtime, tasks: int, clients: int) -> float:
                 n = next(counter)
             if n >= tasks:
                 return
-            lab.run(rt, "hello")
+            testbed.run(rt, "hello")
 
     began = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -47,18 +47,18 @@ def _round(lab: Lab, rt: Runtime, tasks: int, clients: int) -> float:
 
 
 def _measure(ctx: Context, figure: Figure) -> None:
-    lab = ctx.lab()
-    runtimes: list[Runtime] = [OURS, RUNC, *lab.peers]
+    testbed = ctx.testbed()
+    runtimes: list[Runtime] = [OURS, RUNC, *testbed.peers]
     counts = ctx.counts
     per_round = max(1, counts.throughput_tasks // counts.throughput_rounds)
     for rt in runtimes:
-        lab.run(rt, "hello")  # warm-up
+        testbed.run(rt, "hello")  # warm-up
     top = max(counts.throughput_clients)
     for clients in counts.throughput_clients:
         samples: dict[str, list[float]] = {rt.label: [] for rt in runtimes}
         for i in range(counts.throughput_rounds):
             for rt in rotate(runtimes, i):
-                samples[rt.label].append(_round(lab, rt, per_round, clients))
+                samples[rt.label].append(_round(testbed, rt, per_round, clients))
             ctx.log(f"  throughput: {clients} client(s), round {i + 1}/{counts.throughput_rounds}")
         runc = summarize(samples[RUNC.label])
         for rt in runtimes:

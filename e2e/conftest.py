@@ -1,7 +1,7 @@
 """The e2e suite's fixtures: one two-node cluster (e2e/cluster/) for the whole session, and the shim on node-a.
 
 Every test here is marked ``e2e``. The session fixture ``cluster`` builds what is missing first (Kubernetes and
-etcd through e2e/cluster/build, cached in ~/.cache/wasm-shim; the node images from tests/guests), starts the
+etcd through e2e/cluster/build, cached in ~/.cache/wasm-shim; the node images from lab/guests), starts the
 cluster in a state directory of its own (so a cluster a person started with e2e/cluster/up is left alone), and at
 the end asserts that ``down`` left nothing behind.
 
@@ -25,8 +25,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.cluster import cluster as cl
-from e2e.cluster import images
+from lab.cluster import cluster as cl
+from lab.cluster import images
 
 BUILD_TIMEOUT = 3600  # seconds: a cold Kubernetes build is ~25 CPU-minutes, longer on a shared machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ SHIM_NODE = "node-a"  # the node the shim is put on by hand (containerd 2.x)
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 SHIM_LINK = "/usr/local/bin/containerd-shim-wasmtime-v1"
 
-pytest_plugins = ["tests.guests.fixtures"]
+pytest_plugins = ["lab.guests.fixtures"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

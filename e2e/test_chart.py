@@ -18,9 +18,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.cluster import cluster as cl
-from e2e.cluster import images
 from e2e.conftest import Cluster, wait_until
+from lab.cluster import cluster as cl
+from lab.cluster import images
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "wasm-shim"

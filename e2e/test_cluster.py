@@ -15,9 +15,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.cluster import cluster as cl
-from e2e.cluster import images
 from e2e.conftest import NAMESPACE, Cluster, unique, wait_until
+from lab.cluster import cluster as cl
+from lab.cluster import images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from e2e.cluster import cluster as cl
 from e2e.conftest import NAMESPACE, SHIM_NODE, Cluster, unique, wait_until
+from lab.cluster import cluster as cl
 
 PULL_TIMEOUT = 180  # seconds for a pull, the first compile and the guest's start on a busy 2-core machine
 PULL_FAILED = ("ErrImagePull", "ImagePullBackOff")

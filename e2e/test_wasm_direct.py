@@ -3,7 +3,7 @@
 The shim is put on node-a by e2e/conftest.py's module fixture ``shim_on_node_a`` (link, `wasm-shim
 containerd-config --merge`, restart, k8s/runtimeclass.yaml, the node label), which undoes every step afterwards and
 checks that the node's containerd config is byte-identical to before. The images are the ones every node imported
-at start (e2e/cluster/images.py), so pods never pull.
+at start (lab/cluster/images.py), so pods never pull.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import uuid
 
 from kubernetes import client
 
-from e2e.cluster import cluster as cl
-from e2e.cluster import images
 from e2e.conftest import SHIM_NODE as NODE
 from e2e.conftest import Cluster, wait_until
+from lab.cluster import cluster as cl
+from lab.cluster import images
 
 NAMESPACE = "default"
 

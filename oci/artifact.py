@@ -1,27 +1,20 @@
-"""Wasm OCI artifacts in the CNCF TAG Runtime layout: building one, checking one, pushing one to a local registry.
+"""Wasm OCI artifacts in the CNCF TAG Runtime layout: building one and checking one.
 
 Layout (PROTOCOL.md "Wasm in OCI registries"): an image manifest (`application/vnd.oci.image.manifest.v1+json`)
 whose config is `application/vnd.wasm.config.v0+json` ({created, author, architecture: "wasm", os: "wasip1" |
 "wasip2", layerDigests, component?}) and whose single layer is the raw module or component, `application/wasm`.
 
-Owns: `wasm_config` and `build_artifact` (pure, deterministic for fixed inputs), `check_artifact_manifest` (the rules
-the shim applies to an artifact it is asked to run: exactly one layer, a media type it knows), and `push_artifact`,
-a minimal in-memory pusher over stdlib `http.client` that tests use to set up registries.
-
-Invariants: `push_artifact` talks plain HTTP to loopback addresses only (127.0.0.0/8, ::1, localhost) — it is a
-test tool; the registry client for real use (TLS, auth, digests checked while streaming) is oci/registry.py with
-oci/transfer.py. Every request has a timeout; a registry error raises ArtifactError with the status and the
-registry's message.
+Owns: `wasm_config` and `build_artifact` (pure, deterministic for fixed inputs) and `check_artifact_manifest` (the
+rules the shim applies to an artifact it is asked to run: exactly one layer, a media type it knows). Pushing and
+pulling is oci/transfer.py over the registry client (oci/registry.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
     LEGACY_WASM_LAYER_TYPES,
@@ -31,14 +24,13 @@ from .manifest import (  # noqa: F401  (re-exported: the media types used to liv
     WASM_CONFIG_TYPES,
 )
 
-# `layout` (gzip, tarfile) and `http.client` are imported where used: `wasm-shim pull` imports this module for the
+# `layout` (gzip, tarfile) is imported where used: `wasm-shim pull` imports this module for the
 # artifact rules alone, and every import is paid on every run of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .layout import Blob
 
 COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
-_TIMEOUT = 30.0
 
 
 class ArtifactError(Exception):
@@ -107,67 +99,3 @@ def check_artifact_manifest(manifest: Mapping[str, Any]) -> Mapping[str, Any]:
         raise ArtifactError(f"wasm artifact layer has media type {media_type!r}; expected one of {known}")
     layer_desc: Mapping[str, Any] = layer
     return layer_desc
-
-
-def _require_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ArtifactError(f"push_artifact only talks to a registry on loopback (127.0.0.1, ::1, localhost), not {host}")
-
-
-class _Registry:
-    def __init__(self, registry: str) -> None:
-        parts = urlsplit(f"http://{registry}")
-        if not parts.hostname or not parts.port:
-            raise ArtifactError(f"registry must be HOST:PORT, got {registry!r}")
-        _require_loopback(parts.hostname)
-        self.host, self.port = parts.hostname, parts.port
-
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        import http.client
-
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=_TIMEOUT)
-        try:
-            all_headers = {"Content-Length": str(len(body)), **(headers or {})}
-            conn.request(method, path, body=body, headers=all_headers)
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        except OSError as exc:
-            raise ArtifactError(f"{method} http://{self.host}:{self.port}{path}: {exc}") from None
-        finally:
-            conn.close()
-
-
-def _push_blob(registry: _Registry, repository: str, blob: Blob) -> None:
-    status, _, _ = registry.request("HEAD", f"/v2/{repository}/blobs/{blob.digest}")
-    if status == 200:
-        return
-    # distribution-spec "Pushing a blob monolithically": POST to open an upload session, then PUT with ?digest=.
-    status, headers, body = registry.request("POST", f"/v2/{repository}/blobs/uploads/")
-    if status != 202 or "location" not in headers:
-        raise ArtifactError(f"opening a blob upload in {repository} failed: HTTP {status} {body[:300]!r}")
-    location = urlsplit(headers["location"])
-    separator = "&" if location.query else "?"
-    target = f"{location.path}?{location.query}" if location.query else location.path
-    target += f"{separator}digest={blob.digest}"
-    status, _, body = registry.request("PUT", target, blob.data, {"Content-Type": "application/octet-stream"})
-    if status != 201:
-        raise ArtifactError(f"uploading blob {blob.digest} to {repository} failed: HTTP {status} {body[:300]!r}")
-
-
-def push_artifact(artifact: Artifact, registry: str, repository: str, tag: str) -> str:
-    """Push to `registry` (HOST:PORT on loopback) as `repository:tag`; return the manifest digest."""
-    target = _Registry(registry)
-    for blob in (artifact.layer, artifact.config):
-        _push_blob(target, repository, blob)
-    status, _, body = target.request("PUT", f"/v2/{repository}/manifests/{tag}", artifact.manifest.data,
-                                     {"Content-Type": artifact.manifest.media_type})
-    if status != 201:
-        raise ArtifactError(f"pushing the manifest {repository}:{tag} failed: HTTP {status} {body[:300]!r}")
-    return artifact.manifest.digest

@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.guests.fixtures import build_guests, cache_root  # noqa: E402
-from tests.harness.containerd import VENV_BIN, Kind, launch  # noqa: E402
-from tests.integration.registries import DockerRegistry  # noqa: E402
-from tests.integration.shimtools import task_status, wait_for  # noqa: E402
+from lab.containerd import VENV_BIN, Kind, launch  # noqa: E402
+from lab.guests.fixtures import build_guests, cache_root  # noqa: E402
+from lab.registries import DockerRegistry  # noqa: E402
+from lab.shimtools import task_status, wait_for  # noqa: E402
 from wasm_shim.oci.layout import Symlink, build_image_tar  # noqa: E402
 
 RUNTIME = "io.containerd.wasmtime.v1"

@@ -256,18 +256,18 @@ for line in "${GO_TOOLS[@]}"; do
   exec 9>&-
 done
 
-# --- 3b. Go programs of the test suite (tests/tools/<name>/, each its own module with go.sum) -------------------
+# --- 3b. Go programs of the test suite (lab/tools/<name>/, each its own module with go.sum) -------------------
 # Built with `go build` once per change of their sources into ~/.cache/wasm-shim/go/<name>-<key>/ and linked into
 # .tools/bin. referrers-registry: go-containerregistry's registry with the OCI referrers API on (crane's `registry
 # serve` has it off; zot and olareg are not served by the Go module proxy here).
-for dir in "$ROOT"/tests/tools/*/; do
+for dir in "$ROOT"/lab/tools/*/; do
   [[ -f "$dir/go.mod" ]] || continue
   name="$(basename "$dir")"
   key="$(cd "$dir" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
   out="$CACHE/go/$name-$key/$name"
   if [[ ! -x "$out" ]]; then
-    [[ -n "$GO" ]] || GO="$(find_go)" || die "Go >= $MIN_GO is needed to build tests/tools/$name and there is none"
-    say "building tests/tools/$name with go build (first time only)"
+    [[ -n "$GO" ]] || GO="$(find_go)" || die "Go >= $MIN_GO is needed to build lab/tools/$name and there is none"
+    say "building lab/tools/$name with go build (first time only)"
     mkdir -p "$(dirname "$out")"
     run "go-$name" env CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-buildvcs=false -mod=readonly" \
       "$GO" -C "$dir" build -o "$out.tmp.$$" .
@@ -277,7 +277,7 @@ for dir in "$ROOT"/tests/tools/*/; do
 done
 
 # --- 3b. the Kubernetes API's OpenAPI schemas --------------------------------------------------------------------
-# tests/harness/k8s_openapi.py validates the chart's rendered objects against api/openapi-spec/v3 of the
+# lab/k8s_openapi.py validates the chart's rendered objects against api/openapi-spec/v3 of the
 # k8s.io/kubernetes module (21 MB zip, from the Go module proxy like the tools above; never built).
 K8S_API_VERSION=v1.37.2
 if [[ -n "$(find_go 2>/dev/null)" ]]; then

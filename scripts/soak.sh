@@ -4,7 +4,7 @@
 #   scripts/soak.sh [PYTEST_ARGS...]
 #
 # Runs every test marked `soak` with WASM_SHIM_SOAK=full (the fuzz million, the 1000-cycle soak, ...; each loop is
-# bounded in count and time), collects each test's record (tests/harness/soak.py) and writes the table between
+# bounded in count and time), collects each test's record (lab/soak.py) and writes the table between
 # the markers in docs/reliability.md. Needs root, like `make test`. `make test` runs the same tests at smoke size.
 set -euo pipefail
 
@@ -16,5 +16,5 @@ report="$(mktemp /tmp/wasm-shim-soak.XXXXXX.jsonl)"
 trap 'rm -f "$report"' EXIT
 rc=0
 WASM_SHIM_SOAK=full WASM_SHIM_SOAK_REPORT="$report" "$PY" -m pytest -q -m soak -p no:cacheprovider "$@" || rc=$?
-"$PY" -m tests.harness.soak "$report" "$ROOT/docs/reliability.md"
+"$PY" -m lab.soak "$report" "$ROOT/docs/reliability.md"
 exit $rc

@@ -32,11 +32,11 @@ kind create cluster --name "$NAME" --config "$WORK/kind.yaml" --wait 120s
 export KUBECONFIG="$WORK/kubeconfig"
 kind get kubeconfig --name "$NAME" >"$KUBECONFIG"
 
-guests="$("$PY" -c 'from tests.guests.fixtures import build_guests; print(build_guests())')"
+guests="$("$PY" -c 'from lab.guests.fixtures import build_guests; print(build_guests())')"
 .venv/bin/wasm-shim bundle build "$WORK/bundle"
 "$WORK/bundle/bin/wasm-shim" image build "$WORK/installer.tar" --bundle "$WORK/bundle" \
   --test-wasm "$guests/hello.wasm" --ref "$INSTALLER"
-"$PY" -m e2e.cluster.images "$WORK/images" >/dev/null
+"$PY" -m lab.cluster.images "$WORK/images" >/dev/null
 for tar in "$WORK/installer.tar" "$WORK"/images/{busybox,wasm-sleep}-e2e.tar; do
   kind load image-archive "$tar" --name "$NAME"
 done

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import Containerd
-from tests.harness.netns import network_namespace
+from lab.containerd import Containerd
+from lab.netns import network_namespace
 from wasm_shim.oci.layout import FileSource, build_image_tar
 
 WasmImage = Callable[..., str]

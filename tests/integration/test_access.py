@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.soak import record, sample
-from tests.integration.shimtools import RUNTIME, remove_task, task_status, wait_for
+from lab.shimtools import RUNTIME, remove_task, task_status, wait_for
+from lab.soak import record, sample
 from tests.integration.test_daemon import V2, EventSink, ShimUnderTest, _call, _connect, sink  # noqa: F401
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
 from wasm_shim.shim.ttrpc import Client, Code, RpcError

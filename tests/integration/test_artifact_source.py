@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import Containerd
+from lab.containerd import Containerd
 from wasm_shim.oci.artifact import Artifact, ArtifactError, build_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Blob
 from wasm_shim.shim.containerd_client import (

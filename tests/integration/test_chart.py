@@ -1,6 +1,6 @@
 """charts/wasm-shim and k8s/ with the real `helm` (scripts/setup.sh builds it from the Go module proxy).
 
-Rendered objects are checked against the Kubernetes API's own OpenAPI v3 schemas (tests/harness/k8s_openapi.py,
+Rendered objects are checked against the Kubernetes API's own OpenAPI v3 schemas (lab/k8s_openapi.py,
 k8s.io/kubernetes from the Go module cache); bad values must fail at render time naming the value; the chart
 goes through `helm package` + `helm push` to Debian's docker-registry on loopback and back with `helm show` /
 `helm template oci://...`. The DaemonSet's and the test hook's command lines are parsed by the real CLI parser,
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
-from tests.integration.cri_tools import LocalRegistry
+from lab.cri_tools import LocalRegistry
+from lab.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
 from wasm_shim.shim.cli import build_parser
 from wasm_shim.shim.engines.network import parse_network_grant
 

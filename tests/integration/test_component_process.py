@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import (
+from lab.shimtools import (
     RUNTIME,
     daemon_pids,
     process_footprint,
@@ -26,7 +26,7 @@ from tests.integration.shimtools import (
     task_pid,
     wait_for,
 )
-from tests.integration.shimtools import task_status as _status
+from lab.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.registries import DockerRegistry, ReferrersRegistry, tool
+from lab.registries import DockerRegistry, ReferrersRegistry, tool
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import ContainerdFactory
-from tests.harness.fixtures import BUSYBOX, BUSYBOX_APPLETS
-from tests.integration.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry, start_cri_node, wait_for
-from tests.integration.shimtools import daemon_pids, shim_log_text
-from wasm_shim.oci.artifact import Artifact, build_artifact, push_artifact
+from lab.containerd import ContainerdFactory
+from lab.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry, start_cri_node, wait_for
+from lab.fixtures import BUSYBOX, BUSYBOX_APPLETS
+from lab.registries import push_artifact
+from lab.shimtools import daemon_pids, shim_log_text
+from wasm_shim.oci.artifact import Artifact, build_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_MANIFEST, Blob, Symlink
 from wasm_shim.shim.cli import main as cli_main
 

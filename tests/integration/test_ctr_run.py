@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import (
+from lab.shimtools import (
     RUNTIME,
     daemon_pids,
     process_footprint,
     shim_log_text,
     wait_for,
 )
-from tests.integration.shimtools import (
+from lab.shimtools import (
     task_status as _task_status,
 )
 

@@ -2,7 +2,7 @@
 
 Three paths: a core module in a daemon thread (``ModuleGuest``), a component in a daemon thread
 (``ComponentGuest``, ``component-isolation: thread``) and a component in the runner process (``ComponentRunner``,
-runner/). The components are the very modules, adapted by jco (tests/guests/build.sh), except for memory (see
+runner/). The components are the very modules, adapted by jco (lab/guests/build.sh), except for memory (see
 ``ALLOC``). The answers are ``base``'s rules (exit statuses, CPU limits); where the component model itself
 answers differently (WASI 0.2 exits only ok or err) the expectation says so, never the path.
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, wait_for
-from tests.integration.shimtools import task_status as _status
+from lab.shimtools import RUNTIME, wait_for
+from lab.shimtools import task_status as _status
 from wasm_shim.oci.layout import Symlink
 
 pytestmark = pytest.mark.integration

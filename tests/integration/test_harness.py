@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import (
+from lab.containerd import (
     _RUNC_ROOT,
     Containerd,
     ContainerdFactory,
@@ -22,7 +22,7 @@ from tests.harness.containerd import (
     _mount_points,
 )
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["lab.fixtures"]
 
 pytestmark = pytest.mark.integration
 

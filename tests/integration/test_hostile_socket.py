@@ -10,7 +10,7 @@ connections at once.
 What must hold: every bad connection is answered with the protocol's status where it has one, or closed, alone; a
 connection opened before the abuse keeps working throughout; the running task still answers State and exits with
 its status when killed; the daemon's fds and threads come back to their baseline and its RSS stays near it
-(tests/harness/soak.py ``sample``).
+(lab/soak.py ``sample``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.soak import record, sample, size, threads
+from lab.soak import record, sample, size, threads
 from tests.integration.test_daemon import V2, _call, _connect, shim, sink  # noqa: F401 (fixtures)
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
 from wasm_shim.shim.ttrpc import Code, RpcError

@@ -1,8 +1,8 @@
 """Serving wasi:http/proxy components through `ctr`, on containerd 1.6 and 2.x, with real HTTP clients.
 
 Each test makes a network namespace of its own (the pod's, as in test_network.py), runs the `http` guest
-(tests/guests/src/http: a wasi:http/incoming-handler component) with `--with-ns network:<it>`, and talks HTTP to
-it from inside that namespace (tests/integration/http_client.py under `nsenter --net`). What is proven: the
+(lab/guests/src/http: a wasi:http/incoming-handler component) with `--with-ns network:<it>`, and talks HTTP to
+it from inside that namespace (lab/http_client.py under `nsenter --net`). What is proven: the
 listener accepts once requests can be served (readiness); path, headers and large streamed bodies both ways; a
 trapping request answers 500 while others keep being served; requests run in parallel; SIGTERM drains the
 request in flight and stops; the memory limit applies per request; timeouts, body caps, malformed and slow
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, remove_task, task_pid, task_status, wait_for
+from lab.shimtools import RUNTIME, remove_task, task_pid, task_status, wait_for
 
 pytestmark = pytest.mark.integration
 

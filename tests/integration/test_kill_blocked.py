@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, daemon_pids, process_footprint, wait_for
-from tests.integration.shimtools import task_status as _status
+from lab.shimtools import RUNTIME, daemon_pids, process_footprint, wait_for
+from lab.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, remove_task, shim_log_text, wait_for
-from tests.integration.shimtools import task_status as _status
+from lab.shimtools import RUNTIME, remove_task, shim_log_text, wait_for
+from lab.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.soak import record
-from tests.integration.shimtools import RUNTIME, daemon_pids, remove_task, shim_log_text, task_status, wait_for
+from lab.shimtools import RUNTIME, daemon_pids, remove_task, shim_log_text, task_status, wait_for
+from lab.soak import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(240)]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import Containerd
-from tests.integration.shimtools import RUNTIME, daemon_pids, shim_log_text, wait_for
+from lab.containerd import Containerd
+from lab.shimtools import RUNTIME, daemon_pids, shim_log_text, wait_for
 from wasm_shim.shim.engines.native import DEFAULT_RUNC_ROOT
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Issue 3: the network grant (`wasm.shim.io/network`) through `ctr`, on containerd 1.6 and 2.x, with real sockets.
 
 Each test makes a network namespace of its own (`ip netns add`, loopback up) that stands for the pod's, runs the
-`net` component (tests/guests/src/net: listen / connect / udp-send / udp-echo / create, one action per run) with
+`net` component (lab/guests/src/net: listen / connect / udp-send / udp-echo / create, one action per run) with
 `--with-ns network:<that namespace>`, and talks to it from inside the same namespace (`nsenter --net`). Traffic
 never leaves that namespace. What is proven: no grant = no sockets; `pod` = sockets, in the pod's namespace and not
 the node's; rules = exactly the uses listed (each verb granted and denied); a component blocked in accept is
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import RUNTIME, remove_task, task_pid, wait_for
-from tests.integration.shimtools import task_status as _status
+from lab.shimtools import RUNTIME, remove_task, task_pid, wait_for
+from lab.shimtools import task_status as _status
 from wasm_shim.shim.engines.base import EngineError, GuestSpec
 from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
-from tests.integration.cri_tools import (
+from lab.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
+from lab.cri_tools import (
     HANDLER,
     PAUSE_REF,
     CniNetwork,
@@ -34,7 +34,7 @@ from tests.integration.cri_tools import (
     cni_config,
     sandbox_image_config,
 )
-from tests.integration.shimtools import daemon_pids, wait_for
+from lab.shimtools import daemon_pids, wait_for
 from wasm_shim.oci.layout import build_image_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -115,7 +115,7 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
         installed.append(bundle_cli(bundle, "install", "--no-restart", "--option", "grouping=pod", host=host_root))
         return config
 
-    # A CRI node as tests/integration/cri_tools.py makes one, except that the runtime tables come from the
+    # A CRI node as lab/cri_tools.py makes one, except that the runtime tables come from the
     # installer (it must also add `runc`, which CRI needs once any runtime is declared).
     workdir = tmp_path / "cri"
     network = CniNetwork.fresh()

@@ -21,10 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.harness.containerd import Containerd, ContainerdFactory, CtrError
-from tests.harness.fixtures import BUSYBOX_REF
-from tests.integration.registries import DockerRegistry
-from tests.integration.shimtools import RUNTIME, daemon_pids, shim_log_text, task_status, wait_for
+from lab.containerd import Containerd, ContainerdFactory, CtrError
+from lab.fixtures import BUSYBOX_REF
+from lab.registries import DockerRegistry
+from lab.shimtools import RUNTIME, daemon_pids, shim_log_text, task_status, wait_for
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import sign_image, signature_tag
 from wasm_shim.oci.layout import build_image

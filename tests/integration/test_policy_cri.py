@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry
-from tests.integration.shimtools import shim_log_text
+from lab.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry
+from lab.shimtools import shim_log_text
 from tests.integration.test_cri import (  # noqa: F401  (fixtures)
     CriNodeFactory,
     _wasm_pod,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.registries import DockerRegistry, ReferrersRegistry, TokenServer, make_tls
+from lab.registries import DockerRegistry, ReferrersRegistry, TokenServer, make_tls
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.cosign import VerificationFailed, sign_image, signature_tag, verify_image
 from wasm_shim.oci.digest import DigestMismatch

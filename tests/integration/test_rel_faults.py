@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.containerd import Containerd, process_alive
-from tests.harness.soak import record, sample
-from tests.integration.containerd_api import ContainerdAPI
-from tests.integration.shimtools import (
+from lab.containerd import Containerd, process_alive
+from lab.containerd_api import ContainerdAPI
+from lab.shimtools import (
     RUNTIME,
     daemon_pids,
     remove_task,
@@ -38,6 +37,7 @@ from tests.integration.shimtools import (
     task_status,
     wait_for,
 )
+from lab.soak import record, sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(300)]
 

@@ -2,7 +2,7 @@
 
 Every test runs a well-behaved *companion* task in the same daemon (``cat_file -`` fed over stdin by the test):
 it must still be running when the hostile guest is done and then exit 0 with every line it was fed. Afterwards
-the daemon's RSS, fds and threads (tests/harness/soak.py ``sample``) are back near what they were before the
+the daemon's RSS, fds and threads (lab/soak.py ``sample``) are back near what they were before the
 hostile guest ran (a warm-up run first, so one-time allocations such as compiled modules are not counted).
 
 What each hostile guest meets (docs/reliability.md, "Hostile guests"):
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.soak import record, sample, size
-from tests.integration.shimtools import RUNTIME, daemon_pids, remove_task, shim_log_text, task_status, wait_for
+from lab.shimtools import RUNTIME, daemon_pids, remove_task, shim_log_text, task_status, wait_for
+from lab.soak import record, sample, size
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(600),
               pytest.mark.parametrize("containerd", ["2.x"], indirect=True)]

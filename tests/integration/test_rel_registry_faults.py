@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.fixtures import BUSYBOX_REF
-from tests.harness.soak import record
-from tests.integration.registries import DockerRegistry
-from tests.integration.shimtools import RUNTIME, remove_task, shim_log_text, task_status, wait_for
+from lab.fixtures import BUSYBOX_REF
+from lab.registries import DockerRegistry
+from lab.shimtools import RUNTIME, remove_task, shim_log_text, task_status, wait_for
+from lab.soak import record
 from wasm_shim.oci.auth import DockerCredentials
 from wasm_shim.oci.reference import parse_reference
 from wasm_shim.oci.registry import RegistryClient

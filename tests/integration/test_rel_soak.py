@@ -4,7 +4,7 @@ M idle guests (``sleep``) are created and started first and stay alive; then 8 c
 gRPC channel, run N create/start/wait/delete cycles between them. Each cycle's guest is ``exit_code K`` with its
 own K: it prints ``exiting with K`` into its own ``file://`` stdout and exits K; the test checks every exit status
 (from Wait and from Delete) and every output line. A sampler thread reads the daemon's RSS, PSS, fds, threads and
-mounts (tests/harness/soak.py ``sample``) every ``SAMPLE_EVERY`` seconds: before (after a warm-up), with the idle
+mounts (lab/soak.py ``sample``) every ``SAMPLE_EVERY`` seconds: before (after a warm-up), with the idle
 guests up, during the cycles, after the cycles (idle guests still up) and after everything is deleted.
 
 Held: no lost exit status, no lost line; after the cycles the daemon's fds, threads and mounts are what they were
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.soak import record, sample, size
-from tests.integration.containerd_api import ContainerdAPI, wasm_spec
-from tests.integration.shimtools import RUNTIME, daemon_pids
+from lab.containerd_api import ContainerdAPI, wasm_spec
+from lab.shimtools import RUNTIME, daemon_pids
+from lab.soak import record, sample, size
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(1800),
               pytest.mark.parametrize("containerd", ["2.x"], indirect=True)]

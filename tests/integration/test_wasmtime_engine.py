@@ -1,4 +1,4 @@
-"""WasmtimeEngine with real wasmtime and real guests built from tests/guests (no containerd).
+"""WasmtimeEngine with real wasmtime and real guests built from lab/guests (no containerd).
 
 Each test puts guests into a rootfs directory, prepares and starts them through the Engine interface, and
 reads their stdout/stderr from real files or FIFOs. Waits are bounded (a hang fails the test, it never blocks

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.soak import FULL, record, size
+from lab.soak import FULL, record, size
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(4 * 3600 if FULL else 600)]
 

@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness.soak import FULL, record, sample, size
+from lab.soak import FULL, record, sample, size
 from wasm_shim.shim.protos import task_pb2
 from wasm_shim.shim.ttrpc.connection import (
     FRAME_DATA,

@@ -1,13 +1,13 @@
 """A private containerd with everything the benchmarks run: runtimes, images, timed `ctr` runs, process memory.
 
-Owns: starting containerd through the test harness (`tests.harness.containerd.launch`, so the same isolation and
+Owns: starting containerd through the test harness (`lab.containerd.launch`, so the same isolation and
 cleanup guarantees hold: everything lives in a temp dir and `close()` leaves the machine as it found it), building
-and importing the images (wasm guests from tests/guests/src, Debian's static busybox for runc), registering peer
+and importing the images (wasm guests from lab/guests/src, Debian's static busybox for runc), registering peer
 shims as runtimes, and measuring processes.
 
 Invariants:
 - Every `ctr` call has a timeout; a failure raises BenchError with ctr's stderr and containerd's log tail.
-- Container ids are unique per Lab (a counter), so a leftover container never collides with the next run.
+- Container ids are unique per Testbed (a counter), so a leftover container never collides with the next run.
 - Peer shims are symlinked as `containerd-shim-peerN-v1` into a directory first on containerd's PATH and run as
   runtime `io.containerd.peerN.v1`; they run the same wasm images as our shim.
 """
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.containerd import VENV_BIN, Containerd, Kind, launch, process_alive
+from lab.containerd import VENV_BIN, Containerd, Kind, launch, process_alive
 from wasm_shim.oci.layout import Symlink, build_image_tar
 from wasm_shim.shim.binary import DAEMON_MODULE
 
@@ -88,12 +88,12 @@ _WASM = {  # workload -> (guest file, default args)
 
 
 def build_guests() -> Path:
-    from tests.guests.fixtures import build_guests as build
+    from lab.guests.fixtures import build_guests as build
 
     return build()
 
 
-class Lab:
+class Testbed:
     """One private containerd for a set of figures. Use as a context manager, or call ``close()``."""
 
     def __init__(
@@ -134,7 +134,7 @@ class Lab:
             self.containerd.stop()
             raise
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Testbed:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.containerd import Containerd
+from lab.containerd import Containerd
 from wasm_shim.shim.binary import DAEMON_MODULE
 
 RUNTIME = "io.containerd.wasmtime.v1"

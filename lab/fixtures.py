@@ -1,6 +1,6 @@
 """pytest plugin: private containerd instances and a busybox image, as fixtures.
 
-Load it with ``pytest_plugins = ["tests.harness.fixtures"]`` (in a test module or the top-level conftest).
+Load it with ``pytest_plugins = ["lab.fixtures"]`` (in a test module or the top-level conftest).
 
 Fixtures
 - ``containerd``: a fresh private containerd per test, parametrized over Debian's 1.6 and the 2.x build

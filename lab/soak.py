@@ -114,7 +114,7 @@ def write_table(doc: Path, table: str) -> bool:
     return True
 
 
-if __name__ == "__main__":  # scripts/soak.sh: python -m tests.harness.soak REPORT [DOC]
+if __name__ == "__main__":  # scripts/soak.sh: python -m lab.soak REPORT [DOC]
     import sys
 
     table = render(Path(sys.argv[1]).read_text().splitlines())

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.containerd import TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
-from tests.integration.registries import DockerRegistry
+from lab.containerd import TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
+from lab.registries import DockerRegistry
 from wasm_shim.oci.layout import build_image_tar
 
 CRI_NAMESPACE = "k8s.io"  # containerd's CRI plugin keeps every pod and image here (1.6 and 2.x)

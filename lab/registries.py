@@ -4,7 +4,7 @@
   and a server certificate for 127.0.0.1 made here with `cryptography`) and basic auth (a bcrypt htpasswd file,
   the only hash distribution accepts).
 - `ReferrersRegistry`: go-containerregistry's in-memory registry with its OCI referrers API on
-  (tests/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
+  (lab/tools/referrers-registry; GET /v2/<name>/referrers/<digest> answers an image index). `crane registry
   serve` is the same registry with the API off (it answers 404), and zot is not served by the Go module proxy.
 - `TokenServer`: a token issuer for docker-registry's bearer-token authentication (distribution's token spec).
 - `tool(name)`: the path of a Go CLI built by scripts/setup.sh into .tools/bin; a missing one fails the test
@@ -22,10 +22,14 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from tests.harness.containerd import TOOLS_BIN, HarnessError
+from lab.containerd import TOOLS_BIN, HarnessError
+from wasm_shim.oci.artifact import Artifact
+from wasm_shim.oci.layout import Blob
 
 
 def tool(name: str) -> str:
@@ -272,3 +276,72 @@ class TokenServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+# --- a minimal artifact pusher (plain HTTP, loopback only), to put hand-built artifacts into a test registry ---
+
+_PUSH_TIMEOUT = 30.0
+
+
+def _require_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise HarnessError(f"push_artifact only talks to a registry on loopback (127.0.0.1, ::1, localhost), not {host}")
+
+
+class _Registry:
+    def __init__(self, registry: str) -> None:
+        parts = urlsplit(f"http://{registry}")
+        if not parts.hostname or not parts.port:
+            raise HarnessError(f"registry must be HOST:PORT, got {registry!r}")
+        _require_loopback(parts.hostname)
+        self.host, self.port = parts.hostname, parts.port
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=_PUSH_TIMEOUT)
+        try:
+            all_headers = {"Content-Length": str(len(body)), **(headers or {})}
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        except OSError as exc:
+            raise HarnessError(f"{method} http://{self.host}:{self.port}{path}: {exc}") from None
+        finally:
+            conn.close()
+
+
+def _push_blob(registry: _Registry, repository: str, blob: Blob) -> None:
+    status, _, _ = registry.request("HEAD", f"/v2/{repository}/blobs/{blob.digest}")
+    if status == 200:
+        return
+    # distribution-spec "Pushing a blob monolithically": POST to open an upload session, then PUT with ?digest=.
+    status, headers, body = registry.request("POST", f"/v2/{repository}/blobs/uploads/")
+    if status != 202 or "location" not in headers:
+        raise HarnessError(f"opening a blob upload in {repository} failed: HTTP {status} {body[:300]!r}")
+    location = urlsplit(headers["location"])
+    separator = "&" if location.query else "?"
+    target = f"{location.path}?{location.query}" if location.query else location.path
+    target += f"{separator}digest={blob.digest}"
+    status, _, body = registry.request("PUT", target, blob.data, {"Content-Type": "application/octet-stream"})
+    if status != 201:
+        raise HarnessError(f"uploading blob {blob.digest} to {repository} failed: HTTP {status} {body[:300]!r}")
+
+
+def push_artifact(artifact: Artifact, registry: str, repository: str, tag: str) -> str:
+    """Push to `registry` (HOST:PORT on loopback) as `repository:tag`; return the manifest digest."""
+    target = _Registry(registry)
+    for blob in (artifact.layer, artifact.config):
+        _push_blob(target, repository, blob)
+    status, _, body = target.request("PUT", f"/v2/{repository}/manifests/{tag}", artifact.manifest.data,
+                                     {"Content-Type": artifact.manifest.media_type})
+    if status != 201:
+        raise HarnessError(f"pushing the manifest {repository}:{tag} failed: HTTP {status} {body[:300]!r}")
+    return artifact.manifest.digest

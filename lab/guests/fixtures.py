@@ -1,10 +1,10 @@
-"""Builds the test guests (tests/guests/build.sh) once per change of their sources; the `guests` fixture.
+"""Builds the test guests (lab/guests/build.sh) once per change of their sources; the `guests` fixture.
 
 Owns: the build cache under ``$WASM_SHIM_CACHE/guests/<digest>`` (default ``~/.cache/wasm-shim``), where
 ``<digest>`` hashes build.sh and everything in src/, so an edited guest gets a fresh directory and an
 unchanged tree is never rebuilt. Invariants: a directory is used only once it holds the ``.complete`` stamp
 written after a successful build; concurrent test processes serialise on a lock file, so they never build into
-the same directory at once. Use it from a conftest with ``pytest_plugins = ["tests.guests.fixtures"]``.
+the same directory at once. Use it from a conftest with ``pytest_plugins = ["lab.guests.fixtures"]``.
 """
 
 from __future__ import annotations
