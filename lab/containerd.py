@@ -41,7 +41,7 @@ from .toml_writer import deep_merge, dumps
 Kind = Literal["1.6", "2.x"]
 KINDS: tuple[Kind, ...] = ("1.6", "2.x")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 

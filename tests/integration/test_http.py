@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import http_client
 from lab.shimtools import RUNTIME, remove_task, task_pid, task_status, wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ NETWORK = "wasm.shim.io/network"
 LISTEN = "wasm.shim.io/http-listen"
 TIMEOUT = "wasm.shim.io/http-request-timeout"
 MAX_BODY = "wasm.shim.io/http-max-body"
-CLIENT = Path(__file__).resolve().parent / "http_client.py"
+CLIENT = Path(http_client.__file__).resolve()
 READY_TIMEOUT = 180  # a hang bound: the first start compiles a 14 MB StarlingMonkey component
 
 
@@ -58,12 +59,7 @@ def fnv1a(data: bytes) -> str:
 
 
 def pattern(size: int) -> bytes:
-    sys.path.insert(0, str(CLIENT.parent))
-    try:
-        import http_client  # the client's own body generator, so both sides agree
-    finally:
-        sys.path.pop(0)
-    return http_client.pattern(size)
+    return http_client.pattern(size)  # the client's own body generator, so both sides agree
 
 
 def stream_pattern(size: int) -> bytes:
