@@ -99,3 +99,22 @@ def check_artifact_manifest(manifest: Mapping[str, Any]) -> Mapping[str, Any]:
         raise ArtifactError(f"wasm artifact layer has media type {media_type!r}; expected one of {known}")
     layer_desc: Mapping[str, Any] = layer
     return layer_desc
+
+
+def check_layer_binding(config: Mapping[str, Any], layer_digests: list[str]) -> None:
+    """A wasm config that lists `layerDigests` binds its manifest to exactly those layers; ArtifactError otherwise.
+
+    Two artifacts can share a config blob byte for byte (one config file reused by `oras push --config`), and
+    containerd's CRI keys images by their config digest: a config that names its layers makes sharing it mean
+    sharing the content. A config without the field binds nothing and passes (older pushers omit it).
+    """
+    listed = config.get("layerDigests")
+    if listed is None:
+        return
+    if not isinstance(listed, list) or not all(isinstance(d, str) for d in listed):
+        raise ArtifactError(f"its config's layerDigests must be a list of digests, got {listed!r:.200}")
+    if listed != layer_digests:
+        raise ArtifactError(f"its config lists layerDigests {', '.join(listed) or '(none)'}, but its manifest's "
+                            f"layers are {', '.join(layer_digests) or '(none)'}: a config must name the layers it "
+                            "was made for")
+

@@ -105,13 +105,22 @@ def descriptors_of(document: Mapping[str, Any], key: str, where: str) -> list[De
     return [Descriptor.parse(entry, f"{where} {key}[{i}]") for i, entry in enumerate(entries)]
 
 
-def choose_manifest(index: Mapping[str, Any], where: str) -> Descriptor | None:
+def choose_manifest(index: Mapping[str, Any], where: str, platform: tuple[str, str] | None = None) -> Descriptor | None:
     """From an image index: the manifest of the wasm platform (os wasip1/wasip2/wasi or architecture wasm), else
-    the only manifest; None when several and none is wasm."""
+    the one for `platform` (os, architecture) when given, else the only manifest; None when none of these picks
+    exactly one (a multi-platform image without a manifest for this node: the caller must not guess)."""
     raw = [m for m in index.get("manifests") or [] if isinstance(m, Mapping) and m.get("mediaType") in MANIFEST_TYPES]
-    for entry in raw:
-        platform = entry.get("platform") or {}
-        if isinstance(platform, Mapping) and (platform.get("os") in WASM_PLATFORM_OS
-                                              or platform.get("architecture") == "wasm"):
-            return Descriptor.parse(entry, where)
+
+    def platform_of(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+        value = entry.get("platform") or {}
+        return value if isinstance(value, Mapping) else {}
+
+    wasm = [m for m in raw if platform_of(m).get("os") in WASM_PLATFORM_OS
+            or platform_of(m).get("architecture") == "wasm"]
+    if wasm:
+        return Descriptor.parse(wasm[0], where)
+    if platform is not None:
+        native = [m for m in raw if (platform_of(m).get("os"), platform_of(m).get("architecture")) == platform]
+        if native:
+            return Descriptor.parse(native[0], where)
     return Descriptor.parse(raw[0], where) if len(raw) == 1 else None

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, ShimConfig, load_config
 
 if TYPE_CHECKING:
-    from .admission import Admission
     from .engines.wasmtime import WasmtimeEngine
+    from .image.admission import Admission
+    from .image.source import EntrypointSource
     from .ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
@@ -109,7 +110,7 @@ class Daemon:
         self.socket_path = socket_path
         self.namespace = namespace
         self.ttrpc_address = ttrpc_address
-        self.admission: Admission | None = None  # set by main(); None = no policy, no artifact annotation
+        self.entrypoints: EntrypointSource | None = None  # set by main(): the policy and the image providers
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
 
@@ -133,7 +134,7 @@ class Daemon:
         forwarder = TtrpcForwarder(self.ttrpc_address)
         events = EventQueue(forwarder)
         events.start()
-        self.tasks = TaskService([engine, native], events, on_empty=self._touch, admission=self.admission)
+        self.tasks = TaskService([engine, native], events, on_empty=self._touch, entrypoints=self.entrypoints)
         handlers = task_handlers(self.tasks, self.namespace)
         metrics = None
         if self.config.metrics_address:  # off by default (config.py); prometheus_client is imported only then
@@ -163,8 +164,8 @@ class Daemon:
                 await metrics.close()
             await events.close(timeout=5.0)
             await forwarder.close()
-            if self.admission is not None:
-                self.admission.close()
+            if self.entrypoints is not None:
+                self.entrypoints.close()
             log.info("daemon exiting")
 
     def _busy(self, server: Server) -> bool:
@@ -210,22 +211,26 @@ class Daemon:
                 os.close(lock_fd)
 
 
-def _admission(config: ShimConfig) -> Admission:
-    """The Create-time admission (shim/admission.py): the signature policy, if configured, loaded now so that one
-    that does not parse is reported at once (oci.policy.PolicyError; main() then refuses every container), and
-    re-read at a Create after the file changed."""
-    from .admission import Admission
+def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> EntrypointSource:
+    """Where Create finds a task's entrypoint and which image it is (shim/image/source.py), with the signature
+    policy, if configured, loaded now so that one that does not parse is reported at once (oci.policy.PolicyError;
+    main() then refuses every container), and re-read at a Create after the file changed."""
+    from .image.admission import Admission
+    from .image.registry import RegistryArtifacts
+    from .image.source import EntrypointSource
 
-    policy_file = None
-    if config.policy:
-        from wasm_shim.oci.policy import PolicyFile
+    if admission is None:
+        policy_file = None
+        if config.policy:
+            from wasm_shim.oci.policy import PolicyFile
 
-        policy_file = PolicyFile(config.policy)
-        policy = policy_file.current()
-        log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
-                 policy.default, len(policy.rules))
-    return Admission(policy_file=policy_file, verified_dir=os.path.join(config.cache_dir, "verified"),
-                     artifact_dir=config.artifact_dir, artifact_cache_bytes=config.artifact_cache_mb << 20)
+            policy_file = PolicyFile(config.policy)
+            policy = policy_file.current()
+            log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
+                     policy.default, len(policy.rules))
+        admission = Admission(policy_file=policy_file, verified_dir=os.path.join(config.cache_dir, "verified"))
+    return EntrypointSource(admission, registry=RegistryArtifacts(config.artifact_dir,
+                                                                  config.artifact_cache_mb << 20))
 
 
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:
@@ -267,15 +272,16 @@ def main() -> int:
         return 2
     listener.set_inheritable(False)
     try:
-        admission = _admission(config)
+        entrypoints = _entrypoints(config)
     except Exception as exc:  # PolicyError, CacheError: never run without the policy the operator asked for
         # Exiting here would leave containerd with "ttrpc: closed" and the reason only in a log; instead every
         # Create is refused with it (what `ctr` and `kubectl describe` show), and the daemon exits as soon as it is
         # idle, so the next container after a fix starts a daemon that reads the fixed file.
-        from .admission import Admission
+        from .image.admission import Admission
 
         log.error("the signature policy cannot be used, every container will be refused: %s", exc)
-        admission = Admission.refusing(f"the shim's signature policy cannot be used, so nothing runs: {exc}")
+        entrypoints = _entrypoints(config, Admission.refusing(
+            f"the shim's signature policy cannot be used, so nothing runs: {exc}"))
         config = config.merged({"idle_timeout": 0}, "a policy that cannot be used")
     daemon = Daemon(
         config,
@@ -284,7 +290,7 @@ def main() -> int:
         env.get("WASM_SHIM_DAEMON_NAMESPACE", ""),
         env.get("WASM_SHIM_DAEMON_TTRPC_ADDRESS", ""),
     )
-    daemon.admission = admission
+    daemon.entrypoints = entrypoints
     try:
         asyncio.run(daemon.run())
     except Exception:

@@ -9,9 +9,8 @@ Where the figures come from (one module, nothing scattered through the daemon):
 - the events queue (``EventQueue.observe``): instance starts (``/tasks/start``) and OOM events (``/tasks/oom``);
 - the RPC handler table (``timed``): calls by method and status, and the Start latency histogram (Start received
   to answered: the instance start as containerd sees it);
-- at scrape time: tasks by state from the task table, per-task memory from each live guest's ``stats()`` (the
-  engine contract), and the compiled-module cache counters from an engine that keeps them (``stats`` with
-  ``compiles``/``memory_hits``/``disk_hits``, the wasmtime engine).
+- at scrape time: tasks by state and per-task memory (``TaskService.snapshot``), and the compiled-module cache
+  counters of every engine that keeps one (``Engine.cache_stats``, the engine contract).
 
 Invariants: a scrape never changes a task; a failing collector costs that metric, never the scrape or the daemon;
 the endpoint answers one request per connection with bounded reads (headers <= 8 KiB, 5 s), so a client that
@@ -33,10 +32,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from .config import parse_metrics_address
-from .lifecycle import TaskState
 from .ttrpc.status import RpcError
 
 if TYPE_CHECKING:
+    from .engines.base import Engine
     from .events import Event
     from .task_service import TaskService
     from .ttrpc.server import CallContext, Handler
@@ -57,7 +56,7 @@ class _Snapshot:
 
 
 class _ScrapeCollector(Collector):
-    def __init__(self, snapshot: Callable[[], _Snapshot], engines: Sequence[object]) -> None:
+    def __init__(self, snapshot: Callable[[], _Snapshot], engines: Sequence[Engine]) -> None:
         self._snapshot = snapshot
         self._engines = engines
 
@@ -82,10 +81,10 @@ class _ScrapeCollector(Collector):
                                      "Compiled-module cache misses (the module or component was compiled)",
                                      labels=["engine"])
         for engine in self._engines:
-            stats = getattr(engine, "stats", None)
-            if stats is None or not hasattr(stats, "compiles"):
+            stats = engine.cache_stats()
+            if stats is None:
                 continue  # this engine keeps no compile cache (native)
-            name = str(getattr(engine, "name", type(engine).__name__))
+            name = engine.name
             hits.add_metric([name, "memory"], stats.memory_hits)
             hits.add_metric([name, "disk"], stats.disk_hits)
             misses.add_metric([name], stats.compiles)
@@ -96,7 +95,7 @@ class _ScrapeCollector(Collector):
 class Metrics:
     """The daemon's metrics: fed by the events queue and the handler table, read by the endpoint."""
 
-    def __init__(self, service: TaskService, engines: Sequence[object]) -> None:
+    def __init__(self, service: TaskService, engines: Sequence[Engine]) -> None:
         self._service = service
         self.registry = CollectorRegistry(auto_describe=True)
         self._starts = Counter("wasm_shim_instance_starts", "Guests started (/tasks/start events)",
@@ -149,21 +148,10 @@ class Metrics:
 
     async def _refresh(self) -> None:
         snap = _Snapshot()
-        loop = asyncio.get_running_loop()
-        for task in list(self._service.tasks.values()):
-            snap.states.append((task.namespace, TaskState(task.lifecycle.state).name.lower()))
-            guest = task.guest
-            if guest is None or not task.lifecycle.live:
-                continue
-            try:
-                if task.engine.runs_off_loop:  # e.g. runc: stats may block
-                    memory, _ = await loop.run_in_executor(None, guest.stats)
-                else:
-                    memory, _ = guest.stats()
-            except Exception as exc:  # Unsupported, EngineError, a guest that just went: no figure for it
-                log.debug("metrics: no memory figure for task %s: %s", task.id, exc)
-                continue
-            snap.memory.append((task.namespace, task.id, int(memory)))
+        for task in await self._service.snapshot():
+            snap.states.append((task.namespace, task.state))
+            if task.memory is not None:
+                snap.memory.append((task.namespace, task.id, task.memory))
         self._last = snap
 
     async def exposition(self) -> bytes:

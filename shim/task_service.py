@@ -33,22 +33,20 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from . import bundle as bundles
-from . import image_source  # imports no grpc until an artifact's layer is read
 from . import mount as mounts
-from .admission import Admission
 from .engines.base import (
     Engine,
     EngineError,
+    EntryKind,
     Guest,
     GuestSpec,
     Prepared,
     Unsupported,
     killed_status,
-    read_header,
-    resolve_entrypoint,
 )
 from .events import EventQueue
 from .identifiers import id_problem
+from .image.source import EntrypointSource
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
 from .protos import events_pb2, task_pb2, task_types_pb2
 from .stdio import StdioError, TaskIO, open_task_io
@@ -86,6 +84,16 @@ class Task:
     gone: threading.Event = field(default_factory=threading.Event)  # set once the guest has exited (any thread)
 
 
+@dataclass(frozen=True)
+class TaskFigures:
+    """One task as metrics see it (``TaskService.snapshot``): where it is, its state, its guest's memory now."""
+
+    namespace: str
+    id: str
+    state: str  # the lifecycle state's name, lower case ("running")
+    memory: int | None  # bytes, or None: no live guest, or its engine cannot tell
+
+
 def _context(task_id: str, namespace: str) -> dict[str, str]:
     """The ``extra`` of a log record about one task: logfmt.py writes them as task= and namespace=."""
     return {"task": task_id, "namespace": namespace}
@@ -109,10 +117,17 @@ class TaskService:
         *,
         on_empty: Callable[[], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
-        admission: Admission | None = None,
+        entrypoints: EntrypointSource | None = None,
     ) -> None:
         self._engines = list(engines)
-        self._admission = admission
+        self._entrypoints = entrypoints or EntrypointSource()
+        self._engine_for: dict[EntryKind, Engine] = {}
+        for engine in self._engines:
+            for kind in engine.accepts:
+                if kind in self._engine_for:
+                    raise ValueError(f"engines {self._engine_for[kind].name} and {engine.name} both accept "
+                                     f"{kind.value} entrypoints: exactly one engine may accept a kind")
+                self._engine_for[kind] = engine
         self._events = events
         self._on_empty = on_empty or (lambda: None)
         self._clock = clock
@@ -165,17 +180,25 @@ class TaskService:
         except Unsupported as exc:
             raise RpcError(Code.UNIMPLEMENTED, f"{verb} {task.id}: {exc}") from None
 
-    def _choose_engine(self, spec: GuestSpec) -> Engine:
-        for engine in self._engines:
-            if engine.can_handle(spec):
-                return engine
-        # No engine claims it: say why in the user's terms (missing file, or what it is instead).
-        entry = resolve_entrypoint(spec)
-        header = read_header(entry)
-        raise EngineError(
-            f"entrypoint {entry.guest_path} is neither a WebAssembly module or component nor a native program "
-            f"(starts with {header[:4]!r})"
-        )
+    def _engine(self, kind: EntryKind, what: str) -> Engine:
+        engine = self._engine_for.get(kind)
+        if engine is None:
+            raise EngineError(f"{what} is a {kind.value} entrypoint, and no engine of this shim runs those")
+        return engine
+
+    async def snapshot(self) -> list[TaskFigures]:
+        """Every task's state and its live guest's memory, read on the loop (a guest whose engine blocks is asked
+        on a worker thread); a guest that cannot tell, or just ended, has no figure. Changes nothing."""
+        figures = []
+        for task in list(self.tasks.values()):
+            memory: int | None = None
+            if task.guest is not None and task.lifecycle.live:
+                try:
+                    memory = int((await self._engine_call(task, "stats", task.guest.stats))[0])
+                except (RpcError, EngineError, OSError) as exc:
+                    log.debug("no memory figure for task %s: %s", task.id, exc)
+            figures.append(TaskFigures(task.namespace, task.id, TaskState(task.lifecycle.state).name.lower(), memory))
+        return figures
 
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
@@ -217,16 +240,13 @@ class TaskService:
                 mounts.mount_all(specs, rootfs)
                 mounted = True
             spec = bundles.guest_spec(req.id, bundle)  # the whole grant, from config.json (bundle.py)
-            # A wasm OCI artifact's rootfs is empty: image_source reads its wasm layer from containerd's content
-            # store over gRPC and places it at args[0]. One lstat for every other image.
-            image_source.provide_entrypoint(spec, namespace)
-            # Here the grant and the entrypoint are known and nothing has been compiled or run: the place for any
-            # check that must refuse an image before its code is touched. Admission: the signature policy, and
-            # artifacts the shim pulls itself (wasm.shim.io/artifact), placed at args[0] (shim/admission.py).
-            if self._admission is not None:
-                self._admission.admit(spec, namespace)
-            engine = self._choose_engine(spec)
-            prepared = engine.prepare(spec)  # may compile (tens of ms) or load from the cache
+            # Here the grant is known and nothing has been compiled or run: the entrypoint source finds args[0],
+            # determines the image the container runs when it must (the policy needs it, or a wasm OCI artifact's
+            # empty rootfs lacks args[0]), lets the policy decide on exactly that image, places its wasm layer, and
+            # reads args[0] once (shim/image/source.py).
+            provided = self._entrypoints.provide(spec, namespace)
+            engine = self._engine(provided.entry.kind, f"entrypoint {provided.entry.guest_path}")
+            prepared = engine.prepare(spec, provided.entry)  # may compile (tens of ms) or load from the cache
             io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)
         except BaseException as exc:
             if io is not None:

@@ -1,11 +1,11 @@
 """The engine contract: what the task service hands an engine, what it gets back, and the engine-neutral rules.
 
-This module owns the interface between the task service and an engine (DESIGN principle 6: an engine sits
-behind one declared contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine
-needs: resolving the entrypoint inside a rootfs without escaping it, classifying a WebAssembly header, and the
-exit-status and CPU rules below. It imports no engine and does no I/O beyond ``lstat``/``readlink``/reading 8
-header bytes inside the rootfs. What a guest is granted arrives as a ``GuestSpec``, which ``bundle.py`` alone
-maps from the OCI spec.
+This module owns the interface between the task service and an engine (an engine sits behind one declared
+contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine needs: finding the
+entrypoint inside the container's filesystem without escaping it and telling what it is (one rule for every
+engine, "Entrypoint" below), and the exit-status and CPU rules below. It imports no engine and does no I/O beyond
+``stat``/``lstat``/``readlink`` and reading 8 header bytes of the entrypoint. What a guest is granted arrives as
+a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
 
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
@@ -159,13 +159,26 @@ class Guest(abc.ABC):
         return None
 
 
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of an engine's compiled-artifact cache (a snapshot), for metrics and logs."""
+
+    compiles: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    disk_writes: int = 0
+    disk_discarded: int = 0  # corrupt, foreign or incompatible files deleted
+
+
 class Prepared(Protocol):
     """Opaque, engine-specific: the compiled module/component and the resolved entry."""
 
 
 class Engine(Protocol):
-    """An engine: chooses the guests it can run, prepares and starts them, and releases everything on close.
+    """An engine: runs the entrypoint kinds it declares, prepares and starts guests, and frees all on close.
 
+    ``accepts`` is the kinds of entrypoint it runs; the task service gives an entrypoint to the one engine that
+    accepts its kind, so the order engines are listed in never matters (no two engines accept one kind).
     ``runs_off_loop`` is the one scheduling fact the task service needs: True when ``start`` and the calls of
     its guests (kill, pause, resume, delete) block (they run subprocesses, e.g. runc), so the task service runs
     them on a worker thread; False when they return at once and are called on the event loop. ``prepare``
@@ -174,13 +187,11 @@ class Engine(Protocol):
 
     name: str
     runs_off_loop: bool
+    accepts: frozenset[EntryKind]
 
-    def can_handle(self, spec: GuestSpec) -> bool:
-        """Cheap: resolves args[0] inside the rootfs and reads a few bytes of it."""
-        ...
-
-    def prepare(self, spec: GuestSpec) -> Prepared:
-        """May compile (cached); raises EngineError naming the path or export at fault."""
+    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> Prepared:
+        """May compile (cached); raises EngineError naming the path or export at fault. ``entry`` was found and
+        read once by the caller (``find_entrypoint``, ``read_entrypoint``): the engine does not look it up again."""
         ...
 
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Guest:
@@ -189,6 +200,10 @@ class Engine(Protocol):
 
     def close(self, timeout: float = 5.0) -> None:
         """Refuse new guests, stop every guest still running and wait up to ``timeout`` for them."""
+        ...
+
+    def cache_stats(self) -> CacheStats | None:
+        """The compiled-artifact cache's counters now; None for an engine that compiles nothing (native)."""
         ...
 
 
@@ -233,12 +248,7 @@ def signal_terminates(signal: int) -> bool:
 WASM_MAGIC = b"\0asm"
 
 
-class WasmKind(Enum):
-    MODULE = "module"
-    COMPONENT = "component"
-
-
-def classify_header(header: bytes, name: str) -> WasmKind:
+def classify_header(header: bytes, name: str) -> EntryKind:
     """Tell a core module from a component by the 8-byte preamble; else raise EngineError naming ``name``.
 
     Core spec 5.5.16: magic ``\\0asm`` then the 4-byte little-endian version 1. Component model Binary.md:
@@ -249,10 +259,10 @@ def classify_header(header: bytes, name: str) -> WasmKind:
         raise EngineError(f"{name} is not a WebAssembly module or component (magic {magic})")
     version = header[4:8]
     if version == b"\x01\x00\x00\x00":
-        return WasmKind.MODULE
+        return EntryKind.MODULE
     if version[2:4] == b"\x01\x00":
         if version[0:2] == b"\x0d\x00":
-            return WasmKind.COMPONENT
+            return EntryKind.COMPONENT
         raise EngineError(
             f"{name} is a WebAssembly component of an unsupported pre-release encoding "
             f"(version {version[:2].hex(' ')}; this engine reads 0d 00): rebuild it with current tools"
@@ -261,8 +271,28 @@ def classify_header(header: bytes, name: str) -> WasmKind:
 
 
 # --- Entrypoint ---------------------------------------------------------------------------------------------
+#
+# args[0] is found once per Create (``find_entrypoint``), a missing artifact layer may be placed there (shim/image),
+# and then it is read once (``read_entrypoint``): the engine that accepts its kind gets the resulting
+# ``Entrypoint`` and never looks the file up again. One rule for every engine:
+# - a name with a slash, or with an ``#export``, is a path relative to process.cwd;
+# - a bare name is a WebAssembly file of that name in process.cwd if there is one, else it is looked up in each
+#   directory of the spec's PATH like runc's init does (Go's exec.LookPath: the first executable regular file; an
+#   empty entry is the working directory; no PATH, no lookup);
+# - a path under a bind mount continues in the mount's source, elsewhere in the rootfs; symlinks are resolved
+#   inside the one tree they are in (``safe_join``), so nothing leads out of the container's filesystem.
 
 MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS: more hops than this is ELOOP
+ELF_MAGIC = b"\x7fELF"
+SCRIPT_MAGIC = b"#!"
+
+
+class EntryKind(Enum):
+    """What an entrypoint file is; each engine declares the kinds it accepts (``Engine.accepts``)."""
+
+    MODULE = "module"  # a WebAssembly core module
+    COMPONENT = "component"  # a WebAssembly component
+    NATIVE = "native"  # an ELF binary or a ``#!`` script, run through runc
 
 
 def safe_join(root: str, path: str, cwd: str = "/") -> str:
@@ -305,42 +335,152 @@ def safe_join(root: str, path: str, cwd: str = "/") -> str:
     return os.path.join(root, *resolved)
 
 
+def spec_path(env: tuple[str, ...]) -> str | None:
+    """The PATH a container's init uses for lookup: the last ``PATH=`` of process.env (runc sets env in order)."""
+    found = None
+    for entry in env:
+        if entry.startswith("PATH="):
+            found = entry[5:]
+    return found
+
+
+def host_path(spec: GuestSpec, guest_path: str) -> str:
+    """Where the file at ``guest_path`` (absolute, normalized) is on the host, as the container will see it.
+
+    Under the bind mount with the longest matching destination, the path continues in that mount's source;
+    elsewhere in the rootfs. Symlinks are followed inside the one tree they are in (``safe_join``); a symlink
+    in the rootfs that points into a mount is not followed across (a lookup then finds nothing there).
+    """
+    mount = covering_mount(spec, guest_path)
+    if mount is None:
+        return safe_join(spec.rootfs, guest_path)
+    destination = posixpath.normpath(mount.destination)
+    rest = guest_path[len(destination):]
+    if not rest.strip("/"):
+        return mount.source  # the mount itself (a file bind mount, or a directory)
+    return safe_join(mount.source, rest)
+
+
+def covering_mount(spec: GuestSpec, guest_path: str) -> GuestMount | None:
+    """The bind mount ``guest_path`` lies under (the longest matching destination), or None: the rootfs."""
+    best: GuestMount | None = None
+    for mount in spec.mounts:
+        destination = posixpath.normpath(mount.destination)
+        if guest_path == destination or guest_path.startswith(destination.rstrip("/") + "/"):
+            if best is None or len(destination) > len(posixpath.normpath(best.destination)):
+                best = mount
+    return best
+
+
+@dataclass(frozen=True)
+class EntryPath:
+    """args[0] found in the container's filesystem, not read yet (``find_entrypoint``)."""
+
+    name: str  # args[0] as written, without the "#export" part
+    guest_path: str  # absolute and normalised, as the container sees it
+    host_path: str  # the same file on the host
+    export: str | None
+    in_rootfs: bool  # not under a bind mount: the only place the shim may put a file (an artifact's layer)
+    searched: str | None = None  # the PATH a bare name was looked up in without being found there
+
+    def __str__(self) -> str:
+        return self.name
+
+
 @dataclass(frozen=True)
 class Entrypoint:
-    """args[0] split into the guest path and the optional export (``path#export``), resolved on the host."""
+    """The entrypoint the engines get: found, read once, of one kind. Engines never look the file up again."""
 
-    guest_path: str  # as written in args[0], without the "#export" part
-    host_path: str  # inside the rootfs, symlinks resolved
-    export: str | None
+    guest_path: str  # absolute, as the container sees it
+    host_path: str
+    export: str | None  # ``path#export``: the export of a module to call instead of its default
+    kind: EntryKind
 
 
-def resolve_entrypoint(spec: GuestSpec) -> Entrypoint:
-    """Find the entrypoint file for ``spec`` inside its rootfs; raise EngineError naming what is missing."""
+def find_entrypoint(spec: GuestSpec) -> EntryPath:
+    """Find args[0] (the rule above) without reading it; EngineError for args that name nothing."""
     if not spec.args or not spec.args[0]:
-        raise EngineError(
-            "process.args is empty: the first argument must be the path of the .wasm file inside the image"
-        )
-    guest_path, sep, export = spec.args[0].partition("#")
+        raise EngineError("process.args is empty: nothing to run (set an entrypoint or command; for wasm, the "
+                          "path of the .wasm file inside the image)")
+    name, sep, export = spec.args[0].partition("#")
     if sep and not export:
         raise EngineError(f"entrypoint {spec.args[0]!r}: nothing after '#' (expected path#export)")
-    if not guest_path:
+    if not name:
         raise EngineError(f"entrypoint {spec.args[0]!r}: no path before '#'")
-    host_path = safe_join(spec.rootfs, guest_path, spec.cwd)
-    return Entrypoint(guest_path=guest_path, host_path=host_path, export=export or None)
+    here = posixpath.normpath(posixpath.join(spec.cwd or "/", name))
+    if "/" in name or sep:
+        return _entry_path(spec, name, here, export or None)
+    local = _entry_path(spec, name, here, None)
+    if _starts_with(local.host_path, WASM_MAGIC):
+        return local
+    path = spec_path(spec.env)
+    for directory in (path or "").split(":") if path is not None else ():
+        guest = posixpath.normpath(posixpath.join(spec.cwd or "/", directory or ".", name))
+        found = _entry_path(spec, name, guest, None)
+        if _is_executable_file(found.host_path):
+            return found
+    if os.path.lexists(local.host_path):
+        return local  # not WebAssembly and not on PATH: reading it says what it is instead
+    return EntryPath(name, here, local.host_path, None, local.in_rootfs,
+                     searched=path if path is not None else "")
 
 
-def read_header(entry: Entrypoint) -> bytes:
-    """The first 8 bytes of the entrypoint file; EngineError when it is missing, not a file, or unreadable."""
+def _entry_path(spec: GuestSpec, name: str, guest_path: str, export: str | None) -> EntryPath:
+    return EntryPath(name, guest_path, host_path(spec, guest_path), export,
+                     in_rootfs=covering_mount(spec, guest_path) is None)
+
+
+def _is_executable_file(path: str) -> bool:
     try:
-        fd = os.open(entry.host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        st = os.stat(path)  # already resolved inside its tree
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def read_entrypoint(path: EntryPath) -> Entrypoint:
+    """Read the file's first bytes once and say what it is; EngineError naming the path and what is wrong."""
+    what = f"entrypoint {path.guest_path}"
+    if path.searched is not None:
+        where = f"in $PATH ({path.searched})" if path.searched else "(process.env has no PATH to look it up in)"
+        raise EngineError(f"executable {path.name!r} not found in the container's rootfs {where}")
+    try:
+        fd = os.open(path.host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
-        raise EngineError(f"entrypoint {entry.guest_path}: {_describe_open_error(exc)}") from None
+        raise EngineError(f"{what}: {_describe_open_error(exc)}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise EngineError(f"entrypoint {entry.guest_path}: not a regular file")
-        return os.pread(fd, 8, 0)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EngineError(f"{what}: not a regular file")
+        header = os.pread(fd, 8, 0)
     finally:
         os.close(fd)
+    if header[:4] == WASM_MAGIC:
+        kind = classify_header(header, what)
+    elif header[:4] == ELF_MAGIC or header[:2] == SCRIPT_MAGIC:
+        if path.export:
+            raise EngineError(f"{what}: '#{path.export}' names an export of a WebAssembly module, and this is a "
+                              "native program")
+        if not st.st_mode & 0o111:
+            raise EngineError(f"{what}: permission denied (the file is not executable)")
+        kind = EntryKind.NATIVE
+    else:
+        raise EngineError(f"{what} is neither a WebAssembly module or component nor a native program (starts "
+                          f"with {header[:4]!r})")
+    return Entrypoint(path.guest_path, path.host_path, path.export, kind)
+
+
+def locate_entrypoint(spec: GuestSpec) -> Entrypoint:
+    """``find_entrypoint`` then ``read_entrypoint``: for callers with nothing to place in between."""
+    return read_entrypoint(find_entrypoint(spec))
 
 
 def _describe_open_error(exc: OSError) -> str:

@@ -2,7 +2,7 @@
 
 Pods always hold a pause container and often native sidecars; a pod whose RuntimeClass is ``wasmtime`` sends
 every one of them through our shim. This module owns delegating those containers to runc from the daemon:
-choosing them (``can_handle``), creating and starting them, watching their init process, signalling, measuring
+creating and starting them, watching their init process, signalling, measuring
 and deleting them. It imports no wasm engine and nothing heavy; runc is run as a subprocess, never linked.
 
 How a container runs (runc's own CLI, runc/docs/terminals.md "pass-through" mode, as containerd's runc shim
@@ -47,17 +47,15 @@ import ctypes
 import json
 import logging
 import os
-import posixpath
 import re
 import shutil
-import stat
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .base import EngineError, GuestSpec, GuestStdio, safe_join
+from .base import EngineError, EntryKind, Entrypoint, GuestSpec, GuestStdio
 from .cgroups import cgroup_pids, cgroup_usage, read_cgroups
 from .child import ChildGuest, ExitWatcher, check_signal, open_stdio
 
@@ -66,8 +64,6 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNC_ROOT = "/run/wasm-shim/runc"  # + "/<namespace>": like containerd's /run/containerd/runc/<ns>
 RUNC_TIMEOUT = 30.0  # seconds for one runc create/start; a hung runc is killed and reported
 RUNC_QUICK_TIMEOUT = 10.0  # kill, delete
-ELF_MAGIC = b"\x7fELF"
-SCRIPT_MAGIC = b"#!"
 PID_FILE = "init.pid"  # in the bundle, as containerd's runc shim names it
 RUNC_LOG = "log.json"  # in the bundle, likewise
 
@@ -105,106 +101,6 @@ def become_subreaper() -> None:
     daemon can reap them and learn their exit status. Not inherited across fork; idempotent.
     """
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-# --- choosing native entrypoints ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Executable:
-    """args[0] as the container will exec it: the name as written and the file inside the rootfs."""
-
-    name: str  # args[0]
-    guest_path: str  # where it was found, as the container sees it
-    host_path: str  # the same file on the host (symlinks resolved inside the rootfs)
-
-
-def spec_path(env: tuple[str, ...]) -> str | None:
-    """The PATH a container's init uses for lookup: the last ``PATH=`` of process.env (runc sets env in order)."""
-    found = None
-    for entry in env:
-        if entry.startswith("PATH="):
-            found = entry[5:]
-    return found
-
-
-def _is_executable_file(host_path: str) -> bool:
-    try:
-        st = os.stat(host_path)  # host_path is already resolved inside the rootfs
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
-
-
-def host_path(spec: GuestSpec, guest_path: str) -> str:
-    """Where the file at ``guest_path`` (absolute, normalized) is on the host, as the container will see it.
-
-    Under the bind mount with the longest matching destination, the path continues in that mount's source;
-    elsewhere in the rootfs. Symlinks are followed inside the one tree they are in (``safe_join``); a symlink
-    in the rootfs that points into a mount is not followed across (a lookup then finds nothing there).
-    """
-    best: tuple[str, str] | None = None
-    for mount in spec.mounts:
-        destination = posixpath.normpath(mount.destination)
-        if guest_path == destination or guest_path.startswith(destination.rstrip("/") + "/"):
-            if best is None or len(destination) > len(best[0]):
-                best = (destination, mount.source)
-    if best is None:
-        return safe_join(spec.rootfs, guest_path)
-    destination, source = best
-    rest = guest_path[len(destination):]
-    if not rest.strip("/"):
-        return source  # the mount itself (a file bind mount, or a directory)
-    return safe_join(source, rest)
-
-
-def find_executable(spec: GuestSpec) -> Executable:
-    """Resolve args[0] inside the rootfs like runc's init (Go's exec.LookPath) does; EngineError names what failed.
-
-    A name with a slash is a path (relative to process.cwd); a bare name is looked up in each directory of the
-    spec's PATH (an empty entry is the working directory), taking the first executable regular file. Paths
-    under a bind mount are looked up in its source (``host_path``). There is no default PATH: without one in
-    process.env, runc finds nothing either.
-    """
-    if not spec.args or not spec.args[0]:
-        raise EngineError("process.args is empty: nothing to run (set an entrypoint or command)")
-    name = spec.args[0]
-    if "/" in name:
-        guest = posixpath.normpath(posixpath.join(spec.cwd or "/", name))
-        host = host_path(spec, guest)
-        _check_runnable(name, guest, host)
-        return Executable(name=name, guest_path=guest, host_path=host)
-    path = spec_path(spec.env)
-    if path is None:
-        raise EngineError(f"executable {name!r}: process.env has no PATH to look it up in (use an absolute path)")
-    for directory in path.split(":"):
-        guest = posixpath.normpath(posixpath.join(spec.cwd or "/", directory or ".", name))
-        host = host_path(spec, guest)
-        if _is_executable_file(host):
-            return Executable(name=name, guest_path=guest, host_path=host)
-    raise EngineError(f"executable {name!r} not found in the container's rootfs in $PATH ({path})")
-
-
-def _check_runnable(name: str, guest: str, host: str) -> None:
-    try:
-        st = os.stat(host)
-    except FileNotFoundError:
-        raise EngineError(f"executable {guest}: no such file in the container's rootfs") from None
-    except OSError as exc:
-        raise EngineError(f"executable {guest}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise EngineError(f"executable {guest}: not a regular file")
-    if not st.st_mode & 0o111:
-        raise EngineError(f"executable {guest}: permission denied (the file is not executable)")
-
-
-def native_magic(host_path: str) -> bool:
-    """True when the file starts like something the kernel execs: ELF, or a ``#!`` interpreter line."""
-    try:
-        with open(host_path, "rb") as file:
-            head = file.read(4)
-    except OSError:
-        return False
-    return head == ELF_MAGIC or head[:2] == SCRIPT_MAGIC
 
 
 # --- runc -----------------------------------------------------------------------------------------------------
@@ -264,7 +160,7 @@ class Runc:
 class NativePrepared:
     spec: GuestSpec
     bundle: str
-    executable: Executable
+    executable: Entrypoint
     systemd_cgroup: bool
 
 
@@ -272,6 +168,7 @@ class NativeEngine:
     """Runs native (ELF / ``#!``) entrypoints as runc containers; see the module docstring."""
 
     name = "native"
+    accepts = frozenset({EntryKind.NATIVE})
     runs_off_loop = True  # start, kill and delete run runc (tens of milliseconds): the task service calls them
     #                       on a worker thread
 
@@ -286,18 +183,11 @@ class NativeEngine:
 
     # --- Engine protocol ------------------------------------------------------------------------------------
 
-    def can_handle(self, spec: GuestSpec) -> bool:
-        """args[0] is an ELF or ``#!`` file in the rootfs; also a bare name not found on PATH, so that prepare
-        (not a generic "no engine") says so — the wasm engine, asked first, has already declined it."""
-        try:
-            return native_magic(find_executable(spec).host_path)
-        except EngineError:
-            return bool(spec.args) and bool(spec.args[0]) and "/" not in spec.args[0] and "#" not in spec.args[0]
+    def cache_stats(self) -> None:
+        return None  # runc runs programs as they are: nothing is compiled or cached
 
-    def prepare(self, spec: GuestSpec) -> NativePrepared:
-        executable = find_executable(spec)
-        if not native_magic(executable.host_path):
-            raise EngineError(f"executable {executable.guest_path}: neither an ELF binary nor a #! script")
+    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> NativePrepared:
+        executable = entry
         if not self.runc_binary:
             raise EngineError(f"{self._runc_name} is not installed (not found on PATH): native containers "
                               f"(here {executable.guest_path}) run through runc")

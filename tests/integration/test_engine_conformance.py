@@ -21,10 +21,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wasm_shim.shim.engines.base import EXIT_TRAP, GuestSpec, GuestStdio, killed_status
+from wasm_shim.shim.engines.base import EXIT_TRAP, GuestSpec, GuestStdio, killed_status, locate_entrypoint
 from wasm_shim.shim.engines.wasmtime import ComponentPrepared, WasmtimeEngine, WasmtimeGuest
 from wasm_shim.shim.engines.wasmtime.components import ISOLATION_ANNOTATION
 
@@ -33,6 +34,11 @@ pytestmark = pytest.mark.integration
 EXIT_TIMEOUT = 20.0  # seconds: a guest that has not exited by then is a hang
 RUNNER = Path(sys.executable).parent / "wasm-shim-component-runner"  # where scripts/setup.sh links it
 PATHS = ("module-thread", "component-thread", "component-runner")
+
+def prepare(engine: Any, spec: GuestSpec) -> Any:
+    """What the task service does before an engine's prepare: find and read args[0] once."""
+    return engine.prepare(spec, locate_entrypoint(spec))
+
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Paths:
             task_id=f"conf-{self._count}", rootfs=str(self.guests), root_readonly=True, args=(wasm, *args),
             env=(), cwd="/", annotations=annotations, **limits,  # type: ignore[arg-type]
         )
-        prepared = self.engine.prepare(spec)
+        prepared = prepare(self.engine, spec)
         if path == "component-runner":
             assert isinstance(prepared, ComponentPrepared) and prepared.runner == str(RUNNER), \
                 "the Rust component runner must be installed (scripts/setup.sh)"

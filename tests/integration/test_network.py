@@ -20,12 +20,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lab.shimtools import RUNTIME, remove_task, task_pid, wait_for
 from lab.shimtools import task_status as _status
-from wasm_shim.shim.engines.base import EngineError, GuestSpec
+from wasm_shim.shim.engines.base import EngineError, GuestSpec, locate_entrypoint
 from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,11 @@ pytestmark = pytest.mark.integration
 NETWORK = "wasm.shim.io/network"
 ISOLATION = "wasm.shim.io/component-isolation"
 TIMEOUT = 60  # a hang bound for one ctr run (the first start compiles a 1.6 MB QuickJS component twice)
+
+def prepare(engine: Any, spec: GuestSpec) -> Any:
+    """What the task service does before an engine's prepare: find and read args[0] once."""
+    return engine.prepare(spec, locate_entrypoint(spec))
+
 
 
 @pytest.fixture
@@ -258,7 +264,7 @@ def test_a_missing_component_runner_fails_prepare_with_its_name(tmp_path, guests
                           cwd="/", annotations={NETWORK: "tcp-listen=*:80"},
                           network_namespace=str(pod_netns))
         with pytest.raises(EngineError, match="wasm-shim-component-runner, which is not installed") as caught:
-            engine.prepare(guest)
+            prepare(engine, guest)
         assert "no-such-runner" in str(caught.value) and "tcp-listen=*:80" in str(caught.value)
     finally:
         engine.close()

@@ -24,13 +24,18 @@ from typing import Any
 
 import pytest
 
-from wasm_shim.shim.engines.base import EngineError, GuestMount, GuestSpec, GuestStdio
+from wasm_shim.shim.engines.base import EngineError, EntryKind, GuestMount, GuestSpec, GuestStdio, locate_entrypoint
 from wasm_shim.shim.engines.wasmtime import WasmtimeEngine, WasmtimeGuest
 
 pytestmark = pytest.mark.integration
 
 EXIT_TIMEOUT = 10.0  # seconds: a guest that has not exited by then is a hang, and fails the test
 ISOLATION = "wasm.shim.io/component-isolation"
+
+def prepare(engine: Any, spec: GuestSpec) -> Any:
+    """What the task service does before an engine's prepare: find and read args[0] once."""
+    return engine.prepare(spec, locate_entrypoint(spec))
+
 
 
 class Exits:
@@ -103,7 +108,7 @@ class Sandbox:
 
     def start(self, *args: str, stdin: str | None = None, **kwargs: Any) -> Run:
         self._count += 1
-        prepared = self.engine.prepare(self.spec(*args, **kwargs))
+        prepared = prepare(self.engine, self.spec(*args, **kwargs))
         stdout = self.tmp / f"out-{self._count}"
         stderr = self.tmp / f"err-{self._count}"
         exits = Exits()
@@ -180,7 +185,7 @@ def test_trap_is_134_with_a_message(sandbox: Sandbox) -> None:
 
 def test_trap_without_stderr_destination(sandbox: Sandbox) -> None:
     exits = Exits()
-    sandbox.engine.start(sandbox.engine.prepare(sandbox.spec("trap.wasm")), GuestStdio(), exits)
+    sandbox.engine.start(prepare(sandbox.engine, sandbox.spec("trap.wasm")), GuestStdio(), exits)
     assert exits.wait() and exits.statuses == [134]
 
 
@@ -235,7 +240,7 @@ def test_component_entry_by_interface_name(sandbox: Sandbox) -> None:
 def test_component_other_export_is_refused(sandbox: Sandbox) -> None:
     message = r"only be started through wasi:cli/run, not 'greet'.*wasi:cli/run@0\.2"
     with pytest.raises(EngineError, match=message):
-        sandbox.engine.prepare(sandbox.spec("hello.component.wasm#greet"))
+        prepare(sandbox.engine, sandbox.spec("hello.component.wasm#greet"))
 
 
 # --- what the user gets wrong -------------------------------------------------------------------------------
@@ -243,35 +248,34 @@ def test_component_other_export_is_refused(sandbox: Sandbox) -> None:
 
 def test_missing_entrypoint(sandbox: Sandbox) -> None:
     with pytest.raises(EngineError, match="entrypoint /nope.wasm: no such file in the container's rootfs"):
-        sandbox.engine.prepare(sandbox.spec("/nope.wasm"))
-    assert not sandbox.engine.can_handle(sandbox.spec("/nope.wasm"))
+        prepare(sandbox.engine, sandbox.spec("/nope.wasm"))
 
 
 def test_not_wasm(sandbox: Sandbox) -> None:
     (sandbox.rootfs / "script.sh").write_text("#!/bin/sh\necho hi\n")
-    message = r"entrypoint script.sh is not a WebAssembly module or component \(magic 23 21 2f 62\)"
-    with pytest.raises(EngineError, match=message):
-        sandbox.engine.prepare(sandbox.spec("script.sh"))
-    assert not sandbox.engine.can_handle(sandbox.spec("script.sh"))
-    assert sandbox.engine.can_handle(sandbox.spec("hello.wasm"))
+    (sandbox.rootfs / "notes.txt").write_text("just text\n")
+    with pytest.raises(EngineError, match=r"entrypoint /notes.txt is neither a WebAssembly module or component nor"):
+        prepare(sandbox.engine, sandbox.spec("notes.txt"))
+    # A script is another engine's: its kind decides which engine gets it.
+    assert sandbox.engine.accepts == frozenset({EntryKind.MODULE, EntryKind.COMPONENT})
 
 
 def test_invalid_wasm(sandbox: Sandbox) -> None:
     (sandbox.rootfs / "broken.wasm").write_bytes(b"\0asm\x01\x00\x00\x00\xff\xff")
     with pytest.raises(EngineError, match="entrypoint broken.wasm is not valid WebAssembly: "):
-        sandbox.engine.prepare(sandbox.spec("broken.wasm"))
+        prepare(sandbox.engine, sandbox.spec("broken.wasm"))
 
 
 def test_missing_export_lists_what_exists(sandbox: Sandbox) -> None:
     with pytest.raises(EngineError, match=r"no export named 'nope' \(function exports: _start, greet\)"):
-        sandbox.engine.prepare(sandbox.spec("multi.wasm#nope"))
+        prepare(sandbox.engine, sandbox.spec("multi.wasm#nope"))
 
 
 def test_export_that_cannot_be_an_entrypoint(sandbox: Sandbox) -> None:
     with pytest.raises(EngineError, match="export 'add' takes 2 parameter"):
-        sandbox.engine.prepare(sandbox.spec("multi.wasm#add"))
+        prepare(sandbox.engine, sandbox.spec("multi.wasm#add"))
     with pytest.raises(EngineError, match="export 'counter' is a global, not a function"):
-        sandbox.engine.prepare(sandbox.spec("multi.wasm#counter"))
+        prepare(sandbox.engine, sandbox.spec("multi.wasm#counter"))
 
 
 def test_module_without_start(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -279,14 +283,14 @@ def test_module_without_start(sandbox: Sandbox, tmp_path: Path) -> None:
     source = (sandbox.rootfs / "multi.wasm").read_bytes()
     (sandbox.rootfs / "nostart.wasm").write_bytes(source.replace(b"_start", b"_other"))
     with pytest.raises(EngineError, match=r"has no _start export .* nostart.wasm#EXPORT"):
-        sandbox.engine.prepare(sandbox.spec("nostart.wasm"))
+        prepare(sandbox.engine, sandbox.spec("nostart.wasm"))
 
 
 def test_unresolved_import(sandbox: Sandbox) -> None:
     source = (sandbox.rootfs / "multi.wasm").read_bytes()
     (sandbox.rootfs / "badimport.wasm").write_bytes(source.replace(b"fd_write", b"fd_wrong"))
     with pytest.raises(EngineError, match="entrypoint badimport.wasm cannot be linked: .*fd_wrong"):
-        sandbox.engine.prepare(sandbox.spec("badimport.wasm"))
+        prepare(sandbox.engine, sandbox.spec("badimport.wasm"))
 
 
 def test_symlinked_entrypoint_stays_in_rootfs(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -296,11 +300,11 @@ def test_symlinked_entrypoint_stays_in_rootfs(sandbox: Sandbox, tmp_path: Path) 
     shutil.copyfile(sandbox.rootfs / "hello.wasm", tmp_path / "host-only.wasm")
     (sandbox.rootfs / "bin" / "host.wasm").symlink_to(tmp_path / "host-only.wasm")
     with pytest.raises(EngineError, match="entrypoint /bin/host.wasm: no such file"):
-        sandbox.engine.prepare(sandbox.spec("/bin/host.wasm"))
+        prepare(sandbox.engine, sandbox.spec("/bin/host.wasm"))
 
 
 def test_missing_stdin_file(sandbox: Sandbox) -> None:
-    prepared = sandbox.engine.prepare(sandbox.spec("hello.wasm"))
+    prepared = prepare(sandbox.engine, sandbox.spec("hello.wasm"))
     with pytest.raises(EngineError, match="stdin /nonexistent/in: no such file"):
         sandbox.engine.start(prepared, GuestStdio(stdin="/nonexistent/in"), lambda status: None)
     assert sandbox.engine.running == 0
@@ -426,7 +430,7 @@ def test_stdout_fifo_sees_eof_when_on_exit_runs(sandbox: Sandbox, tmp_path: Path
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # like ctr: the reader is there before Start
     try:
-        prepared = sandbox.engine.prepare(sandbox.spec("hello.wasm"))
+        prepared = prepare(sandbox.engine, sandbox.spec("hello.wasm"))
         eof_at_exit: list[bytes] = []
         done = threading.Event()
 
@@ -456,7 +460,7 @@ def test_fifo_without_peer_does_not_block(sandbox: Sandbox, tmp_path: Path) -> N
     stdin, stdout = tmp_path / "in.fifo", tmp_path / "out.fifo"
     os.mkfifo(stdin)
     os.mkfifo(stdout)
-    prepared = sandbox.engine.prepare(sandbox.spec("hello.wasm"))
+    prepared = prepare(sandbox.engine, sandbox.spec("hello.wasm"))
     exits = Exits()
     sandbox.engine.start(prepared, GuestStdio(stdin=str(stdin), stdout=str(stdout)), exits)
     assert exits.wait()  # nobody reads: puts() gets EPIPE, the guest still exits
@@ -483,7 +487,7 @@ def test_stdio_from_pipes_via_proc_self_fd(sandbox: Sandbox) -> None:
     in_read, in_write = os.pipe()
     out_read, out_write = os.pipe()
     try:
-        prepared = sandbox.engine.prepare(sandbox.spec("cat_file.wasm", "-"))
+        prepared = prepare(sandbox.engine, sandbox.spec("cat_file.wasm", "-"))
         exits = Exits()
         stdio = GuestStdio(f"/proc/self/fd/{in_read}", f"/proc/self/fd/{out_write}", None)
         sandbox.engine.start(prepared, stdio, exits)
@@ -508,10 +512,10 @@ def test_stdio_from_pipes_via_proc_self_fd(sandbox: Sandbox) -> None:
 
 
 def test_second_prepare_does_not_compile(sandbox: Sandbox) -> None:
-    sandbox.engine.prepare(sandbox.spec("hello.wasm"))
-    before = sandbox.engine.stats
+    prepare(sandbox.engine, sandbox.spec("hello.wasm"))
+    before = sandbox.engine.cache_stats()
     sandbox.run("hello.wasm")
-    after = sandbox.engine.stats
+    after = sandbox.engine.cache_stats()
     assert after.compiles == before.compiles
     assert after.memory_hits == before.memory_hits + 1
 
@@ -521,7 +525,7 @@ def test_concurrent_prepares_compile_once(sandbox: Sandbox) -> None:
 
     def prepare() -> None:
         try:
-            sandbox.engine.prepare(sandbox.spec("args_env.wasm"))
+            prepare(sandbox.engine, sandbox.spec("args_env.wasm"))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -531,7 +535,7 @@ def test_concurrent_prepares_compile_once(sandbox: Sandbox) -> None:
     for thread in threads:
         thread.join(EXIT_TIMEOUT)
     assert not errors
-    assert sandbox.engine.stats.compiles == 1
+    assert sandbox.engine.cache_stats().compiles == 1
 
 
 def test_new_engine_hits_the_disk_cache(sandbox: Sandbox) -> None:
@@ -540,13 +544,13 @@ def test_new_engine_hits_the_disk_cache(sandbox: Sandbox) -> None:
     fresh = WasmtimeEngine(cache_dir=str(sandbox.cache_dir))
     try:
         for name in ("hello.wasm", "hello.component.wasm"):
-            prepared = fresh.prepare(sandbox.spec(name))
+            prepared = prepare(fresh, sandbox.spec(name))
             exits = Exits()
             fresh.start(prepared, GuestStdio(), exits)
             assert exits.wait() and exits.statuses == [0]
         # The module from the daemon's cache; the component is compiled by its runner alone (runner/), whose own
         # cache file the new engine's check found: the daemon compiles neither.
-        assert (fresh.stats.compiles, fresh.stats.disk_hits) == (0, 1)
+        assert (fresh.cache_stats().compiles, fresh.cache_stats().disk_hits) == (0, 1)
     finally:
         fresh.close()
 
@@ -577,16 +581,16 @@ def test_corrupt_cache_file_is_recompiled(sandbox: Sandbox) -> None:
     assert len(corrupt_cache_files(sandbox.cache_dir)) == 1
     fresh = WasmtimeEngine(cache_dir=str(sandbox.cache_dir))
     try:
-        fresh.prepare(sandbox.spec("hello.wasm"))
-        stats = fresh.stats
+        prepare(fresh, sandbox.spec("hello.wasm"))
+        stats = fresh.cache_stats()
         assert (stats.disk_hits, stats.disk_discarded, stats.compiles, stats.disk_writes) == (0, 1, 1, 1)
     finally:
         fresh.close()
     # The rewritten file is good again.
     again = WasmtimeEngine(cache_dir=str(sandbox.cache_dir))
     try:
-        again.prepare(sandbox.spec("hello.wasm"))
-        assert (again.stats.disk_hits, again.stats.compiles) == (1, 0)
+        prepare(again, sandbox.spec("hello.wasm"))
+        assert (again.cache_stats().disk_hits, again.cache_stats().compiles) == (1, 0)
     finally:
         again.close()
 
@@ -597,15 +601,15 @@ def test_truncated_and_foreign_cache_files_are_discarded(sandbox: Sandbox) -> No
     cache_file.write_bytes(cache_file.read_bytes()[:100])
     fresh = WasmtimeEngine(cache_dir=str(sandbox.cache_dir))
     try:
-        fresh.prepare(sandbox.spec("hello.wasm"))
-        assert (fresh.stats.disk_discarded, fresh.stats.compiles) == (1, 1)
+        prepare(fresh, sandbox.spec("hello.wasm"))
+        assert (fresh.cache_stats().disk_discarded, fresh.cache_stats().compiles) == (1, 1)
     finally:
         fresh.close()
     os.chmod(cache_file, 0o644)  # readable by others: not trusted
     fresh = WasmtimeEngine(cache_dir=str(sandbox.cache_dir))
     try:
-        fresh.prepare(sandbox.spec("hello.wasm"))
-        assert (fresh.stats.disk_discarded, fresh.stats.compiles) == (1, 1)
+        prepare(fresh, sandbox.spec("hello.wasm"))
+        assert (fresh.cache_stats().disk_discarded, fresh.cache_stats().compiles) == (1, 1)
         assert stat.S_IMODE(cache_file.stat().st_mode) == 0o600
     finally:
         fresh.close()
@@ -830,9 +834,9 @@ def test_precompile_writes_what_the_daemon_reads(sandbox: Sandbox, guests: Path)
     daemon_engine = WasmtimeEngine(cache_dir=str(cache))
     try:
         for name in ("hello.wasm", "hello.component.wasm"):
-            daemon_engine.prepare(sandbox.spec(name))
-        daemon_engine.prepare(sandbox.spec("hello.component.wasm", annotations={ISOLATION: "thread"}))
-        assert (daemon_engine.stats.compiles, daemon_engine.stats.disk_hits) == (0, 2)
+            prepare(daemon_engine, sandbox.spec(name))
+        prepare(daemon_engine, sandbox.spec("hello.component.wasm", annotations={ISOLATION: "thread"}))
+        assert (daemon_engine.cache_stats().compiles, daemon_engine.cache_stats().disk_hits) == (0, 2)
     finally:
         daemon_engine.close()
     # ... and the component runner's own compilation, which is what runs a component (runner/).
@@ -859,7 +863,7 @@ def test_concurrent_creates_of_one_component_compile_it_once(sandbox: Sandbox, t
     def create(n: int) -> None:
         barrier.wait(timeout=30)
         try:
-            results.append(engine.prepare(sandbox.spec("hello.component.wasm", task_id=f"pod-{n}")))
+            results.append(prepare(engine, sandbox.spec("hello.component.wasm", task_id=f"pod-{n}")))
         except Exception as exc:  # noqa: BLE001 - reported below with the others
             results.append(exc)
 

@@ -1,4 +1,4 @@
-"""The engine-neutral rules of shim/engines/base.py: entrypoints inside a rootfs, wasm headers, signals."""
+"""The engine-neutral rules of shim/engines/base.py: paths inside a rootfs, entrypoints, wasm headers, signals."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 from wasm_shim.shim.engines.base import (
     EngineError,
+    EntryKind,
     GuestSpec,
-    WasmKind,
     classify_header,
+    find_entrypoint,
     killed_status,
-    read_header,
-    resolve_entrypoint,
+    locate_entrypoint,
     safe_join,
     signal_terminates,
     split_env,
@@ -89,13 +89,13 @@ def test_symlink_loop_is_an_error(rootfs: Path) -> None:
 
 
 def test_entrypoint_with_export(rootfs: Path) -> None:
-    entry = resolve_entrypoint(spec(rootfs, "/app/bin/main.wasm#greet", "arg"))
+    entry = locate_entrypoint(spec(rootfs, "/app/bin/main.wasm#greet", "arg"))
     assert (entry.guest_path, entry.export) == ("/app/bin/main.wasm", "greet")
     assert entry.host_path == str(rootfs / "app/bin/main.wasm")
 
 
 def test_entrypoint_relative_to_cwd(rootfs: Path) -> None:
-    entry = resolve_entrypoint(spec(rootfs, "main.wasm", cwd="/app/bin"))
+    entry = locate_entrypoint(spec(rootfs, "main.wasm", cwd="/app/bin"))
     assert entry.host_path == str(rootfs / "app/bin/main.wasm") and entry.export is None
 
 
@@ -110,31 +110,30 @@ def test_entrypoint_relative_to_cwd(rootfs: Path) -> None:
 )
 def test_bad_entrypoints(rootfs: Path, args: tuple[str, ...], message: str) -> None:
     with pytest.raises(EngineError, match=message):
-        resolve_entrypoint(spec(rootfs, *args))
+        find_entrypoint(spec(rootfs, *args))
 
 
-def test_read_header_names_the_missing_path(rootfs: Path) -> None:
-    entry = resolve_entrypoint(spec(rootfs, "/app/missing.wasm"))
+def test_reading_names_the_missing_path(rootfs: Path) -> None:
     message = r"entrypoint /app/missing.wasm: no such file in the container's rootfs"
     with pytest.raises(EngineError, match=message):
-        read_header(entry)
+        locate_entrypoint(spec(rootfs, "/app/missing.wasm"))
 
 
-def test_read_header_refuses_a_directory(rootfs: Path) -> None:
+def test_reading_refuses_a_directory(rootfs: Path) -> None:
     with pytest.raises(EngineError, match="entrypoint /app: not a regular file"):
-        read_header(resolve_entrypoint(spec(rootfs, "/app")))
+        locate_entrypoint(spec(rootfs, "/app"))
 
 
-def test_read_header_reads_eight_bytes(rootfs: Path) -> None:
-    assert read_header(resolve_entrypoint(spec(rootfs, "/app/bin/main.wasm"))) == MODULE_HEADER
+def test_reading_tells_the_kind(rootfs: Path) -> None:
+    assert locate_entrypoint(spec(rootfs, "/app/bin/main.wasm")).kind is EntryKind.MODULE
 
 
 # --- headers ------------------------------------------------------------------------------------------------
 
 
 def test_classify_module_and_component() -> None:
-    assert classify_header(MODULE_HEADER, "x") is WasmKind.MODULE
-    assert classify_header(COMPONENT_HEADER, "x") is WasmKind.COMPONENT
+    assert classify_header(MODULE_HEADER, "x") is EntryKind.MODULE
+    assert classify_header(COMPONENT_HEADER, "x") is EntryKind.COMPONENT
 
 
 @pytest.mark.parametrize(

@@ -112,3 +112,13 @@ def test_choose_manifest_prefers_the_wasm_platform() -> None:
     assert choose_manifest({"manifests": [other, wasm]}, "i").digest == D  # type: ignore[union-attr]
     assert choose_manifest({"manifests": [other]}, "i").digest == other["digest"]  # type: ignore[union-attr]
     assert choose_manifest({"manifests": [other, dict(other, digest=D)]}, "i") is None
+
+
+def test_choose_manifest_then_the_nodes_platform_never_a_guess() -> None:
+    entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 10}
+    amd64 = dict(entry, digest="sha256:" + "a1" * 32, platform={"os": "linux", "architecture": "amd64"})
+    arm64 = dict(entry, digest="sha256:" + "a2" * 32, platform={"os": "linux", "architecture": "arm64"})
+    index = {"manifests": [arm64, amd64]}
+    assert choose_manifest(index, "i", ("linux", "amd64")).digest == amd64["digest"]  # type: ignore[union-attr]
+    assert choose_manifest(index, "i", ("linux", "s390x")) is None  # several, none for this node: not guessed
+    assert choose_manifest(index, "i") is None

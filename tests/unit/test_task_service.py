@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from wasm_shim.shim.engines.base import EngineError, Guest, GuestSpec, GuestStdio
+from wasm_shim.shim.engines.base import EngineError, EntryKind, Entrypoint, Guest, GuestSpec, GuestStdio
 from wasm_shim.shim.events import Event, EventQueue
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
 from wasm_shim.shim.task_service import TaskService
@@ -62,6 +62,7 @@ class PausableGuest(FakeGuest):
 
 class FakeEngine:
     name = "fake"
+    accepts = frozenset({EntryKind.MODULE})
 
     def __init__(self, guest_type: type[FakeGuest] = FakeGuest, *, runs_off_loop: bool = False, pid: int = 0,
                  oom: bool = False, refuse: str = ""):
@@ -70,10 +71,7 @@ class FakeEngine:
         self.guests: list[FakeGuest] = []
         self.start_threads: list[int] = []
 
-    def can_handle(self, spec: GuestSpec) -> bool:
-        return True
-
-    def prepare(self, spec: GuestSpec) -> GuestSpec:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> GuestSpec:
         if self.refuse:
             raise EngineError(self.refuse)
         return spec

@@ -18,7 +18,7 @@ Import it only where wasmtime is wanted: ``import wasmtime`` alone costs ~65 ms,
 must never pay.
 """
 
-from .cache import CacheStats
+from ..base import CacheStats
 from .components import ComponentGuest, ComponentPrepared
 from .engine import WasmtimeEngine, WasmtimeGuest, WasmtimePrepared
 from .epochs import TICK_SECONDS

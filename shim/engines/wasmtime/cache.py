@@ -25,13 +25,12 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import wasmtime
 import wasmtime.component as wasm_component
 
-from ..base import EngineError, WasmKind
+from ..base import CacheStats, EngineError, EntryKind
 from .reports import error_summary
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,6 @@ log = logging.getLogger(__name__)
 CACHE_MAGIC = b"wasm-shim-cwasm-v1\n"
 
 Finished = TypeVar("Finished")
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Counters of the compiled-artifact cache (a snapshot)."""
-
-    compiles: int = 0
-    memory_hits: int = 0
-    disk_hits: int = 0
-    disk_writes: int = 0
-    disk_discarded: int = 0  # corrupt, foreign or incompatible files deleted
 
 
 class CacheFileRefused(Exception):
@@ -138,7 +126,7 @@ class ArtifactCache(Generic[Finished]):
             self._counts[name] += 1
 
     def get(
-        self, digest: str, kind: WasmKind, wasm: bytes, name: str, finish: Callable[[Any], Finished]
+        self, digest: str, kind: EntryKind, wasm: bytes, name: str, finish: Callable[[Any], Finished]
     ) -> tuple[Finished, str]:
         """The finished artifact for ``wasm`` and where it came from: "memory", "disk" or "compiled".
 
@@ -177,10 +165,10 @@ class ArtifactCache(Generic[Finished]):
                     self._memory.popitem(last=False)
             return finished, source
 
-    def _compile(self, kind: WasmKind, wasm: bytes, name: str) -> Any:
+    def _compile(self, kind: EntryKind, wasm: bytes, name: str) -> Any:
         self._count("compiles")
         try:
-            if kind is WasmKind.MODULE:
+            if kind is EntryKind.MODULE:
                 return wasmtime.Module(self._engine, wasm)
             return wasm_component.Component(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
@@ -189,7 +177,7 @@ class ArtifactCache(Generic[Finished]):
     def _path(self, key: str) -> str | None:
         return None if self._dir is None else os.path.join(self._dir, key + ".cwasm")
 
-    def _load(self, key: str, kind: WasmKind) -> Any:
+    def _load(self, key: str, kind: EntryKind) -> Any:
         path = self._path(key)
         if path is None:
             return None
@@ -201,7 +189,7 @@ class ArtifactCache(Generic[Finished]):
             self._discard(path, str(exc))
             return None
         try:
-            if kind is WasmKind.MODULE:
+            if kind is EntryKind.MODULE:
                 artifact: Any = wasmtime.Module.deserialize(self._engine, payload)
             else:
                 artifact = wasm_component.Component.deserialize(self._engine, payload)

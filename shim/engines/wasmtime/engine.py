@@ -30,23 +30,21 @@ import wasmtime
 import wasmtime.component as wasm_component
 
 from ..base import (
+    CacheStats,
     EngineError,
+    EntryKind,
     Entrypoint,
     GuestMount,
     GuestSpec,
     GuestStdio,
     Prepared,
-    WasmKind,
     classify_header,
-    read_header,
-    resolve_entrypoint,
     split_env,
 )
 from ..child import ExitWatcher
 from ..network import NETWORK_ANNOTATION, parse_network_grant
 from .cache import (
     ArtifactCache,
-    CacheStats,
     check_private_dir,
 )
 from .components import (
@@ -86,6 +84,7 @@ class WasmtimeEngine:
     """Runs WebAssembly modules and components in wasmtime; see the package docstring for the design."""
 
     name = "wasmtime"
+    accepts = frozenset({EntryKind.MODULE, EntryKind.COMPONENT})
     runs_off_loop = False  # start, kill, pause and resume only set flags, tick epochs or send signals
 
     def __init__(
@@ -136,8 +135,7 @@ class WasmtimeEngine:
             self._fingerprint = f"wasmtime-{version}-epoch-{os.uname().machine}"
         return self._fingerprint
 
-    @property
-    def stats(self) -> CacheStats:
+    def cache_stats(self) -> CacheStats:
         return self._cache.stats
 
     @property
@@ -153,23 +151,16 @@ class WasmtimeEngine:
 
     # --- Engine contract ------------------------------------------------------------------------------------
 
-    def can_handle(self, spec: GuestSpec) -> bool:
-        try:
-            return read_header(resolve_entrypoint(spec))[:4] == b"\0asm"
-        except (EngineError, OSError):
-            return False
-
-    def prepare(self, spec: GuestSpec) -> WasmtimePrepared:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> WasmtimePrepared:
         if not os.path.isdir(spec.rootfs):
             raise EngineError(f"rootfs {spec.rootfs} is not a directory")
-        entry = resolve_entrypoint(spec)
         name = f"entrypoint {entry.guest_path}"
-        kind = classify_header(read_header(entry), name)
+        kind = entry.kind
         env = tuple(split_env(spec.env))
         network = parse_network_grant(spec.annotations)
         isolation = "thread"
         netns = runner = None
-        if kind is WasmKind.COMPONENT:
+        if kind is EntryKind.COMPONENT:
             isolation = component_isolation(spec.annotations, self._component_isolation)
         if isolation == "process":
             runner = self._runner.find()
@@ -349,7 +340,7 @@ class WasmtimeEngine:
 
     # --- compiling ------------------------------------------------------------------------------------------
 
-    def precompile(self, path: str) -> tuple[str, WasmKind, str]:
+    def precompile(self, path: str) -> tuple[str, EntryKind, str]:
         """Compile ``path`` into the cache exactly as ``prepare`` would: (sha256, kind, "memory"/"disk"/"compiled").
 
         Used by ``wasm-shim precompile`` to warm the on-disk cache; raises EngineError naming the problem.
@@ -361,7 +352,7 @@ class WasmtimeEngine:
             raise EngineError(f"{path}: {exc.strerror}") from None
         kind = classify_header(header, path)
         compiled, source = self._compiled(path, kind, path)
-        runner = self._runner.find() if kind is WasmKind.COMPONENT and self._cache_dir else None
+        runner = self._runner.find() if kind is EntryKind.COMPONENT and self._cache_dir else None
         if runner is not None:  # components run in the Rust runner, which caches its own compilation
             assert self._cache_dir is not None
             try:
@@ -373,7 +364,7 @@ class WasmtimeEngine:
                 raise EngineError(f"{path}: {COMPONENT_RUNNER} --precompile failed: {done.stderr.strip()}")
         return compiled.digest, kind, source
 
-    def _compiled(self, host_path: str, kind: WasmKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
+    def _compiled(self, host_path: str, kind: EntryKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
         try:
             with open(host_path, "rb") as file:
                 wasm = file.read()
@@ -381,7 +372,7 @@ class WasmtimeEngine:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         digest = hashlib.sha256(wasm).hexdigest()
         finish: Callable[[Any], CompiledModule | CompiledComponent]
-        if kind is WasmKind.MODULE:
+        if kind is EntryKind.MODULE:
             def finish(module: Any) -> CompiledModule | CompiledComponent:
                 return finish_module(self._module_linker, module, digest, name)
         else:

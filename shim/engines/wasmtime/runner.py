@@ -54,9 +54,9 @@ from typing import Any, ClassVar
 
 from ..base import (
     EngineError,
+    EntryKind,
     GuestSpec,
     GuestStdio,
-    WasmKind,
     killed_status,
     signal_terminates,
 )
@@ -110,10 +110,10 @@ class RunnerLocator:
         return None
 
 
-def pod_network(spec: GuestSpec, kind: WasmKind, isolation: str, network: NetworkGrant) -> str:
+def pod_network(spec: GuestSpec, kind: EntryKind, isolation: str, network: NetworkGrant) -> str:
     """The network namespace a grant joins; EngineError when the grant cannot be honoured exactly."""
     grant = f"annotation {NETWORK_ANNOTATION}={network}"
-    if kind is WasmKind.MODULE:
+    if kind is EntryKind.MODULE:
         raise EngineError(
             f"{grant}: the entrypoint is a WASI preview1 core module, which has no sockets API; only "
             "components (wasi:sockets) can use a network grant"
