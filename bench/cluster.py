@@ -42,6 +42,7 @@ from pathlib import Path
 
 from lab.cluster import cluster as cl
 from lab.cluster import images
+from lab.cluster.topology import NODE_SUPPORT_DIR
 
 from . import report
 from .figure import Figure, Row, timed
@@ -440,7 +441,7 @@ def install_shim(api: object, state: cl.State, nodes: Sequence[str] = (NODE,)) -
 
         node_ok("ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
         node_ok(str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
-        node_ok(f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+        node_ok(f"{NODE_SUPPORT_DIR}/restart-containerd")
         client.CoreV1Api(api).patch_node(node, {"metadata": {"labels": rc["scheduling"]["nodeSelector"]}})
     client.NodeV1Api(api).create_runtime_class(rc)
 

@@ -27,6 +27,7 @@ from kubernetes import client
 
 from lab.cluster import cluster as cl
 from lab.cluster import images
+from lab.cluster.topology import NODE_SUPPORT_DIR
 
 BUILD_TIMEOUT = 3600  # seconds: a cold Kubernetes build is ~25 CPU-minutes, longer on a shared machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,13 @@ class Cluster:
         result = self.node_exec(node, *argv)
         assert result.returncode == 0, f"{' '.join(argv)} on {node}: {result.stderr}"
         return result.stdout
+
+    def oras_push(self, wasm: Path, config: bytes, repository_tag: str) -> str:
+        """Push ``wasm`` with the real ``oras push --config`` (that exact config blob) from inside node-a."""
+        try:
+            return cl.oras_push_artifact(self.state, wasm, config, repository_tag)
+        except cl.ClusterError as exc:
+            pytest.fail(str(exc))
 
     def push_artifact(self, wasm: Path, repository_tag: str) -> str:
         """Push ``wasm`` into the cluster's registry (from inside node-a); returns ``REGISTRY/REPO@sha256:...``."""
@@ -154,7 +162,7 @@ def shim_on_node_a(cluster: Cluster) -> Iterator[str]:
     original = cluster.node_ok(node, "cat", config)
     cluster.node_ok(node, "ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
     cluster.node_ok(node, str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", config)
-    cluster.node_ok(node, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+    cluster.node_ok(node, f"{NODE_SUPPORT_DIR}/restart-containerd")
     node_api.create_runtime_class(rc)
     core.patch_node(node, {"metadata": {"labels": labels}})
     try:
@@ -167,7 +175,7 @@ def shim_on_node_a(cluster: Cluster) -> Iterator[str]:
         for backup in backups:
             cluster.node_ok(node, "rm", "-f", backup)
         cluster.node_ok(node, "rm", "-f", SHIM_LINK)
-        cluster.node_ok(node, f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+        cluster.node_ok(node, f"{NODE_SUPPORT_DIR}/restart-containerd")
         assert cluster.node_ok(node, "cat", config) == original
 
 

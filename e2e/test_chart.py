@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.conftest import Cluster, wait_until
 from lab.cluster import cluster as cl
 from lab.cluster import images
+from lab.cluster.topology import NODE_SUPPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "wasm-shim"
@@ -31,7 +32,7 @@ LABEL = "wasm.shim.io/runtime"
 CONFIG = "/etc/containerd/config.toml"
 NODE_POLICY = "/opt/wasm-shim/policy/policy.toml"  # where the installer puts the chart's signaturePolicy
 NAMESPACE = "default"
-RESTART_COMMAND = f"nsenter -t 1 -m -n -p -- {cl.NODE_SUPPORT_DIR}/restart-containerd"
+RESTART_COMMAND = f"nsenter -t 1 -m -n -p -- {NODE_SUPPORT_DIR}/restart-containerd"
 
 pytestmark = pytest.mark.skipif(not CHART.is_dir(), reason="charts/wasm-shim is not in this tree yet")
 

@@ -18,6 +18,7 @@ from kubernetes import client
 from e2e.conftest import NAMESPACE, Cluster, unique, wait_until
 from lab.cluster import cluster as cl
 from lab.cluster import images
+from lab.cluster.topology import NODE_SUPPORT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,10 +150,10 @@ def test_containerd_restart_through_the_node_supervisor_keeps_pods(core: client.
                                                                    pods) -> None:
     name = pods(busybox_pod(unique("survivor"), "node-a", "echo up; sleep 3600"))
     wait_until(f"pod {name} Running", lambda: pod_phase(core, name) == "Running")
-    before = cluster.node_exec("node-a", "cat", f"{cl.NODE_SUPPORT_DIR}/containerd.generation").stdout
-    restart = cluster.node_exec("node-a", f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+    before = cluster.node_exec("node-a", "cat", f"{NODE_SUPPORT_DIR}/containerd.generation").stdout
+    restart = cluster.node_exec("node-a", f"{NODE_SUPPORT_DIR}/restart-containerd")
     assert restart.returncode == 0, restart.stderr
-    after = cluster.node_exec("node-a", "cat", f"{cl.NODE_SUPPORT_DIR}/containerd.generation").stdout
+    after = cluster.node_exec("node-a", "cat", f"{NODE_SUPPORT_DIR}/containerd.generation").stdout
     assert int(after) == int(before) + 1
     # The task outlives containerd (its shim keeps running); the kubelet finds it again, so no restart count.
     _, ctr = cl.containerd_binaries(cl.node_by_name("node-a"))
@@ -169,7 +170,7 @@ def test_containerd_restart_through_the_node_supervisor_keeps_pods(core: client.
 def test_restart_helper_refuses_outside_the_node_pid_namespace(cluster: Cluster) -> None:
     # Entered without the node's PID namespace, `kill -HUP 1` would reach the machine's init: the helper refuses.
     pid = cl.node_pid1(cluster.state, cl.node_by_name("node-b"))
-    result = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", f"{cl.NODE_SUPPORT_DIR}/restart-containerd"],
+    result = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "--", f"{NODE_SUPPORT_DIR}/restart-containerd"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "not in a wasm-shim e2e node's PID namespace" in result.stderr

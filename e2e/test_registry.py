@@ -113,3 +113,21 @@ def test_node_b_containerd_1_6_reaches_the_registry_but_cannot_unpack_an_artifac
     assert isinstance(failed, list)
     assert "mismatched image rootfs and manifest layers" in failed[0], failed
     assert "HTTPS" not in failed[0]
+
+
+def test_artifacts_sharing_one_config_each_run_their_own_module(core: client.CoreV1Api, pods, cluster: Cluster,
+                                                                guests: Path, shim_on_node_a: str) -> None:
+    """Two artifacts pushed by the real oras with one config file: node-a's CRI holds them as one image (one config
+    digest) under two names, and names a container's image by the first; each pod still runs its own module."""
+    config = b'{"architecture":"wasm","os":"wasip1"}'
+    first = cluster.oras_push(guests / "hello.wasm", config, "e2e/shared-a:v1")  # sorts first
+    second = cluster.oras_push(guests / "args_env.wasm", config, "e2e/shared-b:v1")
+    names = {}
+    for label, image in (("a", first), ("b", second)):
+        names[label] = pods(artifact_pod(unique(f"shared-{label}"), image, ["/m.wasm"],
+                                         runtime_class=shim_on_node_a))
+    for name in names.values():
+        wait_until(f"pod {name} finished", lambda name=name: core.read_namespaced_pod(name, NAMESPACE).status.phase
+                   in ("Succeeded", "Failed"), timeout=PULL_TIMEOUT)
+    assert core.read_namespaced_pod_log(names["a"], NAMESPACE).strip() == "hello from wasm"
+    assert core.read_namespaced_pod_log(names["b"], NAMESPACE).startswith("argv[0]=/m.wasm")

@@ -39,6 +39,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -164,6 +165,32 @@ def push_artifact(state: State, wasm: Path, repository_tag: str, node: Node = NO
         raise ClusterError(f"wasm-shim push {wasm} {REGISTRY}/{repository_tag} on {node.name} failed "
                            f"(exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
     return printed[0]
+
+
+def oras_push_artifact(state: State, wasm: Path, config: bytes, repository_tag: str, node: Node = NODES[0],
+                       timeout: float = 120) -> str:
+    """Push ``wasm`` with the real ``oras push --config`` (``config`` as the wasm config blob, byte for byte, so
+    several artifacts can share one) from inside ``node``; returns ``REGISTRY/REPOSITORY@sha256:...``."""
+    repository, sep, _ = repository_tag.rpartition(":")
+    if not sep or not repository or repository.startswith(REGISTRY):
+        raise ClusterError(f"oras_push_artifact wants REPOSITORY:TAG, got {repository_tag!r}")
+    staging = Path(tempfile.mkdtemp(prefix="oras-", dir=state.root))
+    try:
+        (staging / "m.wasm").write_bytes(wasm.read_bytes())
+        (staging / "config.json").write_bytes(config)
+        result = node_exec(state, node, [
+            "sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(staging), tool("oras"), "push", "--plain-http",
+            "--format", "json", f"{REGISTRY}/{repository_tag}",
+            "--config", "config.json:application/vnd.wasm.config.v0+json", "m.wasm:application/wasm"],
+            timeout=timeout)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    try:
+        digest = json.loads(result.stdout)["digest"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(f"oras push {wasm} {REGISTRY}/{repository_tag} on {node.name} failed "
+                           f"(exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}") from None
+    return f"{REGISTRY}/{repository}@{digest}"
 
 
 def pin_namespaces(state: State) -> None:
