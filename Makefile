@@ -56,13 +56,10 @@ test: setup lint
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 demo: setup
-	@if [[ -x scripts/demo.sh ]]; then scripts/demo.sh; \
-	elif [[ -f scripts/demo.sh ]]; then bash scripts/demo.sh; \
-	else echo "make demo: scripts/demo.sh does not exist yet" >&2; exit 1; fi
+	@bash scripts/demo.sh
 
 bench: setup
-	@if [[ -f scripts/bench.sh ]]; then bash scripts/bench.sh; \
-	else echo "make bench: no benchmarks yet (scripts/bench.sh does not exist)" >&2; exit 1; fi
+	@bash scripts/bench.sh
 
 # Its own cluster in a temp dir (never the one e2e/cluster/up or the e2e suite started); BENCH_ARGS="--quick".
 BENCH_ARGS ?=
@@ -75,8 +72,7 @@ soak: setup
 	@bash scripts/soak.sh $(PYTEST_ARGS)
 
 protos: setup
-	@if [[ -f scripts/gen-protos.sh ]]; then bash scripts/gen-protos.sh; \
-	else echo "make protos: scripts/gen-protos.sh does not exist yet" >&2; exit 1; fi
+	@bash scripts/gen-protos.sh
 
 OUT := out
 bundle: setup

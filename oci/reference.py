@@ -43,10 +43,6 @@ def check_digest(value: str, what: str = "digest") -> str:
     return value
 
 
-def is_digest(value: str) -> bool:
-    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
-
-
 @dataclass(frozen=True)
 class Reference:
     registry: str

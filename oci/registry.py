@@ -30,7 +30,6 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -562,12 +561,3 @@ def _drain(response: Any) -> bytes:
         return bytes(response.data or b"")
     finally:
         response.release_conn()
-
-
-@contextmanager
-def open_client(**kwargs: Any) -> Iterator[RegistryClient]:
-    client = RegistryClient(**kwargs)
-    try:
-        yield client
-    finally:
-        client.close()

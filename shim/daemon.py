@@ -228,7 +228,7 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
             policy = policy_file.current()
             log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
                      policy.default, len(policy.rules))
-        admission = Admission(policy_file=policy_file, verified_dir=os.path.join(config.cache_dir, "verified"))
+        admission = Admission(policy_file, verified_dir=os.path.join(config.cache_dir, "verified"))
     return EntrypointSource(admission, registry=RegistryArtifacts(config.artifact_dir,
                                                                   config.artifact_cache_mb << 20))
 

@@ -34,11 +34,10 @@ class AdmissionError(EngineError):
 
 
 class Admission:
-    """The node's signature policy at Create. `policy` is a fixed oci.policy.Policy; `policy_file` an
-    oci.policy.PolicyFile, whose current content applies (re-read when it changes). Neither: no checks."""
+    """The node's signature policy at Create: `policy_file` (an oci.policy.PolicyFile), whose current content
+    applies (re-read when it changes); None: no checks."""
 
-    def __init__(self, policy: Any = None, *, policy_file: Any = None, verified_dir: str | None = None) -> None:
-        self._policy = policy
+    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None) -> None:
         self._policy_file = policy_file
         self._verified_dir = verified_dir
         self._cache: Any = None
@@ -56,7 +55,7 @@ class Admission:
         if self._refusal:
             raise AdmissionError(self._refusal)
         if self._policy_file is None:
-            return self._policy
+            return None
         from wasm_shim.oci.policy import PolicyError
 
         try:

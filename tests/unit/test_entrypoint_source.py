@@ -16,7 +16,7 @@ from typing import IO
 import pytest
 
 from wasm_shim.oci.manifest import Descriptor
-from wasm_shim.oci.policy import PolicyFile, parse_policy
+from wasm_shim.oci.policy import PolicyFile
 from wasm_shim.shim.engines.base import EngineError, EntryKind, EntryPath, GuestSpec
 from wasm_shim.shim.image.admission import Admission, AdmissionError
 from wasm_shim.shim.image.origin import ImageOrigin, ImageOriginError
@@ -66,7 +66,10 @@ class Store:
 
 
 def _source(policy_text: str | None, store: Store, tmp_path: Path) -> EntrypointSource:
-    policy = parse_policy(policy_text, str(tmp_path / "policy.toml")) if policy_text is not None else None
+    policy = None
+    if policy_text is not None:
+        (tmp_path / "policy.toml").write_text(policy_text)
+        policy = PolicyFile(str(tmp_path / "policy.toml"))
     return EntrypointSource(Admission(policy), store, RegistryArtifacts(""))  # type: ignore[arg-type]
 
 
@@ -160,7 +163,7 @@ def test_a_changed_policy_file_applies_from_the_next_create(rootfs: Path, tmp_pa
     path = tmp_path / "policy.toml"
     path.write_text('default = "allow"\n')
     store = Store(_origin())
-    source = EntrypointSource(Admission(policy_file=PolicyFile(str(path))), store,  # type: ignore[arg-type]
+    source = EntrypointSource(Admission(PolicyFile(str(path))), store,  # type: ignore[arg-type]
                               RegistryArtifacts(""))
     source.provide(_spec(rootfs), "k8s.io")
     assert store.asked == []  # no rule and default allow: containerd is not even asked
