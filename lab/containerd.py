@@ -292,7 +292,7 @@ class Containerd:
 
     def _belongs(self, pid: int) -> bool:
         """Started for this instance: its argv names our address, or containerd handed it our addresses in
-        its environment (TTRPC_ADDRESS / GRPC_ADDRESS, PROTOCOL.md "Shim binary contract")."""
+        its environment (TTRPC_ADDRESS / GRPC_ADDRESS, docs/protocol.md "The shim binary")."""
         marks = self._marks()
         for name in ("cmdline", "environ"):
             with suppress(OSError):

@@ -65,7 +65,7 @@ def containerd_config_table(kind: Kind, *options: str, handler: str = HANDLER) -
 
 
 def sandbox_image_config(kind: Kind, ref: str = PAUSE_REF) -> str:
-    """The TOML that makes `ref` CRI's sandbox (pause) image (PROTOCOL.md "CRI and RuntimeClass").
+    """The TOML that makes `ref` CRI's sandbox (pause) image (docs/protocol.md "CRI and RuntimeClass").
 
     Also `restrict_oom_score_adj`: CRI gives the pause container oom_score_adj -998, which needs
     CAP_SYS_RESOURCE; this machine's root lacks it (runc: "failed to update /proc/self/oom_score_adj:

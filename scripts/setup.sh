@@ -152,7 +152,7 @@ if ((${#missing[@]})); then
 fi
 
 # --- 2. Python venv -------------------------------------------------------------------------------------------
-# A pyenv `python3` is a shell shim that costs 30-60 ms per start (DESIGN.md); base the venv on the interpreter
+# A pyenv `python3` is a shell shim that costs 30-60 ms per start (measured here); base the venv on the interpreter
 # behind it, found through sys.base_prefix, so .venv/bin/python is the real binary.
 real_python() {
   local candidate

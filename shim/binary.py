@@ -9,7 +9,7 @@ Owns the two short-lived actions on containerd's critical path and the hand-off 
 
 Invariants: stdout carries exactly the one answer containerd parses and nothing else; the daemon never holds
 containerd's stdout/stderr pipes (it gets /dev/null and the bundle's `log` FIFO); imports are stdlib-only plus
-our pure modules (every import here is paid by every container start: DESIGN.md "Measured here").
+our pure modules (every import here is paid by every container start: docs/design.md "The lean path").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns: loading `config.json` and mapping it onto `GuestSpec` — args, env, cwd, the bind mounts that become
 preopens, `root.readonly`, annotations, limits (memory, CPU), the network namespace a pod's containers join and
-the cgroups path (DESIGN.md principle 7: the spec is the whole grant). Engines read the grant from the
+the cgroups path (docs/design.md, rule 7: the spec is the whole grant). Engines read the grant from the
 `GuestSpec` and never read `config.json` again (runc does, for native containers: it is runc's input).
 
 Invariants: only bind mounts (type `bind` or a `bind`/`rbind` option) are granted to a guest; the kernel

@@ -1,4 +1,4 @@
-"""Task events: one queue, one publisher, in order (DESIGN.md principle 4).
+"""Task events: one queue, one publisher, in order (docs/design.md, rule 4).
 
 Owns: the order in which events leave the daemon and their delivery to containerd's events service over ttrpc
 (`containerd.services.events.ttrpc.v1.Events/Forward`, an `Envelope` whose `event` Any has the bare type URL

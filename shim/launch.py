@@ -3,7 +3,7 @@
 Owns: parsing the Go-style flags containerd execs us with, decoding what `start` reads on stdin (a protobuf `Any`
 with runtime options on containerd 1.6-2.2, a `BootstrapParams` on 2.3+), the group key and the daemon's socket
 path, and encoding what `start` prints. Pure functions, stdlib only: this is on the path of every container start
-(PROTOCOL.md "Shim binary contract"), so it must not import protobuf, asyncio, grpc or wasmtime.
+(docs/protocol.md "The shim binary"), so it must not import protobuf, asyncio, grpc or wasmtime.
 
 Invariants:
 - The socket path is a function of (containerd address, namespace, group) only, so every `start` of the same

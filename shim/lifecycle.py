@@ -1,7 +1,7 @@
 """The task lifecycle as a table of allowed transitions.
 
 Owns: which task actions are legal in which state, and the one error for an illegal one.
-Does no I/O and knows nothing of protobuf, asyncio or wasm (DESIGN.md principle 1 and 3).
+Does no I/O and knows nothing of protobuf, asyncio or wasm (docs/design.md, rules 1 and 3).
 
 Rules (containerd docs/runtime-v2.md, runc shim behaviour):
 - A task is born CREATED by Create; Start moves it to RUNNING; its exit moves it to STOPPED from any live state

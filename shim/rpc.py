@@ -1,8 +1,8 @@
 """ttrpc adapters for the task service: bytes in, message out, nothing else.
 
 Owns the method table of `containerd.task.v2.Task` and `containerd.task.v3.Task` (the same methods with
-wire-identical messages, PROTOCOL.md "Task service") and the decoding of each request. Handlers are thin:
-decode, call the plain TaskService method, encode (DESIGN.md principle 2). A request that does not decode is
+wire-identical messages, docs/protocol.md "The task service") and the decoding of each request. Handlers are thin:
+decode, call the plain TaskService method, encode (docs/design.md, rule 2). A request that does not decode is
 INVALID_ARGUMENT; methods we do not offer are UNIMPLEMENTED with a message naming them.
 """
 

@@ -1,7 +1,8 @@
 """Task statistics in the shape CRI reads (`kubectl top`, `crictl stats`).
 
 Owns the mapping of what a guest can report (linear-memory bytes, CPU time of its thread) onto
-`io.containerd.cgroups.v1.Metrics` or `...v2.Metrics` — CRI decodes only those two (PROTOCOL.md "Task service").
+`io.containerd.cgroups.v1.Metrics` or `...v2.Metrics` — CRI decodes only those two (docs/protocol.md, "The task
+service").
 The version follows the host: v2 when /sys/fs/cgroup is the unified hierarchy, else v1.
 A task without a started guest reports zeros rather than an error (Stats must not fail a healthy task).
 """

@@ -1,6 +1,6 @@
 """A task's standard streams: containerd's stdio URIs turned into paths a guest engine can open.
 
-Owns the daemon's side of a task's stdio (PROTOCOL.md "Stdio URIs"):
+Owns the daemon's side of a task's stdio (docs/protocol.md "Stdio"):
 - ""                  null IO: the engine gives the guest an empty stdin / discards output.
 - "/path" (a FIFO)    passed through: the engine opens the FIFO itself (ctr and CRI hold the other end).
 - "file:///path"      a pipe whose write end the guest gets (as /proc/self/fd/N); a copier thread appends what

@@ -1,7 +1,7 @@
 """The task service: containerd's `Task` API as plain async methods over protobuf messages.
 
 Owns the table of tasks this daemon serves and every change to it. Each method takes the request message and
-returns the response message (DESIGN.md principle 2); `rpc.py` adapts them to ttrpc for both
+returns the response message (docs/design.md, rule 2); `rpc.py` adapts them to ttrpc for both
 `containerd.task.v2.Task` and `containerd.task.v3.Task` (wire-identical messages).
 
 Invariants:

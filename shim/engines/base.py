@@ -69,7 +69,7 @@ class GuestMount:
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """What the OCI spec and pod annotations grant a guest (DESIGN principle 7): nothing else reaches it."""
+    """What the OCI spec and pod annotations grant a guest (docs/design.md, rule 7): nothing else reaches it."""
 
     task_id: str
     rootfs: str  # host path of the container's mounted rootfs (bundle/rootfs)

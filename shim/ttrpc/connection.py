@@ -5,8 +5,8 @@ Bytes go in through ``receive_data`` and come out as events; frames to send come
 bytes. No asyncio, no sockets: the transport (``server.py``, ``client.py``, or a blocking socket on the lean
 binary path) moves the bytes and acts on the events.
 
-Rules (containerd/ttrpc PROTOCOL.md "Message Frame", "Message Types", "Streaming"; channel.go and server.go
-for behaviour the document leaves open):
+Rules (docs/protocol.md "ttrpc", from containerd/ttrpc's protocol description of frames, message types and
+streaming; its channel.go and server.go for behaviour the description leaves open):
 
 1. A frame is a 10-byte header (big-endian uint32 data length, big-endian uint32 stream id, uint8 type,
    uint8 flags) followed by the data. ``receive_data`` accepts any split: a header byte by byte, many frames
@@ -27,7 +27,7 @@ for behaviour the document leaves open):
 6. Frames a role never receives (a response sent to a server; a request sent to a client, since
    server-initiated streams are unsupported), unknown frame types, and an envelope that does not decode ->
    ``ProtocolError``. The connection is then dead; the transport logs and closes only this connection.
-7. Client: stream ids are odd, start at 1 and go up by 2 (PROTOCOL.md). A response for an id with no
+7. Client: stream ids are odd, start at 1 and go up by 2 (docs/protocol.md "ttrpc"). A response for an id with no
    outstanding call -> ``ProtocolError``; for an id whose caller gave up (``abandon``) it is dropped with a
    ``StreamIgnored`` event, so a late answer after a timeout does not kill the connection.
 8. ``receive_data(b"")`` means EOF: it yields ``ConnectionClosed``. After ``ConnectionClosed`` or

@@ -2,7 +2,7 @@
 
 The daemon is started as containerd starts it (`start`, then the task API over its real unix socket; the events go
 to a ttrpc server of our own standing in for containerd's events service, as in test_daemon.py), with one real
-guest running. Then, one connection each: oversized frames (above the 4 MiB PROTOCOL.md names, and with the
+guest running. Then, one connection each: oversized frames (above the 4 MiB docs/protocol.md names, and with the
 reserved length byte set), truncated frames, bad protobuf, unknown services and methods, a flood of streams, a
 client that never reads while the daemon has answers for it, a client that sends half a frame and stalls, and many
 connections at once.

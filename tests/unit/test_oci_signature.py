@@ -1,7 +1,7 @@
 """cosign key files and both signature formats, the math alone (oci/keys.py, oci/signature.py).
 
 Interop with the real cosign CLI is in tests/integration/test_supply_chain.py; here the formats are checked
-against PROTOCOL.md's byte-level facts and every bad input gets its named error.
+against docs/protocol.md's byte-level facts and every bad input gets its named error.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def test_full_names_match_containerd(message: type[Message], name: str) -> None:
 
 
 TASK_METHODS = {
-    # PROTOCOL.md / api/runtime/task/v2/shim.proto `service Task`: method -> (request, response)
+    # docs/protocol.md / containerd api/runtime/task/v2/shim.proto `service Task`: method -> (request, response)
     "State": ("StateRequest", "StateResponse"),
     "Create": ("CreateTaskRequest", "CreateTaskResponse"),
     "Start": ("StartRequest", "StartResponse"),
@@ -273,7 +273,7 @@ def test_log_level_enum_values() -> None:
     }
 
 
-# --- field numbers, as PROTOCOL.md states them ------------------------------------------------------
+# --- field numbers, as docs/protocol.md states them ------------------------------------------------------
 
 FIELD_NUMBERS: dict[type[Message], dict[str, int]] = {
     task_pb2.CreateTaskRequest: {
