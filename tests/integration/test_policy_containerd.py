@@ -95,7 +95,8 @@ def node_factory(containerd_factory: ContainerdFactory, tmp_path: Path) -> Itera
         cache.mkdir(mode=0o700, exist_ok=True)
         containerd = containerd_factory(env={"WASM_SHIM_POLICY": str(tmp_path / "policy.toml"),
                                              "WASM_SHIM_CACHE_DIR": str(cache),
-                                             "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"), **env})
+                                             "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"),
+                                             "WASM_SHIM_ARTIFACT_REGISTRIES": f"{addr}/team", **env})
         return Node(containerd, registry, client, team, tmp_path)
 
     try:
