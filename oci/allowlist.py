@@ -59,10 +59,10 @@ def parse_source(entry: str) -> AllowedSource:
         raise AllowListError(f"{OPTION} entry {entry!r} is empty or contains whitespace")
     if "://" in text:
         raise AllowListError(f"{OPTION} entry {entry!r}: give HOST[:PORT] or HOST[:PORT]/PATH, without a scheme")
-    if any(c in text for c in "*?[@"):
+    host, _, path = text.partition("/")
+    if "@" in text or any(c in host for c in "*?") or any(c in path for c in "*?[]"):
         raise AllowListError(f"{OPTION} entry {entry!r}: no wildcards, tags or digests; HOST[:PORT] allows every "
                              "repository of that registry, HOST[:PORT]/PATH every repository below PATH")
-    host, _, path = text.partition("/")
     if not is_registry_component(host):
         raise AllowListError(f"{OPTION} entry {entry!r}: {host!r} is not a registry host (a registry is a DNS name "
                              "with a dot, `localhost`, or has a port: docker.io, ghcr.io, 127.0.0.1:5000)")

@@ -71,16 +71,17 @@ class ArtifactCache:
         try:
             self._open(root)
         except UnsafeFile as exc:
-            self.refused = str(exc)
+            self.refused = str(exc)  # a string: the exception's frames would keep this cache alive
+        if self.refused:
             private = tempfile.mkdtemp(prefix="wasm-shim-artifacts.")
             weakref.finalize(self, shutil.rmtree, private, True)
             log.warning("artifact cache %s is not used (%s): this daemon keeps artifacts in %s instead, removed "
-                        "when it exits", root, exc, private)
+                        "when it exits", root, self.refused, private)
             try:
                 self._open(private)
             except UnsafeFile as again:
-                raise CacheError(f"artifact cache {root} is not usable ({exc}), nor a private one ({again})") \
-                    from None
+                raise CacheError(f"artifact cache {root} is not usable ({self.refused}), nor a private one "
+                                 f"({again})") from None
         self._sweep_tmp()
 
     def _open(self, root: str) -> None:
