@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -184,8 +185,9 @@ NAME_SPELLINGS = ["nginx", "library/nginx", "docker.io/nginx", "docker.io/librar
                   "docker.io:443/nginx", "nginx:1.27"]
 
 
-@pytest.mark.parametrize("pattern", RULE_SPELLINGS)
-@pytest.mark.parametrize("name", NAME_SPELLINGS)
+@pytest.mark.parametrize("pattern, name", [  # pairs that match as written are left out: they always did
+    (pattern, name) for pattern in RULE_SPELLINGS for name in NAME_SPELLINGS
+    if not fnmatch.fnmatchcase(name, pattern)])
 def test_every_spelling_of_a_protected_repository_meets_its_rule(team_pub: Path, pattern: str, name: str) -> None:
     policy = _one_rule(team_pub, pattern)
     rule = policy.rule_for(name)
@@ -205,25 +207,26 @@ def _unsigned(rule: Rule) -> None:
     ("ghcr.io:443/team/*", "ghcr.io/team/app"),
     ("ghcr.io/team/*", "ghcr.io:443/team/app"),
     ("LocalHost:5000/team/*", "localhost:5000/team/app"),
-    ("*/team/*", "Ghcr.IO:443/team/app"),  # a glob registry part: lower-cased, no :443, on both sides
-    ("*.example/team/*", "REG.EXAMPLE/team/app"),
-    ("*", "anything.example/at/all"),
+    ("*.example/team/*", "REG.EXAMPLE:443/team/app"),  # a glob registry part: lower-cased, no :443, both sides
+    ("*.EXAMPLE:443/team/*", "reg.example/team/app"),
 ])
 def test_host_case_and_default_port_spellings_match(team_pub: Path, pattern: str, name: str) -> None:
     policy = _one_rule(team_pub, pattern)
     assert policy.rule_for(name) is not None
 
 
-@pytest.mark.parametrize("pattern, name", [
-    ("ghcr.io/team/*", "ghcr.io:5000/team/app"),  # another port is another registry
-    ("localhost:5000/team/*", "127.0.0.1:5000/team/app"),  # another host
-    ("nginx", "docker.io/nginx/nginx"),
-    ("team/*", "ghcr.io/team/app"),  # a pattern without a registry names docker.io
-    ("docker.io/library/nginx", "docker.io/library/nginx-evil"),
+@pytest.mark.parametrize("pattern, same, other", [
+    ("ghcr.io/team/*", "GHCR.IO:443/team/app", "ghcr.io:5000/team/app"),  # another port is another registry
+    ("localhost:5000/team/*", "LOCALHOST:5000/team/app", "127.0.0.1:5000/team/app"),  # another host
+    ("nginx", "docker.io/nginx", "docker.io/nginx/nginx"),
+    ("team/*", "docker.io/team/app", "ghcr.io/team/app"),  # a pattern without a registry names docker.io
+    ("docker.io/library/nginx", "nginx", "docker.io/library/nginx-evil"),
 ])
-def test_other_registries_and_repositories_do_not_match(team_pub: Path, pattern: str, name: str) -> None:
+def test_a_spelling_matches_and_another_registry_or_repository_does_not(team_pub: Path, pattern: str, same: str,
+                                                                        other: str) -> None:
     policy = _one_rule(team_pub, pattern)
-    assert policy.rule_for(name) is None
+    assert policy.rule_for(same) is not None
+    assert policy.rule_for(other) is None
 
 
 def test_canonical_patterns() -> None:
