@@ -12,7 +12,7 @@ bounded too.
 
 Invariants: a deadline's expiry only moves later (bytes received add time); an expired deadline shuts down every
 socket attached to it, including one attached after it expired; the watchdog thread holds no deadline once it is
-disarmed, and exits when the watchdog is closed.
+disarmed, and exits when the watchdog is closed or has had nothing armed for `IDLE_EXIT` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+IDLE_EXIT = 10.0  # seconds the watchdog thread waits with nothing armed before it ends
 
 
 class Deadline:
@@ -70,8 +72,9 @@ def _shutdown(sock: socket.socket) -> None:
 class Watchdog:
     """Expires armed deadlines when their time comes. The thread starts with the first `arm`."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, idle_exit: float = IDLE_EXIT) -> None:
         self._clock = clock
+        self._idle_exit = idle_exit
         self._wake = threading.Condition()
         self._armed: set[Deadline] = set()
         self._thread: threading.Thread | None = None
@@ -103,7 +106,20 @@ class Watchdog:
                         deadline.expire()
                     elif soonest is None or at < soonest:
                         soonest = at
-                self._wake.wait(None if soonest is None else soonest - now)
+                if soonest is None:
+                    # Nothing armed: linger a little for the next exchange, then end, so a client nobody closed
+                    # leaves no thread behind (the next `arm` starts another).
+                    self._wake.wait(self._idle_exit)
+                    if not self._armed:
+                        self._thread = None
+                        return
+                else:
+                    self._wake.wait(soonest - now)
+
+    @property
+    def running(self) -> bool:
+        with self._wake:
+            return self._thread is not None
 
     def close(self) -> None:
         with self._wake:

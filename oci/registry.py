@@ -47,6 +47,7 @@ from .auth import AuthError, Credential, DockerCredentials, parse_challenge
 from .digest import DigestMismatch, StreamVerifier, sha256_digest
 from .errors import NotFoundError, RegistryError
 from .limits import (
+    ERROR_BODY_LIMIT,
     LISTING_LIMIT,
     LISTING_PAGES,
     MANIFEST_LIMIT,
@@ -125,8 +126,6 @@ def is_loopback(host: str) -> bool:
 def _registry_message(body: bytes, cut: bool = False) -> str:
     """The registry's error text (distribution-spec error codes: {"errors":[{code, message}]}), else the body;
     `cut` says the body went on past what was kept (oci/limits.py ERROR_BODY_LIMIT)."""
-    from .limits import ERROR_BODY_LIMIT
-
     text = ""
     try:
         doc = json.loads(body)

@@ -69,3 +69,21 @@ def test_the_watchdog_expires_what_is_due_and_spares_what_was_disarmed() -> None
     finally:
         watchdog.close()
     assert due.expired and not spared.expired and not spared_socket.shut.is_set()
+
+
+def test_an_idle_watchdog_thread_ends_and_the_next_exchange_starts_another() -> None:
+    watchdog = Watchdog(idle_exit=0.05)
+    try:
+        for _ in range(2):
+            sock = FakeSocket()
+            deadline = Deadline(0.0, 1)
+            deadline.attach(sock)  # type: ignore[arg-type]
+            watchdog.arm(deadline)
+            assert sock.shut.wait(10)
+            for _ in range(200):  # a client nobody closes must not keep a thread
+                if not watchdog.running:
+                    break
+                threading.Event().wait(0.05)
+            assert not watchdog.running
+    finally:
+        watchdog.close()
