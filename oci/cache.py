@@ -6,8 +6,9 @@ progress), `ArtifactCache.get` / `ensure` / `put_bytes`, and eviction.
 Trust (what is served is what was verified; the directory is checked before it is used):
 - ROOT, blobs/, blobs/sha256/ and tmp/ must pass oci/files.py `check_private_dir` (real directories, owned by root
   or us, not writable by group or others) when the cache is opened. If one does not, the log says which and why
-  and this cache keeps its blobs in a private temporary directory of its own instead (made with mkdtemp, removed
-  when the cache is), so the daemon works on without a shared disk cache and never reads from the refused one.
+  and this cache keeps its blobs in a private temporary directory of its own instead (mkdtemp's
+  `wasm-shim-artifacts.<pid>.*`, removed when the cache is, or by the next fallback once that pid is gone), so the
+  daemon works on without a shared disk cache and never reads from the refused one.
 - A hit is opened with O_NOFOLLOW and must be a regular file of root or us, not writable by others; its bytes are
   hashed against its name unless the file's identity (device, inode, size, mtime, ctime) is the one this cache
   pinned when it last wrote or hashed it. A file that fails (tampered, truncated, a symlink, another owner) is
@@ -33,6 +34,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 STALE_TMP = 3600.0
 HASH_CHUNK = 1 << 20
+FALLBACK_PREFIX = "wasm-shim-artifacts."
 
 Identity = tuple[int, int, int, int, int]
 
@@ -73,7 +76,8 @@ class ArtifactCache:
         except UnsafeFile as exc:
             self.refused = str(exc)  # a string: the exception's frames would keep this cache alive
         if self.refused:
-            private = tempfile.mkdtemp(prefix="wasm-shim-artifacts.")
+            _remove_abandoned(tempfile.gettempdir())
+            private = tempfile.mkdtemp(prefix=f"{FALLBACK_PREFIX}{os.getpid()}.")
             weakref.finalize(self, shutil.rmtree, private, True)
             log.warning("artifact cache %s is not used (%s): this daemon keeps artifacts in %s instead, removed "
                         "when it exits", root, self.refused, private)
@@ -229,6 +233,28 @@ class ArtifactCache:
         with os.fdopen(fd, "rb") as f:
             data = f.read(limit + 1)
         return data if len(data) <= limit else None
+
+
+def _remove_abandoned(parent: str) -> None:
+    """Remove the private directories of fallback caches whose daemon is gone (killed before its clean-up ran):
+    ours by owner and name, `wasm-shim-artifacts.<pid>.*`, with no process `<pid>` alive."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid_text = entry.name.removeprefix(FALLBACK_PREFIX).partition(".")[0]
+        if not entry.name.startswith(FALLBACK_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _hash_fd(fd: int) -> str:

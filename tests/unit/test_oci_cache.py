@@ -151,3 +151,26 @@ def test_a_cache_directory_that_fails_its_checks_is_not_used(tmp_path: Path, cap
 
     gc.collect()
     assert not private.exists(), "the private fallback directory goes with the cache"
+
+
+def test_a_fallback_directory_of_a_killed_daemon_is_removed_by_the_next_fallback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    abandoned = tmp_path / "tmp" / f"wasm-shim-artifacts.{gone}.abcd1234"  # its daemon was SIGKILLed
+    (abandoned / "blobs").mkdir(parents=True)
+    alive = tmp_path / "tmp" / f"wasm-shim-artifacts.{os.getpid()}.efgh5678"  # another daemon, still running
+    alive.mkdir()
+    refused = tmp_path / "artifacts"
+    refused.mkdir(mode=0o777)
+    os.chmod(refused, 0o777)
+    cache = ArtifactCache(str(refused), max_bytes=1000)
+    assert cache.refused
+    assert not abandoned.exists() and alive.exists()
+    assert Path(cache.root).parent == tmp_path / "tmp"
