@@ -3,6 +3,17 @@
 Owns the directory layout `ROOT/blobs/sha256/<hex>` (complete, verified blobs only) and `ROOT/tmp/` (downloads in
 progress), `ArtifactCache.get` / `ensure` / `put_bytes`, and eviction.
 
+Trust (what is served is what was verified; the directory is checked before it is used):
+- ROOT, blobs/, blobs/sha256/ and tmp/ must pass oci/files.py `check_private_dir` (real directories, owned by root
+  or us, not writable by group or others) when the cache is opened. If one does not, the log says which and why
+  and this cache keeps its blobs in a private temporary directory of its own instead (mkdtemp's
+  `wasm-shim-artifacts.<pid>.*`, removed when the cache is, or by the next fallback once that pid is gone), so the
+  daemon works on without a shared disk cache and never reads from the refused one.
+- A hit is opened with O_NOFOLLOW and must be a regular file of root or us, not writable by others; its bytes are
+  hashed against its name unless the file's identity (device, inode, size, mtime, ctime) is the one this cache
+  pinned when it last wrote or hashed it. A file that fails (tampered, truncated, a symlink, another owner) is
+  removed and logged, and the caller fetches the blob again.
+
 Invariants:
 - A file under blobs/ is complete and its sha256 is its name: it is written under tmp/ by a fetch that checks the
   digest while streaming, fsynced, then renamed into place (rename is atomic on one filesystem), so a reader never
@@ -18,37 +29,71 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import secrets
+import shutil
+import stat
+import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import IO
 
 from .digest import StreamVerifier
-from .files import removed_on_failure
+from .files import UnsafeFile, check_private_dir, open_checked, removed_on_failure
 from .reference import check_digest
 
+log = logging.getLogger(__name__)
+
 STALE_TMP = 3600.0
+HASH_CHUNK = 1 << 20
+FALLBACK_PREFIX = "wasm-shim-artifacts."
+
+Identity = tuple[int, int, int, int, int]
 
 
 class CacheError(Exception):
     """The cache cannot hold or write a blob; the message says which and why."""
 
 
+def _identity(info: os.stat_result) -> Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 class ArtifactCache:
     def __init__(self, root: str, max_bytes: int) -> None:
         if max_bytes <= 0:
             raise CacheError(f"artifact cache size cap must be positive, got {max_bytes}")
-        self.root = root
         self.max_bytes = max_bytes
+        self.refused = ""  # why `root` is not used ("" when it is)
+        self._pins: dict[str, Identity] = {}  # digest -> identity of the file this cache wrote or hashed
+        self._lock = threading.Lock()
+        try:
+            self._open(root)
+        except UnsafeFile as exc:
+            self.refused = str(exc)  # a string: the exception's frames would keep this cache alive
+        if self.refused:
+            _remove_abandoned(tempfile.gettempdir())
+            private = tempfile.mkdtemp(prefix=f"{FALLBACK_PREFIX}{os.getpid()}.")
+            weakref.finalize(self, shutil.rmtree, private, True)
+            log.warning("artifact cache %s is not used (%s): this daemon keeps artifacts in %s instead, removed "
+                        "when it exits", root, self.refused, private)
+            try:
+                self._open(private)
+            except UnsafeFile as again:
+                raise CacheError(f"artifact cache {root} is not usable ({self.refused}), nor a private one "
+                                 f"({again})") from None
+        self._sweep_tmp()
+
+    def _open(self, root: str) -> None:
+        self.root = root
         self.blobs = os.path.join(root, "blobs", "sha256")
         self.tmp = os.path.join(root, "tmp")
-        try:
-            os.makedirs(self.blobs, mode=0o700, exist_ok=True)
-            os.makedirs(self.tmp, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the artifact cache in {root}: {exc.strerror}") from None
-        self._sweep_tmp()
+        for directory in (root, os.path.join(root, "blobs"), self.blobs, self.tmp):
+            check_private_dir(directory, create=True)
 
     def _sweep_tmp(self) -> None:
         now = time.time()
@@ -63,15 +108,55 @@ class ArtifactCache:
         return os.path.join(self.blobs, check_digest(digest).removeprefix("sha256:"))
 
     def get(self, digest: str) -> str | None:
-        """The path of a cached blob (and mark it recently used), or None."""
+        """The path of a cached blob whose bytes are `digest`'s (and mark it recently used), or None: absent, or
+        refused and removed (see the module's trust rules)."""
+        fd = self._open_verified(digest)
+        if fd is None:
+            return None
+        os.close(fd)
+        return self.path_of(digest)
+
+    def _open_verified(self, digest: str) -> int | None:
+        """A descriptor of the cached blob after the trust checks, positioned at its start; None on a miss."""
         path = self.path_of(digest)
         try:
-            os.utime(path)
+            fd = open_checked(path)
         except FileNotFoundError:
             return None
+        except UnsafeFile as exc:
+            self._forget(digest, path, str(exc))
+            return None
+        try:
+            info = os.fstat(fd)
+            with self._lock:
+                pinned = self._pins.get(digest) == _identity(info)
+            if not pinned:
+                actual = _hash_fd(fd)
+                if actual != digest:
+                    self._forget(digest, path, f"its content has digest {actual} (tampered or corrupt)")
+                    os.close(fd)
+                    return None
+            try:
+                os.utime(fd)  # least recently used eviction goes by mtime
+            except OSError:
+                pass
+            with self._lock:
+                self._pins[digest] = _identity(os.fstat(fd))
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            os.close(fd)
+            self._forget(digest, path, f"cannot read it: {exc.strerror}")
+            return None
+        return fd
+
+    def _forget(self, digest: str, path: str, reason: str) -> None:
+        log.warning("artifact cache: blob %s refused and removed (%s); it is fetched again", path, reason)
+        with self._lock:
+            self._pins.pop(digest, None)
+        try:
+            os.unlink(path)
         except OSError:
             pass
-        return path
 
     def usage(self) -> int:
         total = 0
@@ -106,15 +191,15 @@ class ArtifactCache:
                 continue
 
     def ensure(self, digest: str, size: int, fetch: Callable[[IO[bytes]], None]) -> str:
-        """The cached blob's path; on a miss, `fetch(sink)` writes it (the caller's fetch verifies as it streams;
-        the bytes are checked once more here before they become visible)."""
+        """The cached blob's path; on a miss (or a refused hit), `fetch(sink)` writes it (the caller's fetch
+        verifies as it streams; the bytes are checked once more here before they become visible)."""
         cached = self.get(digest)
         if cached is not None:
             return cached
         self._make_room(size)
         temporary = os.path.join(self.tmp, f"{digest[7:19]}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise CacheError(f"cannot write to the artifact cache {self.tmp}: {exc.strerror}") from None
         with removed_on_failure(temporary):
@@ -123,12 +208,15 @@ class ArtifactCache:
                 sink.flush()
                 sink.seek(0)
                 verifier = StreamVerifier(digest, size, f"cached blob {digest}")
-                while chunk := sink.read(1 << 20):
+                while chunk := sink.read(HASH_CHUNK):
                     verifier.update(chunk)
                 verifier.finish()
                 os.fsync(sink.fileno())
-            final = self.path_of(digest)
-            os.replace(temporary, final)
+                final = self.path_of(digest)
+                os.replace(temporary, final)
+                identity = _identity(os.fstat(sink.fileno()))  # after the rename, which may change the ctime
+            with self._lock:
+                self._pins[digest] = identity
             return final
 
     def put_bytes(self, digest: str, data: bytes) -> str:
@@ -138,23 +226,40 @@ class ArtifactCache:
         return self.ensure(digest, len(data), write)
 
     def read_bytes(self, digest: str, limit: int) -> bytes | None:
-        """A small cached blob (a manifest), re-checked against its digest; None when absent or damaged."""
-        path = self.get(digest)
-        if path is None:
+        """A small cached blob (a manifest), verified as every hit is; None when absent, damaged or over `limit`."""
+        fd = self._open_verified(digest)
+        if fd is None:
             return None
-        try:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-        except OSError:
-            return None
-        verifier = StreamVerifier(digest, None, f"cached blob {digest}")
-        try:
-            verifier.update(data)
-            verifier.finish()
-        except ValueError:
-            try:
-                os.unlink(path)  # damaged on disk: forget it, it will be fetched again
-            except OSError:
-                pass
-            return None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
         return data if len(data) <= limit else None
+
+
+def _remove_abandoned(parent: str) -> None:
+    """Remove the private directories of fallback caches whose daemon is gone (killed before its clean-up ran):
+    ours by owner and name, `wasm-shim-artifacts.<pid>.*`, with no process `<pid>` alive."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid_text = entry.name.removeprefix(FALLBACK_PREFIX).partition(".")[0]
+        if not entry.name.startswith(FALLBACK_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, HASH_CHUNK):
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

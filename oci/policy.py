@@ -1,9 +1,9 @@
 """The node's signature policy: which images need signatures by which keys, and the decision for one image.
 
 Owns `Policy` (parsed from the TOML file the shim's `policy` option names), `PolicyFile` (that file as a daemon
-holds it: re-read when it or a key file it names changes), `decide` (pure apart from the `verify` callable and the
-cache it is given: rule matching, cache lookup, the verdict and its message) and `VerificationCache` (verified
-digests in memory and on disk, with a TTL).
+holds it: re-read when it or a key file it names changes) and `decide` (pure apart from the `verify` callable and
+the cache it is given: rule matching, cache lookup, the verdict and its message). `VerificationCache` (verified
+digests in memory and on disk, with a TTL) is oci/verification_cache.py's, re-exported here.
 
 The file:
     default = "allow"                      # images no rule matches: "allow" or "deny"
@@ -19,26 +19,40 @@ The file:
     timeout = 10
 
 Rules:
-- The first rule whose glob matches REGISTRY/REPOSITORY decides; then `default`.
+- The first rule whose glob matches REGISTRY/REPOSITORY decides; then `default`. Both sides are compared in
+  canonical form (oci/reference.py `canonical_name`): the registry in lower case, without `:443`, docker.io's
+  aliases as `docker.io`, and docker.io's short names completed (`nginx`, `library/nginx`, `docker.io/nginx`,
+  `index.docker.io/library/nginx` are all `docker.io/library/nginx`), so no spelling of a protected repository
+  escapes its rule. A pattern without a registry part names docker.io, as `docker pull` reads it; a registry part
+  holding glob characters (`*/team/*`) is only put in lower case without `:443`.
 - A rule is satisfied when at least one signature of the image's manifest digest (either cosign format) verifies
   with one of its keys and names that digest. The digest is the one containerd resolved and will run.
 - Anything wrong in the file (bad TOML, unknown keys, a missing or wrong-type key file, a bad mode) is a
   PolicyError naming the file and the field: a broken policy never means "allow everything".
-- Cached verifications are keyed by (digest, the rule's key fingerprints) and trusted for `cache_ttl`; a disk entry
-  is written atomically and a corrupt one is ignored (verified again).
+- Cached verifications are keyed by (digest, the rule's key fingerprints) and trusted for `cache_ttl`
+  (oci/verification_cache.py: a record on disk is trusted only from a checked directory and with a valid HMAC).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .reference import (
+    DEFAULT_REGISTRY,
+    HTTPS_DEFAULT_PORT,
+    canonical_name,
+    canonical_registry,
+    is_registry_component,
+)
+from .verification_cache import VerificationCache
+
+__all__ = ["Decision", "Policy", "PolicyError", "PolicyFile", "Rule", "VerificationCache", "decide", "load_policy",
+           "parse_policy", "canonical_pattern"]
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,10 +113,35 @@ class Policy:
         return not self.rules and self.default == "allow"
 
     def rule_for(self, name: str) -> Rule | None:
+        canonical = canonical_name(name)
         for rule in self.rules:
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in rule.images):
+            if any(fnmatch.fnmatchcase(canonical, canonical_pattern(pattern)) for pattern in rule.images):
                 return rule
         return None
+
+
+_GLOB = frozenset("*?[")
+
+
+def canonical_pattern(pattern: str) -> str:
+    """A rule's image glob in the canonical form names are compared in (see the module rules)."""
+    first, slash, rest = pattern.partition("/")
+    if _GLOB & set(first):
+        if not slash:
+            return pattern  # "*": every name
+        return f"{_canonical_host_glob(first)}/{rest}"
+    if slash and is_registry_component(first):
+        registry, repository = canonical_registry(first), rest
+    else:
+        registry, repository = DEFAULT_REGISTRY, pattern
+    if registry == DEFAULT_REGISTRY and "/" not in repository and not _GLOB & set(repository):
+        repository = f"library/{repository}"
+    return f"{registry}/{repository}"
+
+
+def _canonical_host_glob(host: str) -> str:
+    host = host.lower()
+    return host[: -len(HTTPS_DEFAULT_PORT)] if host.endswith(HTTPS_DEFAULT_PORT) else host
 
 
 def _strings(value: object, where: str) -> tuple[str, ...]:
@@ -241,54 +280,6 @@ class PolicyFile:
                 raise self._error
             assert self._policy is not None
             return self._policy
-
-
-class VerificationCache:
-    """Digests verified under a key set, in memory and (when `directory` is set) on disk, trusted for `ttl`."""
-
-    def __init__(self, directory: str | None, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self.directory = directory
-        self.ttl = ttl
-        self._clock = clock
-        self._memory: dict[str, float] = {}
-
-    @staticmethod
-    def _key(digest: str, fingerprint: str) -> str:
-        return hashlib.sha256(f"{digest}\n{fingerprint}".encode()).hexdigest()
-
-    def lookup(self, digest: str, fingerprint: str) -> bool:
-        key = self._key(digest, fingerprint)
-        now = self._clock()
-        when = self._memory.get(key)
-        if when is None and self.directory:
-            try:
-                with open(os.path.join(self.directory, key + ".json"), encoding="utf-8") as f:
-                    entry = json.load(f)
-                if entry.get("digest") == digest and entry.get("keys") == fingerprint:
-                    when = float(entry["verified_at"])
-                    self._memory[key] = when
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                when = None
-        return when is not None and 0 <= now - when < self.ttl
-
-    def store(self, digest: str, fingerprint: str) -> None:
-        key = self._key(digest, fingerprint)
-        now = self._clock()
-        self._memory[key] = now
-        if not self.directory:
-            return
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        final = os.path.join(self.directory, key + ".json")
-        temporary = f"{final}.{os.getpid()}.tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8") as f:
-                json.dump({"digest": digest, "keys": fingerprint, "verified_at": now}, f)
-            os.replace(temporary, final)
-        except OSError:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass  # the memory entry stands; the next daemon verifies again
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,14 @@ Rules (distribution/reference's grammar and its docker normalisation, which oras
   hex digits (the only algorithm this project accepts, image-spec descriptor.md "Registered algorithms").
 - No tag and no digest means the tag `latest`. With both, the digest is what is fetched (the tag is informative).
 - `docker.io`'s API lives at `registry-1.docker.io`; `name` keeps `docker.io` (what cosign signs as
-  `docker-reference` differs only for docker.io, and verification does not depend on it).
+  `docker-reference` differs only for docker.io, and verification does not depend on it). `docker.io`,
+  `index.docker.io` and `registry-1.docker.io`, in any letter case and with or without `:443`, all parse as
+  `docker.io`.
+- Comparisons (the signature policy's rules, the node's artifact registries) use `canonical_name`: the registry
+  host in lower case (DNS names and IP literals are case-insensitive, RFC 4343) without the HTTPS default port
+  `:443` (RFC 9110 section 4.2.2: `host` and `host:443` are one https origin), docker.io's aliases as
+  `docker.io`, and `library/` for docker.io's one-component names. `registry` itself stays as written: it is
+  what the client connects to.
 
 Invariant: a `Reference` that exists is valid; `parse_reference` raises ReferenceError naming the bad part.
 """
@@ -22,7 +29,9 @@ from dataclasses import dataclass
 
 DEFAULT_REGISTRY = "docker.io"
 DOCKER_API_HOST = "registry-1.docker.io"
+DOCKER_ALIASES = frozenset({DEFAULT_REGISTRY, "index.docker.io", DOCKER_API_HOST})
 DEFAULT_TAG = "latest"
+HTTPS_DEFAULT_PORT = ":443"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -56,6 +65,11 @@ class Reference:
         return f"{self.registry}/{self.repository}"
 
     @property
+    def canonical_name(self) -> str:
+        """REGISTRY/REPOSITORY as compared: the registry as `canonical_registry` spells it."""
+        return f"{canonical_registry(self.registry)}/{self.repository}"
+
+    @property
     def api_host(self) -> str:
         """host[:port] of the registry's HTTP API."""
         return DOCKER_API_HOST if self.registry == DEFAULT_REGISTRY else self.registry
@@ -82,8 +96,25 @@ class Reference:
         return text
 
 
-def _is_registry_component(part: str) -> bool:
+def is_registry_component(part: str) -> bool:
     return "." in part or ":" in part or part == "localhost" or part != part.lower()
+
+
+def canonical_registry(host: str) -> str:
+    """`host[:port]` as registries are compared: lower case, no `:443`, docker.io for docker.io's aliases."""
+    host = host.lower()
+    if host.endswith(HTTPS_DEFAULT_PORT):
+        host = host[: -len(HTTPS_DEFAULT_PORT)]
+    return DEFAULT_REGISTRY if host in DOCKER_ALIASES else host
+
+
+def canonical_name(name: str) -> str:
+    """A REGISTRY/REPOSITORY name (or a whole reference) as compared (see the module rules); a string that is
+    not an image name is returned unchanged, so it matches only what is spelled exactly like it."""
+    try:
+        return parse_reference(name, default_tag=False).canonical_name
+    except ReferenceError:
+        return name
 
 
 def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
@@ -104,13 +135,13 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
             raise ReferenceError(f"image reference {text!r}: tag {tag!r} is not valid "
                                  "([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
     first, sep, remainder = rest.partition("/")
-    if sep and _is_registry_component(first):
+    if sep and is_registry_component(first):
         registry, repository = first, remainder
         if not _REGISTRY.fullmatch(registry):
             raise ReferenceError(f"image reference {text!r}: registry {registry!r} is not a valid host[:port]")
     else:
         registry, repository = DEFAULT_REGISTRY, rest
-    if registry in ("index.docker.io", DOCKER_API_HOST):
+    if canonical_registry(registry) == DEFAULT_REGISTRY:
         registry = DEFAULT_REGISTRY
     if registry == DEFAULT_REGISTRY and "/" not in repository:
         repository = f"library/{repository}"

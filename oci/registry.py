@@ -1,9 +1,10 @@
-"""An OCI distribution-spec client that checks every digest while it streams.
+"""An OCI distribution-spec client that checks every digest while it streams and bounds every read.
 
 Owns `RegistryClient`: manifests (get, resolve, put), blobs (exists, streamed fetch, monolithic upload), tag listing
 and the referrers API with the tag-schema fallback (distribution-spec v1.1 "Listing Referrers", "Referrers Tag
-Schema"). It is built on urllib3 (README "Registries" says why not the `oras` package). It knows nothing of
-containerd or the daemon.
+Schema"), and the requests under them: authentication, redirects, retries. It is built on urllib3 through
+oci/transport.py (README "Registries" says why not the `oras` package). It knows nothing of containerd or the
+daemon.
 
 Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
@@ -11,14 +12,22 @@ Rules:
   that does not verify is an error, never a reason to fall back).
 - Authentication: anonymous first; on 401 the challenge says Basic or Bearer (distribution token spec: GET the
   realm with service and scope, Basic credentials if any; a refresh token is POSTed). Headers are cached per
-  host and repository; a 401 after authenticating is an error naming the registry. urllib3 drops Authorization on a
-  redirect to another host (blob storage).
-- Every request has connect and read timeouts. Connection failures, timeouts, 429 and 5xx are retried with
-  exponential backoff, a bounded number of times; a blob whose stream breaks is fetched again from the start.
+  host and repository; a 401 after authenticating is an error naming the registry. Credentials go only to the
+  origin (scheme, host, port) they are for: the registry's own, or the token realm's.
+- Redirects (blob storage) are followed by this module, at most `REDIRECT_LIMIT` times, for GET and HEAD only,
+  never from HTTPS to plain HTTP, to plain HTTP only where it is allowed, and without the Authorization header once
+  the origin changes (RFC 9110 section 15.4 leaves all of this to the client; urllib3 would follow a downgrade).
+- Every read is bounded (oci/limits.py; the error names the cap): manifests 4 MiB, error bodies kept to 4 KiB
+  for the message and the rest never read, token responses 1 MiB, tag and referrer listings 4 MiB over at most
+  100 pages, pagination links and redirect targets 8 KiB and on the registry's own origin. Blobs stream into the
+  caller's file, checked against their descriptor's size and digest (a server sending more than the size is cut
+  off at once, and one announcing more is refused before a byte is read).
+- Every request has connect and read timeouts, and every exchange a total deadline: the client's total timeout
+  (3 read timeouts by default) plus one second per 64 KiB received, so a body trickling a byte a second ends.
+  Connection failures, timeouts, 429 and 5xx are retried with exponential backoff, a bounded number of times; a
+  blob whose stream breaks is fetched again from the start; an exchange past its deadline is not retried.
 - Every manifest fetched is hashed: by digest it must match; by tag a `Docker-Content-Digest` header must agree.
-  Manifests are capped at 4 MiB. Every blob is hashed while it streams into the caller's file and checked
-  against its descriptor's size and digest (a server sending more than the size is cut off at once). Manifests are
-  uploaded as the exact bytes given, so their digest is what the caller computed.
+  Manifests are uploaded as the exact bytes given, so their digest is what the caller computed.
 - Errors are RegistryError naming the method, URL, status and the registry's own error message.
 """
 
@@ -31,15 +40,26 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .auth import AuthError, Credential, DockerCredentials, parse_challenge
 from .digest import DigestMismatch, StreamVerifier, sha256_digest
+from .errors import NotFoundError, RegistryError
+from .limits import (
+    ERROR_BODY_LIMIT,
+    LISTING_LIMIT,
+    LISTING_PAGES,
+    MANIFEST_LIMIT,
+    MIN_RATE,
+    REDIRECT_LIMIT,
+    TOKEN_RESPONSE_LIMIT,
+    TOTAL_TIMEOUT_READS,
+    URL_LIMIT,
+)
 from .manifest import (
     INDEX_TYPES,
     MANIFEST_ACCEPT,
-    MAX_MANIFEST_SIZE,
     MEDIA_TYPE_INDEX,
     Descriptor,
     ManifestError,
@@ -49,21 +69,16 @@ from .manifest import (
 )
 from .reference import Reference, check_digest
 
-CHUNK = 1 << 20  # blob reads: fewer Python-level iterations per MiB; manifests are capped at 4 MiB anyway
+if TYPE_CHECKING:
+    from .transport import Exchange
+
+__all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
+           "is_loopback"]
+
+CHUNK = 1 << 20  # blob reads: fewer Python-level iterations per MiB
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_PAGES = 100  # tag and referrer listings: pagination is followed at most this many times
-
-
-class RegistryError(Exception):
-    """A registry request failed or answered something that does not check out; the message says which."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFoundError(RegistryError):
-    """The registry answered 404 for a manifest, blob or repository."""
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_PAGES = LISTING_PAGES
 
 
 class Progress:
@@ -108,17 +123,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _registry_message(body: bytes) -> str:
-    """The registry's error text (distribution-spec error codes: {"errors":[{code, message}]}), else the body."""
+def _registry_message(body: bytes, cut: bool = False) -> str:
+    """The registry's error text (distribution-spec error codes: {"errors":[{code, message}]}), else the body;
+    `cut` says the body went on past what was kept (oci/limits.py ERROR_BODY_LIMIT)."""
+    text = ""
     try:
         doc = json.loads(body)
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if isinstance(errors, list) and errors:
-            return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
+            text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
                              if isinstance(e, dict))
     except ValueError:
         pass
-    return body[:300].decode(errors="replace").strip()
+    if not text:
+        text = body[:300].decode(errors="replace").strip()
+    if cut:
+        text += f" (error body cut at the {ERROR_BODY_LIMIT} byte limit; the rest was not read)"
+    return text
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 origin)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 class RegistryClient:
@@ -130,6 +163,7 @@ class RegistryClient:
         insecure: tuple[str, ...] = (),
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        total_timeout: float | None = None,
         attempts: int = 4,
         backoff: float = 0.5,
         progress: ProgressFactory = _no_progress,
@@ -137,7 +171,11 @@ class RegistryClient:
     ) -> None:
         import urllib3  # here: the shim's start path never builds a client
 
+        from . import transport
+        from .deadline import Watchdog
+
         self._urllib3 = urllib3
+        self._transport = transport
         self.credentials = credentials if credentials is not None else DockerCredentials()
         self.insecure = frozenset(insecure)
         self.attempts = max(1, attempts)
@@ -145,17 +183,15 @@ class RegistryClient:
         self.progress = progress
         self._sleep = sleep
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self.total_timeout = total_timeout if total_timeout is not None else TOTAL_TIMEOUT_READS * read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._pool = urllib3.PoolManager(
-            num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle,
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
-                                  raise_on_redirect=True, raise_on_status=False),
-            timeout=self._timeout,
-        )
+        self._pool = transport.make_pool(ca_bundle, self._timeout)
+        self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
 
     def close(self) -> None:
+        self._watchdog.close()
         self._pool.clear()
 
     def __enter__(self) -> RegistryClient:
@@ -197,6 +233,51 @@ class RegistryClient:
             return "http"
         return "https"
 
+    def _send(self, method: str, url: str, headers: Mapping[str, str], body: Any,
+              credential: tuple[tuple[str, str, int | None], str] | None) -> Exchange:
+        """One request, following redirects (see the module rules); `credential` is (origin, Authorization) and
+        is sent only to that origin."""
+        from .deadline import Deadline
+
+        target = url
+        for _ in range(REDIRECT_LIMIT + 1):
+            hop_headers = dict(headers)
+            if credential is not None and _origin(target) == credential[0]:
+                hop_headers["Authorization"] = credential[1]
+            deadline = Deadline(self.total_timeout, MIN_RATE)
+            exchange = self._transport.send(self._pool, self._watchdog, deadline, method, target,
+                                            headers=hop_headers, body=body() if body else None,
+                                            timeout=self._timeout)
+            if exchange.status not in REDIRECT_STATUSES:
+                return exchange
+            location = exchange.headers.get("Location", "")
+            status = exchange.status
+            exchange.discard()
+            if not location:
+                raise RegistryError(f"{method} {target}: HTTP {status} redirect without a Location", status)
+            if len(location) > URL_LIMIT:
+                raise RegistryError(f"{method} {target}: HTTP {status} redirect to a Location of {len(location)} "
+                                    f"characters, over the {URL_LIMIT} character limit", status)
+            if method not in ("GET", "HEAD"):
+                raise RegistryError(f"{method} {target}: HTTP {status} redirect to {location} not followed (only "
+                                    "GET and HEAD are redirected)", status)
+            target = self._redirect_target(method, target, location, status)
+        raise RegistryError(f"{method} {url}: more than {REDIRECT_LIMIT} redirects (the redirect limit); the last "
+                            f"went to {target}")
+
+    def _redirect_target(self, method: str, current: str, location: str, status: int) -> str:
+        target = urljoin(current, location)
+        scheme = urlsplit(target).scheme
+        if scheme not in ("http", "https"):
+            raise RegistryError(f"{method} {current}: HTTP {status} redirect to {target}: not an HTTP URL", status)
+        if scheme == "http" and urlsplit(current).scheme == "https":
+            raise RegistryError(f"{method} {current}: HTTP {status} redirect from HTTPS to plain HTTP ({target}) "
+                                "refused", status)
+        if scheme == "http" and not self._plain_http_allowed(urlsplit(target).netloc):
+            raise RegistryError(f"{method} {current}: HTTP {status} redirect to plain HTTP ({target}) refused: "
+                                "that host is neither loopback nor named insecure", status)
+        return target
+
     def _request(
         self,
         method: str,
@@ -205,25 +286,23 @@ class RegistryClient:
         *,
         headers: Mapping[str, str] | None = None,
         body: Callable[[], Any] | None = None,
-        stream: bool = False,
         scope_actions: str = "pull",
         absolute_url: str = "",
-    ) -> Any:
-        """One logical request with auth and retries; returns the urllib3 response (status < 400 or 404)."""
+    ) -> Exchange:
+        """One logical request with auth, redirects and retries; returns the exchange (status < 400 or 404),
+        whose body the caller reads through its caps and then closes."""
         host = ref.api_host
-        url = absolute_url or self._base(host) + path
+        base = self._base(host)
+        url = absolute_url or base + path
         key = (host, ref.repository)
         last_error = ""
         reauthenticated = False
         attempt = 0
         while True:
             attempt += 1
-            all_headers = dict(headers or {})
-            if key in self._auth:
-                all_headers["Authorization"] = self._auth[key]
+            credential = (_origin(base), self._auth[key]) if key in self._auth else None
             try:
-                response = self._pool.request(method, url, body=body() if body else None, headers=all_headers,
-                                              preload_content=not stream, timeout=self._timeout)
+                exchange = self._send(method, url, headers or {}, body, credential)
             except self._urllib3.exceptions.SSLError as exc:
                 raise RegistryError(f"{method} {url}: TLS failed: {str(exc)[:300]}") from None
             except self._urllib3.exceptions.MaxRetryError as exc:
@@ -235,24 +314,29 @@ class RegistryClient:
             except (self._urllib3.exceptions.HTTPError, OSError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
-                status = response.status
-                if status == 401 and not reauthenticated:
-                    challenge = response.headers.get("WWW-Authenticate", "")
-                    _drain(response)
+                status = exchange.status
+                from_registry = _origin(exchange.url) == _origin(base)
+                if status == 401 and not reauthenticated and from_registry:
+                    challenge = exchange.headers.get("WWW-Authenticate", "")
+                    exchange.discard()
                     self._auth[key] = self._authenticate(ref, challenge, url, scope_actions)
                     reauthenticated = True
                     attempt -= 1
                     continue
                 if status in RETRY_STATUSES and attempt < self.attempts:
-                    last_error = f"HTTP {status} {_registry_message(_drain(response))}"
-                    self._sleep(self._delay(attempt, response.headers.get("Retry-After")))
+                    last_error = f"HTTP {status} {_registry_message(*exchange.error_text())}"
+                    retry_after = exchange.headers.get("Retry-After")
+                    exchange.close()
+                    self._sleep(self._delay(attempt, retry_after))
                     continue
                 if status >= 400 and status != 404:
-                    message = _registry_message(_drain(response))
+                    message = _registry_message(*exchange.error_text())
+                    exchange.close()
                     hint = " (credentials were refused)" if status in (401, 403) else ""
                     tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                    raise RegistryError(f"{method} {url}: HTTP {status}{hint}: {message}{tries}", status)
-                return response
+                    where = url if exchange.url == url else f"{url} (redirected to {exchange.url})"
+                    raise RegistryError(f"{method} {where}: HTTP {status}{hint}: {message}{tries}", status)
+                return exchange
             if attempt >= self.attempts:
                 raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
             self._sleep(self._delay(attempt, None))
@@ -260,7 +344,7 @@ class RegistryClient:
     def _connection_error(self, reason: object) -> str:
         """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
         subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
-        that is slow (issue 12)."""
+        that is slow."""
         if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
             cause = reason.__cause__ or reason.__context__
             detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]
@@ -298,65 +382,59 @@ class RegistryClient:
         realm = params.get("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"{ref.registry}: bearer challenge has no usable realm ({realm!r})", 401)
+        if len(realm) > URL_LIMIT:
+            raise RegistryError(f"{ref.registry}: bearer challenge realm of {len(realm)} characters, over the "
+                                f"{URL_LIMIT} character limit", 401)
         if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
             raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
         scope = params.get("scope") or f"repository:{ref.repository}:{actions}"
         query = {"service": params.get("service", ""), "scope": scope}
         headers: dict[str, str] = {}
+        authorization: tuple[tuple[str, str, int | None], str] | None = None
         if credential is not None and credential.identity_token:
             form = urlencode({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
-                              "client_id": "wasm-shim"})
-            method, url, body = "POST", realm, form.encode()
+                              "client_id": "wasm-shim"}).encode()
+            method, url, body = "POST", realm, (lambda: form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         else:
             if credential is not None and credential.username:
-                headers["Authorization"] = credential.basic()
+                authorization = (_origin(realm), credential.basic())
             method, url, body = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), None
+        what = f"token endpoint {realm}"
         try:
-            response = self._pool.request(method, url, body=body, headers=headers, timeout=self._timeout)
+            exchange = self._send(method, url, headers, body, authorization)
         except self._urllib3.exceptions.HTTPError as exc:
-            raise RegistryError(f"token endpoint {realm}: {exc}") from None
-        if response.status != 200:
-            raise RegistryError(f"token endpoint {realm} for {scope}: HTTP {response.status}: "
-                                f"{_registry_message(response.data)}", response.status)
+            raise RegistryError(f"{what}: {exc}") from None
+        with exchange:
+            if exchange.status != 200:
+                raise RegistryError(f"{what} for {scope}: HTTP {exchange.status}: "
+                                    f"{_registry_message(*exchange.error_text())}", exchange.status)
+            data = exchange.read(TOKEN_RESPONSE_LIMIT, f"{what}: the token response")
         try:
-            doc = json.loads(response.data)
+            doc = json.loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"token endpoint {realm} answered without a token")
+            raise RegistryError(f"{what} answered without a token")
         return token
 
     # -- manifests ---------------------------------------------------------------------------------------------
     def get_manifest(self, ref: Reference, *, accept: str = MANIFEST_ACCEPT) -> Manifest:
         """The manifest or index `ref` names, exactly as stored, digest-checked."""
         path = f"/v2/{ref.repository}/manifests/{ref.identifier}"
-        response = self._request("GET", ref, path, headers={"Accept": accept}, stream=True)
-        try:
-            if response.status == 404:
+        with self._request("GET", ref, path, headers={"Accept": accept}) as exchange:
+            if exchange.status == 404:
                 raise NotFoundError(f"{ref}: manifest not found in {ref.registry}", 404)
-            claimed = response.headers.get("Docker-Content-Digest", "")
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
-                raise RegistryError(f"{ref}: manifest of {declared} bytes is over the {MAX_MANIFEST_SIZE} byte limit")
-            chunks, total = [], 0
-            for chunk in response.stream(CHUNK):
-                total += len(chunk)
-                if total > MAX_MANIFEST_SIZE:
-                    raise RegistryError(f"{ref}: manifest is over the {MAX_MANIFEST_SIZE} byte limit")
-                chunks.append(chunk)
-        except self._urllib3.exceptions.HTTPError as exc:
-            raise RegistryError(f"GET {ref}: the manifest stream broke: {exc}") from None
-        finally:
-            response.release_conn()
-        data = b"".join(chunks)
+            claimed = exchange.headers.get("Docker-Content-Digest", "")
+            content_type = exchange.headers.get("Content-Type", "")
+            data = exchange.read(MANIFEST_LIMIT, f"{ref}: the manifest")
         digest = sha256_digest(data)
         if ref.digest and digest != ref.digest:
             raise DigestMismatch(f"{ref}: the registry sent a manifest whose digest is {digest}")
         if claimed and claimed != digest:
             raise DigestMismatch(f"{ref}: the registry says the manifest is {claimed} but its content is {digest}")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        media_type = content_type.split(";")[0].strip()
         try:
             declared_type = json.loads(data).get("mediaType")
         except (ValueError, AttributeError):
@@ -367,13 +445,14 @@ class RegistryClient:
 
     def resolve(self, ref: Reference) -> Descriptor:
         """The descriptor of the manifest `ref` names (a HEAD, or a GET when the registry gives no digest)."""
-        response = self._request("HEAD", ref, f"/v2/{ref.repository}/manifests/{ref.identifier}",
-                                 headers={"Accept": MANIFEST_ACCEPT})
-        if response.status == 404:
+        with self._request("HEAD", ref, f"/v2/{ref.repository}/manifests/{ref.identifier}",
+                           headers={"Accept": MANIFEST_ACCEPT}) as exchange:
+            status, headers = exchange.status, exchange.headers
+        if status == 404:
             raise NotFoundError(f"{ref}: manifest not found in {ref.registry}", 404)
-        digest = response.headers.get("Docker-Content-Digest", "")
-        size = response.headers.get("Content-Length", "")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = headers.get("Docker-Content-Digest", "")
+        size = headers.get("Content-Length", "")
+        media_type = headers.get("Content-Type", "").split(";")[0].strip()
         if digest and size.isdigit() and media_type and not ref.digest:
             return Descriptor(media_type, check_digest(digest, f"{ref}: Docker-Content-Digest"), int(size))
         return self.get_manifest(ref).descriptor()
@@ -381,20 +460,21 @@ class RegistryClient:
     def put_manifest(self, ref: Reference, identifier: str, data: bytes, media_type: str) -> tuple[str, bool]:
         """Upload `data` as is under a tag or its digest; (digest, whether the registry reported OCI-Subject)."""
         digest = sha256_digest(data)
-        response = self._request("PUT", ref, f"/v2/{ref.repository}/manifests/{identifier}",
+        exchange = self._request("PUT", ref, f"/v2/{ref.repository}/manifests/{identifier}",
                                  headers={"Content-Type": media_type}, body=lambda: data, scope_actions="pull,push")
-        _drain(response)
-        if response.status != 201:
-            raise RegistryError(f"PUT {ref.name}/manifests/{identifier}: HTTP {response.status}", response.status)
-        stored = response.headers.get("Docker-Content-Digest", "")
+        status, headers = exchange.status, exchange.headers
+        exchange.discard()
+        if status != 201:
+            raise RegistryError(f"PUT {ref.name}/manifests/{identifier}: HTTP {status}", status)
+        stored = headers.get("Docker-Content-Digest", "")
         if stored and stored != digest:
             raise DigestMismatch(f"{ref.name}: the registry stored the manifest as {stored}, its bytes are {digest}")
-        return digest, "OCI-Subject" in response.headers
+        return digest, "OCI-Subject" in headers
 
     # -- blobs -------------------------------------------------------------------------------------------------
     def blob_exists(self, ref: Reference, digest: str) -> bool:
-        response = self._request("HEAD", ref, f"/v2/{ref.repository}/blobs/{digest}")
-        return bool(response.status == 200)
+        with self._request("HEAD", ref, f"/v2/{ref.repository}/blobs/{digest}") as exchange:
+            return exchange.status == 200
 
     def fetch_blob(self, ref: Reference, descriptor: Descriptor, sink: IO[bytes], *, label: str = "") -> None:
         """Stream the blob into `sink` (seekable; rewritten from the start on a retry), verified as it streams.
@@ -405,24 +485,27 @@ class RegistryClient:
             sink.seek(0)
             sink.truncate()
             verifier = StreamVerifier(descriptor.digest, descriptor.size, what)
-            response = self._request("GET", ref, path, stream=True)
-            progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
-            try:
-                if response.status == 404:
+            with self._request("GET", ref, path) as exchange:
+                if exchange.status == 404:
                     raise NotFoundError(f"{what}: not found", 404)
-                for chunk in response.stream(CHUNK):
-                    verifier.update(chunk)
-                    sink.write(chunk)
-                    progress.advance(len(chunk))
-                verifier.finish()
-                return
-            except self._urllib3.exceptions.HTTPError as exc:
-                if attempt >= self.attempts:
-                    raise RegistryError(f"{what}: the stream broke after {verifier.received} bytes: {exc} "
-                                        f"(after {attempt} attempts)") from None
-            finally:
-                progress.close()
-                response.release_conn()
+                declared = exchange.declared_length()
+                if declared is not None and declared > descriptor.size:
+                    raise DigestMismatch(f"{what}: the registry announces {declared} bytes, more than the "
+                                         f"{descriptor.size} bytes its descriptor says (not read)")
+                progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
+                try:
+                    for chunk in exchange.chunks(CHUNK, what):
+                        verifier.update(chunk)
+                        sink.write(chunk)
+                        progress.advance(len(chunk))
+                    verifier.finish()
+                    return
+                except RegistryError as exc:
+                    if exchange.deadline.expired or attempt >= self.attempts:
+                        tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                        raise RegistryError(f"{exc}{tries}") from None
+                finally:
+                    progress.close()
             self._sleep(self._delay(attempt, None))
 
     def fetch_blob_bytes(self, ref: Reference, descriptor: Descriptor, limit: int) -> bytes:
@@ -442,13 +525,15 @@ class RegistryClient:
         `opener` gives the bytes or a fresh file object for each attempt."""
         if self.blob_exists(ref, descriptor.digest):
             return False
-        response = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/",
+        exchange = self._request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/",
                                  headers={"Content-Length": "0"}, scope_actions="pull,push")
-        _drain(response)
-        location = response.headers.get("Location", "")
-        if response.status != 202 or not location:
-            raise RegistryError(f"POST {ref.name}/blobs/uploads/: HTTP {response.status} without an upload "
-                                "location", response.status)
+        status, location = exchange.status, exchange.headers.get("Location", "")
+        exchange.discard()
+        if status != 202 or not location:
+            raise RegistryError(f"POST {ref.name}/blobs/uploads/: HTTP {status} without an upload location", status)
+        if len(location) > URL_LIMIT:
+            raise RegistryError(f"POST {ref.name}/blobs/uploads/: an upload location of {len(location)} characters, "
+                                f"over the {URL_LIMIT} character limit")
         url = urljoin(self._base(ref.api_host) + "/", location)
         url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
         progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
@@ -458,38 +543,57 @@ class RegistryClient:
             return source if isinstance(source, bytes) else _CountingReader(source, progress)
 
         try:
-            response = self._request("PUT", ref, "", absolute_url=url, body=body, scope_actions="pull,push",
+            exchange = self._request("PUT", ref, "", absolute_url=url, body=body, scope_actions="pull,push",
                                      headers={"Content-Type": "application/octet-stream",
                                               "Content-Length": str(descriptor.size)})
         finally:
             progress.close()
-        message = _registry_message(_drain(response))
-        if response.status != 201:
-            raise RegistryError(f"uploading blob {descriptor.digest} to {ref.name}: HTTP {response.status}: "
-                                f"{message}", response.status)
-        stored = response.headers.get("Docker-Content-Digest", "")
+        status, stored = exchange.status, exchange.headers.get("Docker-Content-Digest", "")
+        message = _registry_message(*exchange.error_text()) if status != 201 else ""
+        exchange.close()
+        if status != 201:
+            raise RegistryError(f"uploading blob {descriptor.digest} to {ref.name}: HTTP {status}: {message}", status)
         if stored and stored != descriptor.digest:
             raise DigestMismatch(f"{ref.name}: the registry stored blob {descriptor.digest} as {stored}")
         return True
 
     # -- listings ----------------------------------------------------------------------------------------------
-    def _pages(self, ref: Reference, path: str, headers: Mapping[str, str] | None = None) -> Iterator[Any]:
-        url = self._base(ref.api_host) + path
-        for _ in range(MAX_PAGES):
-            response = self._request("GET", ref, "", absolute_url=url, headers=headers)
-            yield response
-            link = response.headers.get("Link", "")
-            if response.status != 200 or 'rel="next"' not in link:
+    def _pages(self, ref: Reference, path: str, what: str,
+               headers: Mapping[str, str] | None = None) -> Iterator[tuple[int, str, bytes]]:
+        """(status, content type, body) of each page of a listing, following `Link: <...>; rel="next"` on the
+        registry's own origin, LISTING_LIMIT bytes and LISTING_PAGES pages at most over all pages."""
+        base = self._base(ref.api_host)
+        url = base + path
+        budget = LISTING_LIMIT
+        for _ in range(LISTING_PAGES):
+            with self._request("GET", ref, "", absolute_url=url, headers=headers) as exchange:
+                status = exchange.status
+                content_type = exchange.headers.get("Content-Type", "").split(";")[0].strip()
+                link = exchange.headers.get("Link", "")
+                data = b""
+                if status == 200:
+                    data = exchange.read(budget, f"{what} (all pages together)")
+            budget -= len(data)
+            yield status, content_type, data
+            if status != 200 or 'rel="next"' not in link:
                 return
-            url = urljoin(url, link.split(";")[0].strip().strip("<>"))
+            if len(link) > URL_LIMIT:
+                raise RegistryError(f"{what}: a pagination link of {len(link)} characters, over the {URL_LIMIT} "
+                                    "character limit")
+            following = urljoin(url, link.split(";")[0].strip().strip("<>"))
+            if _origin(following) != _origin(base):
+                raise RegistryError(f"{what}: the pagination link {following} leaves the registry ({base}); "
+                                    "not followed")
+            url = following
+        raise RegistryError(f"{what}: more than {LISTING_PAGES} pages (the page limit)")
 
     def list_tags(self, ref: Reference) -> list[str]:
         tags: list[str] = []
-        for response in self._pages(ref, f"/v2/{ref.repository}/tags/list"):
-            if response.status == 404:
+        for status, _, data in self._pages(ref, f"/v2/{ref.repository}/tags/list", f"the tag list of {ref.name}"):
+            if status == 404:
                 raise NotFoundError(f"{ref.name}: repository not found", 404)
             try:
-                page = json.loads(response.data).get("tags") or []
+                page = json.loads(data).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{ref.name}: the tag list is not JSON {{name, tags}}") from None
             tags.extend(t for t in page if isinstance(t, str))
@@ -499,13 +603,13 @@ class RegistryClient:
         """Manifests whose `subject` is `subject`: the referrers API, else the `sha256-<hex>` fallback tag."""
         check_digest(subject, "referrers subject")
         found: list[Descriptor] | None = []
-        for response in self._pages(ref, f"/v2/{ref.repository}/referrers/{subject}"):
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-            if response.status != 200 or content_type != MEDIA_TYPE_INDEX:
+        what = f"the referrers of {ref.name}@{subject}"
+        for status, content_type, data in self._pages(ref, f"/v2/{ref.repository}/referrers/{subject}", what):
+            if status != 200 or content_type != MEDIA_TYPE_INDEX:
                 found = None  # no referrers API here (distribution 2.8 answers a plain-text 404)
                 break
             assert found is not None
-            index = parse_json_object(response.data, f"referrers index of {ref.name}@{subject}")
+            index = parse_json_object(data, f"referrers index of {ref.name}@{subject}")
             found.extend(descriptors_of(index, "manifests", f"referrers index of {ref.name}@{subject}"))
         if found is None:
             found = self._fallback_referrers(ref, subject)
@@ -554,10 +658,3 @@ class _CountingReader:
         if not data:
             self._source.close()
         return data
-
-
-def _drain(response: Any) -> bytes:
-    try:
-        return bytes(response.data or b"")
-    finally:
-        response.release_conn()

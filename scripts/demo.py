@@ -218,7 +218,8 @@ def supply_chain_demo(kind: Kind, guests: Path, tmp: Path, busybox_tar: Path) ->
         for line in policy.read_text().splitlines():
             print(f"      {line}")
         node = launch(kind, node_dir, path_prepend=[VENV_BIN],
-                      env={"WASM_SHIM_POLICY": str(policy), "WASM_SHIM_ARTIFACT_DIR": str(node_dir / "artifacts")})
+                      env={"WASM_SHIM_POLICY": str(policy), "WASM_SHIM_ARTIFACT_DIR": str(node_dir / "artifacts"),
+                           "WASM_SHIM_ARTIFACT_REGISTRIES": f"{registry.address}/demo"})
         try:
             node.import_image(busybox_tar)  # the stand-in image: the shim puts the artifact's module in its rootfs
             for ref, task_id in ((signed, "demo-signed"), (unsigned, "demo-unsigned")):

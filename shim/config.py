@@ -38,7 +38,7 @@ class ShimConfig:
     """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
 
     __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
-                 "artifact_dir", "artifact_cache_mb", "metrics_address")
+                 "artifact_dir", "artifact_cache_mb", "artifact_registries", "metrics_address")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -53,6 +53,10 @@ class ShimConfig:
     #:   A policy that does not parse makes the daemon refuse every container with the reason, then exit when idle.
     #: artifact_dir: the node-local cache of artifacts the shim pulls itself (annotation wasm.shim.io/artifact).
     #: artifact_cache_mb: its size cap in MiB; least recently used artifacts are evicted beyond it.
+    #: artifact_registries: the registries a pod's wasm.shim.io/artifact may name (oci/allowlist.py): HOST[:PORT]
+    #:   (every repository there) or HOST[:PORT]/PATH (PATH and the repositories below it); a TOML list, or one
+    #:   string of entries separated by commas (the installer's options file, WASM_SHIM_ARTIFACT_REGISTRIES).
+    #:   Empty (the default) refuses the annotation: the daemon contacts no registry a pod names.
     #: metrics_address: where the daemon serves Prometheus metrics (shim/metrics.py): "" = off (the default),
     #:   "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:/absolute/path". Loopback or a unix socket only:
     #:   the endpoint has no authentication. One daemon per address: with several daemons on a node (one per
@@ -67,6 +71,7 @@ class ShimConfig:
         "policy": "",
         "artifact_dir": "/var/lib/wasm-shim/artifacts",
         "artifact_cache_mb": 1024,
+        "artifact_registries": (),
         "metrics_address": "",
     }
 
@@ -79,6 +84,7 @@ class ShimConfig:
     policy: str
     artifact_dir: str
     artifact_cache_mb: int
+    artifact_registries: tuple[str, ...]
     metrics_address: str
 
     def __init__(self, **values: Any) -> None:
@@ -134,6 +140,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if size <= 0 or isinstance(value, bool | float):
             raise ConfigError(f"{origin}: artifact_cache_mb must be a positive whole number of MiB, got {value!r}")
         return size
+    if key == "artifact_registries":
+        return _registry_entries(value, origin)
     if not isinstance(value, str):
         raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
     if key == "grouping" and value not in GROUPINGS:
@@ -147,6 +155,49 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if key in paths and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/")
+
+
+def _registry_entries(value: Any, origin: str) -> tuple[str, ...]:
+    """`artifact_registries` as a tuple of HOST[:PORT][/PATH] entries, from a list or a comma-separated string.
+
+    The shape is checked here with string operations only (this module is on every container start); the full
+    reference grammar and the canonical form are oci/allowlist.py's, applied when a pod names an artifact."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+        entries = [item for item in items if item]
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        entries = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{origin}: artifact_registries must be a list of HOST[:PORT][/PATH] strings (or one "
+                          f"string of them separated by commas), got {value!r}")
+    for entry in entries:
+        problem = _registry_entry_problem(entry)
+        if problem:
+            raise ConfigError(f"{origin}: artifact_registries entry {entry!r}: {problem}")
+    return tuple(entries)
+
+
+def _registry_entry_problem(entry: str) -> str:
+    host, _, path = entry.partition("/")
+    if not host or "://" in entry:
+        return "give HOST[:PORT] or HOST[:PORT]/PATH, without a scheme"
+    if host.startswith("["):  # an IPv6 literal: [ADDRESS] or [ADDRESS]:PORT
+        address, bracket, port = host[1:].partition("]")
+        name_ok = bool(bracket and address) and set(address.lower()) <= set("0123456789abcdef:.")
+        port_ok = port == "" or (port.startswith(":") and port[1:].isdigit())
+    else:
+        name, colon, port = host.partition(":")
+        name_ok = bool(name) and set(name) <= _HOST_CHARS and ("." in name or bool(colon) or name == "localhost")
+        port_ok = not colon or port.isdigit()
+    if not name_ok or not port_ok:
+        return f"{host!r} is not a registry HOST[:PORT] (a DNS name with a dot, localhost, or with a port)"
+    if not set(path) <= _PATH_CHARS:
+        return "a repository path is lower-case letters, digits, '.', '_', '-' and '/' (no wildcards or tags)"
+    return ""
 
 
 def parse_metrics_address(value: str, origin: str = "metrics_address") -> tuple[str, int] | str:

@@ -230,7 +230,8 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
                      policy.default, len(policy.rules))
         admission = Admission(policy_file, verified_dir=os.path.join(config.cache_dir, "verified"))
     return EntrypointSource(admission, registry=RegistryArtifacts(config.artifact_dir,
-                                                                  config.artifact_cache_mb << 20))
+                                                                  config.artifact_cache_mb << 20,
+                                                                  allowed=config.artifact_registries))
 
 
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:

@@ -140,7 +140,8 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
                         help="allow plain HTTP to this registry when it does not speak TLS (loopback registries "
                         "are allowed already); repeatable")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="read timeout per request (default 60); failed requests are retried with backoff")
+                        help="read timeout per request (default 60); each request and its answer end within 3 times "
+                        "it plus 1 s per 64 KiB received; failed requests are retried with backoff")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -47,8 +47,9 @@ def registry_client(settings: Any) -> Any:
 class RegistryArtifacts:
     """The shim's own artifact path; `artifact_dir` is the node-local cache (empty: the annotation is refused)."""
 
-    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30) -> None:
+    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = ()) -> None:
         self._artifact_dir = artifact_dir
+        self._allowed = allowed  # the registries a pod may name (shim option artifact_registries; oci/allowlist.py)
         self._cache_bytes = cache_bytes
         self._cache: Any = None
         self._lock = threading.Lock()
@@ -63,6 +64,7 @@ class RegistryArtifacts:
 
     def identify(self, reference: str, settings: Any) -> ImageOrigin:
         """The artifact REF names; ImageOriginError naming the annotation and the reason otherwise."""
+        from wasm_shim.oci.allowlist import source_refusal
         from wasm_shim.oci.artifact import ArtifactError, check_artifact_manifest, check_layer_binding
         from wasm_shim.oci.cache import CacheError
         from wasm_shim.oci.digest import DigestMismatch
@@ -81,6 +83,8 @@ class RegistryArtifacts:
             raise ImageOriginError(f"annotation {ARTIFACT_ANNOTATION} needs the shim option artifact_dir")
         try:
             ref = parse_reference(reference)
+            if refusal := source_refusal(ref, self._allowed):  # before anything is contacted or cached
+                raise ImageOriginError(f"annotation {ARTIFACT_ANNOTATION}={reference}: {refusal}")
             cache = self._artifacts()
             doc = None
             digest = ref.digest

@@ -23,6 +23,7 @@ import yaml
 from lab.cri_tools import LocalRegistry
 from lab.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
 from wasm_shim.shim.cli import build_parser
+from wasm_shim.shim.containerd_config import validate_options
 from wasm_shim.shim.engines.network import parse_network_grant
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ EVERY_VALUE = {
              "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
              "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
     "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
-             "metricsAddress": "127.0.0.1:9464"},
+             "metricsAddress": "127.0.0.1:9464", "artifactRegistries": ["ghcr.io/team", "127.0.0.1:5000"]},
     "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
     "tolerations": [{"operator": "Exists"}],
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -208,7 +209,8 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
         "containerd", "/etc/kind/containerd.toml", True, "supervisorctl restart containerd",
         "/run/kind/containerd.sock", 30.0, "/opt/wasm", "/opt/bin", None)
     assert args.option == ["grouping=pod", "idle_timeout=60", "log_level=debug", "cache_dir=/var/cache/wasm-shim",
-                           "metrics_address=127.0.0.1:9464"]
+                           "metrics_address=127.0.0.1:9464", "artifact_registries=ghcr.io/team,127.0.0.1:5000"]
+    assert validate_options(dict(option.split("=", 1) for option in args.option))  # as the installer checks them
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
     assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
@@ -238,6 +240,7 @@ BAD_VALUES = {
     "shim.idleTimeout=soon": "idleTimeout",
     "shim.cacheDir=relative/cache": "cacheDir",
     "shim.metricsAddress=0.0.0.0:9464": "metricsAddress",
+    "shim.artifactRegistries={https://ghcr.io/team}": "artifactRegistries",
     "shim.bogus=1": "bogus",
     "node.layout=docker": "layout",
     "node.restartTimeoutSeconds=0": "restartTimeoutSeconds",

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +87,10 @@ def node_factory(containerd_factory: ContainerdFactory, tmp_path: Path) -> Itera
     _write_pub(tmp_path / "team.pub", team)
     client = RegistryClient(DockerCredentials({}), attempts=1)
 
-    def make(policy: str | None = None, **env: str) -> Node:
+    def make(policy: str | Callable[[int], str] | None = None, **env: str) -> Node:
         addr = registry.address
+        if callable(policy):  # the policy text for the registry's port
+            policy = policy(registry.port)
         text = policy if policy is not None else (
             'default = "allow"\n'
             f'[[rule]]\nimages = ["{addr}/team/*"]\nkeys = ["team.pub"]\nmode = "enforce"\n'
@@ -95,7 +101,8 @@ def node_factory(containerd_factory: ContainerdFactory, tmp_path: Path) -> Itera
         cache.mkdir(mode=0o700, exist_ok=True)
         containerd = containerd_factory(env={"WASM_SHIM_POLICY": str(tmp_path / "policy.toml"),
                                              "WASM_SHIM_CACHE_DIR": str(cache),
-                                             "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"), **env})
+                                             "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"),
+                                             "WASM_SHIM_ARTIFACT_REGISTRIES": f"{addr}/team", **env})
         return Node(containerd, registry, client, team, tmp_path)
 
     try:
@@ -251,3 +258,134 @@ def test_annotated_artifact_with_a_swapped_blob_is_refused_and_not_cached(node: 
     cache = node.tmp / "artifacts"
     assert not (cache / "blobs" / "sha256" / layer.removeprefix("sha256:")).exists()
     assert list((cache / "tmp").iterdir()) == []
+
+
+# -- the registries a pod may name ------------------------------------------------------------------------------
+def test_an_artifact_from_a_registry_the_node_does_not_allow_is_refused_before_any_connection(
+        node: Node, guests: Path, busybox_image_tar: Path) -> None:
+    node.containerd.import_image(busybox_image_tar)
+    allowed = parse_reference(f"{node.registry.address}/team/listed:v1")
+    allowed = allowed.with_digest(push_wasm(node.client, str(guests / "hello.wasm"), allowed))
+    sign_image(node.client, allowed, node.team)
+    watched = socket.create_server(("127.0.0.1", 0))  # a registry a pod might aim the daemon at
+    watched.setblocking(False)
+    try:
+        port = watched.getsockname()[1]
+        for task_id, reference, name in (
+                ("elsewhere-1", f"127.0.0.1:{port}/team/app:v1", f"127.0.0.1:{port}/team/app"),
+                ("loopback-1", f"LocalHost:{port}/team/app:v1", f"localhost:{port}/team/app"),
+                ("other-repo-1", f"{node.registry.address}/other/app:v1", f"{node.registry.address}/other/app")):
+            failed = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                                         f"wasm.shim.io/artifact={reference}", BUSYBOX_REF, task_id, "/app.wasm",
+                                         check=False, timeout=120)
+            node.containerd.ctr("container", "rm", task_id, check=False)
+            assert failed.returncode != 0
+            assert (f"annotation wasm.shim.io/artifact={reference}: {reference} is not fetched: its registry and "
+                    f"repository ({name}) are not in the node's allowed artifact registries (artifact_registries: "
+                    f"{node.registry.address}/team)" in failed.stderr), failed.stderr
+        with pytest.raises(BlockingIOError):
+            watched.accept()  # the kernel queues every connection made, even a closed one: none was
+    finally:
+        watched.close()
+    ok = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                             f"wasm.shim.io/artifact={allowed.name}:v1", BUSYBOX_REF, "listed-1", "/app.wasm",
+                             timeout=120)
+    assert ok.stdout.strip() == "hello from wasm"
+
+
+# -- caches checked before they are trusted ---------------------------------------------------------------------
+def _forge_verification(node: Node, ref: Reference, directory: Path) -> Path:
+    """A verification record for `ref` under rule 1's keys, with the right name, as a forger would write it."""
+    from wasm_shim.oci.policy import load_policy
+
+    fingerprint = load_policy(str(node.tmp / "policy.toml")).rules[0].fingerprint
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / (hashlib.sha256(f"{ref.digest}\n{fingerprint}".encode()).hexdigest() + ".json")
+    path.write_text(json.dumps({"digest": ref.digest, "keys": fingerprint, "verified_at": time.time()}))
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_a_forged_verification_record_does_not_let_an_unsigned_image_run(node: Node, guests: Path) -> None:
+    ref = node.push_image("team/forged", (guests / "hello.wasm").read_bytes())
+    forged = _forge_verification(node, ref, node.tmp / "shim-cache" / "verified")
+    stderr = _refusal(node, node.pull(ref), ref, "forged-1")
+    assert "no signature found" in stderr and "signature verified (cached)" not in stderr
+    assert not forged.exists(), "the forged record is removed"
+    assert f"signature verification record {forged} refused and removed" in shim_log_text(node.containerd)
+
+
+@pytest.mark.parametrize("problem", ["mode", "owner", "symlink"])
+def test_a_cache_dir_others_control_is_not_used(node_factory: Callable[..., Node], guests: Path,
+                                                problem: str) -> None:
+    node = node_factory()
+    cache = node.tmp / "shim-cache"
+    ref = node.push_image("team/planted", (guests / "hello.wasm").read_bytes())
+    verified = cache / "verified"
+    if problem == "symlink":
+        planted = node.tmp / "planted"
+        forged = _forge_verification(node, ref, planted)
+        verified.symlink_to(planted)
+    else:
+        forged = _forge_verification(node, ref, verified)
+        if problem == "mode":
+            os.chmod(cache, 0o777)  # a local user may write in it
+        else:
+            os.chown(verified, 65534, 65534)
+    stderr = _refusal(node, node.pull(ref), ref, f"planted-{problem}")
+    assert "no signature found" in stderr
+    log = shim_log_text(node.containerd)
+    assert f"signature verification cache {verified} is not used (" in log
+    assert "verifications are kept in memory only" in log
+    assert forged.exists(), "nothing is read, written or removed in a directory others control"
+
+
+@pytest.mark.parametrize("damage", ["tampered", "planted"])
+def test_a_tampered_artifact_cache_entry_is_detected_and_fetched_again(node: Node, guests: Path,
+                                                                        busybox_image_tar: Path, damage: str) -> None:
+    node.containerd.import_image(busybox_image_tar)
+    wasm = (guests / "hello.wasm").read_bytes()
+    ref = parse_reference(f"{node.registry.address}/team/cached:v1")
+    ref = ref.with_digest(push_wasm(node.client, str(guests / "hello.wasm"), ref))
+    sign_image(node.client, ref, node.team)
+    artifacts = node.tmp / "artifacts"
+    blob = artifacts / "blobs" / "sha256" / hashlib.sha256(wasm).hexdigest()
+    other = (guests / "exit_code.wasm").read_bytes()  # a valid module that is not the one signed
+    annotation = f"wasm.shim.io/artifact={ref.name}:v1"
+    if damage == "tampered":  # the daemon cached it, then the file changed under it
+        first = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", annotation, BUSYBOX_REF,
+                                    "cached-1", "/app.wasm", timeout=120)
+        assert first.stdout.strip() == "hello from wasm"
+        blob.write_bytes(other)
+    else:  # a local user planted it before the first daemon, in a directory left writable for others
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(other)
+        for directory in (artifacts, artifacts / "blobs", blob.parent):
+            os.chmod(directory, 0o777)
+    again = node.containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", annotation, BUSYBOX_REF,
+                                "cached-2", "/app.wasm", timeout=120)
+    assert again.stdout.strip() == "hello from wasm", again.stdout
+    log = shim_log_text(node.containerd)
+    if damage == "tampered":
+        assert f"artifact cache: blob {blob} refused and removed (its content has digest sha256:" in log
+        assert blob.read_bytes() == wasm, "fetched again into the cache"
+    else:
+        assert f"artifact cache {artifacts} is not used (" in log
+        assert blob.read_bytes() == other, "the refused directory is not written to"
+
+
+# -- policy names in canonical form -----------------------------------------------------------------------------
+@pytest.mark.parametrize("spelling", ["rule", "image"])
+def test_a_differently_spelled_name_of_a_protected_repository_is_still_checked(
+        node_factory: Callable[..., Node], guests: Path, spelling: str) -> None:
+    """The rule or the pulled name spells the registry host in other letter case; either way the rule applies."""
+    rule_host = "LocalHost" if spelling == "rule" else "localhost"
+    node = node_factory(policy=lambda port: f'default = "allow"\n[[rule]]\nimages = ["{rule_host}:{port}/team/*"]\n'
+                                            'keys = ["team.pub"]\nmode = "enforce"\n[registry]\ntimeout = 5\n')
+    pushed = node.push_image("team/spelled", (guests / "hello.wasm").read_bytes())
+    image_host = f"LOCALHOST:{node.registry.port}" if spelling == "image" else f"localhost:{node.registry.port}"
+    ref = parse_reference(f"{image_host}/team/spelled:v1").with_digest(pushed.digest)
+    stderr = _refusal(node, node.pull(ref), ref, f"spelled-{spelling}")
+    assert "no signature found" in stderr
+    sign_image(node.client, pushed, node.team)
+    assert node.run(node.pull(ref), f"spelled-{spelling}-signed").strip() == "hello from wasm"

@@ -97,7 +97,8 @@ def test_cri_pod_annotation_artifact_on_containerd_16(
     cache.mkdir(mode=0o700)
     options = tmp_path / "wasm-shim.toml"  # containerd 1.6 passes only ConfigPath to the shim (docs/cri.md)
     options.write_text(f'policy = "{tmp_path / "policy.toml"}"\ncache_dir = "{cache}"\n'
-                       f'artifact_dir = "{tmp_path / "artifacts"}"\n')
+                       f'artifact_dir = "{tmp_path / "artifacts"}"\n'
+                       f'artifact_registries = ["{registry.address}/wasm"]\n')
     plugin = "io.containerd.grpc.v1.cri"
     node = cri_node_factory(extra_config=f'[plugins."{plugin}".containerd.runtimes.wasmtime.options]\n'
                                          f'  ConfigPath = "{options}"\n')

@@ -179,15 +179,17 @@ def test_artifact_annotation_with_a_faulty_registry(containerd_factory, wasm_ima
     artifacts = tmp_path / "artifacts"
     cache = tmp_path / "shim-cache"
     cache.mkdir(mode=0o700)
+    proxies = {mode: FaultProxy(registry.port, mode) for mode in MODES}  # first: the node allows their ports
+    allowed = ",".join([registry.address] + [f"127.0.0.1:{proxy.port}" for proxy in proxies.values()])
     containerd = containerd_factory(env={"WASM_SHIM_POLICY": str(policy), "WASM_SHIM_CACHE_DIR": str(cache),
-                                         "WASM_SHIM_ARTIFACT_DIR": str(artifacts)})
+                                         "WASM_SHIM_ARTIFACT_DIR": str(artifacts),
+                                         "WASM_SHIM_ARTIFACT_REGISTRIES": allowed})
     containerd.import_image(busybox_image_tar)
     sleeper = wasm_image_factory(containerd)("sleep", guests / "sleep.wasm")
     containerd.ctr("run", "-d", "--runtime", RUNTIME, sleeper, "bystander", "/app.wasm", "3600")
     wait_for(lambda: task_status(containerd, "bystander") == "RUNNING", 20, "bystander running")
     seen: dict[str, str] = {}
-    for mode in MODES:
-        proxy = FaultProxy(registry.port, mode)
+    for mode, proxy in proxies.items():
         annotation = f"wasm.shim.io/artifact=127.0.0.1:{proxy.port}/{path}"
         try:
             failed = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation", annotation, BUSYBOX_REF,

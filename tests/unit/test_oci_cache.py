@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -75,3 +76,101 @@ def test_damaged_small_blob_is_forgotten_and_stale_downloads_swept(tmp_path: Pat
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     ArtifactCache(str(tmp_path), max_bytes=1000)
     assert not stale.exists()
+
+
+class Fetches:
+    """A fetch that writes `data` and counts how often it was asked."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.count = data, 0
+
+    def __call__(self, sink: IO[bytes]) -> None:
+        self.count += 1
+        sink.write(self.data)
+
+
+@pytest.mark.parametrize("damage", ["other bytes", "truncated", "symlink", "other bytes, same size and mtime"])
+def test_a_tampered_blob_is_detected_removed_and_fetched_again(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               damage: str) -> None:
+    good = b"\0asm\x01\0\0\0good module"
+    fetch = Fetches(good)
+    cache = ArtifactCache(str(tmp_path), max_bytes=1000)
+    path = Path(cache.ensure(_digest(good), len(good), fetch))
+    assert fetch.count == 1 and cache.ensure(_digest(good), len(good), fetch) == str(path) and fetch.count == 1
+    if damage == "symlink":
+        planted = tmp_path / "planted.wasm"
+        planted.write_bytes(good)  # even the right bytes: a cache entry is never a link to elsewhere
+        path.unlink()
+        path.symlink_to(planted)
+    else:
+        st = path.stat()
+        path.write_bytes(good[:5] if damage == "truncated" else good.replace(b"good", b"evil"))
+        if damage == "other bytes, same size and mtime":
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the ctime still tells
+    with caplog.at_level(logging.WARNING):
+        served = cache.ensure(_digest(good), len(good), fetch)
+    assert fetch.count == 2, "fetched again"
+    assert Path(served).read_bytes() == good and not Path(served).is_symlink()
+    assert f"artifact cache: blob {path} refused and removed" in caplog.text
+    # A new daemon (no pins) checks the bytes too, and takes the good file as it is.
+    assert ArtifactCache(str(tmp_path), max_bytes=1000).ensure(_digest(good), len(good), fetch) == served
+    assert fetch.count == 2
+
+
+@pytest.mark.parametrize("problem", ["root mode", "blobs mode", "symlink", "owner"])
+def test_a_cache_directory_that_fails_its_checks_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             problem: str) -> None:
+    good = b"\0asm\x01\0\0\0good module"
+    root = tmp_path / "artifacts"
+    planted_dir = tmp_path / "planted" if problem == "symlink" else root
+    blobs = planted_dir / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / _digest(good)[7:]).write_bytes(b"\0asm\x01\0\0\0evil module")  # a local user's file, under the name
+    if problem == "symlink":
+        root.symlink_to(planted_dir)
+    elif problem == "root mode":
+        os.chmod(root, 0o777)
+    elif problem == "blobs mode":
+        os.chmod(blobs, 0o777)
+    elif os.geteuid() == 0:
+        os.chown(root, 65534, 65534)
+    else:
+        pytest.skip("chown needs root")
+    with caplog.at_level(logging.WARNING):
+        cache = ArtifactCache(str(root), max_bytes=1000)
+    assert cache.refused and cache.root != str(root)
+    assert f"artifact cache {root} is not used (" in caplog.text
+    fetch = Fetches(good)
+    served = Path(cache.ensure(_digest(good), len(good), fetch))
+    assert fetch.count == 1 and served.read_bytes() == good
+    assert not served.is_relative_to(planted_dir)
+    private = Path(cache.root)
+    assert private.stat().st_mode & 0o777 == 0o700
+    del cache
+    import gc
+
+    gc.collect()
+    assert not private.exists(), "the private fallback directory goes with the cache"
+
+
+def test_a_fallback_directory_of_a_killed_daemon_is_removed_by_the_next_fallback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    abandoned = tmp_path / "tmp" / f"wasm-shim-artifacts.{gone}.abcd1234"  # its daemon was SIGKILLed
+    (abandoned / "blobs").mkdir(parents=True)
+    alive = tmp_path / "tmp" / f"wasm-shim-artifacts.{os.getpid()}.efgh5678"  # another daemon, still running
+    alive.mkdir()
+    refused = tmp_path / "artifacts"
+    refused.mkdir(mode=0o777)
+    os.chmod(refused, 0o777)
+    cache = ArtifactCache(str(refused), max_bytes=1000)
+    assert cache.refused
+    assert not abandoned.exists() and alive.exists()
+    assert Path(cache.root).parent == tmp_path / "tmp"

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wasm_shim.oci.policy import PolicyError, Rule, VerificationCache, decide, load_policy, parse_policy
+from wasm_shim.oci.policy import (
+    Policy,
+    PolicyError,
+    Rule,
+    VerificationCache,
+    canonical_pattern,
+    decide,
+    load_policy,
+    parse_policy,
+)
 
 DIGEST = "sha256:" + "aa" * 32
 
@@ -156,3 +166,72 @@ def test_a_policy_file_that_stops_parsing_refuses_until_it_parses_again(policy_f
         held.current()
     policy_file.write_text(good)
     assert held.current().default == "deny"
+
+
+@pytest.fixture(scope="module")
+def team_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _pub(tmp_path_factory.mktemp("keys") / "team.pub")
+
+
+def _one_rule(key: Path, pattern: str) -> Policy:
+    return parse_policy(f'[[rule]]\nimages = ["{pattern}"]\nkeys = ["{key}"]\n', str(key.parent / "p.toml"))
+
+
+RULE_SPELLINGS = ["nginx", "library/nginx", "docker.io/nginx", "docker.io/library/nginx", "index.docker.io/nginx",
+                  "INDEX.DOCKER.IO/library/nginx", "registry-1.docker.io/library/nginx", "docker.io:443/library/nginx",
+                  "docker.io/library/ngin?", "docker.io/library/*"]
+NAME_SPELLINGS = ["nginx", "library/nginx", "docker.io/nginx", "docker.io/library/nginx",
+                  "index.docker.io/library/nginx", "registry-1.docker.io/library/nginx", "Docker.IO/nginx",
+                  "docker.io:443/nginx", "nginx:1.27"]
+
+
+@pytest.mark.parametrize("pattern, name", [  # pairs that match as written are left out: they always did
+    (pattern, name) for pattern in RULE_SPELLINGS for name in NAME_SPELLINGS
+    if not fnmatch.fnmatchcase(name, pattern)])
+def test_every_spelling_of_a_protected_repository_meets_its_rule(team_pub: Path, pattern: str, name: str) -> None:
+    policy = _one_rule(team_pub, pattern)
+    rule = policy.rule_for(name)
+    assert rule is not None and rule.number == 1
+    # And so the decision is the rule's, not the default's: an unsigned image is refused.
+    decision = decide(policy, name, DIGEST, _unsigned, VerificationCache(None, 60))
+    assert not decision.allowed and decision.rule is rule
+
+
+def _unsigned(rule: Rule) -> None:
+    raise RuntimeError("no signature found")
+
+
+@pytest.mark.parametrize("pattern, name", [
+    ("GHCR.IO/team/*", "ghcr.io/team/app"),
+    ("ghcr.io/team/*", "GHCR.io/team/app"),
+    ("ghcr.io:443/team/*", "ghcr.io/team/app"),
+    ("ghcr.io/team/*", "ghcr.io:443/team/app"),
+    ("LocalHost:5000/team/*", "localhost:5000/team/app"),
+    ("*.example/team/*", "REG.EXAMPLE:443/team/app"),  # a glob registry part: lower-cased, no :443, both sides
+    ("*.EXAMPLE:443/team/*", "reg.example/team/app"),
+])
+def test_host_case_and_default_port_spellings_match(team_pub: Path, pattern: str, name: str) -> None:
+    policy = _one_rule(team_pub, pattern)
+    assert policy.rule_for(name) is not None
+
+
+@pytest.mark.parametrize("pattern, same, other", [
+    ("ghcr.io/team/*", "GHCR.IO:443/team/app", "ghcr.io:5000/team/app"),  # another port is another registry
+    ("localhost:5000/team/*", "LOCALHOST:5000/team/app", "127.0.0.1:5000/team/app"),  # another host
+    ("nginx", "docker.io/nginx", "docker.io/nginx/nginx"),
+    ("team/*", "docker.io/team/app", "ghcr.io/team/app"),  # a pattern without a registry names docker.io
+    ("docker.io/library/nginx", "nginx", "docker.io/library/nginx-evil"),
+])
+def test_a_spelling_matches_and_another_registry_or_repository_does_not(team_pub: Path, pattern: str, same: str,
+                                                                        other: str) -> None:
+    policy = _one_rule(team_pub, pattern)
+    assert policy.rule_for(same) is not None
+    assert policy.rule_for(other) is None
+
+
+def test_canonical_patterns() -> None:
+    assert canonical_pattern("nginx") == "docker.io/library/nginx"
+    assert canonical_pattern("team/*") == "docker.io/team/*"
+    assert canonical_pattern("docker.io/*") == "docker.io/*"  # every docker.io repository, as written
+    assert canonical_pattern("GHCR.io:443/team/*") == "ghcr.io/team/*"
+    assert canonical_pattern("*") == "*"

@@ -8,7 +8,7 @@ import pytest
 
 from wasm_shim.oci.digest import DigestMismatch, StreamVerifier
 from wasm_shim.oci.manifest import Descriptor, ManifestError, choose_manifest
-from wasm_shim.oci.reference import ReferenceError, parse_reference
+from wasm_shim.oci.reference import ReferenceError, canonical_name, canonical_registry, parse_reference
 from wasm_shim.oci.registry import fallback_tag, is_loopback
 
 D = "sha256:" + "ab" * 32
@@ -122,3 +122,33 @@ def test_choose_manifest_then_the_nodes_platform_never_a_guess() -> None:
     assert choose_manifest(index, "i", ("linux", "amd64")).digest == amd64["digest"]  # type: ignore[union-attr]
     assert choose_manifest(index, "i", ("linux", "s390x")) is None  # several, none for this node: not guessed
     assert choose_manifest(index, "i") is None
+
+
+NGINX_SPELLINGS = ["nginx", "library/nginx", "docker.io/nginx", "docker.io/library/nginx",
+                   "index.docker.io/library/nginx", "index.docker.io/nginx", "registry-1.docker.io/library/nginx",
+                   "Docker.IO/nginx", "INDEX.DOCKER.IO/library/nginx", "docker.io:443/nginx",
+                   "registry-1.docker.io:443/library/nginx:1.27", "nginx@sha256:" + "ab" * 32]
+
+
+@pytest.mark.parametrize("text", NGINX_SPELLINGS)
+def test_every_spelling_of_docker_hubs_nginx_is_one_name(text: str) -> None:
+    assert canonical_name(text) == "docker.io/library/nginx"
+    ref = parse_reference(text)
+    assert ref.canonical_name == "docker.io/library/nginx"
+    assert ref.registry == "docker.io" and ref.api_host == "registry-1.docker.io"
+
+
+@pytest.mark.parametrize("text", ["ghcr.io/team/app", "GHCR.IO/team/app", "Ghcr.Io:443/team/app:v1",
+                                  "ghcr.io:443/team/app@sha256:" + "ab" * 32])
+def test_host_case_and_the_https_default_port_make_no_difference(text: str) -> None:
+    assert canonical_name(text) == "ghcr.io/team/app"
+
+
+def test_other_ports_and_hosts_stay_apart_and_the_connection_keeps_what_was_written() -> None:
+    assert canonical_name("ghcr.io:5000/team/app") == "ghcr.io:5000/team/app"
+    assert canonical_name("127.0.0.1:443/team/app") == "127.0.0.1/team/app"
+    assert canonical_name("[::1]:5000/x") == "[::1]:5000/x"
+    ref = parse_reference("GHCR.IO:443/team/app")
+    assert ref.registry == "GHCR.IO:443" and ref.api_host == "GHCR.IO:443"  # what the client connects to
+    assert canonical_registry("Registry-1.Docker.IO:443") == "docker.io"
+    assert canonical_name("not a name") == "not a name"
