@@ -98,7 +98,7 @@ class Admission:
         from wasm_shim.oci.registry import RegistryError
 
         try:
-            ref = parse_reference(origin.name)
+            ref = parse_reference(origin.name, default_tag=False)
         except ReferenceError as exc:
             raise AdmissionError(f"the signature policy cannot check {origin}: {exc}") from None
         signed = ref.with_digest(origin.digest)

@@ -109,7 +109,8 @@ class RegistryArtifacts:
         except (ArtifactError, CacheError, DigestMismatch, ManifestError, ReferenceError, RegistryError) as exc:
             raise ImageOriginError(f"annotation {ARTIFACT_ANNOTATION}={reference}: {exc}") from None
         assert digest is not None
-        return ImageOrigin(name=ref.name, digest=digest, manifest=digest, config=config.digest, layer=layer,
+        name = str(ref.with_tag(ref.tag)) if ref.tag else ref.name  # as the pod wrote it, without its digest
+        return ImageOrigin(name=name, digest=digest, manifest=digest, config=config.digest, layer=layer,
                            provider="registry")
 
     def place(self, origin: ImageOrigin, entry: EntryPath, settings: Any, reference: str) -> None:
@@ -122,7 +123,7 @@ class RegistryArtifacts:
         layer = origin.layer
         assert layer is not None
         try:
-            ref = parse_reference(origin.name).with_digest(origin.digest)
+            ref = parse_reference(origin.name, default_tag=False).with_digest(origin.digest)
             with registry_client(settings) as client:
                 cached = self._artifacts().ensure(layer.digest, layer.size,
                                                   lambda sink: client.fetch_blob(ref, layer, sink))
