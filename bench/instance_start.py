@@ -1,7 +1,7 @@
 """Figure 2, instance start inside the daemon: CreateTask received -> the guest's first instruction.
 
 Measurement points (wall clock, one machine): the daemon logs at debug level `timing create ID received_ns= done_ns=`
-and `timing start ID received_ns= done_ns=` (the bench hooks in shim/task_service.py); the `clock` guest prints
+and `timing start ID received_ns= done_ns=` (the bench hooks in shim/daemon/task_service.py); the `clock` guest prints
 `realtime_ns=` (CLOCK_REALTIME) as the first thing its main does. From them, per task:
 - in-daemon: Create's handling (received -> done) + Start received -> first instruction: the daemon's own work,
   without containerd's between the two calls (goal, issue 5: p50 <= 1 ms from the compiled-module cache);

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lab.containerd import VENV_BIN, Containerd, Kind, launch, process_alive
 from wasm_shim.oci.layout import Symlink, build_image_tar
-from wasm_shim.shim.binary import DAEMON_MODULE
+from wasm_shim.shim.launch.binary import DAEMON_MODULE
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "true")

@@ -441,7 +441,7 @@ def test_deleting_a_pod_and_scaling_down_stop_the_guests(cluster: Cluster, relea
         processes = node_a_processes(cluster)
         # grouping=namespace: one daemon of the release's bundle for containerd's k8s.io namespace (a daemon an
         # earlier module's hand-installed shim left, with another config, may still be idling out beside it).
-        daemons = [line for line in processes if "wasm_shim.shim.daemon" in line and "/opt/wasm-shim/" in line]
+        daemons = [line for line in processes if "wasm_shim.shim.daemon.main" in line and "/opt/wasm-shim/" in line]
         assert len(daemons) == 1, daemons
         assert not [line for line in processes if "wasm-shim-component-runner" in line and name in line]
     finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.containerd import Containerd
-from wasm_shim.shim.binary import DAEMON_MODULE
+from wasm_shim.shim.launch.binary import DAEMON_MODULE
 
 RUNTIME = "io.containerd.wasmtime.v1"
 

@@ -200,7 +200,7 @@ if [[ "$want_stamp" != "$have_stamp" || ! -x "$VENV/bin/containerd-shim-wasmtime
 fi
 
 # The shim binary's launcher. containerd execs it for `start` and `delete` of every container; that path needs only
-# the standard library and our stdlib-only modules (shim/binary.py, launch.py, config.py, ttrpc/wire.py), so it runs
+# the standard library and our stdlib-only modules (shim/launch/, config.py, mount.py, ttrpc/wire.py), so it runs
 # `python -I -S` with a link tree of the package root on sys.path instead of pip's console-script wrapper, which pays
 # for `site` and setuptools' editable-install finder on every container (issue 5). The daemon it spawns runs with the
 # full venv (sys.executable, normal site).
@@ -212,7 +212,7 @@ launcher="#!$VENV/bin/python -IS
 # containerd-shim-wasmtime-v1, written by scripts/setup.sh: a lean launcher (python -I -S, stdlib-only path).
 import sys
 sys.path.insert(0, \"$PKGROOT\")
-from wasm_shim.shim.binary import main
+from wasm_shim.shim.launch.binary import main
 sys.exit(main())"
 if [[ "$(cat "$VENV/bin/containerd-shim-wasmtime-v1" 2>/dev/null)" != "$launcher" ]]; then
   printf '%s\n' "$launcher" >"$VENV/bin/containerd-shim-wasmtime-v1.tmp"

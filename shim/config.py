@@ -57,7 +57,7 @@ class ShimConfig:
     #:   (every repository there) or HOST[:PORT]/PATH (PATH and the repositories below it); a TOML list, or one
     #:   string of entries separated by commas (the installer's options file, WASM_SHIM_ARTIFACT_REGISTRIES).
     #:   Empty (the default) refuses the annotation: the daemon contacts no registry a pod names.
-    #: metrics_address: where the daemon serves Prometheus metrics (shim/metrics.py): "" = off (the default),
+    #: metrics_address: where the daemon serves Prometheus metrics (shim/daemon/metrics.py): "" = off (the default),
     #:   "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:/absolute/path". Loopback or a unix socket only:
     #:   the endpoint has no authentication. One daemon per address: with several daemons on a node (one per
     #:   namespace, or per pod) the first binds it and the others log that they serve no metrics.

@@ -91,15 +91,16 @@ def launcher_texts(node_root: str) -> dict[str, str]:
     py = _py()
     interpreter = f"{node_root}/python/bin/{py}"
     site = f"{node_root}/python/lib/{py}/site-packages"
-    # -I -S: the start path needs only the stdlib and our stdlib-only modules (shim/binary.py's docstring), so it
+    # -I -S: the start path needs only the stdlib and our stdlib-only modules (shim/launch/binary.py's docstring), so it
     # skips `site` and every .pth; the daemon it spawns runs `sys.executable` with site, so site-packages is there.
     shim = (f"#!{interpreter} -IS\n# containerd-shim-wasmtime-v1 of the wasm-shim bundle at {node_root}\n"
-            f"import sys\nsys.path.insert(0, {site!r})\nfrom wasm_shim.shim.binary import main\nsys.exit(main())\n")
+            f"import sys\nsys.path.insert(0, {site!r})\n"
+            "from wasm_shim.shim.launch.binary import main\nsys.exit(main())\n")
     # The installer's own packages (kubernetes) come after everything else, and only where installer/ exists (the
     # installer image; a node's copy has none).
     installer = f"{node_root}/{INSTALLER_DIR}/site-packages"
     cli = (f"#!{interpreter} -I\n# wasm-shim of the bundle at {node_root}\n"
-           f"import sys\nsys.path.append({installer!r})\nfrom wasm_shim.shim.cli import main\nsys.exit(main())\n")
+           f"import sys\nsys.path.append({installer!r})\nfrom wasm_shim.shim.cli.main import main\nsys.exit(main())\n")
     return {LAUNCHERS[0]: shim, LAUNCHERS[1]: cli}
 
 
@@ -315,7 +316,7 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
     if ldlib:
         subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", str(pyroot / "bin" / py)], check=True)
     vendored = _vendor_libraries(partial, pyroot / "lib")
-    from ..binary import VERSION
+    from ..launch.binary import VERSION
 
     digest = _digest(partial)
     info = {"id": f"{VERSION}-{digest[:16]}", "version": VERSION, "content_sha256": digest,

@@ -39,8 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..config import ShimConfig
-from ..containerd_config import RuntimeTable, validate_options
 from . import bundle as bundle_mod
+from .containerd_config import RuntimeTable, validate_options
 from .layout import NSENTER, InstallError, Layout, Probe, detect, plan_install, plan_restore, runtime_table
 
 SHIM_BINARY = "containerd-shim-wasmtime-v1"
@@ -573,7 +573,7 @@ def _layout_for_restart(probe: Probe, state: Mapping[str, object], options: Opti
 
 
 def validate_or_fail(options: Mapping[str, str]) -> dict[str, str]:
-    from ..containerd_config import ConfigMergeError
+    from .containerd_config import ConfigMergeError
 
     try:
         return validate_options(options)

@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table, remove_runtime_tables
+from .containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table, remove_runtime_tables
 
 LABEL = "wasm.shim.io/runtime"
 REASON_ANNOTATION = "wasm.shim.io/runtime-reason"

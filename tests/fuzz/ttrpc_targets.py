@@ -9,7 +9,7 @@ Run as a program, one target per process (libFuzzer owns the process and exits i
   same events however they are split, and the memory bound (one header plus one allowed body).
 - ``client``: a client core with up to 7 calls outstanding (some abandoned) fed response bytes: one answer per
   call, none for abandoned or unknown ids.
-- ``dispatch``: one request frame through the server core into the daemon's real handler table (shim/rpc.py, real
+- ``dispatch``: one request frame through the server core into the daemon's real handler table (shim/daemon/rpc.py, real
   protobuf decoding) over a real TaskService with the real wasmtime engine, whose bundle holds a real guest: every
   answer is bytes or a caller-error status, never INTERNAL/UNKNOWN (a crash inside the daemon).
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports(include=["wasm_shim.shim.ttrpc", "wasm_shim.shim.rpc"]):
+with atheris.instrument_imports(include=["wasm_shim.shim.ttrpc", "wasm_shim.shim.daemon.rpc"]):
     from wasm_shim.shim.ttrpc.connection import (
         HEADER_LENGTH,
         Connection,
@@ -130,13 +130,13 @@ class Dispatch:
         from wasm_shim.shim.protos import task_pb2
 
         # Coverage feedback from the dispatch path itself (not from protobuf or wasmtime, which are not ours).
-        with atheris.instrument_imports(include=["wasm_shim.shim.rpc", "wasm_shim.shim.task_service",
-                                                 "wasm_shim.shim.lifecycle", "wasm_shim.shim.identifiers",
-                                                 "wasm_shim.shim.bundle", "wasm_shim.shim.stdio",
-                                                 "wasm_shim.shim.events", "wasm_shim.shim.ttrpc.server"]):
-            from wasm_shim.shim.events import EventQueue
-            from wasm_shim.shim.rpc import task_handlers
-            from wasm_shim.shim.task_service import TaskService
+        with atheris.instrument_imports(include=["wasm_shim.shim.daemon.rpc", "wasm_shim.shim.daemon.task_service",
+                                                 "wasm_shim.shim.daemon.lifecycle", "wasm_shim.shim.daemon.identifiers",
+                                                 "wasm_shim.shim.daemon.bundle", "wasm_shim.shim.daemon.stdio",
+                                                 "wasm_shim.shim.daemon.events", "wasm_shim.shim.ttrpc.server"]):
+            from wasm_shim.shim.daemon.events import EventQueue
+            from wasm_shim.shim.daemon.rpc import task_handlers
+            from wasm_shim.shim.daemon.task_service import TaskService
             from wasm_shim.shim.ttrpc.server import CallContext, _namespace
 
         self.task_pb2, self.CallContext, self.namespace_of = task_pb2, CallContext, _namespace

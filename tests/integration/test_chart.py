@@ -22,9 +22,9 @@ import yaml
 
 from lab.cri_tools import LocalRegistry
 from lab.k8s_openapi import K8S_VERSION, SchemaMissing, spec_dir, validate
-from wasm_shim.shim.cli import build_parser
-from wasm_shim.shim.containerd_config import validate_options
+from wasm_shim.shim.cli.main import build_parser
 from wasm_shim.shim.engines.network import parse_network_grant
+from wasm_shim.shim.node.containerd_config import validate_options
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "wasm-shim"

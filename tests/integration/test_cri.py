@@ -24,7 +24,7 @@ from lab.registries import push_artifact
 from lab.shimtools import daemon_pids, shim_log_text
 from wasm_shim.oci.artifact import Artifact, build_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_MANIFEST, Blob, Symlink
-from wasm_shim.shim.cli import main as cli_main
+from wasm_shim.shim.cli.main import main as cli_main
 
 pytestmark = pytest.mark.integration
 

@@ -294,7 +294,7 @@ def test_stdout_flood_with_a_stalled_or_absent_reader(containerd, wasm_image, gu
     companion.feed()
 
     # The reader gone: ctr (the FIFO's only reader) is killed while the guest floods. The daemon holds the FIFO
-    # open from Create to exit (shim/stdio.py, as containerd's runc shim does), so the guest blocks in its write
+    # open from Create to exit (shim/daemon/stdio.py, as containerd's runc shim does), so the guest blocks in its write
     # like a runc container would; the daemon buffers nothing, and Kill still ends it.
     gone = subprocess.Popen(
         containerd.ctr_argv("run", "--runtime", RUNTIME, image, "orphan", "/app.wasm", str(total)),

@@ -826,7 +826,7 @@ def test_oom_only_when_failing_at_the_limit(sandbox: Sandbox) -> None:
 
 
 def test_precompile_writes_what_the_daemon_reads(sandbox: Sandbox, guests: Path) -> None:
-    from wasm_shim.shim.cli import main
+    from wasm_shim.shim.cli.main import main
 
     cache = sandbox.tmp / "precompiled"
     assert main(["precompile", "--cache-dir", str(cache), str(guests / "hello.wasm"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wasm_shim.shim.bundle import BundleError, guest_spec, load_bundle
+from wasm_shim.shim.daemon.bundle import BundleError, guest_spec, load_bundle
 from wasm_shim.shim.engines.base import GuestMount
 
 

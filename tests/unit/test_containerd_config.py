@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from wasm_shim.shim.containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table
+from wasm_shim.shim.node.containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table
 
 V2_CONFIG = """\
 version = 2

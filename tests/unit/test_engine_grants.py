@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasm_shim.shim.bundle import cpu_limit
+from wasm_shim.shim.daemon.bundle import cpu_limit
 from wasm_shim.shim.engines.base import EngineError
 from wasm_shim.shim.engines.network import NETWORK_ANNOTATION, parse_network_grant
 

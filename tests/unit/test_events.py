@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from wasm_shim.shim.events import Event, EventQueue
+from wasm_shim.shim.daemon.events import Event, EventQueue
 from wasm_shim.shim.protos import events_pb2
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]

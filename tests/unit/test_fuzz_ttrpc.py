@@ -6,7 +6,7 @@ requests) mixed with raw bytes, lying lengths and arbitrary splits:
 
 - the server core (`Connection(Role.SERVER)`): frame parser and stream-id bookkeeping;
 - the client core (`Connection(Role.CLIENT)`): outstanding and abandoned calls against fuzzed responses;
-- the dispatcher: bytes -> server core -> the daemon's real handler table (shim/rpc.py, real protobuf decoding)
+- the dispatcher: bytes -> server core -> the daemon's real handler table (shim/daemon/rpc.py, real protobuf decoding)
   -> a real TaskService with the real wasmtime engine and a real bundle, so fuzzed Creates can create and start a
   real guest and fuzzed Kill/Delete/State/... reach it.
 
@@ -316,11 +316,11 @@ TASK_IDS = ["t1", "t2", "", "../t1", "a/b", "t\x00", ".", "..", "x" * 200]
 
 
 def test_fuzz_task_dispatcher(guests: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wasm_shim.shim.daemon.events import Event as TaskEvent
+    from wasm_shim.shim.daemon.events import EventQueue
+    from wasm_shim.shim.daemon.rpc import task_handlers
+    from wasm_shim.shim.daemon.task_service import TaskService
     from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
-    from wasm_shim.shim.events import Event as TaskEvent
-    from wasm_shim.shim.events import EventQueue
-    from wasm_shim.shim.rpc import task_handlers
-    from wasm_shim.shim.task_service import TaskService
 
     monkeypatch.chdir(tmp_path)  # a relative bundle or FIFO path the fuzzer invents lands here
     bundle = tmp_path / "bundle"

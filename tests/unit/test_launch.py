@@ -7,8 +7,8 @@ import json
 import pytest
 from google.protobuf import any_pb2
 
-from wasm_shim.shim import launch
 from wasm_shim.shim.config import ConfigError, ShimConfig, load_config
+from wasm_shim.shim.launch import contract as launch
 from wasm_shim.shim.protos import bootstrap_pb2, introspection_pb2, runtimeoptions_pb2, task_pb2
 
 ARGV = ["-namespace", "k8s.io", "-address", "/run/containerd/containerd.sock", "-publish-binary",

@@ -1,10 +1,10 @@
-"""The task lifecycle table (shim/lifecycle.py): every allowed transition, and the one error for the rest."""
+"""The task lifecycle table (shim/daemon/lifecycle.py): every allowed transition, and the one error for the rest."""
 
 from __future__ import annotations
 
 import pytest
 
-from wasm_shim.shim.lifecycle import TRANSITIONS, Action, InvalidTransition, Lifecycle, TaskState
+from wasm_shim.shim.daemon.lifecycle import TRANSITIONS, Action, InvalidTransition, Lifecycle, TaskState
 
 LIVE = (TaskState.CREATED, TaskState.RUNNING, TaskState.PAUSED)
 

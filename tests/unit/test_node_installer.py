@@ -22,7 +22,7 @@ import pytest
 from wasm_shim.shim.node.layout import Probe, detect
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "wasm_shim.shim.cli"]
+CLI = [sys.executable, "-m", "wasm_shim.shim.cli.main"]
 
 CONTAINERD_16 = textwrap.dedent("""\
     # containerd 1.6 as a distribution ships it
@@ -379,7 +379,7 @@ def test_run_installs_then_leaves_the_node_installed_on_sigterm_without_its_daem
 
 
 def test_shim_start_path_and_daemon_never_load_the_kubernetes_client() -> None:
-    code = ("import sys, wasm_shim.shim.binary, wasm_shim.shim.daemon, wasm_shim.shim.cli; "
+    code = ("import sys, wasm_shim.shim.launch.binary, wasm_shim.shim.daemon.main, wasm_shim.shim.cli.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'yaml', 'urllib3')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
                           check=True)

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from wasm_shim.shim.config import ConfigError, ShimConfig, load_config, parse_metrics_address
-from wasm_shim.shim.identifiers import id_problem
-from wasm_shim.shim.logfmt import LogfmtFormatter, quote
+from wasm_shim.shim.daemon.identifiers import id_problem
+from wasm_shim.shim.daemon.logfmt import LogfmtFormatter, quote
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -86,10 +86,10 @@ def test_logfmt_lines():
 
 @pytest.mark.asyncio
 async def test_metrics_count_events_and_calls_without_a_daemon(tmp_path):
-    from wasm_shim.shim.events import EventQueue
-    from wasm_shim.shim.metrics import Metrics
+    from wasm_shim.shim.daemon.events import EventQueue
+    from wasm_shim.shim.daemon.metrics import Metrics
+    from wasm_shim.shim.daemon.task_service import TaskService
     from wasm_shim.shim.protos import events_pb2
-    from wasm_shim.shim.task_service import TaskService
     from wasm_shim.shim.ttrpc.server import CallContext
     from wasm_shim.shim.ttrpc.status import Code, RpcError
 

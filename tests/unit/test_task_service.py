@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import pytest
 
+from wasm_shim.shim.daemon.events import Event, EventQueue
+from wasm_shim.shim.daemon.task_service import TaskService
 from wasm_shim.shim.engines.base import EngineError, EntryKind, Entrypoint, Guest, GuestSpec, GuestStdio
-from wasm_shim.shim.events import Event, EventQueue
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
-from wasm_shim.shim.task_service import TaskService
 from wasm_shim.shim.ttrpc.status import Code, RpcError
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from .protos import events_pb2, ttrpc_events_pb2
-from .ttrpc.client import Client
+from ..protos import events_pb2, ttrpc_events_pb2
+from ..ttrpc.client import Client
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from .protos import task_pb2
+from ..protos import task_pb2
+from ..ttrpc.server import CallContext, Handler
+from ..ttrpc.status import Code, RpcError
 from .task_service import TaskService
-from .ttrpc.server import CallContext, Handler
-from .ttrpc.status import Code, RpcError
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from .config import parse_metrics_address
-from .ttrpc.status import RpcError
+from ..config import parse_metrics_address
+from ..ttrpc.status import RpcError
 
 if TYPE_CHECKING:
-    from .engines.base import Engine
+    from ..engines.base import Engine
+    from ..ttrpc.server import CallContext, Handler
     from .events import Event
     from .task_service import TaskService
-    from .ttrpc.server import CallContext, Handler
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .engines.base import GuestStdio
+from ..engines.base import GuestStdio
 
 _READY_TIMEOUT = 10.0
 _F_GETPIPE_SZ = 1032  # fcntl(2), Linux

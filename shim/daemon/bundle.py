@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .engines.base import GuestMount, GuestSpec
+from ..engines.base import GuestMount, GuestSpec
 
 
 class BundleError(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from .ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
+from ..ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
 
 # Lean imports (`start` runs per container): hashlib loads OpenSSL and json its decoder and `re`, a few ms on every
 # container start; the builtin SHA-256 module gives the same digest. json is imported only where it is used.

@@ -32,9 +32,8 @@ from typing import Any, TypeVar
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from . import bundle as bundles
-from . import mount as mounts
-from .engines.base import (
+from .. import mount as mounts
+from ..engines.base import (
     Engine,
     EngineError,
     EntryKind,
@@ -44,13 +43,14 @@ from .engines.base import (
     Unsupported,
     killed_status,
 )
+from ..image.source import EntrypointSource
+from ..protos import events_pb2, task_pb2, task_types_pb2
+from ..ttrpc.status import Code, RpcError
+from . import bundle as bundles
 from .events import EventQueue
 from .identifiers import id_problem
-from .image.source import EntrypointSource
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
-from .protos import events_pb2, task_pb2, task_types_pb2
 from .stdio import StdioError, TaskIO, open_task_io
-from .ttrpc.status import Code, RpcError
 
 log = logging.getLogger(__name__)
 

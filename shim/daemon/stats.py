@@ -13,7 +13,7 @@ import os
 
 from google.protobuf import any_pb2
 
-from .protos import cgroups_v1_pb2, cgroups_v2_pb2
+from ..protos import cgroups_v1_pb2, cgroups_v2_pb2
 
 
 def host_cgroup_v2() -> bool:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .binary import VERSION
-from .containerd_config import HANDLER, RUNTIME_TYPE
+from ..launch.binary import VERSION
+from ..node.containerd_config import HANDLER, RUNTIME_TYPE
 
 
 def containerd_config(version: int, handler: str = HANDLER, options: dict[str, str] | None = None,
                       config_path: str = "") -> str:
     """The runtime table for containerd config `version` 2 (containerd 1.6/1.7) or 3 (2.x)."""
-    from .containerd_config import RuntimeTable
+    from ..node.containerd_config import RuntimeTable
 
     return RuntimeTable(version, handler, options, config_path).render()
 
@@ -28,7 +28,7 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
     import shutil
     import tomllib
 
-    from .containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table
+    from ..node.containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table
 
     def fail(message: str) -> int:
         sys.stderr.write(f"wasm-shim containerd-config: {message}\n")
@@ -62,7 +62,7 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
     except ConfigMergeError as exc:
         return fail(f"{args.merge}: {exc}" if args.merge else str(exc))
     if merged is not None:
-        from .node.installer import write_atomic  # the installer's write too: one way to replace a config
+        from ..node.installer import write_atomic  # the installer's write too: one way to replace a config
 
         backup = args.merge + ".bak"
         try:
@@ -83,9 +83,9 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def _cmd_precompile(args: argparse.Namespace) -> int:
     """Warm the compiled-module cache the daemon reads: same engine, same fingerprint, same files."""
-    from .config import ConfigError, load_config
-    from .engines.base import EngineError
-    from .engines.wasmtime import WasmtimeEngine
+    from ..config import ConfigError, load_config
+    from ..engines.base import EngineError
+    from ..engines.wasmtime import WasmtimeEngine
 
     try:
         cache_dir = args.cache_dir or load_config().cache_dir
@@ -124,9 +124,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from .node.bundle import BundleError
-    from .node.installer import Node, Options, Reporter
-    from .node.layout import InstallError
+    from ..node.bundle import BundleError
+    from ..node.installer import Node, Options, Reporter
+    from ..node.layout import InstallError
 
     if args.action == "check-log":
         return _cmd_check_log(args)
@@ -154,7 +154,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     kube = None
     node_name = args.node_name or os.environ.get("NODE_NAME", "")
     if node_name and not args.no_report:
-        from .node.report import KubeReporter
+        from ..node.report import KubeReporter
 
         try:
             reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
@@ -194,7 +194,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete_daemonset(args: argparse.Namespace) -> int:
-    from .node.report import delete_daemonset
+    from ..node.report import delete_daemonset
 
     if not args.daemonset:
         sys.stderr.write("wasm-shim node delete-daemonset: --daemonset NAME is required\n")
@@ -208,7 +208,7 @@ def _cmd_delete_daemonset(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_log(args: argparse.Namespace) -> int:
-    from .node.report import check_log
+    from ..node.report import check_log
 
     problem = check_log(args.pod, args.namespace, args.expect, args.timeout, args.kubeconfig or "")
     if problem:
@@ -224,9 +224,9 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from .node.bundle import BundleError, build
+    from ..node.bundle import BundleError, build
 
-    repo = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
     runner = args.runner or shutil.which("wasm-shim-component-runner",
                                          path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
     try:
@@ -242,8 +242,8 @@ def _cmd_image(args: argparse.Namespace) -> int:
     """Build the installer image (OCI layout tarball) or a Docker build context of the same files."""
     from pathlib import Path
 
-    from .node.bundle import BundleError
-    from .node.image import build_tar, write_context
+    from ..node.bundle import BundleError
+    from ..node.image import build_tar, write_context
 
     try:
         if args.action == "build":
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--test-wasm", required=True, help="the wasm module `helm test` runs (prints its log line)")
     img.add_argument("--ref", default=f"ghcr.io/wasm-shim/installer:{VERSION}", help="the image name")
     img.set_defaults(func=_cmd_image)
-    from .registry_cli import add_commands
+    from .registry import add_commands
 
     add_commands(sub)
     ver = sub.add_parser("version", help="print the version")

@@ -29,13 +29,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, ShimConfig, load_config
+from ..config import ConfigError, ShimConfig, load_config
 
 if TYPE_CHECKING:
-    from .engines.wasmtime import WasmtimeEngine
-    from .image.admission import Admission
-    from .image.source import EntrypointSource
-    from .ttrpc.server import Server
+    from ..engines.wasmtime import WasmtimeEngine
+    from ..image.admission import Admission
+    from ..image.source import EntrypointSource
+    from ..ttrpc.server import Server
 
 log = logging.getLogger("wasm_shim")
 
@@ -118,12 +118,12 @@ class Daemon:
         self._idle_since = time.monotonic()
 
     async def run(self) -> None:
-        from .engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
-        from .engines.wasmtime import WasmtimeEngine
+        from ..engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
+        from ..engines.wasmtime import WasmtimeEngine
+        from ..ttrpc.server import Server
         from .events import EventQueue, TtrpcForwarder
         from .rpc import task_handlers
         from .task_service import TaskService
-        from .ttrpc.server import Server
 
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
         engine = _wasmtime_engine(WasmtimeEngine, self.config)
@@ -215,9 +215,9 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
     """Where Create finds a task's entrypoint and which image it is (shim/image/source.py), with the signature
     policy, if configured, loaded now so that one that does not parse is reported at once (oci.policy.PolicyError;
     main() then refuses every container), and re-read at a Create after the file changed."""
-    from .image.admission import Admission
-    from .image.registry import RegistryArtifacts
-    from .image.source import EntrypointSource
+    from ..image.admission import Admission
+    from ..image.registry import RegistryArtifacts
+    from ..image.source import EntrypointSource
 
     if admission is None:
         policy_file = None
@@ -241,7 +241,7 @@ def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> Wasmt
     (a full disk, no inodes left, wrong owner or mode) must cost compiles, never every container of the node
     (issue 12). The warning names the dir and the reason.
     """
-    from .engines.base import EngineError
+    from ..engines.base import EngineError
 
     try:
         os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
@@ -278,7 +278,7 @@ def main() -> int:
         # Exiting here would leave containerd with "ttrpc: closed" and the reason only in a log; instead every
         # Create is refused with it (what `ctr` and `kubectl describe` show), and the daemon exits as soon as it is
         # idle, so the next container after a fix starts a daemon that reads the fixed file.
-        from .image.admission import Admission
+        from ..image.admission import Admission
 
         log.error("the signature policy cannot be used, every container will be refused: %s", exc)
         entrypoints = _entrypoints(config, Admission.refusing(

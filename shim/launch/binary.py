@@ -23,11 +23,11 @@ import os
 import sys
 import time
 
-from . import launch
-from .config import ConfigError, ShimConfig, load_config
+from ..config import ConfigError, ShimConfig, load_config
+from . import contract
 
 VERSION = "0.1.0"
-DAEMON_MODULE = "wasm_shim.shim.daemon"
+DAEMON_MODULE = "wasm_shim.shim.daemon.main"
 _START_TIMEOUT = 10.0
 
 USAGE = """\
@@ -89,8 +89,8 @@ def _open_log_fifo(bundle: str) -> int:
 def _spawn_daemon(
     listener: _socket.socket,
     sock_path: str,
-    args: launch.ShimArgs,
-    start_input: launch.StartInput,
+    args: contract.ShimArgs,
+    start_input: contract.StartInput,
     bundle: str,
 ) -> None:
     log_fd = _open_log_fifo(bundle)
@@ -139,13 +139,13 @@ def _listen(path: str) -> _socket.socket:
     return listener
 
 
-def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
+def start(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
     bundle = os.getcwd()
-    start_input = launch.decode_start_input(_read_stdin(), environ)
+    start_input = contract.decode_start_input(_read_stdin(), environ)
     if start_input.options_type:
         return _fail(
             f"unsupported runtime options type {start_input.options_type!r}; "
-            f"set `options` for this runtime as {launch.RUNTIME_OPTIONS_TYPE} (config_body TOML)"
+            f"set `options` for this runtime as {contract.RUNTIME_OPTIONS_TYPE} (config_body TOML)"
         )
     try:
         config: ShimConfig = load_config(
@@ -157,8 +157,8 @@ def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
     if not namespace:
         return _fail("no namespace: containerd passes -namespace NS")
     socket_dir = start_input.socket_dir or config.socket_dir
-    group = launch.group_key(config.grouping, args.id, bundle)
-    path = launch.socket_path(socket_dir, args.address, namespace, group, repr(config))
+    group = contract.group_key(config.grouping, args.id, bundle)
+    path = contract.socket_path(socket_dir, args.address, namespace, group, repr(config))
     if len(path.encode()) > 107:  # sun_path is 108 bytes with the NUL
         return _fail(f"socket path {path} is longer than a unix socket allows (107 bytes): "
                      f"choose a shorter socket_dir than {socket_dir}")
@@ -170,7 +170,7 @@ def start(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
 
 
 def _start_group(
-    args: launch.ShimArgs, start_input: launch.StartInput, environ: os._Environ[str], bundle: str, path: str
+    args: contract.ShimArgs, start_input: contract.StartInput, environ: os._Environ[str], bundle: str, path: str
 ) -> int:
 
     lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -193,7 +193,7 @@ def _start_group(
             f.write(address)
     except OSError as exc:
         return _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
-    sys.stdout.buffer.write(launch.encode_start_output(address, start_input, environ))
+    sys.stdout.buffer.write(contract.encode_start_output(address, start_input, environ))
     sys.stdout.flush()
     return 0
 
@@ -209,9 +209,9 @@ def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> byt
             address = f.read().strip()
     except OSError:
         return None
-    from .ttrpc.connection import Connection, ResponseReceived, Role
-    from .ttrpc.status import Code
-    from .ttrpc.wire import field_string, field_varint
+    from ..ttrpc.connection import Connection, ResponseReceived, Role
+    from ..ttrpc.status import Code
+    from ..ttrpc.wire import field_string, field_varint
 
     conn = Connection(Role.CLIENT)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -252,12 +252,12 @@ def _unmount_rootfs(bundle: str) -> None:
     except OSError:
         mounted = False
     if mounted:
-        from .mount import unmount_all
+        from ..mount import unmount_all
 
         unmount_all(rootfs)
 
 
-def delete(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
+def delete(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
     bundle = args.bundle or os.getcwd()
     if not args.id:
         return _fail("delete needs -id")
@@ -269,7 +269,7 @@ def delete(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
     if response is None:
         # The task is gone (the usual case: containerd already deleted it). Like runc's shim, report the
         # process as killed, at this moment.
-        response = launch.encode_delete_response(128 + 9, time.time_ns())
+        response = contract.encode_delete_response(128 + 9, time.time_ns())
     sys.stdout.buffer.write(response)
     sys.stdout.flush()
     return 0
@@ -277,8 +277,8 @@ def delete(args: launch.ShimArgs, environ: os._Environ[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = launch.parse_args(sys.argv[1:] if argv is None else argv)
-    except launch.UsageError as exc:
+        args = contract.parse_args(sys.argv[1:] if argv is None else argv)
+    except contract.UsageError as exc:
         return _fail(f"{exc}\n\n{USAGE.format(version=VERSION)}", 2)
     if args.action == "help":
         sys.stdout.write(USAGE.format(version=VERSION))
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"containerd-shim-wasmtime-v1\n  Version: {VERSION}\n  Runtime: io.containerd.wasmtime.v1\n")
         return 0
     if args.action == "info":
-        sys.stdout.buffer.write(launch.encode_runtime_info("io.containerd.wasmtime.v1", VERSION))
+        sys.stdout.buffer.write(contract.encode_runtime_info("io.containerd.wasmtime.v1", VERSION))
         return 0
     if args.action == "start":
         return start(args, os.environ)

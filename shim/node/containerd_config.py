@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import CONTAINERD_OPTION_KEYS, ConfigError, ShimConfig
+from ..config import CONTAINERD_OPTION_KEYS, ConfigError, ShimConfig
 
 RUNTIME_TYPE = "io.containerd.wasmtime.v1"
 HANDLER = "wasmtime"
