@@ -23,7 +23,7 @@ Rules (the contract the task service codes against):
   the task service answers with UNIMPLEMENTED naming the capability and the engine.
 
 Exit statuses (one rule for every way a wasm guest runs: a module or a component in a daemon thread, a
-component in the runner process, ``runner/src/main.rs``):
+component in the runner process, ``runner/src/exit.rs``):
 - normal return, or a component's ``run`` returning ok: 0; ``run`` returning err: 1 (``EXIT_FAILURE``).
 - WASI ``proc_exit(n)`` / ``wasi:cli/exit``: n (its low 8 bits, as POSIX keeps them).
 - a trap (unreachable, out-of-bounds access, stack overflow, ...): 134 (``EXIT_TRAP``, 128 + SIGABRT, what the
