@@ -207,6 +207,18 @@ def sealed_memfd(name: str, data: bytes) -> int:
     return fd
 
 
+def _clear_of_targets(fds: list[int]) -> None:
+    """Move (in place, close-on-exec) every fd of ``fds`` numbered below ``len(fds)`` to a number at least that.
+
+    posix_spawn applies the dup2 actions in order: with a source numbered like an earlier target (the memfd made
+    first may be fd 3, the report pipe's target), it would be overwritten before it is copied.
+    """
+    for index, fd in enumerate(fds):
+        if fd < len(fds):
+            fds[index] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(fds))
+            os.close(fd)
+
+
 def spawn_runner(
     prepared: ComponentPrepared, stdio: GuestStdio, on_exit: Callable[[int], None], cache_dir: str,
     on_gone: Callable[[ComponentRunner], None],
@@ -229,6 +241,7 @@ def spawn_runner(
         raise
     fds += [report[1], plan_fd]  # the runner's fds REPORT_FD and PLAN_FD
     try:
+        _clear_of_targets(fds)  # a dup2 onto fd N must not overwrite a source still to be copied
         pid = os.posix_spawn(
             program, argv, env,
             file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
