@@ -3,9 +3,9 @@
 This module owns the interface between the task service and an engine (an engine sits behind one declared
 contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine needs: finding the
 entrypoint inside the container's filesystem without escaping it and telling what it is (one rule for every
-engine, "Entrypoint" below), and the exit-status, memory and CPU rules below. It imports no engine and does no I/O beyond
-``stat``/``lstat``/``readlink`` and reading 8 header bytes of the entrypoint. What a guest is granted arrives as
-a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
+engine, "Entrypoint" below), and the exit-status, memory and CPU rules below. It imports no engine and does no
+I/O beyond ``stat``/``lstat``/``readlink`` and reading 8 header bytes of the entrypoint. What a guest is granted
+arrives as a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
 
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message

@@ -216,6 +216,9 @@ class _Output:
     def text(self) -> str:
         return "\n".join(self.lines)
 
+    def refused_or_ended(self) -> bool:
+        return REFUSED.search(self.text()) is not None or self.proc.poll() is not None
+
     def finish(self) -> tuple[int, str]:
         _, err = self.proc.communicate(timeout=30)
         self._reader.join(10)
@@ -245,7 +248,7 @@ def test_hostile_guests_stay_within_a_memory_limit(containerd, wasm_image, guest
         task_id = f"{name}-c"
         run = _Output(containerd, "--rm", "--runtime", RUNTIME, *flags, image, task_id, "/app.wasm", "hold")
         try:
-            wait_for(lambda: REFUSED.search(run.text()) or run.proc.poll() is not None, 60, f"{name}: a refusal")
+            wait_for(run.refused_or_ended, 60, f"{name}: a refusal")
             refused = REFUSED.search(run.text())
             assert refused is not None, run.text()[-300:]  # never "filled 240 MiB"
             peak_mib = _status_kib(task_pid(containerd, task_id), "VmHWM") / 1024

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shimtools import (
+from lab.shimtools import (
     RUNTIME,
     daemon_pids,
     remove_task,

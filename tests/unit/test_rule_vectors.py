@@ -9,6 +9,7 @@ wasmtime-py traps and errors of the vectors' modules and components, classified 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 import wasmtime
 import wasmtime.component as wasm_component
 
-from wasm_shim.shim.engines.base import CPU_BURST_SECONDS, EXIT_FAILURE
-from wasm_shim.shim.engines.wasmtime.epochs import CpuBucket
+from wasm_shim.shim.engines.base import CPU_BURST_SECONDS, EXIT_FAILURE, GuestSpec
+from wasm_shim.shim.engines.wasmtime import thread_guest
+from wasm_shim.shim.engines.wasmtime.epochs import CpuBucket, Epochs
 from wasm_shim.shim.engines.wasmtime.reports import dispose, failure
+from wasm_shim.shim.engines.wasmtime.thread_guest import ThreadGuest
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "engine_rules.json").read_text())
 US = 1000  # ns per microsecond
@@ -88,3 +91,45 @@ def test_failure_classification(engine: wasmtime.Engine, case: dict[str, Any]) -
         assert line == case["stderr"]
     if "stderr_prefix" in case:
         assert line.startswith(case["stderr_prefix"]) and "\n" not in line, line
+
+
+class _Clock:
+    """The two clocks a daemon guest's CPU bucket reads, set by the test (``thread_guest.time``)."""
+
+    def __init__(self) -> None:
+        self.wall_ns = 0
+        self.cpu_ns = 0
+
+    def monotonic_ns(self) -> int:
+        return self.wall_ns
+
+    def thread_time_ns(self) -> int:
+        return self.cpu_ns
+
+
+class _Guest(ThreadGuest):
+    def _execute(self, store: wasmtime.Store) -> int:
+        return 0
+
+
+def test_a_guest_paused_in_the_daemon_earns_cpu_like_any_other_wall_time(
+    engine: wasmtime.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vector "time paused earns like any other wall time" as the daemon's guest lives it: its bucket is settled
+    at its epoch deadlines, one of them a pause it parks in. The runner cannot tell a pause (SIGSTOP) from any other
+    wall time, so the daemon's guest must not either."""
+    clock = _Clock()
+    monkeypatch.setattr(thread_guest, "time", clock)
+    spec = GuestSpec(task_id="paused", rootfs="/", root_readonly=True, args=("x",), env=(), cwd="/", cpu_limit=1.0)
+    guest = _Guest(engine, Epochs(engine), {}, spec, lambda status: None)
+    guest._bucket = CpuBucket(1.0, wall_ns=0, cpu_ns=0)  # what the guest's thread starts with: a full bucket
+    clock.cpu_ns = 100_000 * US  # it used its whole burst at once
+    assert guest.at_deadline(None) is None
+    guest.pause()
+    resumer = threading.Timer(0.05, lambda: (setattr(clock, "wall_ns", 10_000_000 * US), guest.resume()))
+    resumer.start()
+    assert guest.at_deadline(None) is None  # parked here until resumed, ten seconds later by the clock
+    resumer.join()
+    clock.cpu_ns += 100_000 * US  # a full burst again right after the pause: earned while paused, no debt
+    assert guest.at_deadline(None) is None
+    assert guest._bucket.settle(clock.wall_ns, clock.cpu_ns) == 0.0
