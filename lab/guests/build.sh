@@ -2,9 +2,10 @@
 # Builds every test guest from the sources in src/ into OUTDIR (usage: build.sh OUTDIR).
 #
 #   src/NAME.c    -> NAME.wasm            clang --target=wasm32-wasi (WASI preview1 core module)
-#   src/NAME.wat  -> NAME.wasm            wat2wasm
+#   src/NAME.wat  -> NAME.wasm            wat2wasm (multi-memory enabled: the memory-limit guests use it)
 #   COMPONENTS    -> NAME.component.wasm  jco new NAME.wasm --wasi-command (wasi:cli command component, made by
 #                                         adapting the preview1 module with the adapter that jco ships)
+#   src/NAME.component.wat -> NAME.component.wasm   jco parse (a component written by hand in the text format)
 #
 # Idempotent: a target is rebuilt only when it is missing or older than its source or this script. Outputs are
 # written to a temporary name and renamed, so an interrupted build never leaves a truncated .wasm behind.
@@ -19,7 +20,7 @@ mkdir -p "$out"
 
 JCO_VERSION=1.35.0
 NPM_PREFIX=${WASM_SHIM_NPM_PREFIX:-$HOME/.cache/wasm-shim/npm}
-COMPONENTS=(hello exit_code spin args_env trap)
+COMPONENTS=(hello exit_code spin args_env trap multimem tablegrow)
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
@@ -58,11 +59,12 @@ for src in "$here"/src/*.c; do
 done
 
 for src in "$here"/src/*.wat; do
+    [[ "$src" == *.component.wat ]] && continue  # components: below, with jco
     name=$(basename "$src" .wat)
     target="$out/$name.wasm"
     if stale "$target" "$src"; then
         need wat2wasm "apt-get install wabt"
-        wat2wasm "$src" -o "$target.tmp" || die "assembling $src failed"
+        wat2wasm --enable-multi-memory "$src" -o "$target.tmp" || die "assembling $src failed"
         mv -f "$target.tmp" "$target"
         built=$((built + 1))
     fi
@@ -95,6 +97,17 @@ for name in "${COMPONENTS[@]}"; do
     if stale "$target" "$core"; then
         ensure_jco
         "$jco" new "$core" --wasi-command -o "$target.tmp" >/dev/null || die "jco new $core failed"
+        mv -f "$target.tmp" "$target"
+        built=$((built + 1))
+    fi
+done
+
+for src in "$here"/src/*.component.wat; do
+    name=$(basename "$src" .component.wat)
+    target="$out/$name.component.wasm"
+    if stale "$target" "$src"; then
+        ensure_jco
+        "$jco" parse "$src" -o "$target.tmp" >/dev/null || die "jco parse $src failed"
         mv -f "$target.tmp" "$target"
         built=$((built + 1))
     fi

@@ -10,9 +10,11 @@
 //!   otherwise: the daemon decides). It is bound only after one probe instance was made, so a pod becomes Ready
 //!   (a TCP or HTTP probe connects) only once requests can be served.
 //! - Every request gets its own `Store` from one `ProxyPre` (instantiation is the cheap part of `wasmtime serve`'s
-//!   model, kept here): its own WASI context built from the plan, its memory limit (`MemoryLimit`), its CPU
-//!   share (`CpuMeter`), its deadline. Nothing a request does reaches another one: a trap, a timeout or an
-//!   exhausted memory answers that request (500, 504, 500) and the server keeps serving.
+//!   model, kept here): its own WASI context built from the plan, its CPU share (`CpuMeter`), its deadline.
+//!   Memory is the guest's as a whole (base.py's "Memory limits"): every request's store draws on the one
+//!   `MemoryBudget` of the container, so the requests in flight together stay within its memory limit, and a
+//!   finished request gives its share back. A trap, a timeout or a refused growth answers that request (500,
+//!   504, 500) and the server keeps serving.
 //! - At most `max_concurrency` requests run at once (a semaphore; the pooling allocator is sized for exactly
 //!   that many instances, so it never runs out). Request bodies larger than `max_body_bytes` are refused with 413:
 //!   at once when Content-Length says so, else when the guest reads past the cap.
@@ -30,7 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -52,10 +54,12 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::{
-    CPU_BURST_SECONDS, Grant, MemoryLimit, Plan, TICK, allowed, engine_config, guest_wasi,
-    load_component, thread_cpu_seconds,
-};
+use crate::cache::load_component;
+use crate::exit::{EXIT_FAILURE, fail, failure};
+use crate::limits::{CpuBucket, MemoryBudget, StoreLimiter, TICK, monotonic_ns, thread_cpu_ns};
+use crate::network::allowed;
+use crate::plan::{Grant, Plan};
+use crate::{engine_config, guest_wasi};
 
 /// How long a client may take to send a request's head (slowloris bound; hyper answers 408 after it).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,10 +91,10 @@ pub fn serve(plan: Plan) -> i32 {
         .enable_io()
         .enable_time()
         .build()
-        .unwrap_or_else(|e| crate::fail(format!("tokio runtime: {e}")));
+        .unwrap_or_else(|e| fail(format!("tokio runtime: {e}")));
     match runtime.block_on(run_server(plan, signals)) {
         Ok(status) => status,
-        Err(e) => crate::fail(format!("task {}: {e}", plan.task_id)),
+        Err(e) => fail(format!("task {}: {e}", plan.task_id)),
     }
 }
 
@@ -126,6 +130,7 @@ struct Server {
     pre: ProxyPre<RequestState>,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
+    memory: Arc<MemoryBudget>, // the container's memory limit, shared by every request's store
 }
 
 async fn run_server(plan: &'static Plan, signals: libc::sigset_t) -> Result<i32, String> {
@@ -196,7 +201,7 @@ async fn run_server(plan: &'static Plan, signals: libc::sigset_t) -> Result<i32,
             connections.count(),
             serve.drain_timeout_ms
         );
-        Ok(crate::EXIT_FAILURE)
+        Ok(EXIT_FAILURE)
     }
 }
 
@@ -204,13 +209,13 @@ async fn run_server(plan: &'static Plan, signals: libc::sigset_t) -> Result<i32,
 /// the component fits its slots, else (said on stderr) with on-demand allocation.
 async fn prepare(plan: &'static Plan, serve: &'static Serve) -> Result<Server, String> {
     let pooled = build(plan, serve, true)?;
-    let failure = match probe(plan, &pooled).await {
+    let failure = match probe(&pooled).await {
         Ok(()) => return Ok(pooled),
         Err(e) => e,
     };
     eprintln!("wasm-shim http: pooling allocator: {failure}; using on-demand allocation");
     let server = build(plan, serve, false)?;
-    probe(plan, &server)
+    probe(&server)
         .await
         .map_err(|e| format!("cannot instantiate the component: {e}"))?;
     Ok(server)
@@ -256,11 +261,12 @@ fn build(plan: &'static Plan, serve: &'static Serve, pooling: bool) -> Result<Se
         pre,
         permits: Arc::new(Semaphore::new(serve.max_concurrency as usize)),
         next_id: AtomicU64::new(0),
+        memory: MemoryBudget::new(plan.memory_limit),
     })
 }
 
-async fn probe(plan: &'static Plan, server: &Server) -> Result<(), String> {
-    let mut store = new_store(plan, &server.engine)?;
+async fn probe(server: &Server) -> Result<(), String> {
+    let mut store = new_store(server)?;
     server
         .pre
         .instantiate_async(&mut store)
@@ -321,7 +327,7 @@ async fn handle(
         cap,
         over: over_cap.clone(),
     });
-    let mut store = match new_store(server.plan, &server.engine) {
+    let mut store = match new_store(server) {
         Ok(store) => store,
         Err(e) => return Ok(failed(id, &target, StatusCode::INTERNAL_SERVER_ERROR, e)),
     };
@@ -408,12 +414,12 @@ impl Outcome {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the component returned without a response".into(),
             ),
-            Outcome::Trapped(error) => (StatusCode::INTERNAL_SERVER_ERROR, trap_text(&error)),
+            Outcome::Trapped(error) => (StatusCode::INTERNAL_SERVER_ERROR, failure(&error).1),
             Outcome::OutOfMemory(error) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
-                    "memory limit reached (a memory.grow was refused): {}",
-                    trap_text(&error)
+                    "memory limit reached (a memory or table growth was refused): {}",
+                    failure(&error).1
                 ),
             ),
             Outcome::TimedOut => (
@@ -430,13 +436,6 @@ impl Outcome {
                 "wasm-shim http: request {id} ({target}) failed after its response began: {why}"
             );
         }
-    }
-}
-
-fn trap_text(error: &wasmtime::Error) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => trap.to_string(), // "wasm trap: ..." (wasmtime's text), without the backtrace
-        None => format!("wasm error: {error:#}"),
     }
 }
 
@@ -524,7 +523,7 @@ struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    limits: MemoryLimit,
+    limits: StoreLimiter,
     outbound: Outbound,
 }
 
@@ -547,22 +546,18 @@ impl WasiHttpView for RequestState {
     }
 }
 
-fn new_store(plan: &'static Plan, engine: &Engine) -> Result<Store<RequestState>, String> {
+fn new_store(server: &Server) -> Result<Store<RequestState>, String> {
+    let plan = server.plan;
     let state = RequestState {
         wasi: guest_wasi(plan)?.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        limits: MemoryLimit {
-            bytes: plan
-                .memory_limit
-                .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
-            refused: false,
-        },
+        limits: server.memory.limiter(),
         outbound: Outbound {
             grant: &plan.network,
         },
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&server.engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     let mut meter = plan.cpu_limit.filter(|cpus| *cpus > 0.0).map(CpuMeter::new);
@@ -577,50 +572,43 @@ fn new_store(plan: &'static Plan, engine: &Engine) -> Result<Store<RequestState>
     Ok(store)
 }
 
-/// The CPU limit per request: the same token bucket as a run's (`cpus` CPU-seconds earned per wall second,
-/// at most CPU_BURST_SECONDS banked), measured on the thread's CPU clock between epoch ticks. A request's
-/// instance may move between tokio threads only where it yields; a tick that spans such a move is not counted,
-/// and the pause after a debt records where it resumes.
+/// The CPU limit per request: the same token bucket as a run's (`CpuBucket`, base.py's "CPU limits"), measured
+/// on the thread's CPU clock between epoch ticks. A request's instance may move between tokio threads only where it
+/// yields; a tick that spans such a move is not counted, and the pause after a debt records where it resumes.
 struct CpuMeter {
-    cpus: f64,
-    tokens: f64,
-    wall: Instant,
-    last: Arc<Mutex<Option<(libc::pid_t, f64)>>>, // (thread, its CPU clock) where the guest last ran
+    bucket: CpuBucket,
+    last: Arc<Mutex<Option<(libc::pid_t, u64)>>>, // (thread, its CPU clock in ns) where the guest last ran
 }
 
 impl CpuMeter {
     fn new(cpus: f64) -> Self {
         CpuMeter {
-            cpus,
-            tokens: CPU_BURST_SECONDS * cpus,
-            wall: Instant::now(),
+            bucket: CpuBucket::new(cpus, monotonic_ns(), 0),
             last: Arc::new(Mutex::new(None)),
         }
     }
 
     /// Account the CPU used since the last tick; a pause to await when the bucket is in debt.
     fn settle(&mut self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
-        let here = (unsafe { libc::gettid() }, thread_cpu_seconds());
-        let now = Instant::now();
+        let here = (unsafe { libc::gettid() }, thread_cpu_ns());
         let mut last = self.last.lock().unwrap();
         let used = match *last {
-            Some((thread, cpu)) if thread == here.0 => here.1 - cpu,
-            _ => 0.0,
+            Some((thread, cpu)) if thread == here.0 => here.1.saturating_sub(cpu),
+            _ => 0,
         };
         *last = Some(here);
         drop(last);
-        let earned = now.duration_since(self.wall).as_secs_f64() * self.cpus;
-        self.wall = now;
-        self.tokens = (self.tokens + earned - used).min(CPU_BURST_SECONDS * self.cpus);
-        if self.tokens >= 0.0 {
+        let debt = self.bucket.charge(monotonic_ns(), used);
+        if debt <= 0.0 {
             return None;
         }
-        let debt = Duration::from_secs_f64(-self.tokens / self.cpus);
+        // The sleep is wall time the bucket earns in; it is accounted at the next tick (`charge` is given the
+        // wall clock then), which also finds the thread the guest resumed on.
         let last = self.last.clone();
         Some(Box::pin(async move {
-            tokio::time::sleep(debt).await;
+            tokio::time::sleep(Duration::from_secs_f64(debt)).await;
             // The guest resumes on the thread that polls this to completion.
-            *last.lock().unwrap() = Some((unsafe { libc::gettid() }, thread_cpu_seconds()));
+            *last.lock().unwrap() = Some((unsafe { libc::gettid() }, thread_cpu_ns()));
         }))
     }
 }
@@ -723,7 +711,7 @@ impl TaskCount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Rule, Verb};
+    use crate::plan::{Rule, Verb};
 
     fn outbound(grant: Grant) -> Outbound {
         Outbound {

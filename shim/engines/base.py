@@ -3,9 +3,9 @@
 This module owns the interface between the task service and an engine (an engine sits behind one declared
 contract, and what it lacks answers UNIMPLEMENTED) plus the pure helpers every engine needs: finding the
 entrypoint inside the container's filesystem without escaping it and telling what it is (one rule for every
-engine, "Entrypoint" below), and the exit-status and CPU rules below. It imports no engine and does no I/O beyond
-``stat``/``lstat``/``readlink`` and reading 8 header bytes of the entrypoint. What a guest is granted arrives as
-a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
+engine, "Entrypoint" below), and the exit-status, memory and CPU rules below. It imports no engine and does no
+I/O beyond ``stat``/``lstat``/``readlink`` and reading 8 header bytes of the entrypoint. What a guest is granted
+arrives as a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
 
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
@@ -23,20 +23,44 @@ Rules (the contract the task service codes against):
   the task service answers with UNIMPLEMENTED naming the capability and the engine.
 
 Exit statuses (one rule for every way a wasm guest runs: a module or a component in a daemon thread, a
-component in the runner process, ``runner/src/main.rs``):
+component in the runner process, ``runner/src/exit.rs``):
 - normal return, or a component's ``run`` returning ok: 0; ``run`` returning err: 1 (``EXIT_FAILURE``).
 - WASI ``proc_exit(n)`` / ``wasi:cli/exit``: n (its low 8 bits, as POSIX keeps them).
-- a trap (unreachable, out-of-bounds access, stack overflow, ...): 134 (``EXIT_TRAP``, 128 + SIGABRT, what the
-  wasmtime CLI exits with), with one line ``wasm trap: ...`` on the guest's stderr.
-- any other error (a failed instantiation, a host error, wasmtime refusing an exit code): 1, with one line
-  ``wasm error: ...`` on the guest's stderr.
+- a trap: 134 (``EXIT_TRAP``, 128 + SIGABRT, what the wasmtime CLI exits with). A failure is a trap exactly when
+  wasmtime raised it as one, with a trap code (unreachable, out-of-bounds access, stack overflow, ...): the runner
+  finds a ``Trap`` in the error; the daemon reads ``wasmtime.Trap.trap_code``, or, for a component (whose errors
+  wasmtime-py passes as text only), requires the root cause to be exactly wasmtime's description of a trap code.
+  A host error whose message merely mentions a trap is an error. The guest's stderr gets exactly one line,
+  ``wasm trap: `` and wasmtime's description of the code; no backtrace.
+- any other error (a failed instantiation, one refused by the memory limit, a host error, wasmtime refusing an
+  exit code): 1, with exactly one line ``wasm error: ...`` (the error's causes joined by ``: ``) on its stderr.
 - killed by a terminating signal: 128 + that signal (the first one sent), whatever the guest did meanwhile.
+
+Memory limits (``GuestSpec.memory_limit``, bytes): a limit bounds the guest as a whole. Every linear memory and
+every table of every instance the guest makes (a component's core instances; all requests in flight of a served
+component) are summed, a table element counting ``TABLE_ELEMENT_BYTES``, and the sum never passes the limit:
+- a ``memory.grow`` or ``table.grow`` that would pass it fails inside the guest (it returns -1; malloc returns
+  NULL); an instantiation whose initial memories and tables pass it fails (status 1, ``wasm error: ...``);
+- a guest that ends in failure (a status other than 0, not killed) after such a refusal ran out of memory:
+  ``Guest.oom`` is set and the task service publishes ``/tasks/oom`` before ``/tasks/exit``;
+- what an engine cannot sum it refuses at Create, with the reason, and never runs unbounded. The component runner
+  sums exactly (one budget per guest; every store's resource limiter draws on it). wasmtime-py limits each memory
+  and each table on its own, so in a daemon thread a module with a limit may declare one memory, and a maximum
+  for every table; its tables count at their maxima and its memory gets the rest (``wasmtime.footprint``; other
+  modules fail Create, saying which). A component with a limit runs in the runner whatever its isolation asks
+  (its core instances cannot be counted before it runs), and fails Create if the runner is not installed.
+Without a limit the bound is wasm32's own (4 GiB per memory); the shim sets no default.
 
 CPU limits (``GuestSpec.cpu_limit``, CPUs = quota / period): a token bucket on the guest's own CPU clock. The
 guest earns ``cpu_limit`` CPU-seconds per wall-second, holds at most ``cpu_limit * CPU_BURST_SECONDS`` of them,
-starts with a full bucket, and sleeps off any debt at its next epoch tick (every 10 ms while limited). That is
-CFS bandwidth control with its default 100 ms period (a fresh cgroup may run its whole quota in its first
-period; unused quota does not carry over beyond one period).
+starts with a full bucket, and sleeps off any debt at its next epoch tick (every 10 ms while limited). Time spent
+paused is wall time like any other: it earns, up to a full bucket (a runner stopped by SIGSTOP cannot tell a pause
+from a wait, and a thawed cgroup starts a fresh CFS period with its quota). That is CFS bandwidth control with its
+default 100 ms period (a fresh cgroup may run its whole quota in its first period; unused quota does not carry
+over beyond one period).
+
+Both implementations of the trap and CPU rules (the daemon's and ``runner/``) answer the same test vectors,
+tests/vectors/engine_rules.json.
 """
 
 from __future__ import annotations
@@ -212,6 +236,7 @@ class Engine(Protocol):
 EXIT_TRAP = 134  # 128 + SIGABRT: what the wasmtime CLI exits with on a trap
 EXIT_FAILURE = 1  # component run returned err; any error that is not a trap (e.g. failed instantiation)
 CPU_BURST_SECONDS = 0.1  # the CPU-limit bucket's size in seconds of the guest's share (see "CPU limits")
+TABLE_ELEMENT_BYTES = 8  # what one table element counts against a memory limit: wasmtime stores a pointer each
 
 # Signals whose default action (signal(7)) is to ignore: a wasm guest has no handlers, so delivering them does
 # nothing. Stop/continue cannot be honoured by a thread running wasm.

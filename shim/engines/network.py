@@ -15,7 +15,7 @@ Grammar (docs/annotations.md)::
 ``none`` (or no annotation): no sockets. ``pod``: every address, TCP and UDP, in the pod's network namespace.
 Rules: exactly the listed uses, in the pod's network namespace; what each verb also allows (the implicit bind of
 a connect, accepting clients of a listener, receiving replies from a send target) is defined in
-``runner/src/main.rs`` (``allowed``) and documented in docs/annotations.md.
+``runner/src/network.rs`` (``allowed``) and documented in docs/annotations.md.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class NetworkRule:
         return f"{self.verb}={addr}:{ports}"
 
     def plan(self) -> dict[str, Any]:
-        """The canonical form the component runner reads (``Rule`` in runner/src/main.rs)."""
+        """The canonical form the component runner reads (``Rule`` in runner/src/plan.rs)."""
         return {
             "use": self.verb,
             "ip": None if self.network is None else str(self.network.network_address),
@@ -81,7 +81,7 @@ class NetworkGrant:
         return ", ".join(map(str, self.rules)) if self.kind == "rules" else self.kind
 
     def plan(self) -> dict[str, Any]:
-        """The canonical form the component runner reads (``Grant`` in runner/src/main.rs)."""
+        """The canonical form the component runner reads (``Grant`` in runner/src/plan.rs)."""
         if self.kind == "rules":
             return {"kind": "rules", "rules": [rule.plan() for rule in self.rules]}
         return {"kind": self.kind}

@@ -3,8 +3,15 @@
 Three paths: a core module in a daemon thread (``ModuleGuest``), a component in a daemon thread
 (``ComponentGuest``, ``component-isolation: thread``) and a component in the runner process (``ComponentRunner``,
 runner/). The components are the very modules, adapted by jco (lab/guests/build.sh), except for memory (see
-``ALLOC``). The answers are ``base``'s rules (exit statuses, CPU limits); where the component model itself
-answers differently (WASI 0.2 exits only ok or err) the expectation says so, never the path.
+``ALLOC``). The answers are ``base``'s rules (exit statuses, memory and CPU limits); where the component model
+itself answers differently (WASI 0.2 exits only ok or err) the expectation says so, never the path.
+
+Memory: one rule, "a limit bounds the guest as a whole" (base.py), checked with hostile guests built from source
+(lab/guests/src: ``multimem`` four memories, ``tablegrow`` a table without a maximum, ``instances`` eight core
+instances each with its own memory), each trying to fill 240 MiB under a 64 MiB limit. On every path the outcome
+is one of the rule's two: Create refuses the guest, naming what cannot be bounded, or the guest runs, every
+growth past the limit is refused (what it filled stays within the limit), it fails, and it is an OOM. A component
+in a daemon thread with a limit is sent to the runner (the rule says so): its path gives the runner's answers.
 
 Real wasmtime (wasmtime-py in this process, the wasmtime crates in the runner), real files for stdio. The CPU
 check compares CPU time with elapsed time over the same interval (a ratio, like test_limits.py): other load can
@@ -25,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from wasm_shim.shim.engines.base import EXIT_TRAP, GuestSpec, GuestStdio, killed_status, locate_entrypoint
-from wasm_shim.shim.engines.wasmtime import ComponentPrepared, WasmtimeEngine, WasmtimeGuest
+from wasm_shim.shim.engines.base import EXIT_TRAP, EngineError, GuestSpec, GuestStdio, killed_status, locate_entrypoint
+from wasm_shim.shim.engines.wasmtime import ComponentPrepared, ComponentRunner, WasmtimeEngine, WasmtimeGuest
 from wasm_shim.shim.engines.wasmtime.components import ISOLATION_ANNOTATION
 
 pytestmark = pytest.mark.integration
@@ -75,7 +82,7 @@ class Paths:
             env=(), cwd="/", annotations=annotations, **limits,  # type: ignore[arg-type]
         )
         prepared = prepare(self.engine, spec)
-        if path == "component-runner":
+        if path == "component-runner" or (path == "component-thread" and spec.memory_limit):
             assert isinstance(prepared, ComponentPrepared) and prepared.runner == str(RUNNER), \
                 "the Rust component runner must be installed (scripts/setup.sh)"
         stdout, stderr = self.tmp / f"out-{self._count}", self.tmp / f"err-{self._count}"
@@ -120,7 +127,7 @@ def test_trap_is_134_with_one_line_on_stderr(paths: Paths, path: str) -> None:
     started = paths.start(path, "trap")
     assert started.wait() == EXIT_TRAP
     assert started.stdout.read_text() == "about to trap\n"
-    assert started.stderr.read_text().splitlines()[0] == "wasm trap: wasm `unreachable` instruction executed"
+    assert started.stderr.read_text() == "wasm trap: wasm `unreachable` instruction executed\n"  # that line alone
     assert not started.guest.oom
 
 
@@ -156,9 +163,45 @@ def test_memory_limit_refuses_growth_and_reports_oom(paths: Paths, path: str) ->
     assert free.wait() == 0 and "reached 100 MiB" in free.stdout.read_text()  # the limit, not the guest, stopped it
     failed = paths.start(path, guest, *gives_up, memory_limit=limit)
     assert failed.wait() == failure_status
-    # wasmtime-py exposes neither a component's memories nor a resource limiter: a component in a daemon thread
-    # cannot tell an OOM from another failure (docs/annotations.md says so); the other two paths can.
-    assert failed.guest.oom is (path != "component-thread")
+    assert failed.guest.oom  # a component with a limit runs in the runner, which sees every refused growth
+
+
+HOSTILE_LIMIT = 64 << 20
+HOSTILE_TOTAL_MIB = 240  # what each hostile guest fills without a limit
+# What the daemon cannot bound it refuses at Create (base.py's "Memory limits"), saying why.
+REFUSED_AT_CREATE = {
+    ("module-thread", "multimem"): "declares 4 linear memories",
+    ("module-thread", "tablegrow"): "declares a table without a maximum size",
+}
+# Every hostile guest on every path it can take: a core module is one instance (the daemon allows it exactly one),
+# so "many instances" is a component's case only.
+HOSTILE = [(path, guest) for guest in ("multimem", "tablegrow", "instances") for path in PATHS
+           if not (guest == "instances" and path == "module-thread")]
+FILLED = re.compile(r"^(\d+) MiB$", re.M)
+REFUSED = re.compile(r"^(?:memory|table)\.grow refused at (\d+) MiB$", re.M)
+
+
+@pytest.mark.parametrize(("path", "guest"), HOSTILE, ids=[f"{path}-{guest}" for path, guest in HOSTILE])
+def test_a_memory_limit_bounds_every_memory_table_and_instance_together(paths: Paths, path: str, guest: str) -> None:
+    free = paths.start(path, guest)  # without a limit it takes all it asks for: the guest is as hostile as claimed
+    assert free.wait() == 0, free.stderr.read_text()
+    assert free.stdout.read_text().endswith(f"filled {HOSTILE_TOTAL_MIB} MiB\n")
+    refusal = REFUSED_AT_CREATE.get((path, guest))
+    if refusal is not None:
+        with pytest.raises(EngineError, match=refusal) as refused:
+            paths.start(path, guest, memory_limit=HOSTILE_LIMIT)
+        assert "memory limit" in str(refused.value)
+        return
+    capped = paths.start(path, guest, memory_limit=HOSTILE_LIMIT)
+    assert capped.wait() == EXIT_TRAP, capped.stderr.read_text()  # it gave up after the refusal
+    out = capped.stdout.read_text()
+    refused_at = REFUSED.search(out)
+    assert refused_at is not None, out[-200:]
+    filled = max(int(mib) for mib in FILLED.findall(out))
+    assert filled == int(refused_at.group(1)) < HOSTILE_LIMIT >> 20  # all of it together, within the limit
+    assert capped.guest.oom  # a growth was refused, then the guest failed: /tasks/oom
+    if path != "module-thread":
+        assert isinstance(capped.guest, ComponentRunner)  # a component with a limit is bounded in the runner
 
 
 @pytest.mark.parametrize("path", PATHS)

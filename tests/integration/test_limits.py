@@ -7,6 +7,10 @@
   machine can hold back the faster guest, never speed up the slower one.
 - `ctr task pause/resume`: PAUSED/RUNNING with /tasks/paused and /tasks/resumed; a paused spinner uses no CPU.
 - A second start of the same module does not compile it again (the engine's debug log line names the source).
+- A memory limit bounds the guest as a whole (base.py's "Memory limits"), whatever it tries: hostile guests built
+  from source (several memories, a growing table, many instances) filling 240 MiB under `--memory-limit` 64 MiB
+  are refused at Create (modules the daemon cannot bound, with the reason) or run in the component runner, where
+  every growth past the limit fails: their runner's peak RSS stays near the limit and /tasks/oom is published.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import json
 import re
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from lab.shimtools import RUNTIME, remove_task, shim_log_text, wait_for
+from lab.shimtools import RUNTIME, remove_task, shim_log_text, task_pid, wait_for
 from lab.shimtools import task_status as _status
 
 pytestmark = pytest.mark.integration
@@ -186,3 +191,79 @@ def test_oom_event_for_a_component_in_the_runner(containerd, wasm_image, guests)
               for task in ("runner-oom", "runner-no-oom") if f" {topic} " in line and task in line]
     assert [t for t in topics if t[1] == "runner-oom"] == [("/tasks/oom", "runner-oom"), ("/tasks/exit", "runner-oom")]
     assert [t for t in topics if t[1] == "runner-no-oom"] == [("/tasks/exit", "runner-no-oom")], lines
+
+
+HOSTILE_LIMIT = 64 << 20
+RUNNER_SLACK_MIB = 48  # the runner itself beside its guest's memory: wasmtime, the mapped component, stacks
+REFUSED = re.compile(r"^(?:memory|table)\.grow refused at (\d+) MiB$", re.M)
+
+
+class _Output:
+    """A `ctr run` in the background whose stdout lines are collected as they come."""
+
+    def __init__(self, containerd, *args: str):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(containerd.ctr_argv("run", *args), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=containerd.ctr_env())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def refused_or_ended(self) -> bool:
+        return REFUSED.search(self.text()) is not None or self.proc.poll() is not None
+
+    def finish(self) -> tuple[int, str]:
+        _, err = self.proc.communicate(timeout=30)
+        self._reader.join(10)
+        return self.proc.returncode, err
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_hostile_guests_stay_within_a_memory_limit(containerd, wasm_image, guests):
+    flags = ("--memory-limit", str(HOSTILE_LIMIT))
+    # Modules run in the daemon, whose wasmtime-py limits each memory and table alone: Create refuses what it
+    # cannot bound, saying why (the pod's events show it).
+    for name, reason in (("multimem", "declares 4 linear memories"),
+                         ("tablegrow", "declares a table without a maximum size")):
+        image = wasm_image(f"{name}-m", guests / f"{name}.wasm")
+        out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, f"{name}-m", check=False)
+        assert out.returncode != 0 and reason in out.stderr, out.stderr[-400:]
+    # Components run in their runner, which sums every memory and table: the growth past the limit fails. With an
+    # argument the guest then holds what it has (spinning), so its runner's peak RSS can be read before the kill.
+    for name in ("multimem", "tablegrow"):
+        image = wasm_image(f"{name}-c", guests / f"{name}.component.wasm")
+        task_id = f"{name}-c"
+        run = _Output(containerd, "--rm", "--runtime", RUNTIME, *flags, image, task_id, "/app.wasm", "hold")
+        try:
+            wait_for(run.refused_or_ended, 60, f"{name}: a refusal")
+            refused = REFUSED.search(run.text())
+            assert refused is not None, run.text()[-300:]  # never "filled 240 MiB"
+            peak_mib = _status_kib(task_pid(containerd, task_id), "VmHWM") / 1024
+        finally:
+            remove_task(containerd, task_id)
+            run.finish()
+        assert int(refused.group(1)) < HOSTILE_LIMIT >> 20
+        assert peak_mib < (HOSTILE_LIMIT >> 20) + RUNNER_SLACK_MIB, f"{name}: runner peak RSS {peak_mib:.0f} MiB"
+    # Many instances, each with its memory: refused at the limit, the guest fails, and that is an OOM.
+    image = wasm_image("instances-c", guests / "instances.component.wasm")
+    events = _Events(containerd)
+    try:
+        out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, *flags, image, "instances-c", check=False)
+    finally:
+        lines = events.stop()
+    assert out.returncode == 134 and REFUSED.search(out.stdout), (out.stdout[-300:], out.stderr)
+    topics = [topic for line in lines for topic in ("/tasks/oom", "/tasks/exit") if f" {topic} " in line]
+    assert topics[:2] == ["/tasks/oom", "/tasks/exit"], lines

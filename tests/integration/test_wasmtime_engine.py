@@ -179,8 +179,7 @@ def test_trap_is_134_with_a_message(sandbox: Sandbox) -> None:
     status, out, err = sandbox.run("trap.wasm")
     assert status == 134
     assert out == "about to trap\n"
-    assert err.splitlines()[0] == "wasm trap: wasm `unreachable` instruction executed"
-    assert "wasm backtrace:" in err and "__original_main" in err
+    assert err == "wasm trap: wasm `unreachable` instruction executed\n"  # one line, as the runner writes it
 
 
 def test_trap_without_stderr_destination(sandbox: Sandbox) -> None:
@@ -262,7 +261,7 @@ def test_not_wasm(sandbox: Sandbox) -> None:
 
 def test_invalid_wasm(sandbox: Sandbox) -> None:
     (sandbox.rootfs / "broken.wasm").write_bytes(b"\0asm\x01\x00\x00\x00\xff\xff")
-    with pytest.raises(EngineError, match="entrypoint broken.wasm is not valid WebAssembly: "):
+    with pytest.raises(EngineError, match="entrypoint /broken.wasm is not valid WebAssembly: "):
         prepare(sandbox.engine, sandbox.spec("broken.wasm"))
 
 
@@ -282,14 +281,14 @@ def test_module_without_start(sandbox: Sandbox, tmp_path: Path) -> None:
     # A module exporting only `greet`: derived from multi.wat by renaming _start's export.
     source = (sandbox.rootfs / "multi.wasm").read_bytes()
     (sandbox.rootfs / "nostart.wasm").write_bytes(source.replace(b"_start", b"_other"))
-    with pytest.raises(EngineError, match=r"has no _start export .* nostart.wasm#EXPORT"):
+    with pytest.raises(EngineError, match=r"has no _start export .* /nostart.wasm#EXPORT"):
         prepare(sandbox.engine, sandbox.spec("nostart.wasm"))
 
 
 def test_unresolved_import(sandbox: Sandbox) -> None:
     source = (sandbox.rootfs / "multi.wasm").read_bytes()
     (sandbox.rootfs / "badimport.wasm").write_bytes(source.replace(b"fd_write", b"fd_wrong"))
-    with pytest.raises(EngineError, match="entrypoint badimport.wasm cannot be linked: .*fd_wrong"):
+    with pytest.raises(EngineError, match="entrypoint /badimport.wasm cannot be linked: .*fd_wrong"):
         prepare(sandbox.engine, sandbox.spec("badimport.wasm"))
 
 
@@ -523,13 +522,13 @@ def test_second_prepare_does_not_compile(sandbox: Sandbox) -> None:
 def test_concurrent_prepares_compile_once(sandbox: Sandbox) -> None:
     errors: list[BaseException] = []
 
-    def prepare() -> None:
+    def prepare_once() -> None:
         try:
             prepare(sandbox.engine, sandbox.spec("args_env.wasm"))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=prepare) for _ in range(4)]
+    threads = [threading.Thread(target=prepare_once) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

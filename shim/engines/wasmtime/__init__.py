@@ -12,7 +12,8 @@ This package is the only code that imports ``wasmtime`` (DESIGN principle 6). On
 - ``modules``      core modules: linking, the entry export, ``ModuleGuest``.
 - ``components``   components: export inspection, the entry check, isolation, ``ComponentGuest``.
 - ``runner``       the component runner process: locating it, the check, its plan, ``ComponentRunner``.
-- ``reports``      ``wasm trap: ...`` / ``wasm error: ...`` texts.
+- ``footprint``    a module's memories and tables, and its memory limit as wasmtime-py's store limits.
+- ``reports``      trap or error (by trap code), and the ``wasm trap: ...`` / ``wasm error: ...`` line.
 
 Import it only where wasmtime is wanted: ``import wasmtime`` alone costs ~65 ms, which the ``start`` subcommand
 must never pay.
@@ -23,11 +24,10 @@ from .components import ComponentGuest, ComponentPrepared
 from .engine import WasmtimeEngine, WasmtimeGuest, WasmtimePrepared
 from .epochs import TICK_SECONDS
 from .modules import ModuleGuest, ModulePrepared
-from .reports import MAX_TRAP_FRAMES, error_summary, trap_report
+from .reports import error_summary, failure
 from .runner import ComponentRunner
 
 __all__ = [
-    "MAX_TRAP_FRAMES",
     "TICK_SECONDS",
     "CacheStats",
     "ComponentGuest",
@@ -39,5 +39,5 @@ __all__ = [
     "WasmtimeGuest",
     "WasmtimePrepared",
     "error_summary",
-    "trap_report",
+    "failure",
 ]

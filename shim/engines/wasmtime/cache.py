@@ -10,7 +10,7 @@ renamed. Deserializing untrusted bytes is unsafe (they are machine code), so the
 by us and not accessible to group/others (0700; checked at construction), files are opened with O_NOFOLLOW and
 must be ours, and a file whose digest or header does not match, or that wasmtime refuses, is deleted and the
 module recompiled. The component runner (``runner/``) writes its own artifacts in the same format and checks
-them the same way (``runner/src/main.rs``, ``Cache``).
+them the same way (``runner/src/cache.rs``, ``Cache``).
 
 Invariants: concurrent requests for the same bytes compile once; only finished artifacts enter memory; a cache
 that cannot be written costs the next start a compile, never a failed container.

@@ -12,8 +12,10 @@ kill is SIGKILL. ``wasm.shim.io/component-isolation: thread`` keeps a component 
 (cheaper; one that sleeps is killed only when its sleep ends, with the kill's status).
 
 Exit statuses: ``run`` returning ok is 0, err is 1; ``wasi:cli/exit`` with a code is that code; traps and other
-errors follow ``base``'s rule. wasmtime-py 50 exposes no component memories: ``stats`` reports memory 0 and
-``oom`` is never set for a component in a thread (the runner sees refused growths itself).
+errors follow ``base``'s rule. Memory: wasmtime-py 50 can neither count a component's core instances, memories
+and tables before it runs nor sum them while it runs, so a component with a memory limit never runs in a daemon
+thread (``WasmtimeEngine.prepare`` sends it to the runner, which sums them: base.py's "Memory limits");
+``ComponentGuest`` refuses one. In a thread, ``stats`` reports memory 0 (no component memories are exposed).
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ class ComponentGuest(ThreadGuest):
             raise EngineError("a network grant is only honoured by the component runner, in the pod's namespace")
         if prepared.compiled is None:
             raise TypeError("a component for a daemon thread is compiled in the daemon (isolation thread)")
+        if prepared.spec.memory_limit:  # prepare sends these to the runner: a thread could not bound them
+            raise EngineError("a component with a memory limit runs in the component runner, never a daemon thread")
         super().__init__(wasm, epochs, threads, prepared.spec, on_exit)
         self._linker = linker
         self.prepared = prepared
@@ -153,9 +157,10 @@ class ComponentGuest(ThreadGuest):
             dispose(exc)
             return code & 0xFF  # wasi:cli/exit: a POSIX exit status keeps the low 8 bits
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:  # a kill, a trap (a WasmtimeError here), an error
-            text = str(exc)
-            dispose(exc)
-            return self.failed(text)
+            try:
+                return self.failed(exc)
+            finally:
+                dispose(exc)
         except GuestKilled as exc:
             exc.__traceback__ = None
-            return self.failed(str(exc))
+            return self.failed(exc)

@@ -5,8 +5,10 @@ the module and component linkers, the table of running guests (threads via ``Epo
 and the runners' exit watcher. ``prepare`` resolves and checks everything a start needs (bad input fails here,
 with the path or export named); ``start`` returns at once: a module or a thread-isolated component runs on a
 thread of the daemon (``ModuleGuest``, ``ComponentGuest``), any other component in a runner process
-(``ComponentRunner``); a component exporting wasi:http/incoming-handler instead of wasi:cli/run is served by its
-runner (``serving``). ``close`` kills every guest and frees what the engine holds.
+(``ComponentRunner``), and so does a component with a memory limit whatever its isolation asks (base.py's
+"Memory limits": only the runner can sum its memories and tables); a component exporting
+wasi:http/incoming-handler instead of wasi:cli/run is served by its runner (``serving``). ``close`` kills every
+guest and frees what the engine holds.
 
 Invariants: the ``Epochs`` object and the host calls refer to no engine, so a closed engine (and its compiled
 code) is freed without the garbage collector; ``prepare`` logs at debug where each artifact came from (memory,
@@ -59,6 +61,7 @@ from .components import (
     inspect_component,
 )
 from .epochs import Epochs
+from .footprint import store_limits
 from .modules import CompiledModule, ModuleGuest, ModulePrepared, finish_module, module_entry
 from .poll import HostCalls, module_linker
 from .runner import (
@@ -160,12 +163,25 @@ class WasmtimeEngine:
         network = parse_network_grant(spec.annotations)
         isolation = "thread"
         netns = runner = None
+        bounded_in_runner = False  # a component asked for a thread, but only the runner can bound its memory limit
         if kind is EntryKind.COMPONENT:
             isolation = component_isolation(spec.annotations, self._component_isolation)
+            if isolation == "thread" and spec.memory_limit:
+                isolation, bounded_in_runner = "process", True
+                log.info("task %s: a component with a memory limit runs in %s, which sums its memories and "
+                         "tables (a daemon thread cannot)", spec.task_id, COMPONENT_RUNNER)
         if isolation == "process":
             runner = self._runner.find()
         if isolation == "process" and runner is None:
             looked = ", ".join(self._runner.candidates())
+            if bounded_in_runner:
+                raise EngineError(
+                    f"{name}: a component with a memory limit ({spec.memory_limit} bytes) runs in "
+                    f"{COMPONENT_RUNNER}, which sums every memory and table of its instances, and it is not "
+                    f"installed here (looked for {looked}); a daemon thread ({ISOLATION_ANNOTATION}=thread) cannot "
+                    "bound them. Build the runner with scripts/setup.sh, set component_runner in the shim config, "
+                    "or remove the memory limit"
+                )
             if network.granted:
                 raise EngineError(
                     f"annotation {NETWORK_ANNOTATION}={network}: components with a network grant run in "
@@ -196,7 +212,8 @@ class WasmtimeEngine:
                   self._cache.stats)
         if isinstance(compiled, CompiledModule):
             export, initialize = module_entry(compiled, entry, name)
-            return ModulePrepared(spec, entry, compiled, export, initialize, env, preopens)
+            limits = store_limits(compiled.declared, spec.memory_limit, name)
+            return ModulePrepared(spec, entry, compiled, export, initialize, env, preopens, limits)
         if component_role(compiled.exports, entry.export, name) == "serve":
             raise EngineError(f"{name} exports wasi:http/incoming-handler: it is served by {COMPONENT_RUNNER}, "
                               f"which needs {ISOLATION_ANNOTATION}=process")
@@ -289,8 +306,9 @@ class WasmtimeEngine:
         else:
             guest = ComponentGuest(self._wasm, self._epochs, self._threads, self._component_linker, prepared,
                                    on_exit)
+        limits = prepared.limits if isinstance(prepared, ModulePrepared) else None
         try:
-            guest.setup(prepared.env, prepared.preopens, stdio)
+            guest.setup(prepared.env, prepared.preopens, stdio, limits)
         except BaseException:
             guest.release()
             raise
@@ -374,7 +392,7 @@ class WasmtimeEngine:
         finish: Callable[[Any], CompiledModule | CompiledComponent]
         if kind is EntryKind.MODULE:
             def finish(module: Any) -> CompiledModule | CompiledComponent:
-                return finish_module(self._module_linker, module, digest, name)
+                return finish_module(self._module_linker, module, digest, name, wasm)
         else:
             def finish(component: Any) -> CompiledModule | CompiledComponent:
                 return inspect_component(self._wasm, component, digest)

@@ -188,7 +188,8 @@ class CpuBucket:
     """The CPU token bucket of one guest (the rule is ``base``'s "CPU limits"); pure: times are passed in.
 
     The guest earns ``cpus`` CPU-ns per wall-ns, holds at most ``cpus * CPU_BURST_SECONDS`` CPU-seconds, starts
-    full, and sleeps off any debt.
+    full, and sleeps off any debt; time paused is wall time like any other. ``runner/src/limits.rs`` is the same
+    bucket, and both answer tests/vectors/engine_rules.json.
     """
 
     def __init__(self, cpus: float, wall_ns: int, cpu_ns: int):
@@ -208,8 +209,4 @@ class CpuBucket:
     def slept(self, wall_ns: int) -> None:
         """The guest slept (off its debt) until ``wall_ns``: it earned its share meanwhile and used no CPU."""
         self._tokens = min(self._tokens + self.cpus * (wall_ns - self._wall), self._capacity)
-        self._wall = wall_ns
-
-    def paused(self, wall_ns: int) -> None:
-        """The guest was paused until ``wall_ns``: nothing is earned while paused."""
         self._wall = wall_ns

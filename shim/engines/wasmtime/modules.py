@@ -5,10 +5,12 @@ imports are resolved once, at prepare time, so a module importing something we d
 ``prepare`` with the import named), the choice of the entry export (``_start``, or ``path#export`` of a
 function taking no parameters, after ``_initialize`` for a reactor), and running it (``ModuleGuest``).
 
-Memory and OOM: ``memory_limit`` is the store's memory limit, so a memory.grow beyond it fails inside the guest
-(malloc returns NULL). wasmtime-py 50 cannot observe a refused memory.grow (its C API has limits but no
-resource-limiter callback), so ``oom`` is set when a guest ends in failure with its linear memory near the
-limit (``_ended_at_memory_limit``).
+Memory and OOM (base.py's "Memory limits"): what the module declares (``footprint.declarations``, read once with
+its compilation) and the guest's limit give the store's limits (``footprint.store_limits``: one memory, its tables,
+the rest for the memory; a module that cannot be bounded so fails ``prepare``), so a memory.grow or table.grow
+beyond them fails inside the guest (malloc returns NULL). wasmtime-py 50 cannot observe a refused growth (its C
+API has static limits but no resource-limiter callback), so ``oom`` is set when a guest ends in failure with its
+linear memory near its cap (``_ended_at_memory_limit``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import wasmtime
 
 from ..base import EngineError, Entrypoint, GuestMount, GuestSpec
 from .epochs import Epochs
+from .footprint import Declarations, StoreLimits, declarations
 from .reports import dispose, error_summary
 from .thread_guest import GuestKilled, ThreadGuest
 
@@ -34,6 +37,7 @@ class CompiledModule:
     module: wasmtime.Module
     instance_pre: wasmtime.InstancePre  # imports resolved against the WASI linker
     function_exports: tuple[str, ...]  # exported functions taking no parameters
+    declared: Declarations | str  # its memories and tables, or why they could not be read (footprint)
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,13 @@ class ModulePrepared:
     initialize: bool  # call the reactor's `_initialize` before `export`
     env: tuple[tuple[str, str], ...]
     preopens: tuple[GuestMount, ...]
+    limits: StoreLimits | None = None  # the store's limits under the guest's memory limit (footprint)
 
 
-def finish_module(linker: wasmtime.Linker, module: wasmtime.Module, digest: str, name: str) -> CompiledModule:
-    """What every start of this module reuses: an InstancePre (imports resolved once, here)."""
+def finish_module(
+    linker: wasmtime.Linker, module: wasmtime.Module, digest: str, name: str, wasm: bytes
+) -> CompiledModule:
+    """What every start of this module reuses: an InstancePre (imports resolved once, here) and what it declares."""
     try:
         pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:
@@ -60,7 +67,12 @@ def finish_module(linker: wasmtime.Linker, module: wasmtime.Module, digest: str,
         for export in module.exports
         if isinstance(export.type, wasmtime.FuncType) and not export.type.params
     )
-    return CompiledModule(digest, module, pre, functions)
+    declared: Declarations | str
+    try:
+        declared = declarations(wasm)
+    except ValueError as exc:
+        declared = str(exc)
+    return CompiledModule(digest, module, pre, functions, declared)
 
 
 def module_entry(compiled: CompiledModule, entry: Entrypoint, name: str) -> tuple[str, bool]:
@@ -123,22 +135,26 @@ class ModuleGuest(ThreadGuest):
             return code & 0xFF  # WASI proc_exit(n): a POSIX exit status keeps the low 8 bits
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             # WasmtimeError: a kill or another error; Trap: a core module's trap.
-            text = str(exc)
-            dispose(exc)
-            return self.failed(text)
+            try:
+                return self.failed(exc)
+            finally:
+                dispose(exc)
         except GuestKilled as exc:  # raised by our host calls; wasmtime hands it back to us as it was
             exc.__traceback__ = None
-            return self.failed(str(exc))
+            return self.failed(exc)
 
     def _sample_memory(self, store: wasmtime.Store) -> None:
         if self._memory is not None:
             self.memory_bytes = self._memory.data_len(store)
 
     def _ended_at_memory_limit(self) -> bool:
-        """Ended with its linear memory within an eighth of its limit (at least one page).
+        """Ended with its linear memory within an eighth of its cap (at least one page).
 
         The refused request may be large (malloc asks for what it needs at once), so "near" is generous: a
         guest that fails there did so for lack of memory.
         """
-        limit = self.spec.memory_limit
-        return limit is not None and self._memory is not None and self.memory_bytes + max(limit // 8, WASM_PAGE) > limit
+        limits = self.prepared.limits
+        if limits is None or self._memory is None:
+            return False
+        cap = limits.memory_size
+        return self.memory_bytes + max(cap // 8, WASM_PAGE) > cap

@@ -8,8 +8,15 @@ Python runs, so by default each component runs in a runner process, ``wasm-shim-
 (``runner/``: Rust on the wasmtime 48 crates, built by scripts/setup.sh; found at the ``component_runner`` config
 path, else beside our interpreter, else on PATH). It is started with ``os.posix_spawn`` (the daemon has threads:
 no fork, no preexec_fn) in its own process group, with the guest's stdio as its fds 0-2 (``child.open_stdio``:
-neither side blocks on open), nothing else inherited (every other fd of ours is close-on-exec) and one argument,
-a JSON plan (``runner_plan``): args, env, preopens, memory and CPU limits, the network grant.
+neither side blocks on open), its report pipe as fd 3, its plan as fd 4 and nothing else inherited (every other fd
+of ours is close-on-exec).
+
+The plan (``runner_plan``: args, env, preopens, memory and CPU limits, the network grant) is JSON in a sealed memfd
+the runner reads from fd 4 (``--plan-fd 4``), never in argv or the environment: ``/proc/PID/cmdline`` is readable
+by every local user, and Kubernetes puts Secrets in the guest's environment; one argument is also capped at
+128 KiB (E2BIG), which a large environment would pass. The memfd is the runner's alone (``/proc/PID/fd`` is
+readable only by its owner), holds any size without a writer thread, and is sealed so that what the runner reads
+is what the daemon wrote. The runner's own environment is empty.
 
 One compile. The runner is the only engine that compiles a component it runs: at prepare time the daemon asks
 it (``check_in_runner``: ``--check CACHE_DIR FILE``) to compile the component into the cache directory (under
@@ -32,7 +39,7 @@ Network. No sockets unless ``wasm.shim.io/network`` grants them (``network.py`` 
 50 gives components no sockets and no socket-address check, so only the runner honours a grant: it joins
 the pod's network namespace (``GuestSpec.network_namespace``, from config.json by bundle.py) before it has a
 thread, so every socket lives there, and decides every bind, listen, accept, connect, send and receive with
-wasmtime's socket-address check (``runner/src/main.rs``, ``allowed``). No path in the spec, a thread-isolated
+X. No path in the spec, a thread-isolated
 component, a core module (WASI preview1 has no sockets API) or a missing runner fails Create. Name lookup
 stays off: the resolver would read the node's /etc/resolv.conf, not the pod's.
 
@@ -42,6 +49,7 @@ writes ``oom`` on its report pipe (its fd 3), which ``ComponentRunner`` reads af
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -69,7 +77,8 @@ log = logging.getLogger(__name__)
 
 COMPONENT_RUNNER = "wasm-shim-component-runner"  # runner/: the default runner process of a component
 PRECOMPILE_TIMEOUT = 600  # seconds for the runner to compile one component (a hang bound)
-REPORT_FD = 3  # the runner's report pipe (runner/src/main.rs, `report`)
+REPORT_FD = 3  # the runner's report pipe (runner/src/exit.rs, `report`)
+PLAN_FD = 4  # the runner's plan (runner/src/plan.rs, `read_plan`)
 _REPORT_LIMIT = 4096  # bytes we read of it: a few short lines
 
 
@@ -135,11 +144,11 @@ def pod_network(spec: GuestSpec, kind: EntryKind, isolation: str, network: Netwo
     return path
 
 
-def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[str], dict[str, str], bool]:
-    """How to start the runner of ``prepared``: (program, argv, environment, whether it has a report pipe).
+def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[str], dict[str, str], bytes]:
+    """How to start the runner of ``prepared``: (program, argv, environment, the plan for its ``PLAN_FD``).
 
     The plan is the runner's whole view of its guest: every field is written, the runner re-checks what it
-    relies on (``Plan`` in runner/src/main.rs).
+    relies on (``Plan`` in runner/src/plan.rs). Nothing of the guest's is in argv or the environment.
     """
     spec = prepared.spec
     plan: dict[str, Any] = {
@@ -155,7 +164,8 @@ def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[
         "network": prepared.network.plan(), "report_fd": REPORT_FD,
         "serve": prepared.serve.plan() if prepared.serve is not None else None,
     })
-    return prepared.runner, [prepared.runner, json.dumps(plan)], {}, True  # env: nothing of ours
+    argv = [prepared.runner, "--plan-fd", str(PLAN_FD)]
+    return prepared.runner, argv, {}, json.dumps(plan).encode()  # env: nothing of ours
 
 
 def check_in_runner(runner: str, cache_dir: str, path: str, digest: str, name: str) -> tuple[str, ...]:
@@ -181,6 +191,34 @@ def check_in_runner(runner: str, cache_dir: str, path: str, digest: str, name: s
     return exports
 
 
+def sealed_memfd(name: str, data: bytes) -> int:
+    """A close-on-exec memfd holding ``data``, sealed against any change, positioned at its start."""
+    fd = os.memfd_create(name[:200], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clear_of_targets(fds: list[int]) -> None:
+    """Move (in place, close-on-exec) every fd of ``fds`` numbered below ``len(fds)`` to a number at least that.
+
+    posix_spawn applies the dup2 actions in order: with a source numbered like an earlier target (the memfd made
+    first may be fd 3, the report pipe's target), it would be overwritten before it is copied.
+    """
+    for index, fd in enumerate(fds):
+        if fd < len(fds):
+            fds[index] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(fds))
+            os.close(fd)
+
+
 def spawn_runner(
     prepared: ComponentPrepared, stdio: GuestStdio, on_exit: Callable[[int], None], cache_dir: str,
     on_gone: Callable[[ComponentRunner], None],
@@ -188,25 +226,29 @@ def spawn_runner(
     """Spawn the runner of ``prepared`` (see the module docstring); returns at once with its guest and a pidfd
     of the process, which the caller hands to an exit watcher (``ComponentRunner.reaped`` is its callback)."""
     task_id = prepared.spec.task_id
-    program, argv, env, reports = runner_plan(prepared, cache_dir)
-    report = os.pipe2(os.O_CLOEXEC) if reports else None  # (read end, write end)
+    program, argv, env, plan = runner_plan(prepared, cache_dir)
+    plan_fd = sealed_memfd(f"wasm-shim-plan-{task_id}", plan)
+    try:
+        report = os.pipe2(os.O_CLOEXEC)  # (read end, write end)
+    except BaseException:
+        os.close(plan_fd)
+        raise
     try:
         fds = list(open_stdio(stdio))
     except BaseException:
-        for fd in report or ():
+        for fd in (plan_fd, *report):
             os.close(fd)
         raise
-    if report is not None:
-        fds.append(report[1])  # becomes the runner's fd 3 (REPORT_FD)
+    fds += [report[1], plan_fd]  # the runner's fds REPORT_FD and PLAN_FD
     try:
+        _clear_of_targets(fds)  # a dup2 onto fd N must not overwrite a source still to be copied
         pid = os.posix_spawn(
             program, argv, env,
             file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
             setpgroup=0, setsigmask=(),
         )
     except OSError as exc:
-        if report is not None:
-            os.close(report[0])
+        os.close(report[0])
         raise EngineError(f"cannot start a runner process for task {task_id}: {exc.strerror}") from None
     finally:
         for fd in fds:
@@ -216,11 +258,10 @@ def spawn_runner(
     except OSError as exc:  # never expected: the child is unreaped; make sure it does not run on
         os.kill(pid, signals.SIGKILL)
         os.waitpid(pid, 0)
-        if report is not None:
-            os.close(report[0])
+        os.close(report[0])
         raise EngineError(f"cannot watch the runner process of task {task_id}: {exc.strerror}") from None
-    runner = ComponentRunner(task_id, pid, os.dup(pidfd), on_exit, on_gone,
-                             report[0] if report is not None else None, serving=prepared.serve is not None)
+    runner = ComponentRunner(task_id, pid, os.dup(pidfd), on_exit, on_gone, report[0],
+                             serving=prepared.serve is not None)
     log.debug("task %s: component runner pid %d", task_id, pid)
     return runner, pidfd
 

@@ -13,7 +13,8 @@ next deadline (``at_deadline``) or on its way out of one of our host calls (``ch
 see ``poll``). ``pause`` asks for ticks until the guest parks in its deadline callback (or in our poll_oneoff
 on the way out) and waits on its condition until ``resume`` or a kill, using no CPU. A guest paused while
 blocked in wasmtime's own host code (a stdin read) parks when that call returns; until then the ticker keeps
-ticking on its account. A guest with a CPU limit sleeps off its debt at its deadlines (``CpuBucket``).
+ticking on its account. A guest with a CPU limit sleeps off its debt at its deadlines (``CpuBucket``); time paused
+earns like any other (base.py's "CPU limits").
 
 Thread safety: ``_signal`` guards ``_kill_signal``, ``_paused`` and ``_in_host`` and wakes a guest waiting in
 our host calls, in a pause or in a CPU sleep; the other fields are touched by the guest's own thread.
@@ -35,7 +36,6 @@ from wasmtime import _ffi as wasmtime_ffi
 
 from ..base import (
     EXIT_FAILURE,
-    EXIT_TRAP,
     EngineError,
     Guest,
     GuestMount,
@@ -45,7 +45,8 @@ from ..base import (
     signal_terminates,
 )
 from .epochs import CpuBucket, Epochs
-from .reports import trap_report
+from .footprint import StoreLimits
+from .reports import failure
 from .wasi import WasiContext, build_wasi, release
 
 log = logging.getLogger(__name__)
@@ -152,17 +153,19 @@ class ThreadGuest(Guest):
     # --- setup on the caller's thread -----------------------------------------------------------------------
 
     def setup(
-        self, env: tuple[tuple[str, str], ...], preopens: tuple[GuestMount, ...], stdio: GuestStdio
+        self, env: tuple[tuple[str, str], ...], preopens: tuple[GuestMount, ...], stdio: GuestStdio,
+        limits: StoreLimits | None = None,
     ) -> None:
-        """Build the WASI context and the store; on failure everything opened so far is released."""
+        """Build the WASI context and the store (with ``limits``: base.py's memory rule as wasmtime-py can keep it);
+        on failure everything opened so far is released."""
         spec = self.spec
         self._wasi = build_wasi(spec, env, preopens, stdio)
         store = wasmtime.Store(self._wasm)
         self._store = store
         self.monotonic_origin = time.monotonic_ns()  # ~ when wasmtime's WASI monotonic clock starts
         store.set_wasi(self._wasi.config)  # the store owns the WASI context (and its fds) from here on
-        if spec.memory_limit is not None and spec.memory_limit > 0:
-            store.set_limits(memory_size=spec.memory_limit)  # memory.grow fails beyond it
+        if limits is not None:
+            store.set_limits(**limits.as_kwargs())  # memory.grow and table.grow fail beyond them
         self._epochs.install(store, self._key)
 
     def launch(self) -> None:
@@ -198,8 +201,7 @@ class ThreadGuest(Guest):
             self._epochs.attended(self)
             while self._paused and self._kill_signal is None:
                 self._signal.wait()
-        if self._bucket is not None:
-            self._bucket.paused(time.monotonic_ns())  # no CPU credit accrues while paused
+        # The CPU bucket is settled next (at_deadline): the time paused earned like any other, up to a full bucket.
 
     def _throttle(self, bucket: CpuBucket) -> None:
         debt = bucket.settle(time.monotonic_ns(), time.thread_time_ns())
@@ -268,19 +270,22 @@ class ThreadGuest(Guest):
         """Whether a guest that failed did so at its memory limit (``oom``); False where it cannot be seen."""
         return False
 
-    def failed(self, text: str) -> int:
+    def failed(self, exc: wasmtime.WasmtimeError | wasmtime.Trap | GuestKilled) -> int:
         """Status for a guest that ended in an error: killed, trapped (134), or another error (1).
 
-        Like the wasmtime CLI, only a trap aborts (134); other errors (wasmtime refusing proc_exit(n) for
-        n >= 126, a failed instantiation, a host error) exit 1. Both leave a line on the guest's stderr.
+        ``reports.failure`` classifies it (base.py's rule: a trap only when it carries a trap code) and words the
+        one line left on the guest's stderr. Call it before the error is disposed of.
         """
         if self._kill_signal is not None:
             return killed_status(self._kill_signal)
-        report = trap_report(text)
-        # The shim log says why, too (issue 12): the guest's stderr may have no reader, and an operator looks there.
-        log.info("task %s: %s", self.task_id, report.splitlines()[0] if report else "failed")
-        self.report(report)
-        return EXIT_TRAP if report.startswith("wasm trap:") else EXIT_FAILURE
+        if isinstance(exc, GuestKilled):  # never expected: our host calls raise it only for a kill
+            status, line = EXIT_FAILURE, f"wasm error: {exc}"
+        else:
+            status, line = failure(exc)
+        # The shim log says why, too: the guest's stderr may have no reader, and an operator looks there.
+        log.info("task %s: %s", self.task_id, line)
+        self.report(line + "\n")
+        return status
 
     def report(self, message: str) -> None:
         """Best effort: the pipe may be full or its reader gone, and the guest thread must not block on it."""
