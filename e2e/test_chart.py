@@ -294,9 +294,9 @@ def node_a_tasks(cluster: Cluster) -> set[str]:
     return set(result.stdout.split())
 
 
-def node_a_processes(cluster: Cluster) -> list[str]:
-    """Every process's command line inside node-a's PID namespace."""
-    result = cluster.node_exec("node-a", "ps", "-ww", "-eo", "args")
+def node_a_processes(cluster: Cluster, columns: str = "args") -> list[str]:
+    """Every process inside node-a's PID namespace, one line each with ``columns`` (ps -o)."""
+    result = cluster.node_exec("node-a", "ps", "-ww", "-eo", columns)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()[1:]
 
@@ -438,12 +438,15 @@ def test_deleting_a_pod_and_scaling_down_stop_the_guests(cluster: Cluster, relea
         wait_until(f"{name} scaled to 0", lambda: not pods_of(core, name), timeout=120)
         wait_until("node-a's tasks back to those before the deployment", lambda: node_a_tasks(cluster) <= before,
                    timeout=60)
-        processes = node_a_processes(cluster)
+        processes = node_a_processes(cluster, "pid,ppid,args")
         # grouping=namespace: one daemon of the release's bundle for containerd's k8s.io namespace (a daemon an
         # earlier module's hand-installed shim left, with another config, may still be idling out beside it).
         daemons = [line for line in processes if "wasm_shim.shim.daemon.main" in line and "/opt/wasm-shim/" in line]
         assert len(daemons) == 1, daemons
-        assert not [line for line in processes if "wasm-shim-component-runner" in line and name in line]
+        # No component runner is left under that daemon (a runner's plan, pod names included, is not in its argv).
+        daemon_pid = daemons[0].split()[0]
+        runners = [line for line in processes if "wasm-shim-component-runner" in line]
+        assert not [line for line in runners if line.split()[1] == daemon_pid], runners
     finally:
         delete_deployment(apps, core, name)
 
