@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engines.base import GuestMount, GuestSpec
+from ..engines.grant import parse_grant
 
 
 class BundleError(Exception):
@@ -97,7 +98,7 @@ def guest_spec(task_id: str, bundle: Bundle) -> GuestSpec:
         env=tuple(str(e) for e in process.get("env") or ()),
         cwd=str(process.get("cwd") or "/"),
         mounts=guest_mounts(bundle.spec),
-        annotations=bundle.annotations,
+        grant=parse_grant(bundle.annotations),
         memory_limit=int(limit) if isinstance(limit, int) and limit > 0 else None,
         bundle=bundle.path,
         cpu_limit=cpu_limit(bundle.spec),

@@ -45,17 +45,19 @@ TOPICS: dict[type[Message], str] = {
 
 
 @dataclass(frozen=True)
-class Event:
+class Envelope:
+    """One event on its way to containerd (events.proto `Envelope`): where, which topic, the message, when."""
+
     namespace: str
     topic: str
     message: Message
     timestamp_ns: int
 
 
-Forwarder = Callable[[Event], Awaitable[None]]
+Forwarder = Callable[[Envelope], Awaitable[None]]
 
 
-def encode_forward_request(event: Event) -> bytes:
+def encode_forward_request(event: Envelope) -> bytes:
     request = ttrpc_events_pb2.ForwardRequest()
     envelope = request.envelope
     seconds, nanos = divmod(event.timestamp_ns, 1_000_000_000)
@@ -76,7 +78,7 @@ class TtrpcForwarder:
         self._path = address.removeprefix("unix://")
         self._client: Client | None = None
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Envelope) -> None:
         if self._client is None:
             self._client = await Client.connect(self._path, timeout=5.0)
         try:
@@ -102,19 +104,19 @@ class EventQueue:
 
     def __init__(self, forward: Forwarder, *, attempts: int = 5, backoff: float = 0.2) -> None:
         self._forward = forward
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Envelope | None] = asyncio.Queue()
         self._attempts = attempts
         self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
-        self._observers: list[Callable[[Event], None]] = []
+        self._observers: list[Callable[[Envelope], None]] = []
 
-    def observe(self, observer: Callable[[Event], None]) -> None:
+    def observe(self, observer: Callable[[Envelope], None]) -> None:
         """Call ``observer(event)`` for every event published from now on (on the loop, before delivery)."""
         self._observers.append(observer)
 
     def publish(self, namespace: str, message: Message) -> None:
         topic = TOPICS[type(message)]
-        event = Event(namespace, topic, message, time.time_ns())
+        event = Envelope(namespace, topic, message, time.time_ns())
         self._queue.put_nowait(event)
         for observer in self._observers:
             try:
@@ -132,7 +134,7 @@ class EventQueue:
                 return
             await self._deliver(event)
 
-    async def _deliver(self, event: Event) -> None:
+    async def _deliver(self, event: Envelope) -> None:
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
             try:

@@ -237,7 +237,7 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:
     """The wasmtime engine with its on-disk compiled cache, or without one when the cache dir is unusable.
 
-    The cache is an optimisation (shim/engines/wasmtime/cache.py): a cache dir that cannot be created or checked
+    The cache is an optimisation (shim/engines/wasmtime/compile_cache.py): a cache dir that cannot be created or checked
     (a full disk, no inodes left, wrong owner or mode) must cost compiles, never every container of the node
     (issue 12). The warning names the dir and the reason.
     """

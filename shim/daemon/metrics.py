@@ -37,7 +37,7 @@ from ..ttrpc.status import RpcError
 if TYPE_CHECKING:
     from ..engines.base import Engine
     from ..ttrpc.server import CallContext, Handler
-    from .events import Event
+    from .events import Envelope
     from .task_service import TaskService
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Metrics:
 
     # -- feeding ---------------------------------------------------------------------------------------------
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: Envelope) -> None:
         """An ``EventQueue`` observer: counts starts and OOMs as they are published (on the loop)."""
         if event.topic == "/tasks/start":
             self._starts.labels(event.namespace).inc()

@@ -71,14 +71,13 @@ import os
 import posixpath
 import signal as signals
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Protocol
 
-
-class EngineError(Exception):
-    """A failure the user caused or must fix; the message is shown to them, so it names the path/export."""
+from .errors import EngineError as EngineError  # re-exported: engines import it from here
+from .grant import Grant
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class GuestSpec:
     env: tuple[str, ...]  # OCI process.env, "K=V"
     cwd: str  # OCI process.cwd
     mounts: tuple[GuestMount, ...] = ()
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    grant: Grant = field(default_factory=Grant)  # what the annotations grant and ask, parsed once (grant.py)
     memory_limit: int | None = None  # bytes, from linux.resources.memory.limit
     bundle: str = ""  # host path of the OCI bundle (config.json); the native engine hands it to runc
     cpu_limit: float | None = None  # CPUs (quota / period), from linux.resources.cpu

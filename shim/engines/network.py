@@ -1,7 +1,7 @@
 """The network grant of a wasm guest: the ``wasm.shim.io/network`` annotation, parsed and checked (no I/O).
 
 Owns: the grammar of the annotation and its canonical form for the component runner (``runner/``, which enforces
-it in wasmtime's socket-address check). DESIGN principle 7: no network unless granted, and a grant that cannot be
+it in wasmtime's socket-address check). No network unless granted (docs/design.md, rule 7), and a grant that cannot be
 parsed exactly is refused with a message that says why, never widened or narrowed silently.
 
 Grammar (docs/annotations.md)::
@@ -21,12 +21,16 @@ a connect, accepting clients of a listener, receiving replies from a send target
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wasm_shim.shim.engines.base import EngineError
+from .errors import EngineError
+
+if TYPE_CHECKING:
+    from .base import GuestSpec
 
 NETWORK_ANNOTATION = "wasm.shim.io/network"
 VERBS = ("tcp-listen", "tcp-connect", "udp-bind", "udp-send")
@@ -141,3 +145,18 @@ def _parse_rule(item: str, value: str) -> NetworkRule:
         if high > 65535 or low > high:
             raise bad(f"ports {ports!r}: out of range 0-65535 or reversed")
     return NetworkRule(verb, network, low, high)
+
+
+def pod_network_namespace(spec: GuestSpec, who: str, why: str) -> str:
+    """The existing network namespace the spec joins (a pod's), for `who`; EngineError saying `why` it is needed
+    when the spec names none or it is gone. The one lookup every network use of a guest goes through."""
+    path = spec.network_namespace
+    if path is None:
+        raise EngineError(
+            f"{who}: the OCI spec names no network namespace to join (linux.namespaces has no network entry with a "
+            "path); a pod's containers have one under CRI, with ctr use --with-ns network:/var/run/netns/NAME. "
+            f"It is needed because {why}"
+        )
+    if not os.path.exists(path):
+        raise EngineError(f"{who}: network namespace {path} does not exist (it is needed because {why})")
+    return path

@@ -46,7 +46,6 @@ from .place import place_layer
 log = logging.getLogger(__name__)
 
 GRPC_ADDRESS_ENV = "WASM_SHIM_DAEMON_GRPC_ADDRESS"  # the daemon's environment: containerd's gRPC socket
-CRI_IMAGE_NAME = "io.kubernetes.cri.image-name"  # containerd's CRI: the image the pod named
 MAX_CONFIG_SIZE = 1 << 20  # a wasm config is a few hundred bytes
 MAX_LAYER_SIZE = 1 << 30  # a module or component; it streams to disk, this bounds the disk it may take
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "s390x": "s390x", "ppc64le": "ppc64le",
@@ -146,7 +145,7 @@ class ContentStore:
                 return None  # a task created without a container record (a client of the task API alone)
             if not record:
                 return None
-            requested = spec.annotations.get(CRI_IMAGE_NAME, "") or record
+            requested = spec.grant.image_name or record
             with client.lease() as lease:
                 chosen = self._resolve(client, requested, lease)
                 if chosen is None:

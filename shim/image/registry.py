@@ -20,10 +20,10 @@ from typing import IO, Any
 from wasm_shim.oci.digest import StreamVerifier
 
 from ..engines.base import EntryPath
+from ..engines.grant import ARTIFACT_ANNOTATION
 from .origin import ImageOrigin, ImageOriginError
 from .place import place_layer
 
-ARTIFACT_ANNOTATION = "wasm.shim.io/artifact"
 MAX_CONFIG_SIZE = 1 << 20
 
 

@@ -32,11 +32,10 @@ from ..engines.base import EntryPath, Entrypoint, GuestSpec, find_entrypoint, re
 from .admission import Admission
 from .content_store import ContentStore
 from .origin import ImageOrigin, ImageOriginError
-from .registry import ARTIFACT_ANNOTATION, RegistryArtifacts
+from .registry import RegistryArtifacts
 
 log = logging.getLogger(__name__)
 
-CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" for the pause container
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,10 @@ class EntrypointSource:
         """The entrypoint and origin of the task `spec` describes; EngineError (ImageOriginError, AdmissionError,
         or the entrypoint's own) with the reason when it cannot or may not run."""
         path = find_entrypoint(spec)
-        if spec.annotations.get(CRI_CONTAINER_TYPE) == "sandbox":
+        if spec.grant.sandbox:
             return Provided(read_entrypoint(path), None)
         policy = self.admission.policy()
-        reference = spec.annotations.get(ARTIFACT_ANNOTATION, "")
+        reference = spec.grant.artifact
         if reference:
             settings = policy.registry if policy is not None else None
             origin: ImageOrigin | None = self.registry.identify(reference, settings)

@@ -25,6 +25,7 @@ from wasm_shim.oci.artifact import Artifact, build_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Blob
 from wasm_shim.oci.manifest import Descriptor
 from wasm_shim.shim.engines.base import GuestSpec, find_entrypoint
+from wasm_shim.shim.engines.grant import parse_grant
 from wasm_shim.shim.image.containerd import ContainerdClient, ContentStoreError, NotFound
 from wasm_shim.shim.image.content_store import ContentStore
 from wasm_shim.shim.image.origin import ImageOriginError
@@ -95,7 +96,7 @@ def _container_of(containerd: Containerd, busybox_image: str, container_id: str,
 
 def _spec(task_id: str, rootfs: Path, entry: str = "/hello.wasm", **annotations: str) -> GuestSpec:
     return GuestSpec(task_id=task_id, rootfs=str(rootfs), root_readonly=False, args=(entry,), env=(), cwd="/",
-                     annotations=annotations)
+                     grant=parse_grant(annotations))
 
 
 def _rootfs(tmp_path: Path) -> Path:
@@ -268,7 +269,7 @@ def test_present_entrypoint_and_module_import_pull_in_no_grpc(tmp_path: Path) ->
     (tmp_path / "hello.wasm").write_bytes(b"\0asm\x01\0\0\0")
     code = (
         "import sys\n"
-        "from wasm_shim.shim import task_service\n"
+        "from wasm_shim.shim.daemon import task_service\n"
         "from wasm_shim.shim.engines.base import GuestSpec\n"
         "from wasm_shim.shim.image.content_store import ContentStore\n"
         "from wasm_shim.shim.image.source import EntrypointSource\n"

@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 
 from wasm_shim.shim.engines.base import EXIT_TRAP, EngineError, GuestSpec, GuestStdio, killed_status, locate_entrypoint
+from wasm_shim.shim.engines.grant import ISOLATION_ANNOTATION, parse_grant
 from wasm_shim.shim.engines.wasmtime import ComponentPrepared, ComponentRunner, WasmtimeEngine, WasmtimeGuest
-from wasm_shim.shim.engines.wasmtime.components import ISOLATION_ANNOTATION
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ class Paths:
         annotations = {ISOLATION_ANNOTATION: "thread"} if path == "component-thread" else {}
         spec = GuestSpec(
             task_id=f"conf-{self._count}", rootfs=str(self.guests), root_readonly=True, args=(wasm, *args),
-            env=(), cwd="/", annotations=annotations, **limits,  # type: ignore[arg-type]
+            env=(), cwd="/", grant=parse_grant(annotations), **limits,  # type: ignore[arg-type]
         )
         prepared = prepare(self.engine, spec)
         if path == "component-runner" or (path == "component-thread" and spec.memory_limit):

@@ -27,6 +27,7 @@ import pytest
 from lab.shimtools import RUNTIME, remove_task, task_pid, wait_for
 from lab.shimtools import task_status as _status
 from wasm_shim.shim.engines.base import EngineError, GuestSpec, locate_entrypoint
+from wasm_shim.shim.engines.grant import parse_grant
 from wasm_shim.shim.engines.wasmtime import WasmtimeEngine
 
 pytestmark = pytest.mark.integration
@@ -261,7 +262,7 @@ def test_a_missing_component_runner_fails_prepare_with_its_name(tmp_path, guests
     engine = WasmtimeEngine(cache_dir=None, component_runner=str(tmp_path / "no-such-runner"))
     try:
         guest = GuestSpec(task_id="t", rootfs=str(rootfs), root_readonly=True, args=("/app.wasm",), env=(),
-                          cwd="/", annotations={NETWORK: "tcp-listen=*:80"},
+                          cwd="/", grant=parse_grant({NETWORK: "tcp-listen=*:80"}),
                           network_namespace=str(pod_netns))
         with pytest.raises(EngineError, match="wasm-shim-component-runner, which is not installed") as caught:
             prepare(engine, guest)

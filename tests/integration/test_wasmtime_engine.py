@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from wasm_shim.shim.engines.base import EngineError, EntryKind, GuestMount, GuestSpec, GuestStdio, locate_entrypoint
+from wasm_shim.shim.engines.grant import parse_grant
 from wasm_shim.shim.engines.wasmtime import WasmtimeEngine, WasmtimeGuest
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,8 @@ class Sandbox:
             task_id=f"task-{self._count}", rootfs=str(self.rootfs), root_readonly=False, args=args, env=env,
             cwd="/", mounts=(),
         )
+        if "annotations" in kwargs:  # what bundle.py does with a spec's annotations
+            kwargs["grant"] = parse_grant(kwargs.pop("annotations"))
         fields.update(kwargs)
         return GuestSpec(**fields)
 

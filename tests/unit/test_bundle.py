@@ -10,6 +10,7 @@ import pytest
 
 from wasm_shim.shim.daemon.bundle import BundleError, guest_spec, load_bundle
 from wasm_shim.shim.engines.base import GuestMount
+from wasm_shim.shim.engines.grant import Grant
 
 
 def _spec(tmp_path: Path, **fields: Any) -> Any:
@@ -40,7 +41,7 @@ def test_the_grant_comes_from_config_json(tmp_path: Path) -> None:
     assert (spec.memory_limit, spec.cpu_limit) == (1 << 24, 0.5)
     assert spec.network_namespace == "/var/run/netns/pod"
     assert spec.cgroups_path == "kubepods.slice:cri-containerd:t"
-    assert spec.annotations == {"k": "v"} and spec.bundle == str(tmp_path)
+    assert spec.grant == Grant() and spec.bundle == str(tmp_path)  # "k" grants nothing
 
 
 def test_a_network_namespace_without_a_path_is_a_new_one(tmp_path: Path) -> None:

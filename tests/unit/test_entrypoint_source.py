@@ -18,6 +18,7 @@ import pytest
 from wasm_shim.oci.manifest import Descriptor
 from wasm_shim.oci.policy import PolicyFile
 from wasm_shim.shim.engines.base import EngineError, EntryKind, EntryPath, GuestSpec
+from wasm_shim.shim.engines.grant import parse_grant
 from wasm_shim.shim.image.admission import Admission, AdmissionError
 from wasm_shim.shim.image.origin import ImageOrigin, ImageOriginError
 from wasm_shim.shim.image.place import place_layer
@@ -32,7 +33,7 @@ SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
 
 def _spec(rootfs: Path, **annotations: str) -> GuestSpec:
     return GuestSpec(task_id="t1", rootfs=str(rootfs), root_readonly=False, args=("/app.wasm",), env=(), cwd="/",
-                     annotations=annotations)
+                     grant=parse_grant(annotations))
 
 
 def _origin(layer: bytes | None = None) -> ImageOrigin:

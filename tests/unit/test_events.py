@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from wasm_shim.shim.daemon.events import Event, EventQueue
+from wasm_shim.shim.daemon.events import Envelope, EventQueue
 from wasm_shim.shim.protos import events_pb2
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -21,7 +21,7 @@ class Sink:
         self.attempts: list[str] = []
         self.delivered: list[tuple[str, str]] = []
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Envelope) -> None:
         self.attempts.append(event.topic)
         if self.delay:
             await asyncio.sleep(self.delay)

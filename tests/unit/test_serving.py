@@ -5,16 +5,21 @@ from __future__ import annotations
 import pytest
 
 from wasm_shim.shim.engines.base import EngineError
-from wasm_shim.shim.engines.wasmtime.serving import (
+from wasm_shim.shim.engines.grant import (
     DEFAULT_MAX_BODY,
     DEFAULT_REQUEST_TIMEOUT,
     LISTEN_ANNOTATION,
     MAX_BODY_ANNOTATION,
-    PROXY_ADDR_ENV,
     TIMEOUT_ANNOTATION,
-    component_role,
-    serve_plan,
+    parse_grant,
 )
+from wasm_shim.shim.engines.wasmtime.serving import PROXY_ADDR_ENV, component_role
+from wasm_shim.shim.engines.wasmtime.serving import serve_plan as plan_from_grant
+
+
+def serve_plan(annotations: dict[str, str], env: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    """The annotations parsed into the grant (as bundle.py does at Create), then the serve plan built from it."""
+    return plan_from_grant(parse_grant(annotations).http, env)
 
 RUN = "wasi:cli/run@0.2.3"
 HANDLER = "wasi:http/incoming-handler@0.2.12"

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from wasm_shim.shim.daemon.events import Event, EventQueue
+from wasm_shim.shim.daemon.events import Envelope, EventQueue
 from wasm_shim.shim.daemon.task_service import TaskService
 from wasm_shim.shim.engines.base import EngineError, EntryKind, Entrypoint, Guest, GuestSpec, GuestStdio
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
@@ -88,9 +88,9 @@ class FakeEngine:
 
 class Recorder:
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[Envelope] = []
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Envelope) -> None:
         self.events.append(event)
 
     @property

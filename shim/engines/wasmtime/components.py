@@ -21,7 +21,7 @@ thread (``WasmtimeEngine.prepare`` sends it to the runner, which sums them: base
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import wasmtime
@@ -35,8 +35,6 @@ from .serving import ServePlan
 from .thread_guest import GuestKilled, ThreadGuest
 
 RUN_INTERFACE = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
-ISOLATION_ANNOTATION = "wasm.shim.io/component-isolation"
-ISOLATIONS = ("process", "thread")
 
 
 @dataclass(frozen=True)
@@ -107,18 +105,6 @@ def check_component_entry(exports: tuple[str, ...], runs: bool, entry: Entrypoin
                 f"{name}: a component can only be started through wasi:cli/run, not {entry.export!r} "
                 f"(exports: {listing})"
             )
-
-
-def component_isolation(annotations: Mapping[str, str], default: str) -> str:
-    """How a component runs: "process" (a runner; killable whatever it does) or "thread" (in the daemon)."""
-    value = annotations.get(ISOLATION_ANNOTATION, "").strip().lower() or default
-    if value not in ISOLATIONS:
-        raise EngineError(
-            f"annotation {ISOLATION_ANNOTATION}={value!r}: use \"process\" (the default: the component runs in "
-            "a process of its own and a kill stops it whatever it does) or \"thread\" (in the daemon: cheaper, "
-            "but a component sleeping or blocked in a socket call is stopped only when that call returns)"
-        )
-    return value
 
 
 class ComponentGuest(ThreadGuest):

@@ -44,19 +44,16 @@ from ..base import (
     split_env,
 )
 from ..child import ExitWatcher
-from ..network import NETWORK_ANNOTATION, parse_network_grant
-from .cache import (
-    ArtifactCache,
+from ..grant import ISOLATION_ANNOTATION, ISOLATIONS, NETWORK_ANNOTATION
+from .compile_cache import (
+    CompileCache,
     check_private_dir,
 )
 from .components import (
-    ISOLATION_ANNOTATION,
-    ISOLATIONS,
     CompiledComponent,
     ComponentGuest,
     ComponentPrepared,
     check_component_entry,
-    component_isolation,
     exports_run,
     inspect_component,
 )
@@ -115,7 +112,7 @@ class WasmtimeEngine:
         self._wasm = wasmtime.Engine(config)
         self._epochs = Epochs(self._wasm)
         self._fingerprint: str | None = None
-        self._cache: ArtifactCache[CompiledModule | CompiledComponent] = ArtifactCache(
+        self._cache: CompileCache[CompiledModule | CompiledComponent] = CompileCache(
             self._wasm, self.fingerprint if cache_dir is not None else "", cache_dir, memory_entries
         )
         # Guests by the thread running them, for our host calls (a kill reaches a module sleeping in them).
@@ -160,12 +157,12 @@ class WasmtimeEngine:
         name = f"entrypoint {entry.guest_path}"
         kind = entry.kind
         env = tuple(split_env(spec.env))
-        network = parse_network_grant(spec.annotations)
+        network = spec.grant.network
         isolation = "thread"
         netns = runner = None
         bounded_in_runner = False  # a component asked for a thread, but only the runner can bound its memory limit
         if kind is EntryKind.COMPONENT:
-            isolation = component_isolation(spec.annotations, self._component_isolation)
+            isolation = spec.grant.isolation or self._component_isolation
             if isolation == "thread" and spec.memory_limit:
                 isolation, bounded_in_runner = "process", True
                 log.info("task %s: a component with a memory limit runs in %s, which sums its memories and "
@@ -203,7 +200,7 @@ class WasmtimeEngine:
             if component_role(exports, entry.export, name) == "serve":
                 netns = netns or serve_network(spec)
                 return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns,
-                                         runner, serve=serve_plan(spec.annotations, env))
+                                         runner, serve=serve_plan(spec.grant.http, env))
             check_component_entry(exports, exports_run(exports), entry, name)
             return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns, runner)
         compiled, source = self._compiled(entry.host_path, kind, name)

@@ -69,8 +69,9 @@ from ..base import (
     signal_terminates,
 )
 from ..child import ChildGuest, open_stdio
-from ..network import NETWORK_ANNOTATION, NetworkGrant
-from .components import ISOLATION_ANNOTATION, ComponentPrepared
+from ..grant import ISOLATION_ANNOTATION, NETWORK_ANNOTATION
+from ..network import NetworkGrant, pod_network_namespace
+from .components import ComponentPrepared
 from .reports import error_summary
 
 log = logging.getLogger(__name__)
@@ -132,16 +133,7 @@ def pod_network(spec: GuestSpec, kind: EntryKind, isolation: str, network: Netwo
             f"{grant} needs {ISOLATION_ANNOTATION}=process: a component in the daemon's threads would open "
             "its sockets in the node's network namespace"
         )
-    path = spec.network_namespace
-    if path is None:
-        raise EngineError(
-            f"{grant}: the OCI spec names no network namespace to join (linux.namespaces has no network "
-            "entry with a path); a pod's containers have one under CRI, with ctr use "
-            "--with-ns network:/var/run/netns/NAME. Sockets are never opened in the node's namespace"
-        )
-    if not os.path.exists(path):
-        raise EngineError(f"{grant}: network namespace {path} does not exist")
-    return path
+    return pod_network_namespace(spec, grant, "sockets are never opened in the node's namespace")
 
 
 def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[str], dict[str, str], bytes]:

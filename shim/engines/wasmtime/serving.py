@@ -13,31 +13,24 @@ the grant (``wasm.shim.io/network``) governs the guest's own sockets and its out
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..base import EngineError, GuestSpec
+from ..grant import HttpSettings, parse_listen
+from ..network import pod_network_namespace
 
 RUN_EXPORT = re.compile(r"^wasi:cli/run@0\.2\.\d+$")
 HTTP_EXPORT = re.compile(r"^wasi:http/incoming-handler@0\.2\.\d+$")
 
-LISTEN_ANNOTATION = "wasm.shim.io/http-listen"
-TIMEOUT_ANNOTATION = "wasm.shim.io/http-request-timeout"
-MAX_BODY_ANNOTATION = "wasm.shim.io/http-max-body"
 PROXY_ADDR_ENV = "WASMTIME_HTTP_PROXY_SOCKET_ADDR"  # runwasi's wasmtime shim reads the same variable
 
 DEFAULT_LISTEN = "0.0.0.0:8080"  # runwasi's and `wasmtime serve`'s default
-DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds for one request, its body included (a handler that never answers)
-DEFAULT_MAX_BODY = 16 << 20  # bytes of one request body
 DRAIN_TIMEOUT = 30.0  # seconds to finish requests in flight after SIGTERM (Kubernetes' default grace period)
 MAX_CONCURRENCY = 64  # requests served at once per container (each is an instance; the pool is sized for it)
 
-_SIZE = re.compile(r"^(\d+)(Ki|Mi|Gi)?$")
-_UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -89,71 +82,17 @@ def component_role(exports: Sequence[str], export: str | None, name: str) -> str
     return role
 
 
-def serve_plan(annotations: Mapping[str, str], env: Sequence[tuple[str, str]]) -> ServePlan:
-    """The serve plan from the annotations and the guest's environment; EngineError naming a bad value."""
-    listen = annotations.get(LISTEN_ANNOTATION, "").strip()
-    source = f"annotation {LISTEN_ANNOTATION}"
-    if not listen:
+def serve_plan(http: HttpSettings, env: Sequence[tuple[str, str]]) -> ServePlan:
+    """The serve plan from the grant's http settings and the guest's environment; EngineError naming a bad value."""
+    listen = http.listen
+    if listen is None:
         from_env = [value for key, value in env if key == PROXY_ADDR_ENV]
-        listen, source = (from_env[-1].strip(), f"environment variable {PROXY_ADDR_ENV}") if from_env \
-            else (DEFAULT_LISTEN, "default")
-    return ServePlan(
-        addr=parse_listen(listen, source),
-        request_timeout=_seconds(annotations.get(TIMEOUT_ANNOTATION), DEFAULT_REQUEST_TIMEOUT),
-        max_body=_size(annotations.get(MAX_BODY_ANNOTATION), DEFAULT_MAX_BODY),
-    )
-
-
-def parse_listen(text: str, source: str) -> str:
-    """``IP:PORT`` (IPv6 as ``[IP]:PORT``) in canonical form; EngineError otherwise."""
-    match = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
-    if match is None:
-        raise EngineError(f"{source}={text!r}: expected IP:PORT such as 0.0.0.0:8080 or [::]:8080 (no host names)")
-    host, port_text = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise EngineError(f"{source}={text!r}: {host!r} is not an IP address") from None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise EngineError(f"{source}={text!r}: port {port} is out of range (1-65535)")
-    if isinstance(ip, ipaddress.IPv6Address) != bool(match.group(1)):
-        raise EngineError(f"{source}={text!r}: an IPv6 address goes in brackets, an IPv4 one does not")
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def _seconds(text: str | None, default: float) -> float:
-    if text is None or not text.strip():
-        return default
-    try:
-        value = float(text.strip().removesuffix("s"))
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86400:
-        raise EngineError(f"annotation {TIMEOUT_ANNOTATION}={text!r}: expected seconds, more than 0 and at most "
-                          "86400 (such as 30 or 2.5)")
-    return value
-
-
-def _size(text: str | None, default: int) -> int:
-    if text is None or not text.strip():
-        return default
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise EngineError(f"annotation {MAX_BODY_ANNOTATION}={text!r}: expected bytes, optionally with Ki, Mi or Gi "
-                          "(such as 1048576 or 16Mi)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+        listen = parse_listen(from_env[-1].strip(), f"environment variable {PROXY_ADDR_ENV}") if from_env \
+            else DEFAULT_LISTEN
+    return ServePlan(addr=listen, request_timeout=http.request_timeout, max_body=http.max_body)
 
 
 def serve_network(spec: GuestSpec) -> str:
     """The pod's network namespace a served component listens in; EngineError when there is none."""
-    path = spec.network_namespace
-    if path is None:
-        raise EngineError(
-            "a wasi:http/incoming-handler component is served inside the pod's network namespace, and the OCI "
-            "spec names none (linux.namespaces has no network entry with a path); a pod's containers have one "
-            "under CRI, with ctr use --with-ns network:/var/run/netns/NAME"
-        )
-    if not os.path.exists(path):
-        raise EngineError(f"network namespace {path} does not exist (needed to serve the component)")
-    return path
+    return pod_network_namespace(spec, "a wasi:http/incoming-handler component",
+                                 "it is served inside the pod's network namespace")

@@ -100,7 +100,7 @@ def read_cache_file(path: str) -> bytes:
     return payload
 
 
-class ArtifactCache(Generic[Finished]):
+class CompileCache(Generic[Finished]):
     """Compiled artifacts by sha256 of their bytes: a bounded in-memory LRU over an optional on-disk store."""
 
     def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache_dir: str | None, memory_entries: int):
