@@ -234,9 +234,10 @@ def test_config_edited_after_install_loses_only_our_tables(tmp_path: Path) -> No
     config.write_text(config.read_text() + "\n[debug]\n  level = 'debug'\n")
     gone = node(root, "uninstall", "--no-restart")
     assert gone.returncode == 0, gone.stderr
-    assert "removed only our tables" in gone.stdout
-    # Our block went with the blank lines inside it (the one before [debug] was after our last table).
-    assert config.read_text() == CONTAINERD_2 + "[debug]\n  level = 'debug'\n"
+    assert "removed [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime] (added by install)" \
+        in gone.stdout
+    # Our block went, blank line, marker and all; the blank line the operator wrote before [debug] stays.
+    assert config.read_text() == CONTAINERD_2 + "\n[debug]\n  level = 'debug'\n"
     assert not (root / "opt").exists()
 
 
