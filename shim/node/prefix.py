@@ -42,12 +42,11 @@ LOCK_FILE = ".lock"  # taken before this check runs: the one entry a fresh prefi
 
 def plain(prefix: str) -> str:
     """`prefix` if it is a plain absolute path other than `/`; else InstallError."""
+    if prefix.strip("/") == "" and prefix:
+        raise InstallError(f"--prefix / refused: the installer needs a directory of its own, e.g. {EXAMPLE}")
     if not prefix.startswith("/") or os.path.normpath(prefix) != prefix.rstrip("/") or prefix.startswith("//"):
         raise InstallError(f"--prefix {prefix!r} must be a plain absolute path (no '..', '.' or '//'), e.g. {EXAMPLE}")
-    prefix = os.path.normpath(prefix)
-    if prefix == "/":
-        raise InstallError(f"--prefix / refused: the installer needs a directory of its own, e.g. {EXAMPLE}")
-    return prefix
+    return os.path.normpath(prefix)
 
 
 def refuse_system_dir(path: str, what: str) -> None:
@@ -61,9 +60,9 @@ def refuse_system_dir(path: str, what: str) -> None:
                                f"name a directory only the installer uses, e.g. {EXAMPLE}")
 
 
-def check_for_install(host: Host, prefix: str, *, recorded: bool) -> None:
-    """Every rule above, before the first write (`recorded`: an install record of ours is in the prefix)."""
-    refuse_system_dir(prefix, "--prefix")
+def check_parts(host: Host, prefix: str) -> None:
+    """The parts of `prefix` that exist are real directories, root's, not writable by others: checked before the
+    lock file is created in it (install and uninstall alike)."""
     part = "/"
     for name in prefix.strip("/").split("/"):
         part = os.path.join(part, name)
@@ -83,6 +82,12 @@ def check_for_install(host: Host, prefix: str, *, recorded: bool) -> None:
             raise InstallError(f"--prefix {prefix} refused: {part} is writable by every user "
                                f"(mode {stat.S_IMODE(st.st_mode):o}); a local user could change what the installer "
                                "puts there")
+
+
+def check_for_install(host: Host, prefix: str, *, recorded: bool) -> None:
+    """A system directory is never a prefix; at the first install (`recorded`: an install record of ours is in
+    the prefix) the prefix holds nothing but our lock. After `check_parts`, under the lock."""
+    refuse_system_dir(prefix, "--prefix")
     real = host.path(prefix)
     if not recorded and os.path.isdir(real):
         foreign = sorted(set(os.listdir(real)) - {LOCK_FILE})

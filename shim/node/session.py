@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .changes import Changes
 from .host import Host
 from .layout import InstallError
-from .prefix import LOCK_FILE, plain
+from .prefix import LOCK_FILE, check_parts, plain
 from .restart import Restarter
 
 
@@ -66,6 +66,7 @@ class Session:
 
     def lock(self, created: list[str]) -> None:
         """Take `<prefix>/.lock`, creating the prefix (recorded in `created`) and the file if missing."""
+        check_parts(self.host, self.prefix)  # never through a link, never in a directory others may write
         self.changes.mkdirs(self.prefix, created)
         lock_path = self.host.path(self.p(LOCK_FILE))
         existed = os.path.exists(lock_path)
