@@ -148,7 +148,8 @@ def test_a_table_install_replaced_comes_back_in_place_after_edits(tmp_path: Path
     theirs = (f'# our own wasm runtime, before the chart\n[{V2_RUNTIMES}.wasmtime]\n'
               '  runtime_type = "io.containerd.wasmtime.v1"\n'
               f'  [{V2_RUNTIMES}.wasmtime.options]\n    BinaryName = "/usr/local/bin/other-shim"\n')
-    original = CONTAINERD_16 + "\n" + theirs + '\n[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/opt/cni/bin"\n'
+    cni = '\n[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/opt/cni/bin"\n'
+    original = CONTAINERD_16 + "\n" + theirs + cni
     root = make_root(tmp_path, {"etc/containerd/config.toml": original})
     before = snapshot(root)
     bundle = make_bundle(tmp_path)
