@@ -33,10 +33,11 @@ from e2e.test_chart import (
     node_labels,
 )
 from lab.cluster import cluster as cl
+from lab.cluster.topology import NODE_SUPPORT_DIR
 
 RELEASE = "wasm-shim-edit"
 RELEASE_NS = "wasm-system-edit"
-GENERATION = f"{cl.NODE_SUPPORT_DIR}/containerd.generation"  # bumped by the node's supervisor at each restart
+GENERATION = f"{NODE_SUPPORT_DIR}/containerd.generation"  # bumped by the node's supervisor at each restart
 OPERATOR_EDIT = ("\n# the operator's own runtime, added while wasm-shim was installed\n"
                  "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.e2e-operator]\n"
                  "  runtime_type = \"io.containerd.runc.v2\"\n")
@@ -65,7 +66,7 @@ def node_a_config(cluster: Cluster) -> Iterator[str]:
     finally:
         if cluster.node_ok("node-a", "cat", CONFIG) != before:
             write_config(cluster, before)
-            cluster.node_ok("node-a", f"{cl.NODE_SUPPORT_DIR}/restart-containerd")
+            cluster.node_ok("node-a", f"{NODE_SUPPORT_DIR}/restart-containerd")
 
 
 def test_operator_edit_survives_helm_upgrade_and_uninstall(cluster: Cluster, guests: Path, tmp_path: Path,
