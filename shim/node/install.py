@@ -10,8 +10,9 @@ Invariants:
 - The install record (record.Record) is written last, naming everything the installs put on the node; the
   config edit it keeps is the merge's own record (layout.ConfigEdit), carried over from the first install, so a
   reinstall (a pod restart, `helm upgrade`) after an operator's edit records nothing of theirs as ours.
-- Bad input stops before the first write: the prefix (prefix.check_for_install), the layout, the config, the shim
-  options, a foreign shim binary in the bin directory, the bundle.
+- Bad input stops before the first write: the prefix (prefix.py; its name and parts are checked before the lock
+  is taken in it), the layout, the config, the shim options, a foreign shim binary in the bin directory, the
+  bundle.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import bundle as bundle_mod
 from .host import PARTIAL_SUFFIX
 from .layout import InstallError, Layout, detect, plan_install, runtime_table
 from .policy_files import POLICY_DIR, POLICY_FILE, install_policy, remove_stale_policy
-from .prefix import check_for_install
+from .prefix import check_own
 from .record import BACKUP, OPTIONS_FILE, SHIM_BINARY, STATE_FILE, Record, daemon_dir
 from .restart import say
 from .session import Session
@@ -39,7 +40,7 @@ DAEMON_DIR_KEYS = ("cache_dir", "artifact_dir")
 
 def install(s: Session, previous: Record | None, created: list[str]) -> tuple[str, Layout]:
     """Install onto the node; returns (version, layout). `created` collects the directories this run makes."""
-    check_for_install(s.host, s.prefix, recorded=previous is not None)
+    check_own(s.host, s.prefix, recorded=previous is not None)
     probe = s.host.probe()
     layout = detect(probe, layout=s.o.layout, containerd_config=s.o.containerd_config,
                     config_version=s.o.config_version)

@@ -26,7 +26,7 @@ from .host import Host, write_atomic
 from .install import install, options_toml
 from .layout import InstallError
 from .policy_files import read_policy_dir
-from .prefix import LOCK_FILE
+from .prefix import LOCK_FILE, refuse_system_dir
 from .record import STATE_FILE, Record, load
 from .restart import say, wait_for_cri
 from .session import Options, Session
@@ -66,6 +66,7 @@ class Node:
         previous = None
         try:
             try:
+                refuse_system_dir(s.prefix, "--prefix")  # before the lock file goes into it
                 s.lock(created)
                 previous = self._record()
                 version, layout = install(s, previous, created)

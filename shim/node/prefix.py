@@ -13,7 +13,13 @@ directory of the installer's own, or an operator's typo (`prefix: /opt`) puts ou
 - at the first install, it is missing or empty: a directory that already holds files and no install record of
   ours is somebody else's.
 
-Invariants: pure checks over the host view; each refusal names the prefix, the rule and what to do instead.
+Order: `plain` when a session starts; `refuse_system_dir` (install) and `check_parts` (install and uninstall)
+before the lock file is created in the prefix; `check_own` under the lock, once the record has been looked for.
+Uninstall skips the system-directory rule: it removes only what a record names, so a node installed into such a
+directory by an older installer can still be uninstalled.
+
+Invariants: checks over the host view that change nothing; each refusal names the prefix, the rule and what to do
+instead.
 """
 
 from __future__ import annotations
@@ -84,10 +90,9 @@ def check_parts(host: Host, prefix: str) -> None:
                                "puts there")
 
 
-def check_for_install(host: Host, prefix: str, *, recorded: bool) -> None:
-    """A system directory is never a prefix; at the first install (`recorded`: an install record of ours is in
-    the prefix) the prefix holds nothing but our lock. After `check_parts`, under the lock."""
-    refuse_system_dir(prefix, "--prefix")
+def check_own(host: Host, prefix: str, *, recorded: bool) -> None:
+    """At the first install (`recorded`: an install record of ours is in the prefix) the prefix holds nothing but
+    our lock. Under the lock, after `refuse_system_dir` and `check_parts`."""
     real = host.path(prefix)
     if not recorded and os.path.isdir(real):
         foreign = sorted(set(os.listdir(real)) - {LOCK_FILE})

@@ -124,6 +124,9 @@ def load(host: Host, prefix: str, node_view: str) -> Record | None:
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("path", "top")):
             raise InstallError(f"{path}: a daemon directory entry is damaged")
         refuse_system_dir(entry["top"], "the install record's daemon directory")
+        if not (entry["path"] == entry["top"] or entry["path"].startswith(entry["top"].rstrip("/") + "/")):
+            raise InstallError(f"{path}: a daemon directory entry is damaged ({entry['path']} is not under "
+                               f"{entry['top']})")
     return record
 
 

@@ -6,7 +6,9 @@ wasm pods on a node and takes them off it.
 
 Invariants: a failure to reach the API server is reported on stderr and never changes the installer's exit code
 decision for the node itself (the node's files are already as the installer left them); the RBAC it needs is
-exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml).
+exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml), and what it writes is what
+the chart's node restriction admits (templates/node-restriction.yaml): on its own Node only the label and the two
+annotations below, events only about that Node, as COMPONENT.
 """
 
 from __future__ import annotations
