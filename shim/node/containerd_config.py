@@ -396,8 +396,9 @@ def unmerge(text: str, record: MergeRecord) -> Unmerge:
         elif put_back and n == span[0] and span[0] <= first_ours < span[1]:
             out.append(record.replaced)
     new_text = "".join(out)
-    if record.newline_added and spans[-1][1] == len(lines) and new_text.endswith("\n"):
-        new_text = new_text[:-1]  # the block was still the file's end: its last line gets its own ending back
+    if record.newline_added and path in removed and spans[-1][0] <= first_ours and spans[-1][1] == len(lines) \
+            and new_text.endswith("\n"):
+        new_text = new_text[:-1]  # our block was still the file's end: the line before it gets its ending back
     notes.append("removed " + " and ".join(_header(p) for p in removed) + " (added by install)"
                  + (f"; put back the {_header(path)} it had replaced" if put_back else ""))
     after = _parse(new_text, "removing our tables would leave invalid TOML; the file was left as it is")
