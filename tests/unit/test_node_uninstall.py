@@ -227,3 +227,46 @@ def test_an_older_installers_record_is_uninstalled_by_name_not_by_directory(tmp_
     left = {k for k in snapshot(root) if k not in before}
     assert left == {"opt", "opt/wasm-shim", "opt/wasm-shim/mine.txt"}
     assert not os.path.lexists(root / "usr/local/bin/containerd-shim-wasmtime-v1")
+
+
+def test_config_edited_after_install_loses_only_our_tables(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_2})
+    assert node(root, "install", "--no-restart", bundle=make_bundle(tmp_path)).returncode == 0
+    config = root / "etc/containerd/config.toml"
+    config.write_text(config.read_text() + "\n[debug]\n  level = 'debug'\n")
+    gone = node(root, "uninstall", "--no-restart")
+    assert gone.returncode == 0, gone.stderr
+    assert "removed [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime] (added by install)" \
+        in gone.stdout
+    # Our block went, blank line, marker and all; the blank line the operator wrote before [debug] stays.
+    assert config.read_text() == CONTAINERD_2 + "\n[debug]\n  level = 'debug'\n"
+    assert not (root / "opt").exists()
+
+
+def test_uninstall_removes_the_cache_the_daemon_made(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16, "var/lib/.keep": ""})
+    before = snapshot(root)
+    assert node(root, "install", "--no-restart", "--option", "cache_dir=/var/lib/wasm-shim/cache",
+                bundle=make_bundle(tmp_path)).returncode == 0
+    # What a daemon leaves after running pods (shim/engines/wasmtime_engine.py: <cache_dir>/<fingerprint>/...).
+    (root / "var/lib/wasm-shim/cache/fp").mkdir(parents=True)
+    (root / "var/lib/wasm-shim/cache/fp/abc.cwasm").write_bytes(b"compiled")
+    assert node(root, "uninstall", "--no-restart").returncode == 0
+    assert snapshot(root) == before
+
+
+def test_the_daemons_data_goes_but_a_file_someone_put_beside_it_stays(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16, "var/lib/.keep": ""})
+    before = snapshot(root)
+    assert node(root, "install", "--no-restart", bundle=make_bundle(tmp_path)).returncode == 0
+    # The daemon's compiled-module and artifact caches (the defaults, shim/config.py), and an operator's file.
+    (root / "var/lib/wasm-shim/cache/fp").mkdir(parents=True)
+    (root / "var/lib/wasm-shim/artifacts/sha256").mkdir(parents=True)
+    (root / "var/lib/wasm-shim/README.operator").write_text("ours, not the shim's\n")
+    gone = node(root, "uninstall", "--no-restart")
+    assert gone.returncode == 0, gone.stderr
+    assert "/var/lib/wasm-shim: left, the daemon's data went, but other files are in it (README.operator)" \
+        in gone.stderr
+    assert {k: v for k, v in snapshot(root).items() if k not in before} == {
+        "var/lib/wasm-shim": ("dir", 0o755, b""),
+        "var/lib/wasm-shim/README.operator": ("file", 0o644, b"ours, not the shim's\n")}
