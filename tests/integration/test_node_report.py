@@ -229,6 +229,11 @@ def test_the_charts_rbac_allows_nothing_more(api: Api, kubeconfig_for: Callable[
     assert not can("get", "nodes") and not can("delete", "nodes") and not can("get", "secrets", "-A")
     assert not can("create", "events", "-n", "kube-system") and not can("get", "daemonsets/other", "-n", NAMESPACE)
     assert not can("create", "pods", "-n", NAMESPACE)
+    # Nothing a node agent would use either: leases (node heartbeats), node status, events in the newer API group.
+    assert not can("create", "leases", "-n", "kube-node-lease") and not can("get", "leases", "-A")
+    assert not can("patch", "nodes", "--subresource", "status") and not can("update", "nodes")
+    assert not can("create", "events.events.k8s.io", "-n", "default")
+    assert not can("list", "configmaps", "-n", NAMESPACE) and not can("get", "serviceaccounts/token", "-A")
 
 
 def run_until_sigterm(kubeconfig: Path, root: Path, node: str, bundle: Path) -> subprocess.CompletedProcess[str]:
