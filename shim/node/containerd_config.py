@@ -3,7 +3,8 @@ taking exactly that merge out again.
 
 Owns the text of `[plugins."<cri plugin>".containerd.runtimes.<handler>]` (+ `.options`) for containerd config
 version 2 (containerd 1.6/1.7) and 3 (2.x) (docs/cri.md), `merge` / `merge_runtime_table` and `unmerge`: pure text
-transformations over a file's lines (shim/node/toml_sections.py); the caller does the file I/O, backup and atomic rename.
+transformations over a file's lines (shim/node/toml_sections.py); the caller does the file I/O, backup and atomic
+rename.
 
 How runtime options reach the shim (`runtimeoptions.v1.Options`):
 - containerd 1.6 decodes the options table INTO that message (containerd v1.6 pkg/cri/server/helpers.go,

@@ -24,8 +24,8 @@ import shutil
 from collections.abc import Mapping
 
 from ..config import ShimConfig
-from .containerd_config import ConfigMergeError, validate_options
 from . import bundle as bundle_mod
+from .containerd_config import ConfigMergeError, validate_options
 from .host import PARTIAL_SUFFIX
 from .layout import InstallError, Layout, detect, plan_install, runtime_table
 from .policy_files import POLICY_DIR, POLICY_FILE, install_policy, remove_stale_policy

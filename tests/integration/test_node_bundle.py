@@ -36,7 +36,7 @@ from lab.cri_tools import (
 )
 from lab.shimtools import daemon_pids, wait_for
 from wasm_shim.oci.layout import build_image_tar
-from wasm_shim.shim.containerd_config import runc_table
+from wasm_shim.shim.node.containerd_config import runc_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
