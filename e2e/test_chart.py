@@ -116,6 +116,46 @@ def test_installer_labels_the_selected_node_only(cluster: Cluster, release: dict
     assert "wasmtime" not in cluster.node_exec("node-b", "cat", CONFIG).stdout
 
 
+TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def test_the_installer_pods_token_can_change_only_its_own_node(cluster: Cluster, release: dict) -> None:
+    # What a compromised node holds: its installer pod's ServiceAccount token. RBAC grants `patch nodes` on every
+    # node; the chart's ValidatingAdmissionPolicy (templates/node-restriction.yaml) lets the token change only
+    # the Node named in it (the kubelet-mounted token's node-name claim), and there only our label and
+    # annotations. Dry runs: admission decides, nothing is written.
+    core = client.CoreV1Api(cluster.api)
+    wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
+    [pod] = installer_pods(core)
+    read = cluster.kubectl("exec", "-n", RELEASE_NS, pod.metadata.name, "-c", "installer", "--",
+                           "/bundle/python/bin/python3", "-IS", "-c", f"print(open({TOKEN!r}).read())")
+    assert read.returncode == 0, read.stderr
+    configuration = client.Configuration()
+    configuration.host = cluster.api.configuration.host  # type: ignore[attr-defined]
+    configuration.ssl_ca_cert = cluster.api.configuration.ssl_ca_cert  # type: ignore[attr-defined]
+    configuration.api_key = {"authorization": f"Bearer {read.stdout.strip()}"}
+    as_installer = client.ApiClient(configuration)
+    try:
+        nodes = client.CoreV1Api(as_installer)
+
+        def patch(node: str, labels: dict[str, str]) -> str:
+            try:
+                nodes.patch_node(node, {"metadata": {"labels": labels}}, dry_run="All")
+            except ApiException as exc:
+                return f"{exc.status} {exc.body}"
+            return ""
+
+        other = patch("node-b", {LABEL: "ready"})
+        assert other.startswith("403 ") and \
+            "the wasm-shim installer on node node-a may change only its own Node, not node-b" in other, other
+        assert patch("node-a", {LABEL: "ready"}) == ""
+        foreign = patch("node-a", {"node-role.kubernetes.io/control-plane": ""})
+        assert foreign.startswith("403 ") and "may change only the label wasm.shim.io/runtime" in foreign, foreign
+    finally:
+        as_installer.close()
+    assert LABEL not in node_labels(core, "node-b")
+
+
 def test_runtimeclass_exists_with_the_ready_selector(cluster: Cluster, release: dict) -> None:
     rc = client.NodeV1Api(cluster.api).read_runtime_class("wasmtime")
     assert rc.handler == "wasmtime"

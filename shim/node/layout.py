@@ -16,17 +16,21 @@ Layouts (`LAYOUTS`), each with its config file, how our table gets in, its resta
   "runtime.md"); we own one drop-in file, `wasm-shim.toml`.
 
 Invariants: `plan_install` never returns bytes that do not parse as TOML with our table in them (it goes through
-`merge_runtime_table`, the same code path as `wasm-shim containerd-config --merge`); `plan_restore` gives back
-the original bytes exactly when the file is as we left it, else removes only our tables.
+`containerd_config.merge`, the same code path as `wasm-shim containerd-config --merge`), and returns the
+`ConfigEdit` the install record keeps; `plan_uninstall` works on the file as it is at uninstall time: it removes
+exactly the block the record describes (containerd_config.unmerge), so every later edit of the operator's stays,
+and deletes a file only when the install created it and it holds nothing else now.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from .containerd_config import ConfigMergeError, RuntimeTable, merge_runtime_table, remove_runtime_tables
+from .containerd_config import ConfigMergeError, MergeRecord, RuntimeTable, merge, unmerge
 
 LABEL = "wasm.shim.io/runtime"
 REASON_ANNOTATION = "wasm.shim.io/runtime-reason"
@@ -202,14 +206,46 @@ def detect(probe: Probe, *, layout: str = "", containerd_config: str = "", confi
 
 
 @dataclass(frozen=True)
+class ConfigEdit:
+    """What the install did to the config file, kept in the install record for uninstall.
+
+    `merge` is None when the file held our table already before the first install (someone else put it there:
+    uninstall leaves it). `created_from_sha256` is set when the file did not exist (a k3s/rke2 template made from
+    the generated config, a k0s drop-in): the digest of the text it was made from, so uninstall deletes the file
+    when, without our block, it is back to exactly that.
+    """
+
+    merge: MergeRecord | None
+    created_from_sha256: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"merge": None if self.merge is None else self.merge.as_json(),
+                "created_from_sha256": self.created_from_sha256}
+
+    @classmethod
+    def from_json(cls, data: object) -> ConfigEdit:
+        if not isinstance(data, Mapping):
+            raise InstallError("the install record's config_edit is damaged")
+        try:
+            record = None if data.get("merge") is None else MergeRecord.from_json(data["merge"])
+        except ConfigMergeError as exc:
+            raise InstallError(f"the install record's config_edit: {exc}") from None
+        created = data.get("created_from_sha256", "")
+        if not isinstance(created, str):
+            raise InstallError("the install record's config_edit is damaged (created_from_sha256)")
+        return cls(record, created)
+
+
+@dataclass(frozen=True)
 class ConfigPlan:
-    """The edit of one file: its bytes before (None: it did not exist) and after (None: leave it as it is)."""
+    """The edit of one file: its bytes before (None: it did not exist) and after (None: leave it as it is), and
+    the record of what the install has done to it so far (this run and the ones before)."""
 
     path: str
     original: bytes | None
     new: bytes | None
     notes: list[str] = field(default_factory=list)
-    added_runc: bool = False
+    edit: ConfigEdit = ConfigEdit(None)
 
 
 def runtime_table(layout: Layout, options_path: str) -> RuntimeTable:
@@ -218,8 +254,16 @@ def runtime_table(layout: Layout, options_path: str) -> RuntimeTable:
     return RuntimeTable(layout.config_version, config_path=options_path)
 
 
-def plan_install(layout: Layout, probe: Probe, table: RuntimeTable) -> ConfigPlan:
-    """The config edit that adds `table` on this layout (new=None when it is already there)."""
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def plan_install(layout: Layout, probe: Probe, table: RuntimeTable, previous: ConfigEdit | None = None) -> ConfigPlan:
+    """The config edit that adds `table` on this layout (new=None when it is already there).
+
+    `previous` is the record of the installs before this one: a table they merged is ours, so replacing it (an
+    upgrade that changes the table) keeps what the first merge took out and whether it made the file.
+    """
     current = _read_text(probe, layout.config_path)
     original = None if current is None else current.encode("utf-8")
     if current is None:
@@ -235,33 +279,61 @@ def plan_install(layout: Layout, probe: Probe, table: RuntimeTable) -> ConfigPla
     else:
         source = current
     try:
-        merged, notes = merge_runtime_table(source, table)
+        result = merge(source, table)
     except ConfigMergeError as exc:
         raise InstallError(f"{layout.config_path}: {exc}") from None
-    if merged is None and current is None:
-        merged = source  # the template starts as a copy of an already merged base
-    added_runc = any("runc" in note and note.startswith("added") for note in notes)
-    return ConfigPlan(layout.config_path, original, None if merged is None else merged.encode("utf-8"), notes,
-                      added_runc)
+    created = _sha256(source) if current is None else ""
+    if result.record is None:
+        # Already there. In a file we create (a template from an already merged base): the copy is the edit.
+        edit = previous or ConfigEdit(None, created)
+        return ConfigPlan(layout.config_path, original, None if current is not None else source.encode("utf-8"),
+                          result.notes, edit)
+    record = result.record
+    if previous is not None and previous.merge is not None:
+        # The table being replaced is the one an earlier install merged: what that merge took out (and added
+        # around it) is still what uninstall must undo.
+        record = replace(record, replaced=previous.merge.replaced, newline_added=previous.merge.newline_added,
+                         runc=record.runc or previous.merge.runc)
+        created = previous.created_from_sha256
+    elif previous is not None:
+        created = previous.created_from_sha256
+    assert result.text is not None
+    return ConfigPlan(layout.config_path, original, result.text.encode("utf-8"), result.notes,
+                      ConfigEdit(record, created))
 
 
-def plan_restore(current: bytes | None, installed: bytes, original: bytes | None, table: RuntimeTable,
-                 added_runc: bool) -> tuple[bytes | None, str]:
-    """What the config file should hold after uninstall (None: delete it), and a note saying which case it was.
+@dataclass(frozen=True)
+class ConfigRestore:
+    """What uninstall does to the config file: `write` these bytes, `delete` it, or neither (leave it)."""
 
-    As we left it: the original bytes exactly. Edited since: the file minus our tables (and the runc table, if we
-    added it), every other byte kept.
-    """
-    if current == installed:
-        return original, "restored the original bytes"
+    write: bytes | None
+    delete: bool
+    notes: list[str]
+    kept: list[str]  # what of ours stays in the file, and why (someone changed it)
+
+
+def plan_uninstall(path: str, current: bytes | None, edit: ConfigEdit) -> ConfigRestore:
+    """The file minus exactly what the install added, from its bytes as they are now (see ConfigEdit)."""
     if current is None:
-        return None, "the file is gone; nothing to restore"
+        return ConfigRestore(None, False, ["the file is gone; nothing to remove"], [])
+    if edit.merge is None:
+        if edit.created_from_sha256 and hashlib.sha256(current).hexdigest() == edit.created_from_sha256:
+            return ConfigRestore(None, True, ["the install created the file (a copy holding the table already) and "
+                                              "it is unchanged: deleted"], [])
+        return ConfigRestore(None, False, ["the table was there before install: left as it is"], [])
     try:
         text = current.decode("utf-8")
     except UnicodeDecodeError:
-        raise InstallError("the config is no longer UTF-8 text; restore it by hand") from None
+        raise InstallError(f"{path} is no longer UTF-8 text; remove our tables from it by hand") from None
     try:
-        stripped = remove_runtime_tables(text, table, runc=added_runc)
+        result = unmerge(text, edit.merge)
     except ConfigMergeError as exc:
-        raise InstallError(str(exc)) from None
-    return stripped.encode("utf-8"), "the file changed since install: removed only our tables"
+        raise InstallError(f"{path}: {exc}") from None
+    notes = list(result.notes)
+    if edit.created_from_sha256 and _sha256(result.text) == edit.created_from_sha256 and not result.kept:
+        return ConfigRestore(None, True, [*notes, "the install created the file and nothing else is in it now: "
+                                                  "deleted"], [])
+    if edit.created_from_sha256:
+        notes.append("the install created the file, but it holds changes made since: kept")
+    new = result.text.encode("utf-8")
+    return ConfigRestore(new if new != current else None, False, notes, result.kept)

@@ -6,13 +6,16 @@ wasm pods on a node and takes them off it.
 
 Invariants: a failure to reach the API server is reported on stderr and never changes the installer's exit code
 decision for the node itself (the node's files are already as the installer left them); the RBAC it needs is
-exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml).
+exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml), and what it writes is what
+the chart's node restriction admits (templates/node-restriction.yaml): on its own Node only the label and the two
+annotations below, events only about that Node, as COMPONENT.
 """
 
 from __future__ import annotations
 
 import datetime
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from .installer import Reporter
@@ -78,9 +81,15 @@ class KubeReporter(Reporter):
         self._safely("label", lambda: self._patch({LABEL: "failed"}, {REASON_ANNOTATION: reason[:1024]}))
         self._safely("create an event", lambda: self._event("Warning", "WasmShimInstallFailed", reason))
 
-    def removed(self) -> None:
+    def removed(self, left: Sequence[str] = ()) -> None:
         self._safely("unlabel", lambda: self._patch({LABEL: None},
                                                      {REASON_ANNOTATION: None, VERSION_ANNOTATION: None}))
+        if left:
+            # Not a failure: what stays is the operator's (their files, a table of ours they changed); they
+            # should know it is there.
+            message = "wasm-shim removed; left on the node: " + "; ".join(left)
+            self._safely("create an event", lambda: self._event("Warning", "WasmShimUninstalledLeftSome", message))
+            return
         self._safely("create an event", lambda: self._event("Normal", "WasmShimUninstalled",
                                                             "wasm-shim removed; containerd config restored"))
 

@@ -103,7 +103,7 @@ EVERY_VALUE = {
     "signaturePolicy": {"toml": 'default = "deny"\n[[rule]]\nimages = ["registry.example.com/*"]\n'
                                 'keys = ["team.pub"]\n',
                         "keys": {"team.pub": "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"}},
-    "serviceAccount": {"create": False, "name": "wasm-installer"},
+    "serviceAccount": {"create": False, "name": "wasm-installer", "restrictToOwnNode": True},
     "test": {"enabled": True, "command": ["/test/other.wasm"], "expect": "other"},
 }
 
@@ -131,6 +131,7 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
                             "RoleBinding", "ConfigMap",
+                            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2,
                             "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
@@ -176,6 +177,40 @@ def test_defaults_render_valid_objects(helm: str) -> None:
                                                                               "wasm-system")
     probe = ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
     assert build_parser().parse_args(probe[1:]).check is True
+
+
+def test_the_installers_token_is_limited_to_its_own_node(helm: str) -> None:
+    # RBAC grants `patch nodes` on every node; the policies (Kubernetes >= 1.30) bind it to the token's own node
+    # and to our keys, for the chart's ServiceAccount only, failing closed. Behaviour: test_node_report.py (a real
+    # API server) and e2e/test_chart.py (the installer pod's own token).
+    objects = render(helm)
+    policies = {p["metadata"]["name"]: p for p in by_kind(objects, "ValidatingAdmissionPolicy")}
+    bindings = {b["metadata"]["name"]: b for b in by_kind(objects, "ValidatingAdmissionPolicyBinding")}
+    assert sorted(policies) == sorted(bindings) == ["wasm-shim-own-events", "wasm-shim-own-node"]
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert spec["failurePolicy"] == "Fail"
+        assert spec["matchConditions"] == [{"name": "the-installer", "expression": 'request.userInfo.username == '
+                                            '"system:serviceaccount:wasm-system:wasm-shim"'}]
+        assert "authentication.kubernetes.io/node-name" in spec["variables"][0]["expression"]
+        assert bindings[name]["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    rules = {name: [(r["resources"], r["operations"]) for r in p["spec"]["matchConstraints"]["resourceRules"]]
+             for name, p in policies.items()}
+    assert rules == {"wasm-shim-own-node": [(["nodes"], ["UPDATE"])],
+                     "wasm-shim-own-events": [(["events"], ["CREATE"])]}
+    # What RBAC grants, each rule narrowed by a policy.
+    (cluster_role,) = by_kind(objects, "ClusterRole")
+    assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]
+    # A named ServiceAccount is the one the policies name.
+    named = render(helm, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=installer")
+    assert all('"system:serviceaccount:wasm-system:installer"' in p["spec"]["matchConditions"][0]["expression"]
+               for p in by_kind(named, "ValidatingAdmissionPolicy"))
+    # Before 1.30 the token names no node: no policies (RBAC alone); and they can be turned off.
+    old = run_helm(helm, "template", "wasm-shim", str(CHART), "--namespace", "wasm-system", "--kube-version",
+                   "1.29.0").stdout
+    assert "ValidatingAdmissionPolicy" not in old
+    off = render(helm, "--set", "serviceAccount.restrictToOwnNode=false")
+    assert by_kind(off, "ValidatingAdmissionPolicy") == [] == by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
 def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
@@ -245,6 +280,9 @@ BAD_VALUES = {
     "node.layout=docker": "layout",
     "node.restartTimeoutSeconds=0": "restartTimeoutSeconds",
     "node.prefix=opt": "prefix",
+    "node.prefix=/opt": "prefix",
+    "node.prefix=/": "prefix",
+    "serviceAccount.restrictToOwnNode=maybe": "restrictToOwnNode",
     "image.pullPolicy=Sometimes": "pullPolicy",
     "runtimeClass.overhead.disk=1Gi": "disk",
     "runtimeClass.name=Not_A_Name": "name",

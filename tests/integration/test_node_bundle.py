@@ -36,6 +36,7 @@ from lab.cri_tools import (
 )
 from lab.shimtools import daemon_pids, wait_for
 from wasm_shim.oci.layout import build_image_tar
+from wasm_shim.shim.node.containerd_config import runc_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,6 +205,67 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
     assert gone.returncode == 0, gone.stderr
     assert config.read_bytes() == original["config"]
     assert snapshot(host_root) == before[0]
+
+
+OPERATOR_RUNTIME = {"1.6": 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.operator-runc',
+                    "2.x": 'plugins."io.containerd.cri.v1.runtime".containerd.runtimes.operator-runc'}
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[f"containerd-{k}" for k in KINDS])
+def test_installed_bundle_keeps_an_operators_edit_through_reinstall_and_uninstall(
+    kind: Kind, bundle: Path, host_root: Path, tmp_path: Path
+) -> None:
+    # The sequence of a node's life, by the bundle's own installer: install, the operator edits containerd's
+    # config (a runtime of their own and a comment), the installer runs again (a pod restart), uninstall. Then
+    # containerd starts on what uninstall left: its CRI loads (the runc table install added stays, since the
+    # operator's runtime needs the default declared beside it), with the operator's runtime and not ours.
+    config = host_root / "etc" / "containerd" / "config.toml"
+    (host_root / "opt" / "vendor").mkdir(parents=True)
+    (host_root / "opt" / "vendor" / "tool").write_text("an operator's file beside the prefix\n")
+    edit = f"\n# the operator's own runtime, added after install\n[{OPERATOR_RUNTIME[kind]}]\n" \
+           '  runtime_type = "io.containerd.runc.v2"\n'
+    seen: dict[str, object] = {}
+
+    def node_life(text: str) -> Path:
+        config.write_text(text)
+        seen["before"] = snapshot(host_root)
+        # A system directory as prefix is refused before anything is written (it once meant: uninstall deletes
+        # all of /opt).
+        refused = bundle_cli(bundle, "install", "--no-restart", "--prefix", "/opt", host=host_root)
+        seen["refused"] = refused
+        seen["after refusal"] = snapshot(host_root)
+        steps = [bundle_cli(bundle, "install", "--no-restart", host=host_root)]
+        config.write_text(config.read_text() + edit)
+        steps.append(bundle_cli(bundle, "install", "--no-restart", host=host_root))
+        steps.append(bundle_cli(bundle, "uninstall", "--no-restart", host=host_root))
+        seen["steps"] = steps
+        seen["original"] = text
+        return config
+
+    workdir = tmp_path / "cri"
+    instance = launch(kind, Path(tempfile.mkdtemp(prefix=f"wsh-{kind}-", dir="/tmp")), cri=True,
+                      extra_config=sandbox_image_config(kind), prepare_config=node_life)
+    try:
+        refused = seen["refused"]
+        assert isinstance(refused, subprocess.CompletedProcess) and refused.returncode == 1
+        assert "--prefix /opt refused: it is a system directory" in refused.stderr
+        assert seen["after refusal"] == seen["before"]
+        for step in seen["steps"]:  # type: ignore[attr-defined]
+            assert step.returncode == 0, step.stdout + step.stderr
+        # Ours went; the runc table install added stays (the operator's runtime needs it), as written then.
+        original = str(seen["original"])
+        kept = ("" if original.endswith("\n") else "\n") + runc_table(2 if kind == "1.6" else 3)
+        assert config.read_text() == original + kept + edit
+        workdir.mkdir()
+        (workdir / "crictl.yaml").write_text(f"runtime-endpoint: unix://{instance.address}\ntimeout: 30\n")
+        info = json.loads(Crictl(instance, workdir / "crictl.yaml").run("info").stdout)
+        runtimes = info["config"]["containerd"]["runtimes"]
+        assert "operator-runc" in runtimes and "runc" in runtimes and "wasmtime" not in runtimes, sorted(runtimes)
+    finally:
+        instance.stop()
+    expected = dict(seen["before"])  # type: ignore[call-overload]
+    expected["etc/containerd/config.toml"] = config.read_bytes()
+    assert snapshot(host_root) == expected
 
 
 def test_bundle_build_is_reproducible(bundle: Path, tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""The installer's label, annotations and events on a real API server, with exactly the chart's RBAC.
+"""The installer's label, annotations and events on a real API server, with exactly the chart's RBAC and its
+node restriction (templates/node-restriction.yaml, ValidatingAdmissionPolicies).
 
 etcd and kube-apiserver (v1.37.2, as the cluster e2e builds them into the cache) run on loopback; the chart's
-ServiceAccount and RBAC (`helm template --show-only`) are applied; the installer runs with a token of that
-ServiceAccount, so a permission the chart forgot fails here. A Node object stands for the node (no kubelet).
+ServiceAccount, RBAC and policies (`helm template --show-only`) are applied; the installer runs with a token of
+that ServiceAccount bound to a Pod on its node (as the kubelet mounts it: the token then names the node), so a
+permission the chart forgot, or one it grants too widely, shows here. Node objects stand for the nodes and a Pod
+object (never started: no kubelet) for each installer pod.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +47,7 @@ def free_port() -> int:
 @dataclass
 class Api:
     admin: Path  # kubeconfig of system:masters
+    ca: Path  # the apiserver's self-signed serving certificate (--cert-dir), to verify it by
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.admin), *args], input=stdin,
@@ -103,7 +108,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
                  "--endpoint-reconciler-type=none"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         server = f"https://127.0.0.1:{api_port}"
-        instance = Api(kubeconfig(work / "admin.kubeconfig", server, "admin-token"))
+        instance = Api(kubeconfig(work / "admin.kubeconfig", server, "admin-token"), work / "certs" / "apiserver.crt")
         deadline = time.monotonic() + 180  # a cold apiserver on a loaded machine: bounded, then a clear failure
         while instance.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
             for process in processes:
@@ -122,18 +127,42 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+CHART_RBAC = ("templates/serviceaccount.yaml", "templates/rbac.yaml", "templates/node-restriction.yaml")
+
+
 @pytest.fixture(scope="module")
-def installer_kubeconfig(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig with a token of the chart's ServiceAccount, bound by the chart's RBAC (and nothing else)."""
+def chart_rbac(api: Api) -> str:
+    """The chart's ServiceAccount, RBAC and node restriction, applied; returns the API server's URL."""
     api.kubectl("create", "namespace", NAMESPACE)
+    shown = [arg for template in CHART_RBAC for arg in ("--show-only", template)]
     rendered = subprocess.run(
         [str(HELM), "template", "wasm-shim", str(REPO / "charts" / "wasm-shim"), "--namespace", NAMESPACE,
-         "--kube-version", "1.37.2", "--show-only", "templates/serviceaccount.yaml", "--show-only",
-         "templates/rbac.yaml"], capture_output=True, text=True, timeout=60, check=True).stdout
+         "--kube-version", "1.37.2", *shown], capture_output=True, text=True, timeout=60, check=True).stdout
     api.kubectl("apply", "-f", "-", stdin=rendered)
-    token = api.kubectl("create", "token", "wasm-shim", "-n", NAMESPACE).stdout.strip()
-    server = json.loads(api.admin.read_text())["clusters"][0]["cluster"]["server"]
-    return kubeconfig(tmp_path_factory.mktemp("installer") / "kubeconfig", server, token)
+    return str(json.loads(api.admin.read_text())["clusters"][0]["cluster"]["server"])
+
+
+def installer_token(api: Api, node: str) -> str:
+    """A token of the chart's ServiceAccount bound to an installer Pod on `node`: what the kubelet mounts into the
+    DaemonSet's pod there (Kubernetes >= 1.30 puts the node's name in it)."""
+    add_node(api, node)
+    pod = f"installer-{node}"
+    if api.kubectl("get", "pod", pod, "-n", NAMESPACE, check=False).returncode != 0:
+        api.kubectl("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NAMESPACE},
+            "spec": {"serviceAccountName": "wasm-shim", "nodeName": node,
+                     "containers": [{"name": "installer", "image": "wasm-shim.local/installer:test"}]}}))
+    uid = api.kubectl("get", "pod", pod, "-n", NAMESPACE, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+    return api.kubectl("create", "token", "wasm-shim", "-n", NAMESPACE, "--bound-object-kind", "Pod",
+                       "--bound-object-name", pod, "--bound-object-uid", uid).stdout.strip()
+
+
+@pytest.fixture
+def kubeconfig_for(api: Api, chart_rbac: str, tmp_path: Path) -> Callable[[str], Path]:
+    """node name -> a kubeconfig holding the token of the installer pod on that node."""
+    def make(node: str) -> Path:
+        return kubeconfig(tmp_path / f"{node}.kubeconfig", chart_rbac, installer_token(api, node))
+    return make
 
 
 def add_node(api: Api, name: str) -> None:
@@ -149,9 +178,9 @@ def run_node(kubeconfig: Path, root: Path, node: str, *args: str) -> subprocess.
 
 
 def test_install_labels_ready_and_uninstall_unlabels_with_the_charts_rbac(
-    api: Api, installer_kubeconfig: Path, tmp_path: Path
+    api: Api, kubeconfig_for: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    add_node(api, "node-a")
+    installer_kubeconfig = kubeconfig_for("node-a")
     root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
     done = run_node(installer_kubeconfig, root, "node-a", "install", "--bundle", str(make_bundle(tmp_path)))
     assert done.returncode == 0, done.stderr
@@ -171,8 +200,9 @@ def test_install_labels_ready_and_uninstall_unlabels_with_the_charts_rbac(
     assert api.events("WasmShimUninstalled")
 
 
-def test_failed_install_labels_failed_with_the_reason(api: Api, installer_kubeconfig: Path, tmp_path: Path) -> None:
-    add_node(api, "node-b")
+def test_failed_install_labels_failed_with_the_reason(api: Api, kubeconfig_for: Callable[[str], Path],
+                                                     tmp_path: Path) -> None:
+    installer_kubeconfig = kubeconfig_for("node-b")
     root = make_root(tmp_path, {"etc/containerd/config.toml": "version = 2\n[plugins\n"})
     before = snapshot(root)
     done = run_node(installer_kubeconfig, root, "node-b", "install", "--bundle", str(make_bundle(tmp_path)))
@@ -186,7 +216,9 @@ def test_failed_install_labels_failed_with_the_reason(api: Api, installer_kubeco
     assert event["type"] == "Warning" and "does not parse as TOML" in event["message"]
 
 
-def test_the_charts_rbac_allows_nothing_more(api: Api, installer_kubeconfig: Path) -> None:
+def test_the_charts_rbac_allows_nothing_more(api: Api, kubeconfig_for: Callable[[str], Path]) -> None:
+    installer_kubeconfig = kubeconfig_for("node-a")
+
     def can(*args: str) -> bool:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(installer_kubeconfig), "auth", "can-i", *args],
                               capture_output=True, text=True, timeout=60, check=False)
@@ -197,6 +229,11 @@ def test_the_charts_rbac_allows_nothing_more(api: Api, installer_kubeconfig: Pat
     assert not can("get", "nodes") and not can("delete", "nodes") and not can("get", "secrets", "-A")
     assert not can("create", "events", "-n", "kube-system") and not can("get", "daemonsets/other", "-n", NAMESPACE)
     assert not can("create", "pods", "-n", NAMESPACE)
+    # Nothing a node agent would use either: leases (node heartbeats), node status, events in the newer API group.
+    assert not can("create", "leases", "-n", "kube-node-lease") and not can("get", "leases", "-A")
+    assert not can("patch", "nodes", "--subresource", "status") and not can("update", "nodes")
+    assert not can("create", "events.events.k8s.io", "-n", "default")
+    assert not can("list", "configmaps", "-n", NAMESPACE) and not can("get", "serviceaccounts/token", "-A")
 
 
 def run_until_sigterm(kubeconfig: Path, root: Path, node: str, bundle: Path) -> subprocess.CompletedProcess[str]:
@@ -222,9 +259,9 @@ def run_until_sigterm(kubeconfig: Path, root: Path, node: str, bundle: Path) -> 
 
 
 def test_run_uninstalls_only_when_its_daemonset_is_being_deleted(
-    api: Api, installer_kubeconfig: Path, tmp_path: Path
+    api: Api, kubeconfig_for: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    add_node(api, "node-c")
+    installer_kubeconfig = kubeconfig_for("node-c")
     api.kubectl("apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "wasm-shim", "namespace": NAMESPACE},
         "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
@@ -248,9 +285,9 @@ def test_run_uninstalls_only_when_its_daemonset_is_being_deleted(
     assert "wasm.shim.io/runtime" not in (api.node("node-c")["metadata"].get("labels") or {})
 
 
-def test_failed_upgrade_keeps_the_node_ready_and_says_why(api: Api, installer_kubeconfig: Path,
+def test_failed_upgrade_keeps_the_node_ready_and_says_why(api: Api, kubeconfig_for: Callable[[str], Path],
                                                           tmp_path: Path) -> None:
-    add_node(api, "node-c")
+    installer_kubeconfig = kubeconfig_for("node-c")
     root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
     bundle = str(make_bundle(tmp_path))
     done = run_node(installer_kubeconfig, root, "node-c", "install", "--bundle", bundle)
@@ -268,3 +305,87 @@ def test_failed_upgrade_keeps_the_node_ready_and_says_why(api: Api, installer_ku
     (event,) = api.events("WasmShimUpgradeFailed")
     assert event["type"] == "Warning" and event["involvedObject"]["name"] == "node-c"
     assert run_node(installer_kubeconfig, root, "node-c", "uninstall").returncode == 0
+
+
+def as_installer(api: Api, kubeconfig_path: Path, call: Callable[[Any], object]) -> str:
+    """Run `call(CoreV1Api)` with the token in `kubeconfig_path`; "" when the API server allowed it, else its
+    refusal (status code and message)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig_path), client_configuration=configuration)
+    configuration.verify_ssl = True
+    configuration.ssl_ca_cert = str(api.ca)
+    api_client = client.ApiClient(configuration)
+    try:
+        call(client.CoreV1Api(api_client))
+    except ApiException as exc:
+        return f"{exc.status} {json.loads(exc.body).get('message', '') if exc.body else exc.reason}"
+    finally:
+        api_client.close()
+    return ""
+
+
+def node_event(node: str, component: str = "wasm-shim-installer") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{node}.wasm-shim.", "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": node, "apiVersion": "v1"},
+            "reason": "WasmShimPolicyTest", "message": "x", "type": "Normal",
+            "source": {"component": component, "host": node}}
+
+
+def test_one_nodes_installer_token_cannot_change_another_node(api: Api, kubeconfig_for: Callable[[str], Path],
+                                                              tmp_path: Path) -> None:
+    # A compromised node holds its installer pod's token. RBAC alone lets it patch every Node; the chart's
+    # policies narrow it to its own Node, and to our label and annotations there.
+    node_a = kubeconfig_for("node-a")
+    add_node(api, "node-d")
+    api.kubectl("label", "node", "node-a", "team=blue", "--overwrite")
+
+    def patch(config: Path, node: str, body: dict[str, Any]) -> str:
+        return as_installer(api, config, lambda core: core.patch_node(node, body))
+
+    other = patch(node_a, "node-d", {"metadata": {"labels": {"wasm.shim.io/runtime": "ready"}}})
+    assert other.startswith("403 ") and \
+        "the wasm-shim installer on node node-a may change only its own Node, not node-d" in other, other
+    assert "wasm.shim.io/runtime" not in (api.node("node-d")["metadata"].get("labels") or {})
+    # The installer itself, with that token, labelling node-d: refused too (its report says so), node-d untouched.
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    done = run_node(node_a, root, "node-d", "install", "--bundle", str(make_bundle(tmp_path)))
+    assert "could not label on node node-d" in done.stderr and "may change only its own Node" in done.stderr
+    assert "wasm.shim.io/runtime" not in (api.node("node-d")["metadata"].get("labels") or {})
+    assert run_node(node_a, root, "node-d", "uninstall").returncode == 0
+
+    own = patch(node_a, "node-a", {"metadata": {"labels": {"wasm.shim.io/runtime": "ready"},
+                                                "annotations": {"wasm.shim.io/runtime-version": "v"}}})
+    assert own == ""
+    assert api.node("node-a")["metadata"]["labels"]["wasm.shim.io/runtime"] == "ready"
+    for body, message in (
+        ({"metadata": {"labels": {"team": "red"}}}, "may change only the label wasm.shim.io/runtime"),
+        ({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}, "only the label"),
+        ({"metadata": {"annotations": {"other": "x"}}}, "may change only the annotations"),
+        ({"spec": {"unschedulable": True}}, "may not change a Node's spec"),
+        ({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}, "may not change a Node's spec"),
+    ):
+        refused = patch(node_a, "node-a", body)
+        assert refused.startswith("403 ") and message in refused, (body, refused)
+    meta = api.node("node-a")
+    assert meta["metadata"]["labels"]["team"] == "blue" and not meta["spec"].get("unschedulable")
+
+    # Events: about its own Node, as the installer component; nothing else.
+    def create(config: Path, event: dict[str, Any]) -> str:
+        return as_installer(api, config, lambda core: core.create_namespaced_event("default", event))
+
+    assert create(node_a, node_event("node-a")) == ""
+    for event in (node_event("node-d"), node_event("node-a", component="kubelet")):
+        refused = create(node_a, event)
+        assert refused.startswith("403 ") and "may report events about its own Node only" in refused, refused
+
+    # A token of the ServiceAccount that no pod on a node holds names no node: refused everything.
+    token = api.kubectl("create", "token", "wasm-shim", "-n", NAMESPACE).stdout.strip()
+    server = json.loads(api.admin.read_text())["clusters"][0]["cluster"]["server"]
+    unbound = kubeconfig(tmp_path / "unbound.kubeconfig", server, token)
+    refused = patch(unbound, "node-a", {"metadata": {"labels": {"wasm.shim.io/runtime": "ready"}}})
+    assert refused.startswith("403 ") and "token names no node" in refused, refused
+    assert create(unbound, node_event("node-a")).startswith("403 ")
