@@ -124,9 +124,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from ..node.bundle import BundleError
+    from ..node.build import BuildError
+    from ..node.distributions import InstallError
     from ..node.installer import Node, Options, Reporter
-    from ..node.layout import InstallError
 
     if args.action == "check-log":
         return _cmd_check_log(args)
@@ -179,7 +179,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         result = node.install(reporter)
         if args.action == "install" or result != 0:
             return result
-    except BundleError as exc:
+    except BuildError as exc:
         sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
         reporter.failed(str(exc))
         return 1
@@ -224,14 +224,14 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from ..node.bundle import BundleError, build
+    from ..node.build import BuildError, build
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
     runner = args.runner or shutil.which("wasm-shim-component-runner",
                                          path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
     try:
         info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "")
-    except (BundleError, OSError) as exc:
+    except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1
     sys.stdout.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -242,7 +242,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
     """Build the installer image (OCI layout tarball) or a Docker build context of the same files."""
     from pathlib import Path
 
-    from ..node.bundle import BundleError
+    from ..node.build import BuildError
     from ..node.image import build_tar, write_context
 
     try:
@@ -252,7 +252,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
         else:
             write_context(Path(args.bundle), Path(args.test_wasm), Path(args.out))
             sys.stdout.write(f"{args.out}: Docker build context (docker build -t {args.ref} {args.out})\n")
-    except (BundleError, OSError, ValueError) as exc:
+    except (BuildError, OSError, ValueError) as exc:
         sys.stderr.write(f"wasm-shim image {args.action}: {exc}\n")
         return 1
     return 0

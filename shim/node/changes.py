@@ -14,8 +14,8 @@ import functools
 import os
 from collections.abc import Callable
 
+from .distributions import InstallError
 from .host import PARTIAL_SUFFIX, Host, write_atomic
-from .layout import InstallError
 
 
 class UndoLog:

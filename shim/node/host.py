@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from .layout import InstallError, Probe
+from .distributions import InstallError, Probe
 
 PARTIAL_SUFFIX = ".wasm-shim.partial"
 

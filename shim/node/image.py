@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ...oci.layout import FileSource, Symlink, build_image_tar
-from .bundle import GLIBC, elf_files, launcher_texts, needed_libraries, read_info
+from .build import GLIBC, elf_files, launcher_texts, needed_libraries, read_info
 
 BUNDLE_PATH = "/bundle"
 TEST_WASM_PATH = "/test/hello.wasm"

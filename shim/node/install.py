@@ -24,10 +24,10 @@ import shutil
 from collections.abc import Mapping
 
 from ..config import ShimConfig
-from . import bundle as bundle_mod
+from . import build
 from .containerd_config import ConfigMergeError, validate_options
+from .distributions import InstallError, Layout, detect, plan_install, runtime_table
 from .host import PARTIAL_SUFFIX
-from .layout import InstallError, Layout, detect, plan_install, runtime_table
 from .policy_files import POLICY_DIR, POLICY_FILE, install_policy, remove_stale_policy
 from .prefix import check_own
 from .record import BACKUP, OPTIONS_FILE, SHIM_BINARY, STATE_FILE, Record, daemon_dir
@@ -54,8 +54,8 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     table = runtime_table(layout, s.node_view(s.p(OPTIONS_FILE)))
     plan = plan_install(layout, probe, table, previous.config_edit if previous else None)
 
-    source = os.path.abspath(s.o.bundle or bundle_mod.running_bundle())
-    version = bundle_mod.read_info(source)["id"]
+    source = os.path.abspath(s.o.bundle or build.running_bundle())
+    version = build.read_info(source)["id"]
     bin_link = os.path.join(s.o.bin_dir, SHIM_BINARY)
     link_target = s.node_view(s.p("current", "bin", SHIM_BINARY))
     real_link = s.host.path(bin_link)
@@ -130,8 +130,8 @@ def copy_bundle(s: Session, source: str, version: str) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         shutil.copytree(source, partial, symlinks=True,
-                        ignore=lambda d, names: [bundle_mod.INSTALLER_DIR] if d == source else [])
-        bundle_mod.write_launchers(partial, s.node_view(target))
+                        ignore=lambda d, names: [build.INSTALLER_DIR] if d == source else [])
+        build.write_launchers(partial, s.node_view(target))
         os.rename(partial, s.host.path(target))
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)

@@ -22,9 +22,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from .distributions import InstallError
 from .host import Host, write_atomic
 from .install import install, options_toml
-from .layout import InstallError
 from .policy_files import read_policy_dir
 from .prefix import LOCK_FILE, refuse_system_dir
 from .record import STATE_FILE, Record, load

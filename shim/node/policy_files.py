@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 
-from .layout import InstallError
+from .distributions import InstallError
 from .restart import say
 from .session import Session
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 import stat
 
+from .distributions import InstallError
 from .host import Host
-from .layout import InstallError
 
 #: Directories of the system or of other software: never a prefix, never removed by uninstall.
 SYSTEM_DIRS = frozenset({

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .containerd_config import ConfigMergeError, MergeRecord, RuntimeTable, runc_table, unmerge
+from .distributions import ConfigEdit, InstallError
 from .host import Host
-from .layout import ConfigEdit, InstallError
 from .prefix import SYSTEM_DIRS, refuse_system_dir
 from .toml_sections import runs, split
 

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .distributions import LABEL, REASON_ANNOTATION, VERSION_ANNOTATION
 from .installer import Reporter
-from .layout import LABEL, REASON_ANNOTATION, VERSION_ANNOTATION
 
 COMPONENT = "wasm-shim-installer"
 

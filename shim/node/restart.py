@@ -17,8 +17,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from .distributions import NSENTER, InstallError, Layout, Probe, detect
 from .host import Host
-from .layout import NSENTER, InstallError, Layout, Probe, detect
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 

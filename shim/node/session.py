@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .changes import Changes
+from .distributions import InstallError
 from .host import Host
-from .layout import InstallError
 from .prefix import LOCK_FILE, check_parts, plain
 from .restart import Restarter
 

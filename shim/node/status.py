@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from .containerd_config import RuntimeTable, table_present
-from .layout import InstallError, detect
+from .distributions import InstallError, detect
 from .record import Record
 from .session import Session
 

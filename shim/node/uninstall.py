@@ -19,8 +19,8 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 
+from .distributions import InstallError, plan_uninstall
 from .host import PARTIAL_SUFFIX, write_atomic
-from .layout import InstallError, plan_uninstall
 from .prefix import LOCK_FILE
 from .record import STATE_FILE, Record
 from .restart import layout_for_restart, say

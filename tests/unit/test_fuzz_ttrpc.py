@@ -316,7 +316,7 @@ TASK_IDS = ["t1", "t2", "", "../t1", "a/b", "t\x00", ".", "..", "x" * 200]
 
 
 def test_fuzz_task_dispatcher(guests: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wasm_shim.shim.daemon.events import Event as TaskEvent
+    from wasm_shim.shim.daemon.events import Envelope as TaskEvent
     from wasm_shim.shim.daemon.events import EventQueue
     from wasm_shim.shim.daemon.rpc import task_handlers
     from wasm_shim.shim.daemon.task_service import TaskService

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from wasm_shim.shim.node.layout import Probe, detect
+from wasm_shim.shim.node.distributions import Probe, detect
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "wasm_shim.shim.cli.main"]

@@ -59,15 +59,15 @@ GLIBC = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1"
          "ld-linux-x86-64.so.2", "linux-vdso.so.1", "libgcc_s.so.1", "libstdc++.so.6"}
 
 
-class BundleError(RuntimeError):
-    pass
+class BuildError(RuntimeError):
+    """The node bundle cannot be built or read; the message says which file or tool and why."""
 
 
 def running_bundle() -> str:
     """The bundle this process runs from (its interpreter is <root>/python/bin/python3.x)."""
     root = Path(sys.executable).resolve().parent.parent.parent
     if not (root / INFO).exists():
-        raise BundleError(f"this wasm-shim does not run from a bundle ({root / INFO} is missing); name one with "
+        raise BuildError(f"this wasm-shim does not run from a bundle ({root / INFO} is missing); name one with "
                           "--bundle DIR (built by `wasm-shim bundle build DIR`)")
     return str(root)
 
@@ -76,9 +76,9 @@ def read_info(root: str) -> dict[str, str]:
     try:
         info = json.loads(Path(root, INFO).read_text())
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{root} is not a wasm-shim bundle ({INFO}: {exc})") from None
+        raise BuildError(f"{root} is not a wasm-shim bundle ({INFO}: {exc})") from None
     if not isinstance(info, dict) or not re.fullmatch(r"[A-Za-z0-9._-]+", str(info.get("id", ""))):
-        raise BundleError(f"{root}/{INFO} has no valid id")
+        raise BuildError(f"{root}/{INFO} has no valid id")
     return info
 
 
@@ -106,7 +106,7 @@ def launcher_texts(node_root: str) -> dict[str, str]:
 
 def write_launchers(real_root: str, node_root: str) -> None:
     if len(f"#!{node_root}/python/bin/python3.11 -IS") > 250:  # Linux reads 256 bytes of a #! line (binfmt_script)
-        raise BundleError(f"the bundle path {node_root} is too long for a #! line")
+        raise BuildError(f"the bundle path {node_root} is too long for a #! line")
     for rel, text in launcher_texts(node_root).items():
         path = os.path.join(real_root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -130,7 +130,7 @@ def _dist_closure(roots: Iterable[str], have: Iterable[str] = ()) -> list[md.Dis
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
-            raise BundleError(f"{name} is not installed in {sys.prefix}; run scripts/setup.sh") from None
+            raise BuildError(f"{name} is not installed in {sys.prefix}; run scripts/setup.sh") from None
         seen[key] = dist
         for req in dist.requires or []:
             if ";" in req and "extra" in req.split(";", 1)[1]:
@@ -274,11 +274,11 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
     """Build the bundle into `out` (must not exist) from this interpreter, its installed packages and `repo`."""
     out_path = Path(out).resolve()
     if out_path.exists():
-        raise BundleError(f"{out} exists; choose a new directory (the bundle is built whole, never patched)")
+        raise BuildError(f"{out} exists; choose a new directory (the bundle is built whole, never patched)")
     if not os.access(runner, os.X_OK):
-        raise BundleError(f"the component runner {runner} is missing: run scripts/setup.sh")
+        raise BuildError(f"the component runner {runner} is missing: run scripts/setup.sh")
     if shutil.which("patchelf") is None:
-        raise BundleError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
+        raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
     base = Path(sys.base_prefix)
     py = _py()
     partial = out_path.with_name(out_path.name + ".partial")
