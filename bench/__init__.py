@@ -1,4 +1,4 @@
-"""wasm-shim benchmarks (issue 5): `python -m bench` (or `make bench`) prints a table and writes PNG plots.
+"""Wasm-shim benchmarks: `python -m bench` (or `make bench`) prints a table and writes PNG plots.
 
 Every figure runs our shim side by side with a baseline in the same run (runc with Debian's static busybox, and
 any `--peer-shim PATH`), interleaved A/B, and reports medians with their spread. Benchmarks are not tests: they

@@ -1,4 +1,4 @@
-"""The cluster figure: 0 -> N replicas of a wasm server vs busybox under runc on one real kubelet (issue 11).
+"""The cluster figure: 0 -> N replicas of a wasm server vs busybox under runc on one real kubelet.
 
 `python -m bench.cluster` (`make bench-cluster`) brings up its own two-node cluster (e2e/cluster, in a temp state
 directory, so a cluster started by a person or the e2e suite is left alone), puts the shim on node-a the way
@@ -62,8 +62,8 @@ SETTLE_SECONDS = 3.0  # after all Ready / all gone, before PSS is read (shims fi
 INFRA = ("containerd", "kubelet", "kube-proxy")  # the node's own processes (basename of argv[0] starts with one)
 CONFIG = "/etc/containerd/config.toml"
 SHIM_LINK = "/usr/local/bin/containerd-shim-wasmtime-v1"
-WASM_GOAL_TIME = 0.5  # issue 11: all Ready in at most half of runc's time
-WASM_GOAL_MEMORY = 0.25  # issue 11: at most a quarter of runc's memory per pod
+WASM_GOAL_TIME = 0.5  # the goal: all Ready in at most half of runc's time
+WASM_GOAL_MEMORY = 0.25  # the goal: at most a quarter of runc's memory per pod
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Our shim is measured in three states, prepared (untimed) before each of its runs
 - disk: no daemon, the compiled module on disk (the daemon exited after its idle timeout);
 - warm: the daemon up with the module in memory (back-to-back containers: the steady state on a busy node).
 Each iteration runs every state once, each followed by the baselines, the order rotating (interleaved A/B).
-Goal (issue 5): warm <= 0.5x runc's median. One more row, warm too: the hello guest as a component, which runs in
+Goal: warm <= 0.5x runc's median. One more row, warm too: the hello guest as a component, which runs in
 a process of its own (wasm-shim-component-runner) rather than in a daemon thread.
 """
 

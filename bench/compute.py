@@ -7,7 +7,7 @@ would (`wasmtime run`), and with epoch interruption on (`-W timeout=3600s`, whic
 deadline: the mechanism our engine uses for kill), so a gap between the two shows what that costs. The CLI is built
 from crates.io (48.0.0: newer ones need a newer rustc than this machine's) while the shim embeds wasmtime-py 50:
 the Cranelift versions differ. No runc row: a native program is not the same program.
-Goal (issue 5): speed >= 0.95x the CLI's (CLI time / ours).
+Goal: speed >= 0.95x the CLI's (CLI time / ours).
 """
 
 from __future__ import annotations

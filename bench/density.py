@@ -5,7 +5,7 @@ shim and peers run the `sleep` guest (blocked in poll_oneoff), runc runs busybox
 PSS (Pss: of /proc/PID/smaps_rollup) of every process that runs containers for that containerd is summed: shims
 and shim daemons (found by the containerd addresses in their argv or environment) and their descendants (runc's
 container processes); containerd itself is reported apart, as its growth over its idle start. Per container =
-that sum / containers (fixed costs such as our daemon's interpreter are shared out). Goal (issue 5): <= 1 MiB at
+that sum / containers (fixed costs such as our daemon's interpreter are shared out). Goal: <= 1 MiB at
 1000 wasm containers; runc (a shim and a process per container) is measured at fewer containers.
 """
 

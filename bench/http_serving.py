@@ -1,4 +1,4 @@
-"""Figures 9 and 10, wasi:http serving (issue 14): requests/s and latency of a served component (key `http`), and
+"""Figures 9 and 10, wasi:http serving: requests/s and latency of a served component (key `http`), and
 the first answer after `ctr run` (key `http_start`).
 
 Figure 9, throughput: the `http` guest (lab/guests/src/http, a wasi:http/proxy component) served three ways, each in a
@@ -12,7 +12,7 @@ network namespace the bench made (loopback up, as CRI's CNI gives a pod), all li
 `wrk` runs inside the namespace (`nsenter --net`), keep-alive, GET of the echo route, for N seconds at each
 connection count; a Lua `done` hook prints its totals and latency percentiles as JSON. Rounds alternate the
 servers (interleaved A/B); each round gives one requests/s, one p50 and one p99 sample per server and count.
-Goal (issue 14): ours >= 0.9x `wasmtime serve`'s requests/s.
+Goal: ours >= 0.9x `wasmtime serve`'s requests/s.
 
 Figure 10, first answer: from spawning `ctr run -d` to the first 200 answer on 127.0.0.1:8080 inside the
 namespace (polled every 2 ms from a thread that joined it), for ours in three states prepared (untimed) before
@@ -127,7 +127,7 @@ def in_netns(path: Path, body: Callable[[], T]) -> T:
 
 
 def first_answer(path: Path, deadline: float, gave_up: Callable[[], str | None]) -> float:
-    """perf_counter() when GET TARGET on 127.0.0.1:PORT inside ``path`` first answered 200. Polls until then,
+    """Perf_counter() when GET TARGET on 127.0.0.1:PORT inside ``path`` first answered 200. Polls until then,
     until ``deadline`` (perf_counter) or until ``gave_up()`` returns a reason (the server's start failed)."""
     request = f"GET {TARGET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
 

@@ -4,7 +4,7 @@ Measurement points (wall clock, one machine): the daemon logs at debug level `ti
 and `timing start ID received_ns= done_ns=` (the bench hooks in shim/daemon/task_service.py); the `clock` guest prints
 `realtime_ns=` (CLOCK_REALTIME) as the first thing its main does. From them, per task:
 - in-daemon: Create's handling (received -> done) + Start received -> first instruction: the daemon's own work,
-  without containerd's between the two calls (goal, issue 5: p50 <= 1 ms from the compiled-module cache);
+  without containerd's between the two calls (goal: p50 <= 1 ms from the compiled-module cache);
 - Create received -> first instruction: the same, plus containerd's work between Create and Start;
 - for every runtime alike, from the client: ctr spawned -> first instruction (runc: busybox sh prints
   $EPOCHREALTIME, microseconds, as its first command).

@@ -6,7 +6,7 @@ container, with ctr's own process start included for every runtime alike. (Drivi
 would take ctr's ~20-40 ms per cycle out of both sides; this repository carries no containerd client protos, and
 `ctr` is what containerd ships as its reference client.) The tasks per runtime and client count are split into
 rounds; rounds alternate the runtimes (interleaved A/B); each round gives one tasks/s sample.
-Goal (issue 5): >= 2x runc's tasks/s at 4 clients.
+Goal: >= 2x runc's tasks/s at 4 clients.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def client_on_node_b(core: client.CoreV1Api, script: str) -> str:
 
 
 def http_get_script(host: str, paths: list[str]) -> str:
-    """busybox sh + nc (busybox wget segfaults in a container here, CLUSTER.md): each path's raw HTTP/1.1 answer,
+    """Busybox sh + nc (busybox wget segfaults in a container here, CLUSTER.md): each path's raw HTTP/1.1 answer,
     separated by `=====`; each request is retried a few times while the connection is refused. nc's stdin stays
     open for a while after the request: with `echo ... | nc` alone (stdin at its end at once), 200 answers came
     back empty here while the quick 500 did not."""
@@ -764,7 +764,7 @@ def upgrade(cluster: Cluster, values: dict, work: Path) -> None:
 
 def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(cluster: Cluster, release: dict,
                                                                               guests: Path, tmp_path: Path) -> None:
-    # Issue 11 item 5: an enforcing policy set through the chart's values. Two artifacts in the cluster's registry,
+    # An enforcing policy set through the chart's values. Two artifacts in the cluster's registry,
     # one signed with the e2e key (`wasm-shim sign`, cosign's bundle format). After `helm upgrade` the installer
     # has written the policy onto node-a and the shim daemon already running there re-reads it at the next Create:
     # the unsigned pod's refusal shows in `kubectl describe`, the signed pod runs. Back to no policy afterwards.

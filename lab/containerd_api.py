@@ -1,5 +1,5 @@
 """A containerd gRPC client for tests: containers and tasks driven through containerd's API, as kubelet's CRI
-plugin or any Go client does, without `ctr` (issue 12, load and soak; faults).
+plugin or any Go client does, without `ctr` (load and soak; faults).
 
 Owns: generating the message classes of protos/containerd_api.proto (grpcio-tools' protoc, once per proto
 digest, into a private temp dir) and one ``grpc.Channel`` per client. Method paths are containerd's
@@ -137,7 +137,7 @@ class ContainerdAPI:
 
 
 class _Empty:
-    """google.protobuf.Empty's decoder (its bytes are ignored)."""
+    """Google.protobuf.Empty's decoder (its bytes are ignored)."""
 
     @staticmethod
     def FromString(_data: bytes) -> _Empty:  # noqa: N802 (protobuf's name; grpc takes None for a failure)

@@ -1,4 +1,4 @@
-"""The CRI harness for issue 4: a private containerd with its CRI plugin, CNI, a local pause image, our runtime
+"""The CRI harness: a private containerd with its CRI plugin, CNI, a local pause image, our runtime
 table (made by `wasm-shim containerd-config`), and real `crictl` pointed at it.
 
 Owns: the CNI bridge config (a unique bridge name and a private 10.88.x.0/24 subnet per instance, host-local IPAM
@@ -40,7 +40,7 @@ _RUNC_ROOT = Path("/run/containerd/runc")
 
 
 class CrictlError(HarnessError):
-    """crictl exited non-zero; str() shows the command, its output and containerd's log tail."""
+    """Crictl exited non-zero; str() shows the command, its output and containerd's log tail."""
 
     def __init__(self, cmd: Sequence[str], returncode: int, stdout: str, stderr: str, log_tail: str) -> None:
         super().__init__(
@@ -331,7 +331,7 @@ def runc_table(kind: Kind) -> str:
 
 
 def cri_extra_config(kind: Kind, *runtime_options: str, extra: str = "") -> str:
-    """containerd config overrides for a CRI node: sandbox image, runc, and our runtime table (from the real
+    """Containerd config overrides for a CRI node: sandbox image, runc, and our runtime table (from the real
     CLI)."""
     return sandbox_image_config(kind) + runc_table(kind) + containerd_config_table(kind, *runtime_options) + extra
 

@@ -1,4 +1,4 @@
-"""Sizes, resource samples and records for the reliability suite (issue 12): one test, two sizes.
+"""Sizes, resource samples and records for the reliability suite: one test, two sizes.
 
 `make test` runs every reliability test (marker ``soak``) at its smoke size, seconds, so none of them can rot.
 `make soak` (scripts/soak.sh) runs the same tests with ``WASM_SHIM_SOAK=full`` at their full size (the fuzz

@@ -1,6 +1,6 @@
 """Wasm OCI artifacts in the CNCF TAG Runtime layout: building one and checking one.
 
-Layout (PROTOCOL.md "Wasm in OCI registries"): an image manifest (`application/vnd.oci.image.manifest.v1+json`)
+Layout (docs/protocol.md "Wasm in OCI registries"): an image manifest (`application/vnd.oci.image.manifest.v1+json`)
 whose config is `application/vnd.wasm.config.v0+json` ({created, author, architecture: "wasm", os: "wasip1" |
 "wasip2", layerDigests, component?}) and whose single layer is the raw module or component, `application/wasm`.
 

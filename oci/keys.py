@@ -1,6 +1,6 @@
-"""cosign key files, both ways: ECDSA P-256 keys in cosign's encrypted envelope, and public keys.
+"""Cosign key files, both ways: ECDSA P-256 keys in cosign's encrypted envelope, and public keys.
 
-Owns generating, encrypting, decrypting and loading keys (PROTOCOL.md "Cosign signatures", Keys). Formats:
+Owns generating, encrypting, decrypting and loading keys (docs/protocol.md "Cosign signatures", keys). Formats:
 - `cosign.pub`: PEM `PUBLIC KEY` (SubjectPublicKeyInfo DER).
 - `cosign.key`: PEM `ENCRYPTED SIGSTORE PRIVATE KEY` (read also as `ENCRYPTED COSIGN PRIVATE KEY`) whose body is
   base64 of compact JSON {kdf: scrypt N=2^16 r=8 p=1 with a 32-byte salt, cipher: nacl/secretbox with a 24-byte
@@ -185,7 +185,7 @@ def public_key_pem(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def key_hint(key: ec.EllipticCurvePublicKey) -> str:
-    """sigstore bundle `publicKey.hint`: base64 of the sha256 of the SPKI DER."""
+    """Sigstore bundle `publicKey.hint`: base64 of the sha256 of the SPKI DER."""
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 

@@ -29,7 +29,7 @@ MANIFEST_TYPES = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 MANIFEST_ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 MAX_MANIFEST_SIZE = 4 << 20  # containerd and distribution limit manifests to 4 MiB as well
 
-# CNCF TAG Runtime wasm artifact (PROTOCOL.md "Wasm in OCI registries"), and the older layouts still read.
+# CNCF TAG Runtime wasm artifact (docs/protocol.md "Wasm in OCI registries"), and the older layouts still read.
 MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
 MEDIA_TYPE_WASM_LAYER = "application/wasm"
 WASM_CONFIG_TYPES = (MEDIA_TYPE_WASM_CONFIG, "application/vnd.wasm.config.v1+json")

@@ -1,6 +1,6 @@
-"""cosign-compatible signatures, key-based and offline: the math and the documents (pure: no I/O).
+"""Cosign-compatible signatures, key-based and offline: the math and the documents (pure: no I/O).
 
-Owns the two formats cosign writes and reads (PROTOCOL.md "Cosign signatures", checked byte by byte against
+Owns the two formats cosign writes and reads (docs/protocol.md "Cosign signatures", checked byte by byte against
 cosign 3.1.3):
 - legacy: a simple-signing payload (`{"critical":{identity, image, type},"optional":...}`) signed as is, the
   signature (ASN.1 DER ECDSA P-256 over SHA-256 of the payload bytes) in the layer annotation

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (issue 5): `make bench` calls this after scripts/setup.sh.
+# Runs the benchmarks: `make bench` calls this after scripts/setup.sh.
 #
 #   scripts/bench.sh [ARGS...]     ARGS go to `python -m bench` (see `python -m bench --help`), e.g.
 #                                  --quick, --containerd 2.x, --peer-shim PATH, --only cold_start,start_cmd,

@@ -202,7 +202,7 @@ fi
 # The shim binary's launcher. containerd execs it for `start` and `delete` of every container; that path needs only
 # the standard library and our stdlib-only modules (shim/launch/, config.py, mount.py, ttrpc/wire.py), so it runs
 # `python -I -S` with a link tree of the package root on sys.path instead of pip's console-script wrapper, which pays
-# for `site` and setuptools' editable-install finder on every container (issue 5). The daemon it spawns runs with the
+# for `site` and setuptools' editable-install finder on every container. The daemon it spawns runs with the
 # full venv (sys.executable, normal site).
 PKGROOT="$ROOT/.tools/pkgroot"
 mkdir -p "$PKGROOT/wasm_shim"
@@ -342,5 +342,5 @@ fi
 # --- 6. bytecode ---------------------------------------------------------------------------------------------
 # containerd execs the shim binary for `start` and `delete` of every container: without .pyc files each exec
 # compiles its modules from source, and with PYTHONDONTWRITEBYTECODE=1 (set in some environments) it never writes
-# them. compileall skips files whose .pyc is current, so this is cheap when nothing changed (issue 5).
+# them. compileall skips files whose .pyc is current, so this is cheap when nothing changed.
 run compileall "$VENV/bin/python" -m compileall -q "$ROOT/shim" "$ROOT/oci"

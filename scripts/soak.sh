@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make soak` (issue 12): the reliability suite at full size, then its table into docs/reliability.md.
+# `make soak`: the reliability suite at full size, then its table into docs/reliability.md.
 #
 #   scripts/soak.sh [PYTEST_ARGS...]
 #

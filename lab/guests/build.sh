@@ -116,7 +116,7 @@ done
 echo "build.sh: $built guest(s) built into $out" >&2
 
 # ---------------------------------------------------------------------------------------------------------------
-# Native helpers (issue 4, CRI): pause.c -> pause, a static x86-64/ELF program for the pod sandbox image. Not a
+# Native helpers (CRI): pause.c -> pause, a static x86-64/ELF program for the pod sandbox image. Not a
 # wasm guest: it runs under the native engine (runc). Lives beside src/ (not in it) so the wasm loop skips it.
 pause_src="$here/pause.c"
 pause_bin="$out/pause"
@@ -128,7 +128,7 @@ if [[ -f "$pause_src" ]] && stale "$pause_bin" "$pause_src"; then
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
-# Blocking guests as components (issue 3, engine part 2: kill of blocked guests, grants): the same jco adaptation
+# Blocking guests as components (engine part 2: kill of blocked guests, grants): the same jco adaptation
 # as COMPONENTS above, for guests that sleep, read stdin or touch files.
 for name in sleep cat_file writer; do
     core="$out/$name.wasm"
@@ -141,7 +141,7 @@ for name in sleep cat_file writer; do
 done
 
 # ---------------------------------------------------------------------------------------------------------------
-# Socket guest (issue 3, the network grant): src/net/net.js + src/net/world.wit -> net.component.wasm, a wasi:cli
+# Socket guest (the network grant): src/net/net.js + src/net/world.wit -> net.component.wasm, a wasi:cli
 # command that uses wasi:sockets 0.2, made by componentize-qjs (QuickJS with the script snapshotted by Wizer).
 # Only our world.wit and net.js are in the repository: the wasi:* packages it imports are copied at build time
 # from the WIT that the pinned jco ships into a temporary deps/ directory under OUTDIR. --sync: the component

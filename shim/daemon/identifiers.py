@@ -6,7 +6,7 @@ a request that breaks it did not come from containerd: it is refused with INVALI
 
 Why it matters although the daemon never builds a path from an id (socket names are digests, see launch.py):
 ids reach runc (which names its state directory after them), thread names, log lines and events; an id with
-``/``, ``..``, a NUL or a newline must not get that far (issue 12, "Access").
+``/``, ``..``, a NUL or a newline must not get that far (docs/reliability.md "Access").
 """
 
 from __future__ import annotations

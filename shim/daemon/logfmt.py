@@ -1,4 +1,4 @@
-"""The daemon's log line format: logfmt, one line per record (issue 12, part 6).
+"""The daemon's log line format: logfmt, one line per record.
 
 Owns ``LogfmtFormatter``. Every line is ``key=value`` pairs in a fixed order, the same keys containerd and its
 shims use (logrus' text format), so one grep or one log pipeline reads containerd's lines and ours alike:

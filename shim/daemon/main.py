@@ -51,8 +51,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
-    """The daemon's log file, root-only like the socket beside it (issue 12, "Access"): task ids, namespaces and
-    guest errors are not for other users. Every open (the first and after each rotation) makes it 0600."""
+    """The daemon's log file, root-only like the socket beside it (docs/reliability.md "Access"): task ids,
+    namespaces and guest errors are not for other users. Every open (the first and after each rotation) makes it 0600."""
 
     def _open(self):  # type: ignore[no-untyped-def]  # logging's private hook for opening the stream
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -237,9 +237,9 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:
     """The wasmtime engine with its on-disk compiled cache, or without one when the cache dir is unusable.
 
-    The cache is an optimisation (shim/engines/wasmtime/compile_cache.py): a cache dir that cannot be created or checked
-    (a full disk, no inodes left, wrong owner or mode) must cost compiles, never every container of the node
-    (issue 12). The warning names the dir and the reason.
+    The cache is an optimisation (shim/engines/wasmtime/compile_cache.py): a cache dir that cannot be created or
+    checked (a full disk, no inodes left, wrong owner or mode) must cost compiles, never every container of the
+    node. The warning names the dir and the reason.
     """
     from ..engines.base import EngineError
 

@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics: off by default, on with the config key ``metrics_address`` (issue 12, part 6).
+"""The daemon's Prometheus metrics: off by default, on with the config key ``metrics_address``.
 
 Owns one ``prometheus_client`` registry per daemon (never the library's global one), what is counted in it, and the
 small HTTP endpoint that serves it on loopback TCP or a unix socket. The exposition format is prometheus_client's

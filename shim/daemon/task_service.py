@@ -13,7 +13,7 @@ Invariants:
 - Nothing a task or client does takes down another task: engine and bundle errors become RPC errors for that call.
 - Collaborators (engines, event queue, clock) are passed in; there is no module-level state.
 - A task belongs to the namespace it was created in: a call naming another namespace (rpc.py passes the caller's
-  `containerd-namespace-ttrpc`) finds nothing, exactly as if the task did not exist (issue 12, "Access").
+  `containerd-namespace-ttrpc`) finds nothing, exactly as if the task did not exist (docs/reliability.md "Access").
 - Ids are checked against containerd's identifier rule (identifiers.py) before anything else: INVALID_ARGUMENT.
 """
 
@@ -108,7 +108,7 @@ def _timestamp(ns: int):  # type: ignore[no-untyped-def]
 
 
 class TaskService:
-    """containerd's Task API over the tasks of one daemon."""
+    """Containerd's Task API over the tasks of one daemon."""
 
     def __init__(
         self,

@@ -59,10 +59,10 @@ NAMESPACE_METADATA_KEY = "containerd-namespace-ttrpc"
 
 # Pending connections the kernel queues before connect() fails with EAGAIN (clamped to net.core.somaxconn). asyncio
 # re-listens an inherited socket with its own default (100), so it is passed explicitly: a burst of more than 100
-# clients at once (issue 12) was otherwise refused before the daemon saw it.
+# clients at once was otherwise refused before the daemon saw it.
 LISTEN_BACKLOG = 4096
 
-# Calls running at once on one connection before new ones are refused (issue 12: a flood of streams).
+# Calls running at once on one connection before new ones are refused (a flood of streams).
 MAX_CALLS_PER_CONNECTION = 1024
 
 # After cancelling calls that outlived the grace period, and after closing transports, wait at most this long

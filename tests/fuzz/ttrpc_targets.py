@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz targets for the ttrpc side of the daemon (atheris/libFuzzer; issue 12, part 1).
+"""Coverage-guided fuzz targets for the ttrpc side of the daemon (atheris/libFuzzer).
 
 Run as a program, one target per process (libFuzzer owns the process and exits it when done):
 

@@ -1,4 +1,4 @@
-"""Access (issue 12, part 5): what is root's stays root's, a namespace sees only its own tasks, ids are not paths.
+"""Access: what is root's stays root's, a namespace sees only its own tasks, ids are not paths.
 
 - The daemon's socket, lock, log and compile cache are root-only (modes and owner checked), and an unprivileged
   user (uid/gid 65534 through `setpriv`, all groups cleared) cannot connect to the socket, read the daemon's log or

@@ -1,4 +1,4 @@
-"""Issue 14: the benchmark's wasi:http figures (`python -m bench --only http,http_start`) work end to end, at
+"""The benchmark's wasi:http figures (`python -m bench --only http,http_start`) work end to end, at
 `--quick` size.
 
 A smoke run only, so the figure cannot rot: every server answered, wrk produced numbers, the table and results were

@@ -1,4 +1,4 @@
-"""Issue 5: the benchmark harness (`python -m bench`) works end to end, with tiny counts (`--quick`).
+"""The benchmark harness (`python -m bench`) works end to end, with tiny counts (`--quick`).
 
 A smoke run only: it checks that every figure ran (figures 9 and 10, http, have their own: test_bench_http.py),
 the table was printed with the machine and versions, and the results and plots were written. It never asserts

@@ -2,7 +2,7 @@
 
 Two registries: Debian's docker-registry (distribution 2.8: no referrers API, so both tools use the
 `sha256-<hex>` fallback tag) and go-containerregistry's registry with the referrers API on (registries.py).
-The matrix (issue "Supply chain"): oras push -> wasm-shim pull byte-identical, and the module runs;
+The matrix: oras push -> wasm-shim pull byte-identical, and the module runs;
 wasm-shim push -> oras pull byte-identical; cosign signatures in both formats verify with wasm-shim verify and
 ours with `cosign verify --key`; key files made by either tool sign for the other. cosign runs offline:
 `--tlog-upload=false --use-signing-config=false` to sign, `--insecure-ignore-tlog=true` to verify.

@@ -1,4 +1,4 @@
-"""Issue 4: the Kubernetes node path. RuntimeClass handler `wasmtime` through containerd's CRI, driven by real
+"""The Kubernetes node path. RuntimeClass handler `wasmtime` through containerd's CRI, driven by real
 `crictl` (no kubelet) against a private containerd 1.6 and 2.x with CNI and a locally built pause image.
 
 Each step asserts what a user sees: `crictl logs` output, states in `crictl ps -a`/`pods`, exit codes in
@@ -36,7 +36,7 @@ CriNodeFactory = Callable[..., CriNode]
 def cri_node_factory(
     request: pytest.FixtureRequest, containerd_factory: ContainerdFactory, guests: Path, tmp_path: Path
 ) -> Iterator[CriNodeFactory]:
-    """factory(runtime_options=(), extra_config="") -> a CRI node on this test's containerd kind."""
+    """Factory(runtime_options=(), extra_config="") -> a CRI node on this test's containerd kind."""
     kind = request.node.callspec.params["containerd_factory"]
     nodes: list[CriNode] = []
 
@@ -239,7 +239,7 @@ def _options_table(kind: str, body: str) -> str:
 
 def test_runtime_options_reach_the_shim(cri_node_factory: CriNodeFactory, guests: Path, tmp_path: Path,
                                         request: pytest.FixtureRequest) -> None:
-    """grouping=pod (one daemon per pod) set through containerd's options table: inline on 2.x (config_body),
+    """Grouping=pod (one daemon per pod) set through containerd's options table: inline on 2.x (config_body),
     through ConfigPath on 1.6 (the only key 1.6 passes on)."""
     kind = request.node.callspec.params["containerd_factory"]
     if kind == "1.6":
@@ -383,7 +383,7 @@ def test_bad_wasm_artifact_fails_start_with_the_reason(cri_node_factory: CriNode
 
 
 def test_pod_network_grant_serves_on_the_pod_ip(cri_node: CriNode, guests: Path) -> None:
-    """Issue 3 through CRI: a pod annotation grants a component one listening port, in the pod's network namespace.
+    """Through CRI: a pod annotation grants a component one listening port, in the pod's network namespace.
 
     The annotation reaches the container's spec because our runtime table passes `wasm.shim.io/*` pod annotations
     (`wasm-shim containerd-config`). The test connects from the node to the pod's CNI address (the test's bridge);

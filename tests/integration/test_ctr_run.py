@@ -1,4 +1,4 @@
-"""Issue 2: `ctr run` of wasm guests through our shim, on a private containerd 1.6 and 2.x.
+"""`ctr run` of wasm guests through our shim, on a private containerd 1.6 and 2.x.
 
 What a user sees: the guest's stdout/stderr, its exit code as ctr's, `ctr task kill` stopping it, `ctr task ls`
 states, nothing left behind after `--rm`, and (2.x) containerd talking `containerd.task.v3.Task` to us.

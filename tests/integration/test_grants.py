@@ -1,4 +1,5 @@
-"""Issue 3 / DESIGN principle 7: the guest gets exactly what the spec grants, through `ctr`, module and component.
+"""The spec is the whole grant (docs/design.md, rule 7): the guest gets exactly what the spec grants, through
+`ctr`, module and component.
 
 Grants: a bind mount is readable at its destination, `ro` is honoured (a write fails), `rw` is writable; the rootfs
 is read-only with `--read-only`. Denials: no host path outside the preopens, neither through `..` nor through

@@ -1,4 +1,4 @@
-"""Hostile input on the ttrpc socket of a live daemon (issue 12, part 1).
+"""Hostile input on the ttrpc socket of a live daemon.
 
 The daemon is started as containerd starts it (`start`, then the task API over its real unix socket; the events go
 to a ttrpc server of our own standing in for containerd's events service, as in test_daemon.py), with one real

@@ -1,4 +1,4 @@
-"""Issue 3: Kill stops a guest whatever it is doing — here, blocked in a host call — through `ctr`.
+"""Kill stops a guest whatever it is doing — here, blocked in a host call — through `ctr`.
 
 A guest sleeping (WASI poll_oneoff) or blocked reading its stdin is out of reach of epoch interruption. Modules:
 the engine's own poll_oneoff waits on the guest's kill signal, and a stdin pump closes the guest's pipe on kill.
@@ -69,7 +69,7 @@ def test_sigterm_sleeping_module(containerd, wasm_image, guests):
 
 @pytest.mark.parametrize(("signal", "status"), [("SIGKILL", 137), ("SIGTERM", 143)])
 def test_kill_sleeping_component(containerd, wasm_image, guests, signal, status):
-    """issue 3: a component sleeping in wasmtime's own WASI code (its runner process gets SIGKILL)."""
+    """A component sleeping in wasmtime's own WASI code (its runner process gets SIGKILL)."""
     image = wasm_image("sleep-component", guests / "sleep.component.wasm")
     code, latency, _ = _run_then_kill(containerd, image, f"sleep-c-{status}", ["100"], "sleeping 100 s", signal)
     assert code == status

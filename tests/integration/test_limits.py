@@ -1,4 +1,4 @@
-"""Issue 3: limits and freezing through `ctr`: memory limit and OOM, CPU quotas, Pause/Resume, cache reuse.
+"""Limits and freezing through `ctr`: memory limit and OOM, CPU quotas, Pause/Resume, cache reuse.
 
 - `ctr run --memory-limit` caps the guest's linear memory: the `alloc` guest gets fewer MiB than without; a guest
   that fails at its limit (traps) makes the daemon publish `/tasks/oom` before `/tasks/exit`.

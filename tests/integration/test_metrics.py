@@ -1,4 +1,4 @@
-"""The daemon's Prometheus endpoint and log lines under a real containerd (issue 12, part 6).
+"""The daemon's Prometheus endpoint and log lines under a real containerd.
 
 containerd is started with `WASM_SHIM_METRICS_ADDRESS` in its environment (config source 4, inherited by the shim),
 once on loopback TCP and once on a unix socket. Guests run through `ctr`; the endpoint is scraped with an HTTP

@@ -1,4 +1,4 @@
-"""Issue 3 "Native containers": ELF and #! entrypoints run through runc, delegated from our daemon.
+"""Native containers: ELF and #! entrypoints run through runc, delegated from our daemon.
 
 Driven through a real containerd (1.6 and 2.x) with `ctr --runtime io.containerd.wasmtime.v1` and a static
 busybox image: what a user sees (output, exit codes, kill, `ctr task ls/ps/metrics`), that the container is a

@@ -1,4 +1,4 @@
-"""Issue 3: the network grant (`wasm.shim.io/network`) through `ctr`, on containerd 1.6 and 2.x, with real sockets.
+"""The network grant (`wasm.shim.io/network`) through `ctr`, on containerd 1.6 and 2.x, with real sockets.
 
 Each test makes a network namespace of its own (`ip netns add`, loopback up) that stands for the pod's, runs the
 `net` component (lab/guests/src/net: listen / connect / udp-send / udp-echo / create, one action per run) with
@@ -208,7 +208,7 @@ def test_udp_rules(containerd, net_image, pod_netns):
 
 
 def test_kill_in_accept_frees_the_port_for_the_next_container(containerd, net_image, pod_netns):
-    """Issue 3: Kill stops a component blocked in accept and frees its port, so a restarted container binds it."""
+    """Kill stops a component blocked in accept and frees its port, so a restarted container binds it."""
     port = _free_port()
     grant = f"tcp-listen=*:{port}"
     containerd.ctr("run", "-d", "--runtime", RUNTIME, "--annotation", f"{NETWORK}={grant}",

@@ -1,4 +1,4 @@
-"""Issue 12, part 3: faults — the daemon killed, containerd restarted, the compiled cache damaged or on a full disk.
+"""Faults — the daemon killed, containerd restarted, the compiled cache damaged or on a full disk.
 
 - SIGKILL of the daemon while tasks run (modules and a component): containerd sees every task exit (137, through
   the shim's `delete` binary, which finds no daemon and reports the task killed), nothing hangs, the component's

@@ -1,4 +1,4 @@
-"""Issue 12, part 2: hostile guests, each contained to its own task, through a real containerd (2.x).
+"""Hostile guests, each contained to its own task, through a real containerd (2.x).
 
 Every test runs a well-behaved *companion* task in the same daemon (``cat_file -`` fed over stdin by the test):
 it must still be running when the hostile guest is done and then exit 0 with every line it was fed. Afterwards

@@ -1,4 +1,4 @@
-"""Issue 12, part 3: a registry that is down, hangs, answers 500, or stalls in the middle of a blob.
+"""A registry that is down, hangs, answers 500, or stalls in the middle of a blob.
 
 A real docker-registry holds a pushed wasm artifact; a fault proxy on 127.0.0.1 stands between it and the client
 and misbehaves in one of four ways: ``down`` (nothing listens), ``hang`` (accepts, never answers), ``500`` (answers

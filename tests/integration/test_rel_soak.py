@@ -1,4 +1,4 @@
-"""Issue 12, part 4: load and soak through containerd's gRPC API (containerd 2.x), not `ctr`.
+"""Load and soak through containerd's gRPC API (containerd 2.x), not `ctr`.
 
 M idle guests (``sleep``) are created and started first and stay alive; then 8 client threads, each with its own
 gRPC channel, run N create/start/wait/delete cycles between them. Each cycle's guest is ``exit_code K`` with its

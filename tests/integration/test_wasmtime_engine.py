@@ -639,7 +639,7 @@ def open_fds() -> set[str]:
 
 
 def live_wasmtime_stores() -> int:
-    """wasmtime Store objects alive in Python, closed or not (no gc.collect(): release must not need it)."""
+    """Wasmtime Store objects alive in Python, closed or not (no gc.collect(): release must not need it)."""
     return sum(
         1 for obj in gc.get_objects() if type(obj).__name__ == "Store" and "wasmtime" in type(obj).__module__
     )
@@ -725,12 +725,12 @@ def test_tick_cost_with_idle_guests(sandbox: Sandbox) -> None:
     spinners[1].guest.kill(signal.SIGKILL)
     for run in idle:
         run.guest.kill(signal.SIGTERM)
-    # Sleeping guests see the kill when their 1 s sleep returns (poll_oneoff interruption is issue 3).
+    # Sleeping guests see the kill when their 1 s sleep returns (their poll_oneoff is interrupted).
     assert [run.wait(5.0) for run in idle] == [143] * 200
     assert spinners[1].wait(2.0) == 137
 
 
-# --- issue 3 (engine part 2): blocked guests, pause/resume, CPU slicing, OOM, precompile ----------------------
+# --- blocked guests, pause/resume, CPU slicing, OOM, precompile ----------------------
 
 KILL_BOUND = 1.0  # seconds: the issue's bound for Kill of any guest (a hang bound, not a speed claim)
 
@@ -849,7 +849,7 @@ def test_precompile_writes_what_the_daemon_reads(sandbox: Sandbox, guests: Path)
 
 def test_concurrent_creates_of_one_component_compile_it_once(sandbox: Sandbox, tmp_path: Path) -> None:
     """A Deployment scaled up on a node that has not compiled its component yet: every Create arrives while the
-    first compile runs. They wait for that compile; the real runner is asked to --check the digest once (issue 11's
+    first compile runs. They wait for that compile; the real runner is asked to --check the digest once (the
     cluster benchmark saw one compile per pending pod, sharing two cores)."""
     real = WasmtimeEngine(cache_dir=str(tmp_path / "probe"))._runner.find()
     if real is None:

@@ -1,4 +1,4 @@
-"""Issue 3: the pure parts of the grant and limit mapping (no guest runs here)."""
+"""The pure parts of the grant and limit mapping (no guest runs here)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_cpu_limit_from_quota_and_period(spec, expected):
 
 
 def test_the_kubernetes_example_grant_parses():
-    """k8s/examples/server-deployment.yaml shows a grant: it must be one the shim accepts."""
+    """K8s/examples/server-deployment.yaml shows a grant: it must be one the shim accepts."""
     import re
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The million (issue 12, part 1): the coverage-guided atheris targets of tests/fuzz/ttrpc_targets.py, each in its own
+"""The million: the coverage-guided atheris targets of tests/fuzz/ttrpc_targets.py, each in its own
 process (libFuzzer owns the process), at ``size(smoke, 1_000_000)`` runs.
 
 A finding makes libFuzzer exit non-zero after writing the input under ``tmp_path`` (named in the failure). Smoke

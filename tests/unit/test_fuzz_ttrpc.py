@@ -1,4 +1,4 @@
-"""Hostile input on the ttrpc socket, without the socket (issue 12, part 1): hypothesis over the sans-IO core and
+"""Hostile input on the ttrpc socket, without the socket: hypothesis over the sans-IO core and
 the task dispatcher.
 
 Three targets, each fed byte strings hypothesis builds from well-formed pieces (frames, envelopes, protobuf task

@@ -1,4 +1,4 @@
-"""Operations and access pieces that need no daemon (issue 12): the metrics_address config key, the logfmt line
+"""Operations and access pieces that need no daemon: the metrics_address config key, the logfmt line
 format, containerd's identifier rule, and the metrics registry fed by the events queue."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """TaskService called directly (no socket) with a fake engine: lifecycle, event order, the engine contract.
 
-The engine is the one collaborator faked here (DESIGN principle 5: collaborators are passed in); everything else
+The engine is the one collaborator faked here (docs/design.md, rule 5: collaborators are passed in); everything else
 is real: bundles on disk, null stdio, the lifecycle table, the event queue with a recording sink.
 """
 

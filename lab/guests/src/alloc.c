@@ -1,7 +1,7 @@
 /* alloc: usage `alloc [MAX_MIB [abort]]`. Grows its heap in 1 MiB chunks, touching every page, printing the running
  * total in MiB after each chunk, until malloc fails or MAX_MIB is reached (default: no maximum). On a failed malloc it
  * prints "malloc failed at N MiB" and exits 0, or with `abort` traps (like a runtime that aborts on OOM). On reaching
- * MAX_MIB it prints "reached N MiB" and exits 0. Used to test memory limits (issue 3). */
+ * MAX_MIB it prints "reached N MiB" and exits 0. Used to test memory limits. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* flood: usage `flood BYTES`. Writes BYTES bytes to stdout as 64-byte lines "NNNNNNNNNNNN flood ....\n" (the line
  * number, then a fixed pattern; the last line may be cut short), in 64 KiB writes, then "flooded BYTES" on stderr
  * and exits 0. A failed write prints "flood: write failed after N bytes: reason" on stderr and exits 1. Used to
- * test a guest writing a lot to a slow or absent reader (issue 12). */
+ * test a guest writing a lot to a slow or absent reader. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* openfiles: usage `openfiles DIR COUNT`. Creates and opens DIR/f0 .. DIR/f{COUNT-1}, keeping every one open, then
  * prints "opened COUNT" and exits 0. When an open fails it prints "open failed at N: reason" and exits 2. Used to
- * test a guest opening thousands of files in its preopens (issue 12). */
+ * test a guest opening thousands of files in its preopens. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

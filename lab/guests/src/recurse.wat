@@ -1,5 +1,5 @@
 ;; recurse: prints "recursing", then calls itself without end (not a tail call, so each call takes a frame of
-;; wasm's own call stack) until wasmtime traps with "call stack exhausted" (issue 12, hostile guests).
+;; wasm's own call stack) until wasmtime traps with "call stack exhausted" (hostile guests).
 (module
   (import "wasi_snapshot_preview1" "fd_write"
     (func $fd_write (param i32 i32 i32 i32) (result i32)))

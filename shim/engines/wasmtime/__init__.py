@@ -1,6 +1,6 @@
 """The wasmtime engine: compiles, caches, runs and kills WebAssembly guests (core modules and components).
 
-This package is the only code that imports ``wasmtime`` (DESIGN principle 6). One job per module:
+This package is the only code that imports ``wasmtime`` (docs/design.md, rule 6). One job per module:
 
 - ``engine``       ``WasmtimeEngine``: prepare (resolve, check, compile or load) and start; close.
 - ``cache``        the compiled-artifact cache (memory LRU + private on-disk files, digest-checked).

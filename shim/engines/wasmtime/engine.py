@@ -225,7 +225,7 @@ class WasmtimeEngine:
         checked is remembered by digest, so a component is checked once per daemon. One compile per digest at a
         time: Creates of the same component that arrive while its first compile runs (a Deployment scaled up on a
         node that has not compiled it yet) wait for that compile instead of starting their own, which on a busy
-        node shared the CPU among N copies of the same work (issue 11's cluster benchmark).
+        node shared the CPU among N copies of the same work (the cluster benchmark, figure 11).
         """
         try:
             with open(path, "rb") as file:

@@ -1,4 +1,4 @@
-"""The WASI context of an in-process guest: exactly its grant, nothing ambient (DESIGN principle 7).
+"""The WASI context of an in-process guest: exactly its grant, nothing ambient (docs/design.md, rule 7).
 
 Owns the mapping of a prepared guest's grant onto a ``wasmtime.WasiConfig``: argv = process.args (args[0] as
 written), env = process.env, the rootfs preopened at ``/`` (read-only when the root is), each directory mount

@@ -1,5 +1,5 @@
 // net: a wasi:cli command component that uses wasi:sockets 0.2, so tests can prove each part of a network grant
-// (annotation wasm.shim.io/network, issue 3) and each denial. Built by build.sh with componentize-qjs (QuickJS).
+// (annotation wasm.shim.io/network) and each denial. Built by build.sh with componentize-qjs (QuickJS).
 //
 // Usage (argv[0] is the program name, as ctr passes it); one action per run:
 //   listen ADDR PORT [COUNT]   bind + listen, print `listening ADDR:PORT`, then COUNT times (default 1, 0 = forever)
