@@ -52,7 +52,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
     """The daemon's log file, root-only like the socket beside it (docs/reliability.md "Access"): task ids,
-    namespaces and guest errors are not for other users. Every open (the first and after each rotation) makes it 0600."""
+    namespaces and guest errors are not for other users. Every open (the first and after each rotation) makes it
+    0600."""
 
     def _open(self):  # type: ignore[no-untyped-def]  # logging's private hook for opening the stream
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
