@@ -621,7 +621,7 @@ def test_cache_dir_open_to_others_is_refused(tmp_path: Path) -> None:
     cache = tmp_path / "shared-cache"
     cache.mkdir(mode=0o755)
     os.chmod(cache, 0o755)
-    with pytest.raises(EngineError, match=r"has mode 0755; it must be 0700"):
+    with pytest.raises(EngineError, match=r"has mode 0755 .*: it must be a 0700 directory of ours"):
         WasmtimeEngine(cache_dir=str(cache))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +28,8 @@ from typing import Any, Generic, TypeVar
 
 import wasmtime
 import wasmtime.component as wasm_component
+
+from wasm_shim.oci import files
 
 from ..base import CacheStats, EngineError, EntryKind
 from .reports import error_summary
@@ -49,50 +50,28 @@ def sha256(data: bytes) -> bytes:
 
 
 def check_private_dir(path: str, create: bool) -> None:
-    """The cache directory must be ours and closed to group/others: its files are machine code we run."""
-    if create:
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise EngineError(f"compiled-module cache {path}: cannot create it: {exc.strerror}") from None
+    """The cache directory must be a real directory of ours (or root's), closed to group and others: its files are
+    machine code we run. The checks are the node's one rule for trusted directories (oci/files.py)."""
     try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise EngineError(f"compiled-module cache {path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise EngineError(f"compiled-module cache {path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise EngineError(
-            f"compiled-module cache {path} is owned by uid {info.st_uid}, not by us ({os.geteuid()})"
-        )
-    if info.st_mode & 0o077:
-        raise EngineError(
-            f"compiled-module cache {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0700 "
-            "(its files are machine code this process executes)"
-        )
+        files.check_private_dir(path, create=create, mode_mask=0o077)
+    except files.UnsafeFile as exc:
+        raise EngineError(f"compiled-module cache {exc}: it must be a 0700 directory of ours (its files are machine "
+                          "code this process executes)") from None
 
 
 def read_cache_file(path: str) -> bytes:
     """The payload of the cache file ``path`` once it passed every check; FileNotFoundError if missing.
 
-    Deserializing is running machine code, so the file must be a regular file (not a symlink) owned by us and
-    closed to group/others, start with our magic and carry the sha256 of its payload. Raises
+    Deserializing is running machine code, so the file must be a regular file (not a symlink) of ours (or root's),
+    closed to group/others (oci/files.py's rule), start with our magic and carry the sha256 of its payload. Raises
     ``CacheFileRefused`` naming the failed check.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise CacheFileRefused(f"cannot open: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise CacheFileRefused("not a private regular file of ours")
-        with os.fdopen(os.dup(fd), "rb") as file:
-            blob = file.read()
-    finally:
-        os.close(fd)
+        fd = files.open_checked(path, mode_mask=0o077)  # FileNotFoundError passes through
+    except files.UnsafeFile as exc:
+        raise CacheFileRefused(str(exc)) from None
+    with os.fdopen(fd, "rb") as file:
+        blob = file.read()
     header = len(CACHE_MAGIC) + 32
     payload = blob[header:]
     if blob[: len(CACHE_MAGIC)] != CACHE_MAGIC or blob[len(CACHE_MAGIC) : header] != sha256(payload):
