@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from lab.procs import unix_socket_answers
 
 from .toml_writer import deep_merge, dumps
 
@@ -482,16 +483,6 @@ def _rmtree(directory: Path, errors: list[str]) -> None:
         shutil.rmtree(directory, onerror=lambda f, p, info: retry_writable(f, p, info[1]))
 
 
-def _socket_answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-        return True
-
-
 def _config(
     kind: Kind,
     *,
@@ -653,7 +644,7 @@ def _wait_until_ready(instance: Containerd, began: float) -> None:
                 f"containerd {instance.kind} exited with {code} during start-up "
                 f"(config {instance.config_path}):\n{instance.log_tail()}"
             )
-        if _socket_answers(instance.address):
+        if unix_socket_answers(instance.address):
             done = instance.ctr("version", timeout=10, check=False)
             if done.returncode == 0:
                 return

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.containerd import TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
+from lab.procs import stop_process
 from lab.registries import DockerRegistry
 from wasm_shim.oci.layout import build_image_tar
 
@@ -286,14 +287,8 @@ class CriNode:
 
     def restart_containerd(self) -> None:
         """Kill containerd (not its shims) and start it again on the same config, as `systemctl restart` does."""
-        process = self.containerd.process
-        assert process is not None
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        assert self.containerd.process is not None
+        stop_process(self.containerd.process, timeout=20)
         with self.containerd.log_path.open("ab") as log:
             self.containerd.process = subprocess.Popen(
                 [self.containerd.containerd_binary, "--config", str(self.containerd.config_path)],

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lab.containerd import TOOLS_BIN, HarnessError
+from lab.procs import stop_process
 from wasm_shim.oci.artifact import Artifact
 from wasm_shim.oci.layout import Blob
 
@@ -62,13 +63,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    stop_process(process)
 
 
 @dataclass(frozen=True)

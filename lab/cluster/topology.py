@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..procs import unix_socket_answers as unix_socket_answers  # re-exported for the PID 1s
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
@@ -140,16 +141,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | N
         time.sleep(0.25)
     tail = f"; last lines of {log}:\n{log_tail(log)}" if log else ""
     raise ClusterError(f"{what} was not ready after {timeout:.0f} s{tail}")
-
-
-def unix_socket_answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def https_ok(url: str, pki: Path, client: str | None = "admin") -> bool:

@@ -200,21 +200,22 @@ def _cmd_delete_daemonset(args: argparse.Namespace) -> int:
         sys.stderr.write("wasm-shim node delete-daemonset: --daemonset NAME is required\n")
         return 2
     problem = delete_daemonset(args.daemonset, args.namespace, args.timeout, args.kubeconfig or "")
-    if problem:
-        sys.stderr.write(f"wasm-shim node delete-daemonset: {problem}\n")
-        return 1
-    sys.stdout.write(f"wasm-shim node delete-daemonset: {args.namespace}/{args.daemonset} and its pods are gone\n")
-    return 0
+    return _node_outcome("delete-daemonset", problem, f"{args.namespace}/{args.daemonset} and its pods are gone")
 
 
 def _cmd_check_log(args: argparse.Namespace) -> int:
     from ..node.report import check_log
 
     problem = check_log(args.pod, args.namespace, args.expect, args.timeout, args.kubeconfig or "")
+    return _node_outcome("check-log", problem, f"{args.namespace}/{args.pod} succeeded and logged {args.expect!r}")
+
+
+def _node_outcome(command: str, problem: str, done: str) -> int:
+    """Exit status 1 with `problem` on stderr, or 0 with `done` on stdout, each prefixed with the command."""
     if problem:
-        sys.stderr.write(f"wasm-shim node check-log: {problem}\n")
+        sys.stderr.write(f"wasm-shim node {command}: {problem}\n")
         return 1
-    sys.stdout.write(f"wasm-shim node check-log: {args.namespace}/{args.pod} succeeded and logged {args.expect!r}\n")
+    sys.stdout.write(f"wasm-shim node {command}: {done}\n")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from lab.procs import stop_process
 from tests.unit.test_node_installer import CONTAINERD_16, make_bundle, make_root, snapshot
 
 pytestmark = pytest.mark.integration
@@ -118,12 +119,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield instance
     finally:
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process, timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

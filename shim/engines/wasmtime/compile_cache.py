@@ -114,18 +114,14 @@ class CompileCache(Generic[Finished]):
         """
         key = f"{digest}.{kind.value}"
         with self._lock:
-            hit = self._memory.get(key)
+            hit = self._memory_hit(key)
             if hit is not None:
-                self._memory.move_to_end(key)
-                self._counts["memory_hits"] += 1
                 return hit, "memory"
             gate = self._inflight.setdefault(key, threading.Lock())
         with gate:  # concurrent prepares of the same bytes compile once
             with self._lock:
-                hit = self._memory.get(key)
+                hit = self._memory_hit(key)  # the compile this prepare waited for
                 if hit is not None:
-                    self._memory.move_to_end(key)
-                    self._counts["memory_hits"] += 1
                     return hit, "memory"
             try:
                 source = "disk"
@@ -143,6 +139,14 @@ class CompileCache(Generic[Finished]):
                 while len(self._memory) > self._memory_entries:
                     self._memory.popitem(last=False)
             return finished, source
+
+    def _memory_hit(self, key: str) -> Finished | None:
+        """The finished artifact in memory, counted and made most recent; None on a miss (caller holds _lock)."""
+        hit = self._memory.get(key)
+        if hit is not None:
+            self._memory.move_to_end(key)
+            self._counts["memory_hits"] += 1
+        return hit
 
     def _compile(self, kind: EntryKind, wasm: bytes, name: str) -> Any:
         self._count("compiles")
