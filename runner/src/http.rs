@@ -39,7 +39,6 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{
@@ -58,7 +57,7 @@ use crate::cache::load_component;
 use crate::exit::{EXIT_FAILURE, fail, failure};
 use crate::limits::{CpuBucket, MemoryBudget, StoreLimiter, TICK, monotonic_ns, thread_cpu_ns};
 use crate::network::allowed;
-use crate::plan::{Grant, Plan};
+use crate::plan::{Grant, Plan, Serve};
 use crate::{engine_config, guest_wasi};
 
 /// How long a client may take to send a request's head (slowloris bound; hyper answers 408 after it).
@@ -72,16 +71,6 @@ const POOL_MEMORIES_PER_COMPONENT: u32 = 4;
 const POOL_TABLES_PER_COMPONENT: u32 = 8;
 const POOL_TABLE_ELEMENTS: usize = 100_000;
 const POOL_CORE_INSTANCE_SIZE: usize = 4 << 20;
-
-/// The `serve` part of the plan (all fields written by the daemon).
-#[derive(Deserialize)]
-pub struct Serve {
-    addr: SocketAddr,
-    request_timeout_ms: u64,
-    max_body_bytes: u64,
-    drain_timeout_ms: u64,
-    max_concurrency: u32,
-}
 
 /// Serve until SIGTERM/SIGINT; the process's exit status.
 pub fn serve(plan: Plan) -> i32 {

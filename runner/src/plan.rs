@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
@@ -41,7 +41,17 @@ pub struct Plan {
     pub network: Grant,
     /// Present for a wasi:http/proxy component: serve it (`http.rs`) instead of calling wasi:cli/run.
     #[serde(default)]
-    pub serve: Option<crate::http::Serve>,
+    pub serve: Option<Serve>,
+}
+
+/// The `serve` part of the plan: how a wasi:http/proxy component is served (http.rs); all written by the daemon.
+#[derive(Deserialize)]
+pub struct Serve {
+    pub addr: SocketAddr,
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: u64,
+    pub drain_timeout_ms: u64,
+    pub max_concurrency: u32,
 }
 
 /// The socket grant: everything in the pod's namespace, or exactly the listed rules (`network.rs` applies it).

@@ -25,12 +25,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import EngineError
-
-if TYPE_CHECKING:
-    from .base import GuestSpec
 
 NETWORK_ANNOTATION = "wasm.shim.io/network"
 VERBS = ("tcp-listen", "tcp-connect", "udp-bind", "udp-send")
@@ -147,10 +144,10 @@ def _parse_rule(item: str, value: str) -> NetworkRule:
     return NetworkRule(verb, network, low, high)
 
 
-def pod_network_namespace(spec: GuestSpec, who: str, why: str) -> str:
-    """The existing network namespace the spec joins (a pod's), for `who`; EngineError saying `why` it is needed
-    when the spec names none or it is gone. The one lookup every network use of a guest goes through."""
-    path = spec.network_namespace
+def pod_network_namespace(path: str | None, who: str, why: str) -> str:
+    """`path`, the existing network namespace a spec joins (a pod's; `GuestSpec.network_namespace`), for `who`;
+    EngineError saying `why` it is needed when there is none or it is gone. Every network use of a guest asks
+    this one lookup."""
     if path is None:
         raise EngineError(
             f"{who}: the OCI spec names no network namespace to join (linux.namespaces has no network entry with a "

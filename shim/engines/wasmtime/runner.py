@@ -133,7 +133,7 @@ def pod_network(spec: GuestSpec, kind: EntryKind, isolation: str, network: Netwo
             f"{grant} needs {ISOLATION_ANNOTATION}=process: a component in the daemon's threads would open "
             "its sockets in the node's network namespace"
         )
-    return pod_network_namespace(spec, grant, "sockets are never opened in the node's namespace")
+    return pod_network_namespace(spec.network_namespace, grant, "sockets are never opened in the node's namespace")
 
 
 def runner_plan(prepared: ComponentPrepared, cache_dir: str) -> tuple[str, list[str], dict[str, str], bytes]:

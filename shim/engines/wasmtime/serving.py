@@ -94,5 +94,5 @@ def serve_plan(http: HttpSettings, env: Sequence[tuple[str, str]]) -> ServePlan:
 
 def serve_network(spec: GuestSpec) -> str:
     """The pod's network namespace a served component listens in; EngineError when there is none."""
-    return pod_network_namespace(spec, "a wasi:http/incoming-handler component",
+    return pod_network_namespace(spec.network_namespace, "a wasi:http/incoming-handler component",
                                  "it is served inside the pod's network namespace")
