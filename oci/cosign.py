@@ -37,8 +37,10 @@ from .reference import Reference
 from .registry import NotFoundError, RegistryClient, RegistryError
 from .signature import (
     BUNDLE_MEDIA_TYPE,
+    BUNDLE_PREDICATE_ANNOTATION,
     BUNDLE_PREFIX,
     MAX_SIGNATURE_BLOB,
+    PREDICATE_TYPE,
     SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
     SignatureError,
@@ -196,6 +198,9 @@ def _verify_referrer(client: RegistryClient, ref: Reference, descriptor: Descrip
     doc = manifest.json(f"referrer {descriptor.digest}")
     layers = descriptors_of(doc, "layers", f"referrer {descriptor.digest}")
     artifact_type = doc.get("artifactType") or descriptor.artifact_type
+    annotations = doc.get("annotations")
+    if isinstance(annotations, dict) and annotations.get(BUNDLE_PREDICATE_ANNOTATION, PREDICATE_TYPE) != PREDICATE_TYPE:
+        raise _NotASignature  # an attestation (cosign attest): a bundle of another predicate type
     bundle_layers = [layer for layer in layers if layer.media_type.startswith(BUNDLE_PREFIX)]
     if not str(artifact_type).startswith(BUNDLE_PREFIX) and not bundle_layers:
         raise _NotASignature  # another kind of referrer (an SBOM, an attestation of another tool)

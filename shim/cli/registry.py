@@ -1,4 +1,5 @@
-"""`wasm-shim push | pull | tags | generate-key-pair | sign | verify`: the registry and signing commands.
+"""`wasm-shim push | pull | tags | generate-key-pair | sign | verify | attest | verify-attestation`: the registry,
+signing and attestation commands.
 
 Owns the argument parsing and the user-facing messages of these commands; the work is in oci/ (registry client,
 transfers, keys, signatures). Exit status: 0 done, 1 failed (the message on stderr names what), 2 usage.
@@ -133,6 +134,78 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attest(args: argparse.Namespace) -> int:
+    import datetime
+
+    from wasm_shim.oci.attest import attest_image
+    from wasm_shim.oci.intoto import predicate_from, predicate_type
+    from wasm_shim.oci.keys import load_private_key
+
+    try:
+        type_uri = predicate_type(args.type)
+    except ValueError as exc:
+        raise CommandError(f"--type: {exc}") from None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = sys.stdin.buffer.read() if args.predicate == "-" else _read(args.predicate, "predicate")
+    try:
+        predicate = predicate_from(text, type_uri, stamp)
+    except ValueError as exc:
+        raise CommandError(f"--predicate {args.predicate}: {exc}") from None
+    key = load_private_key(_read(args.key, "private key"), _password(confirm=False), args.key)
+    ref = _ref(args.reference)
+    fmt = _signature_format(args)
+    with _client(args) as client:
+        digest = attest_image(client, ref, key, type_uri, predicate, format=fmt)
+    sys.stderr.write(f"Attested {ref.name}@{digest}: {type_uri} ({fmt} format)\n")
+    return 0
+
+
+def _cmd_verify_attestation(args: argparse.Namespace) -> int:
+    import json
+
+    from wasm_shim.oci.attest import verify_attestations
+    from wasm_shim.oci.intoto import parse_condition, predicate_type
+    from wasm_shim.oci.keys import load_public_key
+
+    try:
+        type_uri = predicate_type(args.type)
+    except ValueError as exc:
+        raise CommandError(f"--type: {exc}") from None
+    try:
+        conditions = [parse_condition(text) for text in args.condition or ()]
+    except ValueError as exc:
+        raise CommandError(f"--condition: {exc}") from None
+    keys = [load_public_key(_read(path, "public key"), path) for path in args.key]
+    ref = _ref(args.reference)
+    with _client(args) as client:
+        verification = verify_attestations(client, ref, keys, type_uri, conditions)
+    if args.format == "json":
+        doc = {"reference": f"{ref.name}@{verification.digest}", "digest": verification.digest,
+               "predicateType": type_uri,
+               "attestations": [{"format": a.format, "keyHint": a.key_hint, "statement": a.statement}
+                                for a in verification.attestations]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    for attested in verification.attestations:
+        sys.stdout.write(f"Verified {ref.name}@{verification.digest}: {attested.format} attestation "
+                         f"{attested.predicate_type} by key {attested.key_hint}\n")
+    return 0
+
+
+def _signature_format(args: argparse.Namespace) -> str:
+    if args.new_bundle_format is not None:
+        return "bundle" if args.new_bundle_format else "legacy"
+    return str(args.signature_format)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-bundle", metavar="FILE", help="PEM CA certificates to verify the registry's TLS "
                         "certificate with (default: the system's)")
@@ -142,6 +215,14 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="read timeout per request (default 60); each request and its answer end within 3 times "
                         "it plus 1 s per 64 KiB received; failed requests are retried with backoff")
+
+
+def _signature_format_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--signature-format", choices=("bundle", "legacy"), default="bundle",
+                        help="bundle: a sigstore bundle v0.3 referrer (cosign 3's default); legacy: cosign's "
+                        "sha256-<hex> tag format")
+    parser.add_argument("--new-bundle-format", type=_bool, default=None, metavar="BOOL",
+                        help="cosign's name: false is --signature-format legacy")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -182,8 +263,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     verify.add_argument("--key", required=True, action="append", metavar="cosign.pub", help="repeatable: any "
                         "one key suffices")
     verify.add_argument("reference", metavar="REFERENCE")
+    attest = sub.add_parser("attest", help="attest an image with an in-toto predicate and a cosign key (offline)",
+                            description="Sign an in-toto statement about the manifest a reference names, like "
+                            "`cosign attest --key KEY --type TYPE --predicate FILE --tlog-upload=false`: a DSSE "
+                            "envelope in a sigstore bundle referrer (default), or a layer of the sha256-<hex>.att "
+                            f"manifest (--new-bundle-format=false). Password from ${PASSWORD_ENV} or a prompt.")
+    attest.add_argument("--key", required=True, metavar="cosign.key")
+    attest.add_argument("--type", default="custom", metavar="TYPE", help="the predicate type: a URI or one of "
+                        "cosign's names (slsaprovenance1, slsaprovenance, spdxjson, cyclonedx, link, vuln, openvex, "
+                        "custom; default custom)")
+    attest.add_argument("--predicate", required=True, metavar="FILE", help="the predicate (JSON; - reads stdin)")
+    _signature_format_options(attest)
+    attest.add_argument("reference", metavar="REFERENCE")
+    vatt = sub.add_parser("verify-attestation", help="verify an image's attestations of one predicate type with "
+                          "public keys (offline)",
+                          description="Verify attestations of --type in both cosign formats (bundle referrers, then "
+                          "the .att tag) against public keys, like `cosign verify-attestation --key KEY --type TYPE "
+                          "--insecure-ignore-tlog`; --condition PATH=VALUE requires a predicate field's value. Exit "
+                          "1 with the reason for each candidate when none verifies.")
+    vatt.add_argument("--key", required=True, action="append", metavar="cosign.pub", help="repeatable: any one key "
+                      "suffices")
+    vatt.add_argument("--type", default="custom", metavar="TYPE", help="the predicate type (as for attest)")
+    vatt.add_argument("--condition", action="append", metavar="PATH=VALUE", help="the predicate's field at PATH "
+                      "(dots between keys, e.g. runDetails.builder.id) must equal VALUE; repeatable")
+    vatt.add_argument("--format", choices=("text", "json"), default="text", help="output: text lines, or one JSON "
+                      "document with each verified statement")
+    vatt.add_argument("reference", metavar="REFERENCE")
     for parser, func in ((push, _cmd_push), (pull, _cmd_pull), (tags, _cmd_tags), (gen, _cmd_generate),
-                         (sign, _cmd_sign), (verify, _cmd_verify)):
+                         (sign, _cmd_sign), (verify, _cmd_verify), (attest, _cmd_attest),
+                         (vatt, _cmd_verify_attestation)):
         if parser is not gen:
             _registry_options(parser)
         parser.set_defaults(func=_guarded(func, parser.prog))

@@ -1,4 +1,5 @@
-"""Admission at Create: whether the image a container runs may run, by the node's signature policy.
+"""Admission at Create: whether the image a container runs may run, by the node's signature policy (signatures
+and signed attestations, oci/policy.py).
 
 Owns `Admission`: the policy in force for this Create (`policy()`, a fixed one or the file's current content) and
 `decide(policy, origin, task_id)`, the verdict on exactly the `ImageOrigin` the entrypoint source determined (the
@@ -90,6 +91,7 @@ class Admission:
                 return
             raise AdmissionError(f"container {task_id} has no image, and the signature policy {policy.source} "
                                  "refuses images no rule matches (default deny)")
+        from wasm_shim.oci.attest import AttestationFailed, verify_attestations
         from wasm_shim.oci.cosign import VerificationFailed, verify_image
         from wasm_shim.oci.digest import DigestMismatch
         from wasm_shim.oci.manifest import ManifestError
@@ -106,12 +108,18 @@ class Admission:
         def verify(rule: Any) -> None:
             with (verify_client or (lambda: registry_client(policy.registry)))() as client:
                 try:
-                    verify_image(client, signed, rule.keys)
+                    if rule.keys:
+                        verify_image(client, signed, rule.keys)
+                    for required in rule.attestations:
+                        verify_attestations(client, signed, required.keys, required.predicate_type,
+                                            required.conditions)
                 except RegistryError as exc:
-                    raise RegistryError(f"cannot check signatures: {exc}") from None
+                    what = "signatures" if rule.keys else "attestations"
+                    raise RegistryError(f"cannot check {what}: {exc}") from None
 
         decision = decide(policy, ref.name, origin.digest, verify, self._verification_cache(policy),
-                          failures=(VerificationFailed, RegistryError, DigestMismatch, ManifestError))
+                          failures=(VerificationFailed, AttestationFailed, RegistryError, DigestMismatch,
+                                    ManifestError))
         message = decision.message()
         if origin.manifest != origin.digest or origin.layer is not None:
             message += f" [{origin}]"  # what runs: the manifest chosen and the layer placed
