@@ -49,17 +49,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str,
+                    host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
         with socket.socket() as conn:
             conn.settimeout(1)
-            if conn.connect_ex(("127.0.0.1", port)) == 0:
+            if conn.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within 20 s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within 20 s")
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -119,10 +120,12 @@ class DockerRegistry:
     token: TokenServer | None = None  # bearer-token auth instead of htpasswd
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # where it listens
+    netns: str = ""  # a network namespace to run it in (lab/netns.py linked_namespace: host is its peer_ip)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> DockerRegistry:
         binary = shutil.which("docker-registry")
@@ -130,7 +133,7 @@ class DockerRegistry:
             raise HarnessError("docker-registry is missing (scripts/setup.sh installs it)")
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
-        http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        http = f"http:\n  addr: {self.host}:{self.port}\n"
         if self.tls:
             http += f"  tls:\n    certificate: {self.tls.cert_pem}\n    key: {self.tls.key_pem}\n"
         auth = self.token.registry_auth() if self.token else ""
@@ -146,9 +149,12 @@ class DockerRegistry:
                           f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n" + http + auth)
         log = self.root / "registry.log"
         with log.open("ab") as out:
-            self.process = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_listening(self.port, self.process, log, "docker-registry")
+            argv = [binary, "serve", str(config)]
+            if self.netns:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        _wait_listening(self.port, self.process, log, "docker-registry", self.host)
         return self
 
     def stop(self) -> None:

@@ -10,6 +10,9 @@ Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
   host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
   that does not verify is an error, never a reason to fall back).
+- Where a registry is asked: with `hosts` (containerd's `config_path`, oci/hosts.py), the first host its hosts.toml
+  names that can pull and resolve, else its `server`, with that file's scheme (plain HTTP exactly where it says
+  `http://`), CA files, client certificates and skip_verify: the place and the TLS containerd pulls with.
 - Authentication: anonymous first; on 401 the challenge says Basic or Bearer (distribution token spec: GET the
   realm with service and scope, Basic credentials if any; a refresh token is POSTed). Headers are cached per
   host and repository; a 401 after authenticating is an error naming the registry. Credentials go only to the
@@ -70,6 +73,7 @@ from .manifest import (
 from .reference import Reference, check_digest
 
 if TYPE_CHECKING:
+    from .hosts import Endpoint, RegistryHosts
     from .transport import Exchange
 
 __all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
@@ -168,6 +172,7 @@ class RegistryClient:
         backoff: float = 0.5,
         progress: ProgressFactory = _no_progress,
         sleep: Callable[[float], None] = time.sleep,
+        hosts: RegistryHosts | None = None,
     ) -> None:
         import urllib3  # here: the shim's start path never builds a client
 
@@ -189,10 +194,16 @@ class RegistryClient:
         self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
+        self.hosts = hosts  # containerd's registry host configuration (oci/hosts.py): where a registry is asked
+        self._routes: dict[str, Endpoint | None] = {}  # registry -> the endpoint asked for it (None: the registry)
+        self._endpoints: dict[str, Endpoint] = {}  # netloc (lower case) -> a configured endpoint there
+        self._tls_pools: dict[object, Any] = {}
 
     def close(self) -> None:
         self._watchdog.close()
         self._pool.clear()
+        for pool in self._tls_pools.values():
+            pool.clear()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -202,7 +213,44 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _plain_http_allowed(self, host: str) -> bool:
-        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host)
+        configured = self._endpoints.get(host.lower())
+        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host) or \
+            (configured is not None and configured.scheme == "http")
+
+    def _route(self, ref: Reference) -> Endpoint | None:
+        """The endpoint containerd's hosts.toml names first for `ref`'s registry (None: ask the registry itself)."""
+        if self.hosts is None:
+            return None
+        if ref.registry not in self._routes:
+            from .hosts import HostsError
+
+            try:
+                endpoints = self.hosts.endpoints(ref.registry)
+            except (HostsError, OSError) as exc:
+                raise RegistryError(f"{ref.registry}: containerd's registry host configuration cannot be used: "
+                                    f"{exc}") from None
+            endpoint = endpoints[0] if endpoints else None
+            self._routes[ref.registry] = endpoint
+            if endpoint is not None:
+                self._endpoints[endpoint.netloc.lower()] = endpoint
+        return self._routes[ref.registry]
+
+    def _base_for(self, ref: Reference) -> str:
+        """scheme://host[:port] that requests for `ref` go to: the configured endpoint, else the registry."""
+        endpoint = self._route(ref)
+        return endpoint.base if endpoint is not None else self._base(ref.api_host)
+
+    def _pool_for(self, url: str) -> Any:
+        """The connection pool for `url`: one with the TLS of a configured endpoint there, else the client's."""
+        endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
+        if endpoint is None or endpoint.scheme != "https" or endpoint.tls_key == ((), (), False):
+            return self._pool
+        pool = self._tls_pools.get(endpoint.tls_key)
+        if pool is None:
+            context = self._transport.tls_context(*endpoint.tls_key)
+            pool = self._transport.make_pool(None, self._timeout, context, verify=not endpoint.skip_verify)
+            self._tls_pools[endpoint.tls_key] = pool
+        return pool
 
     def _base(self, host: str) -> str:
         scheme = self._scheme.get(host)
@@ -245,7 +293,7 @@ class RegistryClient:
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(self._pool, self._watchdog, deadline, method, target,
+            exchange = self._transport.send(self._pool_for(target), self._watchdog, deadline, method, target,
                                             headers=hop_headers, body=body() if body else None,
                                             timeout=self._timeout)
             if exchange.status not in REDIRECT_STATUSES:
@@ -292,7 +340,7 @@ class RegistryClient:
         """One logical request with auth, redirects and retries; returns the exchange (status < 400 or 404),
         whose body the caller reads through its caps and then closes."""
         host = ref.api_host
-        base = self._base(host)
+        base = self._base_for(ref)
         url = absolute_url or base + path
         key = (host, ref.repository)
         last_error = ""
@@ -534,7 +582,7 @@ class RegistryClient:
         if len(location) > URL_LIMIT:
             raise RegistryError(f"POST {ref.name}/blobs/uploads/: an upload location of {len(location)} characters, "
                                 f"over the {URL_LIMIT} character limit")
-        url = urljoin(self._base(ref.api_host) + "/", location)
+        url = urljoin(self._base_for(ref) + "/", location)
         url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
         progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
 
@@ -562,7 +610,7 @@ class RegistryClient:
                headers: Mapping[str, str] | None = None) -> Iterator[tuple[int, str, bytes]]:
         """(status, content type, body) of each page of a listing, following `Link: <...>; rel="next"` on the
         registry's own origin, LISTING_LIMIT bytes and LISTING_PAGES pages at most over all pages."""
-        base = self._base(ref.api_host)
+        base = self._base_for(ref)
         url = base + path
         budget = LISTING_LIMIT
         for _ in range(LISTING_PAGES):

@@ -27,8 +27,9 @@ from .place import place_layer
 MAX_CONFIG_SIZE = 1 << 20
 
 
-def registry_client(settings: Any) -> Any:
-    """A RegistryClient with the policy's `[registry]` settings (oci.policy.RegistrySettings, or None)."""
+def registry_client(settings: Any, hosts: Any = None) -> Any:
+    """A RegistryClient with the policy's `[registry]` settings (oci.policy.RegistrySettings, or None) and
+    containerd's registry host configuration (`hosts`: shim/image/hosts.py ContainerdHosts, or None)."""
     from wasm_shim.oci.auth import DockerCredentials
     from wasm_shim.oci.registry import RegistryClient
 
@@ -41,14 +42,17 @@ def registry_client(settings: Any) -> Any:
         insecure=settings.insecure if settings else (),
         connect_timeout=min(settings.timeout, 10.0) if settings else 10.0,
         read_timeout=settings.timeout if settings else 30.0, attempts=2, backoff=0.2,
+        hosts=hosts.registry_hosts() if hosts is not None else None,
     )
 
 
 class RegistryArtifacts:
     """The shim's own artifact path; `artifact_dir` is the node-local cache (empty: the annotation is refused)."""
 
-    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = ()) -> None:
+    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = (),
+                 hosts: Any = None) -> None:
         self._artifact_dir = artifact_dir
+        self._hosts = hosts  # containerd's registry host configuration (shim/image/hosts.py), or None
         self._allowed = allowed  # the registries a pod may name (shim option artifact_registries; oci/allowlist.py)
         self._cache_bytes = cache_bytes
         self._cache: Any = None
@@ -88,7 +92,7 @@ class RegistryArtifacts:
             cache = self._artifacts()
             doc = None
             digest = ref.digest
-            with registry_client(settings) as client:
+            with registry_client(settings, self._hosts) as client:
                 if digest:  # pinned: a cached manifest needs no registry at all
                     cached = cache.read_bytes(digest, MAX_MANIFEST_SIZE)
                     doc = parse_json_object(cached, f"cached manifest {digest}") if cached else None
@@ -124,7 +128,7 @@ class RegistryArtifacts:
         assert layer is not None
         try:
             ref = parse_reference(origin.name, default_tag=False).with_digest(origin.digest)
-            with registry_client(settings) as client:
+            with registry_client(settings, self._hosts) as client:
                 cached = self._artifacts().ensure(layer.digest, layer.size,
                                                   lambda sink: client.fetch_blob(ref, layer, sink))
         except (CacheError, DigestMismatch, ReferenceError, RegistryError) as exc:
