@@ -435,8 +435,10 @@ class RegistryClient:
                                 f"{URL_LIMIT} character limit", 401)
         if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
             raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
-        scope = params.get("scope") or f"repository:{ref.repository}:{actions}"
-        query = {"service": params.get("service", ""), "scope": scope}
+        scope = params.get("scope") or (f"repository:{ref.repository}:{actions}" if ref.repository else "")
+        query = {"service": params.get("service", "")}
+        if scope:
+            query["scope"] = scope
         headers: dict[str, str] = {}
         authorization: tuple[tuple[str, str, int | None], str] | None = None
         if credential is not None and credential.identity_token:
@@ -466,6 +468,33 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what} answered without a token")
         return token
+
+    def check_login(self, registry: str) -> None:
+        """`GET /v2/` with the credentials this client finds for `registry`, as `docker login` and `oras login` do
+        before they save any: RegistryError naming the registry when they are refused (or it cannot be asked)."""
+        ref = Reference(registry, "")
+        url = self._base_for(ref) + "/v2/"
+        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        for _ in range(2):
+            try:
+                exchange = self._send("GET", url, {}, None, authorization)
+            except self._urllib3.exceptions.SSLError as exc:
+                raise RegistryError(f"GET {url}: TLS failed: {str(exc)[:300]}") from None
+            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
+                reason = exc.reason if isinstance(exc, self._urllib3.exceptions.MaxRetryError) else exc
+                if isinstance(reason, self._urllib3.exceptions.SSLError):
+                    raise RegistryError(f"GET {url}: TLS failed: {str(reason)[:300]}") from None
+                raise RegistryError(f"GET {url}: {self._connection_error(reason)}") from None
+            with exchange:
+                status, challenge = exchange.status, exchange.headers.get("WWW-Authenticate", "")
+                message = _registry_message(*exchange.error_text()) if status >= 400 else ""
+            if status == 200:
+                return
+            if status != 401 or authorization is not None:
+                hint = " (credentials were refused)" if status in (401, 403) else ""
+                raise RegistryError(f"{registry}: GET {url}: HTTP {status}{hint}: {message}", status)
+            authorization = (_origin(url), self._authenticate(ref, challenge, url, "pull"))
+        raise RegistryError(f"{registry}: GET {url}: the credentials were not accepted")
 
     # -- manifests ---------------------------------------------------------------------------------------------
     def get_manifest(self, ref: Reference, *, accept: str = MANIFEST_ACCEPT) -> Manifest:

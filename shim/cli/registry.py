@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 PASSWORD_ENV = "COSIGN_PASSWORD"
 
@@ -33,13 +34,16 @@ def _password(confirm: bool) -> bytes:
     return first.encode()
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace, registry: str = "", credentials: Any = None):  # type: ignore[no-untyped-def]
     from wasm_shim.oci.auth import DockerCredentials
     from wasm_shim.oci.progress import terminal_progress
     from wasm_shim.oci.registry import RegistryClient
 
-    return RegistryClient(DockerCredentials.from_environment(), ca_bundle=args.ca_bundle,
-                          insecure=tuple(args.insecure_registry or ()), read_timeout=args.timeout,
+    insecure = tuple(args.insecure_registry or ())
+    if args.plain_http and registry:
+        insecure += (registry,)  # oras's --plain-http: the registry this command names
+    return RegistryClient(credentials or DockerCredentials.from_environment(path=args.registry_config or ""),
+                          ca_bundle=args.ca_bundle, insecure=insecure, read_timeout=args.timeout,
                           connect_timeout=min(args.timeout, 10.0), progress=terminal_progress())
 
 
@@ -67,7 +71,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
             raise CommandError(f"--annotation needs KEY=VALUE, got {item!r}")
         annotations[key] = value
     ref = _ref(args.reference)
-    with _client(args) as client:
+    with _client(args, ref.registry) as client:
         digest = push_wasm(client, args.file, ref, annotations=annotations)
     sys.stdout.write(f"{ref.name}@{digest}\n")
     return 0
@@ -77,7 +81,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from wasm_shim.oci.transfer import pull_wasm
 
     ref = _ref(args.reference)
-    with _client(args) as client:
+    with _client(args, ref.registry) as client:
         pulled = pull_wasm(client, ref, args.output)
     sys.stdout.write(f"{pulled.path}: {pulled.layer.media_type} {pulled.layer.digest} ({pulled.layer.size} bytes) "
                      f"from {ref.name}@{pulled.manifest_digest}\n")
@@ -87,8 +91,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_tags(args: argparse.Namespace) -> int:
     from wasm_shim.oci.reference import parse_reference
 
-    with _client(args) as client:
-        for tag in client.list_tags(parse_reference(args.repository, default_tag=False)):
+    repository = parse_reference(args.repository, default_tag=False)
+    with _client(args, repository.registry) as client:
+        for tag in client.list_tags(repository):
             sys.stdout.write(tag + "\n")
     return 0
 
@@ -114,7 +119,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
     key = load_private_key(_read(args.key, "private key"), _password(confirm=False), args.key)
     ref = _ref(args.reference)
-    with _client(args) as client:
+    with _client(args, ref.registry) as client:
         digest = sign_image(client, ref, key, format=args.format)
     sys.stderr.write(f"Signed {ref.name}@{digest} ({args.format} format)\n")
     return 0
@@ -126,7 +131,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     keys = [load_public_key(_read(path, "public key"), path) for path in args.key]
     ref = _ref(args.reference)
-    with _client(args) as client:
+    with _client(args, ref.registry) as client:
         verification = verify_image(client, ref, keys)
     for signature in verification.signatures:
         sys.stdout.write(f"Verified {ref.name}@{verification.digest}: {signature.format} signature by key "
@@ -177,7 +182,7 @@ def _cmd_verify_attestation(args: argparse.Namespace) -> int:
         raise CommandError(f"--condition: {exc}") from None
     keys = [load_public_key(_read(path, "public key"), path) for path in args.key]
     ref = _ref(args.reference)
-    with _client(args) as client:
+    with _client(args, ref.registry) as client:
         verification = verify_attestations(client, ref, keys, type_uri, conditions)
     if args.format == "json":
         doc = {"reference": f"{ref.name}@{verification.digest}", "digest": verification.digest,
@@ -206,12 +211,69 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _cmd_login(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.auth import Credential, DockerCredentials
+
+    registry = args.registry.strip()
+    if "/" in registry or not registry:
+        raise CommandError(f"login takes a registry HOST[:PORT], got {args.registry!r}")
+    username, password, token = args.username or "", args.password, args.identity_token
+    if password is not None:
+        sys.stderr.write("WARNING! Using --password via the CLI is insecure. Use --password-stdin.\n")
+    if token is not None:
+        sys.stderr.write("WARNING! Using --identity-token via the CLI is insecure. Use --identity-token-stdin.\n")
+    if args.password_stdin or args.identity_token_stdin:
+        if (args.password_stdin and password is not None) or (args.identity_token_stdin and token is not None):
+            raise CommandError("give the secret either on the command line or on stdin, not both")
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if args.password_stdin:
+            password = secret
+        else:
+            token = secret
+    if token is None and password is None:
+        if not sys.stdin.isatty():
+            raise CommandError("no credentials: give -u USER with --password-stdin (or --identity-token-stdin); "
+                               "there is no terminal to prompt on")
+        import getpass
+
+        username = username or input("Username: ")
+        password = getpass.getpass("Password: ")
+    if token is None and not username:
+        raise CommandError("a password needs a username (-u USER)")
+    credential = Credential(username if token is None else "", password or "", token or "")
+    config = DockerCredentials.from_environment(path=args.registry_config or "")
+    server = config.server_key(registry)
+    entry = {"identitytoken": token} if token is not None else {"username": username, "password": password or ""}
+    with _client(args, registry, DockerCredentials({"auths": {server: entry}})) as client:
+        client.check_login(registry)
+    where = config.store(registry, credential)
+    sys.stderr.write(f"Credentials for {registry} saved to {where}\n")
+    sys.stdout.write("Login Succeeded\n")
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from wasm_shim.oci.auth import DockerCredentials
+
+    config = DockerCredentials.from_environment(path=args.registry_config or "")
+    if not config.erase(args.registry.strip()):
+        sys.stderr.write(f"Not logged in to {args.registry} (nothing in {config.source})\n")
+        return 0
+    sys.stdout.write(f"Removed login credentials for {args.registry}\n")
+    return 0
+
+
 def _registry_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ca-bundle", metavar="FILE", help="PEM CA certificates to verify the registry's TLS "
-                        "certificate with (default: the system's)")
+    parser.add_argument("--ca-file", "--ca-bundle", dest="ca_bundle", metavar="FILE", help="PEM CA certificates to "
+                        "verify the registry's TLS certificate with (default: the system's; --ca-bundle is the "
+                        "older name)")
     parser.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
                         help="allow plain HTTP to this registry when it does not speak TLS (loopback registries "
                         "are allowed already); repeatable")
+    parser.add_argument("--plain-http", action="store_true", help="allow plain HTTP to the registry this command "
+                        "names (oras's flag; the same as --insecure-registry with that registry)")
+    parser.add_argument("--registry-config", metavar="PATH", help="the docker config file holding credentials "
+                        "(default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="read timeout per request (default 60); each request and its answer end within 3 times "
                         "it plus 1 s per 64 KiB received; failed requests are retried with backoff")
@@ -289,9 +351,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     vatt.add_argument("--format", choices=("text", "json"), default="text", help="output: text lines, or one JSON "
                       "document with each verified statement")
     vatt.add_argument("reference", metavar="REFERENCE")
+    login = sub.add_parser("login", help="log in to a registry: save credentials where docker, oras and cosign "
+                           "read them",
+                           description="Check the credentials against the registry, then save them as `oras login` "
+                           "does: through the credential helper the docker config names for the registry "
+                           "(credHelpers, credsStore; docker-credential-NAME on PATH), else in its auths. A password "
+                           "on the command line is visible to other users (ps): prefer --password-stdin.")
+    login.add_argument("registry", metavar="REGISTRY")
+    login.add_argument("-u", "--username", help="the user name")
+    login.add_argument("-p", "--password", help="the password (insecure: use --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("--identity-token", help="an identity (refresh) token instead of a password (insecure: use "
+                       "--identity-token-stdin)")
+    login.add_argument("--identity-token-stdin", action="store_true", help="read an identity token from stdin")
+    logout = sub.add_parser("logout", help="remove a registry's saved credentials",
+                            description="Remove the credentials `login` (or docker, oras) saved for REGISTRY, from its "
+                            "credential helper or the docker config's auths.")
+    logout.add_argument("registry", metavar="REGISTRY")
+    logout.add_argument("--registry-config", metavar="PATH", help="the docker config file (default: "
+                        "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
+    logout.set_defaults(func=_guarded(_cmd_logout, logout.prog))
     for parser, func in ((push, _cmd_push), (pull, _cmd_pull), (tags, _cmd_tags), (gen, _cmd_generate),
                          (sign, _cmd_sign), (verify, _cmd_verify), (attest, _cmd_attest),
-                         (vatt, _cmd_verify_attestation)):
+                         (vatt, _cmd_verify_attestation), (login, _cmd_login)):
         if parser is not gen:
             _registry_options(parser)
         parser.set_defaults(func=_guarded(func, parser.prog))
