@@ -74,8 +74,9 @@ class TestCA:
     key_pem: Path
 
 
-def make_tls(directory: Path) -> TestCA:
-    """A CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files in `directory`)."""
+def make_tls(directory: Path, addresses: tuple[str, ...] = ()) -> TestCA:
+    """A CA and a server certificate for 127.0.0.1 / localhost (and `addresses`) signed by it (PEM files in
+    `directory`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -98,8 +99,9 @@ def make_tls(directory: Path) -> TestCA:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                *(x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses)),
+                x509.DNSName("localhost")]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))

@@ -10,6 +10,8 @@ Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
   host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
   that does not verify is an error, never a reason to fall back).
+- Proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (or the explicit `proxies`) as Go clients read them (oci/proxy.py):
+  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback.
 - Where a registry is asked: with `hosts` (containerd's `config_path`, oci/hosts.py), the first host its hosts.toml
   names that can pull and resolve, else its `server`, with that file's scheme (plain HTTP exactly where it says
   `http://`), CA files, client certificates and skip_verify: the place and the TLS containerd pulls with.
@@ -74,6 +76,7 @@ from .reference import Reference, check_digest
 
 if TYPE_CHECKING:
     from .hosts import Endpoint, RegistryHosts
+    from .proxy import ProxySettings
     from .transport import Exchange
 
 __all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
@@ -173,6 +176,8 @@ class RegistryClient:
         progress: ProgressFactory = _no_progress,
         sleep: Callable[[float], None] = time.sleep,
         hosts: RegistryHosts | None = None,
+        proxies: ProxySettings | None = None,
+        extra_cas: tuple[str, ...] = (),
     ) -> None:
         import urllib3  # here: the shim's start path never builds a client
 
@@ -190,7 +195,15 @@ class RegistryClient:
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout if total_timeout is not None else TOTAL_TIMEOUT_READS * read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._pool = transport.make_pool(ca_bundle, self._timeout)
+        self._ca_bundle = ca_bundle
+        # `extra_cas` are trusted beside the system's CAs (as containerd adds a hosts.toml `ca`); `ca_bundle`
+        # replaces them.
+        self._context = transport.tls_context(extra_cas, (), False) if extra_cas and not ca_bundle else None
+        self._pool = transport.make_pool(ca_bundle, self._timeout, self._context)
+        from .proxy import ProxySettings
+
+        # Proxies as Go clients (oras, cosign, containerd) take them: HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
+        self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
         self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
@@ -241,15 +254,19 @@ class RegistryClient:
         return endpoint.base if endpoint is not None else self._base(ref.api_host)
 
     def _pool_for(self, url: str) -> Any:
-        """The connection pool for `url`: one with the TLS of a configured endpoint there, else the client's."""
+        """The connection pool for `url`: through its proxy (oci/proxy.py), with the TLS of a configured endpoint
+        there (oci/hosts.py); else the client's own."""
         endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
-        if endpoint is None or endpoint.scheme != "https" or endpoint.tls_key == ((), (), False):
+        tls = endpoint.tls_key if endpoint is not None and endpoint.scheme == "https" else ((), (), False)
+        proxy = self.proxies.proxy_for(url)
+        if not proxy and tls == ((), (), False):
             return self._pool
-        pool = self._tls_pools.get(endpoint.tls_key)
+        key = (proxy, tls)
+        pool = self._tls_pools.get(key)
         if pool is None:
-            context = self._transport.tls_context(*endpoint.tls_key)
-            pool = self._transport.make_pool(None, self._timeout, context, verify=not endpoint.skip_verify)
-            self._tls_pools[endpoint.tls_key] = pool
+            context = self._transport.tls_context(*tls) if tls != ((), (), False) else self._context
+            pool = self._transport.make_pool(self._ca_bundle, self._timeout, context, verify=not tls[2], proxy=proxy)
+            self._tls_pools[key] = pool
         return pool
 
     def _base(self, host: str) -> str:
@@ -267,11 +284,16 @@ class RegistryClient:
             return "https"
         parts = urlsplit(f"//{host}")
         hostname = (parts.hostname or host).strip("[]")
+        proxy = self.proxies.proxy_for(f"http://{host}/v2/")
         try:
             port = parts.port or 80
-            with socket.create_connection((hostname, port), timeout=self._connect_timeout) as conn:
+            target, path = (hostname, port), "/v2/"
+            if proxy:  # ask the proxy for the URL (absolute form, RFC 9112 section 3.2.2), as the request would
+                proxy_parts = urlsplit(proxy)
+                target, path = (proxy_parts.hostname or "", proxy_parts.port or 80), f"http://{host}/v2/"
+            with socket.create_connection(target, timeout=self._connect_timeout) as conn:
                 conn.settimeout(self._read_timeout)
-                conn.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
                 head = conn.recv(512)
         except TimeoutError:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
@@ -393,6 +415,8 @@ class RegistryClient:
         """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
         subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
         that is slow."""
+        if isinstance(reason, self._urllib3.exceptions.ProxyError):
+            return f"cannot connect through the proxy: {getattr(reason, 'original_error', None) or reason}"
         if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
             cause = reason.__cause__ or reason.__context__
             detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]

@@ -38,9 +38,9 @@ class Admission:
     """The node's signature policy at Create: `policy_file` (an oci.policy.PolicyFile), whose current content
     applies (re-read when it changes); None: no checks."""
 
-    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None, hosts: Any = None) -> None:
+    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None, access: Any = None) -> None:
         self._policy_file = policy_file
-        self.hosts = hosts  # containerd's registry host configuration (shim/image/hosts.py), or None
+        self.access = access  # how the node reaches registries (registry.py NodeRegistryAccess), or None
         self._verified_dir = verified_dir
         self._cache: Any = None
         self._refusal = ""
@@ -107,7 +107,7 @@ class Admission:
         signed = ref.with_digest(origin.digest)
 
         def verify(rule: Any) -> None:
-            with (verify_client or (lambda: registry_client(policy.registry, self.hosts)))() as client:
+            with (verify_client or (lambda: registry_client(policy.registry, self.access)))() as client:
                 try:
                     if rule.keys:
                         verify_image(client, signed, rule.keys)
