@@ -61,8 +61,11 @@ FORMATS = ("bundle", "legacy")
 class VerificationFailed(Exception):
     """No signature of the image verifies; `reasons` says why for each candidate (or that there was none)."""
 
-    def __init__(self, ref: str, digest: str, reasons: Sequence[str]) -> None:
+    def __init__(self, ref: str, digest: str, reasons: Sequence[str], none_found: bool = False,
+                 only_legacy: bool = False) -> None:
         self.ref, self.digest, self.reasons = ref, digest, list(reasons)
+        self.none_found = none_found  # no signature at all (cosign's "no signatures found"), not a bad one
+        self.only_legacy = only_legacy  # every candidate was a `.sig` layer (cosign's "no matching signatures")
         # A reference the caller already pinned ends in the digest: name the image once.
         image = ref if ref.endswith(f"@{digest}") else f"{ref}@{digest}"
         super().__init__(f"{image}: no valid signature: " + "; ".join(self.reasons))
@@ -142,7 +145,7 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
     pinned = ref.with_digest(digest)
     verification = Verification(digest)
     reasons: list[str] = []
-    candidates = 0
+    candidates = legacy_candidates = 0
     for descriptor in client.referrers(pinned, digest):
         # Registries that predate OCI 1.1's final text report the config's media type as artifactType (the
         # go-containerregistry registry does): for cosign's bundle referrer that is the empty descriptor's type.
@@ -174,6 +177,7 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
             if layer.media_type != SIMPLE_SIGNING:
                 continue
             candidates += 1
+            legacy_candidates += 1
             try:
                 payload = client.fetch_blob_bytes(pinned, layer, MAX_SIGNATURE_BLOB)
                 verification.signatures.append(verify_simple_signing(
@@ -184,7 +188,8 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
         if not candidates:
             reasons.append(f"no signature found (no sigstore bundle among the referrers of {digest} and no "
                            f"{signature_tag(digest)} tag)")
-        raise VerificationFailed(str(ref), digest, reasons)
+        raise VerificationFailed(str(ref), digest, reasons, none_found=not candidates,
+                                 only_legacy=bool(candidates) and candidates == legacy_candidates)
     return verification
 
 

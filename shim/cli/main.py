@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run WebAssembly workloads next to containers: tools for the containerd shim "
         "containerd-shim-wasmtime-v1.",
     )
+    parser.add_argument("--version", action="version", version=f"wasm-shim {VERSION} (runtime {RUNTIME_TYPE})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cc = sub.add_parser(
         "containerd-config",

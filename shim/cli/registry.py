@@ -1,8 +1,12 @@
-"""`wasm-shim push | pull | tags | generate-key-pair | sign | verify | attest | verify-attestation`: the registry,
-signing and attestation commands.
+"""`wasm-shim push | pull | tags | login | logout | generate-key-pair | sign | verify | attest | verify-attestation`:
+the registry, credential, signing and attestation commands.
 
 Owns the argument parsing and the user-facing messages of these commands; the work is in oci/ (registry client,
-transfers, keys, signatures). Exit status: 0 done, 1 failed (the message on stderr names what), 2 usage.
+transfers, keys, signatures). Exit status: 0 done, 1 failed (the message on stderr names what), 2 usage; `verify`
+exits as cosign does: 10 when the image has no signature at all, 11 when the image is not there, 12 when it has
+only `.sig` signatures and none verifies. Flags take
+oras's and cosign's names (--ca-file, --plain-http, --registry-config, --new-bundle-format); `--format json` prints
+one JSON document (oras's shapes for push, pull and tags).
 Signing and verification are key-based and offline, like `cosign ... --key` with `--tlog-upload=false` /
 `--insecure-ignore-tlog`: no transparency log, Fulcio or timestamp authority is contacted.
 """
@@ -17,8 +21,17 @@ from typing import Any
 PASSWORD_ENV = "COSIGN_PASSWORD"
 
 
+# cosign's exit statuses for `verify` (cmd/cosign/errors), as cosign 3.1 gives them: no signature at all; the image
+# is not there; `.sig` signatures only, none valid. Every other failure is 1, as with cosign and oras; 2 is usage.
+EXIT_NO_SIGNATURES = 10
+EXIT_NO_SUCH_IMAGE = 11
+EXIT_NO_MATCHING_SIGNATURE = 12
+
+
 class CommandError(Exception):
-    pass
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _password(confirm: bool) -> bytes:
@@ -61,8 +74,14 @@ def _read(path: str, what: str) -> bytes:
         raise CommandError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+def _json(doc: object) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
-    from wasm_shim.oci.transfer import push_wasm
+    from wasm_shim.oci.transfer import push_wasm_manifest
 
     annotations = {}
     for item in args.annotation or []:
@@ -72,8 +91,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
         annotations[key] = value
     ref = _ref(args.reference)
     with _client(args, ref.registry) as client:
-        digest = push_wasm(client, args.file, ref, annotations=annotations)
-    sys.stdout.write(f"{ref.name}@{digest}\n")
+        pushed = push_wasm_manifest(client, args.file, ref, annotations=annotations)
+    if args.format == "json":  # the shape of `oras push --format json`
+        _json({"reference": f"{ref.name}@{pushed.digest}", "mediaType": pushed.media_type, "digest": pushed.digest,
+               "size": pushed.size, "annotations": dict(pushed.annotations), "artifactType": pushed.artifact_type,
+               "referenceAsTags": [f"{ref.name}:{ref.tag}"] if ref.tag and not ref.digest else []})
+        return 0
+    sys.stdout.write(f"{ref.name}@{pushed.digest}\n")
     return 0
 
 
@@ -83,6 +107,13 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     ref = _ref(args.reference)
     with _client(args, ref.registry) as client:
         pulled = pull_wasm(client, ref, args.output)
+    if args.format == "json":  # the shape of `oras pull --format json`
+        layer = pulled.layer
+        _json({"reference": f"{ref.name}@{pulled.manifest_digest}", "files": [{
+            "path": os.path.abspath(pulled.path), "reference": f"{ref.name}@{layer.digest}",
+            "mediaType": layer.media_type, "digest": layer.digest, "size": layer.size,
+            "annotations": dict(layer.annotations)}]})
+        return 0
     sys.stdout.write(f"{pulled.path}: {pulled.layer.media_type} {pulled.layer.digest} ({pulled.layer.size} bytes) "
                      f"from {ref.name}@{pulled.manifest_digest}\n")
     return 0
@@ -93,8 +124,12 @@ def _cmd_tags(args: argparse.Namespace) -> int:
 
     repository = parse_reference(args.repository, default_tag=False)
     with _client(args, repository.registry) as client:
-        for tag in client.list_tags(repository):
-            sys.stdout.write(tag + "\n")
+        tags = client.list_tags(repository)
+    if args.format == "json":  # the shape of `oras repo tags --format json`
+        _json({"tags": tags})
+        return 0
+    for tag in tags:
+        sys.stdout.write(tag + "\n")
     return 0
 
 
@@ -119,20 +154,34 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
     key = load_private_key(_read(args.key, "private key"), _password(confirm=False), args.key)
     ref = _ref(args.reference)
+    fmt = _signature_format(args)
     with _client(args, ref.registry) as client:
-        digest = sign_image(client, ref, key, format=args.format)
-    sys.stderr.write(f"Signed {ref.name}@{digest} ({args.format} format)\n")
+        digest = sign_image(client, ref, key, format=fmt)
+    if args.format == "json":
+        _json({"reference": f"{ref.name}@{digest}", "digest": digest, "signatureFormat": fmt})
+    sys.stderr.write(f"Signed {ref.name}@{digest} ({fmt} format)\n")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from wasm_shim.oci.cosign import verify_image
+    from wasm_shim.oci.cosign import VerificationFailed, verify_image
+    from wasm_shim.oci.errors import NotFoundError
     from wasm_shim.oci.keys import load_public_key
 
     keys = [load_public_key(_read(path, "public key"), path) for path in args.key]
     ref = _ref(args.reference)
-    with _client(args, ref.registry) as client:
-        verification = verify_image(client, ref, keys)
+    try:
+        with _client(args, ref.registry) as client:
+            verification = verify_image(client, ref, keys)
+    except NotFoundError as exc:  # cosign's exit status for an image that is not there
+        raise CommandError(str(exc), EXIT_NO_SUCH_IMAGE) from None
+    except VerificationFailed as exc:
+        status = EXIT_NO_SIGNATURES if exc.none_found else EXIT_NO_MATCHING_SIGNATURE if exc.only_legacy else 1
+        raise CommandError(str(exc), status) from None
+    if args.format == "json":
+        _json({"reference": f"{ref.name}@{verification.digest}", "digest": verification.digest,
+               "signatures": [{"format": s.format, "keyHint": s.key_hint} for s in verification.signatures]})
+        return 0
     for signature in verification.signatures:
         sys.stdout.write(f"Verified {ref.name}@{verification.digest}: {signature.format} signature by key "
                          f"{signature.key_hint}\n")
@@ -161,13 +210,14 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     fmt = _signature_format(args)
     with _client(args) as client:
         digest = attest_image(client, ref, key, type_uri, predicate, format=fmt)
+    if args.format == "json":
+        _json({"reference": f"{ref.name}@{digest}", "digest": digest, "predicateType": type_uri,
+               "signatureFormat": fmt})
     sys.stderr.write(f"Attested {ref.name}@{digest}: {type_uri} ({fmt} format)\n")
     return 0
 
 
 def _cmd_verify_attestation(args: argparse.Namespace) -> int:
-    import json
-
     from wasm_shim.oci.attest import verify_attestations
     from wasm_shim.oci.intoto import parse_condition, predicate_type
     from wasm_shim.oci.keys import load_public_key
@@ -185,11 +235,10 @@ def _cmd_verify_attestation(args: argparse.Namespace) -> int:
     with _client(args, ref.registry) as client:
         verification = verify_attestations(client, ref, keys, type_uri, conditions)
     if args.format == "json":
-        doc = {"reference": f"{ref.name}@{verification.digest}", "digest": verification.digest,
+        _json({"reference": f"{ref.name}@{verification.digest}", "digest": verification.digest,
                "predicateType": type_uri,
                "attestations": [{"format": a.format, "keyHint": a.key_hint, "statement": a.statement}
-                                for a in verification.attestations]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+                                for a in verification.attestations]})
         return 0
     for attested in verification.attestations:
         sys.stdout.write(f"Verified {ref.name}@{verification.digest}: {attested.format} attestation "
@@ -198,9 +247,12 @@ def _cmd_verify_attestation(args: argparse.Namespace) -> int:
 
 
 def _signature_format(args: argparse.Namespace) -> str:
+    """bundle or legacy: cosign's --new-bundle-format, else --signature-format, else sign's older --format."""
     if args.new_bundle_format is not None:
         return "bundle" if args.new_bundle_format else "legacy"
-    return str(args.signature_format)
+    if getattr(args, "format", "") in ("bundle", "legacy") and args.signature_format is None:
+        return str(args.format)
+    return str(args.signature_format or "bundle")
 
 
 def _bool(text: str) -> bool:
@@ -280,7 +332,7 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _signature_format_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--signature-format", choices=("bundle", "legacy"), default="bundle",
+    parser.add_argument("--signature-format", choices=("bundle", "legacy"), default=None,
                         help="bundle: a sigstore bundle v0.3 referrer (cosign 3's default); legacy: cosign's "
                         "sha256-<hex> tag format")
     parser.add_argument("--new-bundle-format", type=_bool, default=None, metavar="BOOL",
@@ -314,9 +366,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                           "--tlog-upload=false`: key-based, offline (no transparency log, no certificate "
                           f"authority). Password from ${PASSWORD_ENV} or a prompt.")
     sign.add_argument("--key", required=True, metavar="cosign.key")
-    sign.add_argument("--format", choices=("bundle", "legacy"), default="bundle",
-                      help="bundle: a sigstore bundle v0.3 referrer (cosign 3's default); legacy: the "
-                      "sha256-<hex>.sig simple-signing manifest (cosign --new-bundle-format=false)")
+    _signature_format_options(sign)
+    sign.add_argument("--format", choices=("text", "json", "bundle", "legacy"), default="text",
+                      help="output: text (default) or json; bundle and legacy are the older spelling of "
+                      "--signature-format")
     sign.add_argument("reference", metavar="REFERENCE")
     verify = sub.add_parser("verify", help="verify an image's cosign signatures with public keys (offline)",
                             description="Verify signatures in both cosign formats (bundle referrers, then the "
@@ -348,8 +401,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     vatt.add_argument("--type", default="custom", metavar="TYPE", help="the predicate type (as for attest)")
     vatt.add_argument("--condition", action="append", metavar="PATH=VALUE", help="the predicate's field at PATH "
                       "(dots between keys, e.g. runDetails.builder.id) must equal VALUE; repeatable")
-    vatt.add_argument("--format", choices=("text", "json"), default="text", help="output: text lines, or one JSON "
-                      "document with each verified statement")
     vatt.add_argument("reference", metavar="REFERENCE")
     login = sub.add_parser("login", help="log in to a registry: save credentials where docker, oras and cosign "
                            "read them",
@@ -371,6 +422,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     logout.add_argument("--registry-config", metavar="PATH", help="the docker config file (default: "
                         "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
     logout.set_defaults(func=_guarded(_cmd_logout, logout.prog))
+    for parser in (push, pull, tags, verify, vatt, attest):
+        parser.add_argument("--format", choices=("text", "json"), default="text",
+                            help="output: text (default), or one JSON document (oras's shapes for push, pull and "
+                            "tags) for scripts")
     for parser, func in ((push, _cmd_push), (pull, _cmd_pull), (tags, _cmd_tags), (gen, _cmd_generate),
                          (sign, _cmd_sign), (verify, _cmd_verify), (attest, _cmd_attest),
                          (vatt, _cmd_verify_attestation), (login, _cmd_login)):
@@ -389,7 +444,7 @@ def _guarded(func, prog):  # type: ignore[no-untyped-def]
             # matching by module keeps `pull` from importing the signature code just to name its exceptions.
             if isinstance(exc, CommandError) or type(exc).__module__.startswith("wasm_shim.oci."):
                 sys.stderr.write(f"{prog}: {exc}\n")
-                return 1
+                return exc.status if isinstance(exc, CommandError) else 1
             raise
 
     return run
