@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -172,6 +171,8 @@ class DockerCredentials:
     def _run_helper(self, helper: str, action: str, payload: bytes, registry: str, missing_ok: bool = False) -> bool:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
             raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        import subprocess
+
         program = f"docker-credential-{helper}"
         try:
             done = subprocess.run([program, action], input=payload, capture_output=True, timeout=HELPER_TIMEOUT,
@@ -234,6 +235,8 @@ class DockerCredentials:
     def _from_helper(self, helper: str, host: str) -> Credential | None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
             raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        import subprocess  # here: only a helper needs it (the CLI's start pays for every import)
+
         program = f"docker-credential-{helper}"
         server = "https://index.docker.io/v1/" if host == "docker.io" else host
         try:

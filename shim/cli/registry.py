@@ -339,6 +339,16 @@ def _signature_format_options(parser: argparse.ArgumentParser) -> None:
                         help="cosign's name: false is --signature-format legacy")
 
 
+def registry_parser() -> argparse.ArgumentParser:
+    """`wasm-shim` with the registry commands only (what main() uses for them: nothing else is imported)."""
+    from .main import VersionAction
+
+    parser = argparse.ArgumentParser(prog="wasm-shim")
+    parser.add_argument("--version", action=VersionAction)
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     push = sub.add_parser("push", help="push a .wasm module or component as a wasm OCI artifact",
                           description="Push FILE as a CNCF wasm OCI artifact (config application/vnd.wasm.config."

@@ -103,7 +103,10 @@ def test_verify_exits_as_cosign_does(registry: str, env: dict[str, str], guests:
 
 def test_version_and_usage(env: dict[str, str]) -> None:  # noqa: F811
     version = run([WASM_SHIM, "--version"], env).stdout
+    from wasm_shim.shim.node.containerd_config import RUNTIME_TYPE
+
     assert version == run([WASM_SHIM, "version"], env).stdout and version.startswith("wasm-shim ")
+    assert f"(runtime {RUNTIME_TYPE})" in version
     bad = run([WASM_SHIM, "pull", "--format", "yaml", "r/x:v1", "-o", "x"], env, check=False)
     assert bad.returncode == 2 and "invalid choice: 'yaml'" in bad.stderr
 
