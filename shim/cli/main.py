@@ -27,7 +27,8 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        parser.exit(message=version_text() + "\n")
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
 
 
 def containerd_config(version: int, handler: str = "", options: dict[str, str] | None = None,
