@@ -1,4 +1,4 @@
-"""Figure 11, the CLI beside oras and cosign: each command from spawn to exit, A/B interleaved in one run.
+"""Figure 12, the CLI beside oras and cosign: each command from spawn to exit, A/B interleaved in one run.
 
 Against a Debian docker-registry on loopback started here:
 - `wasm-shim pull` of a 20 MiB artifact against `oras pull --plain-http` of the same (goal <= 1.5x);
@@ -37,7 +37,7 @@ PASSWORD = "bench"
 
 
 def run(ctx: Context) -> Figure:
-    figure = Figure("cli", "11. The CLI beside oras and cosign, spawn to exit (ms)")
+    figure = Figure("cli", "12. The CLI beside oras and cosign, spawn to exit (ms)")
     return timed(figure, lambda: _measure(ctx, figure))
 
 
