@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.containerd import HarnessError
-from lab.registries import _stop, _wait_listening, free_port
+from lab.procs import stop_process
+from lab.registries import _wait_listening, free_port
 
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
@@ -58,7 +59,7 @@ class TinyProxy:
         return self
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
     def requests(self) -> list[tuple[str, str]]:
         """(method, target) of every request tinyproxy received, in order."""
