@@ -23,8 +23,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .cosign import FORMATS, MAX_CANDIDATES, _digest, _now
-from .digest import DigestMismatch
+from .cosign import FORMATS, MAX_CANDIDATES, created_now
+from .digest import DigestMismatch, sha256_digest
 from .intoto import (
     DSSE_MEDIA_TYPE,
     PREDICATE_ANNOTATION,
@@ -92,18 +92,19 @@ def attest_image(client: RegistryClient, ref: Reference, key: ec.EllipticCurvePr
     payload = make_statement(ref.name, subject.digest, predicate_type, predicate)
     if format == "bundle":
         data = bundle(key, payload)
-        bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, _digest(data), len(data))
-        client.push_blob(ref, Descriptor(MEDIA_TYPE_EMPTY, _digest(EMPTY_JSON), len(EMPTY_JSON)), lambda: EMPTY_JSON)
+        bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, sha256_digest(data), len(data))
+        empty = Descriptor(MEDIA_TYPE_EMPTY, sha256_digest(EMPTY_JSON), len(EMPTY_JSON))
+        client.push_blob(ref, empty, lambda: EMPTY_JSON)
         client.push_blob(ref, bundle_desc, lambda: data)
-        manifest = bundle_referrer_manifest(bundle_desc, subject, _now(), predicate_type)
-        digest, has_subject_api = client.put_manifest(ref, _digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
+        manifest = bundle_referrer_manifest(bundle_desc, subject, created_now(), predicate_type)
+        digest, has_subject_api = client.put_manifest(ref, sha256_digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
         if not has_subject_api:
             client.add_fallback_referrer(ref, subject.digest, Descriptor(
                 MEDIA_TYPE_MANIFEST, digest, len(manifest), artifact_type=BUNDLE_MEDIA_TYPE,
                 annotations={BUNDLE_PREDICATE_ANNOTATION: predicate_type}))
         return subject.digest
     data = json.dumps(envelope(key, payload), separators=(",", ":")).encode()
-    layer = Descriptor(DSSE_MEDIA_TYPE, _digest(data), len(data),
+    layer = Descriptor(DSSE_MEDIA_TYPE, sha256_digest(data), len(data),
                        annotations={SIGNATURE_ANNOTATION: "", PREDICATE_ANNOTATION: predicate_type})
     tag_ref = ref.with_tag(attestation_tag(subject.digest))
     layers: list[Descriptor] = []
@@ -114,7 +115,7 @@ def attest_image(client: RegistryClient, ref: Reference, key: ec.EllipticCurvePr
     layers.append(layer)
     config, manifest = legacy_signature_manifest(layers)
     client.push_blob(ref, layer, lambda: data)
-    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, _digest(config), len(config)), lambda: config)
+    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, sha256_digest(config), len(config)), lambda: config)
     client.put_manifest(ref, tag_ref.tag, manifest, MEDIA_TYPE_MANIFEST)
     return subject.digest
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .digest import DigestMismatch
+from .digest import DigestMismatch, sha256_digest
 from .manifest import (
     EMPTY_JSON,
     MEDIA_TYPE_EMPTY,
@@ -81,7 +80,8 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
-def _now() -> str:
+def created_now() -> str:
+    """The `org.opencontainers.image.created` of a referrer made now (cosign writes the second, in UTC)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -101,12 +101,12 @@ def sign_image(client: RegistryClient, ref: Reference, key: ec.EllipticCurvePriv
 def _attach_bundle(client: RegistryClient, ref: Reference, subject: Descriptor,
                    key: ec.EllipticCurvePrivateKey) -> None:
     bundle = build_bundle(key, subject.digest)
-    bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, _digest(bundle), len(bundle))
-    empty = Descriptor(MEDIA_TYPE_EMPTY, _digest(EMPTY_JSON), len(EMPTY_JSON))
+    bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, sha256_digest(bundle), len(bundle))
+    empty = Descriptor(MEDIA_TYPE_EMPTY, sha256_digest(EMPTY_JSON), len(EMPTY_JSON))
     client.push_blob(ref, empty, lambda: EMPTY_JSON)
     client.push_blob(ref, bundle_desc, lambda: bundle)
-    manifest = bundle_referrer_manifest(bundle_desc, subject, _now())
-    digest, has_subject_api = client.put_manifest(ref, _digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
+    manifest = bundle_referrer_manifest(bundle_desc, subject, created_now())
+    digest, has_subject_api = client.put_manifest(ref, sha256_digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
     if not has_subject_api:
         # No OCI-Subject header: the registry keeps no referrers index, so maintain the fallback tag.
         client.add_fallback_referrer(ref, subject.digest, Descriptor(MEDIA_TYPE_MANIFEST, digest, len(manifest),
@@ -116,7 +116,7 @@ def _attach_bundle(client: RegistryClient, ref: Reference, subject: Descriptor,
 def _attach_legacy(client: RegistryClient, ref: Reference, digest: str, key: ec.EllipticCurvePrivateKey) -> None:
     payload = simple_signing_payload(ref.name, digest)
     signature = sign_bytes(key, payload)
-    layer = Descriptor(SIMPLE_SIGNING, _digest(payload), len(payload),
+    layer = Descriptor(SIMPLE_SIGNING, sha256_digest(payload), len(payload),
                        annotations={SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()})
     tag_ref = ref.with_tag(signature_tag(digest))
     layers: list[Descriptor] = []
@@ -128,12 +128,10 @@ def _attach_legacy(client: RegistryClient, ref: Reference, digest: str, key: ec.
     layers.append(layer)
     config, manifest = legacy_signature_manifest(layers)
     client.push_blob(ref, layer, lambda: payload)
-    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, _digest(config), len(config)), lambda: config)
+    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, sha256_digest(config), len(config)), lambda: config)
     client.put_manifest(ref, tag_ref.tag, manifest, MEDIA_TYPE_MANIFEST)
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.EllipticCurvePublicKey]) -> Verification:

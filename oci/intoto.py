@@ -22,13 +22,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .keys import key_hint
 from .reference import check_digest
-from .signature import BUNDLE_MEDIA_TYPE, INTOTO_PAYLOAD_TYPE, SignatureError, bundle_version_ok, pae, sign_bytes
+from .signature import (
+    BUNDLE_MEDIA_TYPE,
+    INTOTO_PAYLOAD_TYPE,
+    SignatureError,
+    bundle_version_ok,
+    pae,
+    sign_bytes,
+    unb64,
+    which_key,
+)
 
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"  # a layer of cosign's `sha256-<hex>.att` manifest
 PREDICATE_ANNOTATION = "predicateType"  # on that layer
@@ -147,36 +154,21 @@ def parse_envelope(data: bytes) -> Mapping[str, Any]:
     return doc
 
 
-def _unb64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise SignatureError(f"{what} is missing or not a string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise SignatureError(f"{what} is not valid base64") from None
-
-
 def verify_envelope(dsse: Mapping[str, Any], keys: Sequence[ec.EllipticCurvePublicKey], digest: str,
                     wanted_type: str, fmt: str) -> Attested:
     """The attestation in `dsse` if it verifies (see the module invariants); SignatureError with the reason."""
     payload_type = dsse.get("payloadType")
     if payload_type != INTOTO_PAYLOAD_TYPE:
         raise SignatureError(f"DSSE payload type {payload_type!r}, expected {INTOTO_PAYLOAD_TYPE}")
-    payload = _unb64(dsse.get("payload"), "the DSSE payload")
+    payload = unb64(dsse.get("payload"), "the DSSE payload")
     signatures = dsse.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         raise SignatureError("the DSSE envelope has no signatures")
     message = pae(INTOTO_PAYLOAD_TYPE, payload)
     hint = None
     for entry in signatures:
-        sig = _unb64(entry.get("sig") if isinstance(entry, dict) else None, "a DSSE signature")
-        for key in keys:
-            try:
-                key.verify(sig, message, ec.ECDSA(hashes.SHA256()))
-            except InvalidSignature:
-                continue
-            hint = key_hint(key)
-            break
+        hint = which_key(keys, unb64(entry.get("sig") if isinstance(entry, dict) else None, "a DSSE signature"),
+                         message)
         if hint:
             break
     if hint is None:

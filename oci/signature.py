@@ -68,7 +68,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(text: object, what: str) -> bytes:
+def unb64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise SignatureError(f"{what} is missing or not a string")
     try:
@@ -81,7 +81,7 @@ def sign_bytes(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-def _which_key(keys: Sequence[ec.EllipticCurvePublicKey], signature: bytes, data: bytes) -> str | None:
+def which_key(keys: Sequence[ec.EllipticCurvePublicKey], signature: bytes, data: bytes) -> str | None:
     for key in keys:
         try:
             key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
@@ -107,8 +107,8 @@ def simple_signing_payload(docker_reference: str, digest: str, annotations: Mapp
 
 def verify_simple_signing(payload: bytes, signature_b64: object, keys: Sequence[ec.EllipticCurvePublicKey],
                           digest: str) -> Verified:
-    signature = _unb64(signature_b64, f"annotation {SIGNATURE_ANNOTATION}")
-    hint = _which_key(keys, signature, payload)
+    signature = unb64(signature_b64, f"annotation {SIGNATURE_ANNOTATION}")
+    hint = which_key(keys, signature, payload)
     if hint is None:
         raise SignatureError("legacy signature: made by another key (it does not verify with any key of the rule)")
     try:
@@ -191,14 +191,14 @@ def verify_bundle(data: bytes, keys: Sequence[ec.EllipticCurvePublicKey], digest
         raise SignatureError(f"bundle: media type {bundle.get('mediaType')!r} is not a sigstore bundle >= v0.3")
     if payload_type != INTOTO_PAYLOAD_TYPE:
         raise SignatureError(f"bundle: DSSE payload type {payload_type!r}, expected {INTOTO_PAYLOAD_TYPE}")
-    payload = _unb64(envelope.get("payload"), "bundle: DSSE payload")
+    payload = unb64(envelope.get("payload"), "bundle: DSSE payload")
     if not isinstance(signatures, list) or not signatures:
         raise SignatureError("bundle: the DSSE envelope has no signatures")
     message = pae(payload_type, payload)
     hint = None
     for entry in signatures:
-        sig = _unb64(entry.get("sig") if isinstance(entry, dict) else None, "bundle: DSSE signature")
-        hint = _which_key(keys, sig, message)
+        sig = unb64(entry.get("sig") if isinstance(entry, dict) else None, "bundle: DSSE signature")
+        hint = which_key(keys, sig, message)
         if hint:
             break
     if hint is None:

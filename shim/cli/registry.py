@@ -189,9 +189,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_attest(args: argparse.Namespace) -> int:
-    import datetime
-
     from wasm_shim.oci.attest import attest_image
+    from wasm_shim.oci.cosign import created_now
     from wasm_shim.oci.intoto import predicate_from, predicate_type
     from wasm_shim.oci.keys import load_private_key
 
@@ -199,7 +198,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         type_uri = predicate_type(args.type)
     except ValueError as exc:
         raise CommandError(f"--type: {exc}") from None
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = created_now()
     text = sys.stdin.buffer.read() if args.predicate == "-" else _read(args.predicate, "predicate")
     try:
         predicate = predicate_from(text, type_uri, stamp)
