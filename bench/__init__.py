@@ -6,5 +6,6 @@ assert nothing about speed; `tests/integration/test_bench_smoke.py` only checks 
 
 Modules: `stats` (pure summaries), `machine` (what ran where), `testbed` (a private containerd with the images and
 runtimes imported, timed `ctr` runs, process memory), one module per figure (`cold_start`, `instance_start`,
-`start_cmd`, `throughput`, `density`, `compute`), `report` (table, markdown, plots) and `__main__` (the CLI).
+`start_cmd`, `throughput`, `density`, `compute`, `supply_chain`, `cli`, ...), `report` (table, markdown, plots)
+and `__main__` (the CLI).
 """

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import (
+    cli,
     cold_start,
     components,
     compute,
@@ -45,6 +46,7 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "supply_chain": supply_chain.run,
     "http": http_serving.run,
     "http_start": http_serving.run_first_answer,
+    "cli": cli.run,
 }
 REPO = Path(__file__).resolve().parents[1]
 # scripts/setup.sh --with wasmtime-cli links it into .tools/bin; the cargo root is where it builds it.

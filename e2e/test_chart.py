@@ -779,8 +779,10 @@ def test_signature_policy_from_chart_values_refuses_unsigned_and_runs_signed(clu
     sign = cluster.node_exec("node-a", "env", f"COSIGN_PASSWORD={password}", str(ROOT / ".venv" / "bin" / "wasm-shim"),
                              "sign", "--key", str(tmp_path / "e2e.key"), "--insecure-registry", cl.REGISTRY, signed)
     assert sign.returncode == 0, sign.stdout + sign.stderr
+    # No `[registry] insecure` for the plain-HTTP cluster registry: the shim follows the hosts.toml containerd pulls
+    # with (its config_path), which says http://.
     policy = (f'default = "allow"\n[[rule]]\nimages = ["{cl.REGISTRY}/e2e/policy-*"]\nkeys = ["e2e.pub"]\n'
-              f'mode = "enforce"\n[registry]\ninsecure = ["{cl.REGISTRY}"]\ntimeout = 10\n')
+              'mode = "enforce"\n[registry]\ntimeout = 10\n')
     upgrade(cluster, {**release["values"], "signaturePolicy": {
         "toml": policy, "keys": {"e2e.pub": (tmp_path / "e2e.pub").read_text()}}}, tmp_path)
     suffix = uuid.uuid4().hex[:6]

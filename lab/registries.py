@@ -49,17 +49,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str,
+                    host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
         with socket.socket() as conn:
             conn.settimeout(1)
-            if conn.connect_ex(("127.0.0.1", port)) == 0:
+            if conn.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within 20 s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within 20 s")
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -73,8 +74,9 @@ class TestCA:
     key_pem: Path
 
 
-def make_tls(directory: Path) -> TestCA:
-    """A CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files in `directory`)."""
+def make_tls(directory: Path, addresses: tuple[str, ...] = ()) -> TestCA:
+    """A CA and a server certificate for 127.0.0.1 / localhost (and `addresses`) signed by it (PEM files in
+    `directory`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,8 +99,9 @@ def make_tls(directory: Path) -> TestCA:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                *(x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses)),
+                x509.DNSName("localhost")]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
@@ -119,10 +122,12 @@ class DockerRegistry:
     token: TokenServer | None = None  # bearer-token auth instead of htpasswd
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # where it listens
+    netns: str = ""  # a network namespace to run it in (lab/netns.py linked_namespace: host is its peer_ip)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> DockerRegistry:
         binary = shutil.which("docker-registry")
@@ -130,7 +135,7 @@ class DockerRegistry:
             raise HarnessError("docker-registry is missing (scripts/setup.sh installs it)")
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
-        http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        http = f"http:\n  addr: {self.host}:{self.port}\n"
         if self.tls:
             http += f"  tls:\n    certificate: {self.tls.cert_pem}\n    key: {self.tls.key_pem}\n"
         auth = self.token.registry_auth() if self.token else ""
@@ -146,9 +151,12 @@ class DockerRegistry:
                           f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n" + http + auth)
         log = self.root / "registry.log"
         with log.open("ab") as out:
-            self.process = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_listening(self.port, self.process, log, "docker-registry")
+            argv = [binary, "serve", str(config)]
+            if self.netns:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        _wait_listening(self.port, self.process, log, "docker-registry", self.host)
         return self
 
     def stop(self) -> None:

@@ -11,6 +11,12 @@ Rules:
 - A credential helper is the program `docker-credential-<name>`, run as `get` with the server on stdin; it answers
   JSON {ServerURL, Username, Secret}; Username `<token>` means Secret is an identity token. It runs with a timeout.
 - No credentials is not an error here: anonymous access is tried, and the registry's 401 is what the user sees.
+- Storing (`store`, `erase`: what `wasm-shim login`/`logout` write, as `oras login`/`logout` and `docker login` do):
+  through the registry's credential helper when `credHelpers` names one, else `credsStore`'s (the helper's `store`
+  with JSON {ServerURL, Username, Secret} on stdin, `erase` with the server), else in `auths` (`auth`, base64 of
+  user:password, or `identitytoken`). The server key is the registry's host[:port]; docker.io's is
+  `https://index.docker.io/v1/`. The file is rewritten whole, atomically (a temporary file renamed), mode 0600,
+  every other key kept as it was.
 Invariant: secrets never appear in exceptions or logs; errors name the file or helper and what failed.
 """
 
@@ -20,7 +26,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -62,10 +67,8 @@ class DockerCredentials:
         self._config = dict(config or {})
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DockerCredentials:
-        env = os.environ if environ is None else environ
-        directory = env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".docker")
-        path = os.path.join(directory, "config.json")
+    def from_environment(cls, environ: Mapping[str, str] | None = None, path: str = "") -> DockerCredentials:
+        path = path or cls.config_file(environ)
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -80,6 +83,112 @@ class DockerCredentials:
         if not isinstance(config, dict):
             raise AuthError(f"{path}: expected a JSON object")
         return cls(config, path)
+
+    @classmethod
+    def config_file(cls, environ: Mapping[str, str] | None = None) -> str:
+        env = os.environ if environ is None else environ
+        directory = env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".docker")
+        return os.path.join(directory, "config.json")
+
+    @staticmethod
+    def server_key(registry: str) -> str:
+        """The key docker, oras and cosign file a registry's credentials under."""
+        host = _host_of(registry)
+        return "https://index.docker.io/v1/" if host == "docker.io" else host
+
+    def helper_for(self, registry: str) -> str:
+        """The credential helper that holds `registry`'s credentials ("" = the file's `auths`)."""
+        host = _host_of(registry)
+        helpers = self._config.get("credHelpers") or {}
+        if isinstance(helpers, dict):
+            for key, helper in helpers.items():
+                if _host_of(key) == host and isinstance(helper, str) and helper:
+                    return helper
+        store = self._config.get("credsStore")
+        return store if isinstance(store, str) else ""
+
+    def store(self, registry: str, credential: Credential) -> str:
+        """Save `credential` for `registry` (see the module rules); returns where ("helper X" or the file)."""
+        helper = self.helper_for(registry)
+        server = self.server_key(registry)
+        if helper:
+            user = "<token>" if credential.identity_token and not credential.username else credential.username
+            secret = credential.identity_token if user == "<token>" else credential.password
+            payload = json.dumps({"ServerURL": server, "Username": user, "Secret": secret}).encode()
+            self._run_helper(helper, "store", payload, registry)
+            self._drop_entry(server)  # a helper holds it now: no stale copy in the file
+            return f"credential helper docker-credential-{helper}"
+        auths = self._config.get("auths")
+        if not isinstance(auths, dict):
+            auths = {}
+        for key in [k for k in auths if _host_of(k) == _host_of(registry)]:
+            del auths[key]
+        entry: dict[str, str] = {}
+        if credential.username:
+            entry["auth"] = base64.b64encode(f"{credential.username}:{credential.password}".encode()).decode()
+        if credential.identity_token:
+            entry["identitytoken"] = credential.identity_token
+        auths[server] = entry
+        self._config["auths"] = auths
+        self._write()
+        return self.source
+
+    def erase(self, registry: str) -> bool:
+        """Remove `registry`'s credentials (helper or file); False when there were none."""
+        helper = self.helper_for(registry)
+        server = self.server_key(registry)
+        if helper:
+            removed = self._run_helper(helper, "erase", server.encode(), registry, missing_ok=True)
+            return self._drop_entry(server) or removed
+        return self._drop_entry(server)
+
+    def _drop_entry(self, server: str) -> bool:
+        auths = self._config.get("auths")
+        if not isinstance(auths, dict):
+            return False
+        keys = [k for k in auths if _host_of(k) == _host_of(server)]
+        for key in keys:
+            del auths[key]
+        if keys:
+            self._write()
+        return bool(keys)
+
+    def _write(self) -> None:
+        if not self.source:
+            raise AuthError("no docker config file to write credentials to")
+        directory = os.path.dirname(self.source)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            temporary = f"{self.source}.{os.getpid()}.tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._config, f, indent="\t")
+                f.write("\n")
+            os.replace(temporary, self.source)
+        except OSError as exc:
+            raise AuthError(f"cannot write registry credentials to {self.source}: {exc.strerror}") from None
+
+    def _run_helper(self, helper: str, action: str, payload: bytes, registry: str, missing_ok: bool = False) -> bool:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
+            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        import subprocess
+
+        program = f"docker-credential-{helper}"
+        try:
+            done = subprocess.run([program, action], input=payload, capture_output=True, timeout=HELPER_TIMEOUT,
+                                  check=False)
+        except FileNotFoundError:
+            raise AuthError(f"credential helper {program} (named in {self.source}) is not on PATH") from None
+        except subprocess.TimeoutExpired:
+            raise AuthError(f"credential helper {program} did not answer `{action}` for {registry} within "
+                            f"{HELPER_TIMEOUT:.0f}s") from None
+        if done.returncode != 0:
+            message = (done.stdout or done.stderr).decode(errors="replace").strip()
+            if missing_ok and "credentials not found" in message.lower():
+                return False
+            raise AuthError(f"credential helper {program} failed to {action} credentials for {registry} (exit "
+                            f"{done.returncode}): {message[:200]}")
+        return True
 
     def lookup(self, registry: str) -> Credential | None:
         host = _host_of(registry)
@@ -126,6 +235,8 @@ class DockerCredentials:
     def _from_helper(self, helper: str, host: str) -> Credential | None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
             raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        import subprocess  # here: only a helper needs it (the CLI's start pays for every import)
+
         program = f"docker-credential-{helper}"
         server = "https://index.docker.io/v1/" if host == "docker.io" else host
         try:

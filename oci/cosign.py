@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .digest import DigestMismatch
+from .digest import DigestMismatch, sha256_digest
 from .manifest import (
     EMPTY_JSON,
     MEDIA_TYPE_EMPTY,
@@ -37,8 +36,10 @@ from .reference import Reference
 from .registry import NotFoundError, RegistryClient, RegistryError
 from .signature import (
     BUNDLE_MEDIA_TYPE,
+    BUNDLE_PREDICATE_ANNOTATION,
     BUNDLE_PREFIX,
     MAX_SIGNATURE_BLOB,
+    PREDICATE_TYPE,
     SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
     SignatureError,
@@ -59,8 +60,11 @@ FORMATS = ("bundle", "legacy")
 class VerificationFailed(Exception):
     """No signature of the image verifies; `reasons` says why for each candidate (or that there was none)."""
 
-    def __init__(self, ref: str, digest: str, reasons: Sequence[str]) -> None:
+    def __init__(self, ref: str, digest: str, reasons: Sequence[str], none_found: bool = False,
+                 only_legacy: bool = False) -> None:
         self.ref, self.digest, self.reasons = ref, digest, list(reasons)
+        self.none_found = none_found  # no signature at all (cosign's "no signatures found"), not a bad one
+        self.only_legacy = only_legacy  # every candidate was a `.sig` layer (cosign's "no matching signatures")
         # A reference the caller already pinned ends in the digest: name the image once.
         image = ref if ref.endswith(f"@{digest}") else f"{ref}@{digest}"
         super().__init__(f"{image}: no valid signature: " + "; ".join(self.reasons))
@@ -76,7 +80,8 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
-def _now() -> str:
+def created_now() -> str:
+    """The `org.opencontainers.image.created` of a referrer made now (cosign writes the second, in UTC)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -96,12 +101,12 @@ def sign_image(client: RegistryClient, ref: Reference, key: ec.EllipticCurvePriv
 def _attach_bundle(client: RegistryClient, ref: Reference, subject: Descriptor,
                    key: ec.EllipticCurvePrivateKey) -> None:
     bundle = build_bundle(key, subject.digest)
-    bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, _digest(bundle), len(bundle))
-    empty = Descriptor(MEDIA_TYPE_EMPTY, _digest(EMPTY_JSON), len(EMPTY_JSON))
+    bundle_desc = Descriptor(BUNDLE_MEDIA_TYPE, sha256_digest(bundle), len(bundle))
+    empty = Descriptor(MEDIA_TYPE_EMPTY, sha256_digest(EMPTY_JSON), len(EMPTY_JSON))
     client.push_blob(ref, empty, lambda: EMPTY_JSON)
     client.push_blob(ref, bundle_desc, lambda: bundle)
-    manifest = bundle_referrer_manifest(bundle_desc, subject, _now())
-    digest, has_subject_api = client.put_manifest(ref, _digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
+    manifest = bundle_referrer_manifest(bundle_desc, subject, created_now())
+    digest, has_subject_api = client.put_manifest(ref, sha256_digest(manifest), manifest, MEDIA_TYPE_MANIFEST)
     if not has_subject_api:
         # No OCI-Subject header: the registry keeps no referrers index, so maintain the fallback tag.
         client.add_fallback_referrer(ref, subject.digest, Descriptor(MEDIA_TYPE_MANIFEST, digest, len(manifest),
@@ -111,7 +116,7 @@ def _attach_bundle(client: RegistryClient, ref: Reference, subject: Descriptor,
 def _attach_legacy(client: RegistryClient, ref: Reference, digest: str, key: ec.EllipticCurvePrivateKey) -> None:
     payload = simple_signing_payload(ref.name, digest)
     signature = sign_bytes(key, payload)
-    layer = Descriptor(SIMPLE_SIGNING, _digest(payload), len(payload),
+    layer = Descriptor(SIMPLE_SIGNING, sha256_digest(payload), len(payload),
                        annotations={SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()})
     tag_ref = ref.with_tag(signature_tag(digest))
     layers: list[Descriptor] = []
@@ -123,12 +128,10 @@ def _attach_legacy(client: RegistryClient, ref: Reference, digest: str, key: ec.
     layers.append(layer)
     config, manifest = legacy_signature_manifest(layers)
     client.push_blob(ref, layer, lambda: payload)
-    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, _digest(config), len(config)), lambda: config)
+    client.push_blob(ref, Descriptor(MEDIA_TYPE_IMAGE_CONFIG, sha256_digest(config), len(config)), lambda: config)
     client.put_manifest(ref, tag_ref.tag, manifest, MEDIA_TYPE_MANIFEST)
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.EllipticCurvePublicKey]) -> Verification:
@@ -140,7 +143,7 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
     pinned = ref.with_digest(digest)
     verification = Verification(digest)
     reasons: list[str] = []
-    candidates = 0
+    candidates = legacy_candidates = 0
     for descriptor in client.referrers(pinned, digest):
         # Registries that predate OCI 1.1's final text report the config's media type as artifactType (the
         # go-containerregistry registry does): for cosign's bundle referrer that is the empty descriptor's type.
@@ -172,6 +175,7 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
             if layer.media_type != SIMPLE_SIGNING:
                 continue
             candidates += 1
+            legacy_candidates += 1
             try:
                 payload = client.fetch_blob_bytes(pinned, layer, MAX_SIGNATURE_BLOB)
                 verification.signatures.append(verify_simple_signing(
@@ -182,7 +186,8 @@ def verify_image(client: RegistryClient, ref: Reference, keys: Sequence[ec.Ellip
         if not candidates:
             reasons.append(f"no signature found (no sigstore bundle among the referrers of {digest} and no "
                            f"{signature_tag(digest)} tag)")
-        raise VerificationFailed(str(ref), digest, reasons)
+        raise VerificationFailed(str(ref), digest, reasons, none_found=not candidates,
+                                 only_legacy=bool(candidates) and candidates == legacy_candidates)
     return verification
 
 
@@ -196,6 +201,9 @@ def _verify_referrer(client: RegistryClient, ref: Reference, descriptor: Descrip
     doc = manifest.json(f"referrer {descriptor.digest}")
     layers = descriptors_of(doc, "layers", f"referrer {descriptor.digest}")
     artifact_type = doc.get("artifactType") or descriptor.artifact_type
+    annotations = doc.get("annotations")
+    if isinstance(annotations, dict) and annotations.get(BUNDLE_PREDICATE_ANNOTATION, PREDICATE_TYPE) != PREDICATE_TYPE:
+        raise _NotASignature  # an attestation (cosign attest): a bundle of another predicate type
     bundle_layers = [layer for layer in layers if layer.media_type.startswith(BUNDLE_PREFIX)]
     if not str(artifact_type).startswith(BUNDLE_PREFIX) and not bundle_layers:
         raise _NotASignature  # another kind of referrer (an SBOM, an attestation of another tool)

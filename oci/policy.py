@@ -12,6 +12,10 @@ The file:
     images = ["127.0.0.1:5000/team/*"]     # fnmatch globs on REGISTRY/REPOSITORY (docker.io/library/x for `x`)
     keys = ["/etc/wasm-shim/keys/team.pub"]
     mode = "enforce"                       # "enforce" refuses; "warn" runs and logs why it would refuse
+    [[rule.attestations]]                  # optional, repeatable: a signed in-toto attestation the image must have
+    type = "slsaprovenance1"               # cosign's short name or a predicate type URI
+    keys = ["/etc/wasm-shim/keys/builder.pub"]
+    conditions = { "runDetails.builder.id" = "https://ci.example/builder" }  # optional: predicate fields' values
     [registry]                             # optional: how the shim reaches registries to fetch signatures
     ca_bundle = "/etc/wasm-shim/ca.pem"
     insecure = ["registry.internal:5000"]  # plain HTTP allowed (loopback always is)
@@ -26,10 +30,14 @@ Rules:
   escapes its rule. A pattern without a registry part names docker.io, as `docker pull` reads it; a registry part
   holding glob characters (`*/team/*`) is only put in lower case without `:443`.
 - A rule is satisfied when at least one signature of the image's manifest digest (either cosign format) verifies
-  with one of its keys and names that digest. The digest is the one containerd resolved and will run.
+  with one of its keys and names that digest (when it names `keys`), and, for each of its `attestations`, at least
+  one attestation of that predicate type verifies with one of that entry's keys, names that digest and meets every
+  condition (a field's value equals the one given, or one of a list given). A rule names keys, attestations or
+  both. The digest is the one containerd resolved and will run.
 - Anything wrong in the file (bad TOML, unknown keys, a missing or wrong-type key file, a bad mode) is a
   PolicyError naming the file and the field: a broken policy never means "allow everything".
-- Cached verifications are keyed by (digest, the rule's key fingerprints) and trusted for `cache_ttl`
+- Cached verifications are keyed by (digest, the rule's requirements: its key fingerprints and a hash of each
+  attestation's type, key fingerprints and conditions) and trusted for `cache_ttl`
   (oci/verification_cache.py: a record on disk is trusted only from a checked directory and with a valid HMAC).
 """
 
@@ -51,7 +59,8 @@ from .reference import (
 )
 from .verification_cache import VerificationCache
 
-__all__ = ["Decision", "Policy", "PolicyError", "PolicyFile", "Rule", "VerificationCache", "decide", "load_policy",
+__all__ = ["AttestationRequirement", "Decision", "Policy", "PolicyError", "PolicyFile", "Rule", "VerificationCache",
+           "decide", "load_policy",
            "parse_policy", "canonical_pattern"]
 
 if TYPE_CHECKING:
@@ -64,12 +73,42 @@ MODES = ("enforce", "warn")
 DEFAULTS = ("allow", "deny")
 DEFAULT_TTL = 3600.0
 _TOP_KEYS = {"default", "cache_ttl", "rule", "registry"}
-_RULE_KEYS = {"images", "keys", "mode"}
+_RULE_KEYS = {"images", "keys", "mode", "attestations"}
+_ATTESTATION_KEYS = {"type", "keys", "conditions"}
 _REGISTRY_KEYS = {"ca_bundle", "insecure", "docker_config", "timeout"}
 
 
 class PolicyError(ValueError):
     """The policy file is invalid; the message names the file, the field and what is wrong."""
+
+
+def _key_fingerprint(keys: Sequence[ec.EllipticCurvePublicKey]) -> str:
+    from .keys import key_hint
+
+    return ",".join(sorted(key_hint(k) for k in keys))
+
+
+@dataclass(frozen=True)
+class AttestationRequirement:
+    """One `[[rule.attestations]]` entry: an attestation of `predicate_type` signed by one of `keys`, whose
+    predicate meets `conditions` ((dotted path, allowed values) pairs; oci/intoto.py `condition_failures`)."""
+
+    predicate_type: str  # the URI
+    key_paths: tuple[str, ...]
+    keys: tuple[ec.EllipticCurvePublicKey, ...] = field(compare=False)
+    key_files: tuple[str, ...] = ()
+    conditions: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        import hashlib
+        import json
+
+        doc = [self.predicate_type, _key_fingerprint(self.keys), [[p, list(v)] for p, v in self.conditions]]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+    def describe(self) -> str:
+        return f"attestation {self.predicate_type} verified with {', '.join(self.key_paths)}"
 
 
 @dataclass(frozen=True)
@@ -80,12 +119,26 @@ class Rule:
     keys: tuple[ec.EllipticCurvePublicKey, ...] = field(compare=False)
     mode: str
     key_files: tuple[str, ...] = ()  # key_paths as read: relative ones joined to the policy file's directory
+    attestations: tuple[AttestationRequirement, ...] = ()
 
     @property
     def fingerprint(self) -> str:
-        from .keys import key_hint
+        """What a cached verification was checked against: a change of keys or attestations misses the cache."""
+        fingerprint = _key_fingerprint(self.keys)
+        if self.attestations:
+            fingerprint += ";attestations=" + ",".join(a.fingerprint for a in self.attestations)
+        return fingerprint
 
-        return ",".join(sorted(key_hint(k) for k in self.keys))
+    @property
+    def watched_files(self) -> tuple[str, ...]:
+        """Every key file the rule read (its own and its attestations')."""
+        return self.key_files + tuple(path for a in self.attestations for path in a.key_files)
+
+    def satisfied(self) -> str:
+        """What a verification that passed checked, for the log."""
+        parts = [f"signature verified with {', '.join(self.key_paths)}"] if self.keys else []
+        parts += [a.describe() for a in self.attestations]
+        return "; ".join(parts)
 
     def describe(self) -> str:
         return f"rule {self.number} (images {', '.join(self.images)}; mode {self.mode})"
@@ -179,31 +232,81 @@ def parse_policy(text: str, source: str, read: Callable[[str], bytes] | None = N
     base = os.path.dirname(os.path.abspath(source))
     rules = []
     for number, raw in enumerate(raw_rules, start=1):
-        from .keys import KeyFileError, load_public_key
-
         where = f"{source}: rule {number}"
         if not isinstance(raw, dict):
             raise PolicyError(f"{where}: must be a table")
         unknown = set(raw) - _RULE_KEYS
         if unknown:
-            raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: images, keys, mode)")
+            raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: "
+                              f"{', '.join(sorted(_RULE_KEYS))})")
         images = _strings(raw.get("images"), f"{where}: images")
-        paths = _strings(raw.get("keys"), f"{where}: keys")
+        attestations = _attestations(raw.get("attestations", []), where, base, reader)
+        if "keys" not in raw and not attestations:
+            raise PolicyError(f"{where}: needs keys (signatures to require), attestations, or both")
+        paths = _strings(raw.get("keys"), f"{where}: keys") if "keys" in raw else ()
         mode = raw.get("mode", "enforce")
         if mode not in MODES:
             raise PolicyError(f"{where}: mode must be \"enforce\" or \"warn\", got {mode!r}")
-        keys = []
-        files = tuple(path if os.path.isabs(path) else os.path.join(base, path) for path in paths)
-        for full in files:
-            try:
-                keys.append(load_public_key(reader(full), full))
-            except OSError as exc:
-                raise PolicyError(f"{where}: cannot read key {full}: {exc.strerror}") from None
-            except KeyFileError as exc:
-                raise PolicyError(f"{where}: {exc}") from None
-        rules.append(Rule(number, images, tuple(paths), tuple(keys), mode, files))
+        files, keys = _read_keys(paths, where, base, reader)
+        rules.append(Rule(number, images, tuple(paths), keys, mode, files, attestations))
     registry = _registry_settings(doc.get("registry", {}), f"{source}: [registry]")
     return Policy(source, default, tuple(rules), float(ttl), registry)
+
+
+def _read_keys(paths: Sequence[str], where: str, base: str,
+               reader: Callable[[str], bytes]) -> tuple[tuple[str, ...], tuple[ec.EllipticCurvePublicKey, ...]]:
+    """(the key files as read, the keys): relative paths are from the policy file's directory."""
+    from .keys import KeyFileError, load_public_key
+
+    keys = []
+    files = tuple(path if os.path.isabs(path) else os.path.join(base, path) for path in paths)
+    for full in files:
+        try:
+            keys.append(load_public_key(reader(full), full))
+        except OSError as exc:
+            raise PolicyError(f"{where}: cannot read key {full}: {exc.strerror}") from None
+        except KeyFileError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+    return files, tuple(keys)
+
+
+def _attestations(raw: object, where: str, base: str,
+                  reader: Callable[[str], bytes]) -> tuple[AttestationRequirement, ...]:
+    from .intoto import predicate_type
+
+    if not isinstance(raw, list):
+        raise PolicyError(f"{where}: attestations must be an array of tables ([[rule.attestations]])")
+    found = []
+    for index, entry in enumerate(raw, start=1):
+        at = f"{where}: attestation {index}"
+        if not isinstance(entry, dict):
+            raise PolicyError(f"{at}: must be a table")
+        unknown = set(entry) - _ATTESTATION_KEYS
+        if unknown:
+            raise PolicyError(f"{at}: unknown key(s) {', '.join(sorted(unknown))} (known: "
+                              f"{', '.join(sorted(_ATTESTATION_KEYS))})")
+        kind = entry.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise PolicyError(f"{at}: type must be a predicate type (a URI or cosign's name, e.g. "
+                              f"\"slsaprovenance1\"), got {kind!r}")
+        try:
+            uri = predicate_type(kind)
+        except ValueError as exc:
+            raise PolicyError(f"{at}: {exc}") from None
+        paths = _strings(entry.get("keys"), f"{at}: keys")
+        files, keys = _read_keys(paths, at, base, reader)
+        raw_conditions = entry.get("conditions", {})
+        if not isinstance(raw_conditions, dict):
+            raise PolicyError(f"{at}: conditions must be a table of \"dotted.path\" = value")
+        conditions = []
+        for path, value in raw_conditions.items():
+            allowed = tuple(value) if isinstance(value, list) else (value,)
+            if not allowed or not all(isinstance(v, str | int | float | bool) for v in allowed):
+                raise PolicyError(f"{at}: condition {path}: the value must be a string, number or boolean, or a "
+                                  f"non-empty list of them, got {value!r}")
+            conditions.append((path, allowed))
+        found.append(AttestationRequirement(uri, paths, keys, files, tuple(conditions)))
+    return tuple(found)
 
 
 def _registry_settings(raw: object, where: str) -> RegistrySettings:
@@ -254,7 +357,7 @@ class PolicyFile:
 
     def _files(self) -> list[str]:
         rules = self._policy.rules if self._policy else ()
-        return [self.path] + [path for rule in rules for path in rule.key_files]
+        return [self.path] + [path for rule in rules for path in rule.watched_files]
 
     def _read_stamp(self) -> tuple[object, ...]:
         stamp: list[object] = []
@@ -316,12 +419,14 @@ def decide(policy: Policy, name: str, digest: str, verify: Verify, cache: Verifi
         return Decision(False, name, digest, None, f"no rule matches {name} and the default is deny")
     fingerprint = rule.fingerprint
     if cache.lookup(digest, fingerprint):
-        return Decision(True, name, digest, rule, "signature verified (cached)", cached=True)
+        what = "signature and attestations" if rule.keys and rule.attestations else \
+            "attestations" if rule.attestations else "signature"
+        return Decision(True, name, digest, rule, f"{what} verified (cached)", cached=True)
     try:
         verify(rule)
     except tuple(failures) as exc:
         reason = str(exc)
         return Decision(rule.mode == "warn", name, digest, rule, reason, warning=rule.mode == "warn")
     cache.store(digest, fingerprint)
-    return Decision(True, name, digest, rule, f"signature verified with {', '.join(rule.key_paths)}")
+    return Decision(True, name, digest, rule, rule.satisfied())
 

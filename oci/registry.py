@@ -10,6 +10,11 @@ Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
   host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
   that does not verify is an error, never a reason to fall back).
+- Proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (or the explicit `proxies`) as Go clients read them (oci/proxy.py):
+  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback.
+- Where a registry is asked: with `hosts` (containerd's `config_path`, oci/hosts.py), the first host its hosts.toml
+  names that can pull and resolve, else its `server`, with that file's scheme (plain HTTP exactly where it says
+  `http://`), CA files, client certificates and skip_verify: the place and the TLS containerd pulls with.
 - Authentication: anonymous first; on 401 the challenge says Basic or Bearer (distribution token spec: GET the
   realm with service and scope, Basic credentials if any; a refresh token is POSTed). Headers are cached per
   host and repository; a 401 after authenticating is an error naming the registry. Credentials go only to the
@@ -70,6 +75,8 @@ from .manifest import (
 from .reference import Reference, check_digest
 
 if TYPE_CHECKING:
+    from .hosts import Endpoint, RegistryHosts
+    from .proxy import ProxySettings
     from .transport import Exchange
 
 __all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
@@ -168,6 +175,9 @@ class RegistryClient:
         backoff: float = 0.5,
         progress: ProgressFactory = _no_progress,
         sleep: Callable[[float], None] = time.sleep,
+        hosts: RegistryHosts | None = None,
+        proxies: ProxySettings | None = None,
+        extra_cas: tuple[str, ...] = (),
     ) -> None:
         import urllib3  # here: the shim's start path never builds a client
 
@@ -185,14 +195,28 @@ class RegistryClient:
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout if total_timeout is not None else TOTAL_TIMEOUT_READS * read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._pool = transport.make_pool(ca_bundle, self._timeout)
+        self._ca_bundle = ca_bundle
+        # `extra_cas` are trusted beside the system's CAs (as containerd adds a hosts.toml `ca`); `ca_bundle`
+        # replaces them.
+        self._context = transport.tls_context(extra_cas, (), False) if extra_cas and not ca_bundle else None
+        self._pool = transport.make_pool(ca_bundle, self._timeout, self._context)
+        from .proxy import ProxySettings
+
+        # Proxies as Go clients (oras, cosign, containerd) take them: HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
+        self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
         self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
+        self.hosts = hosts  # containerd's registry host configuration (oci/hosts.py): where a registry is asked
+        self._routes: dict[str, Endpoint | None] = {}  # registry -> the endpoint asked for it (None: the registry)
+        self._endpoints: dict[str, Endpoint] = {}  # netloc (lower case) -> a configured endpoint there
+        self._tls_pools: dict[object, Any] = {}
 
     def close(self) -> None:
         self._watchdog.close()
         self._pool.clear()
+        for pool in self._tls_pools.values():
+            pool.clear()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -202,7 +226,48 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _plain_http_allowed(self, host: str) -> bool:
-        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host)
+        configured = self._endpoints.get(host.lower())
+        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host) or \
+            (configured is not None and configured.scheme == "http")
+
+    def _route(self, ref: Reference) -> Endpoint | None:
+        """The endpoint containerd's hosts.toml names first for `ref`'s registry (None: ask the registry itself)."""
+        if self.hosts is None:
+            return None
+        if ref.registry not in self._routes:
+            from .hosts import HostsError
+
+            try:
+                endpoints = self.hosts.endpoints(ref.registry)
+            except (HostsError, OSError) as exc:
+                raise RegistryError(f"{ref.registry}: containerd's registry host configuration cannot be used: "
+                                    f"{exc}") from None
+            endpoint = endpoints[0] if endpoints else None
+            self._routes[ref.registry] = endpoint
+            if endpoint is not None:
+                self._endpoints[endpoint.netloc.lower()] = endpoint
+        return self._routes[ref.registry]
+
+    def _base_for(self, ref: Reference) -> str:
+        """scheme://host[:port] that requests for `ref` go to: the configured endpoint, else the registry."""
+        endpoint = self._route(ref)
+        return endpoint.base if endpoint is not None else self._base(ref.api_host)
+
+    def _pool_for(self, url: str) -> Any:
+        """The connection pool for `url`: through its proxy (oci/proxy.py), with the TLS of a configured endpoint
+        there (oci/hosts.py); else the client's own."""
+        endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
+        tls = endpoint.tls_key if endpoint is not None and endpoint.scheme == "https" else ((), (), False)
+        proxy = self.proxies.proxy_for(url)
+        if not proxy and tls == ((), (), False):
+            return self._pool
+        key = (proxy, tls)
+        pool = self._tls_pools.get(key)
+        if pool is None:
+            context = self._transport.tls_context(*tls) if tls != ((), (), False) else self._context
+            pool = self._transport.make_pool(self._ca_bundle, self._timeout, context, verify=not tls[2], proxy=proxy)
+            self._tls_pools[key] = pool
+        return pool
 
     def _base(self, host: str) -> str:
         scheme = self._scheme.get(host)
@@ -219,11 +284,16 @@ class RegistryClient:
             return "https"
         parts = urlsplit(f"//{host}")
         hostname = (parts.hostname or host).strip("[]")
+        proxy = self.proxies.proxy_for(f"http://{host}/v2/")
         try:
             port = parts.port or 80
-            with socket.create_connection((hostname, port), timeout=self._connect_timeout) as conn:
+            target, path = (hostname, port), "/v2/"
+            if proxy:  # ask the proxy for the URL (absolute form, RFC 9112 section 3.2.2), as the request would
+                proxy_parts = urlsplit(proxy)
+                target, path = (proxy_parts.hostname or "", proxy_parts.port or 80), f"http://{host}/v2/"
+            with socket.create_connection(target, timeout=self._connect_timeout) as conn:
                 conn.settimeout(self._read_timeout)
-                conn.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
                 head = conn.recv(512)
         except TimeoutError:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
@@ -245,7 +315,7 @@ class RegistryClient:
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(self._pool, self._watchdog, deadline, method, target,
+            exchange = self._transport.send(self._pool_for(target), self._watchdog, deadline, method, target,
                                             headers=hop_headers, body=body() if body else None,
                                             timeout=self._timeout)
             if exchange.status not in REDIRECT_STATUSES:
@@ -292,7 +362,7 @@ class RegistryClient:
         """One logical request with auth, redirects and retries; returns the exchange (status < 400 or 404),
         whose body the caller reads through its caps and then closes."""
         host = ref.api_host
-        base = self._base(host)
+        base = self._base_for(ref)
         url = absolute_url or base + path
         key = (host, ref.repository)
         last_error = ""
@@ -345,6 +415,8 @@ class RegistryClient:
         """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
         subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
         that is slow."""
+        if isinstance(reason, self._urllib3.exceptions.ProxyError):
+            return f"cannot connect through the proxy: {getattr(reason, 'original_error', None) or reason}"
         if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
             cause = reason.__cause__ or reason.__context__
             detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]
@@ -387,8 +459,10 @@ class RegistryClient:
                                 f"{URL_LIMIT} character limit", 401)
         if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
             raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
-        scope = params.get("scope") or f"repository:{ref.repository}:{actions}"
-        query = {"service": params.get("service", ""), "scope": scope}
+        scope = params.get("scope") or (f"repository:{ref.repository}:{actions}" if ref.repository else "")
+        query = {"service": params.get("service", "")}
+        if scope:
+            query["scope"] = scope
         headers: dict[str, str] = {}
         authorization: tuple[tuple[str, str, int | None], str] | None = None
         if credential is not None and credential.identity_token:
@@ -418,6 +492,33 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{what} answered without a token")
         return token
+
+    def check_login(self, registry: str) -> None:
+        """`GET /v2/` with the credentials this client finds for `registry`, as `docker login` and `oras login` do
+        before they save any: RegistryError naming the registry when they are refused (or it cannot be asked)."""
+        ref = Reference(registry, "")
+        url = self._base_for(ref) + "/v2/"
+        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        for _ in range(2):
+            try:
+                exchange = self._send("GET", url, {}, None, authorization)
+            except self._urllib3.exceptions.SSLError as exc:
+                raise RegistryError(f"GET {url}: TLS failed: {str(exc)[:300]}") from None
+            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
+                reason = exc.reason if isinstance(exc, self._urllib3.exceptions.MaxRetryError) else exc
+                if isinstance(reason, self._urllib3.exceptions.SSLError):
+                    raise RegistryError(f"GET {url}: TLS failed: {str(reason)[:300]}") from None
+                raise RegistryError(f"GET {url}: {self._connection_error(reason)}") from None
+            with exchange:
+                status, challenge = exchange.status, exchange.headers.get("WWW-Authenticate", "")
+                message = _registry_message(*exchange.error_text()) if status >= 400 else ""
+            if status == 200:
+                return
+            if status != 401 or authorization is not None:
+                hint = " (credentials were refused)" if status in (401, 403) else ""
+                raise RegistryError(f"{registry}: GET {url}: HTTP {status}{hint}: {message}", status)
+            authorization = (_origin(url), self._authenticate(ref, challenge, url, "pull"))
+        raise RegistryError(f"{registry}: GET {url}: the credentials were not accepted")
 
     # -- manifests ---------------------------------------------------------------------------------------------
     def get_manifest(self, ref: Reference, *, accept: str = MANIFEST_ACCEPT) -> Manifest:
@@ -534,7 +635,7 @@ class RegistryClient:
         if len(location) > URL_LIMIT:
             raise RegistryError(f"POST {ref.name}/blobs/uploads/: an upload location of {len(location)} characters, "
                                 f"over the {URL_LIMIT} character limit")
-        url = urljoin(self._base(ref.api_host) + "/", location)
+        url = urljoin(self._base_for(ref) + "/", location)
         url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
         progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
 
@@ -562,7 +663,7 @@ class RegistryClient:
                headers: Mapping[str, str] | None = None) -> Iterator[tuple[int, str, bytes]]:
         """(status, content type, body) of each page of a listing, following `Link: <...>; rel="next"` on the
         registry's own origin, LISTING_LIMIT bytes and LISTING_PAGES pages at most over all pages."""
-        base = self._base(ref.api_host)
+        base = self._base_for(ref)
         url = base + path
         budget = LISTING_LIMIT
         for _ in range(LISTING_PAGES):

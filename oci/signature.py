@@ -45,8 +45,8 @@ BUNDLE_PREFIX = "application/vnd.dev.sigstore.bundle"
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://sigstore.dev/cosign/sign/v1"
-BUNDLE_ANNOTATIONS = {"dev.sigstore.bundle.content": "dsse-envelope",
-                      "dev.sigstore.bundle.predicateType": PREDICATE_TYPE}
+BUNDLE_PREDICATE_ANNOTATION = "dev.sigstore.bundle.predicateType"  # on a bundle referrer: what its statement is
+BUNDLE_ANNOTATIONS = {"dev.sigstore.bundle.content": "dsse-envelope", BUNDLE_PREDICATE_ANNOTATION: PREDICATE_TYPE}
 MAX_SIGNATURE_BLOB = 1 << 20  # payloads and bundles are a few KiB; a bigger one is junk
 LEGACY_CREATED = "0001-01-01T00:00:00Z"  # Go's zero time, which cosign writes
 
@@ -68,7 +68,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(text: object, what: str) -> bytes:
+def unb64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise SignatureError(f"{what} is missing or not a string")
     try:
@@ -81,7 +81,7 @@ def sign_bytes(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-def _which_key(keys: Sequence[ec.EllipticCurvePublicKey], signature: bytes, data: bytes) -> str | None:
+def which_key(keys: Sequence[ec.EllipticCurvePublicKey], signature: bytes, data: bytes) -> str | None:
     for key in keys:
         try:
             key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
@@ -107,8 +107,8 @@ def simple_signing_payload(docker_reference: str, digest: str, annotations: Mapp
 
 def verify_simple_signing(payload: bytes, signature_b64: object, keys: Sequence[ec.EllipticCurvePublicKey],
                           digest: str) -> Verified:
-    signature = _unb64(signature_b64, f"annotation {SIGNATURE_ANNOTATION}")
-    hint = _which_key(keys, signature, payload)
+    signature = unb64(signature_b64, f"annotation {SIGNATURE_ANNOTATION}")
+    hint = which_key(keys, signature, payload)
     if hint is None:
         raise SignatureError("legacy signature: made by another key (it does not verify with any key of the rule)")
     try:
@@ -166,7 +166,7 @@ def build_bundle(key: ec.EllipticCurvePrivateKey, digest: str) -> bytes:
     return json.dumps(bundle, separators=(",", ":")).encode()
 
 
-def _bundle_version_ok(media_type: object) -> bool:
+def bundle_version_ok(media_type: object) -> bool:
     # "application/vnd.dev.sigstore.bundle.v0.3+json" or "...bundle+json;version=0.3"; cosign needs >= 0.3.
     if not isinstance(media_type, str) or not media_type.startswith(BUNDLE_PREFIX):
         return False
@@ -187,18 +187,18 @@ def verify_bundle(data: bytes, keys: Sequence[ec.EllipticCurvePublicKey], digest
         payload_type = envelope["payloadType"]
     except (ValueError, KeyError, TypeError):
         raise SignatureError("bundle: not a sigstore bundle with a DSSE envelope") from None
-    if not _bundle_version_ok(bundle.get("mediaType")):
+    if not bundle_version_ok(bundle.get("mediaType")):
         raise SignatureError(f"bundle: media type {bundle.get('mediaType')!r} is not a sigstore bundle >= v0.3")
     if payload_type != INTOTO_PAYLOAD_TYPE:
         raise SignatureError(f"bundle: DSSE payload type {payload_type!r}, expected {INTOTO_PAYLOAD_TYPE}")
-    payload = _unb64(envelope.get("payload"), "bundle: DSSE payload")
+    payload = unb64(envelope.get("payload"), "bundle: DSSE payload")
     if not isinstance(signatures, list) or not signatures:
         raise SignatureError("bundle: the DSSE envelope has no signatures")
     message = pae(payload_type, payload)
     hint = None
     for entry in signatures:
-        sig = _unb64(entry.get("sig") if isinstance(entry, dict) else None, "bundle: DSSE signature")
-        hint = _which_key(keys, sig, message)
+        sig = unb64(entry.get("sig") if isinstance(entry, dict) else None, "bundle: DSSE signature")
+        hint = which_key(keys, sig, message)
         if hint:
             break
     if hint is None:
@@ -222,13 +222,16 @@ def verify_bundle(data: bytes, keys: Sequence[ec.EllipticCurvePublicKey], digest
     return Verified(digest, "bundle", hint)
 
 
-def bundle_referrer_manifest(bundle: Descriptor, subject: Descriptor, created: str) -> bytes:
-    """The OCI 1.1 referrer manifest cosign 3 attaches a bundle with."""
+def bundle_referrer_manifest(bundle: Descriptor, subject: Descriptor, created: str,
+                             predicate_type: str = PREDICATE_TYPE) -> bytes:
+    """The OCI 1.1 referrer manifest cosign 3 attaches a bundle with (a signature's, or an attestation's of
+    `predicate_type`)."""
     empty = Descriptor(MEDIA_TYPE_EMPTY, "sha256:" + hashlib.sha256(EMPTY_JSON).hexdigest(), len(EMPTY_JSON))
     manifest = {
         "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "artifactType": BUNDLE_MEDIA_TYPE,
         "config": empty.to_json(), "layers": [bundle.to_json()],
         "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
-        "annotations": {**BUNDLE_ANNOTATIONS, ANNOTATION_CREATED: created},
+        "annotations": {**BUNDLE_ANNOTATIONS, BUNDLE_PREDICATE_ANNOTATION: predicate_type,
+                        ANNOTATION_CREATED: created},
     }
     return json.dumps(manifest, separators=(",", ":")).encode()

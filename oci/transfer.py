@@ -44,6 +44,13 @@ class Pulled:
 def push_wasm(client: RegistryClient, path: str, ref: Reference, *, created: str = "1970-01-01T00:00:00Z",
               annotations: dict[str, str] | None = None) -> str:
     """Push the module or component at `path` as `ref` (a tag); returns the manifest digest."""
+    return push_wasm_manifest(client, path, ref, created=created, annotations=annotations).digest
+
+
+def push_wasm_manifest(client: RegistryClient, path: str, ref: Reference, *, created: str = "1970-01-01T00:00:00Z",
+                       annotations: dict[str, str] | None = None) -> Descriptor:
+    """`push_wasm`, returning the pushed manifest's descriptor (media type, digest, size, artifact type,
+    annotations)."""
     digest, size, head = _hash_file(path)
     if not head.startswith(b"\0asm"):
         raise ArtifactError(f"{path} is not a WebAssembly binary (no \\0asm magic)")
@@ -61,7 +68,7 @@ def push_wasm(client: RegistryClient, path: str, ref: Reference, *, created: str
     client.push_blob(ref, layer, lambda: open(path, "rb"), label=os.path.basename(path))
     client.push_blob(ref, config, lambda: config_data, label="config")
     pushed, _ = client.put_manifest(ref, ref.identifier, manifest, MEDIA_TYPE_MANIFEST)
-    return pushed
+    return Descriptor(MEDIA_TYPE_MANIFEST, pushed, len(manifest), MEDIA_TYPE_WASM_CONFIG, dict(annotations or {}))
 
 
 def _hash_file(path: str) -> tuple[str, int, bytes]:

@@ -53,9 +53,43 @@ class _TLSPool(HTTPSConnectionPool):
     ConnectionCls = _TLSConnection
 
 
-def make_pool(ca_bundle: str | None, timeout: urllib3.Timeout) -> urllib3.PoolManager:
-    pool = urllib3.PoolManager(
-        num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle,
+def tls_context(ca_files: tuple[str, ...], client_pairs: tuple[tuple[str, str], ...], skip_verify: bool) -> Any:
+    """The TLS context of one registry endpoint containerd's hosts.toml configures (oci/hosts.py): the system's
+    CAs plus its own, its client certificates, or no verification at all when it says skip_verify."""
+    import ssl
+
+    context = ssl.create_default_context()
+    try:
+        for path in ca_files:
+            context.load_verify_locations(cafile=path)
+        for certificate, key in client_pairs:
+            context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryError(f"cannot load the TLS files of a registry host ({exc})") from None
+    if skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def make_pool(ca_bundle: str | None, timeout: urllib3.Timeout, context: Any = None,
+              verify: bool = True, proxy: str = "") -> urllib3.PoolManager:
+    """A pool for requests to registries: verified TLS (with `ca_bundle`, or `context` for an endpoint of
+    containerd's hosts.toml), through `proxy` when given (oci/proxy.py: CONNECT for https, forwarding for http)."""
+    tls: dict[str, Any] = {"ssl_context": context} if context is not None else {"ca_certs": ca_bundle}
+    if not verify:
+        tls["assert_hostname"] = False
+    if proxy:
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(proxy)
+        headers = urllib3.make_headers(proxy_basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}") \
+            if parts.username else None
+        address = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        tls.update(proxy_url=address, proxy_headers=headers)
+    factory: Any = urllib3.ProxyManager if proxy else urllib3.PoolManager
+    pool = factory(
+        num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE", **tls,
         # Connection errors come back as they are (oci/registry.py retries, and re-hashes a blob from its start);
         # redirects come back as responses (oci/registry.py follows them, checking scheme and credentials).
         retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=0,

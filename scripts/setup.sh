@@ -45,7 +45,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk
+  patchelf binutils wrk tinyproxy-bin
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,6 +218,22 @@ if [[ "$(cat "$VENV/bin/containerd-shim-wasmtime-v1" 2>/dev/null)" != "$launcher
   printf '%s\n' "$launcher" >"$VENV/bin/containerd-shim-wasmtime-v1.tmp"
   chmod 0755 "$VENV/bin/containerd-shim-wasmtime-v1.tmp"
   mv -f "$VENV/bin/containerd-shim-wasmtime-v1.tmp" "$VENV/bin/containerd-shim-wasmtime-v1"
+fi
+# `wasm-shim` the same way: scripts run its registry commands the way they run oras and cosign, so its start is paid
+# per call (docs/benchmarks.md "The CLI beside oras and cosign"). `site` would cost the .pth files and the editable
+# finder; the venv's packages are put on sys.path directly instead.
+SITE_PACKAGES="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+cli_launcher="#!$VENV/bin/python -IS
+# wasm-shim, written by scripts/setup.sh: a lean launcher (python -I -S, the venv's site-packages without site).
+import sys
+sys.path.insert(0, \"$PKGROOT\")
+sys.path.append(\"$SITE_PACKAGES\")
+from wasm_shim.shim.cli.main import main
+sys.exit(main())"
+if [[ "$(cat "$VENV/bin/wasm-shim" 2>/dev/null)" != "$cli_launcher" ]]; then
+  printf '%s\n' "$cli_launcher" >"$VENV/bin/wasm-shim.tmp"
+  chmod 0755 "$VENV/bin/wasm-shim.tmp"
+  mv -f "$VENV/bin/wasm-shim.tmp" "$VENV/bin/wasm-shim"
 fi
 
 # --- 3. Go tools ----------------------------------------------------------------------------------------------

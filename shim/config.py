@@ -38,7 +38,9 @@ class ShimConfig:
     """The effective settings; immutable (change with `merged`). Keys and defaults are in `DEFAULTS`."""
 
     __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
-                 "artifact_dir", "artifact_cache_mb", "artifact_registries", "metrics_address")
+                 "artifact_dir", "artifact_cache_mb", "artifact_registries", "metrics_address",
+                 "registry_config_path", "registry_docker_config", "registry_ca_bundle", "https_proxy", "http_proxy",
+                 "no_proxy")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -61,6 +63,16 @@ class ShimConfig:
     #:   "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:/absolute/path". Loopback or a unix socket only:
     #:   the endpoint has no authentication. One daemon per address: with several daemons on a node (one per
     #:   namespace, or per pod) the first binds it and the others log that they serve no metrics.
+    #: registry_config_path: containerd's registry host directories (`HOST[:PORT]/hosts.toml`, `:`-separated) the
+    #:   shim's own lookups (signatures, attestations, wasm.shim.io/artifact) follow: "" = the config_path of the
+    #:   containerd the daemon serves, read from its config file (shim/image/hosts.py).
+    #: registry_docker_config: a directory holding config.json (docker's format: auths, credHelpers, credsStore)
+    #:   with the credentials of those lookups; "" = the daemon's $DOCKER_CONFIG, else ~/.docker. The policy's
+    #:   `[registry] docker_config` wins over it.
+    #: registry_ca_bundle: PEM CA certificates those lookups trust besides the system's; "" = the system's only.
+    #:   The policy's `[registry] ca_bundle` (which replaces the system's) wins over it.
+    #: https_proxy, http_proxy, no_proxy: the proxies of those lookups (oci/proxy.py: Go's rules); "" = the
+    #:   daemon's environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, inherited from containerd's).
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
@@ -73,6 +85,12 @@ class ShimConfig:
         "artifact_cache_mb": 1024,
         "artifact_registries": (),
         "metrics_address": "",
+        "registry_config_path": "",
+        "registry_docker_config": "",
+        "registry_ca_bundle": "",
+        "https_proxy": "",
+        "http_proxy": "",
+        "no_proxy": "",
     }
 
     grouping: str
@@ -86,6 +104,12 @@ class ShimConfig:
     artifact_cache_mb: int
     artifact_registries: tuple[str, ...]
     metrics_address: str
+    registry_config_path: str
+    registry_docker_config: str
+    registry_ca_bundle: str
+    https_proxy: str
+    http_proxy: str
+    no_proxy: str
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -150,8 +174,15 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key == "metrics_address" and value:
         parse_metrics_address(value, origin)
-    optional = key in ("component_runner", "policy") and value == ""  # "" = look for it / none (see DEFAULTS)
-    paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir")
+    if key == "registry_config_path" and not all(os.path.isabs(d) for d in value.split(":") if d):
+        raise ConfigError(f"{origin}: registry_config_path must be absolute directories separated by ':', got "
+                          f"{value!r}")
+    if key in ("https_proxy", "http_proxy") and value and "://" in value and \
+            not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: {key} must be an http:// or https:// proxy URL, got {value!r}")
+    optional = key in ("component_runner", "policy", "registry_docker_config", "registry_ca_bundle") and value == ""
+    paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir", "registry_docker_config",
+             "registry_ca_bundle")
     if key in paths and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value

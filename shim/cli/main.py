@@ -12,14 +12,31 @@ import argparse
 import sys
 
 from ..launch.binary import VERSION
-from ..node.containerd_config import HANDLER, RUNTIME_TYPE
+
+RUNTIME_TYPE = "io.containerd.wasmtime.v1"  # node/containerd_config.py's, spelled here so --version imports nothing
 
 
-def containerd_config(version: int, handler: str = HANDLER, options: dict[str, str] | None = None,
+def version_text() -> str:
+    return f"wasm-shim {VERSION} (runtime {RUNTIME_TYPE})"
+
+
+class VersionAction(argparse.Action):
+    """`--version`, whose text is computed only when asked for (the registry commands' parser imports nothing)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def containerd_config(version: int, handler: str = "", options: dict[str, str] | None = None,
                       config_path: str = "") -> str:
     """The runtime table for containerd config `version` 2 (containerd 1.6/1.7) or 3 (2.x)."""
-    from ..node.containerd_config import RuntimeTable
+    from ..node.containerd_config import HANDLER, RuntimeTable
 
+    handler = handler or HANDLER
     return RuntimeTable(version, handler, options, config_path).render()
 
 
@@ -77,7 +94,7 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    sys.stdout.write(f"wasm-shim {VERSION} (runtime {RUNTIME_TYPE})\n")
+    sys.stdout.write(version_text() + "\n")
     return 0
 
 
@@ -259,12 +276,19 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+REGISTRY_COMMANDS = frozenset({"push", "pull", "tags", "login", "logout", "generate-key-pair", "sign", "verify",
+                               "attest", "verify-attestation"})
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..node.containerd_config import HANDLER
+
     parser = argparse.ArgumentParser(
         prog="wasm-shim",
         description="Run WebAssembly workloads next to containers: tools for the containerd shim "
         "containerd-shim-wasmtime-v1.",
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cc = sub.add_parser(
         "containerd-config",
@@ -373,8 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and (arguments[0] in REGISTRY_COMMANDS or arguments[0] == "--version"):
+        # The registry commands are what scripts run in loops: a parser of theirs alone, and none of the node
+        # side's imports (docs/benchmarks.md "The CLI beside oras and cosign").
+        from .registry import registry_parser
+
+        parser = registry_parser()
+    else:
+        parser = build_parser()
+    args = parser.parse_args(arguments)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -217,7 +217,7 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
     policy, if configured, loaded now so that one that does not parse is reported at once (oci.policy.PolicyError;
     main() then refuses every container), and re-read at a Create after the file changed."""
     from ..image.admission import Admission
-    from ..image.registry import RegistryArtifacts
+    from ..image.registry import NodeRegistryAccess, RegistryArtifacts
     from ..image.source import EntrypointSource
 
     if admission is None:
@@ -229,10 +229,12 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
             policy = policy_file.current()
             log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
                      policy.default, len(policy.rules))
-        admission = Admission(policy_file, verified_dir=os.path.join(config.cache_dir, "verified"))
+        admission = Admission(policy_file, verified_dir=os.path.join(config.cache_dir, "verified"),
+                              access=NodeRegistryAccess.from_config(config))
     return EntrypointSource(admission, registry=RegistryArtifacts(config.artifact_dir,
                                                                   config.artifact_cache_mb << 20,
-                                                                  allowed=config.artifact_registries))
+                                                                  allowed=config.artifact_registries,
+                                                                  access=admission.access))
 
 
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:

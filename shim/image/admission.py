@@ -1,4 +1,5 @@
-"""Admission at Create: whether the image a container runs may run, by the node's signature policy.
+"""Admission at Create: whether the image a container runs may run, by the node's signature policy (signatures
+and signed attestations, oci/policy.py).
 
 Owns `Admission`: the policy in force for this Create (`policy()`, a fixed one or the file's current content) and
 `decide(policy, origin, task_id)`, the verdict on exactly the `ImageOrigin` the entrypoint source determined (the
@@ -37,8 +38,9 @@ class Admission:
     """The node's signature policy at Create: `policy_file` (an oci.policy.PolicyFile), whose current content
     applies (re-read when it changes); None: no checks."""
 
-    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None) -> None:
+    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None, access: Any = None) -> None:
         self._policy_file = policy_file
+        self.access = access  # how the node reaches registries (registry.py NodeRegistryAccess), or None
         self._verified_dir = verified_dir
         self._cache: Any = None
         self._refusal = ""
@@ -90,6 +92,7 @@ class Admission:
                 return
             raise AdmissionError(f"container {task_id} has no image, and the signature policy {policy.source} "
                                  "refuses images no rule matches (default deny)")
+        from wasm_shim.oci.attest import AttestationFailed, verify_attestations
         from wasm_shim.oci.cosign import VerificationFailed, verify_image
         from wasm_shim.oci.digest import DigestMismatch
         from wasm_shim.oci.manifest import ManifestError
@@ -104,14 +107,20 @@ class Admission:
         signed = ref.with_digest(origin.digest)
 
         def verify(rule: Any) -> None:
-            with (verify_client or (lambda: registry_client(policy.registry)))() as client:
+            with (verify_client or (lambda: registry_client(policy.registry, self.access)))() as client:
                 try:
-                    verify_image(client, signed, rule.keys)
+                    if rule.keys:
+                        verify_image(client, signed, rule.keys)
+                    for required in rule.attestations:
+                        verify_attestations(client, signed, required.keys, required.predicate_type,
+                                            required.conditions)
                 except RegistryError as exc:
-                    raise RegistryError(f"cannot check signatures: {exc}") from None
+                    what = "signatures" if rule.keys else "attestations"
+                    raise RegistryError(f"cannot check {what}: {exc}") from None
 
         decision = decide(policy, ref.name, origin.digest, verify, self._verification_cache(policy),
-                          failures=(VerificationFailed, RegistryError, DigestMismatch, ManifestError))
+                          failures=(VerificationFailed, AttestationFailed, RegistryError, DigestMismatch,
+                                    ManifestError))
         message = decision.message()
         if origin.manifest != origin.digest or origin.layer is not None:
             message += f" [{origin}]"  # what runs: the manifest chosen and the layer placed

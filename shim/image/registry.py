@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import IO, Any
 
 from wasm_shim.oci.digest import StreamVerifier
@@ -27,28 +28,59 @@ from .place import place_layer
 MAX_CONFIG_SIZE = 1 << 20
 
 
-def registry_client(settings: Any) -> Any:
-    """A RegistryClient with the policy's `[registry]` settings (oci.policy.RegistrySettings, or None)."""
+@dataclass(frozen=True)
+class NodeRegistryAccess:
+    """How this node's shim reaches registries for its own lookups (shim options; docs/supply-chain.md): containerd's
+    registry host configuration, credentials, extra CAs and proxies. The policy's `[registry]` settings win."""
+
+    hosts: Any = None  # shim/image/hosts.py ContainerdHosts, or None
+    docker_config: str = ""
+    ca_bundle: str = ""
+    https_proxy: str = ""
+    http_proxy: str = ""
+    no_proxy: str = ""
+
+    @classmethod
+    def from_config(cls, config: Any) -> NodeRegistryAccess:
+        from .hosts import ContainerdHosts
+
+        return cls(ContainerdHosts(config.registry_config_path), config.registry_docker_config,
+                   config.registry_ca_bundle, config.https_proxy, config.http_proxy, config.no_proxy)
+
+
+def registry_client(settings: Any, access: NodeRegistryAccess | None = None) -> Any:
+    """A RegistryClient with the policy's `[registry]` settings (oci.policy.RegistrySettings, or None) over the
+    node's registry access (containerd's hosts, credentials, CAs, proxies)."""
     from wasm_shim.oci.auth import DockerCredentials
+    from wasm_shim.oci.proxy import ProxySettings
     from wasm_shim.oci.registry import RegistryClient
 
+    access = access or NodeRegistryAccess()
     environ = dict(os.environ)
-    if settings is not None and settings.docker_config:
-        environ["DOCKER_CONFIG"] = settings.docker_config
+    docker_config = (settings.docker_config if settings is not None else None) or access.docker_config
+    if docker_config:
+        environ["DOCKER_CONFIG"] = docker_config
+    ca_bundle = settings.ca_bundle if settings is not None else None
     return RegistryClient(
         DockerCredentials.from_environment(environ),
-        ca_bundle=settings.ca_bundle if settings else None,
+        ca_bundle=ca_bundle,
+        extra_cas=(access.ca_bundle,) if access.ca_bundle and not ca_bundle else (),
         insecure=settings.insecure if settings else (),
         connect_timeout=min(settings.timeout, 10.0) if settings else 10.0,
         read_timeout=settings.timeout if settings else 30.0, attempts=2, backoff=0.2,
+        hosts=access.hosts.registry_hosts() if access.hosts is not None else None,
+        proxies=ProxySettings.from_environment(https_proxy=access.https_proxy, http_proxy=access.http_proxy,
+                                               no_proxy=access.no_proxy),
     )
 
 
 class RegistryArtifacts:
     """The shim's own artifact path; `artifact_dir` is the node-local cache (empty: the annotation is refused)."""
 
-    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = ()) -> None:
+    def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = (),
+                 access: NodeRegistryAccess | None = None) -> None:
         self._artifact_dir = artifact_dir
+        self._access = access  # how the node reaches registries (NodeRegistryAccess), or None: the defaults
         self._allowed = allowed  # the registries a pod may name (shim option artifact_registries; oci/allowlist.py)
         self._cache_bytes = cache_bytes
         self._cache: Any = None
@@ -88,7 +120,7 @@ class RegistryArtifacts:
             cache = self._artifacts()
             doc = None
             digest = ref.digest
-            with registry_client(settings) as client:
+            with registry_client(settings, self._access) as client:
                 if digest:  # pinned: a cached manifest needs no registry at all
                     cached = cache.read_bytes(digest, MAX_MANIFEST_SIZE)
                     doc = parse_json_object(cached, f"cached manifest {digest}") if cached else None
@@ -124,7 +156,7 @@ class RegistryArtifacts:
         assert layer is not None
         try:
             ref = parse_reference(origin.name, default_tag=False).with_digest(origin.digest)
-            with registry_client(settings) as client:
+            with registry_client(settings, self._access) as client:
                 cached = self._artifacts().ensure(layer.digest, layer.size,
                                                   lambda sink: client.fetch_blob(ref, layer, sink))
         except (CacheError, DigestMismatch, ReferenceError, RegistryError) as exc:

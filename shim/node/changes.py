@@ -60,10 +60,11 @@ class Changes:
             created.append(directory)
             self.undo.add(f"mkdir {directory}", functools.partial(os.rmdir, self.host.path(directory)))
 
-    def write(self, node_path: str, data: bytes, mode: int = 0o644) -> None:
+    def write(self, node_path: str, data: bytes, mode: int = 0o644, keep_mode: bool = True) -> None:
         before = self.host.read(node_path)
         try:
-            write_atomic(self.host.path(node_path), data, mode_from=self.host.path(node_path), mode=mode)
+            write_atomic(self.host.path(node_path), data, mode_from=self.host.path(node_path) if keep_mode else None,
+                         mode=mode)
         except OSError as exc:
             raise InstallError(f"cannot write {node_path}: {exc.strerror}") from None
         self.undo.add(f"write {node_path}", functools.partial(self.put_back, node_path, before))

@@ -22,7 +22,9 @@ def write_atomic(path: str, data: bytes, *, mode_from: str | None = None, mode: 
     """Replace `path` with `data` all at once (temp file in the same directory + rename; mode of `mode_from`)."""
     partial = path + PARTIAL_SUFFIX
     try:
-        with open(partial, "wb") as f:
+        # Created 0600 and given its final mode only when complete: a file holding credentials is never readable by
+        # others, not even while it is written.
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

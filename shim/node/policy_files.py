@@ -5,6 +5,9 @@ Unless an explicit `--option policy=...` names the operator's own file, install 
 there. Running daemons re-read the file at their next Create (oci.policy.PolicyFile), so a new policy needs no
 restart of anything.
 
+Beside them, the chart's registry files (`config.json`, a docker config with credentials, written 0600;
+`registry-ca.pem`), which the shim options registry_docker_config and registry_ca_bundle name.
+
 Invariants: the directory holds exactly the files given (a key no longer given is removed, but only one the
 install record says we wrote); the policy is checked as the shim will read it (oci.policy.parse_policy, keys
 read) before anything is restarted, and a bad one fails the install with the reason; every write and removal is
@@ -22,6 +25,7 @@ from .session import Session
 
 POLICY_DIR = "policy"
 POLICY_FILE = "policy.toml"
+REGISTRY_CREDENTIALS = "config.json"  # registry credentials beside the policy (the shim option registry_docker_config)
 ALLOW_ALL_POLICY = (b"# Written by `wasm-shim node install` without --policy-dir: no signature checks.\n"
                     b"# docs/supply-chain.md \"The node's policy\"; the chart's signaturePolicy values set one.\n"
                     b'default = "allow"\n')
@@ -55,8 +59,11 @@ def install_policy(s: Session, created: list[str], recorded: Collection[str]) ->
     s.changes.mkdirs(directory, created)
     remove_stale_policy(s, recorded, keep=files)
     for name in sorted(files, key=lambda n: n == POLICY_FILE):  # the keys first, the policy that names them last
-        if s.host.read(os.path.join(directory, name)) != files[name]:
-            s.changes.write(os.path.join(directory, name), files[name])
+        # A docker config (the chart's registryAccess.dockerConfigSecret) holds credentials: root's only.
+        secret = name == REGISTRY_CREDENTIALS
+        if s.host.read(os.path.join(directory, name)) != files[name] or secret:
+            s.changes.write(os.path.join(directory, name), files[name], mode=0o600 if secret else 0o644,
+                            keep_mode=not secret)
     from wasm_shim.oci.policy import PolicyError, parse_policy
 
     def read(node_path: str) -> bytes:

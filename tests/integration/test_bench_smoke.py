@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = ("cold_start", "instance_start", "start_cmd", "throughput", "density", "compute", "components",
-           "supply_chain")
+           "supply_chain", "cli")
 
 
 def test_quick_bench_prints_table_and_writes_plots(tmp_path):
@@ -36,7 +36,7 @@ def test_quick_bench_prints_table_and_writes_plots(tmp_path):
     table = done.stdout
     assert "machine: " in table and "containerd: " in table and "wasmtime-py (the shim's engine): " in table
     for title in ("1. Cold start", "2. Instance start", "3. `start` subcommand", "4. Throughput", "5. Density",
-                  "6. Guest compute", "7. Components", "8. Supply chain"):
+                  "6. Guest compute", "7. Components", "8. Supply chain", "12. The CLI beside oras and cosign"):
         assert f"== {title}" in table, table
     assert "FAILED" not in table, table
     assert "wasm-shim warm" in table and "runc (busybox echo)" in table

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wasm_shim.oci.auth import AuthError, DockerCredentials, parse_challenge
+from wasm_shim.oci.auth import AuthError, Credential, DockerCredentials, parse_challenge
 
 
 def test_bearer_challenge_with_quoted_and_escaped_values() -> None:
@@ -89,3 +89,28 @@ def test_failing_or_missing_helper_is_named(tmp_path: Path, monkeypatch: pytest.
         creds.lookup("r.io")
     with pytest.raises(AuthError, match="docker-credential-absent .* is not on PATH"):
         creds.lookup("s.io")
+
+
+def test_store_and_erase_keep_the_rest_of_the_config(tmp_path: Path) -> None:
+    import stat
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "eDp5"}}, "detachKeys": "ctrl-e"}))
+    credentials = DockerCredentials.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+    assert credentials.store("Registry.Example:5000", Credential("u", "p")) == str(path)
+    assert credentials.store("docker.io", Credential("", "", "refresh")) == str(path)
+    saved = json.loads(path.read_text())
+    assert saved["detachKeys"] == "ctrl-e" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert saved["auths"] == {"https://index.docker.io/v1/": {"identitytoken": "refresh"},
+                              "Registry.Example:5000": {"auth": "dTpw"}}
+    again = DockerCredentials.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+    assert again.lookup("Registry.Example:5000") == Credential("u", "p")
+    assert again.erase("Registry.Example:5000") and not again.erase("Registry.Example:5000")
+    assert set(json.loads(path.read_text())["auths"]) == {"https://index.docker.io/v1/"}
+
+
+def test_store_names_a_missing_helper(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"credHelpers": {"r.example": "nosuchhelper"}}))
+    credentials = DockerCredentials.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+    with pytest.raises(AuthError, match="credential helper docker-credential-nosuchhelper .* is not on PATH"):
+        credentials.store("r.example", Credential("u", "p"))

@@ -235,3 +235,75 @@ def test_canonical_patterns() -> None:
     assert canonical_pattern("docker.io/*") == "docker.io/*"  # every docker.io repository, as written
     assert canonical_pattern("GHCR.io:443/team/*") == "ghcr.io/team/*"
     assert canonical_pattern("*") == "*"
+
+
+# -- attestations a rule requires ---------------------------------------------------------------------------------
+ATTESTED = ('[[rule]]\nimages = ["127.0.0.1:5000/team/*"]\n'
+            '[[rule.attestations]]\ntype = "slsaprovenance1"\nkeys = ["builder.pub"]\n'
+            '[rule.attestations.conditions]\n"runDetails.builder.id" = "https://ci.example/builder"\n'
+            '"buildDefinition.buildType" = ["https://a/v1", "https://b/v1"]\n')
+
+
+def test_a_rule_may_require_attestations_with_conditions(tmp_path: Path) -> None:
+    _pub(tmp_path / "builder.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text(ATTESTED)
+    rule = load_policy(str(path)).rules[0]
+    assert rule.keys == () and len(rule.attestations) == 1
+    required = rule.attestations[0]
+    assert required.predicate_type == "https://slsa.dev/provenance/v1" and len(required.keys) == 1
+    assert required.conditions == (("runDetails.builder.id", ("https://ci.example/builder",)),
+                                   ("buildDefinition.buildType", ("https://a/v1", "https://b/v1")))
+    assert rule.watched_files == (str(tmp_path / "builder.pub"),)
+    assert rule.satisfied() == "attestation https://slsa.dev/provenance/v1 verified with builder.pub"
+    # Another condition is another requirement: a verification cached under the old one does not count.
+    path.write_text(ATTESTED.replace("ci.example/builder", "ci.example/other"))
+    assert load_policy(str(path)).rules[0].fingerprint != rule.fingerprint
+
+
+def test_a_cached_attestation_verification_is_named_as_such(tmp_path: Path) -> None:
+    _pub(tmp_path / "builder.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text(ATTESTED)
+    policy = load_policy(str(path))
+    cache = VerificationCache(None, 60)
+    first = decide(policy, "127.0.0.1:5000/team/app", DIGEST, lambda rule: None, cache)
+    assert first.reason == "attestation https://slsa.dev/provenance/v1 verified with builder.pub"
+    assert decide(policy, "127.0.0.1:5000/team/app", DIGEST, lambda rule: None, cache).reason == \
+        "attestations verified (cached)"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[rule]]\nimages = ["x/*"]\nmode = "enforce"', "rule 1: needs keys .*, attestations, or both"),
+    ('[[rule]]\nimages = ["x/*"]\nattestations = "slsa"', "rule 1: attestations must be an array of tables"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\nkeys = ["builder.pub"]', "rule 1: attestation 1: type "
+     "must be a predicate type"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\ntype = "slsa"\nkeys = ["builder.pub"]',
+     "rule 1: attestation 1: unknown predicate type 'slsa'"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\ntype = "slsaprovenance1"', "rule 1: attestation 1: keys "
+     "must be a non-empty list"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\ntype = "slsaprovenance1"\nkeys = ["missing.pub"]',
+     "rule 1: attestation 1: cannot read key .*missing.pub"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\ntype = "slsaprovenance1"\nkeys = ["builder.pub"]\n'
+     'predicate = {}', "rule 1: attestation 1: unknown key.*predicate"),
+    ('[[rule]]\nimages = ["x/*"]\n[[rule.attestations]]\ntype = "slsaprovenance1"\nkeys = ["builder.pub"]\n'
+     'conditions = { "a.b" = {c = 1} }', "rule 1: attestation 1: condition a.b: the value must be"),
+])
+def test_invalid_attestation_requirements_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    _pub(tmp_path / "builder.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        load_policy(str(path))
+
+
+def test_a_policy_file_is_re_read_when_an_attestation_key_changes(tmp_path: Path) -> None:
+    from wasm_shim.oci.policy import PolicyFile
+
+    _pub(tmp_path / "builder.pub")
+    path = tmp_path / "policy.toml"
+    path.write_text(ATTESTED)
+    held = PolicyFile(str(path))
+    first = held.current()
+    _pub(tmp_path / "builder.next.pub").replace(tmp_path / "builder.pub")
+    assert held.current().rules[0].fingerprint != first.rules[0].fingerprint
