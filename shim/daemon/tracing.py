@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 #: rest are reads a client polls).
 TRACED_METHODS = ("Create", "Start", "Kill", "Delete")
 SERVICE_NAME = "wasm-shim"
+CONTAINERD_SERVICE_NAME = "containerd"
 #: W3C Trace Context (https://www.w3.org/TR/trace-context/ section 3): the headers containerd's otelttrpc puts
 #: into ttrpc metadata.
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
@@ -62,6 +63,10 @@ class Tracer:
         """A span named ``name`` under the current one for the ``with`` block; an exception leaving the block is
         recorded on it and marks it failed (then propagates)."""
         yield _NO_SPAN
+
+    def tag(self, key: str, value: str | int | bool) -> None:
+        """Set an attribute on the current span (the task call's, or a step's), e.g. the container id once a
+        handler has decoded it."""
 
 
 class Span:
@@ -116,6 +121,9 @@ class _OtelTracing(Tracing):
     def span(self, name: str, attributes: Mapping[str, str | int | bool] | None = None) -> Iterator[Span]:
         with self._tracer.start_as_current_span(name, attributes=dict(attributes or {})) as span:
             yield _OtelSpan(span)
+
+    def tag(self, key: str, value: str | int | bool) -> None:
+        self._trace.get_current_span().set_attribute(key, value)
 
     def traced(self, handlers: Mapping[tuple[str, str], Handler]) -> dict[tuple[str, str], Handler]:
         return {key: self._server_span(handler) if key[1] in TRACED_METHODS else handler
@@ -218,8 +226,11 @@ def _provider(protocol: str, endpoint: str | None, env: Mapping[str, str]) -> An
         # The option is the base URL, like OTEL_EXPORTER_OTLP_ENDPOINT; the signal's path is appended as the
         # specification says for that variable (OTLP exporter configuration, "Endpoint URLs for OTLP/HTTP").
         exporter = HttpExporter(endpoint=endpoint.rstrip("/") + "/v1/traces" if endpoint else None)
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over our default name (Resource.create reads them).
-    resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME_KEY: SERVICE_NAME})
+    # An operator's OTEL_SERVICE_NAME wins over ours, except "containerd": containerd 2.x writes that into its own
+    # environment when it is unset (pkg/tracing/plugin/otlp.go, newTracer), and every shim inherits it. Attributes
+    # given here win over OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (Resource.create merges them last).
+    named = env.get("OTEL_SERVICE_NAME", "")
+    resource = Resource.create({} if named and named != CONTAINERD_SERVICE_NAME else {SERVICE_NAME_KEY: SERVICE_NAME})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
