@@ -115,8 +115,15 @@ class Daemon:
         self.ttrpc_address = ttrpc_address
         self.entrypoints: EntrypointSource | None = None  # set by main(): the policy and the image providers
         self.tracing: Tracing = NO_TRACING  # set by main(): traces of the task calls (tracing.py), off by default
+        self.group = ""  # the grouping's key this daemon serves (`start` passes it: pod:SANDBOX, namespace, ...)
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
+
+    @property
+    def daemon_id(self) -> str:
+        """A short, stable name of this daemon: the start of its socket's name (a digest of containerd's address,
+        namespace, group and config), so its metrics socket, log file and `ps` line can be matched."""
+        return os.path.basename(self.socket_path)[:16] or f"pid-{os.getpid()}"
 
     def _touch(self, *_: object) -> None:
         self._idle_since = time.monotonic()
@@ -142,13 +149,18 @@ class Daemon:
                                  tracer=self.tracing)
         handlers = self.tracing.traced(task_handlers(self.tasks, self.namespace))
         metrics = None
-        if self.config.metrics_address:  # off by default (config.py); prometheus_client is imported only then
-            from .metrics import Metrics
+        if self.config.metrics_address or self.config.metrics_dir:
+            from .metrics import Metrics  # off by default (config.py); prometheus_client is imported only then
 
-            metrics = Metrics(self.tasks, [engine, native])
+            metrics = Metrics(self.tasks, [engine, native], {
+                "namespace": self.namespace, "grouping": self.config.grouping, "group": self.group,
+                "pid": str(os.getpid())})
             events.observe(metrics.on_event)
             handlers = metrics.timed(handlers)
-            await metrics.serve(self.config.metrics_address)
+            if self.config.metrics_address:
+                await metrics.serve(self.config.metrics_address)
+            if self.config.metrics_dir:
+                await metrics.serve_in(self.config.metrics_dir, self.daemon_id)
         server = Server(handlers, on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
@@ -312,6 +324,7 @@ def main() -> int:
     )
     daemon.entrypoints = entrypoints
     daemon.tracing = tracing
+    daemon.group = env.get("WASM_SHIM_DAEMON_GROUP", "")
     try:
         asyncio.run(daemon.run())
     except Exception:
