@@ -127,3 +127,74 @@ def test_metrics_dir_of_another_owner_is_refused(containerd_factory, wasm_image_
     while "belongs to uid 65534" not in shim_log_text(containerd) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert f"metrics_dir {directory}: belongs to uid 65534" in shim_log_text(containerd)
+
+
+# -- the reader alone, over real daemon-style endpoints (metrics.serve_http) on unix sockets --------------------
+def _exposition(starts: int) -> bytes:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    registry = CollectorRegistry()
+    Counter("wasm_shim_instance_starts", "Guests started", ["namespace"], registry=registry).labels("k8s.io").inc(
+        starts)
+    return generate_latest(registry)
+
+
+@pytest.mark.asyncio
+async def test_reader_merges_families_and_survives_bad_daemons(tmp_path: Path) -> None:
+    import asyncio
+
+    from wasm_shim.shim.daemon.metrics import serve_http
+    from wasm_shim.shim.daemon.metrics_node import NodeMetrics
+
+    directory = tmp_path / "m"
+    directory.mkdir(mode=0o700)
+
+    async def good_a() -> bytes:
+        return _exposition(1)
+
+    async def good_b() -> bytes:
+        return _exposition(2)
+
+    async def garbage() -> bytes:
+        return b"this is { not an exposition\n"
+
+    servers = [await serve_http(good_a, path=str(directory / "aaaa.sock")),
+               await serve_http(good_b, path=str(directory / "bbbb.sock")),
+               await serve_http(garbage, path=str(directory / "cccc.sock"))]
+
+    release = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await release.wait()  # accepts and does not answer
+        finally:
+            writer.close()
+
+    servers.append(await asyncio.start_unix_server(stall, str(directory / "dddd.sock")))
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(directory / "eeee.sock"))  # bound, never listening: a killed daemon's socket
+    stale.close()
+    (directory / "notes.txt").write_text("not a socket name")
+    try:
+        text = (await NodeMetrics(str(directory), timeout=1.0).exposition()).decode()
+    finally:
+        release.set()
+        await asyncio.sleep(0.05)
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert text.count("# TYPE wasm_shim_instance_starts_total counter") == 1  # one family, both daemons
+    samples = [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+    assert ("wasm_shim_instance_starts_total", {"namespace": "k8s.io", "daemon": "aaaa"}, 1.0) in samples
+    assert ("wasm_shim_instance_starts_total", {"namespace": "k8s.io", "daemon": "bbbb"}, 2.0) in samples
+    up = {labels["daemon"]: value for name, labels, value in samples if name == "wasm_shim_daemon_up"}
+    assert up == {"aaaa": 1.0, "bbbb": 1.0, "cccc": 0.0, "dddd": 0.0}
+    assert ("wasm_shim_node_daemons", {}, 2.0) in samples
+    assert ("wasm_shim_node_stale_sockets", {}, 1.0) in samples
+
+
+def test_metrics_serve_refuses_a_bad_listen_address() -> None:
+    done = subprocess.run([str(VENV_BIN / "wasm-shim"), "metrics", "serve", "--listen", "9464"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--listen '9464': expected HOST:PORT" in done.stderr
