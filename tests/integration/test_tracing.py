@@ -12,10 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from lab.containerd import ContainerdFactory
 from lab.cri_tools import HANDLER, CriNode, start_cri_node
+from lab.fixtures import BUSYBOX_REF
 from lab.otel import Collector, ReceivedSpan, running_collector
+from lab.registries import DockerRegistry
+from lab.shimtools import RUNTIME
+from wasm_shim.oci.auth import DockerCredentials
+from wasm_shim.oci.cosign import sign_image
+from wasm_shim.oci.reference import parse_reference
+from wasm_shim.oci.registry import RegistryClient
+from wasm_shim.oci.transfer import push_wasm
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +121,67 @@ def test_containerd_17_sends_no_trace_context(containerd_factory: ContainerdFact
     create = _shim_call(spans, "Create", cid)
     assert create is not None
     assert any(s.name == "wasm_shim.engine.prepare" and s.parent_id == create.span_id for s in spans)
+
+
+@pytest.mark.parametrize("containerd_factory", ["1.6"], indirect=True)
+def test_policy_check_and_registry_pull_are_steps_of_create(containerd_factory: ContainerdFactory, guests: Path,
+                                                            tmp_path: Path, collector: Collector,
+                                                            busybox_image_tar: Path) -> None:
+    """The annotation path (containerd 1.6: the shim pulls the artifact itself) under an enforcing policy: the
+    resolve, the signature check and the layer pull are children of the shim's Create span; a refused image's
+    check span is marked failed."""
+    registry = DockerRegistry(tmp_path / "registry").start()
+    client = RegistryClient(DockerCredentials({}), attempts=1)
+    try:
+        team = ec.generate_private_key(ec.SECP256R1())
+        (tmp_path / "team.pub").write_bytes(team.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (tmp_path / "policy.toml").write_text(f'default = "allow"\n[[rule]]\nimages = ["{registry.address}/team/*"]\n'
+                                              'keys = ["team.pub"]\nmode = "enforce"\n')
+        cache = tmp_path / "shim-cache"
+        cache.mkdir(mode=0o700)
+        containerd = containerd_factory(env={
+            "WASM_SHIM_POLICY": str(tmp_path / "policy.toml"), "WASM_SHIM_CACHE_DIR": str(cache),
+            "WASM_SHIM_ARTIFACT_DIR": str(tmp_path / "artifacts"),
+            "WASM_SHIM_ARTIFACT_REGISTRIES": f"{registry.address}/team",
+            "WASM_SHIM_TRACING_ENDPOINT": collector.http_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        containerd.import_image(busybox_image_tar)
+        signed = parse_reference(f"{registry.address}/team/artifact:v1")
+        signed = signed.with_digest(push_wasm(client, str(guests / "hello.wasm"), signed))
+        sign_image(client, signed, team)
+        unsigned = parse_reference(f"{registry.address}/team/unsigned:v1")
+        unsigned = unsigned.with_digest(push_wasm(client, str(guests / "hello.wasm"), unsigned,
+                                                  annotations={"x": "unsigned"}))
+        out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                             f"wasm.shim.io/artifact={signed.name}:v1", BUSYBOX_REF, "signed-1", "/app.wasm",
+                             timeout=120)
+        assert out.stdout.strip() == "hello from wasm"
+        refused = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--annotation",
+                                 f"wasm.shim.io/artifact={unsigned.name}:v1", BUSYBOX_REF, "unsigned-1",
+                                 "/app.wasm", check=False, timeout=120)
+        assert refused.returncode != 0
+        spans = collector.wait_for(lambda s: _shim_call(s, "Create", "unsigned-1") is not None, 30,
+                                   "the shim's Create span of the refused container")
+    finally:
+        client.close()
+        registry.stop()
+
+    def steps(container_id: str) -> dict[str, ReceivedSpan]:
+        create = _shim_call(spans, "Create", container_id)
+        assert create is not None
+        entrypoint = next(s for s in spans if s.name == "wasm_shim.entrypoint" and s.parent_id == create.span_id)
+        return {s.name: s for s in spans if s.parent_id == entrypoint.span_id} | {"create": create}
+
+    signed_steps = steps("signed-1")
+    assert signed_steps["wasm_shim.registry.resolve"].attributes["oci.digest"] == signed.digest
+    check = signed_steps["wasm_shim.policy.check"]
+    assert check.attributes["oci.digest"] == signed.digest
+    assert check.attributes["wasm_shim.policy.verdict"] == "allow"
+    pull = signed_steps["wasm_shim.registry.pull"]
+    assert pull.attributes["wasm_shim.cache_hit"] == "false"
+    assert pull.attributes["oci.size"] == str((guests / "hello.wasm").stat().st_size)
+
+    refused_steps = steps("unsigned-1")
+    assert refused_steps["wasm_shim.policy.check"].status == "Error"
+    assert "wasm_shim.registry.pull" not in refused_steps  # refused before anything was placed
+    assert refused_steps["create"].status == "Error"
