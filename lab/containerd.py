@@ -1,4 +1,4 @@
-"""A private containerd (Debian's 1.6 or the 2.x build in .tools/bin) for one test, in a temp dir.
+"""A private containerd (Debian's 1.6, or the 1.7 and 2.x builds in .tools/bin) for one test, in a temp dir.
 
 Owns: writing the config, starting containerd with the PATH that finds our shim, waiting until it answers,
 running `ctr` against it, and `stop()`, which leaves the machine as it found it.
@@ -39,8 +39,15 @@ from lab.procs import unix_socket_answers
 
 from .toml_writer import deep_merge, dumps
 
-Kind = Literal["1.6", "2.x"]
-KINDS: tuple[Kind, ...] = ("1.6", "2.x")
+Kind = Literal["1.6", "1.7", "2.x"]
+KINDS: tuple[Kind, ...] = ("1.6", "1.7", "2.x")
+#: The kinds every containerd test runs on; a test marked ``containerd_1_7`` runs on 1.7 too (lab/fixtures.py).
+DEFAULT_KINDS: tuple[Kind, ...] = ("1.6", "2.x")
+#: Kinds whose config is version 2 with the one CRI plugin io.containerd.grpc.v1.cri (1.6 and 1.7).
+CONFIG_V2_KINDS: tuple[Kind, ...] = ("1.6", "1.7")
+#: Kinds whose CRI pull can pull a wasm OCI artifact: their unpacker skips layers that are not tars (1.7's
+#: pkg/unpack splits layers from non-layers by media type); 1.6.20 unpacks every layer as a tar and fails.
+ARTIFACT_PULL_KINDS: tuple[Kind, ...] = ("1.7", "2.x")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
@@ -70,6 +77,16 @@ _DISABLED_PLUGINS: dict[Kind, list[str]] = {
         "io.containerd.tracing.processor.v1.otlp",
         "io.containerd.internal.v1.tracing",
     ],
+    "1.7": [
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.snapshotter.v1.blockfile",
+        "io.containerd.nri.v1.nri",
+        "io.containerd.tracing.processor.v1.otlp",
+        "io.containerd.internal.v1.tracing",
+    ],
     # Also NRI: it would listen on the machine-wide /var/run/nri/nri.sock.
     "2.x": [
         "io.containerd.snapshotter.v1.blockfile",
@@ -85,6 +102,7 @@ _DISABLED_PLUGINS: dict[Kind, list[str]] = {
 }
 _CRI_PLUGINS: dict[Kind, list[str]] = {
     "1.6": ["io.containerd.grpc.v1.cri"],
+    "1.7": ["io.containerd.grpc.v1.cri"],
     "2.x": [
         "io.containerd.grpc.v1.cri",
         "io.containerd.cri.v1.images",
@@ -92,6 +110,10 @@ _CRI_PLUGINS: dict[Kind, list[str]] = {
         "io.containerd.podsandbox.controller.v1.podsandbox",
     ],
 }
+
+
+#: Left enabled when containerd's environment names an OTLP endpoint (a tracing test); otherwise tracing is off.
+_TRACING_PLUGINS = ("io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing")
 
 
 # What the `containerd_factory` fixture returns: factory(kind=None, *, cri=False, extra_config="", env=None).
@@ -126,18 +148,20 @@ def require_root() -> None:
 
 
 def binaries(kind: Kind) -> tuple[str, str]:
-    """(containerd, ctr) for ``kind``: Debian's in /usr/bin for 1.6, `.tools/bin/{containerd,ctr}-2` else."""
+    """(containerd, ctr) for ``kind``: Debian's in /usr/bin for 1.6, `.tools/bin/{containerd,ctr}-1.7` or
+    `-2` else."""
     if kind == "1.6":
         found = [shutil.which(name, path="/usr/local/bin:/usr/bin:/bin") for name in ("containerd", "ctr")]
         if not all(found):
             raise ComponentMissing("Debian's containerd 1.6 is not installed (apt-get install containerd)")
         return found[0] or "", found[1] or ""
-    if kind == "2.x":
-        daemon, client = TOOLS_BIN / "containerd-2", TOOLS_BIN / "ctr-2"
+    if kind in ("1.7", "2.x"):
+        suffix = "1.7" if kind == "1.7" else "2"
+        daemon, client = TOOLS_BIN / f"containerd-{suffix}", TOOLS_BIN / f"ctr-{suffix}"
         for path in (daemon, client):
             if not os.access(path, os.X_OK):
                 # Not a skip: setup builds these on any machine with Go, so a missing one is a setup failure.
-                raise HarnessError(f"{path} is missing; run `make setup` (it builds containerd 2.x with Go)")
+                raise HarnessError(f"{path} is missing; run `make setup` (it builds containerd {kind} with Go)")
         return str(daemon), str(client)
     raise ValueError(f"containerd kind must be one of {KINDS}, not {kind!r}")
 
@@ -492,11 +516,13 @@ def _config(
     shim_socket_dir: Path,
     snapshotter: str,
     cri: bool,
+    traced: bool = False,
 ) -> dict[str, Any]:
-    disabled = list(_DISABLED_PLUGINS[kind]) + ([] if cri else list(_CRI_PLUGINS[kind]))
+    disabled = [p for p in _DISABLED_PLUGINS[kind] if not (traced and p in _TRACING_PLUGINS)]
+    disabled += [] if cri else list(_CRI_PLUGINS[kind])
     config: dict[str, Any] = {
-        # 1.6 reads config version 2; 2.x reads 3 (and migrates it to its own current version).
-        "version": 2 if kind == "1.6" else 3,
+        # 1.6 and 1.7 read config version 2; 2.x reads 3 (and migrates it to its own current version).
+        "version": 2 if kind in CONFIG_V2_KINDS else 3,
         "root": str(tmp / "root"),
         "state": str(tmp / "state"),
         "disabled_plugins": disabled,
@@ -510,7 +536,7 @@ def _config(
         plugins["io.containerd.shim.v1.manager"] = {"socket_dir": str(shim_socket_dir)}
     if cri:
         cni_conf_dir = str(tmp / "cni" / "net.d")
-        if kind == "1.6":
+        if kind in CONFIG_V2_KINDS:
             plugins["io.containerd.grpc.v1.cri"] = {
                 "stream_server_port": "0",
                 "cni": {"conf_dir": cni_conf_dir, "bin_dir": _CNI_BIN_DIR},
@@ -609,6 +635,9 @@ def launch(
             shim_socket_dir=sock_dir,
             snapshotter=instance.snapshotter,
             cri=cri,
+            # containerd's tracing plugins load only with an endpoint; they stay off unless a test names one.
+            traced=bool(environment.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        or environment.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
         )
         if prepare_config is None:
             instance.config_path.write_text(dumps(deep_merge(config, overrides)))

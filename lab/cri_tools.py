@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.containerd import TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
+from lab.containerd import CONFIG_V2_KINDS, TOOLS_BIN, VENV_BIN, Containerd, HarnessError, Kind
 from lab.procs import stop_process
 from lab.registries import DockerRegistry
 from wasm_shim.oci.layout import build_image_tar
@@ -55,7 +55,7 @@ class CrictlError(HarnessError):
 
 def containerd_config_table(kind: Kind, *options: str, handler: str = HANDLER) -> str:
     """Our runtime table, exactly as the operator gets it: from `wasm-shim containerd-config`."""
-    argv = [str(WASM_SHIM), "containerd-config", "--config-version", "2" if kind == "1.6" else "3",
+    argv = [str(WASM_SHIM), "containerd-config", "--config-version", "2" if kind in CONFIG_V2_KINDS else "3",
             "--handler", handler]
     for option in options:
         argv += ["--option", option]
@@ -71,7 +71,7 @@ def sandbox_image_config(kind: Kind, ref: str = PAUSE_REF) -> str:
     Also `restrict_oom_score_adj`: CRI gives the pause container oom_score_adj -998, which needs
     CAP_SYS_RESOURCE; this machine's root lacks it (runc: "failed to update /proc/self/oom_score_adj:
     Permission denied"), so CRI must clamp it to containerd's own, as on rootless/nested nodes."""
-    if kind == "1.6":
+    if kind in CONFIG_V2_KINDS:
         return (f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{ref}"\n'
                 "  restrict_oom_score_adj = true\n")
     return (f'[plugins."io.containerd.cri.v1.images".pinned_images]\n  sandbox = "{ref}"\n'
@@ -314,14 +314,15 @@ class CriNode:
 
 
 def cni_config(kind: Kind, conf_dir: Path) -> str:
-    table = 'plugins."io.containerd.grpc.v1.cri".cni' if kind == "1.6" else 'plugins."io.containerd.cri.v1.runtime".cni'
+    plugin = "io.containerd.grpc.v1.cri" if kind in CONFIG_V2_KINDS else "io.containerd.cri.v1.runtime"
+    table = f'plugins."{plugin}".cni'
     return f'[{table}]\n  conf_dir = "{conf_dir}"\n'
 
 
 def runc_table(kind: Kind) -> str:
     """The default `runc` handler. Needed once any runtime table is given: the `runtimes` map then replaces
     containerd's built-in one, and CRI refuses to load without its default_runtime_name ("runc")."""
-    plugin = "io.containerd.grpc.v1.cri" if kind == "1.6" else "io.containerd.cri.v1.runtime"
+    plugin = "io.containerd.grpc.v1.cri" if kind in CONFIG_V2_KINDS else "io.containerd.cri.v1.runtime"
     return f'[plugins."{plugin}".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
 
 
@@ -333,7 +334,7 @@ def cri_extra_config(kind: Kind, *runtime_options: str, extra: str = "") -> str:
 
 def start_cri_node(
     factory: Callable[..., Containerd], kind: Kind, pause: Path, workdir: Path, *,
-    runtime_options: Sequence[str] = (), extra_config: str = "",
+    runtime_options: Sequence[str] = (), extra_config: str = "", env: Mapping[str, str] | None = None,
 ) -> CriNode:
     """Start a CRI-enabled containerd `kind` from `factory` (the harness fixture), set up CNI, import the pause
     image, and wait until CRI reports its network ready."""
@@ -344,7 +345,7 @@ def start_cri_node(
     conf_dir.mkdir(parents=True, exist_ok=True)
     ipam_dir.mkdir(parents=True, exist_ok=True)
     (conf_dir / "10-wasm-shim-test.conflist").write_text(json.dumps(network.conflist(ipam_dir), indent=2))
-    containerd = factory(kind, cri=True, extra_config=cri_extra_config(
+    containerd = factory(kind, cri=True, env=env, extra_config=cri_extra_config(
         kind, *runtime_options, extra=cni_config(kind, conf_dir) + extra_config))
     config_file = workdir / "crictl.yaml"
     config_file.write_text(f"runtime-endpoint: unix://{containerd.address}\n"

@@ -4,11 +4,12 @@ Load it with ``pytest_plugins = ["lab.fixtures"]`` (in a test module or the top-
 
 Fixtures
 - ``containerd``: a fresh private containerd per test, parametrized over Debian's 1.6 and the 2.x build
-  (ids ``containerd-1.6`` / ``containerd-2.x``), with ``.venv/bin`` first on its PATH so that
-  `containerd-shim-wasmtime-v1` is ours. Function-scoped: a start takes about 0.1 s here, and a fresh instance
-  keeps tests independent.
+  (ids ``containerd-1.6`` / ``containerd-2.x``), and the 1.7 build (``containerd-1.7``) for tests marked
+  ``containerd_1_7`` (the CRI and artifact tests and a smoke set: the suite's time stays in check), with
+  ``.venv/bin`` first on its PATH so that `containerd-shim-wasmtime-v1` is ours. Function-scoped: a start takes
+  about 0.1 s here, and a fresh instance keeps tests independent.
 - ``containerd_factory``: ``factory(kind=None, *, cri=False, extra_config="", env=None) -> Containerd`` for
-  tests that need CRI, their own config or environment (``env`` reaches the shims). Parametrized over the two
+  tests that need CRI, their own config or environment (``env`` reaches the shims). Parametrized over the
   kinds like ``containerd``; ``kind=None`` means the parameter's. All instances it made stop at teardown.
 - ``busybox_image_tar`` (session): an OCI image tarball of Debian's static /bin/busybox with applet symlinks.
 - ``busybox_image``: that image imported into ``containerd``; returns its ref.
@@ -28,7 +29,7 @@ import pytest
 
 from wasm_shim.oci.layout import Symlink, build_image_tar
 
-from .containerd import KINDS, VENV_BIN, ComponentMissing, Containerd, ContainerdFactory, Kind, launch
+from .containerd import DEFAULT_KINDS, KINDS, VENV_BIN, ComponentMissing, Containerd, ContainerdFactory, Kind, launch
 
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static: one static binary, runs in an empty rootfs
 BUSYBOX_REF = "localhost/wasm-shim-test/busybox:latest"
@@ -73,7 +74,27 @@ def _stop(instance: Containerd, node: pytest.Item) -> None:
     instance.stop()
 
 
-@pytest.fixture(params=KINDS, ids=[f"containerd-{k}" for k in KINDS])
+_KIND_FIXTURES = ("containerd", "containerd_factory")
+#: A test (or module) with this marker runs on containerd 1.7 too; others on DEFAULT_KINDS (1.6 and 2.x).
+CONTAINERD_17_MARK = "containerd_1_7"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{CONTAINERD_17_MARK}: also run this test on containerd 1.7 (lab/fixtures.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``containerd`` / ``containerd_factory`` over the kinds (unless the test names its own kinds with
+    ``@pytest.mark.parametrize(FIXTURE, [...], indirect=True)``): 1.6 and 2.x, plus 1.7 when marked."""
+    named = {name.strip() for mark in metafunc.definition.iter_markers("parametrize")
+             for name in (mark.args[0].split(",") if isinstance(mark.args[0], str) else mark.args[0])}
+    kinds = KINDS if metafunc.definition.get_closest_marker(CONTAINERD_17_MARK) else DEFAULT_KINDS
+    for fixture in _KIND_FIXTURES:
+        if fixture in metafunc.fixturenames and fixture not in named:
+            metafunc.parametrize(fixture, kinds, indirect=True, ids=[f"containerd-{k}" for k in kinds])
+
+
+@pytest.fixture
 def containerd(request: pytest.FixtureRequest) -> Iterator[Containerd]:
     instance = _start(request.param)
     try:
@@ -82,7 +103,7 @@ def containerd(request: pytest.FixtureRequest) -> Iterator[Containerd]:
         _stop(instance, request.node)
 
 
-@pytest.fixture(params=KINDS, ids=[f"containerd-{k}" for k in KINDS])
+@pytest.fixture
 def containerd_factory(request: pytest.FixtureRequest) -> Iterator[ContainerdFactory]:
     started: list[Containerd] = []
 

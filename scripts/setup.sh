@@ -41,6 +41,14 @@ GO_TOOLS=(
   "crane|v0.22.1|default|github.com/google/go-containerregistry/cmd/crane|crane"
 )
 
+# Go tools whose go.mod has exclude or replace directives, which `go install pkg@version` refuses: their module's
+# source comes from the module proxy (`go mod download`) and is built as the main module, with its own go.sum.
+# Fields: name | module | version | packages (relative to the module) | links, as above. containerd 1.7: the
+# release many clusters still run (the integration suite's third containerd kind, lab/containerd.py).
+GO_SOURCE_TOOLS=(
+  "containerd-1.7|github.com/containerd/containerd|v1.7.35|./cmd/containerd ./cmd/ctr|containerd:containerd-1.7 ctr:ctr-1.7"
+)
+
 APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
@@ -105,6 +113,10 @@ need_go() {
   for line in "${GO_TOOLS[@]}"; do
     IFS='|' read -r name version kind packages links <<<"$line"
     selected "$name" "$kind" || continue
+    for pkg in $packages; do [[ -x "$CACHE/go/$name-$version/bin/${pkg##*/}" ]] || return 0; done
+  done
+  for line in "${GO_SOURCE_TOOLS[@]}"; do
+    IFS='|' read -r name _ version packages links <<<"$line"
     for pkg in $packages; do [[ -x "$CACHE/go/$name-$version/bin/${pkg##*/}" ]] || return 0; done
   done
   return 1
@@ -264,6 +276,33 @@ for line in "${GO_TOOLS[@]}"; do
     run "go-$name-$bin" env CGO_ENABLED=0 GOBIN="$bindir" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS=-buildvcs=false \
       "$GO" install "$pkg@$version"
   done
+  for link in $links; do
+    bin="${link%%:*}"; alias="${link#*:}"
+    [[ "$(readlink "$TOOLS_BIN/$alias" 2>/dev/null)" == "$bindir/$bin" ]] && continue
+    ln -sfn "$bindir/$bin" "$TOOLS_BIN/$alias"
+  done
+  exec 9>&-
+done
+
+for line in "${GO_SOURCE_TOOLS[@]}"; do
+  IFS='|' read -r name module version packages links <<<"$line"
+  bindir="$CACHE/go/$name-$version/bin"
+  mkdir -p "$CACHE/go"
+  exec 9>"$CACHE/go/.lock-$name-$version"
+  flock 9
+  missing_bins=()
+  for pkg in $packages; do [[ -x "$bindir/${pkg##*/}" ]] || missing_bins+=("$pkg"); done
+  if ((${#missing_bins[@]})); then
+    [[ -n "$GO" ]] || GO="$(find_go)" || die "Go >= $MIN_GO is needed to build $name $version and there is none"
+    say "building $name $version from its module source (first time only; takes a few minutes)"
+    src="$(GOFLAGS=-mod=mod "$GO" mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [[ -d "$src" ]] || die "go mod download $module@$version gave no source directory"
+    work="$(mktemp -d)"
+    cp -r "$src/." "$work/" && chmod -R u+w "$work"
+    run "go-$name" env -C "$work" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-buildvcs=false -mod=mod" \
+      "$GO" build -o "$bindir/" "${missing_bins[@]}"
+    rm -rf "$work"
+  fi
   for link in $links; do
     bin="${link%%:*}"; alias="${link#*:}"
     [[ "$(readlink "$TOOLS_BIN/$alias" 2>/dev/null)" == "$bindir/$bin" ]] && continue

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 GROUPINGS = ("namespace", "pod", "container")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TRACING_PROTOCOLS = ("http/protobuf", "grpc")  # OTLP's two transports (shim/daemon/tracing.py)
 DEFAULT_CONFIG_FILE = "/etc/wasm-shim/config.toml"
 #: Keys of containerd's own runtimeoptions.v1.Options that may appear in the options table (Go field names).
 CONTAINERD_OPTION_KEYS = ("TypeUrl", "ConfigPath")
@@ -40,7 +41,7 @@ class ShimConfig:
     __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
                  "artifact_dir", "artifact_cache_mb", "artifact_registries", "metrics_address",
                  "registry_config_path", "registry_docker_config", "registry_ca_bundle", "https_proxy", "http_proxy",
-                 "no_proxy")
+                 "no_proxy", "metrics_dir", "tracing_endpoint", "tracing_protocol")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
@@ -63,6 +64,13 @@ class ShimConfig:
     #:   "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:/absolute/path". Loopback or a unix socket only:
     #:   the endpoint has no authentication. One daemon per address: with several daemons on a node (one per
     #:   namespace, or per pod) the first binds it and the others log that they serve no metrics.
+    #: metrics_dir: a root-only directory (created 0700) where every daemon serves its metrics on a unix socket of
+    #:   its own (``<daemon id>.sock``, 0600), for the node's one endpoint (`wasm-shim metrics serve`, the chart's
+    #:   metrics container) to read them all; "" = off (the default). Independent of metrics_address.
+    #: tracing_endpoint: the OTLP collector the daemon sends traces of its task calls to (shim/daemon/tracing.py),
+    #:   an http:// or https:// base URL like OTEL_EXPORTER_OTLP_ENDPOINT; "" = the daemon's environment
+    #:   (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT), and without those no tracing.
+    #: tracing_protocol: "http/protobuf" or "grpc"; "" = OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf.
     #: registry_config_path: containerd's registry host directories (`HOST[:PORT]/hosts.toml`, `:`-separated) the
     #:   shim's own lookups (signatures, attestations, wasm.shim.io/artifact) follow: "" = the config_path of the
     #:   containerd the daemon serves, read from its config file (shim/image/hosts.py).
@@ -91,6 +99,9 @@ class ShimConfig:
         "https_proxy": "",
         "http_proxy": "",
         "no_proxy": "",
+        "metrics_dir": "",
+        "tracing_endpoint": "",
+        "tracing_protocol": "",
     }
 
     grouping: str
@@ -110,6 +121,9 @@ class ShimConfig:
     https_proxy: str
     http_proxy: str
     no_proxy: str
+    metrics_dir: str
+    tracing_endpoint: str
+    tracing_protocol: str
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -180,9 +194,15 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if key in ("https_proxy", "http_proxy") and value and "://" in value and \
             not value.startswith(("http://", "https://")):
         raise ConfigError(f"{origin}: {key} must be an http:// or https:// proxy URL, got {value!r}")
-    optional = key in ("component_runner", "policy", "registry_docker_config", "registry_ca_bundle") and value == ""
+    if key == "tracing_endpoint" and value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: tracing_endpoint must be an http:// or https:// URL (an OTLP collector), got "
+                          f"{value!r}")
+    if key == "tracing_protocol" and value not in ("", *TRACING_PROTOCOLS):
+        raise ConfigError(f"{origin}: tracing_protocol must be one of {', '.join(TRACING_PROTOCOLS)}, got {value!r}")
+    optional = key in ("component_runner", "policy", "registry_docker_config", "registry_ca_bundle",
+                       "metrics_dir") and value == ""
     paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir", "registry_docker_config",
-             "registry_ca_bundle")
+             "registry_ca_bundle", "metrics_dir")
     if key in paths and not optional and not os.path.isabs(value):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value

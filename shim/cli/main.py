@@ -9,6 +9,7 @@ in registry_cli.py. Each subcommand imports only what it needs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..launch.binary import VERSION
@@ -95,6 +96,42 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
 
 def _cmd_version(args: argparse.Namespace) -> int:
     sys.stdout.write(version_text() + "\n")
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    """The node's one metrics endpoint over every daemon's socket in --dir (shim/daemon/metrics_node.py)."""
+    import asyncio
+    import logging
+    import signal
+
+    from ..daemon.metrics_node import parse_listen, serve
+
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        sys.stderr.write(f"wasm-shim metrics: {exc}\n")
+        return 2
+    if not os.path.isabs(args.dir):
+        sys.stderr.write(f"wasm-shim metrics: --dir {args.dir!r} must be an absolute path\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        try:
+            await serve(args.dir, args.listen)
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        sys.stderr.write(f"wasm-shim metrics: cannot listen on {args.listen}: {exc.strerror or exc}\n")
+        return 1
     return 0
 
 
@@ -371,6 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--expect", default="", help="check-log: the text its log must hold")
     node.add_argument("--timeout", type=float, default=180.0, help="check-log, delete-daemonset: seconds to wait")
     node.set_defaults(func=_cmd_node)
+    met = sub.add_parser("metrics", help="serve every shim daemon's metrics on this node as one endpoint",
+                         description="serve: read each daemon's metrics from its socket in --dir (the shim option "
+                         "metrics_dir) at every scrape and answer GET /metrics on --listen, each series labelled "
+                         "daemon=ID (what the chart's metrics container runs). See docs/metrics.md.")
+    met.add_argument("action", choices=("serve",))
+    met.add_argument("--dir", default="/run/wasm-shim/metrics", help="the daemons' metrics_dir "
+                     "(default /run/wasm-shim/metrics)")
+    met.add_argument("--listen", default="0.0.0.0:9464", help="HOST:PORT to serve on (default 0.0.0.0:9464)")
+    met.set_defaults(func=_cmd_metrics)
     bun = sub.add_parser("bundle", help="build the self-contained node bundle",
                          description="Build the node bundle (interpreter, stdlib, dependencies, our code, the "
                          "component runner) into a new directory OUT. See docs/node-install.md.")

@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, ShimConfig, load_config
+from .tracing import NO_TRACING, Tracing, tracing_from
 
 if TYPE_CHECKING:
     from ..engines.wasmtime import WasmtimeEngine
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wasm_shim")
 
 LISTEN_FD = 3
+TRACING_FLUSH_SECONDS = 6.0  # the exporter's flush at exit (5 s, tracing.py) and a margin
 WORKERS = 6  # the loop's worker threads (blocking steps of Create/Start/Kill/Delete, stdio drains)
 
 
@@ -112,8 +114,16 @@ class Daemon:
         self.namespace = namespace
         self.ttrpc_address = ttrpc_address
         self.entrypoints: EntrypointSource | None = None  # set by main(): the policy and the image providers
+        self.tracing: Tracing = NO_TRACING  # set by main(): traces of the task calls (tracing.py), off by default
+        self.group = ""  # the grouping's key this daemon serves (`start` passes it: pod:SANDBOX, namespace, ...)
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
+
+    @property
+    def daemon_id(self) -> str:
+        """A short, stable name of this daemon: the start of its socket's name (a digest of containerd's address,
+        namespace, group and config), so its metrics socket, log file and `ps` line can be matched."""
+        return os.path.basename(self.socket_path)[:16] or f"pid-{os.getpid()}"
 
     def _touch(self, *_: object) -> None:
         self._idle_since = time.monotonic()
@@ -135,16 +145,22 @@ class Daemon:
         forwarder = TtrpcForwarder(self.ttrpc_address)
         events = EventQueue(forwarder)
         events.start()
-        self.tasks = TaskService([engine, native], events, on_empty=self._touch, entrypoints=self.entrypoints)
-        handlers = task_handlers(self.tasks, self.namespace)
+        self.tasks = TaskService([engine, native], events, on_empty=self._touch, entrypoints=self.entrypoints,
+                                 tracer=self.tracing)
+        handlers = self.tracing.traced(task_handlers(self.tasks, self.namespace))
         metrics = None
-        if self.config.metrics_address:  # off by default (config.py); prometheus_client is imported only then
-            from .metrics import Metrics
+        if self.config.metrics_address or self.config.metrics_dir:
+            from .metrics import Metrics  # off by default (config.py); prometheus_client is imported only then
 
-            metrics = Metrics(self.tasks, [engine, native])
+            metrics = Metrics(self.tasks, [engine, native], {
+                "namespace": self.namespace, "grouping": self.config.grouping, "group": self.group,
+                "pid": str(os.getpid())})
             events.observe(metrics.on_event)
             handlers = metrics.timed(handlers)
-            await metrics.serve(self.config.metrics_address)
+            if self.config.metrics_address:
+                await metrics.serve(self.config.metrics_address)
+            if self.config.metrics_dir:
+                await metrics.serve_in(self.config.metrics_dir, self.daemon_id)
         server = Server(handlers, on_connection_change=self._touch)
         await server.start(sock=self.listener)
         loop = asyncio.get_running_loop()
@@ -167,6 +183,9 @@ class Daemon:
             await forwarder.close()
             if self.entrypoints is not None:
                 self.entrypoints.close()
+            if self.tracing.enabled:
+                await _bounded(loop.run_in_executor(None, self.tracing.close), TRACING_FLUSH_SECONDS,
+                               "tracing: spans still queued at exit are dropped (the collector did not take them)")
             log.info("daemon exiting")
 
     def _busy(self, server: Server) -> bool:
@@ -212,7 +231,15 @@ class Daemon:
                 os.close(lock_fd)
 
 
-def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> EntrypointSource:
+async def _bounded(work: asyncio.Future[None], seconds: float, message: str) -> None:
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        log.warning("%s", message)
+
+
+def _entrypoints(config: ShimConfig, admission: Admission | None = None,
+                 tracing: Tracing = NO_TRACING) -> EntrypointSource:
     """Where Create finds a task's entrypoint and which image it is (shim/image/source.py), with the signature
     policy, if configured, loaded now so that one that does not parse is reported at once (oci.policy.PolicyError;
     main() then refuses every container), and re-read at a Create after the file changed."""
@@ -230,11 +257,11 @@ def _entrypoints(config: ShimConfig, admission: Admission | None = None) -> Entr
             log.info("signature policy %s: default %s, %d rule(s); re-read when it changes", config.policy,
                      policy.default, len(policy.rules))
         admission = Admission(policy_file, verified_dir=os.path.join(config.cache_dir, "verified"),
-                              access=NodeRegistryAccess.from_config(config))
+                              access=NodeRegistryAccess.from_config(config), tracer=tracing)
     return EntrypointSource(admission, registry=RegistryArtifacts(config.artifact_dir,
                                                                   config.artifact_cache_mb << 20,
                                                                   allowed=config.artifact_registries,
-                                                                  access=admission.access))
+                                                                  access=admission.access, tracer=tracing))
 
 
 def _wasmtime_engine(factory: type[WasmtimeEngine], config: ShimConfig) -> WasmtimeEngine:
@@ -275,8 +302,9 @@ def main() -> int:
         log.error("no listening socket on fd %d (the daemon is started by `start`): %s", LISTEN_FD, exc)
         return 2
     listener.set_inheritable(False)
+    tracing = tracing_from(config)  # NO_TRACING unless configured; then the SDK is imported here, once
     try:
-        entrypoints = _entrypoints(config)
+        entrypoints = _entrypoints(config, tracing=tracing)
     except Exception as exc:  # PolicyError, CacheError: never run without the policy the operator asked for
         # Exiting here would leave containerd with "ttrpc: closed" and the reason only in a log; instead every
         # Create is refused with it (what `ctr` and `kubectl describe` show), and the daemon exits as soon as it is
@@ -295,6 +323,8 @@ def main() -> int:
         env.get("WASM_SHIM_DAEMON_TTRPC_ADDRESS", ""),
     )
     daemon.entrypoints = entrypoints
+    daemon.tracing = tracing
+    daemon.group = env.get("WASM_SHIM_DAEMON_GROUP", "")
     try:
         asyncio.run(daemon.run())
     except Exception:

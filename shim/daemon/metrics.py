@@ -1,16 +1,19 @@
-"""The daemon's Prometheus metrics: off by default, on with the config key ``metrics_address``.
+"""The daemon's Prometheus metrics: off by default, on with the config keys ``metrics_address`` and ``metrics_dir``.
 
 Owns one ``prometheus_client`` registry per daemon (never the library's global one), what is counted in it, and the
-small HTTP endpoint that serves it on loopback TCP or a unix socket. The exposition format is prometheus_client's
-(``generate_latest``); only the HTTP framing of one GET is ours, so the endpoint runs on the daemon's event loop
-and reads the task table where it lives, without locks or a thread.
+small HTTP endpoint that serves it on loopback TCP or a unix socket: ``metrics_address`` (one per node: the first
+daemon binds it), and a socket of its own, ``<metrics_dir>/<daemon id>.sock``, that the node's endpoint reads
+(metrics_node.py). The directory is root's and 0700, checked (and tightened) before a socket goes into it. The
+exposition format is prometheus_client's (``generate_latest``); only the HTTP framing of one GET is ours, so the
+endpoint runs on the daemon's event loop and reads the task table where it lives, without locks or a thread.
 
 Where the figures come from (one module, nothing scattered through the daemon):
 - the events queue (``EventQueue.observe``): instance starts (``/tasks/start``) and OOM events (``/tasks/oom``);
 - the RPC handler table (``timed``): calls by method and status, and the Start latency histogram (Start received
   to answered: the instance start as containerd sees it);
 - at scrape time: tasks by state and per-task memory (``TaskService.snapshot``), and the compiled-module cache
-  counters of every engine that keeps one (``Engine.cache_stats``, the engine contract).
+  counters of every engine that keeps one (``Engine.cache_stats``, the engine contract);
+- the daemon itself: ``wasm_shim_daemon_info`` (its containerd namespace, grouping and group, pid).
 
 Invariants: a scrape never changes a task; a failing collector costs that metric, never the scrape or the daemon;
 the endpoint answers one request per connection with bounded reads (headers <= 8 KiB, 5 s), so a client that
@@ -22,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -95,9 +99,13 @@ class _ScrapeCollector(Collector):
 class Metrics:
     """The daemon's metrics: fed by the events queue and the handler table, read by the endpoint."""
 
-    def __init__(self, service: TaskService, engines: Sequence[Engine]) -> None:
+    def __init__(self, service: TaskService, engines: Sequence[Engine],
+                 identity: Mapping[str, str] | None = None) -> None:
         self._service = service
         self.registry = CollectorRegistry(auto_describe=True)
+        info = Gauge("wasm_shim_daemon_info", "This daemon: its containerd namespace, grouping and group (always 1)",
+                     list(identity or {}), registry=self.registry)
+        (info.labels(**identity) if identity else info).set(1)
         self._starts = Counter("wasm_shim_instance_starts", "Guests started (/tasks/start events)",
                                ["namespace"], registry=self.registry)
         self._ooms = Counter("wasm_shim_oom_events", "Guests that ended at their memory limit (/tasks/oom events)",
@@ -110,7 +118,7 @@ class Metrics:
         self._last = _Snapshot()
         self.registry.register(_ScrapeCollector(lambda: self._last, engines))
         self._servers: list[asyncio.AbstractServer] = []
-        self._unix_path = ""
+        self._unix_paths: list[str] = []
 
     # -- feeding ---------------------------------------------------------------------------------------------
 
@@ -166,32 +174,71 @@ class Metrics:
         where = parse_metrics_address(address)
         try:
             if isinstance(where, str):
-                old = os.umask(0o177)  # the socket is 0600: root only, like the daemon's own
-                try:
-                    self._servers.append(await asyncio.start_unix_server(self._answer, where, limit=_MAX_REQUEST_HEAD))
-                finally:
-                    os.umask(old)
-                self._unix_path = where
+                self._servers.append(await serve_http(self.exposition, path=where))
+                self._unix_paths.append(where)
             else:
-                self._servers.append(await asyncio.start_server(self._answer, where[0], where[1],
-                                                                  limit=_MAX_REQUEST_HEAD))
+                self._servers.append(await serve_http(self.exposition, host=where[0], port=where[1]))
         except OSError as exc:
             log.error("metrics endpoint %s cannot listen: %s (this daemon serves no metrics)", address, exc)
             return
         log.info("metrics endpoint listening on %s", address)
+
+    async def serve_in(self, directory: str, daemon_id: str) -> None:
+        """Serve on ``directory/<daemon_id>.sock`` for the node's endpoint (metrics_node.py). A directory that is
+        not root's and private (a symlink, another owner, a mode this cannot tighten) is logged, and this daemon
+        then serves no metrics there: metrics are never worth a socket where other users reach it."""
+        problem = private_directory_problem(directory)
+        if problem:
+            log.error("metrics_dir %s: %s (this daemon serves no metrics there)", directory, problem)
+            return
+        path = os.path.join(directory, daemon_id + ".sock")
+        try:
+            # Left by a daemon of the same id (the same group and config) that was killed: one daemon serves a
+            # group at a time (the group lock of `start`), so nobody listens on it.
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        await self.serve("unix:" + path)
 
     async def close(self) -> None:
         for server in self._servers:
             server.close()
             await server.wait_closed()
         self._servers.clear()
-        if self._unix_path:
+        for path in self._unix_paths:
             try:
-                os.unlink(self._unix_path)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
+        self._unix_paths.clear()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def private_directory_problem(directory: str) -> str:
+    """"" when ``directory`` is a real directory of this user with mode 0700 (created so, or tightened: the
+    kubelet creates a hostPath directory 0755); else what is wrong with it."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        return f"cannot be created: {exc.strerror or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory (a symlink is not followed)"
+    if info.st_uid != os.geteuid():
+        return f"belongs to uid {info.st_uid}, not to this daemon's uid {os.geteuid()}"
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        try:
+            os.chmod(directory, 0o700, follow_symlinks=False)
+        except OSError as exc:
+            return f"has mode {stat.S_IMODE(info.st_mode):o} and cannot be made 0700: {exc.strerror or exc}"
+    return ""
+
+
+async def serve_http(exposition: Callable[[], Awaitable[bytes]], *, host: str | None = None, port: int = 0,
+                     path: str = "") -> asyncio.AbstractServer:
+    """An HTTP endpoint answering ``GET /metrics`` with ``exposition()``: on the unix socket ``path`` (0600: root
+    only, like the daemon's own), else on TCP ``host:port``. One request per connection, bounded reads."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -201,7 +248,7 @@ class Metrics:
             elif line[1].split(b"?", 1)[0] != b"/metrics":
                 await _respond(writer, 404, b"metrics are at /metrics\n", "text/plain")
             else:
-                body = await self.exposition()
+                body = await exposition()
                 await _respond(writer, 200, body if line[0] == b"GET" else b"", CONTENT_TYPE_LATEST,
                                length=len(body))
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -210,6 +257,14 @@ class Metrics:
             log.exception("metrics: scrape failed")
         finally:
             writer.close()
+
+    if path:
+        old = os.umask(0o177)
+        try:
+            return await asyncio.start_unix_server(answer, path, limit=_MAX_REQUEST_HEAD)
+        finally:
+            os.umask(old)
+    return await asyncio.start_server(answer, host, port, limit=_MAX_REQUEST_HEAD)
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str,

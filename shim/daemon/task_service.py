@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -51,6 +52,7 @@ from .events import EventQueue
 from .identifiers import id_problem
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
 from .stdio import StdioError, TaskIO, open_task_io
+from .tracing import NO_TRACING, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,10 @@ class TaskService:
         on_empty: Callable[[], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
         entrypoints: EntrypointSource | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._engines = list(engines)
+        self._tracer = tracer  # spans of the steps inside a call (tracing.py); the calls' own are rpc-level
         self._entrypoints = entrypoints or EntrypointSource()
         self._engine_for: dict[EntryKind, Engine] = {}
         for engine in self._engines:
@@ -203,6 +207,7 @@ class TaskService:
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
         received_ns = time.time_ns()  # CreateTask received, wall clock: bench/instance_start.py reads the log
+        self._tracer.tag("container.id", req.id)
         self._check_ids(req.id)
         if req.id in self.tasks or req.id in self._pending:
             raise RpcError(Code.ALREADY_EXISTS, f"task {req.id!r} already exists")
@@ -211,8 +216,10 @@ class TaskService:
         self._pending.add(req.id)
         try:
             # Everything blocking (mount, artifact fetch, compile or cache load, opening stdio) in ONE worker hop:
-            # each hop costs a thread hand-off and a loop wake-up on the instance-start path.
-            task = await asyncio.get_running_loop().run_in_executor(None, self._build_task, req, namespace)
+            # each hop costs a thread hand-off and a loop wake-up on the instance-start path. In this call's context,
+            # so the steps' spans (policy check, registry pulls) are children of Create's (tracing.py).
+            task = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run,
+                                                                    self._build_task, req, namespace)
         finally:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
@@ -244,9 +251,11 @@ class TaskService:
             # determines the image the container runs when it must (the policy needs it, or a wasm OCI artifact's
             # empty rootfs lacks args[0]), lets the policy decide on exactly that image, places its wasm layer, and
             # reads args[0] once (shim/image/source.py).
-            provided = self._entrypoints.provide(spec, namespace)
+            with self._tracer.span("wasm_shim.entrypoint"):
+                provided = self._entrypoints.provide(spec, namespace)
             engine = self._engine(provided.entry.kind, f"entrypoint {provided.entry.guest_path}")
-            prepared = engine.prepare(spec, provided.entry)  # may compile (tens of ms) or load from the cache
+            with self._tracer.span("wasm_shim.engine.prepare", {"wasm_shim.engine": engine.name}):
+                prepared = engine.prepare(spec, provided.entry)  # may compile (tens of ms) or load from the cache
             io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)
         except BaseException as exc:
             if io is not None:
@@ -270,6 +279,7 @@ class TaskService:
 
     async def start(self, req: task_pb2.StartRequest, namespace: str | None = None) -> task_pb2.StartResponse:
         received_ns = time.time_ns()  # Start received, wall clock; logged below for bench/instance_start.py
+        self._tracer.tag("container.id", req.id)
         task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.START)
         loop = asyncio.get_running_loop()
@@ -336,6 +346,7 @@ class TaskService:
         return task_pb2.WaitResponse(exit_status=task.exit_status, exited_at=_timestamp(task.exited_at_ns))
 
     async def kill(self, req: task_pb2.KillRequest, namespace: str | None = None) -> empty_pb2.Empty:
+        self._tracer.tag("container.id", req.id)
         task = self._get(req.id, req.exec_id, namespace)
         state = task.lifecycle.state
         self._transition(task, Action.KILL)
@@ -360,6 +371,7 @@ class TaskService:
         return empty_pb2.Empty()
 
     async def delete(self, req: task_pb2.DeleteRequest, namespace: str | None = None) -> task_pb2.DeleteResponse:
+        self._tracer.tag("container.id", req.id)
         task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.DELETE)
         if task.lifecycle.state is TaskState.CREATED:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..daemon.tracing import NO_TRACING, Tracer
 from ..engines.base import EngineError
 from .origin import ImageOrigin
 from .registry import registry_client
@@ -38,8 +39,10 @@ class Admission:
     """The node's signature policy at Create: `policy_file` (an oci.policy.PolicyFile), whose current content
     applies (re-read when it changes); None: no checks."""
 
-    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None, access: Any = None) -> None:
+    def __init__(self, policy_file: Any = None, *, verified_dir: str | None = None, access: Any = None,
+                 tracer: Tracer = NO_TRACING) -> None:
         self._policy_file = policy_file
+        self._tracer = tracer  # the policy check's span (shim/daemon/tracing.py)
         self.access = access  # how the node reaches registries (registry.py NodeRegistryAccess), or None
         self._verified_dir = verified_dir
         self._cache: Any = None
@@ -87,9 +90,19 @@ class Admission:
         """
         if not self.checks(policy):
             return
+        attributes = {"wasm_shim.policy": str(policy.source)}
+        if origin is not None:
+            attributes.update({"oci.image": origin.name, "oci.digest": origin.digest})
+        with self._tracer.span("wasm_shim.policy.check", attributes) as span:
+            verdict = self._decide(policy, origin, task_id, verify_client)
+            span.set("wasm_shim.policy.verdict", verdict)
+
+    def _decide(self, policy: Any, origin: ImageOrigin | None, task_id: str,
+                verify_client: Callable[[], Any] | None) -> str:
+        """`decide` under its span: the verdict ("allow", "warn") or AdmissionError."""
         if origin is None:
             if policy.default == "allow":
-                return
+                return "allow"
             raise AdmissionError(f"container {task_id} has no image, and the signature policy {policy.source} "
                                  "refuses images no rule matches (default deny)")
         from wasm_shim.oci.attest import AttestationFailed, verify_attestations
@@ -129,5 +142,6 @@ class Admission:
             raise AdmissionError(message)
         if decision.warning:
             log.warning("%s", message)
-        else:
-            log.info("%s", message)
+            return "warn"
+        log.info("%s", message)
+        return "allow"

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from wasm_shim.oci.digest import StreamVerifier
 
+from ..daemon.tracing import NO_TRACING, Tracer
 from ..engines.base import EntryPath
 from ..engines.grant import ARTIFACT_ANNOTATION
 from .origin import ImageOrigin, ImageOriginError
@@ -78,8 +79,9 @@ class RegistryArtifacts:
     """The shim's own artifact path; `artifact_dir` is the node-local cache (empty: the annotation is refused)."""
 
     def __init__(self, artifact_dir: str, cache_bytes: int = 1 << 30, *, allowed: tuple[str, ...] = (),
-                 access: NodeRegistryAccess | None = None) -> None:
+                 access: NodeRegistryAccess | None = None, tracer: Tracer = NO_TRACING) -> None:
         self._artifact_dir = artifact_dir
+        self._tracer = tracer  # spans of the registry lookups (shim/daemon/tracing.py)
         self._access = access  # how the node reaches registries (NodeRegistryAccess), or None: the defaults
         self._allowed = allowed  # the registries a pod may name (shim option artifact_registries; oci/allowlist.py)
         self._cache_bytes = cache_bytes
@@ -96,6 +98,12 @@ class RegistryArtifacts:
 
     def identify(self, reference: str, settings: Any) -> ImageOrigin:
         """The artifact REF names; ImageOriginError naming the annotation and the reason otherwise."""
+        with self._tracer.span("wasm_shim.registry.resolve", {"oci.reference": reference}) as span:
+            origin = self._identify(reference, settings)
+            span.set("oci.digest", origin.digest)
+            return origin
+
+    def _identify(self, reference: str, settings: Any) -> ImageOrigin:
         from wasm_shim.oci.allowlist import source_refusal
         from wasm_shim.oci.artifact import ArtifactError, check_artifact_manifest, check_layer_binding
         from wasm_shim.oci.cache import CacheError
@@ -154,11 +162,19 @@ class RegistryArtifacts:
 
         layer = origin.layer
         assert layer is not None
+        fetched = []
+
+        def fetch(client: Any, ref: Any, sink: IO[bytes]) -> None:
+            fetched.append(True)
+            client.fetch_blob(ref, layer, sink)
+
         try:
-            ref = parse_reference(origin.name, default_tag=False).with_digest(origin.digest)
-            with registry_client(settings, self._access) as client:
-                cached = self._artifacts().ensure(layer.digest, layer.size,
-                                                  lambda sink: client.fetch_blob(ref, layer, sink))
+            with self._tracer.span("wasm_shim.registry.pull", {"oci.reference": reference, "oci.digest": layer.digest,
+                                                              "oci.size": layer.size}) as span:
+                ref = parse_reference(origin.name, default_tag=False).with_digest(origin.digest)
+                with registry_client(settings, self._access) as client:
+                    cached = self._artifacts().ensure(layer.digest, layer.size, lambda sink: fetch(client, ref, sink))
+                span.set("wasm_shim.cache_hit", not fetched)
         except (CacheError, DigestMismatch, ReferenceError, RegistryError) as exc:
             raise ImageOriginError(f"annotation {ARTIFACT_ANNOTATION}={reference}: {exc}") from None
 

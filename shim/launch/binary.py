@@ -92,12 +92,14 @@ def _spawn_daemon(
     args: contract.ShimArgs,
     start_input: contract.StartInput,
     bundle: str,
+    group: str = "",
 ) -> None:
     log_fd = _open_log_fifo(bundle)
     env = dict(os.environ)
     env.update(
         {
             "WASM_SHIM_DAEMON_SOCKET": sock_path,
+            "WASM_SHIM_DAEMON_GROUP": group,  # the grouping's key (pod:SANDBOX, ...): the daemon's metrics name it
             "WASM_SHIM_DAEMON_NAMESPACE": start_input.namespace or args.namespace,
             "WASM_SHIM_DAEMON_TTRPC_ADDRESS": start_input.ttrpc_address,
             "WASM_SHIM_DAEMON_GRPC_ADDRESS": start_input.grpc_address or args.address,
@@ -164,13 +166,14 @@ def start(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
                      f"choose a shorter socket_dir than {socket_dir}")
     try:
         os.makedirs(socket_dir, mode=0o711, exist_ok=True)
-        return _start_group(args, start_input, environ, bundle, path)
+        return _start_group(args, start_input, environ, bundle, path, group)
     except OSError as exc:
         return _fail(f"cannot start the shim daemon for {args.id} (socket {path}): {exc}")
 
 
 def _start_group(
-    args: contract.ShimArgs, start_input: contract.StartInput, environ: os._Environ[str], bundle: str, path: str
+    args: contract.ShimArgs, start_input: contract.StartInput, environ: os._Environ[str], bundle: str, path: str,
+    group: str = "",
 ) -> int:
 
     lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -181,7 +184,7 @@ def _start_group(
         if not _daemon_alive(path):
             listener = _listen(path)
             try:
-                _spawn_daemon(listener, path, args, start_input, bundle)
+                _spawn_daemon(listener, path, args, start_input, bundle, group)
             finally:
                 listener.close()
     finally:

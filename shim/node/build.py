@@ -40,8 +40,11 @@ INFO = "BUNDLE.json"
 LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
 #: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. urllib3 and
 #: cryptography are the daemon's signature policy and artifact path (oci/registry.py, oci/cosign.py); PyNaCl only
-#: decrypts private keys for `wasm-shim sign`, which nodes never do.
-ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "urllib3", "cryptography")
+#: decrypts private keys for `wasm-shim sign`, which nodes never do. The OpenTelemetry SDK and exporters are the
+#: daemon's traces, imported only when an OTLP endpoint is configured.
+ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "urllib3", "cryptography",
+              # traces, when configured (shim/daemon/tracing.py)
+              "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc")
 #: What only the installer imports (the Node label and events): kept in installer/, which is not copied to nodes.
 INSTALLER_DISTS = ("kubernetes",)
 INSTALLER_DIR = "installer"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.containerd import ContainerdFactory
+from lab.containerd import ARTIFACT_PULL_KINDS, CONFIG_V2_KINDS, ContainerdFactory
 from lab.cri_tools import HANDLER, CrictlError, CriNode, LocalRegistry, start_cri_node, wait_for
 from lab.fixtures import BUSYBOX, BUSYBOX_APPLETS
 from lab.registries import push_artifact
@@ -26,7 +26,8 @@ from wasm_shim.oci.artifact import Artifact, build_artifact
 from wasm_shim.oci.layout import MEDIA_TYPE_MANIFEST, Blob, Symlink
 from wasm_shim.shim.cli.main import main as cli_main
 
-pytestmark = pytest.mark.integration
+# The CRI path runs on containerd 1.7 too (lab/fixtures.py): the release many clusters still run.
+pytestmark = [pytest.mark.integration, pytest.mark.containerd_1_7]
 
 
 CriNodeFactory = Callable[..., CriNode]
@@ -233,7 +234,7 @@ def test_image_without_wasm_or_entrypoint_is_a_clear_error(cri_node: CriNode, gu
 
 # -- runtime options (runtimeoptions.v1.Options): how each containerd passes them, and bad ones ---------------
 def _options_table(kind: str, body: str) -> str:
-    plugin = "io.containerd.grpc.v1.cri" if kind == "1.6" else "io.containerd.cri.v1.runtime"
+    plugin = "io.containerd.grpc.v1.cri" if kind in CONFIG_V2_KINDS else "io.containerd.cri.v1.runtime"
     return f'[plugins."{plugin}".containerd.runtimes.{HANDLER}.options]\n{body}'
 
 
@@ -290,11 +291,12 @@ def registry(tmp_path: Path) -> Iterator[LocalRegistry]:
 
 def _artifact_node(cri_node_factory: CriNodeFactory, registry: LocalRegistry, tmp_path: Path,
                    request: pytest.FixtureRequest) -> CriNode:
-    if request.node.callspec.params["containerd_factory"] == "1.6":
-        pytest.skip("containerd 1.6.20 unpacks every layer as a tar: wasm artifacts need containerd 2.x")
+    kind = request.node.callspec.params["containerd_factory"]
+    if kind not in ARTIFACT_PULL_KINDS:
+        pytest.skip("containerd 1.6.20 unpacks every layer as a tar: wasm artifacts need containerd 1.7 or 2.x")
     hosts = registry.hosts_config(tmp_path / "certs.d")
-    return cri_node_factory(extra_config=f'[plugins."io.containerd.cri.v1.images".registry]\n'
-                                         f'  config_path = "{hosts}"\n')
+    plugin = "io.containerd.grpc.v1.cri" if kind in CONFIG_V2_KINDS else "io.containerd.cri.v1.images"
+    return cri_node_factory(extra_config=f'[plugins."{plugin}".registry]\n  config_path = "{hosts}"\n')
 
 
 def test_crictl_pulls_wasm_artifact(cri_node_factory: CriNodeFactory, registry: LocalRegistry, guests: Path,

@@ -25,6 +25,7 @@ from lab.shimtools import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.containerd_1_7  # the smoke set on containerd 1.7
 def test_hello_stdout(containerd, wasm_image, guests):
     image = wasm_image("hello", guests / "hello.wasm")
     out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "hello-1")
@@ -64,6 +65,7 @@ def test_trap_is_nonzero_with_message(containerd, wasm_image, guests):
     assert "wasm trap" in out.stderr
 
 
+@pytest.mark.containerd_1_7  # the smoke set on containerd 1.7
 def test_component_hello(containerd, wasm_image, guests):
     image = wasm_image("comp-hello", guests / "hello.component.wasm")
     out = containerd.ctr("run", "--rm", "--runtime", RUNTIME, image, "comp-1")
@@ -109,6 +111,7 @@ def test_kill_spinning_guest(containerd, wasm_image, guests, guest):
         run.communicate()
 
 
+@pytest.mark.containerd_1_7  # the smoke set on containerd 1.7
 def test_detached_lifecycle_states(containerd, wasm_image, guests):
     image = wasm_image("sleep", guests / "spin.wasm")
     containerd.ctr("container", "create", "--runtime", RUNTIME, image, "states-1")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.containerd import KINDS, REPO_ROOT, Containerd, Kind, launch
+from lab.containerd import DEFAULT_KINDS, REPO_ROOT, Containerd, Kind, launch
 from lab.cri_tools import (
     HANDLER,
     PAUSE_REF,
@@ -99,7 +99,7 @@ def host_root() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[f"containerd-{k}" for k in KINDS])
+@pytest.mark.parametrize("kind", DEFAULT_KINDS, ids=[f"containerd-{k}" for k in DEFAULT_KINDS])
 def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
     kind: Kind, bundle: Path, host_root: Path, tmp_path: Path, guests: Path
 ) -> None:
@@ -211,7 +211,7 @@ OPERATOR_RUNTIME = {"1.6": 'plugins."io.containerd.grpc.v1.cri".containerd.runti
                     "2.x": 'plugins."io.containerd.cri.v1.runtime".containerd.runtimes.operator-runc'}
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[f"containerd-{k}" for k in KINDS])
+@pytest.mark.parametrize("kind", DEFAULT_KINDS, ids=[f"containerd-{k}" for k in DEFAULT_KINDS])
 def test_installed_bundle_keeps_an_operators_edit_through_reinstall_and_uninstall(
     kind: Kind, bundle: Path, host_root: Path, tmp_path: Path
 ) -> None:
