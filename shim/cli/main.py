@@ -192,7 +192,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
             bundle=args.bundle or "", layout=args.layout or "", containerd_config=args.containerd_config or "",
             config_version=args.config_version, shim_options=_shim_options(args.option),
             restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
-            restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "",
+            restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "", handler=args.handler,
+            runtime_type=args.runtime_type, shim_binary=args.shim_binary or "",
         )
         node = Node(options)
     except (ValueError, InstallError) as exc:
@@ -212,7 +213,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
         try:
             reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
-                                           events_namespace=args.event_namespace)
+                                           events_namespace=args.event_namespace, handler=args.handler)
         except ImportError as exc:
             sys.stderr.write(f"wasm-shim node {args.action}: the kubernetes client is not here ({exc}): run the "
                              "installer image's wasm-shim, or pass --no-report\n")
@@ -384,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "and the key files it names (the chart mounts its signaturePolicy ConfigMap here); written to "
                       "PREFIX/policy/ and checked before the install goes on. Without it (and without --option "
                       "policy=...) an allow-all policy is written there, so a later one applies without a restart")
+    node.add_argument("--handler", default=HANDLER, help="the RuntimeClass handler: the name of the runtime table "
+                      f"install adds to containerd's config (default {HANDLER})")
+    node.add_argument("--runtime-type", default=RUNTIME_TYPE, help="that table's runtime_type (default "
+                      f"{RUNTIME_TYPE}); containerd runs containerd-shim-NAME-VERSION from its last two parts")
+    node.add_argument("--shim-binary", help="the name install links the shim under in --bin-dir (default: the one "
+                      "containerd derives from --runtime-type; if given, it must be that name)")
     node.add_argument("--no-restart", action="store_true", help="do not restart containerd (fixture roots, images "
                       "prepared offline)")
     node.add_argument("--restart-command", metavar="CMD", help="run CMD (shell words) instead of the layout's "

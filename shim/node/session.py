@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .changes import Changes
+from .containerd_config import HANDLER, RUNTIME_TYPE, ConfigMergeError, shim_binary
 from .distributions import InstallError
 from .host import Host
 from .prefix import LOCK_FILE, check_parts, plain
@@ -43,6 +44,23 @@ class Options:
     cri_socket: str = ""
     restart_timeout: float = 90.0
     policy_dir: str = ""  # a directory with policy.toml and the key files it names ("" = allow-all policy)
+    handler: str = HANDLER  # the RuntimeClass handler: the runtime table's name in containerd's config
+    runtime_type: str = RUNTIME_TYPE  # the table's runtime_type; containerd runs the binary it names
+    shim_binary: str = ""  # the link's name in bin_dir; "" = the one containerd derives from runtime_type
+
+
+def binary_for(runtime_type: str, named: str) -> str:
+    """The shim binary's name on the node: the one containerd derives from `runtime_type`; `named`, when given,
+    must be that name (containerd finds the binary by it, on its PATH)."""
+    try:
+        derived = shim_binary(runtime_type)
+    except ConfigMergeError as exc:
+        raise InstallError(str(exc)) from None
+    if named and named != derived:
+        raise InstallError(f"shim binary {named!r} does not go with runtime type {runtime_type!r}: containerd runs "
+                           f"{derived} for that type (the type's last two parts); name the binary {derived}, or "
+                           f"choose a runtime type ending in the binary's name")
+    return derived
 
 
 class Session:
@@ -50,6 +68,7 @@ class Session:
                  cri_ready: Callable[[str, float], str] | None = None) -> None:
         self.o = options
         self.prefix = plain(options.prefix)
+        self.shim_binary = binary_for(options.runtime_type, options.shim_binary)
         self.host = Host(options.host_root)
         self.changes = Changes(self.host)
         self.restarter = Restarter(self.host, command=options.restart_command, cri_socket=options.cri_socket,

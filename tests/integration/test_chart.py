@@ -85,7 +85,8 @@ EVERY_VALUE = {
     "runtimeClass": {"create": True, "name": "wasm", "handler": "wasmtime-dev", "overhead": {"memory": "8Mi",
                      "cpu": "10m"}, "extraNodeSelector": {"pool": "wasm"},
                      "tolerations": [{"key": "wasm", "operator": "Exists", "effect": "NoSchedule"}]},
-    "node": {"layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
+    "node": {"runtimeType": "io.containerd.wasmdev.v1", "shimBinary": "containerd-shim-wasmdev-v1",
+             "layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
              "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
              "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
     "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
@@ -249,7 +250,10 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
     assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
-    assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready", "pool": "wasm"}
+    # Another handler's label: two releases on one node never touch each other's (shim/node/distributions.py).
+    assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime-wasmtime-dev": "ready", "pool": "wasm"}
+    assert (args.handler, args.runtime_type, args.shim_binary) == ("wasmtime-dev", "io.containerd.wasmdev.v1",
+                                                                   "containerd-shim-wasmdev-v1")
     pods = {p["metadata"]["name"]: p for p in by_kind(objects, "Pod")}
     assert pods["wasm-shim-test-wasm"]["spec"]["runtimeClassName"] == "wasm"
     assert pods["wasm-shim-test-wasm"]["spec"]["containers"][0]["command"] == ["/test/other.wasm"]

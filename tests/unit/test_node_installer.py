@@ -268,6 +268,90 @@ def test_foreign_shim_binary_is_not_replaced(tmp_path: Path) -> None:
     assert snapshot(root) == before
 
 
+def test_a_foreign_shim_binary_on_containerds_path_is_refused(tmp_path: Path) -> None:
+    # runwasi's package puts containerd-shim-wasmtime-v1 in /usr/bin: containerd would run whichever of it and
+    # our link comes first on its PATH for io.containerd.wasmtime.v1. Refused, untouched; another runtime type
+    # (so another binary name) installs beside it.
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16,
+                                "usr/bin/containerd-shim-wasmtime-v1": "\x7fELF runwasi's shim\n"})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    done = node(root, "install", "--no-restart", bundle=bundle)
+    assert done.returncode == 1
+    assert "/usr/bin/containerd-shim-wasmtime-v1 is a containerd-shim-wasmtime-v1 this installer did not put " \
+           "there" in done.stderr
+    assert "Refusing to take it over; nothing was changed" in done.stderr
+    assert snapshot(root) == before
+    beside = node(root, "install", "--no-restart", "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1",
+                  "--shim-binary", "containerd-shim-wasmb-v1", bundle=bundle)
+    assert beside.returncode == 0, beside.stderr
+    assert (root / "usr/local/bin/containerd-shim-wasmb-v1").is_symlink()
+    assert node(root, "uninstall", "--no-restart").returncode == 0
+    assert snapshot(root) == before
+
+
+def test_another_handler_with_our_runtime_type_is_refused(tmp_path: Path) -> None:
+    # A handler of another name that runs io.containerd.wasmtime.v1 (kwasm names it so): containerd would start
+    # the same binary name for it and for ours.
+    theirs = ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasm-kwasm]\n'
+              '  runtime_type = "io.containerd.wasmtime.v1"\n')
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16 + theirs})
+    before = snapshot(root)
+    done = node(root, "install", "--no-restart", bundle=make_bundle(tmp_path))
+    assert done.returncode == 1
+    assert "runtimes.wasm-kwasm] uses runtime_type 'io.containerd.wasmtime.v1': containerd would run the same " \
+           "binary containerd-shim-wasmtime-v1 for it and for handler wasmtime" in done.stderr
+    assert snapshot(root) == before
+
+
+def test_a_shim_binary_containerd_would_not_find_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    done = node(root, "install", "--no-restart", "--runtime-type", "io.containerd.wasmb.v1", "--shim-binary",
+                "containerd-shim-wasmtime-v1", bundle=make_bundle(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert "shim binary 'containerd-shim-wasmtime-v1' does not go with runtime type 'io.containerd.wasmb.v1': " \
+           "containerd runs containerd-shim-wasmb-v1 for that type" in done.stderr
+    bad = node(root, "install", "--no-restart", "--runtime-type", "wasmtime", bundle=tmp_path / "no-bundle")
+    assert bad.returncode == 2 and "runtime type 'wasmtime': containerd needs dot-separated parts" in bad.stderr
+    assert snapshot(root) == before
+
+
+def test_two_installs_with_their_own_handlers_live_on_one_node(tmp_path: Path) -> None:
+    # Two releases on one node: each its prefix, handler, runtime type and binary; each uninstall takes exactly
+    # its own off, in either order, and a second handler into the first's prefix is refused.
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    second = ("--prefix", "/opt/wasm-shim-b", "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1")
+    for order in ((), second), (second, ()):
+        assert node(root, "install", "--no-restart", bundle=bundle).returncode == 0
+        alone = snapshot(root)
+        assert node(root, "install", "--no-restart", *second, bundle=bundle).returncode == 0
+        runtimes = tomllib.loads((root / "etc/containerd/config.toml").read_text())["plugins"][
+            "io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+        assert sorted(runtimes) == ["runc", "wasm-b", "wasmtime"]
+        assert runtimes["wasm-b"]["options"]["ConfigPath"] == str(root / "opt/wasm-shim-b/config.toml")
+        mixed = node(root, "install", "--no-restart", "--handler", "wasm-b", "--runtime-type",
+                     "io.containerd.wasmb.v1", bundle=bundle)
+        assert mixed.returncode == 1
+        assert "/opt/wasm-shim holds the install for handler wasmtime (runtime type io.containerd.wasmtime.v1), " \
+               "not wasm-b (io.containerd.wasmb.v1): a second install on this node needs a prefix of its own" \
+               in mixed.stderr
+        first_out, then_out = order
+        assert node(root, "uninstall", "--no-restart", *first_out[:2]).returncode == 0
+        if first_out == second:
+            assert snapshot(root) == alone
+        assert node(root, "uninstall", "--no-restart", *then_out[:2]).returncode == 0
+        left = snapshot(root)
+        if not first_out:
+            # The first install made /opt (this root has none); the second's prefix was in it when the first
+            # uninstalled, so it stayed, and the second never made it: an empty /opt is what remains.
+            assert left.pop("opt") == ("dir", 0o755, b"")
+            (root / "opt").rmdir()
+        assert left == before
+
+
 def test_read_only_host_path_is_rolled_back(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root")
