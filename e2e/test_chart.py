@@ -29,6 +29,7 @@ RELEASE = "wasm-shim"
 RELEASE_NS = "wasm-system"
 INSTALLER = "wasm-shim.local/installer:e2e"
 LABEL = "wasm.shim.io/runtime"
+OPT_IN = "wasm.shim.io/install"  # the label an operator sets on the nodes the chart may install on (its default)
 CONFIG = "/etc/containerd/config.toml"
 NODE_POLICY = "/opt/wasm-shim/policy/policy.toml"  # where the installer puts the chart's signaturePolicy
 NAMESPACE = "default"
@@ -78,10 +79,12 @@ def release(cluster: Cluster, guests: Path, tmp_path_factory: pytest.TempPathFac
     for node in cl.NODES:
         cl.load_image(cluster.state, node, tar)
     before = cluster.node_exec("node-a", "cat", CONFIG).stdout
+    # The chart's default nodeSelector: only the nodes an operator opted in. node-a is; node-b is not.
+    core = client.CoreV1Api(cluster.api)
+    core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: "true"}}})
     values = {
         "image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
                   "pullPolicy": "Never"},
-        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
         "node": {"restartCommand": RESTART_COMMAND},
     }
     values_file = work / "values.yaml"
@@ -99,13 +102,14 @@ def release(cluster: Cluster, guests: Path, tmp_path_factory: pytest.TempPathFac
         # The installer puts the node back when its DaemonSet goes away: label, config, restart.
         wait_until("node-a's label removed", lambda: LABEL not in node_labels(core, "node-a"), timeout=180)
         after = cluster.node_exec("node-a", "cat", CONFIG).stdout
+        core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: None}}})
         assert not uninstall_error, uninstall_error
         assert after == before, "node-a's containerd config differs after helm uninstall"
         assert client.NodeV1Api(cluster.api).list_runtime_class(
             field_selector="metadata.name=wasmtime").items == []
 
 
-def test_installer_labels_the_selected_node_only(cluster: Cluster, release: dict) -> None:
+def test_installer_runs_on_the_opted_in_node_only(cluster: Cluster, release: dict) -> None:
     core = client.CoreV1Api(cluster.api)
     wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
     assert LABEL not in node_labels(core, "node-b")
@@ -709,7 +713,7 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
     try:
         wait_until(f"deployment {name} available", available(apps, name, 1), timeout=180)
         [beside] = pods_of(core, name)
-        values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b"},
+        values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
                   "runtimeClass": {"create": False}, "test": {"enabled": False}}
         values_file = tmp_path / "values.yaml"
         values_file.write_text(yaml.safe_dump(values))

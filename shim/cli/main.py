@@ -222,6 +222,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
             sys.stderr.write(f"wasm-shim node {args.action}: cannot use the Kubernetes API to label node "
                              f"{node_name}: {exc}; pass --no-report to install without it\n")
             return 2
+        if args.restart_slots:
+            from ..node.restart_slots import RestartSlots
+
+            try:
+                # A slot outlives a restart that takes the whole timeout, twice (the rollback restarts again).
+                node = Node(options, slots=RestartSlots(
+                    args.restart_slots, args.max_concurrent_restarts, args.namespace, node_name,
+                    duration=int(2 * args.restart_timeout) + 120))
+            except InstallError as exc:
+                sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
+                return 2
     import signal
 
     if args.action == "run":
@@ -243,7 +254,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wasm-shim node: {signal.Signals(signum).name}\n")
     if args.uninstall_on_delete and kube is not None and kube.daemonset_going(args.uninstall_on_delete):
         sys.stdout.write(f"wasm-shim node: DaemonSet {args.uninstall_on_delete} is being deleted: uninstalling\n")
-        return Node(options).uninstall(reporter)
+        return Node(options, slots=node.s.slots).uninstall(reporter)
     sys.stdout.write("wasm-shim node: leaving the node installed (the DaemonSet stays: upgrade or eviction)\n")
     return 0
 
@@ -399,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--cri-socket", metavar="PATH", help="node path of containerd's socket to wait on after the "
                       "restart (default: the layout's)")
     node.add_argument("--restart-timeout", type=float, default=90.0, help="seconds to wait for CRI (default 90)")
+    node.add_argument("--restart-slots", metavar="NAME", help="install, uninstall, run: restart containerd only while "
+                      "holding one of the Leases NAME-0 .. NAME-(N-1) in --namespace (the chart creates them), so at "
+                      "most N nodes restart at once; needs --node-name")
+    node.add_argument("--max-concurrent-restarts", type=int, default=1, metavar="N",
+                      help="how many of those Leases there are (default 1)")
     node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
     node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
                       "the only one the API server allows for events about a Node)")

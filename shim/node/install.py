@@ -69,6 +69,9 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
                            "another --bin-dir")
     refuse_foreign_binaries(s, layout, bin_link, link_target)
 
+    # Nothing has changed yet: wait here for a restart slot when this run will restart containerd.
+    if plan.new is not None:
+        s.before_restarting_changes()
     # Files: versioned bundle directory, then the switch, then the options file and the link.
     changes = s.changes
     changes.mkdirs(s.p("versions"), created)

@@ -88,7 +88,8 @@ EVERY_VALUE = {
     "node": {"runtimeType": "io.containerd.wasmdev.v1", "shimBinary": "containerd-shim-wasmdev-v1",
              "layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
              "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
-             "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
+             "restartTimeoutSeconds": 30, "maxConcurrentRestarts": 3, "prefix": "/opt/wasm", "binDir": "/opt/bin",
+             "uninstallOnDelete": False},
     "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
              "metricsAddress": "127.0.0.1:9464", "artifactRegistries": ["ghcr.io/team", "127.0.0.1:5000"]},
     "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
@@ -131,8 +132,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert_valid(objects)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
-                            "RoleBinding", "ConfigMap",
-                            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2,
+                            "RoleBinding", "ConfigMap", "Lease",
+                            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3,
                             "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
@@ -148,10 +149,20 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert spec["hostPID"] is True and spec["containers"][0]["securityContext"] == {"privileged": True}
     assert "hostNetwork" not in spec
+    # Opt-in: only the nodes an operator labelled, and only the bundle's platform (x86_64 Linux).
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                                    "wasm.shim.io/install": "true"}
+    # One restart slot by default: one node restarts containerd at a time, on install, upgrade and uninstall.
+    (slot,) = by_kind(objects, "Lease")
+    assert (slot["metadata"]["name"], slot["metadata"]["namespace"], slot["spec"]) == (
+        "wasm-shim-restart-0", "wasm-system", {})
     argv = installer_argv(objects)
     args = build_parser().parse_args(argv)
     assert (args.action, args.host_root, args.uninstall_on_delete, args.namespace, args.event_namespace) == (
         "run", "/host", "wasm-shim", "wasm-system", "default")
+    assert (args.restart_slots, args.max_concurrent_restarts) == ("wasm-shim-restart", 1)
+    assert (args.handler, args.runtime_type, args.shim_binary) == ("wasmtime", "io.containerd.wasmtime.v1",
+                                                                   "containerd-shim-wasmtime-v1")
     events_role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "wasm-shim-events")
     assert events_role["metadata"]["namespace"] == "default"
     assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
@@ -164,7 +175,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
                                       tuple(rule.get("resourceNames", []))) for rule in r["rules"]]
              for r in objects if r["kind"] in ("ClusterRole", "Role")}
     assert rules == {
-        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",)),
+                      (("coordination.k8s.io",), ("leases",), ("get", "update"), ("wasm-shim-restart-0",))],
         "wasm-shim-events": [(("",), ("events",), ("create",), ())],
         "wasm-shim-test": [(("",), ("pods", "pods/log"), ("get",), ("wasm-shim-test-wasm",))],
         "wasm-shim-uninstall": [(("apps",), ("daemonsets",), ("get", "delete"), ("wasm-shim",))],
@@ -187,7 +199,8 @@ def test_the_installers_token_is_limited_to_its_own_node(helm: str) -> None:
     objects = render(helm)
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "ValidatingAdmissionPolicy")}
     bindings = {b["metadata"]["name"]: b for b in by_kind(objects, "ValidatingAdmissionPolicyBinding")}
-    assert sorted(policies) == sorted(bindings) == ["wasm-shim-own-events", "wasm-shim-own-node"]
+    assert sorted(policies) == sorted(bindings) == ["wasm-shim-own-events", "wasm-shim-own-node",
+                                                    "wasm-shim-own-slots"]
     for name, policy in policies.items():
         spec = policy["spec"]
         assert spec["failurePolicy"] == "Fail"
@@ -198,7 +211,8 @@ def test_the_installers_token_is_limited_to_its_own_node(helm: str) -> None:
     rules = {name: [(r["resources"], r["operations"]) for r in p["spec"]["matchConstraints"]["resourceRules"]]
              for name, p in policies.items()}
     assert rules == {"wasm-shim-own-node": [(["nodes"], ["UPDATE"])],
-                     "wasm-shim-own-events": [(["events"], ["CREATE"])]}
+                     "wasm-shim-own-events": [(["events"], ["CREATE"])],
+                     "wasm-shim-own-slots": [(["leases"], ["UPDATE"])]}
     # What RBAC grants, each rule narrowed by a policy.
     (cluster_role,) = by_kind(objects, "ClusterRole")
     assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]
@@ -250,6 +264,9 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
     assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
+    assert args.max_concurrent_restarts == 3
+    assert sorted(lease["metadata"]["name"] for lease in by_kind(objects, "Lease")) == [
+        f"wasm-shim-restart-{i}" for i in range(3)]
     # Another handler's label: two releases on one node never touch each other's (shim/node/distributions.py).
     assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime-wasmtime-dev": "ready", "pool": "wasm"}
     assert (args.handler, args.runtime_type, args.shim_binary) == ("wasmtime-dev", "io.containerd.wasmdev.v1",
