@@ -7,6 +7,7 @@ node's supervisor (`node.restartCommand`, e2e/README.md): on a systemd node the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -43,14 +44,16 @@ def helm(cluster: Cluster, *args: str, timeout: float = 600) -> subprocess.Compl
                           text=True, timeout=timeout)
 
 
-def installer_image(work: Path, guests: Path) -> Path:
-    """The installer image tarball, built from this clone with the project's own tools."""
+def installer_image(work: Path, guests: Path, *, runner: Path | None = None, ref: str = INSTALLER) -> Path:
+    """The installer image tarball, built from this clone with the project's own tools (`runner`: another
+    component runner binary in the bundle)."""
     bundle = work / "bundle"
     tar = work / "installer.tar"
     steps = [
-        [str(ROOT / ".venv" / "bin" / "wasm-shim"), "bundle", "build", str(bundle)],
+        [str(ROOT / ".venv" / "bin" / "wasm-shim"), "bundle", "build", str(bundle),
+         *(["--runner", str(runner)] if runner else [])],
         [str(bundle / "bin" / "wasm-shim"), "image", "build", str(tar), "--bundle", str(bundle),
-         "--test-wasm", str(guests / "hello.wasm"), "--ref", INSTALLER],
+         "--test-wasm", str(guests / "hello.wasm"), "--ref", ref],
     ]
     for argv in steps:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -744,6 +747,46 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
         core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
                                                 "annotations": {"wasm.shim.io/runtime-reason": None}}})
         delete_deployment(apps, core, name)
+    assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
+    assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+
+
+def test_a_node_the_bundle_cannot_start_on_is_labelled_failed_before_its_config_changes(
+        cluster: Cluster, release: dict, guests: Path, tmp_path: Path) -> None:
+    # An installer image whose bundle's component runner needs GLIBC_2.99 (the real runner with the version its
+    # libc symbols need renamed: what a runner linked on a newer glibc than the node's looks like to the node's
+    # loader). `bundle build` reports that floor; the installer on node-b runs the bundle on the node first and
+    # labels it failed with the loader's message, before containerd's config changes.
+    from tests.unit.test_node_installer import needing_glibc_2_99, patched_runner
+
+    core = client.CoreV1Api(cluster.api)
+    ref = "wasm-shim.local/installer:e2e-glibc-2.99"
+    tar = installer_image(tmp_path, guests, runner=patched_runner(tmp_path, "runner", needing_glibc_2_99), ref=ref)
+    assert json.loads((tmp_path / "bundle" / "BUNDLE.json").read_text())["glibc"] == "2.99"
+    cl.load_image(cluster.state, cl.node_by_name("node-b"), tar)
+    before = cluster.node_exec("node-b", "cat", CONFIG).stdout
+    other, other_ns = "wasm-shim-glibc", "wasm-system-glibc"
+    values = {**release["values"], "image": {**release["values"]["image"], "tag": ref.rsplit(":", 1)[1]},
+              "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
+              "runtimeClass": {"create": False}, "test": {"enabled": False}}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    try:
+        result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
+                      "-f", str(values_file), "--wait", "--timeout", "90s")
+        assert result.returncode != 0, result.stdout + result.stderr
+        wait_until("node-b labelled failed", lambda: node_labels(core, "node-b").get(LABEL) == "failed", timeout=180)
+        reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
+        assert "the bundle cannot start on this node: the component runner" in reason, reason
+        assert "version `GLIBC_2.99' not found" in reason and "glibc >= 2.99" in reason, reason
+        assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+        assert cluster.node_exec("node-b", "test", "-e", "/opt/wasm-shim").returncode != 0
+        assert node_labels(core, "node-a").get(LABEL) == "ready"
+    finally:
+        result = helm(cluster, "uninstall", other, "-n", other_ns, "--wait", "--timeout", "3m")
+        absent_ok(core.delete_namespace, other_ns)
+        core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
+                                                "annotations": {"wasm.shim.io/runtime-reason": None}}})
     assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
     assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
 

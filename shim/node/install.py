@@ -11,8 +11,9 @@ Invariants:
   config edit it keeps is the merge's own record (layout.ConfigEdit), carried over from the first install, so a
   reinstall (a pod restart, `helm upgrade`) after an operator's edit records nothing of theirs as ours.
 - Bad input stops before the first write: the prefix (prefix.py; its name and parts are checked before the lock
-  is taken in it), the layout, the config, the shim options, a foreign shim binary in the bin directory, the
-  bundle.
+  is taken in it), the layout, the config (another installer's runtime for our handler or type), the shim
+  options, a foreign shim binary on containerd's PATH, the bundle. A bundle that cannot start on the node (its
+  CPU, its glibc: preflight.py) stops the install after the copy, before containerd's config changes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 from collections.abc import Mapping
 
 from ..config import ShimConfig
-from . import build
+from . import build, preflight
 from .containerd_config import ConfigMergeError, validate_options
 from .distributions import CONTAINERD_PATH, LAYOUT_BIN_DIRS, InstallError, Layout, detect, plan_install, runtime_table
 from .host import PARTIAL_SUFFIX
@@ -60,7 +61,8 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     plan = plan_install(layout, probe, table, previous.config_edit if previous else None)
 
     source = os.path.abspath(s.o.bundle or build.running_bundle())
-    version = build.read_info(source)["id"]
+    info = build.read_info(source)
+    version = info["id"]
     bin_link = os.path.join(s.o.bin_dir, s.shim_binary)
     link_target = s.node_view(s.p("current", "bin", SHIM_BINARY))
     real_link = s.host.path(bin_link)
@@ -78,6 +80,8 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     changes.mkdirs(s.p(os.path.dirname(BACKUP)), created)
     changes.mkdirs(s.o.bin_dir, created)
     copy_bundle(s, source, version)
+    # Before containerd's config changes: does the bundle start here at all (CPU, glibc)? preflight.py
+    preflight.check(s.host, s.o.node_root, s.p("versions", version), str(info.get("glibc", "")))
     current_real = s.host.path(s.p("current"))
     kept_version = os.path.basename(os.readlink(current_real)) if os.path.islink(current_real) else version
     changes.symlink(s.p("current"), os.path.join("versions", version))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,11 +108,22 @@ def make_root(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def make_bundle(tmp_path: Path, bundle_id: str = "0.1.0-fixture") -> Path:
+def make_bundle(tmp_path: Path, bundle_id: str = "0.1.0-fixture", runner: Path | None = None) -> Path:
+    """A bundle directory the installer copies and starts (preflight.py) without the full build: its
+    interpreter runs this .venv's Python, its site-packages names this clone's package root, its component
+    runner is the real one (tests/integration/test_node_bundle.py installs a built bundle)."""
     bundle = tmp_path / f"bundle-{bundle_id}"
     (bundle / "python/bin").mkdir(parents=True)
-    (bundle / "python/bin/python3.11").write_text("an interpreter would be here\n")
-    (bundle / "BUNDLE.json").write_text(json.dumps({"id": bundle_id, "version": "0.1.0"}))
+    interpreter = bundle / "python/bin/python3.11"
+    interpreter.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    interpreter.chmod(0o755)
+    (bundle / "python/bin/python3").symlink_to("python3.11")
+    site = bundle / "python/lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    (site / "wasm_shim").symlink_to(REPO / ".tools" / "pkgroot" / "wasm_shim")
+    (bundle / "python/bin/wasm-shim-component-runner").symlink_to(
+        runner or (REPO / ".venv" / "bin" / "wasm-shim-component-runner").resolve())
+    (bundle / "BUNDLE.json").write_text(json.dumps({"id": bundle_id, "version": "0.1.0", "glibc": "2.34"}))
     return bundle
 
 
@@ -350,6 +362,48 @@ def test_two_installs_with_their_own_handlers_live_on_one_node(tmp_path: Path) -
             assert left.pop("opt") == ("dir", 0o755, b"")
             (root / "opt").rmdir()
         assert left == before
+
+
+def patched_runner(tmp_path: Path, name: str, patch: Callable[[bytearray], bytes]) -> Path:
+    """A copy of the real component runner with `patch` applied to its bytes: what a bundle built for another
+    platform would carry."""
+    data = bytearray((REPO / ".venv" / "bin" / "wasm-shim-component-runner").resolve().read_bytes())
+    path = tmp_path / name
+    path.write_bytes(patch(data))
+    path.chmod(0o755)
+    return path
+
+
+def as_aarch64(data: bytearray) -> bytes:
+    data[18:20] = (183).to_bytes(2, "little")  # ELF e_machine EM_AARCH64: the kernel refuses it on x86_64
+    return bytes(data)
+
+
+def needing_glibc_2_99(data: bytearray) -> bytes:
+    # The version its libc symbols need, renamed in .dynstr: the dynamic loader finds no such version in the
+    # node's libc.so.6, as for a runner linked against a newer glibc than the node has.
+    assert b"GLIBC_2.34\0" in data
+    return bytes(data).replace(b"GLIBC_2.34\0", b"GLIBC_2.99\0")
+
+
+@pytest.mark.parametrize(("patch", "said"), [
+    (as_aarch64, "cannot be executed here: it is built for aarch64, this node is x86_64 (Exec format error)"),
+    (needing_glibc_2_99, "exited 1: ")])
+def test_a_bundle_that_cannot_start_on_the_node_is_refused_before_the_config_changes(
+        tmp_path: Path, patch: Callable[[bytearray], bytes], said: str) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path, runner=patched_runner(tmp_path, "runner", patch))
+    done = node(root, "install", "--no-restart", bundle=bundle)
+    assert done.returncode == 1, done.stdout
+    runner = str(root / "opt/wasm-shim/versions/0.1.0-fixture/python/bin/wasm-shim-component-runner")
+    assert f"the bundle cannot start on this node: the component runner (/opt/wasm-shim/versions/0.1.0-fixture/" \
+           f"python/bin/wasm-shim-component-runner) {said}" in done.stderr
+    if patch is needing_glibc_2_99:
+        assert f"version `GLIBC_2.99' not found (required by {runner})" in done.stderr
+    assert "This node: x86_64, glibc not found; the bundle: " in done.stderr  # a fixture root has no libc.so.6
+    assert "the node is as it was before this run" in done.stderr
+    assert snapshot(root) == before
 
 
 def test_read_only_host_path_is_rolled_back(tmp_path: Path) -> None:
