@@ -1,4 +1,5 @@
-"""The chart over both nodes, as an operator rolls it out: opt-in by node label, one containerd restart at a time.
+"""The chart over both nodes, as an operator rolls it out: opt-in by node label, one containerd restart at a time,
+and the chart as a subchart of an operator's own.
 
 A release of its own with the chart's default nodeSelector (only nodes labelled `wasm.shim.io/install=true`) and
 its default `node.maxConcurrentRestarts: 1`, and `maxSurge: 2` so the DaemonSet itself starts both nodes' pods
@@ -105,12 +106,17 @@ def opted_in(cluster: Cluster) -> Iterator[dict[str, str]]:
                 cluster.node_ok(node, f"{NODE_SUPPORT_DIR}/restart-containerd")
 
 
-def test_install_upgrade_and_uninstall_restart_one_node_at_a_time(cluster: Cluster, guests: Path, tmp_path: Path,
-                                                                   opted_in: dict[str, str]) -> None:
-    core = client.CoreV1Api(cluster.api)
-    tar = installer_image(tmp_path, guests)
+@pytest.fixture(scope="module")
+def installer(cluster: Cluster, guests: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The installer image from this clone, on both nodes."""
+    tar = installer_image(tmp_path_factory.mktemp("installer"), guests)
     for node in cl.NODES:
         cl.load_image(cluster.state, node, tar)
+
+
+def test_install_upgrade_and_uninstall_restart_one_node_at_a_time(cluster: Cluster, installer: None, tmp_path: Path,
+                                                                   opted_in: dict[str, str]) -> None:
+    core = client.CoreV1Api(cluster.api)
     values = {
         "image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
                   "pullPolicy": "Never"},
@@ -161,3 +167,43 @@ def test_install_upgrade_and_uninstall_restart_one_node_at_a_time(cluster: Clust
         if installed:
             helm(cluster, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "5m")
         absent_ok(core.delete_namespace, RELEASE_NS)
+
+
+def test_the_chart_installs_as_a_subchart(cluster: Cluster, installer: None, tmp_path: Path) -> None:
+    # An operator's own chart that depends on ours, with `global` values of its own: helm install of the parent
+    # installs on the opted-in node (node-a) only, and its uninstall puts node-a back.
+    from tests.integration.test_chart import parent_chart
+
+    core = client.CoreV1Api(cluster.api)
+    before = cluster.node_ok("node-a", "cat", CONFIG)
+    parent = parent_chart(tmp_path, {
+        "global": {"imageRegistry": "registry.example.com", "team": "platform"},
+        "wasm-shim": {"image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
+                                "pullPolicy": "Never"},
+                      "node": {"restartCommand": RESTART_COMMAND}, "podLabels": {"team": "platform"},
+                      "runtimeClass": {"create": False}, "test": {"enabled": False}}})
+    env_home = ("--repository-cache", str(tmp_path / "cache"))
+    result = helm(cluster, "dependency", "build", str(parent), *env_home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: "true"}}})
+    installed = False
+    try:
+        result = helm(cluster, "install", "platform", str(parent), "-n", "platform", "--create-namespace",
+                      "--wait", "--timeout", "5m")
+        assert result.returncode == 0, f"helm install of the parent chart failed:\n{result.stdout}{result.stderr}"
+        installed = True
+        wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
+        assert LABEL not in node_labels(core, "node-b")
+        [pod] = installer_pods(core, "platform")
+        assert (pod.spec.node_name, pod.metadata.labels["team"]) == ("node-a", "platform")
+        assert "wasmtime" in cluster.node_ok("node-a", "cat", CONFIG)
+        result = helm(cluster, "uninstall", "platform", "-n", "platform", "--wait", "--timeout", "5m")
+        assert result.returncode == 0, f"helm uninstall failed:\n{result.stdout}{result.stderr}"
+        installed = False
+        wait_until("node-a's label removed", lambda: LABEL not in node_labels(core, "node-a"), timeout=180)
+        assert cluster.node_ok("node-a", "cat", CONFIG) == before
+    finally:
+        if installed:
+            helm(cluster, "uninstall", "platform", "-n", "platform", "--wait", "--timeout", "5m")
+        core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: None}}})
+        absent_ok(core.delete_namespace, "platform")

@@ -39,6 +39,7 @@ GO_TOOLS=(
   "oras|v1.3.6|default|oras.land/oras/cmd/oras|oras"
   "cosign|v3.1.3|default|github.com/sigstore/cosign/v3/cmd/cosign|cosign"
   "crane|v0.22.1|default|github.com/google/go-containerregistry/cmd/crane|crane"
+  "actionlint|v1.7.12|default|github.com/rhysd/actionlint/cmd/actionlint|actionlint"
 )
 
 # Go tools whose go.mod has exclude or replace directives, which `go install pkg@version` refuses: their module's

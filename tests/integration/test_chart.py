@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,49 @@ def test_policy_keys_without_a_policy_are_refused(helm: str, tmp_path: Path) -> 
                     check=False)
     assert done.returncode != 0
     assert "signaturePolicy.keys is set but signaturePolicy.toml is empty" in done.stderr
+
+
+def parent_chart(work: Path, values: dict[str, Any]) -> Path:
+    """A chart of an operator's own that depends on ours (file://, as from a registry), with `values`."""
+    parent = work / "platform"
+    parent.mkdir()
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "wasm-shim", "version": yaml.safe_load((CHART / "Chart.yaml").read_text())[
+            "version"], "repository": f"file://{CHART}"}]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump(values))
+    return parent
+
+
+def test_the_chart_renders_as_a_subchart_with_global_values(helm: str, tmp_path: Path) -> None:
+    # helm hands a subchart the parent's `global` values: the schema must accept them (else "additional
+    # properties 'global' not allowed"). Names follow the parent's release, and nameOverride/fullnameOverride
+    # and podLabels work as the Helm conventions say.
+    parent = parent_chart(tmp_path, {"global": {"imageRegistry": "registry.example.com"},
+                                     "wasm-shim": {"podLabels": {"team": "platform"}}})
+    run_helm(helm, "dependency", "build", str(parent), home=tmp_path)
+    objects = render(helm, chart=str(parent), home=tmp_path)
+    assert_valid(objects)
+    (ds,) = by_kind(objects, "DaemonSet")
+    assert ds["metadata"]["name"] == "wasm-shim"  # release "wasm-shim" holds the chart's name
+    assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+    assert "team" not in ds["spec"]["selector"]["matchLabels"]
+    named = render(helm, "--set", "nameOverride=wasmrt", chart=str(CHART))
+    assert by_kind(named, "DaemonSet")[0]["metadata"]["name"] == "wasm-shim-wasmrt"
+    assert by_kind(named, "DaemonSet")[0]["metadata"]["labels"]["app.kubernetes.io/name"] == "wasmrt"
+    full = render(helm, "--set", "fullnameOverride=wasm-node", chart=str(CHART))
+    assert {o["metadata"]["name"] for o in by_kind(full, "DaemonSet") + by_kind(full, "Lease")} == {
+        "wasm-node", "wasm-node-restart-0"}
+    args = build_parser().parse_args(installer_argv(full))
+    assert (args.uninstall_on_delete, args.restart_slots) == ("wasm-node", "wasm-node-restart")
+
+
+def test_the_charts_readme_lists_every_value_and_artifact_hub_its_image(helm: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "chart-values-table.py"), "--check"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    images = yaml.safe_load(chart["annotations"]["artifacthub.io/images"])
+    assert [i["image"] for i in images] == [f"{values['image']['repository']}:{chart['appVersion']}"]
+    assert chart["annotations"]["artifacthub.io/license"] == "Apache-2.0"
