@@ -763,7 +763,8 @@ def test_a_node_the_bundle_cannot_start_on_is_labelled_failed_before_its_config_
     ref = "wasm-shim.local/installer:e2e-glibc-2.99"
     tar = installer_image(tmp_path, guests, runner=patched_runner(tmp_path, "runner", needing_glibc_2_99), ref=ref)
     assert json.loads((tmp_path / "bundle" / "BUNDLE.json").read_text())["glibc"] == "2.99"
-    cl.load_image(cluster.state, cl.node_by_name("node-b"), tar)
+    for node in cl.NODES:  # the release's pre-delete hook pod may run on either node
+        cl.load_image(cluster.state, node, tar)
     before = cluster.node_exec("node-b", "cat", CONFIG).stdout
     other, other_ns = "wasm-shim-glibc", "wasm-system-glibc"
     values = {**release["values"], "image": {**release["values"]["image"], "tag": ref.rsplit(":", 1)[1]},
