@@ -77,9 +77,11 @@ protos: setup
 	@bash scripts/gen-protos.sh
 
 OUT := out
+# The component runner linked against an older glibc (`SETUP_ARGS="--with runner-glibc"`), when it is there.
 bundle: setup
 	@rm -rf $(OUT)/bundle && mkdir -p $(OUT)
-	@$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle
+	@runner=.tools/bin/wasm-shim-component-runner-glibc; \
+	$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle $$([[ -x $$runner ]] && echo --runner $$(readlink -f $$runner))
 
 image: bundle
 	@guests="$$($(PY) -c 'from lab.guests.fixtures import build_guests; print(build_guests())')"; \

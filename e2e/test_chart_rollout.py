@@ -81,6 +81,8 @@ def assert_one_at_a_time(cluster: Cluster, offsets: dict[str, int], what: str) -
     found = {node: restarts(containerd_log(cluster, node), offsets[node]) for node in NODES}
     assert all(len(w) == 1 for w in found.values()), f"{what}: one containerd restart per node expected: {found}"
     (a_start, a_end), (b_start, b_end) = found["node-a"][0], found["node-b"][0]
+    print(f"{what}: containerd restarts, node-a {a_start:%H:%M:%S.%f} - {a_end:%H:%M:%S.%f}, "  # shown with -s
+          f"node-b {b_start:%H:%M:%S.%f} - {b_end:%H:%M:%S.%f}")
     assert a_end < b_start or b_end < a_start, f"{what}: the two nodes' containerd restarts overlap: {found}"
 
 

@@ -5,7 +5,9 @@ architecture, a glibc older than the bundle needs, a loader or library missing.
 How a command runs "on the node": the installer's container sees the node's / at the host root; a process that
 chroots there execs the bundle with the node's own kernel, dynamic loader and C library, as containerd's exec of
 the shim will. Where the node's processes name the host root by another path (`node_root` other than `/`: a
-fixture root in tests, where the node is this machine), the files are run through that path instead.
+fixture root in tests, where the node is this machine), the files are run through that path instead, when this
+process sees the same directory there; when it does not (the installer image run by a test against a fixture
+root), nothing here can run as the node would, and the check is skipped, saying so.
 
 Invariants: nothing here writes to the node; a check passes only when the program ran and printed what it prints
 when it works (a version, `usage:`), so a loader error, a crash or a wrong binary is never taken for a start;
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 from .distributions import InstallError
 from .host import Host
+from .restart import say
 
 #: (what, argv relative to the bundle, text its output holds when it started, exit status when it started)
 CHECKS: tuple[tuple[str, tuple[str, ...], str, int], ...] = (
@@ -75,6 +78,10 @@ def check(host: Host, node_root: str, bundle: str, needs: str, *, run: Run = sub
     `needs` is the bundle's glibc floor (BUNDLE.json), for the message."""
     root = os.path.abspath(node_root)
     through_chroot = root == "/"
+    if not through_chroot and not (os.path.isdir(root) and os.path.samefile(root, host.root)):
+        say(f"not running the bundle before install: --node-root {root} is not where this process sees the host "
+            f"root ({host.root})")
+        return
 
     def on_node(node_path: str) -> str:
         return node_path if through_chroot else os.path.join(root, node_path.lstrip("/"))
