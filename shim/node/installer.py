@@ -5,7 +5,7 @@ report around the steps, which live one job per module:
 - prefix.py: which directory the installer may own; record.py: the install record (`<prefix>/state.json`);
 - install.py, uninstall.py, status.py: the operations; policy_files.py: the node's signature policy;
 - restart.py: containerd's restart and the wait for CRI; restart_slots.py: how many nodes restart at once;
-  distributions.py: layouts and config plans (pure).
+  distributions.py: layouts and config plans (pure); preflight.py: the bundle run on the node first.
 
 Invariants:
 - One installer at a time per node (session.Session.lock); a second one stops having changed nothing.
