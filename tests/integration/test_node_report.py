@@ -467,3 +467,45 @@ def test_a_token_cannot_give_a_slot_to_another_node_or_free_anothers(
                    "its own" in str(refused.value.body)
     finally:
         a.give_back()
+
+
+def test_a_second_release_with_its_own_handler_labels_only_its_own_keys(api: Api, chart_rbac: str,
+                                                                       tmp_path: Path) -> None:
+    # A second release of the chart (handler wasm-b) beside the first on one node: its policy admits exactly its
+    # own label and annotations (wasm.shim.io/runtime-wasm-b, ...), so the two installers never touch each
+    # other's, and the first release's label stays as it was.
+    namespace = "wasm-system-b"
+    api.kubectl("create", "namespace", namespace)
+    shown = [arg for template in CHART_RBAC for arg in ("--show-only", template)]
+    rendered = subprocess.run(
+        [str(HELM), "template", "wasm-b", str(REPO / "charts" / "wasm-shim"), "--namespace", namespace,
+         "--kube-version", "1.37.2", "--set", "runtimeClass.handler=wasm-b", *shown],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    api.kubectl("apply", "-f", "-", stdin=rendered)
+    add_node(api, "node-e")
+    api.kubectl("label", "node", "node-e", "wasm.shim.io/runtime=ready", "--overwrite")  # the first release's
+    api.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "installer-b", "namespace": namespace},
+        "spec": {"serviceAccountName": "wasm-b-wasm-shim", "nodeName": "node-e",
+                 "containers": [{"name": "installer", "image": "wasm-shim.local/installer:test"}]}}))
+    uid = api.kubectl("get", "pod", "installer-b", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+    token = api.kubectl("create", "token", "wasm-b-wasm-shim", "-n", namespace, "--bound-object-kind", "Pod",
+                        "--bound-object-name", "installer-b", "--bound-object-uid", uid).stdout.strip()
+    installer_kubeconfig = kubeconfig(tmp_path / "b.kubeconfig", chart_rbac, token)
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    done = subprocess.run(
+        [str(WASM_SHIM), "node", "install", "--host-root", str(root), "--node-root", str(root), "--node-name",
+         "node-e", "--kubeconfig", str(installer_kubeconfig), "--namespace", namespace, "--no-restart",
+         "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1", "--bundle", str(make_bundle(tmp_path))],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "could not" not in done.stderr, done.stderr  # its label, annotations and event were all admitted
+    meta = api.node("node-e")["metadata"]
+    assert meta["labels"]["wasm.shim.io/runtime-wasm-b"] == "ready"
+    assert meta["labels"]["wasm.shim.io/runtime"] == "ready"  # the first release's, untouched
+    assert meta["annotations"]["wasm.shim.io/runtime-version-wasm-b"] == "0.1.0-fixture"
+    assert "wasm.shim.io/runtime-version" not in meta["annotations"]
+    # Its token may not set the first release's label.
+    refused = as_installer(api, installer_kubeconfig, lambda core: core.patch_node(
+        "node-e", {"metadata": {"labels": {"wasm.shim.io/runtime": "failed"}}}))
+    assert refused.startswith("403") and "may change only the label wasm.shim.io/runtime-wasm-b" in refused, refused
