@@ -751,6 +751,45 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
     assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
 
 
+def test_a_node_with_another_wasmtime_shim_is_labelled_failed_and_left_alone(cluster: Cluster, release: dict,
+                                                                            tmp_path: Path) -> None:
+    # node-b's containerd already has a `wasmtime` runtime of another installer (runwasi's runtime type and binary
+    # name; not restarted, as an operator's edit waiting for the next restart would be). A release selecting
+    # node-b refuses it: label failed with the reason, a Warning event, the config byte for byte as it was.
+    core = client.CoreV1Api(cluster.api)
+    before = cluster.node_exec("node-b", "cat", CONFIG).stdout
+    theirs = ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]\n'
+              '  runtime_type = "io.containerd.wasmtime.v1"\n')
+    cluster.node_ok("node-b", "sh", "-c", f'printf "%s" "$1" > {CONFIG}', "sh", before + theirs)
+    other, other_ns = "wasm-shim-foreign", "wasm-system-foreign"
+    values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
+              "runtimeClass": {"create": False}, "test": {"enabled": False}}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    try:
+        result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
+                      "-f", str(values_file), "--wait", "--timeout", "90s")
+        assert result.returncode != 0, result.stdout + result.stderr
+        wait_until("node-b labelled failed", lambda: node_labels(core, "node-b").get(LABEL) == "failed", timeout=180)
+        reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
+        assert "runtimes.wasmtime] (runtime_type 'io.containerd.wasmtime.v1') is a runtime for handler wasmtime " \
+               "that this installer did not write. Refusing to take it over; nothing was changed" in reason, reason
+        events = core.list_namespaced_event(NAMESPACE, field_selector="involvedObject.kind=Node,"
+                                                                      "involvedObject.name=node-b,"
+                                                                      "reason=WasmShimInstallFailed").items
+        assert any("Refusing to take it over" in e.message for e in events)
+        assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before + theirs
+        assert cluster.node_exec("node-b", "test", "-e", "/opt/wasm-shim").returncode != 0
+        assert cluster.node_exec("node-b", "test", "-e", "/usr/local/bin/containerd-shim-wasmtime-v1").returncode != 0
+    finally:
+        result = helm(cluster, "uninstall", other, "-n", other_ns, "--wait", "--timeout", "3m")
+        absent_ok(core.delete_namespace, other_ns)
+        core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
+                                                "annotations": {"wasm.shim.io/runtime-reason": None}}})
+        cluster.node_ok("node-b", "sh", "-c", f'printf "%s" "$1" > {CONFIG}', "sh", before)
+    assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
+
+
 def test_a_node_the_bundle_cannot_start_on_is_labelled_failed_before_its_config_changes(
         cluster: Cluster, release: dict, guests: Path, tmp_path: Path) -> None:
     # An installer image whose bundle's component runner needs GLIBC_2.99 (the real runner with the version its
