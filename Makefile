@@ -2,7 +2,8 @@
 # cached and idempotent, so a warm `make test` spends its time in the tests only.
 #
 #   make setup    apt packages, .venv (editable install), Go tools in .tools/bin   (scripts/setup.sh --help)
-#   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject), rustfmt on runner/
+#   make lint     ruff + mypy on our own code (generated *_pb2.py excluded by pyproject), rustfmt on runner/,
+#                 actionlint on .github/workflows/
 #   make test     setup, lint, the component runner's unit tests (cargo), then the whole pytest suite (with e2e/)
 #   make demo     setup, then scripts/demo.sh
 #   make bench    setup, then the benchmarks (prints tables; never part of `test`)
@@ -46,6 +47,7 @@ lint: setup
 	@ln -sfn ../../../oci $(TYPECHECK_ROOT)/wasm_shim/oci
 	@MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy --explicit-package-bases $(MYPY_TARGETS)
 	@cargo fmt --manifest-path runner/Cargo.toml --check
+	@.tools/bin/actionlint -shellcheck= -pyflakes= .github/workflows/*.yml
 
 # pytest exits 5 when it collected nothing; that must fail loudly, never pass as "no failures".
 # The e2e suite (e2e/) is part of it: e2e/cluster/build builds Kubernetes + etcd once (cached), quiet when cached.
@@ -75,9 +77,11 @@ protos: setup
 	@bash scripts/gen-protos.sh
 
 OUT := out
+# The component runner linked against an older glibc (`SETUP_ARGS="--with runner-glibc"`), when it is there.
 bundle: setup
 	@rm -rf $(OUT)/bundle && mkdir -p $(OUT)
-	@$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle
+	@runner=.tools/bin/wasm-shim-component-runner-glibc; \
+	$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle $$([[ -x $$runner ]] && echo --runner $$(readlink -f $$runner))
 
 image: bundle
 	@guests="$$($(PY) -c 'from lab.guests.fixtures import build_guests; print(build_guests())')"; \

@@ -7,6 +7,7 @@ node's supervisor (`node.restartCommand`, e2e/README.md): on a systemd node the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -29,6 +30,7 @@ RELEASE = "wasm-shim"
 RELEASE_NS = "wasm-system"
 INSTALLER = "wasm-shim.local/installer:e2e"
 LABEL = "wasm.shim.io/runtime"
+OPT_IN = "wasm.shim.io/install"  # the label an operator sets on the nodes the chart may install on (its default)
 CONFIG = "/etc/containerd/config.toml"
 NODE_POLICY = "/opt/wasm-shim/policy/policy.toml"  # where the installer puts the chart's signaturePolicy
 NAMESPACE = "default"
@@ -42,14 +44,16 @@ def helm(cluster: Cluster, *args: str, timeout: float = 600) -> subprocess.Compl
                           text=True, timeout=timeout)
 
 
-def installer_image(work: Path, guests: Path) -> Path:
-    """The installer image tarball, built from this clone with the project's own tools."""
+def installer_image(work: Path, guests: Path, *, runner: Path | None = None, ref: str = INSTALLER) -> Path:
+    """The installer image tarball, built from this clone with the project's own tools (`runner`: another
+    component runner binary in the bundle)."""
     bundle = work / "bundle"
     tar = work / "installer.tar"
     steps = [
-        [str(ROOT / ".venv" / "bin" / "wasm-shim"), "bundle", "build", str(bundle)],
+        [str(ROOT / ".venv" / "bin" / "wasm-shim"), "bundle", "build", str(bundle),
+         *(["--runner", str(runner)] if runner else [])],
         [str(bundle / "bin" / "wasm-shim"), "image", "build", str(tar), "--bundle", str(bundle),
-         "--test-wasm", str(guests / "hello.wasm"), "--ref", INSTALLER],
+         "--test-wasm", str(guests / "hello.wasm"), "--ref", ref],
     ]
     for argv in steps:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -78,10 +82,12 @@ def release(cluster: Cluster, guests: Path, tmp_path_factory: pytest.TempPathFac
     for node in cl.NODES:
         cl.load_image(cluster.state, node, tar)
     before = cluster.node_exec("node-a", "cat", CONFIG).stdout
+    # The chart's default nodeSelector: only the nodes an operator opted in. node-a is; node-b is not.
+    core = client.CoreV1Api(cluster.api)
+    core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: "true"}}})
     values = {
         "image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
                   "pullPolicy": "Never"},
-        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
         "node": {"restartCommand": RESTART_COMMAND},
     }
     values_file = work / "values.yaml"
@@ -99,13 +105,14 @@ def release(cluster: Cluster, guests: Path, tmp_path_factory: pytest.TempPathFac
         # The installer puts the node back when its DaemonSet goes away: label, config, restart.
         wait_until("node-a's label removed", lambda: LABEL not in node_labels(core, "node-a"), timeout=180)
         after = cluster.node_exec("node-a", "cat", CONFIG).stdout
+        core.patch_node("node-a", {"metadata": {"labels": {OPT_IN: None}}})
         assert not uninstall_error, uninstall_error
         assert after == before, "node-a's containerd config differs after helm uninstall"
         assert client.NodeV1Api(cluster.api).list_runtime_class(
             field_selector="metadata.name=wasmtime").items == []
 
 
-def test_installer_labels_the_selected_node_only(cluster: Cluster, release: dict) -> None:
+def test_installer_runs_on_the_opted_in_node_only(cluster: Cluster, release: dict) -> None:
     core = client.CoreV1Api(cluster.api)
     wait_until("node-a labelled ready", lambda: node_labels(core, "node-a").get(LABEL) == "ready", timeout=180)
     assert LABEL not in node_labels(core, "node-b")
@@ -709,7 +716,7 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
     try:
         wait_until(f"deployment {name} available", available(apps, name, 1), timeout=180)
         [beside] = pods_of(core, name)
-        values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b"},
+        values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
                   "runtimeClass": {"create": False}, "test": {"enabled": False}}
         values_file = tmp_path / "values.yaml"
         values_file.write_text(yaml.safe_dump(values))
@@ -740,6 +747,86 @@ def test_install_on_a_node_whose_containerd_config_cannot_change_fails_visibly(c
         core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
                                                 "annotations": {"wasm.shim.io/runtime-reason": None}}})
         delete_deployment(apps, core, name)
+    assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
+    assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+
+
+def test_a_node_with_another_wasmtime_shim_is_labelled_failed_and_left_alone(cluster: Cluster, release: dict,
+                                                                            tmp_path: Path) -> None:
+    # node-b's containerd already has a `wasmtime` runtime of another installer (runwasi's runtime type and binary
+    # name; not restarted, as an operator's edit waiting for the next restart would be). A release selecting
+    # node-b refuses it: label failed with the reason, a Warning event, the config byte for byte as it was.
+    core = client.CoreV1Api(cluster.api)
+    before = cluster.node_exec("node-b", "cat", CONFIG).stdout
+    theirs = ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]\n'
+              '  runtime_type = "io.containerd.wasmtime.v1"\n')
+    cluster.node_ok("node-b", "sh", "-c", f'printf "%s" "$1" > {CONFIG}', "sh", before + theirs)
+    other, other_ns = "wasm-shim-foreign", "wasm-system-foreign"
+    values = {**release["values"], "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
+              "runtimeClass": {"create": False}, "test": {"enabled": False}}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    try:
+        result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
+                      "-f", str(values_file), "--wait", "--timeout", "90s")
+        assert result.returncode != 0, result.stdout + result.stderr
+        wait_until("node-b labelled failed", lambda: node_labels(core, "node-b").get(LABEL) == "failed", timeout=180)
+        reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
+        assert "runtimes.wasmtime] (runtime_type 'io.containerd.wasmtime.v1') is a runtime for handler wasmtime " \
+               "that this installer did not write. Refusing to take it over; nothing was changed" in reason, reason
+        events = core.list_namespaced_event(NAMESPACE, field_selector="involvedObject.kind=Node,"
+                                                                      "involvedObject.name=node-b,"
+                                                                      "reason=WasmShimInstallFailed").items
+        assert any("Refusing to take it over" in e.message for e in events)
+        assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before + theirs
+        assert cluster.node_exec("node-b", "test", "-e", "/opt/wasm-shim").returncode != 0
+        assert cluster.node_exec("node-b", "test", "-e", "/usr/local/bin/containerd-shim-wasmtime-v1").returncode != 0
+    finally:
+        result = helm(cluster, "uninstall", other, "-n", other_ns, "--wait", "--timeout", "3m")
+        absent_ok(core.delete_namespace, other_ns)
+        core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
+                                                "annotations": {"wasm.shim.io/runtime-reason": None}}})
+        cluster.node_ok("node-b", "sh", "-c", f'printf "%s" "$1" > {CONFIG}', "sh", before)
+    assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
+
+
+def test_a_node_the_bundle_cannot_start_on_is_labelled_failed_before_its_config_changes(
+        cluster: Cluster, release: dict, guests: Path, tmp_path: Path) -> None:
+    # An installer image whose bundle's component runner needs GLIBC_2.99 (the real runner with the version its
+    # libc symbols need renamed: what a runner linked on a newer glibc than the node's looks like to the node's
+    # loader). `bundle build` reports that floor; the installer on node-b runs the bundle on the node first and
+    # labels it failed with the loader's message, before containerd's config changes.
+    from tests.unit.test_node_installer import needing_glibc_2_99, patched_runner
+
+    core = client.CoreV1Api(cluster.api)
+    ref = "wasm-shim.local/installer:e2e-glibc-2.99"
+    tar = installer_image(tmp_path, guests, runner=patched_runner(tmp_path, "runner", needing_glibc_2_99), ref=ref)
+    assert json.loads((tmp_path / "bundle" / "BUNDLE.json").read_text())["glibc"] == "2.99"
+    for node in cl.NODES:  # the release's pre-delete hook pod may run on either node
+        cl.load_image(cluster.state, node, tar)
+    before = cluster.node_exec("node-b", "cat", CONFIG).stdout
+    other, other_ns = "wasm-shim-glibc", "wasm-system-glibc"
+    values = {**release["values"], "image": {**release["values"]["image"], "tag": ref.rsplit(":", 1)[1]},
+              "nodeSelector": {"kubernetes.io/hostname": "node-b", OPT_IN: None},
+              "runtimeClass": {"create": False}, "test": {"enabled": False}}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    try:
+        result = helm(cluster, "install", other, str(CHART), "-n", other_ns, "--create-namespace",
+                      "-f", str(values_file), "--wait", "--timeout", "90s")
+        assert result.returncode != 0, result.stdout + result.stderr
+        wait_until("node-b labelled failed", lambda: node_labels(core, "node-b").get(LABEL) == "failed", timeout=180)
+        reason = core.read_node("node-b").metadata.annotations.get("wasm.shim.io/runtime-reason", "")
+        assert "the bundle cannot start on this node: the component runner" in reason, reason
+        assert "version `GLIBC_2.99' not found" in reason and "glibc >= 2.99" in reason, reason
+        assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
+        assert cluster.node_exec("node-b", "test", "-e", "/opt/wasm-shim").returncode != 0
+        assert node_labels(core, "node-a").get(LABEL) == "ready"
+    finally:
+        result = helm(cluster, "uninstall", other, "-n", other_ns, "--wait", "--timeout", "3m")
+        absent_ok(core.delete_namespace, other_ns)
+        core.patch_node("node-b", {"metadata": {"labels": {LABEL: None},
+                                                "annotations": {"wasm.shim.io/runtime-reason": None}}})
     assert result.returncode == 0, f"helm uninstall {other} failed:\n{result.stdout}{result.stderr}"
     assert cluster.node_exec("node-b", "cat", CONFIG).stdout == before
 

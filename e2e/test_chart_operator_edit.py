@@ -76,7 +76,7 @@ def test_operator_edit_survives_helm_upgrade_and_uninstall(cluster: Cluster, gue
     values = {
         "image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
                   "pullPolicy": "Never"},
-        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+        "nodeSelector": {"kubernetes.io/hostname": "node-a", "wasm.shim.io/install": None},  # no opt-in label
         "node": {"restartCommand": RESTART_COMMAND},
         "runtimeClass": {"create": False}, "test": {"enabled": False},
     }

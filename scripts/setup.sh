@@ -12,11 +12,13 @@
 #   3. Go tools, each built once into ~/.cache/wasm-shim/go/<tool>-<version>/bin and linked into .tools/bin
 #   4. the component runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and
 #      linked into .venv/bin (where the daemon looks for it) and .tools/bin
+#   4b. optional: the component runner linked against an older glibc (--with runner-glibc; cargo-zigbuild + zig)
 #   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
 # Usage: scripts/setup.sh [--with TOOL]... [--verbose]
-#   --with TOOL    also build an optional tool: a Go tool from the table below, or wasmtime-cli (cargo; step 5)
+#   --with TOOL    also build an optional tool: a Go tool from the table below, wasmtime-cli (cargo; step 5) or
+#                  runner-glibc (step 4b)
 #                  (or: WASM_SHIM_TOOLS="oras cosign")
 #   --verbose      show the commands' own output
 set -euo pipefail
@@ -39,6 +41,7 @@ GO_TOOLS=(
   "oras|v1.3.6|default|oras.land/oras/cmd/oras|oras"
   "cosign|v3.1.3|default|github.com/sigstore/cosign/v3/cmd/cosign|cosign"
   "crane|v0.22.1|default|github.com/google/go-containerregistry/cmd/crane|crane"
+  "actionlint|v1.7.12|default|github.com/rhysd/actionlint/cmd/actionlint|actionlint"
 )
 
 # Go tools whose go.mod has exclude or replace directives, which `go install pkg@version` refuses: their module's
@@ -64,7 +67,7 @@ while (($#)); do
     --with) [[ $# -ge 2 ]] || { echo "setup: --with needs a tool name" >&2; exit 2; }; WITH+=("$2"); shift 2 ;;
     --with=*) WITH+=("${1#--with=}"); shift ;;
     -v|--verbose) VERBOSE=1; shift ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -101,7 +104,7 @@ selected() { # selected NAME DEFAULT-FLAG
   return 1
 }
 
-known=" wasmtime-cli "  # optional tools not built with Go: see their own steps below
+known=" wasmtime-cli runner-glibc "  # optional tools not built with Go: see their own steps below
 for line in "${GO_TOOLS[@]}"; do known+="${line%%|*} "; done
 for w in "${WITH[@]}"; do
   [[ "$known" == *" $w "* ]] || die "unknown tool '$w' for --with; known:$known"
@@ -377,6 +380,47 @@ for link in "$VENV/bin/wasm-shim-component-runner" "$TOOLS_BIN/wasm-shim-compone
     || ln -sfn "$runner_dir/wasm-shim-component-runner" "$link"
 done
 exec 9>&-
+
+# --- 4b. the component runner for an older glibc (optional: --with runner-glibc) -----------------------------------
+# The node bundle's floor is the newest glibc symbol any of its files needs (docs/node-install.md, "Supported
+# nodes"); cargo on this Debian 12 machine links the runner against 2.34. cargo-zigbuild (crates.io) links it with
+# zig (PyPI's `ziglang`) against glibc RUNNER_GLIBC's symbols instead; 2.28 fails (Rust's std calls gettid, which
+# glibc has from 2.30). `make bundle` uses the result when it is there. A second full build of the wasmtime crates.
+RUNNER_GLIBC=2.30
+ZIGLANG_VERSION=0.17.1
+CARGO_ZIGBUILD_VERSION=0.24.0
+if selected runner-glibc optional; then
+  zig_venv="$CACHE/zig/ziglang-$ZIGLANG_VERSION"
+  if [[ ! -x "$zig_venv/bin/python3" ]] || ! "$zig_venv/bin/python3" -c 'import ziglang' 2>/dev/null; then
+    say "installing zig (PyPI ziglang $ZIGLANG_VERSION) into $zig_venv"
+    run ziglang python3 -m venv --clear "$zig_venv"
+    run ziglang-pip "$zig_venv/bin/python3" -m pip install -q "ziglang==$ZIGLANG_VERSION"
+  fi
+  zigbuild_root="$CACHE/cargo/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION"
+  if [[ ! -x "$zigbuild_root/bin/cargo-zigbuild" ]]; then
+    say "building cargo-zigbuild $CARGO_ZIGBUILD_VERSION with cargo install (first time only)"
+    run cargo-zigbuild cargo install cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION" --locked --root "$zigbuild_root"
+  fi
+  floor_dir="$CACHE/cargo/component-runner-glibc$RUNNER_GLIBC-$runner_key"
+  exec 9>"$CACHE/cargo/.lock-component-runner"
+  flock 9
+  if [[ ! -x "$floor_dir/wasm-shim-component-runner" ]]; then
+    say "building the component runner against glibc $RUNNER_GLIBC with cargo zigbuild (first build 10-20 minutes)"
+    find "$ROOT/runner/src" -type f -exec touch {} +
+    # cargo-zigbuild finds zig through `python3 -m ziglang`: the venv's python3 first on PATH.
+    run cargo-zigbuild-runner env PATH="$zig_venv/bin:$zigbuild_root/bin:$PATH" \
+      CARGO_TARGET_DIR="$CACHE/cargo/target-component-runner" \
+      cargo zigbuild --release --locked --target "x86_64-unknown-linux-gnu.$RUNNER_GLIBC" \
+      --manifest-path "$ROOT/runner/Cargo.toml"
+    mkdir -p "$floor_dir"
+    cp "$CACHE/cargo/target-component-runner/x86_64-unknown-linux-gnu/release/wasm-shim-component-runner" \
+      "$floor_dir/.tmp-runner"
+    mv -f "$floor_dir/.tmp-runner" "$floor_dir/wasm-shim-component-runner"
+  fi
+  [[ "$(readlink "$TOOLS_BIN/wasm-shim-component-runner-glibc" 2>/dev/null)" == "$floor_dir/wasm-shim-component-runner" ]] \
+    || ln -sfn "$floor_dir/wasm-shim-component-runner" "$TOOLS_BIN/wasm-shim-component-runner-glibc"
+  exec 9>&-
+fi
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
 # The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # UNTESTED HERE (this machine has no Docker). The chart on a kind cluster, for machines with Docker and kind:
 # create a two-node kind cluster, load the installer and example images, `helm install wasm-shim` onto the
-# worker labelled wasm-shim-e2e=yes, run a wasm Deployment, print its log, then delete the cluster
-# (KEEP=1 keeps it). kind nodes run systemd, so the chart's default containerd restart
+# worker labelled wasm.shim.io/install=true (the chart's opt-in label), run a wasm Deployment, print its log, then
+# delete the cluster (KEEP=1 keeps it). kind nodes run systemd, so the chart's default containerd restart
 # (`nsenter -t 1 ... systemctl restart containerd`) applies and no node.restartCommand is set.
 #
 #   e2e/kind/run.sh            needs: docker, kind, and this clone's .venv + .tools/bin/helm (scripts/setup.sh)
@@ -26,7 +26,7 @@ apiVersion: kind.x-k8s.io/v1alpha4
 nodes:
   - role: control-plane
   - role: worker
-    labels: {wasm-shim-e2e: "yes"}
+    labels: {wasm.shim.io/install: "true"}
 YAML
 kind create cluster --name "$NAME" --config "$WORK/kind.yaml" --wait 120s
 export KUBECONFIG="$WORK/kubeconfig"
@@ -42,8 +42,7 @@ for tar in "$WORK/installer.tar" "$WORK"/images/{busybox,wasm-sleep}-e2e.tar; do
 done
 
 "$HELM" install wasm-shim charts/wasm-shim -n wasm-system --create-namespace --wait --timeout 5m \
-  --set image.repository="${INSTALLER%:*}" --set image.tag="${INSTALLER##*:}" --set image.pullPolicy=Never \
-  --set nodeSelector.wasm-shim-e2e=yes
+  --set image.repository="${INSTALLER%:*}" --set image.tag="${INSTALLER##*:}" --set image.pullPolicy=Never
 kubectl get nodes -L wasm.shim.io/runtime
 kubectl create deployment wasm-sleep --image=wasm-shim.local/wasm-sleep:e2e -- /sleep.wasm 3600
 kubectl patch deployment wasm-sleep --type=json -p '[

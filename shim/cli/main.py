@@ -192,7 +192,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
             bundle=args.bundle or "", layout=args.layout or "", containerd_config=args.containerd_config or "",
             config_version=args.config_version, shim_options=_shim_options(args.option),
             restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
-            restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "",
+            restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "", handler=args.handler,
+            runtime_type=args.runtime_type, shim_binary=args.shim_binary or "",
         )
         node = Node(options)
     except (ValueError, InstallError) as exc:
@@ -212,7 +213,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
         try:
             reporter = kube = KubeReporter(node_name, namespace=args.namespace, kubeconfig=args.kubeconfig or "",
-                                           events_namespace=args.event_namespace)
+                                           events_namespace=args.event_namespace, handler=args.handler)
         except ImportError as exc:
             sys.stderr.write(f"wasm-shim node {args.action}: the kubernetes client is not here ({exc}): run the "
                              "installer image's wasm-shim, or pass --no-report\n")
@@ -221,6 +222,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
             sys.stderr.write(f"wasm-shim node {args.action}: cannot use the Kubernetes API to label node "
                              f"{node_name}: {exc}; pass --no-report to install without it\n")
             return 2
+        if args.restart_slots:
+            from ..node.restart_slots import RestartSlots
+
+            try:
+                # A slot outlives a restart that takes the whole timeout, twice (the rollback restarts again).
+                node = Node(options, slots=RestartSlots(
+                    args.restart_slots, args.max_concurrent_restarts, args.namespace, node_name,
+                    duration=int(2 * args.restart_timeout) + 120))
+            except InstallError as exc:
+                sys.stderr.write(f"wasm-shim node {args.action}: {exc}\n")
+                return 2
     import signal
 
     if args.action == "run":
@@ -242,7 +254,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wasm-shim node: {signal.Signals(signum).name}\n")
     if args.uninstall_on_delete and kube is not None and kube.daemonset_going(args.uninstall_on_delete):
         sys.stdout.write(f"wasm-shim node: DaemonSet {args.uninstall_on_delete} is being deleted: uninstalling\n")
-        return Node(options).uninstall(reporter)
+        return Node(options, slots=node.s.slots).uninstall(reporter)
     sys.stdout.write("wasm-shim node: leaving the node installed (the DaemonSet stays: upgrade or eviction)\n")
     return 0
 
@@ -384,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "and the key files it names (the chart mounts its signaturePolicy ConfigMap here); written to "
                       "PREFIX/policy/ and checked before the install goes on. Without it (and without --option "
                       "policy=...) an allow-all policy is written there, so a later one applies without a restart")
+    node.add_argument("--handler", default=HANDLER, help="the RuntimeClass handler: the name of the runtime table "
+                      f"install adds to containerd's config (default {HANDLER})")
+    node.add_argument("--runtime-type", default=RUNTIME_TYPE, help="that table's runtime_type (default "
+                      f"{RUNTIME_TYPE}); containerd runs containerd-shim-NAME-VERSION from its last two parts")
+    node.add_argument("--shim-binary", help="the name install links the shim under in --bin-dir (default: the one "
+                      "containerd derives from --runtime-type; if given, it must be that name)")
     node.add_argument("--no-restart", action="store_true", help="do not restart containerd (fixture roots, images "
                       "prepared offline)")
     node.add_argument("--restart-command", metavar="CMD", help="run CMD (shell words) instead of the layout's "
@@ -392,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--cri-socket", metavar="PATH", help="node path of containerd's socket to wait on after the "
                       "restart (default: the layout's)")
     node.add_argument("--restart-timeout", type=float, default=90.0, help="seconds to wait for CRI (default 90)")
+    node.add_argument("--restart-slots", metavar="NAME", help="install, uninstall, run: restart containerd only while "
+                      "holding one of the Leases NAME-0 .. NAME-(N-1) in --namespace (the chart creates them), so at "
+                      "most N nodes restart at once; needs --node-name")
+    node.add_argument("--max-concurrent-restarts", type=int, default=1, metavar="N",
+                      help="how many of those Leases there are (default 1)")
     node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
     node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
                       "the only one the API server allows for events about a Node)")

@@ -263,13 +263,20 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def oldest_glibc(root: Path) -> str:
-    """The newest GLIBC_x.y symbol version any ELF file here needs (objdump -T): the oldest glibc it runs on."""
-    best = (0, 0)
+def glibc_needs(root: Path) -> dict[str, tuple[int, int]]:
+    """Each ELF file here (relative path) -> the newest GLIBC_x.y symbol version it needs (objdump -T)."""
+    needs = {}
     for path in elf_files(root):
         out = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=False).stdout
-        for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
-            best = max(best, (int(major), int(minor)))
+        versions = [(int(major), int(minor)) for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out)]
+        if versions:
+            needs[path.relative_to(root).as_posix()] = max(versions)
+    return needs
+
+
+def oldest_glibc(root: Path) -> str:
+    """The newest GLIBC_x.y symbol version any ELF file here needs (objdump -T): the oldest glibc it runs on."""
+    best = max(glibc_needs(root).values(), default=(0, 0))
     return f"{best[0]}.{best[1]}"
 
 
@@ -326,7 +333,11 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
             "python": sys.version.split()[0]}
     info["libraries"] = " ".join(vendored)
     if glibc:
-        info["glibc"] = oldest_glibc(partial)
+        # The floor, and which files set it (the ones a build on an older glibc would have to replace).
+        needs = {rel: v for rel, v in glibc_needs(partial).items() if not rel.startswith(INSTALLER_DIR + "/")}
+        floor = max(needs.values(), default=(0, 0))
+        info["glibc"] = f"{floor[0]}.{floor[1]}"
+        info["glibc_set_by"] = " ".join(sorted(rel for rel, v in needs.items() if v == floor))
     (partial / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     write_launchers(str(partial), str(out_path))
     os.rename(partial, out_path)

@@ -48,8 +48,8 @@ PASSED_ANNOTATIONS = ("wasm.shim.io/*",)
 
 #: Config version -> the plugin that owns `containerd.runtimes` (version 2: 1.6/1.7's CRI; 3: 2.x's runtime).
 CRI_RUNTIME_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
-__all__ = ["CONTAINERD_OPTION_KEYS", "ConfigMergeError", "Merge", "MergeRecord", "RuntimeTable", "Unmerge", "merge",
-           "merge_runtime_table", "runc_table", "table_present", "unmerge"]
+__all__ = ["CONTAINERD_OPTION_KEYS", "ConfigMergeError", "Merge", "MergeRecord", "RuntimeTable", "Unmerge", "conflicts",
+           "merge", "merge_runtime_table", "runc_table", "shim_binary", "table_present", "unmerge"]
 
 
 class ConfigMergeError(ValueError):
@@ -70,6 +70,17 @@ def _header(path: tuple[str, ...]) -> str:
     return "[" + ".".join(parts) + "]"
 
 
+def shim_binary(runtime_type: str) -> str:
+    """The binary containerd execs for `runtime_type`, looked up on its PATH: `containerd-shim-<name>-<version>` from
+    the type's last two dot-separated parts (containerd runtime/v2 `shim.BinaryName`; `io.containerd.wasmtime.v1`
+    -> `containerd-shim-wasmtime-v1`)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+", runtime_type):
+        raise ConfigMergeError(f"runtime type {runtime_type!r}: containerd needs dot-separated parts ending in "
+                               "NAME.VERSION, e.g. io.containerd.wasmtime.v1")
+    name, version = runtime_type.split(".")[-2:]
+    return f"containerd-shim-{name}-{version}"
+
+
 def validate_options(options: Mapping[str, str]) -> dict[str, str]:
     """Check keys and values as the shim will (shim/config.py), so a typo fails here, not at the first pod."""
     try:
@@ -85,8 +96,10 @@ class RuntimeTable:
     handler: str = HANDLER
     options: Mapping[str, str] | None = None
     config_path: str = ""
+    runtime_type: str = RUNTIME_TYPE
 
     def __post_init__(self) -> None:
+        shim_binary(self.runtime_type)  # a type containerd can map to a binary, or ConfigMergeError
         if self.version not in CRI_RUNTIME_PLUGIN:
             raise ConfigMergeError(
                 f"containerd config version must be 2 (containerd 1.6/1.7) or 3 (2.x), not {self.version}"
@@ -110,7 +123,7 @@ class RuntimeTable:
 
     def render(self) -> str:
         passed = "[" + ", ".join(map(_toml_string, PASSED_ANNOTATIONS)) + "]"
-        lines = [_header(self.path), f"  runtime_type = {_toml_string(RUNTIME_TYPE)}",
+        lines = [_header(self.path), f"  runtime_type = {_toml_string(self.runtime_type)}",
                  f"  pod_annotations = {passed}", f"  container_annotations = {passed}"]
         if self.config_path or self.options:
             lines.append(_header((*self.path, "options")))
@@ -127,7 +140,7 @@ class RuntimeTable:
     def as_data(self) -> dict[str, Any]:
         """What tomllib reads back for this table (to compare with a file's current one)."""
         data: dict[str, Any] = {
-            "runtime_type": RUNTIME_TYPE,
+            "runtime_type": self.runtime_type,
             "pod_annotations": list(PASSED_ANNOTATIONS),
             "container_annotations": list(PASSED_ANNOTATIONS),
         }
@@ -414,6 +427,28 @@ def unmerge(text: str, record: MergeRecord) -> Unmerge:
         raise ConfigMergeError("removing our tables by lines would change other settings; the file was left as it "
                                "is: remove " + " and ".join(_header(p) for p in removed) + " by hand")
     return Unmerge(new_text, notes, kept)
+
+
+def conflicts(text: str, table: RuntimeTable) -> list[str]:
+    """The runtimes the config `text` declares that `table` would take over: a different table for its handler
+    (another installer's: runwasi's, kwasm's, runtime-class-manager's, an operator's), and any other handler whose
+    runtime_type is `table`'s, since containerd would run the same binary for both. Our own table, exactly as
+    `table` renders it, is no conflict."""
+    data = _parse(text, "does not parse as TOML")
+    runtimes = _lookup(data, table.path[:-1])
+    out: list[str] = []
+    for name, spec in (runtimes.items() if isinstance(runtimes, Mapping) else ()):
+        if not isinstance(spec, Mapping):
+            continue
+        kind = spec.get("runtime_type", "")
+        header = _header((*table.path[:-1], name))
+        if name == table.handler and spec != table.as_data():
+            out.append(f"{header} (runtime_type {kind!r}) is a runtime for handler {name} that this installer "
+                       "did not write")
+        elif name != table.handler and kind == table.runtime_type:
+            out.append(f"{header} uses runtime_type {kind!r}: containerd would run the same binary "
+                       f"{shim_binary(table.runtime_type)} for it and for handler {table.handler}")
+    return out
 
 
 def table_present(text: str, table: str) -> bool:

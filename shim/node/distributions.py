@@ -19,7 +19,9 @@ Invariants: `plan_install` never returns bytes that do not parse as TOML with ou
 `containerd_config.merge`, the same code path as `wasm-shim containerd-config --merge`), and returns the
 `ConfigEdit` the install record keeps; `plan_uninstall` works on the file as it is at uninstall time: it removes
 exactly the block the record describes (containerd_config.unmerge), so every later edit of the operator's stays,
-and deletes a file only when the install created it and it holds nothing else now.
+and deletes a file only when the install created it and it holds nothing else now. A first install refuses a
+file that already has another runtime for our handler or our runtime type (another installer's shim), changing
+nothing: the operator names another handler, runtime type and binary instead.
 """
 
 from __future__ import annotations
@@ -30,12 +32,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .containerd_config import ConfigMergeError, MergeRecord, RuntimeTable, merge, unmerge
+from .containerd_config import HANDLER, ConfigMergeError, MergeRecord, RuntimeTable, conflicts, merge, unmerge
 
 LABEL = "wasm.shim.io/runtime"
 REASON_ANNOTATION = "wasm.shim.io/runtime-reason"
 VERSION_ANNOTATION = "wasm.shim.io/runtime-version"
+
+
+def node_keys(handler: str) -> tuple[str, str, str]:
+    """The Node label and the two annotations an install for `handler` owns: the plain names for the default
+    handler, `-<handler>` after them for any other, so two releases on one node never touch each other's (the
+    chart's RuntimeClass selects on the label of its own handler: charts/wasm-shim/templates/_helpers.tpl)."""
+    if handler == HANDLER:
+        return LABEL, REASON_ANNOTATION, VERSION_ANNOTATION
+    return f"{LABEL}-{handler}", f"{REASON_ANNOTATION}-{handler}", f"{VERSION_ANNOTATION}-{handler}"
 DROPIN_NAME = "wasm-shim.toml"
+#: Where containerd finds a shim binary by name: its PATH (a systemd unit's default PATH) and, for the
+#: distributions that ship containerd in a directory of their own, that directory, which they put first on it.
+CONTAINERD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+LAYOUT_BIN_DIRS = {"k3s": ("/var/lib/rancher/k3s/data/current/bin",), "rke2": ("/var/lib/rancher/rke2/bin",),
+                   "microk8s": ("/snap/microk8s/current/bin",), "k0s": ("/var/lib/k0s/bin",)}
 #: Run the restart inside PID 1's namespaces: the installer pod has hostPID, so PID 1 is the node's init, and its
 #: mount/UTS/IPC/net/PID namespaces are where `systemctl` finds the system bus (nsenter(1)).
 NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
@@ -168,8 +184,13 @@ def _microk8s(probe: Probe) -> Layout:
                   "/var/snap/microk8s/common/run/containerd.sock")
 
 
-def _k0s(probe: Probe, version: int | None) -> Layout:
-    path = f"{K0S_DROPINS}/{DROPIN_NAME}"
+def dropin_name(handler: str) -> str:
+    """Our k0s drop-in: one per handler, so a second release (another handler) owns a file of its own."""
+    return DROPIN_NAME if handler == HANDLER else f"wasm-shim-{handler}.toml"
+
+
+def _k0s(probe: Probe, version: int | None, handler: str) -> Layout:
+    path = f"{K0S_DROPINS}/{dropin_name(handler)}"
     text = _read_text(probe, path)
     # k0s 1.27-1.31 embed containerd 1.7 (config version 2); a drop-in of ours names its version explicitly.
     found = _version_of(text, path) if text is not None else None
@@ -178,7 +199,8 @@ def _k0s(probe: Probe, version: int | None) -> Layout:
                   "/run/k0s/containerd.sock")
 
 
-def detect(probe: Probe, *, layout: str = "", containerd_config: str = "", config_version: int | None = None) -> Layout:
+def detect(probe: Probe, *, layout: str = "", containerd_config: str = "", config_version: int | None = None,
+           handler: str = HANDLER) -> Layout:
     """The node's layout: the one named, else the first whose files exist (k0s, k3s, rke2, microk8s, containerd).
 
     Raises InstallError for a host with none of them, or with a config we cannot read.
@@ -188,7 +210,7 @@ def detect(probe: Probe, *, layout: str = "", containerd_config: str = "", confi
     if containerd_config and layout not in ("", "containerd"):
         raise InstallError("--containerd-config names a plain containerd's file; it does not apply to " + layout)
     if layout == "k0s" or (not layout and not containerd_config and probe.exists(K0S_DROPINS)):
-        return _k0s(probe, config_version)
+        return _k0s(probe, config_version, handler)
     if layout == "k3s" or (not layout and not containerd_config and probe.exists(K3S_DIR)):
         return _rancher(probe, "k3s", K3S_DIR)
     if layout == "rke2" or (not layout and not containerd_config and probe.exists(RKE2_DIR)):
@@ -248,10 +270,15 @@ class ConfigPlan:
     edit: ConfigEdit = ConfigEdit(None)
 
 
-def runtime_table(layout: Layout, options_path: str) -> RuntimeTable:
+def runtime_table(layout: Layout, options_path: str, handler: str = HANDLER, runtime_type: str = "") -> RuntimeTable:
     # Options always through ConfigPath: the only form containerd 1.6 passes (containerd_config's docstring), and
     # a file the installer can rewrite on upgrade without touching containerd's config.
-    return RuntimeTable(layout.config_version, config_path=options_path)
+    try:
+        if runtime_type:
+            return RuntimeTable(layout.config_version, handler, config_path=options_path, runtime_type=runtime_type)
+        return RuntimeTable(layout.config_version, handler, config_path=options_path)
+    except ConfigMergeError as exc:
+        raise InstallError(str(exc)) from None
 
 
 def _sha256(text: str) -> str:
@@ -278,6 +305,18 @@ def plan_install(layout: Layout, probe: Probe, table: RuntimeTable, previous: Co
             source = f"version = {layout.config_version}\n"
     else:
         source = current
+    if previous is None:
+        # A first install never takes over another runtime: not a table for our handler that someone else wrote,
+        # not another handler running our binary (containerd_config.conflicts).
+        try:
+            found = conflicts(source, table)
+        except ConfigMergeError as exc:
+            raise InstallError(f"{layout.config_path}: {exc}") from None
+        if found:
+            raise InstallError(
+                f"{layout.config_path}: {'; '.join(found)}. Refusing to take it over; nothing was changed. To run "
+                "beside it, give this install another handler, runtime type and binary (chart values "
+                "runtimeClass.handler, node.runtimeType, node.shimBinary; docs/node-install.md)")
     try:
         result = merge(source, table)
     except ConfigMergeError as exc:

@@ -11,8 +11,9 @@ Invariants:
   config edit it keeps is the merge's own record (layout.ConfigEdit), carried over from the first install, so a
   reinstall (a pod restart, `helm upgrade`) after an operator's edit records nothing of theirs as ours.
 - Bad input stops before the first write: the prefix (prefix.py; its name and parts are checked before the lock
-  is taken in it), the layout, the config, the shim options, a foreign shim binary in the bin directory, the
-  bundle.
+  is taken in it), the layout, the config (another installer's runtime for our handler or type), the shim
+  options, a foreign shim binary on containerd's PATH, the bundle. A bundle that cannot start on the node (its
+  CPU, its glibc: preflight.py) stops the install after the copy, before containerd's config changes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import shutil
 from collections.abc import Mapping
 
 from ..config import ShimConfig
-from . import build
+from . import build, preflight
 from .containerd_config import ConfigMergeError, validate_options
-from .distributions import InstallError, Layout, detect, plan_install, runtime_table
+from .distributions import CONTAINERD_PATH, LAYOUT_BIN_DIRS, InstallError, Layout, detect, plan_install, runtime_table
 from .host import PARTIAL_SUFFIX
 from .policy_files import POLICY_DIR, POLICY_FILE, install_policy, remove_stale_policy
 from .prefix import check_own
@@ -43,7 +44,12 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     check_own(s.host, s.prefix, recorded=previous is not None)
     probe = s.host.probe()
     layout = detect(probe, layout=s.o.layout, containerd_config=s.o.containerd_config,
-                    config_version=s.o.config_version)
+                    config_version=s.o.config_version, handler=s.o.handler)
+    if previous is not None and (previous.handler, previous.runtime_type) != (s.o.handler, s.o.runtime_type):
+        raise InstallError(
+            f"{s.prefix} holds the install for handler {previous.handler} (runtime type {previous.runtime_type}), "
+            f"not {s.o.handler} ({s.o.runtime_type}): a second install on this node needs a prefix of its own "
+            "(chart: node.prefix); to change the handler or runtime type of this one, uninstall it first")
     if previous is not None and previous.config_path != layout.config_path:
         raise InstallError(f"already installed into {previous.config_path}, but this node now looks like "
                            f"{layout.describe()}; uninstall first")
@@ -51,24 +57,31 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     shim_options = validate_or_fail(s.o.shim_options)
     if "policy" in shim_options and s.o.policy_dir:
         raise InstallError("--policy-dir and --option policy=... both name a signature policy: choose one")
-    table = runtime_table(layout, s.node_view(s.p(OPTIONS_FILE)))
+    table = runtime_table(layout, s.node_view(s.p(OPTIONS_FILE)), s.o.handler, s.o.runtime_type)
     plan = plan_install(layout, probe, table, previous.config_edit if previous else None)
 
     source = os.path.abspath(s.o.bundle or build.running_bundle())
-    version = build.read_info(source)["id"]
-    bin_link = os.path.join(s.o.bin_dir, SHIM_BINARY)
+    info = build.read_info(source)
+    version = info["id"]
+    bin_link = os.path.join(s.o.bin_dir, s.shim_binary)
     link_target = s.node_view(s.p("current", "bin", SHIM_BINARY))
     real_link = s.host.path(bin_link)
     if os.path.lexists(real_link) and not s.host.is_link_to(bin_link, link_target):
         raise InstallError(f"{bin_link} exists and is not ours (a link to {link_target}); remove it or choose "
                            "another --bin-dir")
+    refuse_foreign_binaries(s, layout, bin_link, link_target)
 
+    # Nothing has changed yet: wait here for a restart slot when this run will restart containerd.
+    if plan.new is not None:
+        s.before_restarting_changes()
     # Files: versioned bundle directory, then the switch, then the options file and the link.
     changes = s.changes
     changes.mkdirs(s.p("versions"), created)
     changes.mkdirs(s.p(os.path.dirname(BACKUP)), created)
     changes.mkdirs(s.o.bin_dir, created)
     copy_bundle(s, source, version)
+    # Before containerd's config changes: does the bundle start here at all (CPU, glibc)? preflight.py
+    preflight.check(s.host, s.o.node_root, s.p("versions", version), str(info.get("glibc", "")))
     current_real = s.host.path(s.p("current"))
     kept_version = os.path.basename(os.readlink(current_real)) if os.path.islink(current_real) else version
     changes.symlink(s.p("current"), os.path.join("versions", version))
@@ -108,6 +121,7 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
         config_edit=plan.edit, bin_link=bin_link, bin_link_target=link_target, original=original,
         files=sorted(set(files)), versions=sorted({version, kept_version}),
         created_dirs=(previous.created_dirs if previous else []) + created, daemon_dirs=daemon_dirs,
+        handler=s.o.handler, runtime_type=s.o.runtime_type,
     )
     changes.write(s.p(STATE_FILE), record.dump())
     if s.o.restart and plan.new is not None:
@@ -120,6 +134,26 @@ def install(s: Session, previous: Record | None, created: list[str]) -> tuple[st
     prune_versions(s, keep=set(record.versions), recorded=previous.versions if previous else [])
     say(f"installed {version} ({layout.describe()})")
     return version, layout
+
+
+def refuse_foreign_binaries(s: Session, layout: Layout, bin_link: str, link_target: str) -> None:
+    """Another binary of our shim's name where containerd looks for it (its PATH, the distribution's own bin
+    directory): containerd would run whichever it finds first for our runtime type, so we refuse to install
+    beside it rather than take it over (or be taken over)."""
+    seen: set[str] = set()
+    for directory in (*CONTAINERD_PATH, *LAYOUT_BIN_DIRS.get(layout.name, ())):
+        path = os.path.join(directory, s.shim_binary)
+        real = os.path.realpath(s.host.path(path))
+        if real in seen or not os.path.lexists(s.host.path(path)) or path == bin_link:
+            continue
+        seen.add(real)
+        if s.host.is_link_to(path, link_target) or real == os.path.realpath(s.host.path(bin_link)):
+            continue  # our own link, seen through another directory of the PATH (/bin -> usr/bin)
+        raise InstallError(
+            f"{path} is a {s.shim_binary} this installer did not put there (runwasi's, or another installer's): "
+            f"containerd would run either it or ours for runtime type {s.o.runtime_type}. Refusing to take it "
+            "over; nothing was changed. To run beside it, give this install another handler, runtime type and "
+            "binary (chart values runtimeClass.handler, node.runtimeType, node.shimBinary)")
 
 
 def copy_bundle(s: Session, source: str, version: str) -> None:

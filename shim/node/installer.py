@@ -4,7 +4,8 @@ report around the steps, which live one job per module:
 - host.py: the host-root view and atomic writes; changes.py: each edit with its undo, the undo log;
 - prefix.py: which directory the installer may own; record.py: the install record (`<prefix>/state.json`);
 - install.py, uninstall.py, status.py: the operations; policy_files.py: the node's signature policy;
-- restart.py: containerd's restart and the wait for CRI; layout.py: layouts and config plans (pure).
+- restart.py: containerd's restart and the wait for CRI; restart_slots.py: how many nodes restart at once;
+  distributions.py: layouts and config plans (pure); preflight.py: the bundle run on the node first.
 
 Invariants:
 - One installer at a time per node (session.Session.lock); a second one stops having changed nothing.
@@ -12,6 +13,8 @@ Invariants:
   refused, containerd not answering CRI after the restart) replays the log backwards, under the lock, and restarts
   containerd again on the bytes it had if a restart was tried, so the node is as found (its previous install
   included, which stays in use: `Reporter.failed(kept=...)`).
+- At most N nodes restart containerd at once when the chart gives restart slots (restart_slots.py): a run that
+  will restart takes one before its first write and gives it back after the restart (or the rollback's).
 - Uninstall removes exactly what the install record names and takes our block out of containerd's config as it
   is then (uninstall.py); what it leaves, and why, goes to stderr and to the reporter.
 """
@@ -29,7 +32,7 @@ from .policy_files import read_policy_dir
 from .prefix import LOCK_FILE, refuse_system_dir
 from .record import STATE_FILE, Record, load
 from .restart import say, wait_for_cri
-from .session import Options, Session
+from .session import Options, Session, Slots
 from .status import status
 from .uninstall import uninstall
 
@@ -54,8 +57,8 @@ class Node:
     """One node's install state and the operations on it."""
 
     def __init__(self, options: Options, *, run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run,
-                 cri_ready: Callable[[str, float], str] | None = None) -> None:
-        self.s = Session(options, run=run, cri_ready=cri_ready)
+                 cri_ready: Callable[[str, float], str] | None = None, slots: Slots | None = None) -> None:
+        self.s = Session(options, run=run, cri_ready=cri_ready, slots=slots)
 
     def _record(self) -> Record | None:
         return load(self.s.host, self.s.prefix, self.s.node_view(self.s.prefix))
@@ -91,6 +94,7 @@ class Node:
                 reporter.failed(reason, kept=kept)
                 return 1
         finally:
+            s.after_restart()  # after the rollback's restart too
             s.unlock()
         reporter.ready(version, layout.name)
         return 0
@@ -106,6 +110,7 @@ class Node:
             try:
                 outcome = uninstall(s, self._record())
             finally:
+                s.after_restart()
                 s.unlock()
         except InstallError as exc:
             sys.stderr.write(f"wasm-shim node uninstall: {exc}\n")

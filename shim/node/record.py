@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .containerd_config import ConfigMergeError, MergeRecord, RuntimeTable, runc_table, unmerge
+from .containerd_config import HANDLER, RUNTIME_TYPE, ConfigMergeError, MergeRecord, RuntimeTable, runc_table, unmerge
 from .distributions import ConfigEdit, InstallError
 from .host import Host
 from .prefix import SYSTEM_DIRS, refuse_system_dir
@@ -34,7 +34,7 @@ STATE_FILE = "state.json"
 OPTIONS_FILE = "config.toml"
 POLICY_DIR = "policy"
 BACKUP = "backup/original"
-SHIM_BINARY = "containerd-shim-wasmtime-v1"
+SHIM_BINARY = "containerd-shim-wasmtime-v1"  # the bundle's launcher (bin/); the link to it may have another name
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Record:
     versions: list[str] = field(default_factory=list)  # directory names under versions/ we copied
     created_dirs: list[str] = field(default_factory=list)  # node paths, parents before children
     daemon_dirs: list[dict[str, str]] = field(default_factory=list)  # {"path", "top"}: see `daemon_dir`
+    handler: str = HANDLER  # the runtime table's handler and type (records before these keys: the defaults)
+    runtime_type: str = RUNTIME_TYPE
 
     def dump(self) -> bytes:
         data = asdict(self)
@@ -115,6 +117,7 @@ def load(host: Host, prefix: str, node_view: str) -> Record | None:
             versions=[_relative(v, "versions") for v in _strings(data, "versions")],
             created_dirs=_strings(data, "created_dirs"),
             daemon_dirs=list(data.get("daemon_dirs", [])),
+            handler=str(data.get("handler", HANDLER)), runtime_type=str(data.get("runtime_type", RUNTIME_TYPE)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InstallError(f"{path} lacks or mangles {exc}; the install record is damaged") from None

@@ -7,8 +7,8 @@ wasm pods on a node and takes them off it.
 Invariants: a failure to reach the API server is reported on stderr and never changes the installer's exit code
 decision for the node itself (the node's files are already as the installer left them); the RBAC it needs is
 exactly `patch` on nodes and `create` on events (charts/wasm-shim/templates/rbac.yaml), and what it writes is what
-the chart's node restriction admits (templates/node-restriction.yaml): on its own Node only the label and the two
-annotations below, events only about that Node, as COMPONENT.
+the chart's node restriction admits (templates/node-restriction.yaml): on its own Node only its handler's label
+and two annotations (distributions.node_keys), events only about that Node, as COMPONENT.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .distributions import LABEL, REASON_ANNOTATION, VERSION_ANNOTATION
+from .containerd_config import HANDLER
+from .distributions import node_keys
 from .installer import Reporter
 
 COMPONENT = "wasm-shim-installer"
@@ -26,7 +27,7 @@ COMPONENT = "wasm-shim-installer"
 
 class KubeReporter(Reporter):
     def __init__(self, node_name: str, namespace: str = "default", kubeconfig: str = "",
-                 events_namespace: str = "default") -> None:
+                 events_namespace: str = "default", handler: str = HANDLER) -> None:
         from kubernetes import client, config
 
         if kubeconfig:
@@ -34,6 +35,8 @@ class KubeReporter(Reporter):
         else:
             config.load_incluster_config()
         self.node_name = node_name
+        self.handler = handler
+        self.label, self.reason_key, self.version_key = node_keys(handler)
         self.namespace = namespace  # where the installer's DaemonSet is
         # An event about a cluster-scoped object must be in "default" (the API server's event validation: an
         # involvedObject without a namespace allows only "" or "default"), as the kubelet's node events are.
@@ -65,9 +68,9 @@ class KubeReporter(Reporter):
             sys.stderr.write(f"wasm-shim node: could not {what} on node {self.node_name}: {exc}\n")
 
     def ready(self, version: str, layout: str) -> None:
-        self._safely("label", lambda: self._patch({LABEL: "ready"},
-                                                   {VERSION_ANNOTATION: version, REASON_ANNOTATION: None}))
-        message = f"wasm-shim {version} installed ({layout}); containerd has handler wasmtime"
+        self._safely("label", lambda: self._patch({self.label: "ready"},
+                                                   {self.version_key: version, self.reason_key: None}))
+        message = f"wasm-shim {version} installed ({layout}); containerd has handler {self.handler}"
         self._safely("create an event", lambda: self._event("Normal", "WasmShimInstalled", message))
 
     def failed(self, reason: str, kept: str = "") -> None:
@@ -75,15 +78,15 @@ class KubeReporter(Reporter):
             # An upgrade that rolled back: the node still runs `kept`, so it stays schedulable for wasm pods; the
             # reason and the event say the new version did not go on.
             reason = f"upgrade failed, {kept} still installed: {reason}"
-            self._safely("annotate", lambda: self._patch({LABEL: "ready"}, {REASON_ANNOTATION: reason[:1024]}))
+            self._safely("annotate", lambda: self._patch({self.label: "ready"}, {self.reason_key: reason[:1024]}))
             self._safely("create an event", lambda: self._event("Warning", "WasmShimUpgradeFailed", reason))
             return
-        self._safely("label", lambda: self._patch({LABEL: "failed"}, {REASON_ANNOTATION: reason[:1024]}))
+        self._safely("label", lambda: self._patch({self.label: "failed"}, {self.reason_key: reason[:1024]}))
         self._safely("create an event", lambda: self._event("Warning", "WasmShimInstallFailed", reason))
 
     def removed(self, left: Sequence[str] = ()) -> None:
-        self._safely("unlabel", lambda: self._patch({LABEL: None},
-                                                     {REASON_ANNOTATION: None, VERSION_ANNOTATION: None}))
+        self._safely("unlabel", lambda: self._patch({self.label: None},
+                                                     {self.reason_key: None, self.version_key: None}))
         if left:
             # Not a failure: what stays is the operator's (their files, a table of ours they changed); they
             # should know it is there.

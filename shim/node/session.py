@@ -7,7 +7,8 @@ the test).
 
 Invariants: the prefix is a plain absolute path other than `/` from the moment a session exists
 (prefix.plain); one installer or uninstaller at a time per node: an exclusive, non-blocking flock on
-`<prefix>/.lock`, and a second one stops having changed nothing.
+`<prefix>/.lock`, and a second one stops having changed nothing; a run that will restart containerd holds a
+restart slot (restart_slots.py) from before its first write until containerd answered again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .changes import Changes
+from .containerd_config import HANDLER, RUNTIME_TYPE, ConfigMergeError, shim_binary
 from .distributions import InstallError
 from .host import Host
 from .prefix import LOCK_FILE, check_parts, plain
@@ -43,18 +46,55 @@ class Options:
     cri_socket: str = ""
     restart_timeout: float = 90.0
     policy_dir: str = ""  # a directory with policy.toml and the key files it names ("" = allow-all policy)
+    handler: str = HANDLER  # the RuntimeClass handler: the runtime table's name in containerd's config
+    runtime_type: str = RUNTIME_TYPE  # the table's runtime_type; containerd runs the binary it names
+    shim_binary: str = ""  # the link's name in bin_dir; "" = the one containerd derives from runtime_type
+
+
+def binary_for(runtime_type: str, named: str) -> str:
+    """The shim binary's name on the node: the one containerd derives from `runtime_type`; `named`, when given,
+    must be that name (containerd finds the binary by it, on its PATH)."""
+    try:
+        derived = shim_binary(runtime_type)
+    except ConfigMergeError as exc:
+        raise InstallError(str(exc)) from None
+    if named and named != derived:
+        raise InstallError(f"shim binary {named!r} does not go with runtime type {runtime_type!r}: containerd runs "
+                           f"{derived} for that type (the type's last two parts); name the binary {derived}, or "
+                           f"choose a runtime type ending in the binary's name")
+    return derived
+
+
+class Slots(Protocol):
+    """What bounds how many nodes restart containerd at once (restart_slots.RestartSlots)."""
+
+    def take(self) -> None: ...
+
+    def give_back(self) -> None: ...
 
 
 class Session:
     def __init__(self, options: Options, *, run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run,
-                 cri_ready: Callable[[str, float], str] | None = None) -> None:
+                 cri_ready: Callable[[str, float], str] | None = None, slots: Slots | None = None) -> None:
         self.o = options
         self.prefix = plain(options.prefix)
+        self.shim_binary = binary_for(options.runtime_type, options.shim_binary)
         self.host = Host(options.host_root)
         self.changes = Changes(self.host)
         self.restarter = Restarter(self.host, command=options.restart_command, cri_socket=options.cri_socket,
                                    timeout=options.restart_timeout, run=run, cri_ready=cri_ready)
         self._lock_fd = -1
+        self.slots = slots
+
+    def before_restarting_changes(self) -> None:
+        """Called before the first write of a run that will restart containerd: wait for a restart slot (none
+        configured: at once). Given back by `after_restart`."""
+        if self.slots is not None and self.o.restart:
+            self.slots.take()
+
+    def after_restart(self) -> None:
+        if self.slots is not None:
+            self.slots.give_back()
 
     def node_view(self, node_path: str) -> str:
         """How the node's processes name `node_path` (node_root + node path)."""

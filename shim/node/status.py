@@ -19,7 +19,7 @@ def status(s: Session, record: Record | None) -> dict[str, object]:
     result: dict[str, object] = {"installed": record is not None}
     try:
         layout = detect(s.host.probe(), layout=s.o.layout, containerd_config=s.o.containerd_config,
-                        config_version=s.o.config_version)
+                        config_version=s.o.config_version, handler=s.o.handler)
         result["layout"] = layout.name
         result["config_path"] = layout.config_path
         result["config_version"] = layout.config_version

@@ -66,6 +66,8 @@ def uninstall(s: Session, record: Record | None) -> Outcome:
 def _config(s: Session, record: Record, out: Outcome) -> None:
     path = record.config_path
     restore = plan_uninstall(path, s.host.read(path), record.config_edit)  # InstallError: nothing removed yet
+    if restore.delete or restore.write is not None:
+        s.before_restarting_changes()  # waits for a restart slot; nothing removed yet
     try:
         if restore.delete:
             os.unlink(s.host.path(path))

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,11 @@ EVERY_VALUE = {
     "runtimeClass": {"create": True, "name": "wasm", "handler": "wasmtime-dev", "overhead": {"memory": "8Mi",
                      "cpu": "10m"}, "extraNodeSelector": {"pool": "wasm"},
                      "tolerations": [{"key": "wasm", "operator": "Exists", "effect": "NoSchedule"}]},
-    "node": {"layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
+    "node": {"runtimeType": "io.containerd.wasmdev.v1", "shimBinary": "containerd-shim-wasmdev-v1",
+             "layout": "containerd", "containerdConfig": "/etc/kind/containerd.toml", "restart": False,
              "restartCommand": "supervisorctl restart containerd", "criSocket": "/run/kind/containerd.sock",
-             "restartTimeoutSeconds": 30, "prefix": "/opt/wasm", "binDir": "/opt/bin", "uninstallOnDelete": False},
+             "restartTimeoutSeconds": 30, "maxConcurrentRestarts": 3, "prefix": "/opt/wasm", "binDir": "/opt/bin",
+             "uninstallOnDelete": False},
     "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
              "metricsAddress": "127.0.0.1:9464", "artifactRegistries": ["ghcr.io/team", "127.0.0.1:5000"]},
     "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
@@ -130,8 +133,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert_valid(objects)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role",
-                            "RoleBinding", "ConfigMap",
-                            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2,
+                            "RoleBinding", "ConfigMap", "Lease",
+                            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3,
                             "DaemonSet", "RuntimeClass", *["Pod", "ServiceAccount", "Role", "RoleBinding"] * 2, "Pod"])
     (ds,) = by_kind(objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
@@ -147,10 +150,20 @@ def test_defaults_render_valid_objects(helm: str) -> None:
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert spec["hostPID"] is True and spec["containers"][0]["securityContext"] == {"privileged": True}
     assert "hostNetwork" not in spec
+    # Opt-in: only the nodes an operator labelled, and only the bundle's platform (x86_64 Linux).
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                                    "wasm.shim.io/install": "true"}
+    # One restart slot by default: one node restarts containerd at a time, on install, upgrade and uninstall.
+    (slot,) = by_kind(objects, "Lease")
+    assert (slot["metadata"]["name"], slot["metadata"]["namespace"], slot["spec"]) == (
+        "wasm-shim-restart-0", "wasm-system", {})
     argv = installer_argv(objects)
     args = build_parser().parse_args(argv)
     assert (args.action, args.host_root, args.uninstall_on_delete, args.namespace, args.event_namespace) == (
         "run", "/host", "wasm-shim", "wasm-system", "default")
+    assert (args.restart_slots, args.max_concurrent_restarts) == ("wasm-shim-restart", 1)
+    assert (args.handler, args.runtime_type, args.shim_binary) == ("wasmtime", "io.containerd.wasmtime.v1",
+                                                                   "containerd-shim-wasmtime-v1")
     events_role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "wasm-shim-events")
     assert events_role["metadata"]["namespace"] == "default"
     assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
@@ -163,7 +176,8 @@ def test_defaults_render_valid_objects(helm: str) -> None:
                                       tuple(rule.get("resourceNames", []))) for rule in r["rules"]]
              for r in objects if r["kind"] in ("ClusterRole", "Role")}
     assert rules == {
-        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",))],
+        "wasm-shim": [(("apps",), ("daemonsets",), ("get",), ("wasm-shim",)),
+                      (("coordination.k8s.io",), ("leases",), ("get", "update"), ("wasm-shim-restart-0",))],
         "wasm-shim-events": [(("",), ("events",), ("create",), ())],
         "wasm-shim-test": [(("",), ("pods", "pods/log"), ("get",), ("wasm-shim-test-wasm",))],
         "wasm-shim-uninstall": [(("apps",), ("daemonsets",), ("get", "delete"), ("wasm-shim",))],
@@ -186,7 +200,8 @@ def test_the_installers_token_is_limited_to_its_own_node(helm: str) -> None:
     objects = render(helm)
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "ValidatingAdmissionPolicy")}
     bindings = {b["metadata"]["name"]: b for b in by_kind(objects, "ValidatingAdmissionPolicyBinding")}
-    assert sorted(policies) == sorted(bindings) == ["wasm-shim-own-events", "wasm-shim-own-node"]
+    assert sorted(policies) == sorted(bindings) == ["wasm-shim-own-events", "wasm-shim-own-node",
+                                                    "wasm-shim-own-slots"]
     for name, policy in policies.items():
         spec = policy["spec"]
         assert spec["failurePolicy"] == "Fail"
@@ -197,7 +212,8 @@ def test_the_installers_token_is_limited_to_its_own_node(helm: str) -> None:
     rules = {name: [(r["resources"], r["operations"]) for r in p["spec"]["matchConstraints"]["resourceRules"]]
              for name, p in policies.items()}
     assert rules == {"wasm-shim-own-node": [(["nodes"], ["UPDATE"])],
-                     "wasm-shim-own-events": [(["events"], ["CREATE"])]}
+                     "wasm-shim-own-events": [(["events"], ["CREATE"])],
+                     "wasm-shim-own-slots": [(["leases"], ["UPDATE"])]}
     # What RBAC grants, each rule narrowed by a policy.
     (cluster_role,) = by_kind(objects, "ClusterRole")
     assert [r["resources"] for r in cluster_role["rules"]] == [["nodes"]]
@@ -249,7 +265,13 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
     assert rc["overhead"] == {"podFixed": {"memory": "8Mi", "cpu": "10m"}}
-    assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready", "pool": "wasm"}
+    assert args.max_concurrent_restarts == 3
+    assert sorted(lease["metadata"]["name"] for lease in by_kind(objects, "Lease")) == [
+        f"wasm-shim-restart-{i}" for i in range(3)]
+    # Another handler's label: two releases on one node never touch each other's (shim/node/distributions.py).
+    assert rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime-wasmtime-dev": "ready", "pool": "wasm"}
+    assert (args.handler, args.runtime_type, args.shim_binary) == ("wasmtime-dev", "io.containerd.wasmdev.v1",
+                                                                   "containerd-shim-wasmdev-v1")
     pods = {p["metadata"]["name"]: p for p in by_kind(objects, "Pod")}
     assert pods["wasm-shim-test-wasm"]["spec"]["runtimeClassName"] == "wasm"
     assert pods["wasm-shim-test-wasm"]["spec"]["containers"][0]["command"] == ["/test/other.wasm"]
@@ -390,3 +412,49 @@ def test_policy_keys_without_a_policy_are_refused(helm: str, tmp_path: Path) -> 
                     check=False)
     assert done.returncode != 0
     assert "signaturePolicy.keys is set but signaturePolicy.toml is empty" in done.stderr
+
+
+def parent_chart(work: Path, values: dict[str, Any]) -> Path:
+    """A chart of an operator's own that depends on ours (file://, as from a registry), with `values`."""
+    parent = work / "platform"
+    parent.mkdir()
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "wasm-shim", "version": yaml.safe_load((CHART / "Chart.yaml").read_text())[
+            "version"], "repository": f"file://{CHART}"}]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump(values))
+    return parent
+
+
+def test_the_chart_renders_as_a_subchart_with_global_values(helm: str, tmp_path: Path) -> None:
+    # helm hands a subchart the parent's `global` values: the schema must accept them (else "additional
+    # properties 'global' not allowed"). Names follow the parent's release, and nameOverride/fullnameOverride
+    # and podLabels work as the Helm conventions say.
+    parent = parent_chart(tmp_path, {"global": {"imageRegistry": "registry.example.com"},
+                                     "wasm-shim": {"podLabels": {"team": "platform"}}})
+    run_helm(helm, "dependency", "build", str(parent), home=tmp_path)
+    objects = render(helm, chart=str(parent), home=tmp_path)
+    assert_valid(objects)
+    (ds,) = by_kind(objects, "DaemonSet")
+    assert ds["metadata"]["name"] == "wasm-shim"  # release "wasm-shim" holds the chart's name
+    assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+    assert "team" not in ds["spec"]["selector"]["matchLabels"]
+    named = render(helm, "--set", "nameOverride=wasmrt", chart=str(CHART))
+    assert by_kind(named, "DaemonSet")[0]["metadata"]["name"] == "wasm-shim-wasmrt"
+    assert by_kind(named, "DaemonSet")[0]["metadata"]["labels"]["app.kubernetes.io/name"] == "wasmrt"
+    full = render(helm, "--set", "fullnameOverride=wasm-node", chart=str(CHART))
+    assert {o["metadata"]["name"] for o in by_kind(full, "DaemonSet") + by_kind(full, "Lease")} == {
+        "wasm-node", "wasm-node-restart-0"}
+    args = build_parser().parse_args(installer_argv(full))
+    assert (args.uninstall_on_delete, args.restart_slots) == ("wasm-node", "wasm-node-restart")
+
+
+def test_the_charts_readme_lists_every_value_and_artifact_hub_its_image(helm: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "chart-values-table.py"), "--check"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    images = yaml.safe_load(chart["annotations"]["artifacthub.io/images"])
+    assert [i["image"] for i in images] == [f"{values['image']['repository']}:{chart['appVersion']}"]
+    assert chart["annotations"]["artifacthub.io/license"] == "Apache-2.0"

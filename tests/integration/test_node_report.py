@@ -123,7 +123,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-CHART_RBAC = ("templates/serviceaccount.yaml", "templates/rbac.yaml", "templates/node-restriction.yaml")
+CHART_RBAC = ("templates/serviceaccount.yaml", "templates/rbac.yaml", "templates/node-restriction.yaml",
+              "templates/restart-slots.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +226,9 @@ def test_the_charts_rbac_allows_nothing_more(api: Api, kubeconfig_for: Callable[
     assert not can("get", "nodes") and not can("delete", "nodes") and not can("get", "secrets", "-A")
     assert not can("create", "events", "-n", "kube-system") and not can("get", "daemonsets/other", "-n", NAMESPACE)
     assert not can("create", "pods", "-n", NAMESPACE)
+    # The restart slots: read and update, by name only (node-restriction.yaml narrows the update to its node).
+    assert can("update", "leases/wasm-shim-restart-0", "-n", NAMESPACE)
+    assert not can("update", "leases/other", "-n", NAMESPACE) and not can("create", "leases", "-n", NAMESPACE)
     # Nothing a node agent would use either: leases (node heartbeats), node status, events in the newer API group.
     assert not can("create", "leases", "-n", "kube-node-lease") and not can("get", "leases", "-A")
     assert not can("patch", "nodes", "--subresource", "status") and not can("update", "nodes")
@@ -385,3 +389,123 @@ def test_one_nodes_installer_token_cannot_change_another_node(api: Api, kubeconf
     refused = patch(unbound, "node-a", {"metadata": {"labels": {"wasm.shim.io/runtime": "ready"}}})
     assert refused.startswith("403 ") and "token names no node" in refused, refused
     assert create(unbound, node_event("node-a")).startswith("403 ")
+
+
+def client_for(api: Api, kubeconfig: Path) -> Any:
+    """A kubernetes ApiClient with the token of `kubeconfig`, verifying the API server by its certificate."""
+    from kubernetes import client
+
+    data = json.loads(kubeconfig.read_text())
+    configuration = client.Configuration()
+    configuration.host = data["clusters"][0]["cluster"]["server"]
+    configuration.ssl_ca_cert = str(api.ca)
+    configuration.api_key = {"authorization": f"Bearer {data['users'][0]['user']['token']}"}
+    return client.ApiClient(configuration)
+
+
+def slots_for(api: Api, kubeconfig: Path, node: str, **kwargs: Any) -> Any:
+    """The restart slots as node `node`'s installer holds them (the chart's default: one slot)."""
+    from wasm_shim.shim.node.restart_slots import RestartSlots
+
+    return RestartSlots("wasm-shim-restart", 1, NAMESPACE, node, duration=kwargs.pop("duration", 300),
+                        api_client=client_for(api, kubeconfig), **kwargs)
+
+
+def test_one_restart_slot_lets_one_node_restart_at_a_time(api: Api, kubeconfig_for: Callable[[str], Path]) -> None:
+    # The chart's Lease, RBAC and policy: node-a takes the one slot; node-b waits (here: gives up after its
+    # timeout, naming the holder) until node-a gives it back, then takes it.
+    from wasm_shim.shim.node.distributions import InstallError
+
+    a = slots_for(api, kubeconfig_for("node-a"), "node-a")
+    b = slots_for(api, kubeconfig_for("node-b"), "node-b", timeout=3)
+    a.take()
+    assert a.held == "wasm-shim-restart-0"
+    lease = json.loads(api.kubectl("get", "lease", "wasm-shim-restart-0", "-n", NAMESPACE, "-o", "json").stdout)
+    assert lease["spec"]["holderIdentity"] == "node-a" and lease["spec"]["leaseDurationSeconds"] == 300
+    with pytest.raises(InstallError, match=r"no restart slot free after \d+ s \(wasm-shim-restart-0: held by "
+                                            r"node-a\); nothing was changed"):
+        b.take()
+    a.take()  # its own slot: held already
+    a.give_back()
+    assert "holderIdentity" not in json.loads(api.kubectl(
+        "get", "lease", "wasm-shim-restart-0", "-n", NAMESPACE, "-o", "json").stdout)["spec"]
+    b.take()
+    assert b.held == "wasm-shim-restart-0"
+    b.give_back()
+
+
+def test_a_slot_whose_holder_died_frees_itself(api: Api, kubeconfig_for: Callable[[str], Path]) -> None:
+    a = slots_for(api, kubeconfig_for("node-a"), "node-a", duration=1)
+    a.take()
+    a.held = ""  # the pod died holding it: nobody gives it back
+    b = slots_for(api, kubeconfig_for("node-b"), "node-b", timeout=60, sleep=lambda s: time.sleep(0.5))
+    b.take()  # once node-a's leaseDurationSeconds have passed without a renewal
+    assert json.loads(api.kubectl("get", "lease", "wasm-shim-restart-0", "-n", NAMESPACE, "-o", "json").stdout)[
+        "spec"]["holderIdentity"] == "node-b"
+    b.give_back()
+
+
+def test_a_token_cannot_give_a_slot_to_another_node_or_free_anothers(
+    api: Api, kubeconfig_for: Callable[[str], Path]
+) -> None:
+    # The policy <release>-own-slots: a compromised node cannot hand the slot to another node, nor free the slot
+    # another node restarts under.
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    a = slots_for(api, kubeconfig_for("node-a"), "node-a")
+    a.take()
+    leases = client.CoordinationV1Api(client_for(api, kubeconfig_for("node-b")))
+    try:
+        for holder in ("node-c", None):
+            lease = leases.read_namespaced_lease("wasm-shim-restart-0", NAMESPACE)
+            lease.spec.holder_identity = holder
+            with pytest.raises(ApiException) as refused:
+                leases.replace_namespaced_lease("wasm-shim-restart-0", NAMESPACE, lease)
+            assert refused.value.status == 403
+            assert "the wasm-shim installer on node node-b may hold a restart slot only for itself and free only " \
+                   "its own" in str(refused.value.body)
+    finally:
+        a.give_back()
+
+
+def test_a_second_release_with_its_own_handler_labels_only_its_own_keys(api: Api, chart_rbac: str,
+                                                                       tmp_path: Path) -> None:
+    # A second release of the chart (handler wasm-b) beside the first on one node: its policy admits exactly its
+    # own label and annotations (wasm.shim.io/runtime-wasm-b, ...), so the two installers never touch each
+    # other's, and the first release's label stays as it was.
+    namespace = "wasm-system-b"
+    api.kubectl("create", "namespace", namespace)
+    shown = [arg for template in CHART_RBAC for arg in ("--show-only", template)]
+    rendered = subprocess.run(
+        [str(HELM), "template", "wasm-b", str(REPO / "charts" / "wasm-shim"), "--namespace", namespace,
+         "--kube-version", "1.37.2", "--set", "runtimeClass.handler=wasm-b", *shown],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    api.kubectl("apply", "-f", "-", stdin=rendered)
+    add_node(api, "node-e")
+    api.kubectl("label", "node", "node-e", "wasm.shim.io/runtime=ready", "--overwrite")  # the first release's
+    api.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "installer-b", "namespace": namespace},
+        "spec": {"serviceAccountName": "wasm-b-wasm-shim", "nodeName": "node-e",
+                 "containers": [{"name": "installer", "image": "wasm-shim.local/installer:test"}]}}))
+    uid = api.kubectl("get", "pod", "installer-b", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+    token = api.kubectl("create", "token", "wasm-b-wasm-shim", "-n", namespace, "--bound-object-kind", "Pod",
+                        "--bound-object-name", "installer-b", "--bound-object-uid", uid).stdout.strip()
+    installer_kubeconfig = kubeconfig(tmp_path / "b.kubeconfig", chart_rbac, token)
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    done = subprocess.run(
+        [str(WASM_SHIM), "node", "install", "--host-root", str(root), "--node-root", str(root), "--node-name",
+         "node-e", "--kubeconfig", str(installer_kubeconfig), "--namespace", namespace, "--no-restart",
+         "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1", "--bundle", str(make_bundle(tmp_path))],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "could not" not in done.stderr, done.stderr  # its label, annotations and event were all admitted
+    meta = api.node("node-e")["metadata"]
+    assert meta["labels"]["wasm.shim.io/runtime-wasm-b"] == "ready"
+    assert meta["labels"]["wasm.shim.io/runtime"] == "ready"  # the first release's, untouched
+    assert meta["annotations"]["wasm.shim.io/runtime-version-wasm-b"] == "0.1.0-fixture"
+    assert "wasm.shim.io/runtime-version" not in meta["annotations"]
+    # Its token may not set the first release's label.
+    refused = as_installer(api, installer_kubeconfig, lambda core: core.patch_node(
+        "node-e", {"metadata": {"labels": {"wasm.shim.io/runtime": "failed"}}}))
+    assert refused.startswith("403") and "may change only the label wasm.shim.io/runtime-wasm-b" in refused, refused

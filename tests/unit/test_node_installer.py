@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,11 +108,22 @@ def make_root(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def make_bundle(tmp_path: Path, bundle_id: str = "0.1.0-fixture") -> Path:
+def make_bundle(tmp_path: Path, bundle_id: str = "0.1.0-fixture", runner: Path | None = None) -> Path:
+    """A bundle directory the installer copies and starts (preflight.py) without the full build: its
+    interpreter runs this .venv's Python, its site-packages names this clone's package root, its component
+    runner is the real one (tests/integration/test_node_bundle.py installs a built bundle)."""
     bundle = tmp_path / f"bundle-{bundle_id}"
     (bundle / "python/bin").mkdir(parents=True)
-    (bundle / "python/bin/python3.11").write_text("an interpreter would be here\n")
-    (bundle / "BUNDLE.json").write_text(json.dumps({"id": bundle_id, "version": "0.1.0"}))
+    interpreter = bundle / "python/bin/python3.11"
+    interpreter.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    interpreter.chmod(0o755)
+    (bundle / "python/bin/python3").symlink_to("python3.11")
+    site = bundle / "python/lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    (site / "wasm_shim").symlink_to(REPO / ".tools" / "pkgroot" / "wasm_shim")
+    (bundle / "python/bin/wasm-shim-component-runner").symlink_to(
+        runner or (REPO / ".venv" / "bin" / "wasm-shim-component-runner").resolve())
+    (bundle / "BUNDLE.json").write_text(json.dumps({"id": bundle_id, "version": "0.1.0", "glibc": "2.34"}))
     return bundle
 
 
@@ -265,6 +277,132 @@ def test_foreign_shim_binary_is_not_replaced(tmp_path: Path) -> None:
     before = snapshot(root)
     done = node(root, "install", "--no-restart", bundle=make_bundle(tmp_path))
     assert done.returncode == 1 and "exists and is not ours" in done.stderr
+    assert snapshot(root) == before
+
+
+def test_a_foreign_shim_binary_on_containerds_path_is_refused(tmp_path: Path) -> None:
+    # runwasi's package puts containerd-shim-wasmtime-v1 in /usr/bin: containerd would run whichever of it and
+    # our link comes first on its PATH for io.containerd.wasmtime.v1. Refused, untouched; another runtime type
+    # (so another binary name) installs beside it.
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16,
+                                "usr/bin/containerd-shim-wasmtime-v1": "\x7fELF runwasi's shim\n"})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    done = node(root, "install", "--no-restart", bundle=bundle)
+    assert done.returncode == 1
+    assert "/usr/bin/containerd-shim-wasmtime-v1 is a containerd-shim-wasmtime-v1 this installer did not put " \
+           "there" in done.stderr
+    assert "Refusing to take it over; nothing was changed" in done.stderr
+    assert snapshot(root) == before
+    beside = node(root, "install", "--no-restart", "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1",
+                  "--shim-binary", "containerd-shim-wasmb-v1", bundle=bundle)
+    assert beside.returncode == 0, beside.stderr
+    assert (root / "usr/local/bin/containerd-shim-wasmb-v1").is_symlink()
+    assert node(root, "uninstall", "--no-restart").returncode == 0
+    assert snapshot(root) == before
+
+
+def test_another_handler_with_our_runtime_type_is_refused(tmp_path: Path) -> None:
+    # A handler of another name that runs io.containerd.wasmtime.v1 (kwasm names it so): containerd would start
+    # the same binary name for it and for ours.
+    theirs = ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasm-kwasm]\n'
+              '  runtime_type = "io.containerd.wasmtime.v1"\n')
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16 + theirs})
+    before = snapshot(root)
+    done = node(root, "install", "--no-restart", bundle=make_bundle(tmp_path))
+    assert done.returncode == 1
+    assert "runtimes.wasm-kwasm] uses runtime_type 'io.containerd.wasmtime.v1': containerd would run the same " \
+           "binary containerd-shim-wasmtime-v1 for it and for handler wasmtime" in done.stderr
+    assert snapshot(root) == before
+
+
+def test_a_shim_binary_containerd_would_not_find_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    done = node(root, "install", "--no-restart", "--runtime-type", "io.containerd.wasmb.v1", "--shim-binary",
+                "containerd-shim-wasmtime-v1", bundle=make_bundle(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert "shim binary 'containerd-shim-wasmtime-v1' does not go with runtime type 'io.containerd.wasmb.v1': " \
+           "containerd runs containerd-shim-wasmb-v1 for that type" in done.stderr
+    bad = node(root, "install", "--no-restart", "--runtime-type", "wasmtime", bundle=tmp_path / "no-bundle")
+    assert bad.returncode == 2 and "runtime type 'wasmtime': containerd needs dot-separated parts" in bad.stderr
+    assert snapshot(root) == before
+
+
+def test_two_installs_with_their_own_handlers_live_on_one_node(tmp_path: Path) -> None:
+    # Two releases on one node: each its prefix, handler, runtime type and binary; each uninstall takes exactly
+    # its own off, in either order, and a second handler into the first's prefix is refused.
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path)
+    second = ("--prefix", "/opt/wasm-shim-b", "--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1")
+    for order in ((), second), (second, ()):
+        assert node(root, "install", "--no-restart", bundle=bundle).returncode == 0
+        alone = snapshot(root)
+        assert node(root, "install", "--no-restart", *second, bundle=bundle).returncode == 0
+        runtimes = tomllib.loads((root / "etc/containerd/config.toml").read_text())["plugins"][
+            "io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+        assert sorted(runtimes) == ["runc", "wasm-b", "wasmtime"]
+        assert runtimes["wasm-b"]["options"]["ConfigPath"] == str(root / "opt/wasm-shim-b/config.toml")
+        mixed = node(root, "install", "--no-restart", "--handler", "wasm-b", "--runtime-type",
+                     "io.containerd.wasmb.v1", bundle=bundle)
+        assert mixed.returncode == 1
+        assert "/opt/wasm-shim holds the install for handler wasmtime (runtime type io.containerd.wasmtime.v1), " \
+               "not wasm-b (io.containerd.wasmb.v1): a second install on this node needs a prefix of its own" \
+               in mixed.stderr
+        first_out, then_out = order
+        assert node(root, "uninstall", "--no-restart", *first_out[:2]).returncode == 0
+        if first_out == second:
+            assert snapshot(root) == alone
+        assert node(root, "uninstall", "--no-restart", *then_out[:2]).returncode == 0
+        left = snapshot(root)
+        if not first_out:
+            # The first install made /opt (this root has none); the second's prefix was in it when the first
+            # uninstalled, so it stayed, and the second never made it: an empty /opt is what remains.
+            assert left.pop("opt") == ("dir", 0o755, b"")
+            (root / "opt").rmdir()
+        assert left == before
+
+
+def patched_runner(tmp_path: Path, name: str, patch: Callable[[bytearray], bytes]) -> Path:
+    """A copy of the real component runner with `patch` applied to its bytes: what a bundle built for another
+    platform would carry."""
+    data = bytearray((REPO / ".venv" / "bin" / "wasm-shim-component-runner").resolve().read_bytes())
+    path = tmp_path / name
+    path.write_bytes(patch(data))
+    path.chmod(0o755)
+    return path
+
+
+def as_aarch64(data: bytearray) -> bytes:
+    data[18:20] = (183).to_bytes(2, "little")  # ELF e_machine EM_AARCH64: the kernel refuses it on x86_64
+    return bytes(data)
+
+
+def needing_glibc_2_99(data: bytearray) -> bytes:
+    # The version its libc symbols need, renamed in .dynstr: the dynamic loader finds no such version in the
+    # node's libc.so.6, as for a runner linked against a newer glibc than the node has.
+    assert b"GLIBC_2.34\0" in data
+    return bytes(data).replace(b"GLIBC_2.34\0", b"GLIBC_2.99\0")
+
+
+@pytest.mark.parametrize(("patch", "said"), [
+    (as_aarch64, "cannot be executed here: it is built for aarch64, this node is x86_64 (Exec format error)"),
+    (needing_glibc_2_99, "exited 1: ")])
+def test_a_bundle_that_cannot_start_on_the_node_is_refused_before_the_config_changes(
+        tmp_path: Path, patch: Callable[[bytearray], bytes], said: str) -> None:
+    root = make_root(tmp_path, {"etc/containerd/config.toml": CONTAINERD_16})
+    before = snapshot(root)
+    bundle = make_bundle(tmp_path, runner=patched_runner(tmp_path, "runner", patch))
+    done = node(root, "install", "--no-restart", bundle=bundle)
+    assert done.returncode == 1, done.stdout
+    runner = str(root / "opt/wasm-shim/versions/0.1.0-fixture/python/bin/wasm-shim-component-runner")
+    assert f"the bundle cannot start on this node: the component runner (/opt/wasm-shim/versions/0.1.0-fixture/" \
+           f"python/bin/wasm-shim-component-runner) {said}" in done.stderr
+    if patch is needing_glibc_2_99:
+        assert f"version `GLIBC_2.99' not found (required by {runner})" in done.stderr
+    assert "This node: x86_64, glibc not found; the bundle: " in done.stderr  # a fixture root has no libc.so.6
+    assert "the node is as it was before this run" in done.stderr
     assert snapshot(root) == before
 
 

@@ -144,7 +144,10 @@ def test_the_runc_table_install_added_stays_while_other_runtimes_need_it(tmp_pat
     assert "which need the default runtime declared beside them" in gone.stdout
 
 
-def test_a_table_install_replaced_comes_back_in_place_after_edits(tmp_path: Path) -> None:
+def test_a_foreign_wasmtime_table_is_refused_and_another_handler_installs_beside_it(tmp_path: Path) -> None:
+    # Another installer's shim for handler wasmtime (runwasi's binary name and runtime type): a first install
+    # refuses it, naming the table, and changes nothing; a second handler, runtime type and binary live beside
+    # it, and their uninstall (after an operator's edit) leaves the foreign table and the edit.
     theirs = (f'# our own wasm runtime, before the chart\n[{V2_RUNTIMES}.wasmtime]\n'
               '  runtime_type = "io.containerd.wasmtime.v1"\n'
               f'  [{V2_RUNTIMES}.wasmtime.options]\n    BinaryName = "/usr/local/bin/other-shim"\n')
@@ -153,14 +156,26 @@ def test_a_table_install_replaced_comes_back_in_place_after_edits(tmp_path: Path
     root = make_root(tmp_path, {"etc/containerd/config.toml": original})
     before = snapshot(root)
     bundle = make_bundle(tmp_path)
-    assert node(root, "install", "--no-restart", bundle=bundle).returncode == 0
+    refused = node(root, "install", "--no-restart", bundle=bundle)
+    assert refused.returncode == 1
+    assert f"/etc/containerd/config.toml: [{V2_RUNTIMES}.wasmtime] (runtime_type 'io.containerd.wasmtime.v1') is " \
+           "a runtime for handler wasmtime that this installer did not write. Refusing to take it over; nothing " \
+           "was changed." in refused.stderr
+    assert "runtimeClass.handler, node.runtimeType, node.shimBinary" in refused.stderr
+    assert snapshot(root) == before
+
+    beside = ("--handler", "wasm-b", "--runtime-type", "io.containerd.wasmb.v1")
+    assert node(root, "install", "--no-restart", *beside, bundle=bundle).returncode == 0
     config = root / "etc/containerd/config.toml"
-    assert "other-shim" not in config.read_text()
+    runtimes = tomllib.loads(config.read_text())["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert runtimes["wasmtime"]["options"] == {"BinaryName": "/usr/local/bin/other-shim"}
+    assert runtimes["wasm-b"]["runtime_type"] == "io.containerd.wasmb.v1"
+    assert os.readlink(root / "usr/local/bin/containerd-shim-wasmb-v1") == \
+        str(root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1")
     config.write_text(operator_edit(config.read_text(), 2))
-    assert node(root, "install", "--no-restart", bundle=bundle).returncode == 0
+    assert node(root, "install", "--no-restart", *beside, bundle=bundle).returncode == 0
     gone = node(root, "uninstall", "--no-restart")
     assert gone.returncode == 0, gone.stderr
-    assert "put back the " in gone.stdout
     expected = dict(before)
     expected["etc/containerd/config.toml"] = ("file", before["etc/containerd/config.toml"][1],
                                               operator_edit(original, 2).encode())
