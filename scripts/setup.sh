@@ -13,6 +13,8 @@
 #   4. the component runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and
 #      linked into .venv/bin (where the daemon looks for it) and .tools/bin
 #   4b. optional: the component runner linked against an older glibc (--with runner-glibc; cargo-zigbuild + zig)
+#   4c. the pod sandbox holder (shim/sandbox/holder.c, cc -static): built once per source change into
+#      ~/.cache/wasm-shim/sandbox-holder-<key> and linked into .venv/bin and .tools/bin
 #   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
@@ -56,7 +58,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk tinyproxy-bin
+  patchelf binutils wrk tinyproxy-bin gcc libc6-dev
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,6 +423,23 @@ if selected runner-glibc optional; then
     || ln -sfn "$floor_dir/wasm-shim-component-runner" "$TOOLS_BIN/wasm-shim-component-runner-glibc"
   exec 9>&-
 fi
+
+# --- 4c. the pod sandbox holder ------------------------------------------------------------------------------
+# On containerd 2.x the daemon holds each pod's namespaces with one small process (shim/sandbox/holder.c);
+# static, so the node bundle can carry it to any node. Keyed by a hash of its source; a compile takes a second.
+holder_key="$(sha256sum "$ROOT/shim/sandbox/holder.c" | cut -c1-16)"
+holder_dir="$CACHE/sandbox-holder-$holder_key"
+if [[ ! -x "$holder_dir/wasm-shim-sandbox-holder" ]]; then
+  say "building the pod sandbox holder (shim/sandbox/holder.c) with cc"
+  mkdir -p "$holder_dir"
+  run cc-sandbox-holder cc -O2 -static -s -Wall -Wextra -Werror -o "$holder_dir/.tmp-holder" \
+    "$ROOT/shim/sandbox/holder.c"
+  mv -f "$holder_dir/.tmp-holder" "$holder_dir/wasm-shim-sandbox-holder"
+fi
+for link in "$VENV/bin/wasm-shim-sandbox-holder" "$TOOLS_BIN/wasm-shim-sandbox-holder"; do
+  [[ "$(readlink "$link" 2>/dev/null)" == "$holder_dir/wasm-shim-sandbox-holder" ]] \
+    || ln -sfn "$holder_dir/wasm-shim-sandbox-holder" "$link"
+done
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
 # The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose

@@ -72,7 +72,8 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
             except tomllib.TOMLDecodeError as exc:
                 return fail(f"{args.merge} is not valid TOML: {exc}")
     try:
-        table = RuntimeTable(2 if version is None else version, args.handler, options, args.config_path or "")
+        table = RuntimeTable(2 if version is None else version, args.handler, options, args.config_path or "",
+                             args.sandboxer or "")
         if not args.merge:
             sys.stdout.write(table.render())
             return 0
@@ -296,8 +297,11 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
     runner = args.runner or shutil.which("wasm-shim-component-runner",
                                          path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
+    search = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    holder = shutil.which("wasm-shim-sandbox-holder", path=search) or ""
     try:
-        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "")
+        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "",
+                     holder=os.path.realpath(holder) if holder else "")
     except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1
@@ -355,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a shim option for the options table (e.g. grouping=pod); repeatable; containerd 1.7+")
     cc.add_argument("--config-path", metavar="FILE",
                     help="emit ConfigPath = FILE instead of inline options (the only form containerd 1.6 passes)")
+    cc.add_argument("--sandboxer", choices=("shim", "podsandbox"),
+                    help="containerd 2.x only: who makes each pod's sandbox; shim (the default: the shim holds the "
+                    "pod's namespaces, no pause container) or podsandbox (CRI's pause container, run by the shim "
+                    "through runc)")
     cc.add_argument("--merge", metavar="FILE",
                     help="merge the table into this containerd config file (backup FILE.bak; no change if it is "
                     "already there)")

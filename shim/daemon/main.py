@@ -131,9 +131,11 @@ class Daemon:
     async def run(self) -> None:
         from ..engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
         from ..engines.wasmtime import WasmtimeEngine
+        from ..sandbox.holder import Holders, find_holder
+        from ..sandbox.service import SandboxService
         from ..ttrpc.server import Server
         from .events import EventQueue, TtrpcForwarder
-        from .rpc import task_handlers
+        from .rpc import sandbox_handlers, task_handlers
         from .task_service import TaskService
 
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
@@ -147,7 +149,12 @@ class Daemon:
         events.start()
         self.tasks = TaskService([engine, native], events, on_empty=self._touch, entrypoints=self.entrypoints,
                                  tracer=self.tracing)
+        # Pods whose CRI table says `sandboxer = "shim"` (containerd 2.x): each held by a holder process.
+        holder_binary = find_holder()
+        holders = Holders(holder_binary) if holder_binary else None
+        self.sandboxes = SandboxService(holders, on_empty=self._touch)
         handlers = self.tracing.traced(task_handlers(self.tasks, self.namespace))
+        handlers.update(sandbox_handlers(self.sandboxes, self.namespace))
         metrics = None
         if self.config.metrics_address or self.config.metrics_dir:
             from .metrics import Metrics  # off by default (config.py); prometheus_client is imported only then
@@ -172,6 +179,9 @@ class Daemon:
             await self._serve_until_done(server)
         finally:
             await self.tasks.kill_all()
+            await self.sandboxes.stop_all()
+            if holders is not None:
+                await loop.run_in_executor(None, holders.close)
             # No runc container and no runner process outlives the daemon; the wasmtime engine's compiled code,
             # ticker and watcher go with it.
             for closing in (native, engine):
@@ -189,7 +199,7 @@ class Daemon:
             log.info("daemon exiting")
 
     def _busy(self, server: Server) -> bool:
-        return bool(self.tasks.tasks) or server.connection_count > 0
+        return bool(self.tasks.tasks) or bool(self.sandboxes.sandboxes) or server.connection_count > 0
 
     async def _serve_until_done(self, server: Server) -> None:
         tick = max(0.05, min(1.0, self.config.idle_timeout / 4 or 0.05))

@@ -7,6 +7,7 @@ Layout (what `build` writes and the installer copies to `<prefix>/versions/<id>`
     bin/wasm-shim                    launcher for the CLI (`wasm-shim node install` in the installer image)
     python/bin/python3.11            the interpreter this venv runs on, RUNPATH rewritten to $ORIGIN/../lib
     python/bin/wasm-shim-component-runner   beside the interpreter, where the daemon looks first
+    python/bin/wasm-shim-sandbox-holder     likewise: holds each pod's namespaces on containerd 2.x (shim/sandbox/)
     python/lib/libpython3.11.so.1.0  and the stdlib (no test suites, tkinter, idle, ensurepip)
     python/lib/python3.11/site-packages/   the runtime closure of our dependencies + wasm_shim/{shim,oci}
     installer/site-packages/         the installer's own (kubernetes client closure); not copied onto nodes
@@ -280,13 +281,16 @@ def oldest_glibc(root: Path) -> str:
     return f"{best[0]}.{best[1]}"
 
 
-def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, str]:
+def build(out: str, *, repo: str, runner: str, holder: str = "", glibc: bool = True) -> dict[str, str]:
     """Build the bundle into `out` (must not exist) from this interpreter, its installed packages and `repo`."""
     out_path = Path(out).resolve()
     if out_path.exists():
         raise BuildError(f"{out} exists; choose a new directory (the bundle is built whole, never patched)")
     if not os.access(runner, os.X_OK):
         raise BuildError(f"the component runner {runner} is missing: run scripts/setup.sh")
+    if not holder or not os.access(holder, os.X_OK):
+        raise BuildError(f"the pod sandbox holder {holder or 'wasm-shim-sandbox-holder'} is missing: run "
+                          "scripts/setup.sh")
     if shutil.which("patchelf") is None:
         raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
     base = Path(sys.base_prefix)
@@ -315,6 +319,8 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True) -> dict[str, 
         _copy_tree(Path(repo) / package, site / "wasm_shim" / package, {"__pycache__"})
     shutil.copyfile(runner, pyroot / "bin" / "wasm-shim-component-runner")
     os.chmod(pyroot / "bin" / "wasm-shim-component-runner", 0o755)
+    shutil.copyfile(holder, pyroot / "bin" / "wasm-shim-sandbox-holder")  # static: no library to vendor
+    os.chmod(pyroot / "bin" / "wasm-shim-sandbox-holder", 0o755)
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
     # ddir: co_filename names the file relative to the bundle, not the build directory (the import system puts
     # the real path back when it loads a .pyc: importlib._bootstrap_external, _fix_up_module / _fix_co_filename).
