@@ -71,7 +71,7 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     instance-start path about a millisecond per line (profiled).
     """
     import queue
-    from logging.handlers import QueueHandler, QueueListener
+    from logging.handlers import QueueListener
 
     from .logfmt import LogfmtFormatter
 
@@ -88,9 +88,18 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     listener = QueueListener(records, *handlers, respect_handler_level=True)
     listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [QueueHandler(records)]
+    root.handlers[:] = [_RecordQueue(records)]
     root.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
     return listener
+
+
+class _RecordQueue(logging.handlers.QueueHandler):
+    """Hands the record itself to the listener thread, which formats it: QueueHandler's own ``prepare`` formats a
+    copy in the caller (so it could be pickled to another process), which put that work on the path of every
+    Create and Start. The queue never leaves this process."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
 
 
 def _worker_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:

@@ -396,14 +396,20 @@ class WasmtimeEngine:
         return self._cache.get(digest, kind, wasm, name, finish)
 
 
+#: Files Kubernetes (the kubelet and CRI) bind-mounts into every container: not the pod author's choice, so not
+#: worth a warning at every Create of every pod (a log line is paid on the start path).
+KUBERNETES_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"})
+
+
 def _directory_mounts(spec: GuestSpec) -> tuple[GuestMount, ...]:
     """The mounts a WASI guest is granted: the directories (WASI preopens are directories only)."""
     for mount in spec.mounts:
         if not mount.directory:
             # Kubernetes bind-mounts files into every container (/etc/hosts, /etc/resolv.conf,
             # /dev/termination-log): refusing them would refuse every pod.
-            log.warning("task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
-                        spec.task_id, mount.destination, mount.source)
+            level = logging.DEBUG if mount.destination in KUBERNETES_FILES else logging.WARNING
+            log.log(level, "task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
+                    spec.task_id, mount.destination, mount.source)
     return tuple(mount for mount in spec.mounts if mount.directory)
 
 
