@@ -195,6 +195,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
             restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
             restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "", handler=args.handler,
             runtime_type=args.runtime_type, shim_binary=args.shim_binary or "",
+            warm_timeout=args.warm_timeout,
         )
         node = Node(options)
     except (ValueError, InstallError) as exc:
@@ -423,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "most N nodes restart at once; needs --node-name")
     node.add_argument("--max-concurrent-restarts", type=int, default=1, metavar="N",
                       help="how many of those Leases there are (default 1)")
+    node.add_argument("--warm-timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="install: then warm the node (start its shim daemon through containerd, pull and compile "
+                      "the warm_images option's images) and wait at most SECONDS for it before reporting the node "
+                      "ready; problems are warnings (default 0: no warm-up)")
     node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
     node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
                       "the only one the API server allows for events about a Node)")

@@ -379,6 +379,23 @@ class WasmtimeEngine:
                 raise EngineError(f"{path}: {COMPONENT_RUNNER} --precompile failed: {done.stderr.strip()}")
         return compiled.digest, kind, source
 
+    def warm(self, path: str, name: str) -> str:
+        """Make the wasm at ``path`` start without a compile (shim/daemon/warm.py): a module compiled into the memory
+        and disk caches; a component checked and compiled by its runner (remembered, as a Create does), or in the
+        daemon when no runner is installed. Says what was done; EngineError naming ``name`` when it cannot."""
+        try:
+            with open(path, "rb") as file:
+                header = file.read(8)
+        except OSError as exc:
+            raise EngineError(f"{name}: {exc.strerror}") from None
+        kind = classify_header(header, name)
+        runner = self._runner.find() if kind is EntryKind.COMPONENT else None
+        if runner is not None:
+            digest, _, source = self._check_in_runner(runner, path, name)
+            return f"component {digest[:16]} checked by {COMPONENT_RUNNER} ({source})"
+        compiled, source = self._compiled(path, kind, name)
+        return f"{kind.value} {compiled.digest[:16]} ({source})"
+
     def _compiled(self, host_path: str, kind: EntryKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
         try:
             with open(host_path, "rb") as file:
