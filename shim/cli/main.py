@@ -300,9 +300,11 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
                                          path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
     search = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     holder = shutil.which("wasm-shim-sandbox-holder", path=search) or ""
+    # The venv's copy (setup.sh puts the real file there, in front of its .py launcher).
+    fast_start = os.path.join(os.path.dirname(sys.executable), "containerd-shim-wasmtime-v1")
     try:
         info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "",
-                     holder=os.path.realpath(holder) if holder else "")
+                     holder=os.path.realpath(holder) if holder else "", fast_start=fast_start)
     except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1

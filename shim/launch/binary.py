@@ -23,7 +23,7 @@ import posix  # not `os` (see contract.py): loaded by the interpreter already
 import sys
 import time
 
-from ..config import ConfigError, ShimConfig, load_config
+from ..config import DEFAULT_CONFIG_FILE, ConfigError, ShimConfig, load_config
 from . import contract
 
 TYPE_CHECKING = False  # not typing's (see contract.py)
@@ -165,12 +165,17 @@ def _makedirs(path: str, mode: int) -> None:
 
 def start(args: contract.ShimArgs, environ: Mapping[str, str]) -> int:
     bundle = posix.getcwd()
-    start_input = contract.decode_start_input(_read_stdin(), environ)
+    stdin = _read_stdin()
+    start_input = contract.decode_start_input(stdin, environ)
     if start_input.options_type:
         return _fail(
             f"unsupported runtime options type {start_input.options_type!r}; "
             f"set `options` for this runtime as {contract.RUNTIME_OPTIONS_TYPE} (config_body TOML)"
         )
+    # The files the config comes from, as they are before they are read: a hint made from them holds only while
+    # they stay so (fast_start.c compares).
+    sources = [p for p in (environ.get("WASM_SHIM_CONFIG", DEFAULT_CONFIG_FILE), start_input.options_path) if p]
+    states = [contract.file_state(p) for p in sources]
     try:
         config: ShimConfig = load_config(
             options_body=start_input.options_body, options_path=start_input.options_path, environ=environ
@@ -188,15 +193,59 @@ def start(args: contract.ShimArgs, environ: Mapping[str, str]) -> int:
                      f"choose a shorter socket_dir than {socket_dir}")
     try:
         _makedirs(socket_dir, 0o711)
-        return _start_group(args, start_input, environ, bundle, path, group)
+        answer = _start_group(args, start_input, environ, bundle, path, group)
     except OSError as exc:
         return _fail(f"cannot start the shim daemon for {args.id} (socket {path}): {exc}")
+    if answer is None:
+        return 1
+    if config.grouping == "namespace":  # the container decides nothing: the next start can answer without us
+        _write_hint(contract.hint_key(args.address, args.namespace, environ, stdin),
+                    contract.hint_text(path, f"unix://{path}", answer, states))
+    return 0
+
+
+def _write_hint(key: str, text: bytes | None) -> None:
+    """Leave a hint for fast_start.c (best effort: without one, the next start is this one again)."""
+    if text is None:
+        return
+    try:
+        _makedirs(contract.HINT_DIR, 0o700)
+        st = posix.lstat(contract.HINT_DIR)
+        if st.st_uid != posix.geteuid() or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o040000:
+            return  # not a private directory of ours: fast_start.c would not trust it either
+        partial = f"{contract.HINT_DIR}/.{key}.{posix.getpid()}"
+        fd = posix.open(partial, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC | posix.O_NOFOLLOW,
+                        0o600)
+        try:
+            posix.write(fd, text)
+        finally:
+            posix.close(fd)
+        posix.rename(partial, f"{contract.HINT_DIR}/{key}")
+    except OSError:
+        return
+    # Hints outlive their daemons (a socket dir cleaned up, a config changed): the ones whose socket is gone go.
+    for name in posix.listdir(contract.HINT_DIR):
+        if name == key:
+            continue
+        try:
+            with open(f"{contract.HINT_DIR}/{name}", "rb") as hint:
+                socket_path = hint.read(4096).split(b"\n")[1]
+            posix.stat(socket_path)
+        except FileNotFoundError:
+            try:
+                posix.unlink(f"{contract.HINT_DIR}/{name}")
+            except OSError:
+                pass
+        except (OSError, IndexError):
+            pass
 
 
 def _start_group(
     args: contract.ShimArgs, start_input: contract.StartInput, environ: Mapping[str, str], bundle: str, path: str,
     group: str = "",
-) -> int:
+) -> bytes | None:
+    """Find or launch the group's daemon, write the bundle's address file, print the answer; the answer, or None
+    (the reason already written to stderr)."""
 
     lock_fd = posix.open(path + ".lock", posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
     try:
@@ -217,10 +266,12 @@ def _start_group(
         with open(contract.join(bundle, "address"), "w") as f:
             f.write(address)
     except OSError as exc:
-        return _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
-    sys.stdout.buffer.write(contract.encode_start_output(address, start_input, environ))
+        _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
+        return None
+    answer = contract.encode_start_output(address, start_input, environ)
+    sys.stdout.buffer.write(answer)
     sys.stdout.flush()
-    return 0
+    return answer
 
 
 def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> bytes | None:

@@ -286,6 +286,48 @@ def encode_start_output(address: str, start_input: StartInput, environ: Mapping[
     return address.encode()
 
 
+# --- start hints: what fast_start.c answers from without Python ------------------------------------------------
+HINT_DIR = "/run/wasm-shim/start-hints"  # root-only (0700); fast_start.c trusts nothing else
+HINT_TAG = "wasm-shim-start-hint-v1"
+HINT_ENV = ("NAMESPACE", "TTRPC_ADDRESS", "GRPC_ADDRESS", "MAX_SHIM_VERSION")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # the bytes the environment held (environ() decoded them)
+
+
+def hint_key(address: str, namespace: str, environ: Mapping[str, str], stdin: bytes) -> str:
+    """The key fast_start.c computes for these inputs (its header comment says what goes in, in which order)."""
+    digest = _sha256()
+    parts = [HINT_TAG, address, namespace]
+    parts += [f"{name}={environ[name]}" if name in environ else name for name in HINT_ENV]
+    ours = sorted(_raw(f"{name}={value}") for name, value in environ.items() if name.startswith("WASM_SHIM_"))
+    for part in [_raw(p) for p in parts] + ours:
+        digest.update(part + b"\0")
+    digest.update(b"%016x" % len(stdin))
+    digest.update(stdin)
+    return digest.hexdigest()
+
+
+def file_state(path: str) -> str:
+    """A config file as a hint records it: "file PATH INO SIZE MTIME_NS CTIME_NS", or "none PATH" if absent."""
+    try:
+        st = posix.stat(path)
+    except FileNotFoundError:
+        return f"none {path}"
+    return f"file {path} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+def hint_text(socket: str, address: str, answer: bytes, files: list[str]) -> bytes | None:
+    """A hint's content (fast_start.c's format); None when something in it would not survive its parsing."""
+    lines = ["wasm-shim-hint 1", socket, address, answer.hex(), *files]
+    if any(not line or any(c.isspace() and c != " " for c in line) for line in lines) or \
+            any(" " in path for path in (socket, address)) or \
+            any(len(line.split(" ")) != (6 if line.startswith("file ") else 2) for line in files):
+        return None
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
 def encode_runtime_info(name: str, version: str) -> bytes:
     """containerd.types.RuntimeInfo{name=1, version=2 RuntimeVersion{version=1, revision=2}}: what containerd
     2.x reads from `-info` (api/types/introspection.proto)."""

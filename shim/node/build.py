@@ -3,7 +3,9 @@
 Layout (what `build` writes and the installer copies to `<prefix>/versions/<id>`):
 
     BUNDLE.json                      {"id", "version", "python", "glibc"}: id = version + digest of the content
-    bin/containerd-shim-wasmtime-v1  launcher: `#!<root>/python/bin/python3.11 -IS` + the stdlib-only start path
+    bin/containerd-shim-wasmtime-v1  what containerd execs (shim/launch/fast_start.c, static): `start` for a daemon
+                                     already up from its hint, else the launcher beside it
+    bin/containerd-shim-wasmtime-v1.py  launcher: `#!<root>/python/bin/python3.11 -IS` + the stdlib-only start path
     bin/wasm-shim                    launcher for the CLI (`wasm-shim node install` in the installer image)
     python/bin/python3.11            the interpreter this venv runs on, RUNPATH rewritten to $ORIGIN/../lib
     python/bin/wasm-shim-component-runner   beside the interpreter, where the daemon looks first
@@ -38,7 +40,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 INFO = "BUNDLE.json"
-LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
+LAUNCHERS = ("bin/containerd-shim-wasmtime-v1.py", "bin/wasm-shim")
+FAST_START = "bin/containerd-shim-wasmtime-v1"
 #: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. urllib3 and
 #: cryptography are the daemon's signature policy and artifact path (oci/registry.py, oci/cosign.py); PyNaCl only
 #: decrypts private keys for `wasm-shim sign`, which nodes never do. The OpenTelemetry SDK and exporters are the
@@ -281,7 +284,8 @@ def oldest_glibc(root: Path) -> str:
     return f"{best[0]}.{best[1]}"
 
 
-def build(out: str, *, repo: str, runner: str, holder: str = "", glibc: bool = True) -> dict[str, str]:
+def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str = "",
+          glibc: bool = True) -> dict[str, str]:
     """Build the bundle into `out` (must not exist) from this interpreter, its installed packages and `repo`."""
     out_path = Path(out).resolve()
     if out_path.exists():
@@ -290,6 +294,9 @@ def build(out: str, *, repo: str, runner: str, holder: str = "", glibc: bool = T
         raise BuildError(f"the component runner {runner} is missing: run scripts/setup.sh")
     if not holder or not os.access(holder, os.X_OK):
         raise BuildError(f"the pod sandbox holder {holder or 'wasm-shim-sandbox-holder'} is missing: run "
+                          "scripts/setup.sh")
+    if not fast_start or not os.access(fast_start, os.X_OK):
+        raise BundleError(f"the shim binary's fast start {fast_start or FAST_START} is missing: run "
                           "scripts/setup.sh")
     if shutil.which("patchelf") is None:
         raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
@@ -321,6 +328,7 @@ def build(out: str, *, repo: str, runner: str, holder: str = "", glibc: bool = T
     os.chmod(pyroot / "bin" / "wasm-shim-component-runner", 0o755)
     shutil.copyfile(holder, pyroot / "bin" / "wasm-shim-sandbox-holder")  # static: no library to vendor
     os.chmod(pyroot / "bin" / "wasm-shim-sandbox-holder", 0o755)
+    _copy_file(Path(fast_start), partial / FAST_START)  # static too; the launcher it runs is written below
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
     # ddir: co_filename names the file relative to the bundle, not the build directory (the import system puts
     # the real path back when it loads a .pyc: importlib._bootstrap_external, _fix_up_module / _fix_co_filename).

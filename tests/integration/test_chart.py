@@ -474,6 +474,6 @@ def test_warm_values_reach_the_installer(helm: str) -> None:
     assert "warm_images=reg.example.com/a:1,reg.example.com/b:2" in args.option and args.warm_timeout == 60
     cold = build_parser().parse_args(installer_argv(render(helm, "--set", "warm.keepDaemon=false")))
     assert "idle_timeout=never" not in cold.option and cold.warm_timeout == 0
-    bad = run_helm(helm, "template", "x", str(CHART), "--kube-version", K8S_VERSION, "--set", "warm.images={with space}",
-                   check=False)
+    bad = run_helm(helm, "template", "x", str(CHART), "--kube-version", K8S_VERSION,
+                   "--set", "warm.images={with space}", check=False)
     assert bad.returncode != 0 and "/warm/images/0" in bad.stderr

@@ -176,7 +176,8 @@ def test_install_twice_is_once_and_uninstall_restores_every_byte(tmp_path: Path,
     link = root / "usr/local/bin/containerd-shim-wasmtime-v1"
     assert os.readlink(link) == str(root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1")
     assert os.readlink(root / "opt/wasm-shim/current") == "versions/0.1.0-fixture"
-    shebang = link.read_text().splitlines()[0]
+    # The binary there (fast_start.c, a bundle's content) runs the Python launcher beside its real path.
+    shebang = (root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1.py").read_text().splitlines()[0]
     assert shebang == f"#!{root}/opt/wasm-shim/versions/0.1.0-fixture/python/bin/python3.11 -IS"
     # Every file the layout had is still there with its bytes, except the one config we edit.
     for rel, text in files.items():
