@@ -69,11 +69,13 @@ def run_sandbox_request(handler: str, uid: str) -> bytes:
 
 
 def warm_up(socket_path: str, handler: str, images: Sequence[str], status_path: str, timeout: float,
-            say: Callable[[str], None], *, cri: Callable[[str, str, bytes, float], bytes] = _cri) -> list[str]:
-    """Do the three steps of the module docstring; the warnings (empty: all warm)."""
+            say: Callable[[str], None], *, pull: bool = True,
+            cri: Callable[[str, str, bytes, float], bytes] = _cri) -> list[str]:
+    """Do the three steps of the module docstring (``pull`` False: the images are on the node already, as a
+    preloaded cluster's are); the warnings (empty: all warm)."""
     warnings: list[str] = []
     deadline = time.monotonic() + timeout
-    for image in images:
+    for image in images if pull else ():
         try:
             cri(socket_path, "/runtime.v1.ImageService/PullImage", pull_request(image),
                 max(1.0, deadline - time.monotonic()))
@@ -93,8 +95,10 @@ def warm_up(socket_path: str, handler: str, images: Sequence[str], status_path: 
         return warnings
     pending = [image for image in images if not any(image in w for w in warnings)]
     outcomes = _wait_for_status(status_path, pending, deadline)
+    if pending and outcomes is None:
+        return [*warnings, f"the daemon reports no warm-up in {status_path}: its warm_images option is empty"]
     for image in pending:
-        outcome = outcomes.get(image)
+        outcome = (outcomes or {}).get(image)
         if outcome is None:
             warnings.append(f"{image} was not compiled within {timeout:g} s (it goes on in the daemon)")
         elif outcome.get("state") == "compiled":
@@ -104,13 +108,20 @@ def warm_up(socket_path: str, handler: str, images: Sequence[str], status_path: 
     return warnings
 
 
-def _wait_for_status(path: str, images: Sequence[str], deadline: float) -> dict[str, dict[str, str]]:
-    """The daemon's outcomes for ``images``, once it reported all of them (or what it had at the deadline)."""
+STATUS_GRACE = 10.0  # seconds for a daemon with warm_images to write its first status
+
+
+def _wait_for_status(path: str, images: Sequence[str], deadline: float) -> dict[str, dict[str, str]] | None:
+    """The daemon's outcomes for ``images``, once it reported all of them (or what it had at the deadline); None
+    when it wrote no status at all within STATUS_GRACE seconds (it was given nothing to warm)."""
     outcomes: dict[str, dict[str, str]] = {}
+    seen = False
+    grace = time.monotonic() + STATUS_GRACE
     while True:
         try:
             with open(path, encoding="utf-8") as file:
                 status = json.load(file)
+            seen = True
             alive = os.path.exists(f"/proc/{int(status.get('pid', 0))}")
             if alive or status.get("done"):
                 outcomes = {k: v for k, v in (status.get("outcomes") or {}).items() if k in images}
@@ -118,6 +129,8 @@ def _wait_for_status(path: str, images: Sequence[str], deadline: float) -> dict[
             pass
         if all(image in outcomes for image in images) or time.monotonic() >= deadline:
             return outcomes
+        if not seen and time.monotonic() >= grace:
+            return None
         time.sleep(0.5)
 
 
