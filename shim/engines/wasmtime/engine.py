@@ -75,6 +75,7 @@ from .thread_guest import ThreadGuest
 
 log = logging.getLogger(__name__)
 CHECKED_ENTRIES = 1024  # components whose runner check is remembered (a digest and a few export names each)
+KNOWN_FILES = 4096  # files whose digest is remembered by identity (below)
 
 WasmtimePrepared = ModulePrepared | ComponentPrepared
 WasmtimeGuest = ThreadGuest | ComponentRunner
@@ -105,6 +106,10 @@ class WasmtimeEngine:
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
         self._checked: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # components the runner compiled: exports
         self._checking: dict[str, threading.Lock] = {}  # digest -> held while one runner compiles it
+        # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> sha256 of a file already read: an image layer's
+        # module is the same bytes at every Create (a write to it changes its ctime, which no user can set), so
+        # a memory hit needs a stat, not a read and a hash of the whole module.
+        self._digests: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._exit_watcher: ExitWatcher | None = None
         self._closed = False  # no new guests
         config = wasmtime.Config()
@@ -399,10 +404,22 @@ class WasmtimeEngine:
     def _compiled(self, host_path: str, kind: EntryKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
         try:
             with open(host_path, "rb") as file:
+                st = os.fstat(file.fileno())
+                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                with self._lock:
+                    known = self._digests.get(identity)
+                if known is not None:
+                    hit = self._cache.peek(known, kind)
+                    if hit is not None:
+                        return hit, "memory"
                 wasm = file.read()
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         digest = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            self._digests[identity] = digest
+            while len(self._digests) > KNOWN_FILES:
+                self._digests.popitem(last=False)
         finish: Callable[[Any], CompiledModule | CompiledComponent]
         if kind is EntryKind.MODULE:
             def finish(module: Any) -> CompiledModule | CompiledComponent:

@@ -129,6 +129,7 @@ class ModuleGuest(ThreadGuest):
                 for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
                     func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
                     assert isinstance(func, wasmtime.Func)  # checked in prepare
+                    self.entering()
                     func(store)
             finally:
                 self._sample_memory(store)
