@@ -213,3 +213,32 @@ def test_crictl_stats_of_the_pod_answer(node: CriNode) -> None:
     assert [entry["attributes"]["id"] for entry in stats["stats"]] == [pod_id]
 
 
+
+
+def test_the_holder_reaps_the_orphans_of_a_shared_pid_namespace(node: CriNode) -> None:
+    """A sidecar's orphan is re-parented to PID 1 of the pod's PID namespace, the holder, which must reap it: a
+    pause container does (its SIGCHLD handler); the holder ignores SIGCHLD, so the kernel discards the status."""
+    busybox = _busybox(node)
+    pod_id, pod = _runp(node, "reaper")
+    (holder,) = _holders(node)
+    orphaner = node.crictl.create(pod_id, node.container_config(
+        "orphaner", busybox, command=["/bin/sh"], args=["-c", "(sleep 1 &); echo forked; exec sleep 600"]), pod)
+    node.crictl.run("start", orphaner)
+    wait_for(lambda: "forked" in node.crictl.logs(orphaner).stdout, 10, "the orphan forked")
+
+    def children(state: str) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == holder and fields[0] == state:
+                found.append(int(entry.name))
+        return found
+
+    wait_for(lambda: not children("S") and not children("Z"), 10,
+             lambda: f"the holder's children gone, zombies included (sleeping {children('S')}, "
+                     f"zombies {children('Z')})")
+    node.crictl.run("stopp", pod_id)
+    node.crictl.run("rmp", pod_id)
