@@ -234,7 +234,7 @@ class WasmtimeEngine:
         """
         try:
             with open(path, "rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
+                digest = self._digest_of(file)
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         with self._lock:
@@ -259,6 +259,23 @@ class WasmtimeEngine:
                     if self._checking.get(digest) is checking:
                         del self._checking[digest]
         return digest, exports, "runner"
+
+    def _digest_of(self, file: Any) -> str:
+        """The sha256 of an open file, from the identity memo when the same file was hashed before (see
+        ``_digests``: a large component is not read at every Create)."""
+        st = os.fstat(file.fileno())
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            known = self._digests.get(identity)
+            if known is not None:
+                self._digests.move_to_end(identity)
+                return known
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        with self._lock:
+            self._digests[identity] = digest
+            while len(self._digests) > KNOWN_FILES:
+                self._digests.popitem(last=False)
+        return digest
 
     def _remembered(self, digest: str) -> tuple[str, ...] | None:
         """Exports of a component the runner already checked, or None (caller holds ``_lock``)."""
