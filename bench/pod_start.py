@@ -51,7 +51,7 @@ class Variant:
 
 
 def run(ctx: Context) -> Figure:
-    figure = Figure("pod_start", "12. A pod through CRI: `crictl runp` + `create` + `start` (ms)")
+    figure = Figure("pod_start", "13. A pod through CRI: `crictl runp` + `create` + `start` (ms)")
     return timed(figure, lambda: _measure(ctx, figure))
 
 

@@ -294,10 +294,10 @@ def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str
         raise BuildError(f"the component runner {runner} is missing: run scripts/setup.sh")
     if not holder or not os.access(holder, os.X_OK):
         raise BuildError(f"the pod sandbox holder {holder or 'wasm-shim-sandbox-holder'} is missing: run "
-                          "scripts/setup.sh")
+                         "scripts/setup.sh")
     if not fast_start or not os.access(fast_start, os.X_OK):
-        raise BundleError(f"the shim binary's fast start {fast_start or FAST_START} is missing: run "
-                          "scripts/setup.sh")
+        raise BuildError(f"the shim binary's fast start {fast_start or FAST_START} is missing: run "
+                         "scripts/setup.sh")
     if shutil.which("patchelf") is None:
         raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
     base = Path(sys.base_prefix)
