@@ -5,7 +5,6 @@ its module in the daemon's memory: no compile on its path."""
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import time
@@ -54,8 +53,8 @@ def cri(request: pytest.FixtureRequest, containerd_factory: ContainerdFactory, g
     nodes: list[CriNode] = []
 
     def make(env: dict[str, str], extra_config: str = "") -> CriNode:
-        node = start_cri_node(functools.partial(containerd_factory, env=env), kind, guests / "pause",
-                              tmp_path / f"cri{len(nodes)}", extra_config=extra_config)
+        node = start_cri_node(containerd_factory, kind, guests / "pause", tmp_path / f"cri{len(nodes)}",
+                              extra_config=extra_config, env=env)
         nodes.append(node)
         return node
 
