@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,10 +119,15 @@ static unsigned char *input;
 static size_t input_length;
 
 static void python(char **argv) {
-    char self[4096];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 4);
-    if (n <= 0) { perror("containerd-shim-wasmtime-v1: /proc/self/exe"); _exit(1); }
-    self[n] = '\0';
+    char self[PATH_MAX + 4];
+    ssize_t n = readlink("/proc/self/exe", self, PATH_MAX);
+    if (n > 0) {
+        self[n] = '\0';
+    } else if (strchr(argv[0], '/') == NULL || realpath(argv[0], self) == NULL) {
+        /* No /proc (a chroot without it, as the installer's preflight may run us): the path we were run by. */
+        perror("containerd-shim-wasmtime-v1: /proc/self/exe");
+        _exit(1);
+    }
     strcat(self, ".py");
     if (input != NULL) { /* stdin was read: hand the same bytes on */
         int fd = memfd_create("shim-stdin", MFD_CLOEXEC);

@@ -44,13 +44,12 @@ __all__ = ["Host", "Node", "Options", "Reporter", "options_toml", "read_policy_d
 def warm(s: Session, layout: Layout) -> None:
     """Start the node's shim daemon through containerd and wait for its `warm_images` (warmup.py); warnings only."""
     from ..config import ShimConfig
-    from .containerd_config import HANDLER
     from .warmup import STATUS_FILE, warm_up
 
     config = ShimConfig().merged(s.o.shim_options, "--option")
     socket = s.host.path(s.o.cri_socket or layout.cri_socket)
     status_path = s.host.path(os.path.join(config.cache_dir, STATUS_FILE))
-    for warning in warm_up(socket, HANDLER, config.warm_images, status_path, s.o.warm_timeout, say):
+    for warning in warm_up(socket, s.o.handler, config.warm_images, status_path, s.o.warm_timeout, say):
         say(f"warning: warm-up: {warning}")
 
 

@@ -129,3 +129,13 @@ def test_anything_the_hint_does_not_hold_goes_to_the_launcher_intact(binary: Pat
     assert lines[0] == "python fallback: " + " ".join(argv[1:]), (lines, done.stderr)
     assert (lines[1] if len(lines) > 1 else "") == stdin.hex(), "the same stdin bytes, handed on"
     assert not (bundle / "address").exists()
+
+
+def test_without_proc_the_launcher_is_found_by_the_path_it_was_run_by(binary: Path) -> None:
+    # The installer's preflight runs the bundle's shim binary chrooted into the node's root, where /proc may not be
+    # mounted: /proc/self/exe is then missing, and the launcher beside the binary is found through argv[0].
+    script = f"mount -t tmpfs none /proc && exec {binary} -v"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().splitlines()[0] == "python fallback: -v"
