@@ -73,7 +73,7 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
                 return fail(f"{args.merge} is not valid TOML: {exc}")
     try:
         table = RuntimeTable(2 if version is None else version, args.handler, options, args.config_path or "",
-                             args.sandboxer or "")
+                             sandboxer=args.sandboxer or "")
         if not args.merge:
             sys.stdout.write(table.render())
             return 0

@@ -177,3 +177,12 @@ def test_containerd_2_tables_hand_the_sandbox_to_the_shim() -> None:
 def test_a_sandboxer_that_cannot_work_is_refused(version: int, sandboxer: str, message: str) -> None:
     with pytest.raises(ConfigMergeError, match=message):
         RuntimeTable(version=version, sandboxer=sandboxer)
+
+
+def test_the_cli_table_names_the_sandboxer_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    from wasm_shim.shim.cli.main import main
+
+    assert main(["containerd-config", "--config-version", "3", "--sandboxer", "podsandbox"]) == 0
+    table = tomllib.loads(capsys.readouterr().out)["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]
+    assert table["runtimes"]["wasmtime"]["runtime_type"] == "io.containerd.wasmtime.v1"
+    assert table["runtimes"]["wasmtime"]["sandboxer"] == "podsandbox"
