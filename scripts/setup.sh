@@ -445,8 +445,20 @@ fi
 #   site-packages/   the bundle's distributions at the venv's versions (`build.pins()`), from PyPI wheels for that
 #                    glibc or older (manylinux_2_28 ... manylinux1, cp311), cached by the pins
 #   wasm-shim-component-runner   step 4b's; GLIBC: the glibc all of it was built for
+#   old-root/        a Debian root older than this machine's (debootstrap: buster, glibc 2.28, when the mirror still
+#                    has it, else bullseye, 2.31), where tests/integration/test_node_bundle.py runs the bundle
 BUNDLE_FLOOR_GLIBC=2.28
+BUNDLE_FLOOR_APT=(cmake debootstrap)  # expat's build; the old root
 if selected bundle-floor optional; then
+  floor_missing=()
+  for pkg in "${BUNDLE_FLOOR_APT[@]}"; do
+    dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || floor_missing+=("$pkg")
+  done
+  if ((${#floor_missing[@]})); then
+    say "installing Debian packages for bundle-floor: ${floor_missing[*]}"
+    apt_update
+    run apt-install env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${floor_missing[@]}"
+  fi
   ensure_zig
   floor_python="$(nice -n 10 bash "$ROOT/scripts/bundle-floor/build-python.sh" "$ZIG" "$CACHE/floor" "$BUNDLE_FLOOR_GLIBC")" \
     || die "the floor interpreter did not build (above; logs in $CACHE/floor/logs)"
@@ -471,6 +483,22 @@ if selected bundle-floor optional; then
   ln -sfn "$floor_site" "$floor_tools/site-packages"
   ln -sfn "$floor_dir/wasm-shim-component-runner" "$floor_tools/wasm-shim-component-runner"
   printf '%s\n' "$BUNDLE_FLOOR_GLIBC" >"$floor_tools/GLIBC"
+  if [[ ! -e "$floor_tools/old-root" ]]; then
+    for suite in buster bullseye; do
+      old_root="$CACHE/floor/root-$suite"
+      if [[ ! -f "$old_root/.complete" ]]; then
+        rm -rf "$old_root"
+        say "making a Debian $suite root for the floor bundle's tests (debootstrap, minbase)"
+        env DEBIAN_FRONTEND=noninteractive debootstrap --variant=minbase "$suite" "$old_root" \
+          http://deb.debian.org/debian >"$LOG_DIR/debootstrap-$suite.log" 2>&1 || { rm -rf "$old_root"; continue; }
+        touch "$old_root/.complete"
+      fi
+      ln -sfn "$old_root" "$floor_tools/old-root"
+      break
+    done
+    [[ -e "$floor_tools/old-root" ]] || say "no older Debian root could be made (logs: $LOG_DIR/debootstrap-*.log);" \
+      "the bundle test will not run the floor bundle on an older glibc"
+  fi
 fi
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------

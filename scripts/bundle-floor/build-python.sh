@@ -12,6 +12,7 @@
 #   openssl      shared (libssl.so.3, libcrypto.so.3 into the prefix): _ssl and _hashlib both use it
 #   libffi, zlib, bzip2, xz-utils, expat: static and position-independent, linked into the modules using them
 #                (_ctypes, zlib/binascii, _bz2, _lzma, pyexpat)
+# Needs (besides zig): dpkg-source, patch, patchelf, make, perl (OpenSSL's Configure), cmake (expat).
 # Left out, as the bundle needs none of them: sqlite3, readline, curses, tkinter, dbm/gdbm, nis, crypt, uuid.
 #
 # Keyed by the digests of the source files, the recipe's version (RECIPE below), zig's version and the floor: the same inputs build once
@@ -117,17 +118,25 @@ dir="$(unpack xz-utils)"
   --disable-xzdec --disable-lzmadec --disable-lzmainfo --disable-lzma-links --disable-scripts --disable-doc \
   --disable-nls CFLAGS="-O2" && run xz make -j"$JOBS" && run xz make install)
 
-# libffi
+# libffi. Without static trampolines: 3.4.4's tramp.c calls a function it never declares, which clang (zig's)
+# refuses; closures (ctypes callbacks) then use the trampolines libffi used before 3.4 (mmap'd, no static code page).
 dir="$(unpack libffi)"
 (cd "$dir" && run libffi ./configure --prefix="$DEPS" --disable-shared --enable-static --with-pic --disable-docs \
-  --disable-multi-os-directory CFLAGS="-O2" && run libffi make -j"$JOBS" \
+  --disable-multi-os-directory --disable-exec-static-tramp CFLAGS="-O2" && run libffi make -j"$JOBS" \
   && run libffi make install)
 
-# expat (CPython's own copy is older than Debian's patched one)
+# expat: Debian's 2.5.0 with its security patches (CPython 3.11.2's bundled copy is the same release without them).
+# Debian's source is upstream's git tree, which has no configure script: built with CMake.
 dir="$(unpack expat)"
-(cd "$dir" && run expat ./configure --prefix="$DEPS" --disable-shared --with-pic \
-  --without-docbook --without-examples --without-tests --without-xmlwf CFLAGS="-O2" \
-  && run expat make -j"$JOBS" && run expat make install)
+run expat cmake -S "$dir/expat" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$CC" \
+  -DCMAKE_AR="$AR" -DCMAKE_RANLIB="$RANLIB" -DCMAKE_INSTALL_PREFIX="$DEPS" -DCMAKE_INSTALL_LIBDIR=lib \
+  -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DEXPAT_SHARED_LIBS=OFF -DEXPAT_BUILD_TOOLS=OFF -DEXPAT_BUILD_EXAMPLES=OFF \
+  -DEXPAT_BUILD_TESTS=OFF -DEXPAT_BUILD_DOCS=OFF -DEXPAT_BUILD_PKGCONFIG=OFF
+# Debian's CVE-2024-8176 patch tests `#if XML_DTD == 1`, as autoconf's header defines it; CMake's defines it empty.
+run expat sed -i 's/^#define XML_DTD$/#define XML_DTD 1/; s/^#define XML_NS$/#define XML_NS 1/' \
+  "$dir/build/expat_config.h"
+run expat cmake --build "$dir/build" -j "$JOBS"
+run expat cmake --install "$dir/build"
 
 # OpenSSL: shared, into the prefix. openssldir: where Debian's libssl looks for CA certificates and its config, as
 # the bundle's OpenSSL did before (Debian's, vendored).
@@ -144,6 +153,22 @@ tar -xf "$(ls "$SRC"/python3.11_*.debian.tar.*)" -C "$WORK/python"
 (cd "$WORK/python" && for patch in $(sed -n '/^shutdown-deadlock.diff$/,$p' debian/patches/series); do
   run python-patches patch -p1 --forward -i "debian/patches/$patch"
 done)
+# Debian's CVE-2026-4224 patch has pyexpat.c include an internal header, which needs Py_BUILD_CORE_MODULE (Debian
+# builds pyexpat into the interpreter, as a core module; here setup.py builds it as a shared one). CPython 3.12's
+# pyexpat.c defines it the same way.
+sed -i '1i #ifndef Py_BUILD_CORE_BUILTIN\n#  define Py_BUILD_CORE_MODULE 1\n#endif' "$WORK/python/Modules/pyexpat.c"
+# sys.version's build date: the Debian changelog's (zig's clang refuses __DATE__/__TIME__ as not reproducible).
+build_date="$(date -u -d "$(dpkg-parsechangelog -l "$WORK/python/debian/changelog" -S Date)" '+%b %e %Y')"
+sed -i "s/#define DATE __DATE__/#define DATE \"$build_date\"/; s/#define TIME __TIME__/#define TIME \"00:00:00\"/" \
+  "$WORK/python/Modules/getbuildinfo.c"
+# setup.py (which builds the extension modules) adds this machine's /usr/include/<multiarch> and /usr/lib/<multiarch>:
+# Debian 12's glibc headers would shadow zig's glibc-FLOOR ones. Only the -I/-L directories given here are used.
+sed -i 's/^\(\s*\)self.add_multiarch_paths()$/\1pass  # no host paths/' "$WORK/python/setup.py"
+grep -q 'pass  # no host paths' "$WORK/python/setup.py" || { echo "build-python: setup.py changed; see above" >&2; exit 1; }
+# The soname flag: GNU ld's short -h, which zig's linker driver does not take; -soname is the same flag spelled out.
+sed -i 's/-Wl,-h\$(INSTSONAME)/-Wl,-soname,$(INSTSONAME)/; s/-Wl,-h\$@/-Wl,-soname,$@/' "$WORK/python/Makefile.pre.in"
+# PY3LIBRARY= (on make's command line below): no libpython3.so, the stable-ABI forwarder made from libpython3.11.so
+# alone, which zig's driver cannot link; abi3 wheels on Linux do not link to it.
 # Modules this bundle never loads: n/a makes configure leave them out (Modules/Setup's py_cv_module_ switches).
 skip=()
 for module in _sqlite3 _tkinter _curses _curses_panel readline _dbm _gdbm nis _crypt _uuid; do
@@ -159,7 +184,7 @@ done
   LIBLZMA_CFLAGS="-I$DEPS/include" LIBLZMA_LIBS="-L$DEPS/lib -llzma" \
   LIBEXPAT_CFLAGS="-I$DEPS/include" LIBEXPAT_LDFLAGS="-L$DEPS/lib -lexpat" \
   PKG_CONFIG_PATH="$DEPS/lib/pkgconfig" \
-  && run python make -j"$JOBS" && run python make install)
+  && run python make -j"$JOBS" PY3LIBRARY= && run python make install PY3LIBRARY=)
 # The link-time RUNPATH named this cache; the installed files find their libraries relative to themselves, so the
 # prefix (and the bundle's copy of it) loads nothing from the build's paths.
 for elf in "$PREFIX/bin/python3.11" "$PREFIX"/lib/libpython3*.so* "$PREFIX"/lib/python3.11/lib-dynload/*.so; do
