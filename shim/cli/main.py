@@ -291,13 +291,16 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from ..node.build import BuildError, build
+    from ..node.build import BuildError, build, floor_source
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
-    runner = args.runner or shutil.which("wasm-shim-component-runner",
-                                         path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
+    runner = args.runner or ("" if args.floor else shutil.which(
+        "wasm-shim-component-runner", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or "")
     try:
-        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "")
+        source = None
+        if args.floor:
+            source = floor_source(os.path.join(repo, ".tools", "bundle-floor") if args.floor is True else args.floor)
+        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "", source=source)
     except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1
@@ -445,7 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "component runner) into a new directory OUT. See docs/node-install.md.")
     bun.add_argument("action", choices=("build",))
     bun.add_argument("out", metavar="OUT", help="the directory to create")
-    bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter)")
+    bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter, or "
+                     "the floor toolchain's)")
+    bun.add_argument("--floor", nargs="?", const=True, default=None, metavar="DIR",
+                     help="build from the floor toolchain DIR (default .tools/bundle-floor of the clone, made by "
+                     "scripts/setup.sh --with bundle-floor): CPython and wheels for an older glibc, so the bundle "
+                     "runs on older nodes (docs/node-install.md, supported nodes)")
     bun.set_defaults(func=_cmd_bundle)
     img = sub.add_parser("image", help="build the installer image (OCI layout tarball) or its Docker context",
                          description="build: write the installer image (the bundle at /bundle, the helm test's "
