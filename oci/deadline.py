@@ -4,24 +4,24 @@ A read timeout bounds one wait; a server trickling a byte every second never tri
 request and its response) also has a `Deadline`: it is over `seconds` after it began plus one second per `rate`
 bytes received, so a large blob on a slow but honest link keeps going while a trickle ends after about `seconds`.
 
-Owns `Deadline`, `Watchdog` (one thread per registry client that wakes at the earliest deadline and shuts the
+Owns `Deadline` and `Watchdog` (one thread per registry client that wakes at the earliest deadline and shuts the
 sockets of an expired exchange down, which ends a read blocked in recv(2) at once: shutdown(2) makes it return
-end-of-file) and the calling thread's current deadline (`current`, `attach_socket`): the connection classes of
-oci/transport.py attach the socket an exchange uses when its response is awaited, so the response headers are
-bounded too.
+end-of-file). oci/transport.py attaches the socket an exchange uses once its request is sent, so the response
+head is bounded as well as the body.
 
 Invariants: a deadline's expiry only moves later (bytes received add time); an expired deadline shuts down every
 socket attached to it, including one attached after it expired; the watchdog thread holds no deadline once it is
-disarmed, and exits when the watchdog is closed or has had nothing armed for `IDLE_EXIT` seconds.
+disarmed, and exits when the watchdog is closed or has had nothing armed for `IDLE_EXIT` seconds; a deadline that
+was not expired when `disarm` returned never will be (disarm and expiry hold the same lock), so a connection whose
+deadline is disarmed unexpired may be kept for the next exchange.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 IDLE_EXIT = 10.0  # seconds the watchdog thread waits with nothing armed before it ends
 
@@ -129,24 +129,3 @@ class Watchdog:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
-
-
-_current = threading.local()
-
-
-@contextlib.contextmanager
-def current(deadline: Deadline) -> Iterator[None]:
-    """Make `deadline` the calling thread's current one while a request is sent and its response awaited."""
-    previous = getattr(_current, "deadline", None)
-    _current.deadline = deadline
-    try:
-        yield
-    finally:
-        _current.deadline = previous
-
-
-def attach_socket(sock: socket.socket | None) -> None:
-    """Attach `sock` to the calling thread's current deadline, if there is one."""
-    deadline = getattr(_current, "deadline", None)
-    if deadline is not None and sock is not None:
-        deadline.attach(sock)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .auth import AuthError, Credential, DockerCredentials, parse_challenge
+from .deadline import Deadline, Watchdog
 from .digest import DigestMismatch, StreamVerifier, sha256_digest
 from .errors import NotFoundError, RegistryError
 from .limits import (
@@ -72,11 +72,13 @@ from .manifest import (
     descriptors_of,
     parse_json_object,
 )
+from .proxy import ProxySettings
 from .reference import Reference, check_digest
+from .tls import Trust
+from .transport import TimedOut, TLSFailed, Transport, TransportError
 
 if TYPE_CHECKING:
     from .hosts import Endpoint, RegistryHosts
-    from .proxy import ProxySettings
     from .transport import Exchange
 
 __all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
@@ -179,29 +181,17 @@ class RegistryClient:
         proxies: ProxySettings | None = None,
         extra_cas: tuple[str, ...] = (),
     ) -> None:
-        import urllib3  # here: the shim's start path never builds a client
-
-        from . import transport
-        from .deadline import Watchdog
-
-        self._urllib3 = urllib3
-        self._transport = transport
         self.credentials = credentials if credentials is not None else DockerCredentials()
         self.insecure = frozenset(insecure)
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self.progress = progress
         self._sleep = sleep
-        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout if total_timeout is not None else TOTAL_TIMEOUT_READS * read_timeout
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._ca_bundle = ca_bundle
         # `extra_cas` are trusted beside the system's CAs (as containerd adds a hosts.toml `ca`); `ca_bundle`
-        # replaces them.
-        self._context = transport.tls_context(extra_cas, (), False) if extra_cas and not ca_bundle else None
-        self._pool = transport.make_pool(ca_bundle, self._timeout, self._context)
-        from .proxy import ProxySettings
-
+        # replaces them (oci/tls.py).
+        self._trust = Trust(ca_bundle, () if ca_bundle else extra_cas)
+        self._transport = Transport(connect_timeout, read_timeout, self._trust)
         # Proxies as Go clients (oras, cosign, containerd) take them: HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
         self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
         self._watchdog = Watchdog()
@@ -210,13 +200,10 @@ class RegistryClient:
         self.hosts = hosts  # containerd's registry host configuration (oci/hosts.py): where a registry is asked
         self._routes: dict[str, Endpoint | None] = {}  # registry -> the endpoint asked for it (None: the registry)
         self._endpoints: dict[str, Endpoint] = {}  # netloc (lower case) -> a configured endpoint there
-        self._tls_pools: dict[object, Any] = {}
 
     def close(self) -> None:
         self._watchdog.close()
-        self._pool.clear()
-        for pool in self._tls_pools.values():
-            pool.clear()
+        self._transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -253,21 +240,14 @@ class RegistryClient:
         endpoint = self._route(ref)
         return endpoint.base if endpoint is not None else self._base(ref.api_host)
 
-    def _pool_for(self, url: str) -> Any:
-        """The connection pool for `url`: through its proxy (oci/proxy.py), with the TLS of a configured endpoint
-        there (oci/hosts.py); else the client's own."""
+    def _trust_for(self, url: str) -> Trust:
+        """The TLS trust for `url`: a configured endpoint's CA files, client certificates and skip_verify
+        (oci/hosts.py) on top of the client's own; else the client's."""
         endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
-        tls = endpoint.tls_key if endpoint is not None and endpoint.scheme == "https" else ((), (), False)
-        proxy = self.proxies.proxy_for(url)
-        if not proxy and tls == ((), (), False):
-            return self._pool
-        key = (proxy, tls)
-        pool = self._tls_pools.get(key)
-        if pool is None:
-            context = self._transport.tls_context(*tls) if tls != ((), (), False) else self._context
-            pool = self._transport.make_pool(self._ca_bundle, self._timeout, context, verify=not tls[2], proxy=proxy)
-            self._tls_pools[key] = pool
-        return pool
+        if endpoint is None or endpoint.scheme != "https" or endpoint.tls_key == ((), (), False):
+            return self._trust
+        return Trust(self._trust.ca_bundle, self._trust.extra_cas + endpoint.ca_files, endpoint.client_pairs,
+                     endpoint.skip_verify)
 
     def _base(self, host: str) -> str:
         scheme = self._scheme.get(host)
@@ -279,45 +259,37 @@ class RegistryClient:
     def _probe(self, host: str) -> str:
         """https, unless the host may speak plain HTTP and does: a plain `GET /v2/` answered by anything but a TLS
         server's "HTTP request to an HTTPS server" 400. Probing in plain text first spares a plain registry the TLS
-        context and handshake (the system CA store alone takes tens of ms to load)."""
+        context and handshake (the system CA store alone takes milliseconds to load), and the connection the answer
+        came on is kept for the requests that follow."""
         if not self._plain_http_allowed(host):
             return "https"
-        parts = urlsplit(f"//{host}")
-        hostname = (parts.hostname or host).strip("[]")
-        proxy = self.proxies.proxy_for(f"http://{host}/v2/")
+        url = f"http://{host}/v2/"
         try:
-            port = parts.port or 80
-            target, path = (hostname, port), "/v2/"
-            if proxy:  # ask the proxy for the URL (absolute form, RFC 9112 section 3.2.2), as the request would
-                proxy_parts = urlsplit(proxy)
-                target, path = (proxy_parts.hostname or "", proxy_parts.port or 80), f"http://{host}/v2/"
-            with socket.create_connection(target, timeout=self._connect_timeout) as conn:
-                conn.settimeout(self._read_timeout)
-                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                head = conn.recv(512)
-        except TimeoutError:
+            exchange = self._transport.send(self._watchdog, Deadline(self.total_timeout, MIN_RATE), "GET", url,
+                                            headers={}, body=None, proxy=self.proxies.proxy_for(url))
+        except TimedOut:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
-        except (OSError, ValueError):
-            return "https"  # unreachable: the real request reports it, with retries
-        if head.startswith(b"HTTP/") and not (head[9:12] == b"400" and b"HTTPS" in head):
-            return "http"
-        return "https"
+        except (TransportError, RegistryError):
+            return "https"  # unreachable or not HTTP: the real request reports it, with retries
+        with exchange:
+            if exchange.status != 400:
+                return "http"
+            text, _ = exchange.error_text()
+        return "https" if b"HTTPS" in text or "HTTPS" in exchange.response.reason else "http"
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: Any,
               credential: tuple[tuple[str, str, int | None], str] | None) -> Exchange:
         """One request, following redirects (see the module rules); `credential` is (origin, Authorization) and
         is sent only to that origin."""
-        from .deadline import Deadline
-
         target = url
         for _ in range(REDIRECT_LIMIT + 1):
             hop_headers = dict(headers)
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(self._pool_for(target), self._watchdog, deadline, method, target,
-                                            headers=hop_headers, body=body() if body else None,
-                                            timeout=self._timeout)
+            exchange = self._transport.send(self._watchdog, deadline, method, target, headers=hop_headers,
+                                            body=body() if body else None, trust=self._trust_for(target),
+                                            proxy=self.proxies.proxy_for(target))
             if exchange.status not in REDIRECT_STATUSES:
                 return exchange
             location = exchange.headers.get("Location", "")
@@ -373,16 +345,10 @@ class RegistryClient:
             credential = (_origin(base), self._auth[key]) if key in self._auth else None
             try:
                 exchange = self._send(method, url, headers or {}, body, credential)
-            except self._urllib3.exceptions.SSLError as exc:
-                raise RegistryError(f"{method} {url}: TLS failed: {str(exc)[:300]}") from None
-            except self._urllib3.exceptions.MaxRetryError as exc:
-                if isinstance(exc.reason, self._urllib3.exceptions.SSLError):
-                    raise RegistryError(f"{method} {url}: TLS failed: {str(exc.reason)[:300]}") from None
-                last_error = self._connection_error(exc.reason)
-            except self._urllib3.exceptions.TimeoutError as exc:
-                last_error = self._connection_error(exc)
-            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+            except TLSFailed as exc:
+                raise RegistryError(f"{method} {url}: {exc}") from None
+            except TransportError as exc:
+                last_error = str(exc)
             else:
                 status = exchange.status
                 from_registry = _origin(exchange.url) == _origin(base)
@@ -410,23 +376,6 @@ class RegistryClient:
             if attempt >= self.attempts:
                 raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
             self._sleep(self._delay(attempt, None))
-
-    def _connection_error(self, reason: object) -> str:
-        """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
-        subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
-        that is slow."""
-        if isinstance(reason, self._urllib3.exceptions.ProxyError):
-            return f"cannot connect through the proxy: {getattr(reason, 'original_error', None) or reason}"
-        if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
-            cause = reason.__cause__ or reason.__context__
-            detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]
-            return f"cannot connect: {detail}"
-        if isinstance(reason, self._urllib3.exceptions.TimeoutError):
-            return self._timeout_message()
-        return f"cannot connect: {reason}"
-
-    def _timeout_message(self) -> str:
-        return f"no answer within {self._timeout.read_timeout}s (connect timeout {self._timeout.connect_timeout}s)"
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.isdigit():
@@ -477,7 +426,7 @@ class RegistryClient:
         what = f"token endpoint {realm}"
         try:
             exchange = self._send(method, url, headers, body, authorization)
-        except self._urllib3.exceptions.HTTPError as exc:
+        except TransportError as exc:
             raise RegistryError(f"{what}: {exc}") from None
         with exchange:
             if exchange.status != 200:
@@ -502,13 +451,8 @@ class RegistryClient:
         for _ in range(2):
             try:
                 exchange = self._send("GET", url, {}, None, authorization)
-            except self._urllib3.exceptions.SSLError as exc:
-                raise RegistryError(f"GET {url}: TLS failed: {str(exc)[:300]}") from None
-            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
-                reason = exc.reason if isinstance(exc, self._urllib3.exceptions.MaxRetryError) else exc
-                if isinstance(reason, self._urllib3.exceptions.SSLError):
-                    raise RegistryError(f"GET {url}: TLS failed: {str(reason)[:300]}") from None
-                raise RegistryError(f"GET {url}: {self._connection_error(reason)}") from None
+            except TransportError as exc:
+                raise RegistryError(f"GET {url}: {exc}") from None
             with exchange:
                 status, challenge = exchange.status, exchange.headers.get("WWW-Authenticate", "")
                 message = _registry_message(*exchange.error_text()) if status >= 400 else ""
@@ -747,7 +691,7 @@ def fallback_tag(digest: str) -> str:
 
 
 class _CountingReader:
-    """A file object for urllib3's body that reports progress as it is read."""
+    """A file object for a request body that reports progress as it is read."""
 
     def __init__(self, source: IO[bytes], progress: Progress) -> None:
         self._source = source

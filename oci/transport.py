@@ -1,139 +1,471 @@
-"""One HTTP exchange with a registry, bounded: urllib3 underneath, a cap on every read, a total deadline.
+"""One HTTP exchange with a registry, bounded: our HTTP/1.1 over the standard library's sockets, a cap on every
+read, a total deadline.
 
-Owns `make_pool` (urllib3's PoolManager with verified TLS, no redirects or retries of its own, and connections
-that attach their socket to the current exchange's deadline when they await a response) and `Exchange` (a
-response whose body can only be read through a cap the error names, streamed under the deadline, or discarded
-without being held). oci/registry.py builds requests, redirects, auth and retries on top.
+Owns `Transport` (connections kept alive per origin, each carrying one exchange at a time: plain TCP, TLS with
+oci/tls.py's trust, a CONNECT tunnel through an https proxy, or absolute-form requests to an http proxy) and
+`Exchange` (a response whose body can only be read through a cap the error names, streamed under the deadline, or
+discarded without being held). The bytes are parsed by oci/http1.py, which does no I/O; oci/registry.py builds
+requests, redirects, authentication and retries on top, and turns `TransportError`s into its messages.
 
 Rules:
-- Bodies are read raw (`decode_content=False`): registries do not content-encode, the digest is of the bytes on
-  the wire, and a body a server compressed anyway cannot inflate past a cap.
+- Bodies are read as sent: nothing asks for or undoes a content coding (registries do not content-encode, and the
+  digest is of the bytes on the wire), and a transfer coding other than chunked is refused (oci/http1.py).
 - `read(cap, what)` refuses at once a declared Content-Length over `cap`, else reads at most `cap` + 1 bytes and
   refuses with "over the N byte limit". `error_text()` keeps the first `ERROR_BODY_LIMIT` bytes for the message
-  and never reads the rest. A body that is not read to its end closes its connection instead of going back to the
-  pool (a half-read response must never be read as the next one's).
-- Every exchange ends at its deadline (oci/deadline.py): headers and body together take at most the client's
-  total timeout plus one second per `MIN_RATE` bytes received. Expiry is an error naming the deadline.
-Everything here imports urllib3 at module level: import this module only where a client is built.
+  and never reads the rest. A connection goes back to the pool only after its response was read to its end and
+  the parser says it may carry another (never a half-read one, whose rest would be read as the next response).
+- Every exchange ends at its deadline (oci/deadline.py): from the moment the request is sent, headers and body
+  together take at most the client's total timeout plus one second per `MIN_RATE` bytes received; the watchdog
+  shuts the socket down then. Expiry is an error naming the deadline. Connecting has the connect timeout, every
+  other wait the read timeout.
+- A kept-alive connection the server closed while it sat idle is noticed before it is used (readable when
+  nothing is due), or by the request getting no byte of a response; then a request whose body can be sent again
+  is sent once more on a new connection (RFC 9112 section 9.3.1 allows it for idempotent requests, and a request
+  the server never read did nothing). Every other failure is the caller's to retry.
+- Proxies (oci/proxy.py chooses them): an https URL goes through a CONNECT tunnel (RFC 9110 section 9.3.6), TLS
+  end to end with the registry; an http URL is sent to the proxy in absolute form (RFC 9112 section 3.2.2). The
+  proxy URL's user:password becomes Proxy-Authorization (Basic). An https:// proxy is itself reached over TLS
+  (oci/tls.py `TunnelTLS` then carries the registry's TLS inside it).
+- `ssl` is imported only when a connection uses TLS (oci/tls.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import select
+import socket
+import threading
+from collections import deque
+from urllib.parse import unquote, urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-from .deadline import Deadline, Watchdog, attach_socket, current
+from .deadline import Deadline, Watchdog
 from .errors import RegistryError
+from .http1 import Data, EndOfMessage, NoResponse, ProtocolError, Response, ResponseParser, encode_request
 from .limits import DISCARD_LIMIT, ERROR_BODY_LIMIT
+from .tls import Trust, TunnelTLS, client_context, is_tls_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Any
+
+    from .http1 import Event, Headers
 
 READ_CHUNK = 64 << 10  # small documents: the cap is checked between reads of at most this size
+HEAD_READ = 64 << 10  # a response head is read in pieces of this size (the body's first bytes may come with it)
+SEND_CHUNK = 1 << 20  # a file body is sent in pieces of this size
+SMALL_BODY = 64 << 10  # a body up to this size is sent with the head, in one write
+IDLE_PER_ORIGIN = 4  # kept-alive connections kept per origin (and proxy, and trust)
+USER_AGENT = "wasm-shim"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NO_TRUST = Trust()
 
 
-class _Connection(HTTPConnection):
-    def getresponse(self) -> Any:  # the request is sent; from here the deadline bounds the headers too
-        attach_socket(self.sock)
-        return super().getresponse()
+class TransportError(Exception):
+    """A request got no complete response head: the message says why (the caller names the request)."""
 
 
-class _TLSConnection(HTTPSConnection):
-    def getresponse(self) -> Any:
-        attach_socket(self.sock)
-        return super().getresponse()
+class ConnectFailed(TransportError):
+    """No connection: refused, unreachable, no such host."""
 
 
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _Connection
+class ProxyFailed(TransportError):
+    """The proxy could not be reached, or would not open the tunnel."""
 
 
-class _TLSPool(HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
+class TimedOut(TransportError):
+    """The connect or the read timeout passed."""
 
 
-def tls_context(ca_files: tuple[str, ...], client_pairs: tuple[tuple[str, str], ...], skip_verify: bool) -> Any:
-    """The TLS context of one registry endpoint containerd's hosts.toml configures (oci/hosts.py): the system's
-    CAs plus its own, its client certificates, or no verification at all when it says skip_verify."""
-    import ssl
-
-    context = ssl.create_default_context()
-    try:
-        for path in ca_files:
-            context.load_verify_locations(cafile=path)
-        for certificate, key in client_pairs:
-            context.load_cert_chain(certificate, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise RegistryError(f"cannot load the TLS files of a registry host ({exc})") from None
-    if skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+class TLSFailed(TransportError):
+    """The TLS handshake failed (a certificate that does not verify, ...): never worth a retry."""
 
 
-def make_pool(ca_bundle: str | None, timeout: urllib3.Timeout, context: Any = None,
-              verify: bool = True, proxy: str = "") -> urllib3.PoolManager:
-    """A pool for requests to registries: verified TLS (with `ca_bundle`, or `context` for an endpoint of
-    containerd's hosts.toml), through `proxy` when given (oci/proxy.py: CONNECT for https, forwarding for http)."""
-    tls: dict[str, Any] = {"ssl_context": context} if context is not None else {"ca_certs": ca_bundle}
-    if not verify:
-        tls["assert_hostname"] = False
-    if proxy:
-        from urllib.parse import unquote, urlsplit
-
-        parts = urlsplit(proxy)
-        headers = urllib3.make_headers(proxy_basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}") \
-            if parts.username else None
-        address = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        tls.update(proxy_url=address, proxy_headers=headers)
-    factory: Any = urllib3.ProxyManager if proxy else urllib3.PoolManager
-    pool = factory(
-        num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE", **tls,
-        # Connection errors come back as they are (oci/registry.py retries, and re-hashes a blob from its start);
-        # redirects come back as responses (oci/registry.py follows them, checking scheme and credentials).
-        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=0,
-                              raise_on_redirect=False, raise_on_status=False),
-        timeout=timeout,
-    )
-    pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
-    return pool
+class ConnectionBroken(TransportError):
+    """The connection failed or the server sent something that is not an HTTP/1.1 response."""
 
 
-def send(pool: urllib3.PoolManager, watchdog: Watchdog, deadline: Deadline, method: str, url: str, *,
-         headers: Mapping[str, str], body: Any, timeout: urllib3.Timeout) -> Exchange:
-    """Send one request (no redirects followed) and await its response headers under `deadline`."""
-    watchdog.arm(deadline)
-    try:
-        with current(deadline):
-            response = pool.request(method, url, body=body, headers=dict(headers), preload_content=False,
-                                    decode_content=False, redirect=False, timeout=timeout)
-    except BaseException:
-        watchdog.disarm(deadline)
-        if deadline.expired:
-            raise RegistryError(f"{method} {url}: no complete answer within the deadline of {deadline.describe()}") \
+class _Stale(ConnectionBroken):
+    """The request got no byte of a response: the connection may have closed while idle (see the module rules)."""
+
+
+class _Target:
+    """Where a URL's request goes: scheme, host, port, the origin-form target (path and query)."""
+
+    __slots__ = ("scheme", "host", "port", "hostport", "path")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ConnectionBroken(f"not an http:// or https:// URL with a host: {url[:200]!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ConnectionBroken("a registry URL with user:password in it is not used (credentials go in headers)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConnectionBroken(f"the URL's port is not a port number: {url[:200]!r}") from None
+        self.scheme = parts.scheme
+        self.host = parts.hostname  # lower case, without the brackets of an IPv6 literal
+        self.port = port or _DEFAULT_PORTS[parts.scheme]
+        literal = f"[{self.host}]" if ":" in self.host else self.host
+        self.hostport = literal if port is None or self.port == _DEFAULT_PORTS[self.scheme] else \
+            f"{literal}:{self.port}"
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+class _Proxy:
+    """A proxy URL, taken apart once: where it listens and what Proxy-Authorization it wants."""
+
+    __slots__ = ("scheme", "host", "port", "authorization", "display")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ProxyFailed(f"the proxy {_redacted(url)!r} is not an http:// or https:// URL with a host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ProxyFailed(f"the proxy {_redacted(url)!r} has a port that is not a number") from None
+        self.scheme, self.host = parts.scheme, parts.hostname
+        self.port = port or _DEFAULT_PORTS[parts.scheme]
+        self.authorization = ""
+        if parts.username is not None:
+            import binascii
+
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.authorization = "Basic " + binascii.b2a_base64(pair, newline=False).decode()
+        self.display = f"{parts.scheme}://{parts.hostname}:{self.port}"
+
+
+def _redacted(url: str) -> str:
+    """`url` without a password, for messages."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{userinfo.split(':')[0]}:***@{host}" if at else url
+
+
+class _Connection:
+    """One connection: `stream` carries the bytes (a socket, an SSLSocket or a TunnelTLS), `raw` is its TCP socket
+    (what the deadline shuts down and the idle check looks at); `forward`: requests go in absolute form."""
+
+    __slots__ = ("stream", "raw", "forward", "proxy_authorization")
+
+    def __init__(self, stream: Any, raw: socket.socket, forward: bool = False, proxy_authorization: str = "") -> None:
+        self.stream, self.raw = stream, raw
+        self.forward = forward
+        self.proxy_authorization = proxy_authorization
+
+    def idle_and_open(self) -> bool:
+        """Nothing to read on a connection nobody is waiting on: open (a close or stray bytes make it readable)."""
+        try:
+            pending = self.stream.pending() if hasattr(self.stream, "pending") else 0
+            readable, _, _ = select.select([self.raw], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable and not pending
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+        if self.raw is not self.stream:
+            try:
+                self.raw.close()
+            except OSError:
+                pass
+
+
+class Transport:
+    """Kept-alive connections per (origin, proxy, trust); thread-safe (each exchange has its connection alone)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, trust: Trust = _NO_TRUST) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.trust = trust  # the default for https origins no other trust is given for
+        self._idle: dict[tuple[object, ...], list[_Connection]] = {}
+        self._contexts: dict[Trust, Any] = {}
+        self._proxies: dict[str, _Proxy] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+    # -- connections -------------------------------------------------------------------------------------------
+    def _context(self, trust: Trust) -> Any:
+        with self._lock:
+            context = self._contexts.get(trust)
+        if context is None:
+            context = client_context(trust)
+            with self._lock:
+                self._contexts.setdefault(trust, context)
+        return context
+
+    def _proxy(self, url: str) -> _Proxy:
+        proxy = self._proxies.get(url)
+        if proxy is None:
+            proxy = self._proxies[url] = _Proxy(url)
+        return proxy
+
+    def _timed_out(self) -> TimedOut:
+        return TimedOut(f"no answer within {self.read_timeout}s (connect timeout {self.connect_timeout}s)")
+
+    def _connect(self, host: str, port: int, proxy: _Proxy | None) -> socket.socket:
+        try:
+            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+        except TimeoutError:
+            if proxy is not None:
+                raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: no answer within "
+                                  f"{self.connect_timeout}s") from None
+            raise self._timed_out() from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if proxy is not None:
+                raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: {reason}") from None
+            raise ConnectFailed(f"cannot connect: {reason}") from None
+        # The head and then the body go out in separate writes: without NODELAY, Nagle's algorithm and the peer's
+        # delayed ACK would hold the second one back (RFC 1122 section 4.2.3.4).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _tls(self, stream: Any, trust: Trust, hostname: str) -> Any:
+        """`stream` with TLS to `hostname` on it (a handshake under the connect timeout)."""
+        context = self._context(trust)
+        try:
+            if type(stream) is socket.socket:
+                stream.settimeout(self.connect_timeout)
+                return context.wrap_socket(stream, server_hostname=hostname)
+            return TunnelTLS(stream, context, hostname)
+        except TimeoutError:
+            raise self._timed_out() from None
+        except OSError as exc:
+            if is_tls_error(exc):
+                raise TLSFailed(f"TLS failed: {str(exc)[:300]}") from None
+            raise ConnectionBroken(f"the TLS handshake broke: {type(exc).__name__}: {exc}") from None
+
+    def _tunnel(self, stream: Any, target: _Target, proxy: _Proxy) -> None:
+        """CONNECT `target` through the proxy on `stream`; ProxyFailed unless it answers 2xx."""
+        authority = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
+        fields = [("Host", authority), ("User-Agent", USER_AGENT)]
+        if proxy.authorization:
+            fields.append(("Proxy-Authorization", proxy.authorization))
+        parser = ResponseParser("CONNECT")
+        try:
+            stream.sendall(encode_request("CONNECT", authority, fields))
+            response: Response | None = None
+            while response is None or not parser.done:
+                for event in parser.receive_data(stream.recv(4096)):
+                    if isinstance(event, Response):
+                        response = event
+                if response is not None and response.status >= 300:
+                    break
+        except TimeoutError:
+            raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} did not answer CONNECT "
+                              f"{authority} within {self.read_timeout}s") from None
+        except (OSError, ProtocolError) as exc:
+            raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: CONNECT {authority}: {exc}") \
                 from None
-        raise
-    return Exchange(response, deadline, watchdog, method, url)
+        if not 200 <= response.status < 300:
+            hint = " (proxy authentication required)" if response.status == 407 else ""
+            raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} answered CONNECT {authority} with "
+                              f"HTTP {response.status} {response.reason}{hint}")
+        if parser.trailing:
+            raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} sent bytes after its answer to "
+                              f"CONNECT {authority}")
+
+    def _open(self, target: _Target, proxy: _Proxy | None, trust: Trust) -> _Connection:
+        if proxy is None:
+            raw = self._connect(target.host, target.port, None)
+            stream: Any = raw
+        else:
+            raw = self._connect(proxy.host, proxy.port, proxy)
+            stream = raw
+            if proxy.scheme == "https":
+                stream = self._tls(raw, self.trust, proxy.host)
+        try:
+            stream.settimeout(self.read_timeout)
+            if proxy is not None and target.scheme == "https":
+                self._tunnel(stream, target, proxy)
+            if target.scheme == "https":
+                stream = self._tls(stream, trust, target.host)
+            stream.settimeout(self.read_timeout)
+        except BaseException:
+            _close_quietly(stream, raw)
+            raise
+        if proxy is not None and target.scheme == "http":
+            return _Connection(stream, raw, forward=True, proxy_authorization=proxy.authorization)
+        return _Connection(stream, raw)
+
+    def _checkout(self, key: tuple[object, ...]) -> _Connection | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                connection = idle.pop() if idle else None
+            if connection is None:
+                return None
+            if connection.idle_and_open():
+                return connection
+            connection.close()
+
+    def _checkin(self, key: tuple[object, ...], connection: _Connection) -> None:
+        with self._lock:
+            if not self._closed:
+                idle = self._idle.setdefault(key, [])
+                if len(idle) < IDLE_PER_ORIGIN:
+                    idle.append(connection)
+                    return
+        connection.close()
+
+    # -- exchanges ---------------------------------------------------------------------------------------------
+    def send(self, watchdog: Watchdog, deadline: Deadline, method: str, url: str, *, headers: Mapping[str, str],
+             body: Any, trust: Trust | None = None, proxy: str = "") -> Exchange:
+        """Send one request (redirects are the caller's) and await its response head under `deadline`.
+        TransportError when no head arrives; RegistryError when the deadline passed first."""
+        target = _Target(url)
+        via = self._proxy(proxy) if proxy else None
+        trust = (trust or self.trust) if target.scheme == "https" else _NO_TRUST
+        key = (target.scheme, target.host, target.port, proxy, trust)
+        watchdog.arm(deadline)
+        try:
+            connection, parser, events = self._exchange(key, target, via, trust, method, headers, body, deadline)
+        except BaseException:
+            watchdog.disarm(deadline)
+            if deadline.expired:
+                raise RegistryError(f"{method} {url}: no complete answer within the deadline of "
+                                    f"{deadline.describe()}") from None
+            raise
+        return Exchange(self, key, connection, parser, events, deadline, watchdog, method, url)
+
+    def _exchange(self, key: tuple[object, ...], target: _Target, via: _Proxy | None, trust: Trust, method: str,
+                  headers: Mapping[str, str], body: Any,
+                  deadline: Deadline) -> tuple[_Connection, ResponseParser, deque[Event]]:
+        """The request on a kept-alive connection, or a new one; once more on a new one when a kept-alive one
+        turns out to have been closed (see the module rules)."""
+        connection = self._checkout(key)
+        if connection is not None:
+            try:
+                return (connection, *self._request(connection, method, target, headers, body, deadline))
+            except _Stale:
+                connection.close()
+                if not (body is None or isinstance(body, bytes)) or deadline.expired:
+                    raise
+            except BaseException:
+                connection.close()
+                raise
+        connection = self._open(target, via, trust)
+        try:
+            return (connection, *self._request(connection, method, target, headers, body, deadline))
+        except BaseException:
+            connection.close()
+            raise
+
+    def _request(self, connection: _Connection, method: str, target: _Target, headers: Mapping[str, str],
+                 body: Any, deadline: Deadline) -> tuple[ResponseParser, deque[Event]]:
+        given = {name.lower() for name in headers}
+        fields = [("Host", target.hostport)] if "host" not in given else []
+        fields += [(name, value) for name, value in headers.items()]
+        if "user-agent" not in given:
+            fields.append(("User-Agent", USER_AGENT))
+        if "accept-encoding" not in given:
+            fields.append(("Accept-Encoding", "identity"))
+        if connection.proxy_authorization:
+            fields.append(("Proxy-Authorization", connection.proxy_authorization))
+        declared = next((value for name, value in headers.items() if name.lower() == "content-length"), None)
+        if declared is None:
+            if isinstance(body, bytes):
+                fields.append(("Content-Length", str(len(body))))
+            elif body is None and method in ("POST", "PUT", "PATCH"):
+                fields.append(("Content-Length", "0"))
+            elif body is not None:
+                raise ConnectionBroken(f"{method}: a streamed body needs a Content-Length")
+        request_target = f"{target.scheme}://{target.hostport}{target.path}" if connection.forward else target.path
+        try:
+            head = encode_request(method, request_target, fields)
+        except ValueError as exc:
+            raise ConnectionBroken(str(exc)) from None
+        stream = connection.stream
+        try:
+            if body is None:
+                stream.sendall(head)
+            elif isinstance(body, bytes):
+                if len(body) <= SMALL_BODY:
+                    stream.sendall(head + body)
+                else:
+                    stream.sendall(head)
+                    stream.sendall(body)
+            else:
+                stream.sendall(head)
+                sent = 0
+                while chunk := body.read(SEND_CHUNK):
+                    stream.sendall(chunk)
+                    sent += len(chunk)
+                if declared is not None and sent != int(declared):
+                    raise ConnectionBroken(f"{method}: the body was {sent} bytes, its Content-Length {declared}")
+        except TimeoutError:
+            raise self._timed_out() from None
+        except OSError as exc:
+            if is_tls_error(exc):
+                raise TLSFailed(f"TLS failed: {str(exc)[:300]}") from None
+            raise _Stale(f"sending the request failed: {type(exc).__name__}: {exc}") from None
+        deadline.attach(connection.raw)  # from here the deadline bounds the head and the body
+        parser = ResponseParser(method)
+        events: deque[Event] = deque()
+        try:
+            while True:
+                events.extend(parser.receive_data(stream.recv(HEAD_READ)))
+                if events and isinstance(events[0], Response):
+                    return parser, events
+        except TimeoutError:
+            raise self._timed_out() from None
+        except NoResponse as exc:
+            raise _Stale(str(exc)) from None
+        except ProtocolError as exc:
+            raise ConnectionBroken(f"not an HTTP/1.1 response: {exc}") from None
+        except OSError as exc:
+            if is_tls_error(exc):
+                raise TLSFailed(f"TLS failed: {str(exc)[:300]}") from None
+            if not parser.started:
+                raise _Stale(f"{type(exc).__name__}: {exc}") from None
+            raise ConnectionBroken(f"{type(exc).__name__}: {exc}") from None
+
+
+def _close_quietly(stream: Any, raw: socket.socket) -> None:
+    for each in (stream, raw):
+        try:
+            each.close()
+        except OSError:
+            pass
 
 
 class Exchange:
     """A response and the deadline that bounds it. Close it (or use it as a context manager) when done."""
 
-    def __init__(self, response: Any, deadline: Deadline, watchdog: Watchdog, method: str, url: str) -> None:
-        self.response = response
+    def __init__(self, transport: Transport, key: tuple[object, ...], connection: _Connection,
+                 parser: ResponseParser, events: deque[Event], deadline: Deadline, watchdog: Watchdog, method: str,
+                 url: str) -> None:
+        head = events.popleft()
+        assert isinstance(head, Response)
+        self.response = head
         self.deadline = deadline
         self.method, self.url = method, url
+        self._transport, self._key, self._connection = transport, key, connection
+        self._parser = parser
+        self._events = events
         self._watchdog = watchdog
-        self._complete = False  # the body was read to its end (http.client then lets the connection be reused)
+        self._complete = False  # the body was read to its end
         self._closed = False
 
     @property
     def status(self) -> int:
-        return int(self.response.status)
+        return self.response.status
 
     @property
-    def headers(self) -> Any:
+    def headers(self) -> Headers:
         return self.response.headers
 
     def __enter__(self) -> Exchange:
@@ -150,23 +482,34 @@ class Exchange:
         value = self.headers.get("Content-Length", "")
         return int(value) if value.isdigit() else None
 
+    def _next(self, size: int) -> bytes:
+        """The next piece of the body (at most `size` bytes read from the socket for it); b"" at its end."""
+        events = self._events
+        while True:
+            while events:
+                event = events.popleft()
+                if isinstance(event, Data):
+                    if event.data:
+                        return event.data
+                elif isinstance(event, EndOfMessage):
+                    self._complete = True
+            if self._complete:
+                return b""
+            events.extend(self._parser.receive_data(self._connection.stream.recv(size)))
+
     def chunks(self, size: int, what: str) -> Iterator[bytes]:
         """The body in pieces of at most `size` bytes, to its end, under the deadline (no cap: the caller's)."""
         try:
-            while True:
-                data = self.response.read(size, decode_content=False)
-                if not data:
-                    break
+            while data := self._next(size):
                 self.deadline.progress(len(data))
                 yield data
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (OSError, ProtocolError) as exc:
             if self.deadline.expired:
                 raise self._expired(what) from None
             raise RegistryError(f"{self.method} {self.url}: {what}: the stream broke after "
                                 f"{self.deadline.received} bytes: {exc}") from None
-        if self.deadline.expired:  # shut down mid-body without a Content-Length: an early end-of-file
+        if self.deadline.expired:  # shut down mid-body that was to end at the close: an early end-of-file
             raise self._expired(what)
-        self._complete = True
 
     def read(self, cap: int, what: str) -> bytes:
         """The whole body, at most `cap` bytes; RegistryError naming `what` and the cap when it is larger."""
@@ -188,30 +531,27 @@ class Exchange:
         total = 0
         try:
             while total <= ERROR_BODY_LIMIT:
-                data = self.response.read(ERROR_BODY_LIMIT + 1 - total, decode_content=False)
+                data = self._next(ERROR_BODY_LIMIT + 1 - total)
                 if not data:
-                    self._complete = True
                     break
                 parts.append(data)
                 total += len(data)
-        except (urllib3.exceptions.HTTPError, OSError):
-            pass  # what arrived is the message; the connection is closed below
+        except (OSError, ProtocolError):
+            pass  # what arrived is the message; the connection is closed by close()
         body = b"".join(parts)
         return body[:ERROR_BODY_LIMIT], total > ERROR_BODY_LIMIT
 
     def discard(self) -> None:
         """Read a body nobody needs, up to DISCARD_LIMIT (to keep the connection), then close."""
-        if not self._complete:
-            try:
-                total = 0
-                while total <= DISCARD_LIMIT:
-                    data = self.response.read(READ_CHUNK, decode_content=False)
-                    if not data:
-                        self._complete = True
-                        break
-                    total += len(data)
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass
+        try:
+            total = 0
+            while total <= DISCARD_LIMIT:
+                data = self._next(READ_CHUNK)
+                if not data:
+                    break
+                total += len(data)
+        except (OSError, ProtocolError):
+            pass
         self.close()
 
     def close(self) -> None:
@@ -219,12 +559,13 @@ class Exchange:
             return
         self._closed = True
         self._watchdog.disarm(self.deadline)
-        if not self._complete and not self.deadline.expired and self.response.length_remaining == 0:
-            try:  # HEAD, 204, 304, Content-Length 0: reading the empty body releases the connection cleanly
-                self.response.read(decode_content=False)
-                self._complete = True
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass
-        if not self._complete or self.deadline.expired:
-            self.response.close()  # drops the connection: what is left of the body is never read
-        self.response.release_conn()
+        if not self._complete and self._parser.done and \
+                all(not isinstance(event, Data) or not event.data for event in self._events):
+            self._complete = True  # HEAD, 204, 304, an empty body: its end came with the head
+        self._events.clear()
+        connection = self._connection
+        # After disarm the watchdog can no longer expire the deadline (oci/deadline.py): `expired` is final here.
+        if self._complete and self._parser.reusable and not self.deadline.expired:
+            self._transport._checkin(self._key, connection)
+        else:
+            connection.close()  # what is left of the body is never read

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from wasm_shim.oci.deadline import Deadline, Watchdog, attach_socket, current
+from wasm_shim.oci.deadline import Deadline, Watchdog
 
 
 class Clock:
@@ -43,9 +43,7 @@ def test_the_deadline_grows_with_the_bytes_received_only() -> None:
 def test_expiry_shuts_down_every_attached_socket_even_one_attached_late() -> None:
     deadline = Deadline(1.0, 1, Clock())
     early, late = FakeSocket(), FakeSocket()
-    with current(deadline):
-        attach_socket(early)  # type: ignore[arg-type]
-    attach_socket(FakeSocket())  # type: ignore[arg-type]  # no current deadline: nothing happens
+    deadline.attach(early)  # type: ignore[arg-type]
     deadline.expire()
     assert deadline.expired and early.shut.is_set()
     deadline.attach(late)  # type: ignore[arg-type]
