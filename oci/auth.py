@@ -22,13 +22,14 @@ Invariant: secrets never appear in exceptions or logs; errors name the file or h
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .values import Value
 
 HELPER_TIMEOUT = 10.0
 _DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -38,18 +39,25 @@ class AuthError(Exception):
     """Credentials could not be read (a malformed config file, a failing helper); the message names which."""
 
 
-@dataclass(frozen=True)
-class Credential:
-    username: str = ""
-    password: str = ""
-    identity_token: str = ""
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
+class Credential(Value):
+    __slots__ = ("username", "password", "identity_token")
+    username: str
+    password: str
+    identity_token: str
+
+    def __init__(self, username: str = "", password: str = "", identity_token: str = "") -> None:
+        self._init(username, password, identity_token)
 
     def __repr__(self) -> str:  # never print a secret
         token = "***" if self.identity_token else ""
         return f"Credential(username={self.username!r}, password=***, identity_token={token})"
 
     def basic(self) -> str:
-        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return "Basic " + _b64(f"{self.username}:{self.password}".encode())
 
 
 def _host_of(key: str) -> str:
@@ -125,7 +133,7 @@ class DockerCredentials:
             del auths[key]
         entry: dict[str, str] = {}
         if credential.username:
-            entry["auth"] = base64.b64encode(f"{credential.username}:{credential.password}".encode()).decode()
+            entry["auth"] = _b64(f"{credential.username}:{credential.password}".encode())
         if credential.identity_token:
             entry["identitytoken"] = credential.identity_token
         auths[server] = entry
@@ -218,7 +226,7 @@ class DockerCredentials:
         auth = entry.get("auth")
         if isinstance(auth, str) and auth:
             try:
-                user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
+                user, sep, password = binascii.a2b_base64(auth.encode(), strict_mode=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise AuthError(f"{self.source}: auths entry for {host}: `auth` is not base64 of user:password") \
                     from None
@@ -264,13 +272,17 @@ class DockerCredentials:
         return Credential(user, secret)
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(Value):
+    __slots__ = ("scheme", "params")
     scheme: str  # lower case: "basic" or "bearer"
     params: Mapping[str, str]
 
+    def __init__(self, scheme: str, params: Mapping[str, str]) -> None:
+        self._init(scheme, params)
 
-_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+# A challenge is parsed only after a 401, so the pattern is compiled then (re caches it), not at every CLI start.
+_PARAM = r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?'
 
 
 def parse_challenge(header: str) -> Challenge:
@@ -279,7 +291,7 @@ def parse_challenge(header: str) -> Challenge:
     params: dict[str, str] = {}
     position = 0
     while position < len(rest):
-        match = _PARAM.match(rest, position)
+        match = re.compile(_PARAM).match(rest, position)
         if not match or match.end() == position:
             break
         quoted = match.group(2)

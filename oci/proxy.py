@@ -15,11 +15,12 @@ URL goes through the proxy in a CONNECT tunnel (TLS end to end with the registry
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .values import Value
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -28,11 +29,14 @@ def _env(environ: Mapping[str, str], name: str) -> str:
     return environ.get(name.upper()) or environ.get(name.lower()) or ""
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    https_proxy: str = ""
-    http_proxy: str = ""
-    no_proxy: str = ""
+class ProxySettings(Value):
+    __slots__ = ("https_proxy", "http_proxy", "no_proxy")
+    https_proxy: str
+    http_proxy: str
+    no_proxy: str
+
+    def __init__(self, https_proxy: str = "", http_proxy: str = "", no_proxy: str = "") -> None:
+        self._init(https_proxy, http_proxy, no_proxy)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *, https_proxy: str = "",
@@ -59,16 +63,26 @@ class ProxySettings:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+    return host == "localhost" or host.endswith(".localhost") or loopback_address(host.strip("[]"))
+
+
+def loopback_address(text: str) -> bool:
+    """Whether `text` is an IPv4 address in 127.0.0.0/8 or the IPv6 address ::1 (`ipaddress`'s is_loopback, without
+    importing `ipaddress` on every registry request)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET, text)[0] == 127
+    except (OSError, ValueError):
+        pass
+    try:
+        return socket.inet_pton(socket.AF_INET6, text) == bytes(15) + b"\1"
+    except (OSError, ValueError):
         return False
 
 
 def excluded(no_proxy: str, host: str, port: int) -> bool:
     """Whether NO_PROXY `no_proxy` excludes `host` (lower case, no brackets) on `port`."""
+    import ipaddress  # only with a proxy set
+
     host = host.strip("[]").lower()
     try:
         address = ipaddress.ip_address(host)

@@ -25,7 +25,8 @@ Invariant: a `Reference` that exists is valid; `parse_reference` raises Referenc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from .values import Value
 
 DEFAULT_REGISTRY = "docker.io"
 DOCKER_API_HOST = "registry-1.docker.io"
@@ -52,12 +53,15 @@ def check_digest(value: str, what: str = "digest") -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(Value):
+    __slots__ = ("registry", "repository", "tag", "digest")
     registry: str
     repository: str
-    tag: str = ""
-    digest: str = ""
+    tag: str
+    digest: str
+
+    def __init__(self, registry: str, repository: str, tag: str = "", digest: str = "") -> None:
+        self._init(registry, repository, tag, digest)
 
     @property
     def name(self) -> str:

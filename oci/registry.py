@@ -38,13 +38,9 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .auth import AuthError, Credential, DockerCredentials, parse_challenge
@@ -72,12 +68,16 @@ from .manifest import (
     descriptors_of,
     parse_json_object,
 )
-from .proxy import ProxySettings
+from .proxy import ProxySettings, loopback_address
 from .reference import Reference, check_digest
 from .tls import Trust
 from .transport import TimedOut, TLSFailed, Transport, TransportError
+from .values import Value
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from .hosts import Endpoint, RegistryHosts
     from .transport import Exchange
 
@@ -107,13 +107,16 @@ def _no_progress(label: str, total: int) -> Progress:
     return Progress()
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Value):
     """A manifest or index exactly as the registry sent it, with its digest."""
 
+    __slots__ = ("media_type", "data", "digest")
     media_type: str
     data: bytes
     digest: str
+
+    def __init__(self, media_type: str, data: bytes, digest: str) -> None:
+        self._init(media_type, data, digest)
 
     def json(self, what: str) -> dict[str, Any]:
         return parse_json_object(self.data, what)
@@ -124,12 +127,7 @@ class Manifest:
 
 def is_loopback(host: str) -> bool:
     host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host == "localhost" or loopback_address(host)
 
 
 def _registry_message(body: bytes, cut: bool = False) -> str:
@@ -271,9 +269,10 @@ class RegistryClient:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
         except (TransportError, RegistryError):
             return "https"  # unreachable or not HTTP: the real request reports it, with retries
+        if exchange.status != 400:
+            exchange.discard()  # read to its end, so the connection is kept for the requests that follow
+            return "http"
         with exchange:
-            if exchange.status != 400:
-                return "http"
             text, _ = exchange.error_text()
         return "https" if b"HTTPS" in text or "HTTPS" in exchange.response.reason else "http"
 
@@ -380,6 +379,8 @@ class RegistryClient:
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.isdigit():
             return min(float(retry_after), 30.0)
+        import random  # only a retry needs it
+
         return self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
     def _authenticate(self, ref: Reference, header: str, url: str, actions: str) -> str:

@@ -217,7 +217,7 @@ class Transport:
 
     def _connect(self, host: str, port: int, proxy: _Proxy | None) -> socket.socket:
         try:
-            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+            sock = _dial(host, port, self.connect_timeout)
         except TimeoutError:
             if proxy is not None:
                 raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: no answer within "
@@ -432,6 +432,24 @@ class Transport:
             if not parser.started:
                 raise _Stale(f"{type(exc).__name__}: {exc}") from None
             raise ConnectionBroken(f"{type(exc).__name__}: {exc}") from None
+
+
+def _dial(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the first of `host`'s addresses that accepts one (as socket.create_connection)."""
+    # An ASCII name goes to getaddrinfo as bytes: a str would be run through the idna codec first, whose import
+    # (stringprep, unicodedata) costs more than the lookup of an address literal.
+    name = host.encode() if host.isascii() else host
+    failure: OSError = OSError(f"no address for {host}")
+    for family, kind, protocol, _, address in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = exc
+    raise failure
 
 
 def _close_quietly(stream: Any, raw: socket.socket) -> None:
