@@ -11,9 +11,9 @@ pulling is oci/transfer.py over the registry client (oci/registry.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
+from .jsoncodec import dumps
 from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
     LEGACY_WASM_LAYER_TYPES,
     MEDIA_TYPE_MANIFEST,
@@ -49,7 +49,7 @@ class Artifact(Value):
 
 
 def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def wasm_config(layer_digest: str, is_component: bool, *, created: str = "1970-01-01T00:00:00Z",

@@ -23,12 +23,10 @@ Invariant: secrets never appear in exceptions or logs; errors name the file or h
 from __future__ import annotations
 
 import binascii
-import json
 import os
-import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
+from .jsoncodec import dumps, loads
 from .values import Value
 
 HELPER_TIMEOUT = 10.0
@@ -62,6 +60,8 @@ class Credential(Value):
 
 def _host_of(key: str) -> str:
     if "://" in key:
+        from urllib.parse import urlsplit  # docker config keys: a login's or a 401's path, never a pull's
+
         key = urlsplit(key).netloc
     host = key.split("/", 1)[0]
     return "docker.io" if host in _DOCKER_HUB_KEYS else host
@@ -85,7 +85,7 @@ class DockerCredentials:
         except OSError as exc:
             raise AuthError(f"cannot read registry credentials from {path}: {exc.strerror}") from None
         try:
-            config = json.loads(text)
+            config = loads(text)
         except ValueError as exc:
             raise AuthError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(config, dict):
@@ -122,7 +122,7 @@ class DockerCredentials:
         if helper:
             user = "<token>" if credential.identity_token and not credential.username else credential.username
             secret = credential.identity_token if user == "<token>" else credential.password
-            payload = json.dumps({"ServerURL": server, "Username": user, "Secret": secret}).encode()
+            payload = dumps({"ServerURL": server, "Username": user, "Secret": secret}).encode()
             self._run_helper(helper, "store", payload, registry)
             self._drop_entry(server)  # a helper holds it now: no stale copy in the file
             return f"credential helper docker-credential-{helper}"
@@ -170,15 +170,14 @@ class DockerCredentials:
             temporary = f"{self.source}.{os.getpid()}.tmp"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._config, f, indent="\t")
+                f.write(dumps(self._config, indent="\t"))
                 f.write("\n")
             os.replace(temporary, self.source)
         except OSError as exc:
             raise AuthError(f"cannot write registry credentials to {self.source}: {exc.strerror}") from None
 
     def _run_helper(self, helper: str, action: str, payload: bytes, registry: str, missing_ok: bool = False) -> bool:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        _check_helper_name(helper, self.source)
         import subprocess
 
         program = f"docker-credential-{helper}"
@@ -241,8 +240,7 @@ class DockerCredentials:
         return None
 
     def _from_helper(self, helper: str, host: str) -> Credential | None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        _check_helper_name(helper, self.source)
         import subprocess  # here: only a helper needs it (the CLI's start pays for every import)
 
         program = f"docker-credential-{helper}"
@@ -262,7 +260,7 @@ class DockerCredentials:
             raise AuthError(f"credential helper {program} failed for {host} (exit {done.returncode}): "
                             f"{(message or done.stderr.decode(errors='replace').strip())[:200]}")
         try:
-            answer = json.loads(done.stdout)
+            answer = loads(done.stdout)
             user, secret = str(answer.get("Username", "")), str(answer["Secret"])
         except (ValueError, KeyError, AttributeError):
             raise AuthError(f"credential helper {program} answered for {host} with something that is not "
@@ -285,8 +283,15 @@ class Challenge(Value):
 _PARAM = r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?'
 
 
+def _check_helper_name(helper: str, source: str) -> None:
+    if not helper or not helper.isascii() or not all(c.isalnum() or c in "_.-" for c in helper):
+        raise AuthError(f"{source}: credential helper name {helper!r} is not a plain program name")
+
+
 def parse_challenge(header: str) -> Challenge:
     """The first challenge of a `WWW-Authenticate` header: scheme and parameters (quoted or token values)."""
+    import re  # a 401's path only
+
     scheme, _, rest = header.strip().partition(" ")
     params: dict[str, str] = {}
     position = 0

@@ -10,9 +10,9 @@ non-negative integer size; anything else raises ManifestError naming the documen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
+from .jsoncodec import dumps, loads
 from .reference import ReferenceError, check_digest
 from .values import Value
 
@@ -91,12 +91,12 @@ class Descriptor(Value):
 
 def canonical_json(value: object) -> bytes:
     """Compact JSON with sorted keys: deterministic bytes, so digests are stable."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = loads(data)
     except ValueError as exc:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -15,14 +15,12 @@ URL goes through the proxy in a CONNECT tunnel (TLS end to end with the registry
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
+from .url import URLError, split_url
 from .values import Value
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _env(environ: Mapping[str, str], name: str) -> str:
@@ -48,16 +46,15 @@ class ProxySettings(Value):
 
     def proxy_for(self, url: str) -> str:
         """The proxy URL `url` goes through ("" = directly)."""
-        parts = urlsplit(url)
-        proxy = self.https_proxy if parts.scheme == "https" else self.http_proxy if parts.scheme == "http" else ""
+        scheme = url.partition("://")[0].lower()
+        proxy = self.https_proxy if scheme == "https" else self.http_proxy if scheme == "http" else ""
         if not proxy:
             return ""
-        host = (parts.hostname or "").lower()
         try:
-            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
-        except ValueError:
-            port = 0
-        if _is_loopback(host) or excluded(self.no_proxy, host, port):
+            parts = split_url(url)
+        except URLError:
+            return ""  # the request refuses the URL itself
+        if _is_loopback(parts.host) or excluded(self.no_proxy, parts.host, parts.port):
             return ""
         return proxy if "://" in proxy else f"http://{proxy}"
 
@@ -70,11 +67,11 @@ def loopback_address(text: str) -> bool:
     """Whether `text` is an IPv4 address in 127.0.0.0/8 or the IPv6 address ::1 (`ipaddress`'s is_loopback, without
     importing `ipaddress` on every registry request)."""
     try:
-        return socket.inet_pton(socket.AF_INET, text)[0] == 127
+        return _socket.inet_pton(_socket.AF_INET, text)[0] == 127
     except (OSError, ValueError):
         pass
     try:
-        return socket.inet_pton(socket.AF_INET6, text) == bytes(15) + b"\1"
+        return _socket.inet_pton(_socket.AF_INET6, text) == bytes(15) + b"\1"
     except (OSError, ValueError):
         return False
 

@@ -38,15 +38,14 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from urllib.parse import urlencode, urljoin, urlsplit
 
 from .auth import AuthError, Credential, DockerCredentials, parse_challenge
-from .deadline import Deadline, Watchdog
+from .deadline import Deadline
 from .digest import DigestMismatch, StreamVerifier, sha256_digest
 from .errors import NotFoundError, RegistryError
+from .jsoncodec import loads
 from .limits import (
     ERROR_BODY_LIMIT,
     LISTING_LIMIT,
@@ -72,6 +71,7 @@ from .proxy import ProxySettings, loopback_address
 from .reference import Reference, check_digest
 from .tls import Trust
 from .transport import TimedOut, TLSFailed, Transport, TransportError
+from .url import URLError, encode_query, join, origin, split_authority, split_url
 from .values import Value
 
 TYPE_CHECKING = False
@@ -135,7 +135,7 @@ def _registry_message(body: bytes, cut: bool = False) -> str:
     `cut` says the body went on past what was kept (oci/limits.py ERROR_BODY_LIMIT)."""
     text = ""
     try:
-        doc = json.loads(body)
+        doc = loads(body)
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if isinstance(errors, list) and errors:
             text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
@@ -149,16 +149,9 @@ def _registry_message(body: bytes, cut: bool = False) -> str:
     return text
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 origin)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = {"https": 443, "http": 80}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 origin); oci/url.py's reading."""
+    return origin(url)
 
 
 class RegistryClient:
@@ -192,7 +185,6 @@ class RegistryClient:
         self._transport = Transport(connect_timeout, read_timeout, self._trust)
         # Proxies as Go clients (oras, cosign, containerd) take them: HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
         self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
-        self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
         self.hosts = hosts  # containerd's registry host configuration (oci/hosts.py): where a registry is asked
@@ -200,7 +192,6 @@ class RegistryClient:
         self._endpoints: dict[str, Endpoint] = {}  # netloc (lower case) -> a configured endpoint there
 
     def close(self) -> None:
-        self._watchdog.close()
         self._transport.close()
 
     def __enter__(self) -> RegistryClient:
@@ -212,7 +203,11 @@ class RegistryClient:
     # -- transport ---------------------------------------------------------------------------------------------
     def _plain_http_allowed(self, host: str) -> bool:
         configured = self._endpoints.get(host.lower())
-        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host) or \
+        try:
+            hostname = split_authority(host)[0]
+        except URLError:
+            hostname = host
+        return host in self.insecure or is_loopback(hostname) or \
             (configured is not None and configured.scheme == "http")
 
     def _route(self, ref: Reference) -> Endpoint | None:
@@ -241,7 +236,10 @@ class RegistryClient:
     def _trust_for(self, url: str) -> Trust:
         """The TLS trust for `url`: a configured endpoint's CA files, client certificates and skip_verify
         (oci/hosts.py) on top of the client's own; else the client's."""
-        endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
+        try:
+            endpoint = self._endpoints.get(split_url(url).authority)
+        except URLError:
+            return self._trust  # the request refuses the URL itself
         if endpoint is None or endpoint.scheme != "https" or endpoint.tls_key == ((), (), False):
             return self._trust
         return Trust(self._trust.ca_bundle, self._trust.extra_cas + endpoint.ca_files, endpoint.client_pairs,
@@ -263,8 +261,8 @@ class RegistryClient:
             return "https"
         url = f"http://{host}/v2/"
         try:
-            exchange = self._transport.send(self._watchdog, Deadline(self.total_timeout, MIN_RATE), "GET", url,
-                                            headers={}, body=None, proxy=self.proxies.proxy_for(url))
+            exchange = self._transport.send(Deadline(self.total_timeout, MIN_RATE), "GET", url, headers={}, body=None,
+                                            proxy=self.proxies.proxy_for(url))
         except TimedOut:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
         except (TransportError, RegistryError):
@@ -277,7 +275,7 @@ class RegistryClient:
         return "https" if b"HTTPS" in text or "HTTPS" in exchange.response.reason else "http"
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: Any,
-              credential: tuple[tuple[str, str, int | None], str] | None) -> Exchange:
+              credential: tuple[tuple[str, str, int], str] | None) -> Exchange:
         """One request, following redirects (see the module rules); `credential` is (origin, Authorization) and
         is sent only to that origin."""
         target = url
@@ -286,7 +284,7 @@ class RegistryClient:
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(self._watchdog, deadline, method, target, headers=hop_headers,
+            exchange = self._transport.send(deadline, method, target, headers=hop_headers,
                                             body=body() if body else None, trust=self._trust_for(target),
                                             proxy=self.proxies.proxy_for(target))
             if exchange.status not in REDIRECT_STATUSES:
@@ -307,14 +305,16 @@ class RegistryClient:
                             f"went to {target}")
 
     def _redirect_target(self, method: str, current: str, location: str, status: int) -> str:
-        target = urljoin(current, location)
-        scheme = urlsplit(target).scheme
-        if scheme not in ("http", "https"):
-            raise RegistryError(f"{method} {current}: HTTP {status} redirect to {target}: not an HTTP URL", status)
-        if scheme == "http" and urlsplit(current).scheme == "https":
+        target = join(current, location)
+        try:
+            parts = split_url(target)
+        except URLError as exc:
+            raise RegistryError(f"{method} {current}: HTTP {status} redirect to {target[:300]}: {exc}", status) \
+                from None
+        if parts.scheme == "http" and current.startswith("https:"):
             raise RegistryError(f"{method} {current}: HTTP {status} redirect from HTTPS to plain HTTP ({target}) "
                                 "refused", status)
-        if scheme == "http" and not self._plain_http_allowed(urlsplit(target).netloc):
+        if parts.scheme == "http" and not self._plain_http_allowed(parts.authority):
             raise RegistryError(f"{method} {current}: HTTP {status} redirect to plain HTTP ({target}) refused: "
                                 "that host is neither loopback nor named insecure", status)
         return target
@@ -407,23 +407,27 @@ class RegistryClient:
         if len(realm) > URL_LIMIT:
             raise RegistryError(f"{ref.registry}: bearer challenge realm of {len(realm)} characters, over the "
                                 f"{URL_LIMIT} character limit", 401)
-        if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
+        try:
+            realm_authority = split_url(realm).authority
+        except URLError as exc:
+            raise RegistryError(f"{ref.registry}: bearer challenge realm {realm[:300]!r}: {exc}", 401) from None
+        if realm.startswith("http://") and not self._plain_http_allowed(realm_authority):
             raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
         scope = params.get("scope") or (f"repository:{ref.repository}:{actions}" if ref.repository else "")
         query = {"service": params.get("service", "")}
         if scope:
             query["scope"] = scope
         headers: dict[str, str] = {}
-        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        authorization: tuple[tuple[str, str, int], str] | None = None
         if credential is not None and credential.identity_token:
-            form = urlencode({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
+            form = encode_query({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
                               "client_id": "wasm-shim"}).encode()
             method, url, body = "POST", realm, (lambda: form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         else:
             if credential is not None and credential.username:
                 authorization = (_origin(realm), credential.basic())
-            method, url, body = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), None
+            method, url, body = "GET", realm + ("&" if "?" in realm else "?") + encode_query(query), None
         what = f"token endpoint {realm}"
         try:
             exchange = self._send(method, url, headers, body, authorization)
@@ -435,7 +439,7 @@ class RegistryClient:
                                     f"{_registry_message(*exchange.error_text())}", exchange.status)
             data = exchange.read(TOKEN_RESPONSE_LIMIT, f"{what}: the token response")
         try:
-            doc = json.loads(data)
+            doc = loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -448,7 +452,7 @@ class RegistryClient:
         before they save any: RegistryError naming the registry when they are refused (or it cannot be asked)."""
         ref = Reference(registry, "")
         url = self._base_for(ref) + "/v2/"
-        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        authorization: tuple[tuple[str, str, int], str] | None = None
         for _ in range(2):
             try:
                 exchange = self._send("GET", url, {}, None, authorization)
@@ -482,7 +486,7 @@ class RegistryClient:
             raise DigestMismatch(f"{ref}: the registry says the manifest is {claimed} but its content is {digest}")
         media_type = content_type.split(";")[0].strip()
         try:
-            declared_type = json.loads(data).get("mediaType")
+            declared_type = loads(data).get("mediaType")
         except (ValueError, AttributeError):
             raise ManifestError(f"{ref}: the manifest is not a JSON object") from None
         if isinstance(declared_type, str) and declared_type:
@@ -580,8 +584,8 @@ class RegistryClient:
         if len(location) > URL_LIMIT:
             raise RegistryError(f"POST {ref.name}/blobs/uploads/: an upload location of {len(location)} characters, "
                                 f"over the {URL_LIMIT} character limit")
-        url = urljoin(self._base_for(ref) + "/", location)
-        url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
+        url = join(self._base_for(ref) + "/", location)
+        url += ("&" if "?" in url.partition("#")[0] else "?") + encode_query({"digest": descriptor.digest})
         progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
 
         def body() -> bytes | IO[bytes] | _CountingReader:
@@ -626,7 +630,7 @@ class RegistryClient:
             if len(link) > URL_LIMIT:
                 raise RegistryError(f"{what}: a pagination link of {len(link)} characters, over the {URL_LIMIT} "
                                     "character limit")
-            following = urljoin(url, link.split(";")[0].strip().strip("<>"))
+            following = join(url, link.split(";")[0].strip().strip("<>"))
             if _origin(following) != _origin(base):
                 raise RegistryError(f"{what}: the pagination link {following} leaves the registry ({base}); "
                                     "not followed")
@@ -639,7 +643,7 @@ class RegistryClient:
             if status == 404:
                 raise NotFoundError(f"{ref.name}: repository not found", 404)
             try:
-                page = json.loads(data).get("tags") or []
+                page = loads(data).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{ref.name}: the tag list is not JSON {{name, tags}}") from None
             tags.extend(t for t in page if isinstance(t, str))

@@ -17,7 +17,7 @@ Rules:
 
 from __future__ import annotations
 
-import socket
+import _socket
 
 from .errors import RegistryError
 
@@ -145,7 +145,7 @@ class TunnelTLS:
     def fileno(self) -> int:
         return self._outer.fileno()
 
-    def shutdown(self, how: int = socket.SHUT_RDWR) -> None:
+    def shutdown(self, how: int = _socket.SHUT_RDWR) -> None:
         self._outer.shutdown(how)
 
     def close(self) -> None:

@@ -15,9 +15,10 @@ Rules:
   and never reads the rest. A connection goes back to the pool only after its response was read to its end and
   the parser says it may carry another (never a half-read one, whose rest would be read as the next response).
 - Every exchange ends at its deadline (oci/deadline.py): from the moment the request is sent, headers and body
-  together take at most the client's total timeout plus one second per `MIN_RATE` bytes received; the watchdog
-  shuts the socket down then. Expiry is an error naming the deadline. Connecting has the connect timeout, every
-  other wait the read timeout.
+  together take at most the client's total timeout plus one second per `MIN_RATE` bytes received. Every wait on
+  the socket is bounded by the read timeout or the time left, whichever is shorter, so no wait outlasts the
+  deadline; then the deadline shuts the socket down, and the error names the deadline. Connecting has the connect
+  timeout, sending a request the read timeout.
 - A kept-alive connection the server closed while it sat idle is noticed before it is used (readable when
   nothing is due), or by the request getting no byte of a response; then a request whose body can be sent again
   is sent once more on a new connection (RFC 9112 section 9.3.1 allows it for idempotent requests, and a request
@@ -31,17 +32,17 @@ Rules:
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import select
-import socket
-import threading
 from collections import deque
-from urllib.parse import unquote, urlsplit
 
-from .deadline import Deadline, Watchdog
+from .deadline import Deadline
 from .errors import RegistryError
 from .http1 import Data, EndOfMessage, NoResponse, ProtocolError, Response, ResponseParser, encode_request
 from .limits import DISCARD_LIMIT, ERROR_BODY_LIMIT
 from .tls import Trust, TunnelTLS, client_context, is_tls_error
+from .url import URL, URLError, split_url, unquote
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ SEND_CHUNK = 1 << 20  # a file body is sent in pieces of this size
 SMALL_BODY = 64 << 10  # a body up to this size is sent with the head, in one write
 IDLE_PER_ORIGIN = 4  # kept-alive connections kept per origin (and proxy, and trust)
 USER_AGENT = "wasm-shim"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _NO_TRUST = Trust()
 
 
@@ -88,28 +88,11 @@ class _Stale(ConnectionBroken):
     """The request got no byte of a response: the connection may have closed while idle (see the module rules)."""
 
 
-class _Target:
-    """Where a URL's request goes: scheme, host, port, the origin-form target (path and query)."""
-
-    __slots__ = ("scheme", "host", "port", "hostport", "path")
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ConnectionBroken(f"not an http:// or https:// URL with a host: {url[:200]!r}")
-        if parts.username is not None or parts.password is not None:
-            raise ConnectionBroken("a registry URL with user:password in it is not used (credentials go in headers)")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConnectionBroken(f"the URL's port is not a port number: {url[:200]!r}") from None
-        self.scheme = parts.scheme
-        self.host = parts.hostname  # lower case, without the brackets of an IPv6 literal
-        self.port = port or _DEFAULT_PORTS[parts.scheme]
-        literal = f"[{self.host}]" if ":" in self.host else self.host
-        self.hostport = literal if port is None or self.port == _DEFAULT_PORTS[self.scheme] else \
-            f"{literal}:{self.port}"
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+def _target(url: str) -> URL:
+    try:
+        return split_url(url)
+    except URLError as exc:
+        raise ConnectionBroken(str(exc)) from None
 
 
 class _Proxy:
@@ -118,22 +101,19 @@ class _Proxy:
     __slots__ = ("scheme", "host", "port", "authorization", "display")
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ProxyFailed(f"the proxy {_redacted(url)!r} is not an http:// or https:// URL with a host")
         try:
-            port = parts.port
-        except ValueError:
-            raise ProxyFailed(f"the proxy {_redacted(url)!r} has a port that is not a number") from None
-        self.scheme, self.host = parts.scheme, parts.hostname
-        self.port = port or _DEFAULT_PORTS[parts.scheme]
+            parts = split_url(url if "://" in url else f"http://{url}", userinfo=True)
+        except URLError as exc:
+            raise ProxyFailed(f"the proxy {_redacted(url)!r} cannot be used: {_redacted(str(exc))}") from None
+        self.scheme, self.host, self.port = parts.scheme, parts.host, parts.port
         self.authorization = ""
-        if parts.username is not None:
+        if parts.userinfo:
             import binascii
 
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            user, _, password = parts.userinfo.partition(":")
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
             self.authorization = "Basic " + binascii.b2a_base64(pair, newline=False).decode()
-        self.display = f"{parts.scheme}://{parts.hostname}:{self.port}"
+        self.display = f"{parts.scheme}://{parts.hostport}"
 
 
 def _redacted(url: str) -> str:
@@ -149,7 +129,7 @@ class _Connection:
 
     __slots__ = ("stream", "raw", "forward", "proxy_authorization")
 
-    def __init__(self, stream: Any, raw: socket.socket, forward: bool = False, proxy_authorization: str = "") -> None:
+    def __init__(self, stream: Any, raw: Any, forward: bool = False, proxy_authorization: str = "") -> None:
         self.stream, self.raw = stream, raw
         self.forward = forward
         self.proxy_authorization = proxy_authorization
@@ -185,7 +165,7 @@ class Transport:
         self._idle: dict[tuple[object, ...], list[_Connection]] = {}
         self._contexts: dict[Trust, Any] = {}
         self._proxies: dict[str, _Proxy] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._closed = False
 
     def close(self) -> None:
@@ -215,9 +195,9 @@ class Transport:
     def _timed_out(self) -> TimedOut:
         return TimedOut(f"no answer within {self.read_timeout}s (connect timeout {self.connect_timeout}s)")
 
-    def _connect(self, host: str, port: int, proxy: _Proxy | None) -> socket.socket:
+    def _connect(self, host: str, port: int, proxy: _Proxy | None, tls: bool) -> Any:
         try:
-            sock = _dial(host, port, self.connect_timeout)
+            sock = _dial(host, port, self.connect_timeout, tls)
         except TimeoutError:
             if proxy is not None:
                 raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: no answer within "
@@ -230,17 +210,18 @@ class Transport:
             raise ConnectFailed(f"cannot connect: {reason}") from None
         # The head and then the body go out in separate writes: without NODELAY, Nagle's algorithm and the peer's
         # delayed ACK would hold the second one back (RFC 1122 section 4.2.3.4).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         return sock
 
-    def _tls(self, stream: Any, trust: Trust, hostname: str) -> Any:
-        """`stream` with TLS to `hostname` on it (a handshake under the connect timeout)."""
+    def _tls(self, stream: Any, trust: Trust, hostname: str, *, inside_tls: bool = False) -> Any:
+        """`stream` with TLS to `hostname` on it (a handshake under the connect timeout): an SSLSocket that takes
+        over a TCP socket, or TLS carried inside the TLS of an https proxy."""
         context = self._context(trust)
         try:
-            if type(stream) is socket.socket:
-                stream.settimeout(self.connect_timeout)
-                return context.wrap_socket(stream, server_hostname=hostname)
-            return TunnelTLS(stream, context, hostname)
+            stream.settimeout(self.connect_timeout)
+            if inside_tls:
+                return TunnelTLS(stream, context, hostname)
+            return context.wrap_socket(stream, server_hostname=hostname)
         except TimeoutError:
             raise self._timed_out() from None
         except OSError as exc:
@@ -248,7 +229,7 @@ class Transport:
                 raise TLSFailed(f"TLS failed: {str(exc)[:300]}") from None
             raise ConnectionBroken(f"the TLS handshake broke: {type(exc).__name__}: {exc}") from None
 
-    def _tunnel(self, stream: Any, target: _Target, proxy: _Proxy) -> None:
+    def _tunnel(self, stream: Any, target: URL, proxy: _Proxy) -> None:
         """CONNECT `target` through the proxy on `stream`; ProxyFailed unless it answers 2xx."""
         authority = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
         fields = [("Host", authority), ("User-Agent", USER_AGENT)]
@@ -278,21 +259,24 @@ class Transport:
             raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} sent bytes after its answer to "
                               f"CONNECT {authority}")
 
-    def _open(self, target: _Target, proxy: _Proxy | None, trust: Trust) -> _Connection:
+    def _open(self, target: URL, proxy: _Proxy | None, trust: Trust) -> _Connection:
+        tls = target.scheme == "https" or (proxy is not None and proxy.scheme == "https")
         if proxy is None:
-            raw = self._connect(target.host, target.port, None)
-            stream: Any = raw
+            raw = self._connect(target.host, target.port, None, tls)
         else:
-            raw = self._connect(proxy.host, proxy.port, proxy)
-            stream = raw
-            if proxy.scheme == "https":
-                stream = self._tls(raw, self.trust, proxy.host)
+            raw = self._connect(proxy.host, proxy.port, proxy, tls)
+        stream: Any = raw
         try:
+            if proxy is not None and proxy.scheme == "https":
+                stream = raw = self._tls(raw, self.trust, proxy.host)  # the SSLSocket owns the descriptor now
             stream.settimeout(self.read_timeout)
             if proxy is not None and target.scheme == "https":
                 self._tunnel(stream, target, proxy)
             if target.scheme == "https":
-                stream = self._tls(stream, trust, target.host)
+                inside_tls = proxy is not None and proxy.scheme == "https"
+                stream = self._tls(stream, trust, target.host, inside_tls=inside_tls)
+                if not inside_tls:
+                    raw = stream  # the SSLSocket owns the descriptor now
             stream.settimeout(self.read_timeout)
         except BaseException:
             _close_quietly(stream, raw)
@@ -322,26 +306,24 @@ class Transport:
         connection.close()
 
     # -- exchanges ---------------------------------------------------------------------------------------------
-    def send(self, watchdog: Watchdog, deadline: Deadline, method: str, url: str, *, headers: Mapping[str, str],
-             body: Any, trust: Trust | None = None, proxy: str = "") -> Exchange:
+    def send(self, deadline: Deadline, method: str, url: str, *, headers: Mapping[str, str], body: Any,
+             trust: Trust | None = None, proxy: str = "") -> Exchange:
         """Send one request (redirects are the caller's) and await its response head under `deadline`.
         TransportError when no head arrives; RegistryError when the deadline passed first."""
-        target = _Target(url)
+        target = _target(url)
         via = self._proxy(proxy) if proxy else None
         trust = (trust or self.trust) if target.scheme == "https" else _NO_TRUST
         key = (target.scheme, target.host, target.port, proxy, trust)
-        watchdog.arm(deadline)
         try:
             connection, parser, events = self._exchange(key, target, via, trust, method, headers, body, deadline)
         except BaseException:
-            watchdog.disarm(deadline)
             if deadline.expired:
                 raise RegistryError(f"{method} {url}: no complete answer within the deadline of "
                                     f"{deadline.describe()}") from None
             raise
-        return Exchange(self, key, connection, parser, events, deadline, watchdog, method, url)
+        return Exchange(self, key, connection, parser, events, deadline, method, url)
 
-    def _exchange(self, key: tuple[object, ...], target: _Target, via: _Proxy | None, trust: Trust, method: str,
+    def _exchange(self, key: tuple[object, ...], target: URL, via: _Proxy | None, trust: Trust, method: str,
                   headers: Mapping[str, str], body: Any,
                   deadline: Deadline) -> tuple[_Connection, ResponseParser, deque[Event]]:
         """The request on a kept-alive connection, or a new one; once more on a new one when a kept-alive one
@@ -364,7 +346,7 @@ class Transport:
             connection.close()
             raise
 
-    def _request(self, connection: _Connection, method: str, target: _Target, headers: Mapping[str, str],
+    def _request(self, connection: _Connection, method: str, target: URL, headers: Mapping[str, str],
                  body: Any, deadline: Deadline) -> tuple[ResponseParser, deque[Event]]:
         given = {name.lower() for name in headers}
         fields = [("Host", target.hostport)] if "host" not in given else []
@@ -383,13 +365,14 @@ class Transport:
                 fields.append(("Content-Length", "0"))
             elif body is not None:
                 raise ConnectionBroken(f"{method}: a streamed body needs a Content-Length")
-        request_target = f"{target.scheme}://{target.hostport}{target.path}" if connection.forward else target.path
+        request_target = f"{target.scheme}://{target.hostport}{target.target}" if connection.forward else target.target
         try:
             head = encode_request(method, request_target, fields)
         except ValueError as exc:
             raise ConnectionBroken(str(exc)) from None
         stream = connection.stream
         try:
+            stream.settimeout(self.read_timeout)
             if body is None:
                 stream.sendall(head)
             elif isinstance(body, bytes):
@@ -417,10 +400,12 @@ class Transport:
         events: deque[Event] = deque()
         try:
             while True:
+                stream.settimeout(deadline.wait_for(self.read_timeout))
                 events.extend(parser.receive_data(stream.recv(HEAD_READ)))
                 if events and isinstance(events[0], Response):
                     return parser, events
         except TimeoutError:
+            deadline.check()  # the deadline's doing: Expired, which send() reports as such
             raise self._timed_out() from None
         except NoResponse as exc:
             raise _Stale(str(exc)) from None
@@ -434,14 +419,22 @@ class Transport:
             raise ConnectionBroken(f"{type(exc).__name__}: {exc}") from None
 
 
-def _dial(host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to the first of `host`'s addresses that accepts one (as socket.create_connection)."""
+def _dial(host: str, port: int, timeout: float, tls: bool) -> Any:
+    """A TCP connection to the first of `host`'s addresses that accepts one (as socket.create_connection): a
+    `socket.socket` when TLS is to go over it (ssl wraps those), else the C type under it, `_socket.socket`, which
+    needs no `socket` module (its import, enums and selectors, costs a plain-HTTP pull about 2 ms)."""
     # An ASCII name goes to getaddrinfo as bytes: a str would be run through the idna codec first, whose import
     # (stringprep, unicodedata) costs more than the lookup of an address literal.
     name = host.encode() if host.isascii() else host
+    if tls:
+        import socket
+
+        make: Any = socket.socket
+    else:
+        make = _socket.socket
     failure: OSError = OSError(f"no address for {host}")
-    for family, kind, protocol, _, address in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, protocol)
+    for family, kind, protocol, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        sock = make(family, kind, protocol)
         try:
             sock.settimeout(timeout)
             sock.connect(address)
@@ -452,7 +445,7 @@ def _dial(host: str, port: int, timeout: float) -> socket.socket:
     raise failure
 
 
-def _close_quietly(stream: Any, raw: socket.socket) -> None:
+def _close_quietly(stream: Any, raw: Any) -> None:
     for each in (stream, raw):
         try:
             each.close()
@@ -464,8 +457,7 @@ class Exchange:
     """A response and the deadline that bounds it. Close it (or use it as a context manager) when done."""
 
     def __init__(self, transport: Transport, key: tuple[object, ...], connection: _Connection,
-                 parser: ResponseParser, events: deque[Event], deadline: Deadline, watchdog: Watchdog, method: str,
-                 url: str) -> None:
+                 parser: ResponseParser, events: deque[Event], deadline: Deadline, method: str, url: str) -> None:
         head = events.popleft()
         assert isinstance(head, Response)
         self.response = head
@@ -474,7 +466,6 @@ class Exchange:
         self._transport, self._key, self._connection = transport, key, connection
         self._parser = parser
         self._events = events
-        self._watchdog = watchdog
         self._complete = False  # the body was read to its end
         self._closed = False
 
@@ -513,7 +504,14 @@ class Exchange:
                     self._complete = True
             if self._complete:
                 return b""
-            events.extend(self._parser.receive_data(self._connection.stream.recv(size)))
+            stream = self._connection.stream
+            try:
+                stream.settimeout(self.deadline.wait_for(self._transport.read_timeout))
+                data = stream.recv(size)
+            except TimeoutError:
+                self.deadline.check()  # Expired when the deadline passed, else the read timeout's TimeoutError
+                raise
+            events.extend(self._parser.receive_data(data))
 
     def chunks(self, size: int, what: str) -> Iterator[bytes]:
         """The body in pieces of at most `size` bytes, to its end, under the deadline (no cap: the caller's)."""
@@ -576,13 +574,11 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
-        self._watchdog.disarm(self.deadline)
         if not self._complete and self._parser.done and \
                 all(not isinstance(event, Data) or not event.data for event in self._events):
             self._complete = True  # HEAD, 204, 304, an empty body: its end came with the head
         self._events.clear()
         connection = self._connection
-        # After disarm the watchdog can no longer expire the deadline (oci/deadline.py): `expired` is final here.
         if self._complete and self._parser.reusable and not self.deadline.expired:
             self._transport._checkin(self._key, connection)
         else:

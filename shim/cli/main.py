@@ -486,8 +486,8 @@ def launch() -> NoReturn:
     """The entry of the lean launcher (scripts/setup.sh): `main`, and for the registry commands and --version an exit
     without the interpreter's finalization, which tears every module and object down one by one, milliseconds that
     every call of a script's loop would pay. Nothing is left to finish there: their files are closed, no atexit work
-    is registered, the only thread (the registry client's deadline watchdog) is a daemon; stdout and stderr are
-    flushed here, and a failing flush exits 120 as the interpreter's own would."""
+    is registered, no thread is started; stdout and stderr are flushed here, and a failing flush exits 120 as the
+    interpreter's own would."""
     arguments = sys.argv[1:]
     if not (arguments and (arguments[0] in REGISTRY_COMMANDS or arguments == ["--version"])):
         sys.exit(main(arguments))
