@@ -211,6 +211,11 @@ class ResponseParser:
     def done(self) -> bool:
         return self._state == _DONE
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held between calls (an unfinished head, chunk-size line or trailers): never past the bounds."""
+        return len(self._buffer)
+
     def receive_data(self, data: bytes) -> list[Event]:
         if self._state == _FAILED:
             raise ProtocolError("the response could not be parsed (the parser failed before)")

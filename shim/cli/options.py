@@ -5,15 +5,17 @@ one attribute per destination) and `UsageError`. The registry commands run in sc
 so their start is paid per call; `argparse` costs milliseconds of imports (and `shutil`, `gettext` at parse time)
 for a grammar this one covers: the node side's commands keep argparse (shim/cli/main.py).
 
-Grammar (argparse's, for the kinds of option used here):
-- `--name VALUE` and `--name=VALUE`; `-n VALUE` and `-nVALUE`; flags take no value (`--flag=x` is an error).
-- A long option may be abbreviated to a prefix that names exactly one option (argparse's allow_abbrev).
-- A value that starts with `-` is taken only when it reads as a negative number; `--` ends the options; `-` alone
-  is a positional (stdin, for the commands that take it).
-- `-h`/`--help` prints the help and exits 0, wherever it stands before `--`.
+Grammar (argparse's `_parse_optional` and its messages, for the kinds of option used here; tests/unit/
+test_cli_options.py holds every command to an argparse parser built from the same declarations):
+- `--name VALUE` and `--name=VALUE`; `-n VALUE`, `-nVALUE` and `-n=VALUE`; a flag takes no value (`--flag=x`: an
+  error); a long name may be abbreviated to a prefix that names exactly one option (an ambiguous one is the first
+  error); a token that reads as a negative number, or has a space in it, is a value.
+- `--` ends the options (every token after it is positional; argparse 3.11 would also list an unused `--` among
+  unrecognized arguments); `-` alone is a positional (stdin, for the commands that take it).
+- `-h`/`--help` prints the help and exits 0 where it stands (an error in an earlier option comes first).
 Errors print the usage line and `PROG: error: MESSAGE` on stderr and exit 2, worded as argparse words them:
 "the following arguments are required", "invalid choice: 'x' (choose from 'a', 'b')", "expected one argument",
-"unrecognized arguments", "ambiguous option".
+"unrecognized arguments", "ambiguous option", "ignored explicit argument"; the help is argparse's layout.
 Only the help imports anything (textwrap, shutil for the terminal's width).
 """
 
@@ -86,11 +88,12 @@ class Positional:
 
 
 def _negative_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return text.startswith("-")
+    """argparse's `^-\\d+$|^-\\d*\\.\\d+$`: such a token is a value, not an option."""
+    whole, dot, fraction = text[1:].partition(".")
+    digits = "0123456789"
+    return text.startswith("-") and (
+        (not dot and bool(whole) and all(c in digits for c in whole))
+        or (bool(dot) and bool(fraction) and all(c in digits for c in whole + fraction)))
 
 
 def float_value(text: str) -> float:
@@ -117,7 +120,7 @@ class Command:
         self.prog, self.help, self.description = prog, help, description
         self.options: list[Option] = []
         self.positionals: list[Positional] = []
-        self._order: list[Option | Positional] = []  # as declared: the order of "arguments are required"
+        self.arguments: list[Option | Positional] = []  # as declared: the order of "arguments are required"
 
     def option(self, *names: str, dest: str = "", kind: str = VALUE, metavar: str = "", help: str = "",
                choices: Sequence[str] = (), default: object = None, required: bool = False,
@@ -131,25 +134,49 @@ class Command:
             metavar = dest.upper()
         self.options.append(Option(tuple(names), dest, kind, metavar, help, tuple(choices), default, required,
                                    convert))
-        self._order.append(self.options[-1])
+        self.arguments.append(self.options[-1])
 
     def positional(self, metavar: str, dest: str, help: str = "") -> None:
         self.positionals.append(Positional(metavar, dest, help))
-        self._order.append(self.positionals[-1])
+        self.arguments.append(self.positionals[-1])
 
     # -- parsing -----------------------------------------------------------------------------------------------
-    def _find(self, token: str) -> Option:
-        exact = [option for option in self.options if token in option.names]
-        if exact:
-            return exact[0]
+    def _strings(self) -> list[tuple[Option | None, str]]:
+        """Every option string with its option (None: the help), in declaration order."""
+        return [(None, "-h"), (None, "--help")] + [(option, name) for option in self.options for name in option.names]
+
+    def _classify(self, token: str) -> tuple[Option | None, str | None] | None:
+        """None for a positional token; else (the option, None for the help; the value attached to it), read as
+        argparse reads an option string (`_parse_optional`): exact; `NAME=VALUE`; a unique prefix of one name, or a
+        one-letter name with its value attached (`-oFILE`); a negative number or a token with a space in it is a
+        value. LookupError for an option string nothing declares; UsageError for an ambiguous one."""
+        if not token.startswith("-") or token == "-":
+            return None
+        strings = self._strings()
+        exact = {name: option for option, name in strings}
+        if token in exact:
+            return exact[token], None
+        if "=" in token:
+            name, _, explicit = token.partition("=")
+            if name in exact:
+                return exact[name], explicit
+        matches: list[tuple[Option | None, str, str | None]] = []
         if token.startswith("--"):
-            matches = [(option, name) for option in self.options for name in option.names
-                       if name.startswith("--") and name.startswith(token)]
-            if len(matches) == 1:
-                return matches[0][0]
-            if matches:
-                names = ", ".join(name for _, name in matches)
-                raise UsageError(f"ambiguous option: {token} could match {names}")
+            prefix, equals, explicit_text = token.partition("=")
+            matches = [(option, name, explicit_text if equals else None) for option, name in strings
+                       if name.startswith(prefix)]
+        elif token[1] != "-":
+            for option, name in strings:
+                if name == token[:2]:
+                    matches.append((option, name, token[2:]))
+                elif name.startswith(token):
+                    matches.append((option, name, None))
+        if len(matches) > 1:
+            raise UsageError(f"ambiguous option: {token} could match {', '.join(name for _, name, _ in matches)}")
+        if matches:
+            return matches[0][0], matches[0][2]
+        if _negative_number(token) or " " in token:
+            return None
         raise LookupError(token)
 
     def parse(self, argv: Sequence[str]) -> Arguments:
@@ -157,31 +184,34 @@ class Command:
         argv = list(argv)
         options_end = argv.index("--") if "--" in argv else len(argv)
         tokens, after = argv[:options_end], argv[options_end + 1:]
-        if any(token in HELP for token in tokens):
-            sys.stdout.write(self.format_help())
-            raise SystemExit(0)
+        # argparse reads every option string before it takes any value: an ambiguous one is the first error.
+        kinds: list[tuple[Option | None, str | None] | None | str] = []
+        for token in tokens:
+            try:
+                kinds.append(self._classify(token))
+            except LookupError:
+                kinds.append("unrecognized")
         values: dict[str, object] = {option.dest: option.default for option in self.options}
         seen: set[str] = set()
-        positionals: list[str] = []
-        unrecognized: list[str] = []
+        positionals: list[tuple[int, str]] = []
+        unrecognized: list[tuple[int, str]] = []
         index = 0
         while index < len(tokens):
-            token = tokens[index]
+            token, kind = tokens[index], kinds[index]
             index += 1
-            if not token.startswith("-") or token == "-" or _negative_number(token):
-                positionals.append(token)
+            if kind is None:
+                positionals.append((index, token))
                 continue
-            name, explicit = token, None
-            if token.startswith("--"):
-                if "=" in token:
-                    name, _, explicit = token.partition("=")
-            elif len(token) > 2:
-                name, explicit = token[:2], token[2:]
-            try:
-                option = self._find(name)
-            except LookupError:
-                unrecognized.append(token)
+            if kind == "unrecognized":
+                unrecognized.append((index, token))
                 continue
+            assert isinstance(kind, tuple)
+            option, explicit = kind
+            if option is None:  # -h, --help, or an abbreviation of it: argparse prints the help there and then
+                if explicit is not None:
+                    raise UsageError(f"argument -h/--help: ignored explicit argument {explicit!r}")
+                sys.stdout.write(self.format_help())
+                raise SystemExit(0)
             seen.add(option.dest)
             if option.kind == FLAG:
                 if explicit is not None:
@@ -189,22 +219,21 @@ class Command:
                 values[option.dest] = True
                 continue
             if explicit is None:
-                if index >= len(tokens) or (tokens[index].startswith("-") and tokens[index] != "-"
-                                            and not _negative_number(tokens[index])):
+                if index >= len(tokens) or kinds[index] is not None:
                     raise UsageError(f"argument {option.label}: expected one argument")
                 explicit = tokens[index]
                 index += 1
             values[option.dest] = self._value(option, explicit, values[option.dest])
-        positionals += after
-        given = dict(zip((p.dest for p in self.positionals), positionals, strict=False))
-        missing = [item.label if isinstance(item, Option) else item.metavar for item in self._order
+        positionals += [(len(tokens) + 1 + i, token) for i, token in enumerate(after)]
+        given = dict(zip((p.dest for p in self.positionals), (token for _, token in positionals), strict=False))
+        missing = [item.label if isinstance(item, Option) else item.metavar for item in self.arguments
                    if (item.required and item.dest not in seen if isinstance(item, Option)
                        else item.dest not in given)]
         if missing:
             raise UsageError(f"the following arguments are required: {', '.join(missing)}")
-        extra = unrecognized + positionals[len(self.positionals):]
+        extra = sorted(unrecognized + positionals[len(self.positionals):])
         if extra:
-            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+            raise UsageError(f"unrecognized arguments: {' '.join(token for _, token in extra)}")
         values.update(given)
         return Arguments(values)
 
