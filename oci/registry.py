@@ -70,7 +70,7 @@ from .manifest import (
 from .proxy import ProxySettings, loopback_address
 from .reference import Reference, check_digest
 from .tls import Trust
-from .transport import TimedOut, TLSFailed, Transport, TransportError
+from .transport import ProxyFailed, TimedOut, TLSFailed, Transport, TransportError
 from .url import URLError, encode_query, join, origin, split_authority, split_url
 from .values import Value
 
@@ -265,6 +265,8 @@ class RegistryClient:
                                             proxy=self.proxies.proxy_for(url))
         except TimedOut:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
+        except ProxyFailed as exc:  # the proxy, not the registry, failed: nothing was learnt about the scheme
+            raise RegistryError(f"GET {url}: {exc}") from None
         except (TransportError, RegistryError):
             return "https"  # unreachable or not HTTP: the real request reports it, with retries
         if exchange.status != 400:
@@ -284,9 +286,13 @@ class RegistryClient:
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(deadline, method, target, headers=hop_headers,
-                                            body=body() if body else None, trust=self._trust_for(target),
-                                            proxy=self.proxies.proxy_for(target))
+            payload = body() if body else None
+            try:
+                exchange = self._transport.send(deadline, method, target, headers=hop_headers, body=payload,
+                                                trust=self._trust_for(target), proxy=self.proxies.proxy_for(target))
+            finally:
+                if payload is not None and not isinstance(payload, bytes):
+                    payload.close()  # sent whole (or failed): a file body is closed here, opened again per try
             if exchange.status not in REDIRECT_STATUSES:
                 return exchange
             location = exchange.headers.get("Location", "")
@@ -705,6 +711,16 @@ class _CountingReader:
     def read(self, size: int = -1) -> bytes:
         data = self._source.read(size)
         self._progress.advance(len(data))
-        if not data:
-            self._source.close()
         return data
+
+    def seekable(self) -> bool:
+        return self._source.seekable()
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+    def seek(self, position: int) -> int:
+        return self._source.seek(position)
+
+    def close(self) -> None:
+        self._source.close()

@@ -20,9 +20,11 @@ Rules:
   deadline; then the deadline shuts the socket down, and the error names the deadline. Connecting has the connect
   timeout, sending a request the read timeout.
 - A kept-alive connection the server closed while it sat idle is noticed before it is used (readable when
-  nothing is due), or by the request getting no byte of a response; then a request whose body can be sent again
-  is sent once more on a new connection (RFC 9112 section 9.3.1 allows it for idempotent requests, and a request
-  the server never read did nothing). Every other failure is the caller's to retry.
+  nothing is due), or by the request getting no byte of a response (a server may close one at any time, RFC 9112
+  section 9.6; tinyproxy does after every forwarded answer, without saying so); then the request is sent once more
+  on a new connection, when its body can be sent again (none, bytes, a seekable file rewound): RFC 9112 section
+  9.3.1 allows it for idempotent requests, and a request the server never answered on a connection it had
+  already closed was not processed. Every other failure is the caller's to retry.
 - Proxies (oci/proxy.py chooses them): an https URL goes through a CONNECT tunnel (RFC 9110 section 9.3.6), TLS
   end to end with the registry; an http URL is sent to the proxy in absolute form (RFC 9112 section 3.2.2). The
   proxy URL's user:password becomes Proxy-Authorization (Basic). An https:// proxy is itself reached over TLS
@@ -114,6 +116,22 @@ class _Proxy:
             pair = f"{unquote(user)}:{unquote(password)}".encode()
             self.authorization = "Basic " + binascii.b2a_base64(pair, newline=False).decode()
         self.display = f"{parts.scheme}://{parts.hostport}"
+
+
+def _auth_hint(response: Response, proxy: _Proxy) -> str:
+    """What a proxy's 407 (RFC 9110 section 15.5.8), or the 401 some proxies send instead, asks for."""
+    if response.status not in (401, 407):
+        return ""
+    if proxy.authorization:
+        return " (proxy authentication required: it refused the user and password of the proxy URL)"
+    return " (proxy authentication required: give user:password in the proxy URL)"
+
+
+def _is_proxy_refusal(response: Response) -> bool:
+    """A forwarded request's answer that is the proxy's, not the registry's: 407, or a 401 challenging for the
+    proxy (Proxy-Authenticate) rather than for the registry (WWW-Authenticate)."""
+    return response.status == 407 or (response.status == 401 and "proxy-authenticate" in response.headers
+                                      and "www-authenticate" not in response.headers)
 
 
 def _redacted(url: str) -> str:
@@ -252,9 +270,8 @@ class Transport:
             raise ProxyFailed(f"cannot connect through the proxy: {proxy.display}: CONNECT {authority}: {exc}") \
                 from None
         if not 200 <= response.status < 300:
-            hint = " (proxy authentication required)" if response.status == 407 else ""
             raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} answered CONNECT {authority} with "
-                              f"HTTP {response.status} {response.reason}{hint}")
+                              f"HTTP {response.status} {response.reason}{_auth_hint(response, proxy)}")
         if parser.trailing:
             raise ProxyFailed(f"cannot connect through the proxy: {proxy.display} sent bytes after its answer to "
                               f"CONNECT {authority}")
@@ -327,24 +344,37 @@ class Transport:
                   headers: Mapping[str, str], body: Any,
                   deadline: Deadline) -> tuple[_Connection, ResponseParser, deque[Event]]:
         """The request on a kept-alive connection, or a new one; once more on a new one when a kept-alive one
-        turns out to have been closed (see the module rules)."""
+        turns out to have been closed (see the module rules). ProxyFailed when a proxy answers for itself."""
         connection = self._checkout(key)
+        result: tuple[ResponseParser, deque[Event]] | None = None
         if connection is not None:
+            start = _position(body)
             try:
-                return (connection, *self._request(connection, method, target, headers, body, deadline))
+                result = self._request(connection, method, target, headers, body, deadline)
             except _Stale:
                 connection.close()
-                if not (body is None or isinstance(body, bytes)) or deadline.expired:
+                if start is None or deadline.expired:
                     raise
+                if start >= 0:
+                    body.seek(start)  # a file body is sent again from where it began
             except BaseException:
                 connection.close()
                 raise
-        connection = self._open(target, via, trust)
-        try:
-            return (connection, *self._request(connection, method, target, headers, body, deadline))
-        except BaseException:
+        if result is None:
+            connection = self._open(target, via, trust)
+            try:
+                result = self._request(connection, method, target, headers, body, deadline)
+            except BaseException:
+                connection.close()
+                raise
+        assert connection is not None
+        parser, events = result
+        head = events[0]
+        if via is not None and connection.forward and isinstance(head, Response) and _is_proxy_refusal(head):
             connection.close()
-            raise
+            raise ProxyFailed(f"cannot connect through the proxy: {via.display} answered {method} with HTTP "
+                              f"{head.status} {head.reason}{_auth_hint(head, via)}")
+        return connection, parser, events
 
     def _request(self, connection: _Connection, method: str, target: URL, headers: Mapping[str, str],
                  body: Any, deadline: Deadline) -> tuple[ResponseParser, deque[Event]]:
@@ -417,6 +447,17 @@ class Transport:
             if not parser.started:
                 raise _Stale(f"{type(exc).__name__}: {exc}") from None
             raise ConnectionBroken(f"{type(exc).__name__}: {exc}") from None
+
+
+def _position(body: Any) -> int | None:
+    """Where a request body can be sent again from: -1 for none or bytes (nothing to rewind), the position of a
+    seekable file, None for a stream that cannot be rewound."""
+    if body is None or isinstance(body, bytes):
+        return -1
+    try:
+        return int(body.tell()) if body.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _dial(host: str, port: int, timeout: float, tls: bool) -> Any:

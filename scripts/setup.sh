@@ -58,7 +58,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk tinyproxy-bin
+  patchelf binutils wrk tinyproxy-bin stunnel4
 )
 
 # ---------------------------------------------------------------------------------------------------------------
