@@ -36,9 +36,13 @@ def new_sha256(size: int | None = None) -> Any:
             _builtin.append(sha256)
         if _builtin[0] is not None:
             return _builtin[0]()
-    import hashlib
+    try:
+        from _hashlib import openssl_sha256  # what hashlib.sha256 is, without hashlib's other algorithms' set-up
+    except ImportError:
+        import hashlib
 
-    return hashlib.sha256()
+        return hashlib.sha256()
+    return openssl_sha256()
 
 
 class DigestMismatch(ValueError):

@@ -98,7 +98,7 @@ def test_a_pull_imports_only_what_it_uses(registry: tuple[str, Path], env: dict[
     assert not {m for m in small if m.startswith("wasm_shim.")} & NEVER
     large = imported(["pull", f"{address}/team/large:v1", "-o", str(tmp_path / "large.wasm")], env)
     assert {m for m in large if not m.startswith("wasm_shim")} - ALLOWED <= OPENSSL_HASHING
-    assert {"hashlib", "_hashlib"} <= large  # a large blob is hashed by OpenSSL, the fast one
+    assert "_hashlib" in large  # a large blob is hashed by OpenSSL, the fast one
 
 
 def test_tags_and_the_version_import_only_what_they_use(registry: tuple[str, Path], env: dict[str, str]) -> None:
