@@ -2,16 +2,17 @@
 
 Owns `RegistryClient`: manifests (get, resolve, put), blobs (exists, streamed fetch, monolithic upload), tag listing
 and the referrers API with the tag-schema fallback (distribution-spec v1.1 "Listing Referrers", "Referrers Tag
-Schema"), and the requests under them: authentication, redirects, retries. It is built on urllib3 through
-oci/transport.py (README "Registries" says why not the `oras` package). It knows nothing of containerd or the
-daemon.
+Schema"), and the requests under them: authentication, redirects, retries. It is built on our own HTTP/1.1,
+oci/transport.py (README "Registries" says why neither the `oras` package nor urllib3). It knows nothing of
+containerd or the daemon.
 
 Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
-  host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
-  that does not verify is an error, never a reason to fall back).
+  host or one named in `insecure`, and there only when a plain `GET /v2/` is answered by something that is not a
+  TLS server (`_probe`; a certificate that does not verify is an error, never a reason to fall back).
 - Proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (or the explicit `proxies`) as Go clients read them (oci/proxy.py):
-  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback.
+  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback; the proxy URL's
+  user:password as Proxy-Authorization; an https:// proxy over TLS (oci/transport.py).
 - Where a registry is asked: with `hosts` (containerd's `config_path`, oci/hosts.py), the first host its hosts.toml
   names that can pull and resolve, else its `server`, with that file's scheme (plain HTTP exactly where it says
   `http://`), CA files, client certificates and skip_verify: the place and the TLS containerd pulls with.
@@ -21,7 +22,7 @@ Rules:
   origin (scheme, host, port) they are for: the registry's own, or the token realm's.
 - Redirects (blob storage) are followed by this module, at most `REDIRECT_LIMIT` times, for GET and HEAD only,
   never from HTTPS to plain HTTP, to plain HTTP only where it is allowed, and without the Authorization header once
-  the origin changes (RFC 9110 section 15.4 leaves all of this to the client; urllib3 would follow a downgrade).
+  the origin changes (RFC 9110 section 15.4 leaves all of this to the client; the transport follows nothing).
 - Every read is bounded (oci/limits.py; the error names the cap): manifests 4 MiB, error bodies kept to 4 KiB
   for the message and the rest never read, token responses 1 MiB, tag and referrer listings 4 MiB over at most
   100 pages, pagination links and redirect targets 8 KiB and on the registry's own origin. Blobs stream into the
