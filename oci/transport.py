@@ -156,10 +156,12 @@ class _Connection:
         """Nothing to read on a connection nobody is waiting on: open (a close or stray bytes make it readable)."""
         try:
             pending = self.stream.pending() if hasattr(self.stream, "pending") else 0
-            readable, _, _ = select.select([self.raw], [], [], 0)
+            poller = select.poll()  # not select(): a daemon's descriptors may lie past FD_SETSIZE
+            poller.register(self.raw.fileno(), select.POLLIN | select.POLLPRI)
+            ready = poller.poll(0)
         except (OSError, ValueError):
             return False
-        return not readable and not pending
+        return not ready and not pending
 
     def close(self) -> None:
         try:
