@@ -58,7 +58,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk tinyproxy-bin
+  patchelf binutils wrk tinyproxy-bin stunnel4
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,8 +246,8 @@ cli_launcher="#!$VENV/bin/python -IS
 import sys
 sys.path.insert(0, \"$PKGROOT\")
 sys.path.append(\"$SITE_PACKAGES\")
-from wasm_shim.shim.cli.main import main
-sys.exit(main())"
+from wasm_shim.shim.cli.main import launch
+launch()"
 if [[ "$(cat "$VENV/bin/wasm-shim" 2>/dev/null)" != "$cli_launcher" ]]; then
   printf '%s\n' "$cli_launcher" >"$VENV/bin/wasm-shim.tmp"
   chmod 0755 "$VENV/bin/wasm-shim.tmp"

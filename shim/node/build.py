@@ -48,11 +48,11 @@ from pathlib import Path
 
 INFO = "BUNDLE.json"
 LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
-#: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. urllib3 and
-#: cryptography are the daemon's signature policy and artifact path (oci/registry.py, oci/cosign.py); PyNaCl only
-#: decrypts private keys for `wasm-shim sign`, which nodes never do. The OpenTelemetry SDK and exporters are the
-#: daemon's traces, imported only when an OTLP endpoint is configured.
-ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "urllib3", "cryptography",
+#: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. cryptography
+#: is the daemon's signature policy (oci/cosign.py); the registry client is the standard library's sockets
+#: (oci/transport.py); PyNaCl only decrypts private keys for `wasm-shim sign`, which nodes never do. The
+#: OpenTelemetry SDK and exporters are the daemon's traces, imported only when an OTLP endpoint is configured.
+ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "cryptography",
               # traces, when configured (shim/daemon/tracing.py)
               "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc")
 #: What only the installer imports (the Node label and events): kept in installer/, which is not copied to nodes.
