@@ -13,7 +13,8 @@
 #   make e2e      setup, build Kubernetes once (e2e/cluster/build), then the e2e suite on a two-node cluster (e2e/)
 #   make cluster-demo  the cluster up, helm install wasm-shim, wasm pods and a Service; leaves it up (e2e/README.md)
 #   make protos   regenerate protobuf code (scripts/gen-protos.sh)
-#   make bundle   the self-contained node bundle in out/bundle (docs/node-install.md)
+#   make bundle   the self-contained node bundle in out/bundle (docs/node-install.md; for glibc 2.28 nodes when
+#                 SETUP_ARGS="--with bundle-floor" built its toolchain)
 #   make image    the installer image (OCI layout tarball) out/installer.tar from that bundle
 #
 # Variables: PYTEST_ARGS="-k harness -x" narrows a test run; SETUP_ARGS="--with oras" selects optional tools.
@@ -77,11 +78,14 @@ protos: setup
 	@bash scripts/gen-protos.sh
 
 OUT := out
-# The component runner linked against an older glibc (`SETUP_ARGS="--with runner-glibc"`), when it is there.
+# The floor toolchain (`SETUP_ARGS="--with bundle-floor"`: an interpreter and wheels for glibc 2.28) when it is
+# there, else the venv's interpreter with the component runner linked against an older glibc
+# (`SETUP_ARGS="--with runner-glibc"`) when that is there.
 bundle: setup
 	@rm -rf $(OUT)/bundle && mkdir -p $(OUT)
 	@runner=.tools/bin/wasm-shim-component-runner-glibc; \
-	$(VENV)/bin/wasm-shim bundle build $(OUT)/bundle $$([[ -x $$runner ]] && echo --runner $$(readlink -f $$runner))
+	if [[ -f .tools/bundle-floor/GLIBC ]]; then $(VENV)/bin/wasm-shim bundle build $(OUT)/bundle --floor; \
+	else $(VENV)/bin/wasm-shim bundle build $(OUT)/bundle $$([[ -x $$runner ]] && echo --runner $$(readlink -f $$runner)); fi
 
 image: bundle
 	@guests="$$($(PY) -c 'from lab.guests.fixtures import build_guests; print(build_guests())')"; \

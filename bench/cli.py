@@ -6,8 +6,9 @@ Against a Debian docker-registry on loopback started here:
   (goal <= 2x);
 - `wasm-shim tags` against `oras repo tags`, and `wasm-shim --version` against `oras version` (no goal: what a
   start costs, the part of every command that is not the registry's).
-Pairs run in turn (ours, theirs, ours, ...), the order rotated each round; the ratio is of the medians. A figure's
-row is skipped with a note when oras or cosign is not built.
+Pairs run in turn (ours, theirs, ours, ...), the order rotated each round; the ratio is of the medians. Each pair's
+note gives the load average (1 minute) before and after it ran. A figure's row is skipped with a note when oras or
+cosign is not built.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from wasm_shim.oci.registry import RegistryClient
 from wasm_shim.oci.transfer import push_wasm
 
 from .figure import Context, Figure, Row, met, rotate, timed
+from .machine import load_average
 from .stats import ratio, summarize
 from .testbed import BenchError
 
@@ -91,9 +93,12 @@ def _measure(ctx: Context, figure: Figure) -> None:
                 continue
             samples: dict[str, list[float]] = {"ours": [], "theirs": []}
             _spawn(ours, env), _spawn(theirs, env)  # untimed: page cache, the registry's first answers
+            load_before = load_average()[0]
             for i in range(runs):
                 for who in rotate(["ours", "theirs"], i):
                     samples[who].append(_spawn(ours if who == "ours" else theirs, env))
+            figure.notes.append(f"{label}: load average {load_before:.2f} before, {load_average()[0]:.2f} after "
+                                f"({runs} pairs)")
             mine, yours = summarize(samples["ours"]), summarize(samples["theirs"])
             r = ratio(mine.p50, yours.p50)
             figure.rows.append(Row(f"wasm-shim {label}", "ms", mine, r,
@@ -102,8 +107,9 @@ def _measure(ctx: Context, figure: Figure) -> None:
             figure.rows.append(Row(their_name, "ms", yours, 1.0))
             figure.series.update({f"{label} wasm-shim": samples["ours"], f"{label} {their_name}": samples["theirs"]})
             figure.commands.append(" ".join(ours))
-        figure.notes.append("wasm-shim runs `python -I -S` (scripts/setup.sh's launcher) and imports only what the "
-                            "command needs; most of what is left is the interpreter's start and the imports of "
-                            "urllib3, http.client and ssl, which a Go binary does not pay")
+        figure.notes.append("wasm-shim runs `python -I -S` (scripts/setup.sh's launcher), imports only what the "
+                            "command needs (a plain-HTTP pull: no json, re, socket or ssl modules, OpenSSL's sha256 "
+                            "only for a blob of 1 MiB or more) and exits without the interpreter's finalization; "
+                            "docs/benchmarks.md says where the rest of a pull's time goes")
     finally:
         registry.stop()

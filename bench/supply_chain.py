@@ -225,8 +225,8 @@ def _pulls(ctx: Context, figure: Figure, work: Path, client: RegistryClient, reg
                                note="oras not built: no comparison"))
     figure.series.update({f"{k}": v for k, v in times.items() if v})
     figure.commands.append(f"{WASM_SHIM} pull {ref} -o OUT/big.wasm")
-    figure.notes.append("wasm-shim pull from spawn to exit includes the interpreter's start and imports (urllib3, "
-                        "ssl); the in-process row is the transfer alone, as the daemon runs it")
+    figure.notes.append("wasm-shim pull from spawn to exit includes the interpreter's start and its imports; the "
+                        "in-process row is the transfer alone, as the daemon runs it")
     figure.notes.append("peak RSS of the pull process (GNU time %M): the client streams blobs to disk, so it does "
                         "not grow with the blob (a 20 MiB blob held in memory would add 20 MiB)")
 

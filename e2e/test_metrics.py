@@ -23,6 +23,7 @@ from e2e.test_chart import (
     INSTALLER,
     LABEL,
     NAMESPACE,
+    OPT_IN,
     RESTART_COMMAND,
     absent_ok,
     available,
@@ -53,7 +54,8 @@ def metrics_release(cluster: Cluster, guests: Path, tmp_path_factory: pytest.Tem
     values = {
         "image": {"repository": INSTALLER.rsplit(":", 1)[0], "tag": INSTALLER.rsplit(":", 1)[1],
                   "pullPolicy": "Never"},
-        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+        # node-a by name, without the chart's default opt-in label (this module does not set it on the node).
+        "nodeSelector": {"kubernetes.io/hostname": "node-a", OPT_IN: None},
         "node": {"restartCommand": RESTART_COMMAND},
         "shim": {"grouping": "pod"},
         "metrics": {"enabled": True, "port": PORT},

@@ -10,6 +10,8 @@ registry can hurt a client:
   one header byte a second,
 - `redirect(location)`: 302 to anywhere (itself, another port, plain HTTP),
 - `respond(status, body, headers)`: anything else, e.g. a Link header to another host;
+- `chunked(status, body, pieces)`: the body in a chunked transfer coding (RFC 9112 section 7.1), with chunk
+  extensions and a trailer field, as servers that stream without knowing the length send it;
 - `basic_auth(answer)`: a 401 Basic challenge until the client sends credentials, then `answer`.
 Every answer stops when the client goes away or the server is closed; `close()` ends every thread it started.
 """
@@ -59,6 +61,20 @@ def respond(status: int, body: bytes = b"", headers: Mapping[str, str] | None = 
     def answer(reply: Reply) -> None:
         reply.head(status, {"Content-Length": str(len(body)), **(headers or {})})
         reply.send(body)
+
+    return answer
+
+
+def chunked(status: int, body: bytes, pieces: int = 3, headers: Mapping[str, str] | None = None) -> Answer:
+    """`body` as `pieces` chunks (the first with a chunk extension), the last chunk, a trailer field."""
+
+    def answer(reply: Reply) -> None:
+        reply.head(status, {"Transfer-Encoding": "chunked", **(headers or {})})
+        step = max(1, -(-len(body) // pieces))
+        for i, start in enumerate(range(0, len(body), step)):
+            piece = body[start:start + step]
+            reply.send(b"%x%s\r\n%s\r\n" % (len(piece), b";n=1" if i == 0 else b"", piece))
+        reply.send(b"0\r\nX-Trailer: done\r\n\r\n")
 
     return answer
 

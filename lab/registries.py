@@ -72,11 +72,13 @@ class TestCA:
     ca_pem: Path
     cert_pem: Path
     key_pem: Path
+    client_cert_pem: Path | None = None  # a client certificate signed by the same CA (clientAuth)
+    client_key_pem: Path | None = None
 
 
 def make_tls(directory: Path, addresses: tuple[str, ...] = ()) -> TestCA:
-    """A CA and a server certificate for 127.0.0.1 / localhost (and `addresses`) signed by it (PEM files in
-    `directory`)."""
+    """A CA, and a server certificate for 127.0.0.1 / localhost (and `addresses`) and a client certificate signed by
+    it (PEM files in `directory`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -105,12 +107,24 @@ def make_tls(directory: Path, addresses: tuple[str, ...] = ()) -> TestCA:
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wasm-shim test client")]))
+              .issuer_name(ca_name).public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+              .sign(ca_key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
-    files = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "client.pem",
+                   directory / "client.key")
+    assert files.client_cert_pem is not None and files.client_key_pem is not None
     files.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    files.client_cert_pem.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    for path, secret in ((files.key_pem, key), (files.client_key_pem, client_key)):
+        path.write_bytes(secret.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
     return files
 
 
@@ -124,6 +138,7 @@ class DockerRegistry:
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"  # where it listens
     netns: str = ""  # a network namespace to run it in (lab/netns.py linked_namespace: host is its peer_ip)
+    client_certificates: bool = False  # with tls: only clients showing a certificate of the test CA (mutual TLS)
 
     @property
     def address(self) -> str:
@@ -138,6 +153,8 @@ class DockerRegistry:
         http = f"http:\n  addr: {self.host}:{self.port}\n"
         if self.tls:
             http += f"  tls:\n    certificate: {self.tls.cert_pem}\n    key: {self.tls.key_pem}\n"
+            if self.client_certificates:
+                http += f"    clientcas:\n      - {self.tls.ca_pem}\n"
         auth = self.token.registry_auth() if self.token else ""
         if self.users and not self.token:
             import bcrypt

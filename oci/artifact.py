@@ -11,11 +11,9 @@ pulling is oci/transfer.py over the registry client (oci/registry.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
+from .jsoncodec import dumps
 from .manifest import (  # noqa: F401  (re-exported: the media types used to live here)
     LEGACY_WASM_LAYER_TYPES,
     MEDIA_TYPE_MANIFEST,
@@ -23,11 +21,14 @@ from .manifest import (  # noqa: F401  (re-exported: the media types used to liv
     MEDIA_TYPE_WASM_LAYER,
     WASM_CONFIG_TYPES,
 )
+from .values import Value
 
 # `layout` (gzip, tarfile) is imported where used: `wasm-shim pull` imports this module for the
 # artifact rules alone, and every import is paid on every run of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .layout import Blob
 
 COMPONENT_MAGIC = b"\0asm\x0d\x00\x01\x00"  # component-model binary: version 0xd, layer 1
@@ -37,15 +38,18 @@ class ArtifactError(Exception):
     """An artifact is malformed, or a registry refused it; the message says what and where."""
 
 
-@dataclass(frozen=True)
-class Artifact:
+class Artifact(Value):
+    __slots__ = ("config", "layer", "manifest")
     config: Blob
     layer: Blob
     manifest: Blob
 
+    def __init__(self, config: Blob, layer: Blob, manifest: Blob) -> None:
+        self._init(config, layer, manifest)
+
 
 def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def wasm_config(layer_digest: str, is_component: bool, *, created: str = "1970-01-01T00:00:00Z",

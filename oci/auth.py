@@ -22,13 +22,12 @@ Invariant: secrets never appear in exceptions or logs; errors name the file or h
 
 from __future__ import annotations
 
-import base64
-import json
+import binascii
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from .jsoncodec import dumps, loads
+from .values import Value
 
 HELPER_TIMEOUT = 10.0
 _DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -38,22 +37,31 @@ class AuthError(Exception):
     """Credentials could not be read (a malformed config file, a failing helper); the message names which."""
 
 
-@dataclass(frozen=True)
-class Credential:
-    username: str = ""
-    password: str = ""
-    identity_token: str = ""
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
+class Credential(Value):
+    __slots__ = ("username", "password", "identity_token")
+    username: str
+    password: str
+    identity_token: str
+
+    def __init__(self, username: str = "", password: str = "", identity_token: str = "") -> None:
+        self._init(username, password, identity_token)
 
     def __repr__(self) -> str:  # never print a secret
         token = "***" if self.identity_token else ""
         return f"Credential(username={self.username!r}, password=***, identity_token={token})"
 
     def basic(self) -> str:
-        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return "Basic " + _b64(f"{self.username}:{self.password}".encode())
 
 
 def _host_of(key: str) -> str:
     if "://" in key:
+        from urllib.parse import urlsplit  # docker config keys: a login's or a 401's path, never a pull's
+
         key = urlsplit(key).netloc
     host = key.split("/", 1)[0]
     return "docker.io" if host in _DOCKER_HUB_KEYS else host
@@ -77,7 +85,7 @@ class DockerCredentials:
         except OSError as exc:
             raise AuthError(f"cannot read registry credentials from {path}: {exc.strerror}") from None
         try:
-            config = json.loads(text)
+            config = loads(text)
         except ValueError as exc:
             raise AuthError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(config, dict):
@@ -114,7 +122,7 @@ class DockerCredentials:
         if helper:
             user = "<token>" if credential.identity_token and not credential.username else credential.username
             secret = credential.identity_token if user == "<token>" else credential.password
-            payload = json.dumps({"ServerURL": server, "Username": user, "Secret": secret}).encode()
+            payload = dumps({"ServerURL": server, "Username": user, "Secret": secret}).encode()
             self._run_helper(helper, "store", payload, registry)
             self._drop_entry(server)  # a helper holds it now: no stale copy in the file
             return f"credential helper docker-credential-{helper}"
@@ -125,7 +133,7 @@ class DockerCredentials:
             del auths[key]
         entry: dict[str, str] = {}
         if credential.username:
-            entry["auth"] = base64.b64encode(f"{credential.username}:{credential.password}".encode()).decode()
+            entry["auth"] = _b64(f"{credential.username}:{credential.password}".encode())
         if credential.identity_token:
             entry["identitytoken"] = credential.identity_token
         auths[server] = entry
@@ -162,15 +170,14 @@ class DockerCredentials:
             temporary = f"{self.source}.{os.getpid()}.tmp"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._config, f, indent="\t")
+                f.write(dumps(self._config, indent="\t"))
                 f.write("\n")
             os.replace(temporary, self.source)
         except OSError as exc:
             raise AuthError(f"cannot write registry credentials to {self.source}: {exc.strerror}") from None
 
     def _run_helper(self, helper: str, action: str, payload: bytes, registry: str, missing_ok: bool = False) -> bool:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        _check_helper_name(helper, self.source)
         import subprocess
 
         program = f"docker-credential-{helper}"
@@ -218,7 +225,7 @@ class DockerCredentials:
         auth = entry.get("auth")
         if isinstance(auth, str) and auth:
             try:
-                user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
+                user, sep, password = binascii.a2b_base64(auth.encode(), strict_mode=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise AuthError(f"{self.source}: auths entry for {host}: `auth` is not base64 of user:password") \
                     from None
@@ -233,8 +240,7 @@ class DockerCredentials:
         return None
 
     def _from_helper(self, helper: str, host: str) -> Credential | None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-            raise AuthError(f"{self.source}: credential helper name {helper!r} is not a plain program name")
+        _check_helper_name(helper, self.source)
         import subprocess  # here: only a helper needs it (the CLI's start pays for every import)
 
         program = f"docker-credential-{helper}"
@@ -254,7 +260,7 @@ class DockerCredentials:
             raise AuthError(f"credential helper {program} failed for {host} (exit {done.returncode}): "
                             f"{(message or done.stderr.decode(errors='replace').strip())[:200]}")
         try:
-            answer = json.loads(done.stdout)
+            answer = loads(done.stdout)
             user, secret = str(answer.get("Username", "")), str(answer["Secret"])
         except (ValueError, KeyError, AttributeError):
             raise AuthError(f"credential helper {program} answered for {host} with something that is not "
@@ -264,22 +270,33 @@ class DockerCredentials:
         return Credential(user, secret)
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(Value):
+    __slots__ = ("scheme", "params")
     scheme: str  # lower case: "basic" or "bearer"
     params: Mapping[str, str]
 
+    def __init__(self, scheme: str, params: Mapping[str, str]) -> None:
+        self._init(scheme, params)
 
-_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+# A challenge is parsed only after a 401, so the pattern is compiled then (re caches it), not at every CLI start.
+_PARAM = r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?'
+
+
+def _check_helper_name(helper: str, source: str) -> None:
+    if not helper or not helper.isascii() or not all(c.isalnum() or c in "_.-" for c in helper):
+        raise AuthError(f"{source}: credential helper name {helper!r} is not a plain program name")
 
 
 def parse_challenge(header: str) -> Challenge:
     """The first challenge of a `WWW-Authenticate` header: scheme and parameters (quoted or token values)."""
+    import re  # a 401's path only
+
     scheme, _, rest = header.strip().partition(" ")
     params: dict[str, str] = {}
     position = 0
     while position < len(rest):
-        match = _PARAM.match(rest, position)
+        match = re.compile(_PARAM).match(rest, position)
         if not match or match.end() == position:
             break
         quoted = match.group(2)

@@ -4,26 +4,29 @@ A read timeout bounds one wait; a server trickling a byte every second never tri
 request and its response) also has a `Deadline`: it is over `seconds` after it began plus one second per `rate`
 bytes received, so a large blob on a slow but honest link keeps going while a trickle ends after about `seconds`.
 
-Owns `Deadline`, `Watchdog` (one thread per registry client that wakes at the earliest deadline and shuts the
-sockets of an expired exchange down, which ends a read blocked in recv(2) at once: shutdown(2) makes it return
-end-of-file) and the calling thread's current deadline (`current`, `attach_socket`): the connection classes of
-oci/transport.py attach the socket an exchange uses when its response is awaited, so the response headers are
-bounded too.
+Owns `Deadline`. oci/transport.py attaches the socket an exchange uses once its request is sent, and bounds every
+wait on it by `wait_for(read_timeout)`: the read timeout, or the time left when that is shorter. A wait that ends
+because the time is up expires the deadline, which shuts the attached sockets down (shutdown(2): whatever else
+reads them gets end-of-file, and the connection is never used again).
 
 Invariants: a deadline's expiry only moves later (bytes received add time); an expired deadline shuts down every
-socket attached to it, including one attached after it expired; the watchdog thread holds no deadline once it is
-disarmed, and exits when the watchdog is closed or has had nothing armed for `IDLE_EXIT` seconds.
+socket attached to it, including one attached after it expired; `wait_for` never returns a bound past the expiry,
+and returns none at all once it has passed (`Expired`), so no wait of an exchange outlasts its deadline.
+Standard library only, nothing imported that a registry client would not import anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
+import _socket
 import time
-from collections.abc import Callable, Iterator
 
-IDLE_EXIT = 10.0  # seconds the watchdog thread waits with nothing armed before it ends
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class Expired(TimeoutError):
+    """The deadline passed (an OSError, as a socket timeout is: callers tell them apart by `Deadline.expired`)."""
 
 
 class Deadline:
@@ -35,8 +38,8 @@ class Deadline:
         self.started = clock()
         self.received = 0
         self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
+        self._clock = clock
+        self._sockets: list[_socket.socket] = []
 
     def progress(self, count: int) -> None:
         self.received += count
@@ -47,106 +50,35 @@ class Deadline:
     def describe(self) -> str:
         return f"{self.seconds:g} s plus 1 s per {self.rate >> 10} KiB received"
 
-    def attach(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            late = self.expired
-        if late:
+    def wait_for(self, timeout: float) -> float:
+        """How long the next wait may last: `timeout`, or the time left when that is shorter; Expired (after
+        expiring the deadline) when no time is left."""
+        left = self.expires_at() - self._clock()
+        if left <= 0 or self.expired:
+            self.expire()
+            raise Expired(f"the deadline of {self.describe()} passed")
+        return min(timeout, left)
+
+    def check(self) -> None:
+        """After a wait that timed out: Expired when that was the deadline's doing."""
+        if self.expired or self.expires_at() - self._clock() <= 0:
+            self.expire()
+            raise Expired(f"the deadline of {self.describe()} passed")
+
+    def attach(self, sock: _socket.socket) -> None:
+        self._sockets.append(sock)
+        if self.expired:
             _shutdown(sock)
 
     def expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets, self._sockets = self._sockets, []
+        self.expired = True
+        sockets, self._sockets = self._sockets, []
         for sock in sockets:
             _shutdown(sock)
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: _socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(_socket.SHUT_RDWR)
     except OSError:
         pass  # already closed: nothing is blocked on it
-
-
-class Watchdog:
-    """Expires armed deadlines when their time comes. The thread starts with the first `arm`."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, idle_exit: float = IDLE_EXIT) -> None:
-        self._clock = clock
-        self._idle_exit = idle_exit
-        self._wake = threading.Condition()
-        self._armed: set[Deadline] = set()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def arm(self, deadline: Deadline) -> None:
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the registry client is closed")
-            self._armed.add(deadline)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="registry-deadlines", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def disarm(self, deadline: Deadline) -> None:
-        with self._wake:
-            self._armed.discard(deadline)
-
-    def _run(self) -> None:
-        with self._wake:
-            while not self._closed:
-                now = self._clock()
-                soonest: float | None = None
-                for deadline in list(self._armed):
-                    at = deadline.expires_at()
-                    if at <= now:
-                        self._armed.discard(deadline)
-                        deadline.expire()
-                    elif soonest is None or at < soonest:
-                        soonest = at
-                if soonest is None:
-                    # Nothing armed: linger a little for the next exchange, then end, so a client nobody closed
-                    # leaves no thread behind (the next `arm` starts another).
-                    self._wake.wait(self._idle_exit)
-                    if not self._armed:
-                        self._thread = None
-                        return
-                else:
-                    self._wake.wait(soonest - now)
-
-    @property
-    def running(self) -> bool:
-        with self._wake:
-            return self._thread is not None
-
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._armed.clear()
-            self._wake.notify()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-
-
-_current = threading.local()
-
-
-@contextlib.contextmanager
-def current(deadline: Deadline) -> Iterator[None]:
-    """Make `deadline` the calling thread's current one while a request is sent and its response awaited."""
-    previous = getattr(_current, "deadline", None)
-    _current.deadline = deadline
-    try:
-        yield
-    finally:
-        _current.deadline = previous
-
-
-def attach_socket(sock: socket.socket | None) -> None:
-    """Attach `sock` to the calling thread's current deadline, if there is one."""
-    deadline = getattr(_current, "deadline", None)
-    if deadline is not None and sock is not None:
-        deadline.attach(sock)

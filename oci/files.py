@@ -18,11 +18,9 @@ disk cache, or the entry dropped and fetched again).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 
 DIR_MASK = 0o022  # group/others may not write
 FILE_MASK = 0o022
@@ -32,15 +30,21 @@ class UnsafeFile(Exception):
     """A cache directory or file fails an ownership, mode or type check; the message names it and the check."""
 
 
-@contextlib.contextmanager
-def removed_on_failure(temporary: str) -> Iterator[None]:
+class removed_on_failure:  # noqa: N801  (used as a function: `with removed_on_failure(path):`)
     """Unlink ``temporary`` (if it exists) when the block raises anything, then re-raise it unchanged."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+
+    def __init__(self, temporary: str) -> None:
+        self._temporary = temporary
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            try:
+                os.unlink(self._temporary)
+            except OSError:
+                pass
 
 
 def _trusted_owners() -> tuple[int, ...]:

@@ -10,12 +10,15 @@ non-negative integer size; anything else raises ManifestError naming the documen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
+from .jsoncodec import dumps, loads
 from .reference import ReferenceError, check_digest
+from .values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -47,13 +50,17 @@ class ManifestError(ValueError):
     """A manifest or index is malformed; the message names the document and the field."""
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(Value):
+    __slots__ = ("media_type", "digest", "size", "artifact_type", "annotations")
     media_type: str
     digest: str
     size: int
-    artifact_type: str = ""
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    artifact_type: str
+    annotations: Mapping[str, str]
+
+    def __init__(self, media_type: str, digest: str, size: int, artifact_type: str = "",
+                 annotations: Mapping[str, str] | None = None) -> None:
+        self._init(media_type, digest, size, artifact_type, {} if annotations is None else annotations)
 
     @classmethod
     def parse(cls, value: object, where: str) -> Descriptor:
@@ -84,12 +91,12 @@ class Descriptor:
 
 def canonical_json(value: object) -> bytes:
     """Compact JSON with sorted keys: deterministic bytes, so digests are stable."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = loads(data)
     except ValueError as exc:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
 
 from .registry import Progress, ProgressFactory
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 MIN_SIZE = 1 << 20
 INTERVAL = 0.2

@@ -15,24 +15,26 @@ URL goes through the proxy in a CONNECT tunnel (TLS end to end with the registry
 
 from __future__ import annotations
 
-import ipaddress
+import _socket
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from .url import URLError, split_url
+from .values import Value
 
 
 def _env(environ: Mapping[str, str], name: str) -> str:
     return environ.get(name.upper()) or environ.get(name.lower()) or ""
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    https_proxy: str = ""
-    http_proxy: str = ""
-    no_proxy: str = ""
+class ProxySettings(Value):
+    __slots__ = ("https_proxy", "http_proxy", "no_proxy")
+    https_proxy: str
+    http_proxy: str
+    no_proxy: str
+
+    def __init__(self, https_proxy: str = "", http_proxy: str = "", no_proxy: str = "") -> None:
+        self._init(https_proxy, http_proxy, no_proxy)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *, https_proxy: str = "",
@@ -44,31 +46,40 @@ class ProxySettings:
 
     def proxy_for(self, url: str) -> str:
         """The proxy URL `url` goes through ("" = directly)."""
-        parts = urlsplit(url)
-        proxy = self.https_proxy if parts.scheme == "https" else self.http_proxy if parts.scheme == "http" else ""
+        scheme = url.partition("://")[0].lower()
+        proxy = self.https_proxy if scheme == "https" else self.http_proxy if scheme == "http" else ""
         if not proxy:
             return ""
-        host = (parts.hostname or "").lower()
         try:
-            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
-        except ValueError:
-            port = 0
-        if _is_loopback(host) or excluded(self.no_proxy, host, port):
+            parts = split_url(url)
+        except URLError:
+            return ""  # the request refuses the URL itself
+        if _is_loopback(parts.host) or excluded(self.no_proxy, parts.host, parts.port):
             return ""
         return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+    return host == "localhost" or host.endswith(".localhost") or loopback_address(host.strip("[]"))
+
+
+def loopback_address(text: str) -> bool:
+    """Whether `text` is an IPv4 address in 127.0.0.0/8 or the IPv6 address ::1 (`ipaddress`'s is_loopback, without
+    importing `ipaddress` on every registry request)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+        return _socket.inet_pton(_socket.AF_INET, text)[0] == 127
+    except (OSError, ValueError):
+        pass
+    try:
+        return _socket.inet_pton(_socket.AF_INET6, text) == bytes(15) + b"\1"
+    except (OSError, ValueError):
         return False
 
 
 def excluded(no_proxy: str, host: str, port: int) -> bool:
     """Whether NO_PROXY `no_proxy` excludes `host` (lower case, no brackets) on `port`."""
+    import ipaddress  # only with a proxy set
+
     host = host.strip("[]").lower()
     try:
         address = ipaddress.ip_address(host)

@@ -24,8 +24,7 @@ Invariant: a `Reference` that exists is valid; `parse_reference` raises Referenc
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from .values import Value
 
 DEFAULT_REGISTRY = "docker.io"
 DOCKER_API_HOST = "registry-1.docker.io"
@@ -33,12 +32,73 @@ DOCKER_ALIASES = frozenset({DEFAULT_REGISTRY, "index.docker.io", DOCKER_API_HOST
 DEFAULT_TAG = "latest"
 HTTPS_DEFAULT_PORT = ":443"
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_REGISTRY = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-                       r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
+# The grammar's character classes (ASCII only, as the regular expressions of distribution/reference are).
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TAG_FIRST = _ALNUM | {"_"}
+_TAG_REST = _TAG_FIRST | {".", "-"}
+_HEX_LOWER = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+_ADDRESS = frozenset("0123456789abcdefABCDEF:.")
+
+# The rules are written out rather than as regular expressions: `re` (with `enum`) is milliseconds of imports on
+# every CLI start. tests/unit/test_oci_reference.py holds each to the regular expression it replaces:
+#   component   [a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*
+#   repository  component(?:/component)*
+#   tag         [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+#   digest      sha256:[0-9a-f]{64}
+#   registry    (?:label(?:\.label)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?   label: [A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?
+
+
+def _is_component(text: str) -> bool:
+    i, n = 0, len(text)
+    while True:
+        start = i
+        while i < n and text[i] in _LOWER_ALNUM:
+            i += 1
+        if i == start:
+            return False  # every separator is followed by, and the component starts with, [a-z0-9]+
+        if i == n:
+            return True
+        if text[i] == ".":
+            i += 1
+        elif text[i] == "_":
+            i += 2 if text[i + 1:i + 2] == "_" else 1
+        elif text[i] == "-":
+            while i < n and text[i] == "-":
+                i += 1
+        else:
+            return False
+
+
+def is_repository(text: str) -> bool:
+    return all(_is_component(part) for part in text.split("/"))
+
+
+def is_tag(text: str) -> bool:
+    return 0 < len(text) <= 128 and text[0] in _TAG_FIRST and all(c in _TAG_REST for c in text[1:])
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 71 and text.startswith("sha256:") and all(c in _HEX_LOWER for c in text[7:])
+
+
+def _is_label(text: str) -> bool:
+    return bool(text) and text[0] in _ALNUM and text[-1] in _ALNUM and all(c in _ALNUM or c == "-" for c in text)
+
+
+def is_registry(text: str) -> bool:
+    if text.startswith("["):
+        end = text.find("]")
+        address, port = text[1:end], text[end + 1:]
+        if end < 0 or not address or not all(c in _ADDRESS for c in address):
+            return False
+    else:
+        host, colon, rest = text.partition(":")
+        if not all(_is_label(label) for label in host.split(".")):
+            return False
+        port = colon + rest
+    return not port or (port[0] == ":" and len(port) > 1 and all(c in _DIGITS for c in port[1:]))
 
 
 class ReferenceError(ValueError):
@@ -47,17 +107,20 @@ class ReferenceError(ValueError):
 
 def check_digest(value: str, what: str = "digest") -> str:
     """`value` if it is `sha256:<64 lower-case hex>`, else ReferenceError naming `what`."""
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+    if not isinstance(value, str) or not is_digest(value):
         raise ReferenceError(f"{what} {value!r} is not a sha256 digest (sha256:<64 lower-case hex digits>)")
     return value
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(Value):
+    __slots__ = ("registry", "repository", "tag", "digest")
     registry: str
     repository: str
-    tag: str = ""
-    digest: str = ""
+    tag: str
+    digest: str
+
+    def __init__(self, registry: str, repository: str, tag: str = "", digest: str = "") -> None:
+        self._init(registry, repository, tag, digest)
 
     @property
     def name(self) -> str:
@@ -83,7 +146,7 @@ class Reference:
         return Reference(self.registry, self.repository, self.tag, check_digest(digest))
 
     def with_tag(self, tag: str) -> Reference:
-        if not _TAG.fullmatch(tag):
+        if not is_tag(tag):
             raise ReferenceError(f"tag {tag!r} is not valid ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
         return Reference(self.registry, self.repository, tag, "")
 
@@ -131,13 +194,13 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     colon = rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not is_tag(tag):
             raise ReferenceError(f"image reference {text!r}: tag {tag!r} is not valid "
                                  "([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
     first, sep, remainder = rest.partition("/")
     if sep and is_registry_component(first):
         registry, repository = first, remainder
-        if not _REGISTRY.fullmatch(registry):
+        if not is_registry(registry):
             raise ReferenceError(f"image reference {text!r}: registry {registry!r} is not a valid host[:port]")
     else:
         registry, repository = DEFAULT_REGISTRY, rest
@@ -145,7 +208,7 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
         registry = DEFAULT_REGISTRY
     if registry == DEFAULT_REGISTRY and "/" not in repository:
         repository = f"library/{repository}"
-    if not _REPOSITORY.fullmatch(repository) or len(registry) + 1 + len(repository) > 255:
+    if not is_repository(repository) or len(registry) + 1 + len(repository) > 255:
         raise ReferenceError(f"image reference {text!r}: repository {repository!r} is not valid (lower-case "
                              "letters, digits and separators . _ __ -, components joined by /)")
     if not tag and not digest and default_tag:

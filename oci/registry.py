@@ -2,16 +2,17 @@
 
 Owns `RegistryClient`: manifests (get, resolve, put), blobs (exists, streamed fetch, monolithic upload), tag listing
 and the referrers API with the tag-schema fallback (distribution-spec v1.1 "Listing Referrers", "Referrers Tag
-Schema"), and the requests under them: authentication, redirects, retries. It is built on urllib3 through
-oci/transport.py (README "Registries" says why not the `oras` package). It knows nothing of containerd or the
-daemon.
+Schema"), and the requests under them: authentication, redirects, retries. It is built on our own HTTP/1.1,
+oci/transport.py (README "Registries" says why neither the `oras` package nor urllib3). It knows nothing of
+containerd or the daemon.
 
 Rules:
 - Transport: HTTPS with certificate verification (the system store, or `ca_bundle`). Plain HTTP only to a loopback
-  host or one named in `insecure`, and there only after the HTTPS handshake found no TLS server (a certificate
-  that does not verify is an error, never a reason to fall back).
+  host or one named in `insecure`, and there only when a plain `GET /v2/` is answered by something that is not a
+  TLS server (`_probe`; a certificate that does not verify is an error, never a reason to fall back).
 - Proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (or the explicit `proxies`) as Go clients read them (oci/proxy.py):
-  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback.
+  a CONNECT tunnel for https (TLS stays end to end), forwarding for http; never for loopback; the proxy URL's
+  user:password as Proxy-Authorization; an https:// proxy over TLS (oci/transport.py).
 - Where a registry is asked: with `hosts` (containerd's `config_path`, oci/hosts.py), the first host its hosts.toml
   names that can pull and resolve, else its `server`, with that file's scheme (plain HTTP exactly where it says
   `http://`), CA files, client certificates and skip_verify: the place and the TLS containerd pulls with.
@@ -21,7 +22,7 @@ Rules:
   origin (scheme, host, port) they are for: the registry's own, or the token realm's.
 - Redirects (blob storage) are followed by this module, at most `REDIRECT_LIMIT` times, for GET and HEAD only,
   never from HTTPS to plain HTTP, to plain HTTP only where it is allowed, and without the Authorization header once
-  the origin changes (RFC 9110 section 15.4 leaves all of this to the client; urllib3 would follow a downgrade).
+  the origin changes (RFC 9110 section 15.4 leaves all of this to the client; the transport follows nothing).
 - Every read is bounded (oci/limits.py; the error names the cap): manifests 4 MiB, error bodies kept to 4 KiB
   for the message and the rest never read, token responses 1 MiB, tag and referrer listings 4 MiB over at most
   100 pages, pagination links and redirect targets 8 KiB and on the registry's own origin. Blobs stream into the
@@ -38,19 +39,14 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import random
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlencode, urljoin, urlsplit
 
 from .auth import AuthError, Credential, DockerCredentials, parse_challenge
+from .deadline import Deadline
 from .digest import DigestMismatch, StreamVerifier, sha256_digest
 from .errors import NotFoundError, RegistryError
+from .jsoncodec import loads
 from .limits import (
     ERROR_BODY_LIMIT,
     LISTING_LIMIT,
@@ -72,11 +68,18 @@ from .manifest import (
     descriptors_of,
     parse_json_object,
 )
+from .proxy import ProxySettings, loopback_address
 from .reference import Reference, check_digest
+from .tls import Trust
+from .transport import ProxyFailed, TimedOut, TLSFailed, Transport, TransportError
+from .url import URLError, encode_query, join, origin, split_authority, split_url
+from .values import Value
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from .hosts import Endpoint, RegistryHosts
-    from .proxy import ProxySettings
     from .transport import Exchange
 
 __all__ = ["Manifest", "NotFoundError", "Progress", "RegistryClient", "RegistryError", "fallback_tag",
@@ -105,13 +108,16 @@ def _no_progress(label: str, total: int) -> Progress:
     return Progress()
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Value):
     """A manifest or index exactly as the registry sent it, with its digest."""
 
+    __slots__ = ("media_type", "data", "digest")
     media_type: str
     data: bytes
     digest: str
+
+    def __init__(self, media_type: str, data: bytes, digest: str) -> None:
+        self._init(media_type, data, digest)
 
     def json(self, what: str) -> dict[str, Any]:
         return parse_json_object(self.data, what)
@@ -122,12 +128,7 @@ class Manifest:
 
 def is_loopback(host: str) -> bool:
     host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host == "localhost" or loopback_address(host)
 
 
 def _registry_message(body: bytes, cut: bool = False) -> str:
@@ -135,7 +136,7 @@ def _registry_message(body: bytes, cut: bool = False) -> str:
     `cut` says the body went on past what was kept (oci/limits.py ERROR_BODY_LIMIT)."""
     text = ""
     try:
-        doc = json.loads(body)
+        doc = loads(body)
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if isinstance(errors, list) and errors:
             text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
@@ -149,16 +150,9 @@ def _registry_message(body: bytes, cut: bool = False) -> str:
     return text
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 origin)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = {"https": 443, "http": 80}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 origin); oci/url.py's reading."""
+    return origin(url)
 
 
 class RegistryClient:
@@ -179,44 +173,27 @@ class RegistryClient:
         proxies: ProxySettings | None = None,
         extra_cas: tuple[str, ...] = (),
     ) -> None:
-        import urllib3  # here: the shim's start path never builds a client
-
-        from . import transport
-        from .deadline import Watchdog
-
-        self._urllib3 = urllib3
-        self._transport = transport
         self.credentials = credentials if credentials is not None else DockerCredentials()
         self.insecure = frozenset(insecure)
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self.progress = progress
         self._sleep = sleep
-        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self.total_timeout = total_timeout if total_timeout is not None else TOTAL_TIMEOUT_READS * read_timeout
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._ca_bundle = ca_bundle
         # `extra_cas` are trusted beside the system's CAs (as containerd adds a hosts.toml `ca`); `ca_bundle`
-        # replaces them.
-        self._context = transport.tls_context(extra_cas, (), False) if extra_cas and not ca_bundle else None
-        self._pool = transport.make_pool(ca_bundle, self._timeout, self._context)
-        from .proxy import ProxySettings
-
+        # replaces them (oci/tls.py).
+        self._trust = Trust(ca_bundle, () if ca_bundle else extra_cas)
+        self._transport = Transport(connect_timeout, read_timeout, self._trust)
         # Proxies as Go clients (oras, cosign, containerd) take them: HTTPS_PROXY, HTTP_PROXY, NO_PROXY.
         self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
-        self._watchdog = Watchdog()
         self._scheme: dict[str, str] = {}
         self._auth: dict[tuple[str, str], str] = {}
         self.hosts = hosts  # containerd's registry host configuration (oci/hosts.py): where a registry is asked
         self._routes: dict[str, Endpoint | None] = {}  # registry -> the endpoint asked for it (None: the registry)
         self._endpoints: dict[str, Endpoint] = {}  # netloc (lower case) -> a configured endpoint there
-        self._tls_pools: dict[object, Any] = {}
 
     def close(self) -> None:
-        self._watchdog.close()
-        self._pool.clear()
-        for pool in self._tls_pools.values():
-            pool.clear()
+        self._transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -227,7 +204,11 @@ class RegistryClient:
     # -- transport ---------------------------------------------------------------------------------------------
     def _plain_http_allowed(self, host: str) -> bool:
         configured = self._endpoints.get(host.lower())
-        return host in self.insecure or is_loopback(urlsplit(f"//{host}").hostname or host) or \
+        try:
+            hostname = split_authority(host)[0]
+        except URLError:
+            hostname = host
+        return host in self.insecure or is_loopback(hostname) or \
             (configured is not None and configured.scheme == "http")
 
     def _route(self, ref: Reference) -> Endpoint | None:
@@ -253,21 +234,17 @@ class RegistryClient:
         endpoint = self._route(ref)
         return endpoint.base if endpoint is not None else self._base(ref.api_host)
 
-    def _pool_for(self, url: str) -> Any:
-        """The connection pool for `url`: through its proxy (oci/proxy.py), with the TLS of a configured endpoint
-        there (oci/hosts.py); else the client's own."""
-        endpoint = self._endpoints.get(urlsplit(url).netloc.lower())
-        tls = endpoint.tls_key if endpoint is not None and endpoint.scheme == "https" else ((), (), False)
-        proxy = self.proxies.proxy_for(url)
-        if not proxy and tls == ((), (), False):
-            return self._pool
-        key = (proxy, tls)
-        pool = self._tls_pools.get(key)
-        if pool is None:
-            context = self._transport.tls_context(*tls) if tls != ((), (), False) else self._context
-            pool = self._transport.make_pool(self._ca_bundle, self._timeout, context, verify=not tls[2], proxy=proxy)
-            self._tls_pools[key] = pool
-        return pool
+    def _trust_for(self, url: str) -> Trust:
+        """The TLS trust for `url`: a configured endpoint's CA files, client certificates and skip_verify
+        (oci/hosts.py) on top of the client's own; else the client's."""
+        try:
+            endpoint = self._endpoints.get(split_url(url).authority)
+        except URLError:
+            return self._trust  # the request refuses the URL itself
+        if endpoint is None or endpoint.scheme != "https" or endpoint.tls_key == ((), (), False):
+            return self._trust
+        return Trust(self._trust.ca_bundle, self._trust.extra_cas + endpoint.ca_files, endpoint.client_pairs,
+                     endpoint.skip_verify)
 
     def _base(self, host: str) -> str:
         scheme = self._scheme.get(host)
@@ -279,45 +256,44 @@ class RegistryClient:
     def _probe(self, host: str) -> str:
         """https, unless the host may speak plain HTTP and does: a plain `GET /v2/` answered by anything but a TLS
         server's "HTTP request to an HTTPS server" 400. Probing in plain text first spares a plain registry the TLS
-        context and handshake (the system CA store alone takes tens of ms to load)."""
+        context and handshake (the system CA store alone takes milliseconds to load), and the connection the answer
+        came on is kept for the requests that follow."""
         if not self._plain_http_allowed(host):
             return "https"
-        parts = urlsplit(f"//{host}")
-        hostname = (parts.hostname or host).strip("[]")
-        proxy = self.proxies.proxy_for(f"http://{host}/v2/")
+        url = f"http://{host}/v2/"
         try:
-            port = parts.port or 80
-            target, path = (hostname, port), "/v2/"
-            if proxy:  # ask the proxy for the URL (absolute form, RFC 9112 section 3.2.2), as the request would
-                proxy_parts = urlsplit(proxy)
-                target, path = (proxy_parts.hostname or "", proxy_parts.port or 80), f"http://{host}/v2/"
-            with socket.create_connection(target, timeout=self._connect_timeout) as conn:
-                conn.settimeout(self._read_timeout)
-                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                head = conn.recv(512)
-        except TimeoutError:
+            exchange = self._transport.send(Deadline(self.total_timeout, MIN_RATE), "GET", url, headers={}, body=None,
+                                            proxy=self.proxies.proxy_for(url))
+        except TimedOut:
             return "http"  # it took a plain request and did not answer: not a TLS server (those answer 400 or close)
-        except (OSError, ValueError):
-            return "https"  # unreachable: the real request reports it, with retries
-        if head.startswith(b"HTTP/") and not (head[9:12] == b"400" and b"HTTPS" in head):
+        except ProxyFailed as exc:  # the proxy, not the registry, failed: nothing was learnt about the scheme
+            raise RegistryError(f"GET {url}: {exc}") from None
+        except (TransportError, RegistryError):
+            return "https"  # unreachable or not HTTP: the real request reports it, with retries
+        if exchange.status != 400:
+            exchange.discard()  # read to its end, so the connection is kept for the requests that follow
             return "http"
-        return "https"
+        with exchange:
+            text, _ = exchange.error_text()
+        return "https" if b"HTTPS" in text or "HTTPS" in exchange.response.reason else "http"
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: Any,
-              credential: tuple[tuple[str, str, int | None], str] | None) -> Exchange:
+              credential: tuple[tuple[str, str, int], str] | None) -> Exchange:
         """One request, following redirects (see the module rules); `credential` is (origin, Authorization) and
         is sent only to that origin."""
-        from .deadline import Deadline
-
         target = url
         for _ in range(REDIRECT_LIMIT + 1):
             hop_headers = dict(headers)
             if credential is not None and _origin(target) == credential[0]:
                 hop_headers["Authorization"] = credential[1]
             deadline = Deadline(self.total_timeout, MIN_RATE)
-            exchange = self._transport.send(self._pool_for(target), self._watchdog, deadline, method, target,
-                                            headers=hop_headers, body=body() if body else None,
-                                            timeout=self._timeout)
+            payload = body() if body else None
+            try:
+                exchange = self._transport.send(deadline, method, target, headers=hop_headers, body=payload,
+                                                trust=self._trust_for(target), proxy=self.proxies.proxy_for(target))
+            finally:
+                if payload is not None and not isinstance(payload, bytes):
+                    payload.close()  # sent whole (or failed): a file body is closed here, opened again per try
             if exchange.status not in REDIRECT_STATUSES:
                 return exchange
             location = exchange.headers.get("Location", "")
@@ -336,14 +312,16 @@ class RegistryClient:
                             f"went to {target}")
 
     def _redirect_target(self, method: str, current: str, location: str, status: int) -> str:
-        target = urljoin(current, location)
-        scheme = urlsplit(target).scheme
-        if scheme not in ("http", "https"):
-            raise RegistryError(f"{method} {current}: HTTP {status} redirect to {target}: not an HTTP URL", status)
-        if scheme == "http" and urlsplit(current).scheme == "https":
+        target = join(current, location)
+        try:
+            parts = split_url(target)
+        except URLError as exc:
+            raise RegistryError(f"{method} {current}: HTTP {status} redirect to {target[:300]}: {exc}", status) \
+                from None
+        if parts.scheme == "http" and current.startswith("https:"):
             raise RegistryError(f"{method} {current}: HTTP {status} redirect from HTTPS to plain HTTP ({target}) "
                                 "refused", status)
-        if scheme == "http" and not self._plain_http_allowed(urlsplit(target).netloc):
+        if parts.scheme == "http" and not self._plain_http_allowed(parts.authority):
             raise RegistryError(f"{method} {current}: HTTP {status} redirect to plain HTTP ({target}) refused: "
                                 "that host is neither loopback nor named insecure", status)
         return target
@@ -373,16 +351,10 @@ class RegistryClient:
             credential = (_origin(base), self._auth[key]) if key in self._auth else None
             try:
                 exchange = self._send(method, url, headers or {}, body, credential)
-            except self._urllib3.exceptions.SSLError as exc:
-                raise RegistryError(f"{method} {url}: TLS failed: {str(exc)[:300]}") from None
-            except self._urllib3.exceptions.MaxRetryError as exc:
-                if isinstance(exc.reason, self._urllib3.exceptions.SSLError):
-                    raise RegistryError(f"{method} {url}: TLS failed: {str(exc.reason)[:300]}") from None
-                last_error = self._connection_error(exc.reason)
-            except self._urllib3.exceptions.TimeoutError as exc:
-                last_error = self._connection_error(exc)
-            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+            except TLSFailed as exc:
+                raise RegistryError(f"{method} {url}: {exc}") from None
+            except TransportError as exc:
+                last_error = str(exc)
             else:
                 status = exchange.status
                 from_registry = _origin(exchange.url) == _origin(base)
@@ -411,26 +383,11 @@ class RegistryClient:
                 raise RegistryError(f"{method} {url}: {last_error} (after {attempt} attempts)")
             self._sleep(self._delay(attempt, None))
 
-    def _connection_error(self, reason: object) -> str:
-        """Why a request got no response. urllib3 makes NewConnectionError (refused, unreachable, no such host) a
-        subclass of ConnectTimeoutError, so it is told apart first: a registry that is down must not read as one
-        that is slow."""
-        if isinstance(reason, self._urllib3.exceptions.ProxyError):
-            return f"cannot connect through the proxy: {getattr(reason, 'original_error', None) or reason}"
-        if isinstance(reason, self._urllib3.exceptions.NewConnectionError):
-            cause = reason.__cause__ or reason.__context__
-            detail = getattr(cause, "strerror", None) or str(reason).rsplit(": ", 1)[-1]
-            return f"cannot connect: {detail}"
-        if isinstance(reason, self._urllib3.exceptions.TimeoutError):
-            return self._timeout_message()
-        return f"cannot connect: {reason}"
-
-    def _timeout_message(self) -> str:
-        return f"no answer within {self._timeout.read_timeout}s (connect timeout {self._timeout.connect_timeout}s)"
-
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.isdigit():
             return min(float(retry_after), 30.0)
+        import random  # only a retry needs it
+
         return self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
     def _authenticate(self, ref: Reference, header: str, url: str, actions: str) -> str:
@@ -457,27 +414,31 @@ class RegistryClient:
         if len(realm) > URL_LIMIT:
             raise RegistryError(f"{ref.registry}: bearer challenge realm of {len(realm)} characters, over the "
                                 f"{URL_LIMIT} character limit", 401)
-        if realm.startswith("http://") and not self._plain_http_allowed(urlsplit(realm).netloc):
+        try:
+            realm_authority = split_url(realm).authority
+        except URLError as exc:
+            raise RegistryError(f"{ref.registry}: bearer challenge realm {realm[:300]!r}: {exc}", 401) from None
+        if realm.startswith("http://") and not self._plain_http_allowed(realm_authority):
             raise RegistryError(f"{ref.registry}: refusing to send credentials to a plain-HTTP token realm {realm}")
         scope = params.get("scope") or (f"repository:{ref.repository}:{actions}" if ref.repository else "")
         query = {"service": params.get("service", "")}
         if scope:
             query["scope"] = scope
         headers: dict[str, str] = {}
-        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        authorization: tuple[tuple[str, str, int], str] | None = None
         if credential is not None and credential.identity_token:
-            form = urlencode({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
+            form = encode_query({**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token,
                               "client_id": "wasm-shim"}).encode()
             method, url, body = "POST", realm, (lambda: form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         else:
             if credential is not None and credential.username:
                 authorization = (_origin(realm), credential.basic())
-            method, url, body = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), None
+            method, url, body = "GET", realm + ("&" if "?" in realm else "?") + encode_query(query), None
         what = f"token endpoint {realm}"
         try:
             exchange = self._send(method, url, headers, body, authorization)
-        except self._urllib3.exceptions.HTTPError as exc:
+        except TransportError as exc:
             raise RegistryError(f"{what}: {exc}") from None
         with exchange:
             if exchange.status != 200:
@@ -485,7 +446,7 @@ class RegistryClient:
                                     f"{_registry_message(*exchange.error_text())}", exchange.status)
             data = exchange.read(TOKEN_RESPONSE_LIMIT, f"{what}: the token response")
         try:
-            doc = json.loads(data)
+            doc = loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -498,17 +459,12 @@ class RegistryClient:
         before they save any: RegistryError naming the registry when they are refused (or it cannot be asked)."""
         ref = Reference(registry, "")
         url = self._base_for(ref) + "/v2/"
-        authorization: tuple[tuple[str, str, int | None], str] | None = None
+        authorization: tuple[tuple[str, str, int], str] | None = None
         for _ in range(2):
             try:
                 exchange = self._send("GET", url, {}, None, authorization)
-            except self._urllib3.exceptions.SSLError as exc:
-                raise RegistryError(f"GET {url}: TLS failed: {str(exc)[:300]}") from None
-            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
-                reason = exc.reason if isinstance(exc, self._urllib3.exceptions.MaxRetryError) else exc
-                if isinstance(reason, self._urllib3.exceptions.SSLError):
-                    raise RegistryError(f"GET {url}: TLS failed: {str(reason)[:300]}") from None
-                raise RegistryError(f"GET {url}: {self._connection_error(reason)}") from None
+            except TransportError as exc:
+                raise RegistryError(f"GET {url}: {exc}") from None
             with exchange:
                 status, challenge = exchange.status, exchange.headers.get("WWW-Authenticate", "")
                 message = _registry_message(*exchange.error_text()) if status >= 400 else ""
@@ -537,7 +493,7 @@ class RegistryClient:
             raise DigestMismatch(f"{ref}: the registry says the manifest is {claimed} but its content is {digest}")
         media_type = content_type.split(";")[0].strip()
         try:
-            declared_type = json.loads(data).get("mediaType")
+            declared_type = loads(data).get("mediaType")
         except (ValueError, AttributeError):
             raise ManifestError(f"{ref}: the manifest is not a JSON object") from None
         if isinstance(declared_type, str) and declared_type:
@@ -635,8 +591,8 @@ class RegistryClient:
         if len(location) > URL_LIMIT:
             raise RegistryError(f"POST {ref.name}/blobs/uploads/: an upload location of {len(location)} characters, "
                                 f"over the {URL_LIMIT} character limit")
-        url = urljoin(self._base_for(ref) + "/", location)
-        url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": descriptor.digest})
+        url = join(self._base_for(ref) + "/", location)
+        url += ("&" if "?" in url.partition("#")[0] else "?") + encode_query({"digest": descriptor.digest})
         progress = self.progress(label or descriptor.digest[7:19], descriptor.size)
 
         def body() -> bytes | IO[bytes] | _CountingReader:
@@ -681,7 +637,7 @@ class RegistryClient:
             if len(link) > URL_LIMIT:
                 raise RegistryError(f"{what}: a pagination link of {len(link)} characters, over the {URL_LIMIT} "
                                     "character limit")
-            following = urljoin(url, link.split(";")[0].strip().strip("<>"))
+            following = join(url, link.split(";")[0].strip().strip("<>"))
             if _origin(following) != _origin(base):
                 raise RegistryError(f"{what}: the pagination link {following} leaves the registry ({base}); "
                                     "not followed")
@@ -694,7 +650,7 @@ class RegistryClient:
             if status == 404:
                 raise NotFoundError(f"{ref.name}: repository not found", 404)
             try:
-                page = json.loads(data).get("tags") or []
+                page = loads(data).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{ref.name}: the tag list is not JSON {{name, tags}}") from None
             tags.extend(t for t in page if isinstance(t, str))
@@ -747,7 +703,7 @@ def fallback_tag(digest: str) -> str:
 
 
 class _CountingReader:
-    """A file object for urllib3's body that reports progress as it is read."""
+    """A file object for a request body that reports progress as it is read."""
 
     def __init__(self, source: IO[bytes], progress: Progress) -> None:
         self._source = source
@@ -756,6 +712,16 @@ class _CountingReader:
     def read(self, size: int = -1) -> bytes:
         data = self._source.read(size)
         self._progress.advance(len(data))
-        if not data:
-            self._source.close()
         return data
+
+    def seekable(self) -> bool:
+        return self._source.seekable()
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+    def seek(self, position: int) -> int:
+        return self._source.seek(position)
+
+    def close(self) -> None:
+        self._source.close()

@@ -13,12 +13,10 @@ returned, so a caller can check it against a signature policy before using the b
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
-from typing import Any
 
 from .artifact import COMPONENT_MAGIC, ArtifactError, check_artifact_manifest, is_wasm_artifact, wasm_config
+from .digest import new_sha256, sha256_digest
 from .files import removed_on_failure
 from .manifest import (
     ANNOTATION_TITLE,
@@ -32,13 +30,21 @@ from .manifest import (
 )
 from .reference import Reference
 from .registry import Manifest, RegistryClient
+from .values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
-class Pulled:
+class Pulled(Value):
+    __slots__ = ("manifest_digest", "layer", "path")
     manifest_digest: str
     layer: Descriptor
     path: str
+
+    def __init__(self, manifest_digest: str, layer: Descriptor, path: str) -> None:
+        self._init(manifest_digest, layer, path)
 
 
 def push_wasm(client: RegistryClient, path: str, ref: Reference, *, created: str = "1970-01-01T00:00:00Z",
@@ -57,7 +63,7 @@ def push_wasm_manifest(client: RegistryClient, path: str, ref: Reference, *, cre
     layer = Descriptor(MEDIA_TYPE_WASM_LAYER, digest, size,
                        annotations={ANNOTATION_TITLE: os.path.basename(path)})
     config_data = canonical_json(wasm_config(digest, head[:8] == COMPONENT_MAGIC, created=created))
-    config = Descriptor(MEDIA_TYPE_WASM_CONFIG, "sha256:" + hashlib.sha256(config_data).hexdigest(), len(config_data))
+    config = Descriptor(MEDIA_TYPE_WASM_CONFIG, sha256_digest(config_data), len(config_data))
     manifest_doc: dict[str, Any] = {
         "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "artifactType": MEDIA_TYPE_WASM_CONFIG,
         "config": config.to_json(), "layers": [layer.to_json()],
@@ -72,7 +78,7 @@ def push_wasm_manifest(client: RegistryClient, path: str, ref: Reference, *, cre
 
 
 def _hash_file(path: str) -> tuple[str, int, bytes]:
-    digest = hashlib.sha256()
+    digest = new_sha256()
     size = 0
     head = b""
     try:

@@ -15,12 +15,14 @@
 #   4b. optional: the component runner linked against an older glibc (--with runner-glibc; cargo-zigbuild + zig)
 #   4c. the pod sandbox holder (shim/sandbox/holder.c, cc -static): built once per source change into
 #      ~/.cache/wasm-shim/sandbox-holder-<key> and linked into .venv/bin and .tools/bin
+#   4d. optional: the node bundle's toolchain for old nodes (--with bundle-floor; implies runner-glibc): CPython
+#       and its C libraries from Debian's source built with zig against glibc 2.28, wheels for it
 #   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
 #
 # Usage: scripts/setup.sh [--with TOOL]... [--verbose]
-#   --with TOOL    also build an optional tool: a Go tool from the table below, wasmtime-cli (cargo; step 5) or
-#                  runner-glibc (step 4b)
+#   --with TOOL    also build an optional tool: a Go tool from the table below, wasmtime-cli (cargo; step 5),
+#                  runner-glibc (step 4b) or bundle-floor (step 4c)
 #                  (or: WASM_SHIM_TOOLS="oras cosign")
 #   --verbose      show the commands' own output
 set -euo pipefail
@@ -58,7 +60,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk tinyproxy-bin gcc libc6-dev
+  patchelf binutils wrk tinyproxy-bin stunnel4 gcc libc6-dev
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ while (($#)); do
     --with) [[ $# -ge 2 ]] || { echo "setup: --with needs a tool name" >&2; exit 2; }; WITH+=("$2"); shift 2 ;;
     --with=*) WITH+=("${1#--with=}"); shift ;;
     -v|--verbose) VERBOSE=1; shift ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -106,10 +108,11 @@ selected() { # selected NAME DEFAULT-FLAG
   return 1
 }
 
-known=" wasmtime-cli runner-glibc "  # optional tools not built with Go: see their own steps below
+known=" wasmtime-cli runner-glibc bundle-floor "  # optional tools not built with Go: see their own steps below
 for line in "${GO_TOOLS[@]}"; do known+="${line%%|*} "; done
 for w in "${WITH[@]}"; do
   [[ "$known" == *" $w "* ]] || die "unknown tool '$w' for --with; known:$known"
+  [[ "$w" == bundle-floor ]] && WITH+=(runner-glibc)  # the floor bundle's component runner
 done
 
 # need_go: true when a selected tool still lacks a binary, so only then does Go matter at all.
@@ -261,8 +264,8 @@ cli_launcher="#!$VENV/bin/python -IS
 import sys
 sys.path.insert(0, \"$PKGROOT\")
 sys.path.append(\"$SITE_PACKAGES\")
-from wasm_shim.shim.cli.main import main
-sys.exit(main())"
+from wasm_shim.shim.cli.main import launch
+launch()"
 if [[ "$(cat "$VENV/bin/wasm-shim" 2>/dev/null)" != "$cli_launcher" ]]; then
   printf '%s\n' "$cli_launcher" >"$VENV/bin/wasm-shim.tmp"
   chmod 0755 "$VENV/bin/wasm-shim.tmp"
@@ -402,35 +405,47 @@ exec 9>&-
 # --- 4b. the component runner for an older glibc (optional: --with runner-glibc) -----------------------------------
 # The node bundle's floor is the newest glibc symbol any of its files needs (docs/node-install.md, "Supported
 # nodes"); cargo on this Debian 12 machine links the runner against 2.34. cargo-zigbuild (crates.io) links it with
-# zig (PyPI's `ziglang`) against glibc RUNNER_GLIBC's symbols instead; 2.28 fails (Rust's std calls gettid, which
-# glibc has from 2.30). `make bundle` uses the result when it is there. A second full build of the wasmtime crates.
-RUNNER_GLIBC=2.30
+# zig (PyPI's `ziglang`) against glibc RUNNER_GLIBC's symbols instead. Rust's std calls gettid, which glibc exports
+# only from 2.30: scripts/bundle-floor/gettid.c (the same system call) is linked into the runner alone (`cargo
+# rustc -- -C link-arg`, so no dependency is rebuilt for it). `make bundle` uses the result when it is there.
+# A second full build of the wasmtime crates.
+RUNNER_GLIBC=2.28
 ZIGLANG_VERSION=0.17.1
 CARGO_ZIGBUILD_VERSION=0.24.0
-if selected runner-glibc optional; then
-  zig_venv="$CACHE/zig/ziglang-$ZIGLANG_VERSION"
+zig_venv="$CACHE/zig/ziglang-$ZIGLANG_VERSION"
+ZIG=""  # set by ensure_zig
+ensure_zig() {
   if [[ ! -x "$zig_venv/bin/python3" ]] || ! "$zig_venv/bin/python3" -c 'import ziglang' 2>/dev/null; then
     say "installing zig (PyPI ziglang $ZIGLANG_VERSION) into $zig_venv"
     run ziglang python3 -m venv --clear "$zig_venv"
     run ziglang-pip "$zig_venv/bin/python3" -m pip install -q "ziglang==$ZIGLANG_VERSION"
   fi
+  ZIG="$("$zig_venv/bin/python3" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')"
+}
+if selected runner-glibc optional; then
+  ensure_zig
   zigbuild_root="$CACHE/cargo/cargo-zigbuild-$CARGO_ZIGBUILD_VERSION"
   if [[ ! -x "$zigbuild_root/bin/cargo-zigbuild" ]]; then
     say "building cargo-zigbuild $CARGO_ZIGBUILD_VERSION with cargo install (first time only)"
     run cargo-zigbuild cargo install cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION" --locked --root "$zigbuild_root"
   fi
-  floor_dir="$CACHE/cargo/component-runner-glibc$RUNNER_GLIBC-$runner_key"
+  gettid_src="$ROOT/scripts/bundle-floor/gettid.c"
+  floor_key="$( (echo "$runner_key"; sha256sum <"$gettid_src") | sha256sum | cut -c1-16)"
+  floor_dir="$CACHE/cargo/component-runner-glibc$RUNNER_GLIBC-$floor_key"
   exec 9>"$CACHE/cargo/.lock-component-runner"
   flock 9
   if [[ ! -x "$floor_dir/wasm-shim-component-runner" ]]; then
     say "building the component runner against glibc $RUNNER_GLIBC with cargo zigbuild (first build 10-20 minutes)"
+    mkdir -p "$floor_dir"
+    run cargo-zigbuild-runner "$ZIG" cc -target "x86_64-linux-gnu.$RUNNER_GLIBC" -O2 -c "$gettid_src" \
+      -o "$floor_dir/gettid.o"
     find "$ROOT/runner/src" -type f -exec touch {} +
     # cargo-zigbuild finds zig through `python3 -m ziglang`: the venv's python3 first on PATH.
     run cargo-zigbuild-runner env PATH="$zig_venv/bin:$zigbuild_root/bin:$PATH" \
       CARGO_TARGET_DIR="$CACHE/cargo/target-component-runner" \
-      cargo zigbuild --release --locked --target "x86_64-unknown-linux-gnu.$RUNNER_GLIBC" \
-      --manifest-path "$ROOT/runner/Cargo.toml"
-    mkdir -p "$floor_dir"
+      cargo-zigbuild rustc --release --locked --target "x86_64-unknown-linux-gnu.$RUNNER_GLIBC" \
+      --manifest-path "$ROOT/runner/Cargo.toml" --bin wasm-shim-component-runner \
+      -- -C "link-arg=$floor_dir/gettid.o"
     cp "$CACHE/cargo/target-component-runner/x86_64-unknown-linux-gnu/release/wasm-shim-component-runner" \
       "$floor_dir/.tmp-runner"
     mv -f "$floor_dir/.tmp-runner" "$floor_dir/wasm-shim-component-runner"
@@ -456,6 +471,70 @@ for link in "$VENV/bin/wasm-shim-sandbox-holder" "$TOOLS_BIN/wasm-shim-sandbox-h
   [[ "$(readlink "$link" 2>/dev/null)" == "$holder_dir/wasm-shim-sandbox-holder" ]] \
     || ln -sfn "$holder_dir/wasm-shim-sandbox-holder" "$link"
 done
+
+# --- 4d. the node bundle's toolchain for old nodes (optional: --with bundle-floor) ---------------------------------
+# What `wasm-shim bundle build --floor` (and `make bundle`, when it is there) builds from, in .tools/bundle-floor:
+#   python/          CPython 3.11 from Debian's source with OpenSSL, libffi, zlib, bzip2, xz and expat, compiled
+#                    with zig against glibc BUNDLE_FLOOR_GLIBC (scripts/bundle-floor/build-python.sh; 15-30 minutes
+#                    once, cached by the sources' digests)
+#   site-packages/   the bundle's distributions at the venv's versions (`build.pins()`), from PyPI wheels for that
+#                    glibc or older (manylinux_2_28 ... manylinux1, cp311), cached by the pins
+#   wasm-shim-component-runner   step 4b's; GLIBC: the glibc all of it was built for
+#   old-root/        a Debian root older than this machine's (debootstrap: buster, glibc 2.28, when the mirror still
+#                    has it, else bullseye, 2.31), where tests/integration/test_node_bundle.py runs the bundle
+BUNDLE_FLOOR_GLIBC=2.28
+BUNDLE_FLOOR_APT=(cmake debootstrap)  # expat's build; the old root
+if selected bundle-floor optional; then
+  floor_missing=()
+  for pkg in "${BUNDLE_FLOOR_APT[@]}"; do
+    dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || floor_missing+=("$pkg")
+  done
+  if ((${#floor_missing[@]})); then
+    say "installing Debian packages for bundle-floor: ${floor_missing[*]}"
+    apt_update
+    run apt-install env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${floor_missing[@]}"
+  fi
+  ensure_zig
+  floor_python="$(nice -n 10 bash "$ROOT/scripts/bundle-floor/build-python.sh" "$ZIG" "$CACHE/floor" "$BUNDLE_FLOOR_GLIBC")" \
+    || die "the floor interpreter did not build (above; logs in $CACHE/floor/logs)"
+  pins="$("$VENV/bin/python" -c 'from wasm_shim.shim.node.build import pins; print("\n".join(pins()))')"
+  site_key="$( (echo "$pins"; echo "glibc $BUNDLE_FLOOR_GLIBC") | sha256sum | cut -c1-16)"
+  floor_site="$CACHE/floor/site-packages-glibc$BUNDLE_FLOOR_GLIBC-$site_key"
+  if [[ ! -d "$floor_site" ]]; then
+    say "installing the bundle's packages as wheels for glibc $BUNDLE_FLOOR_GLIBC (cp311) into $floor_site"
+    platforms=()
+    for minor in $(seq "${BUNDLE_FLOOR_GLIBC#2.}" -1 5); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+    platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+    printf '%s\n' "$pins" >"$CACHE/floor/pins-$site_key.txt"
+    rm -rf "$floor_site.partial"
+    run floor-wheels env PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q --no-deps \
+      --only-binary :all: "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 \
+      --target "$floor_site.partial" -r "$CACHE/floor/pins-$site_key.txt"
+    mv "$floor_site.partial" "$floor_site"
+  fi
+  floor_tools="$ROOT/.tools/bundle-floor"
+  mkdir -p "$floor_tools"
+  ln -sfn "$floor_python" "$floor_tools/python"
+  ln -sfn "$floor_site" "$floor_tools/site-packages"
+  ln -sfn "$floor_dir/wasm-shim-component-runner" "$floor_tools/wasm-shim-component-runner"
+  printf '%s\n' "$BUNDLE_FLOOR_GLIBC" >"$floor_tools/GLIBC"
+  if [[ ! -e "$floor_tools/old-root" ]]; then
+    for suite in buster bullseye; do
+      old_root="$CACHE/floor/root-$suite"
+      if [[ ! -f "$old_root/.complete" ]]; then
+        rm -rf "$old_root"
+        say "making a Debian $suite root for the floor bundle's tests (debootstrap, minbase)"
+        env DEBIAN_FRONTEND=noninteractive debootstrap --variant=minbase "$suite" "$old_root" \
+          http://deb.debian.org/debian >"$LOG_DIR/debootstrap-$suite.log" 2>&1 || { rm -rf "$old_root"; continue; }
+        touch "$old_root/.complete"
+      fi
+      ln -sfn "$old_root" "$floor_tools/old-root"
+      break
+    done
+    [[ -e "$floor_tools/old-root" ]] || say "no older Debian root could be made (logs: $LOG_DIR/debootstrap-*.log);" \
+      "the bundle test will not run the floor bundle on an older glibc"
+  fi
+fi
 
 # --- 5. wasmtime CLI (optional: --with wasmtime-cli) ---------------------------------------------------------
 # The guest-compute baseline of the benchmarks (bench/compute.py). 48.0.0 is the newest wasmtime-cli whose

@@ -2,34 +2,29 @@
 
 Owns the user-facing commands that are not the containerd-facing binary: printing containerd's runtime table,
 warming the compiled-module cache, installing onto a node (`node`), building the node bundle (`bundle`),
-and version/help; the registry and signing commands (push, pull, tags, generate-key-pair, sign, verify) are
-in registry_cli.py. Each subcommand imports only what it needs.
+and version/help; the registry, signing and attestation commands (push, pull, tags, login, logout,
+generate-key-pair, sign, verify, attest, verify-attestation) are in registry.py, parsed by options.py. Each
+subcommand imports only what it needs: `main` sends the registry commands and --version on before argparse or
+anything of the node side is imported (tests/integration/test_cli_imports.py holds it to that).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from ..launch.binary import VERSION
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import NoReturn
 
 RUNTIME_TYPE = "io.containerd.wasmtime.v1"  # node/containerd_config.py's, spelled here so --version imports nothing
 
 
 def version_text() -> str:
+    from ..launch.binary import VERSION
+
     return f"wasm-shim {VERSION} (runtime {RUNTIME_TYPE})"
-
-
-class VersionAction(argparse.Action):
-    """`--version`, whose text is computed only when asked for (the registry commands' parser imports nothing)."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
-
-    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        sys.stdout.write(version_text() + "\n")
-        parser.exit()
 
 
 def containerd_config(version: int, handler: str = "", options: dict[str, str] | None = None,
@@ -293,18 +288,21 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from ..node.build import BuildError, build
+    from ..node.build import BuildError, build, floor_source
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
-    runner = args.runner or shutil.which("wasm-shim-component-runner",
-                                         path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or ""
     search = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    runner = args.runner or ("" if args.floor else shutil.which("wasm-shim-component-runner", path=search) or "")
+    # Static programs (no glibc symbols): the same files serve the floor bundle.
     holder = shutil.which("wasm-shim-sandbox-holder", path=search) or ""
     # The venv's copy (setup.sh puts the real file there, in front of its .py launcher).
     fast_start = os.path.join(os.path.dirname(sys.executable), "containerd-shim-wasmtime-v1")
     try:
+        source = None
+        if args.floor:
+            source = floor_source(os.path.join(repo, ".tools", "bundle-floor") if args.floor is True else args.floor)
         info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "",
-                     holder=os.path.realpath(holder) if holder else "", fast_start=fast_start)
+                     holder=os.path.realpath(holder) if holder else "", fast_start=fast_start, source=source)
     except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1
@@ -337,7 +335,20 @@ REGISTRY_COMMANDS = frozenset({"push", "pull", "tags", "login", "logout", "gener
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from ..launch.binary import VERSION
     from ..node.containerd_config import HANDLER
+
+    class VersionAction(argparse.Action):
+        """`--version`, whose text is computed only when asked for."""
+
+        def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+            super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            sys.stdout.write(version_text() + "\n")
+            parser.exit()
 
     parser = argparse.ArgumentParser(
         prog="wasm-shim",
@@ -460,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "component runner) into a new directory OUT. See docs/node-install.md.")
     bun.add_argument("action", choices=("build",))
     bun.add_argument("out", metavar="OUT", help="the directory to create")
-    bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter)")
+    bun.add_argument("--runner", help="the wasm-shim-component-runner binary (default: beside this interpreter, or "
+                     "the floor toolchain's)")
+    bun.add_argument("--floor", nargs="?", const=True, default=None, metavar="DIR",
+                     help="build from the floor toolchain DIR (default .tools/bundle-floor of the clone, made by "
+                     "scripts/setup.sh --with bundle-floor): CPython and wheels for an older glibc, so the bundle "
+                     "runs on older nodes (docs/node-install.md, supported nodes)")
     bun.set_defaults(func=_cmd_bundle)
     img = sub.add_parser("image", help="build the installer image (OCI layout tarball) or its Docker context",
                          description="build: write the installer image (the bundle at /bundle, the helm test's "
@@ -472,24 +488,53 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--test-wasm", required=True, help="the wasm module `helm test` runs (prints its log line)")
     img.add_argument("--ref", default=f"ghcr.io/wasm-shim/installer:{VERSION}", help="the image name")
     img.set_defaults(func=_cmd_image)
-    from .registry import add_commands
+    from .registry import summaries
 
-    add_commands(sub)
+    for name, summary in summaries():  # listed here; main() hands them to their own parser (registry.py)
+        sub.add_parser(name, help=summary, add_help=False)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
     return parser
 
 
+def launch() -> NoReturn:
+    """The entry of the lean launcher (scripts/setup.sh): `main`, and for the registry commands and --version an exit
+    without the interpreter's finalization, which tears every module and object down one by one, milliseconds that
+    every call of a script's loop would pay. Nothing is left to finish there: their files are closed, no atexit work
+    is registered, no thread is started; stdout and stderr are flushed here, and a failing flush exits 120 as the
+    interpreter's own would."""
+    arguments = sys.argv[1:]
+    if not (arguments and (arguments[0] in REGISTRY_COMMANDS or arguments == ["--version"])):
+        sys.exit(main(arguments))
+    try:
+        code: object = main(arguments)
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        code = code or 120
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments and (arguments[0] in REGISTRY_COMMANDS or arguments[0] == "--version"):
-        # The registry commands are what scripts run in loops: a parser of theirs alone, and none of the node
-        # side's imports (docs/benchmarks.md "The CLI beside oras and cosign").
-        from .registry import registry_parser
+    if arguments == ["--version"]:
+        sys.stdout.write(version_text() + "\n")
+        return 0
+    if arguments and arguments[0] in REGISTRY_COMMANDS:
+        # The registry commands are what scripts run in loops: a parser of their own (no argparse), and none of the
+        # node side's imports (docs/benchmarks.md "The CLI beside oras and cosign").
+        from .registry import run
 
-        parser = registry_parser()
-    else:
-        parser = build_parser()
+        return run(arguments[0], arguments[1:])
+    parser = build_parser()
     args = parser.parse_args(arguments)
     if not getattr(args, "func", None):
         parser.print_help()

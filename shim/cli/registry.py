@@ -13,10 +13,15 @@ Signing and verification are key-based and offline, like `cosign ... --key` with
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Any
+
+from .options import APPEND, FLAG, Arguments, Command, UsageError, bool_value, float_value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 PASSWORD_ENV = "COSIGN_PASSWORD"
 
@@ -47,7 +52,7 @@ def _password(confirm: bool) -> bytes:
     return first.encode()
 
 
-def _client(args: argparse.Namespace, registry: str = "", credentials: Any = None):  # type: ignore[no-untyped-def]
+def _client(args: Arguments, registry: str = "", credentials: Any = None):  # type: ignore[no-untyped-def]
     from wasm_shim.oci.auth import DockerCredentials
     from wasm_shim.oci.progress import terminal_progress
     from wasm_shim.oci.registry import RegistryClient
@@ -80,7 +85,7 @@ def _json(doc: object) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def _cmd_push(args: argparse.Namespace) -> int:
+def _cmd_push(args: Arguments) -> int:
     from wasm_shim.oci.transfer import push_wasm_manifest
 
     annotations = {}
@@ -101,7 +106,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
+def _cmd_pull(args: Arguments) -> int:
     from wasm_shim.oci.transfer import pull_wasm
 
     ref = _ref(args.reference)
@@ -119,7 +124,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tags(args: argparse.Namespace) -> int:
+def _cmd_tags(args: Arguments) -> int:
     from wasm_shim.oci.reference import parse_reference
 
     repository = parse_reference(args.repository, default_tag=False)
@@ -133,7 +138,7 @@ def _cmd_tags(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _cmd_generate(args: Arguments) -> int:
     from wasm_shim.oci.keys import generate_key_pair, write_file_atomically
 
     private, public = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
@@ -148,7 +153,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sign(args: argparse.Namespace) -> int:
+def _cmd_sign(args: Arguments) -> int:
     from wasm_shim.oci.cosign import sign_image
     from wasm_shim.oci.keys import load_private_key
 
@@ -163,7 +168,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _cmd_verify(args: Arguments) -> int:
     from wasm_shim.oci.cosign import VerificationFailed, verify_image
     from wasm_shim.oci.errors import NotFoundError
     from wasm_shim.oci.keys import load_public_key
@@ -188,7 +193,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_attest(args: argparse.Namespace) -> int:
+def _cmd_attest(args: Arguments) -> int:
     from wasm_shim.oci.attest import attest_image
     from wasm_shim.oci.cosign import created_now
     from wasm_shim.oci.intoto import predicate_from, predicate_type
@@ -216,7 +221,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify_attestation(args: argparse.Namespace) -> int:
+def _cmd_verify_attestation(args: Arguments) -> int:
     from wasm_shim.oci.attest import verify_attestations
     from wasm_shim.oci.intoto import parse_condition, predicate_type
     from wasm_shim.oci.keys import load_public_key
@@ -245,7 +250,7 @@ def _cmd_verify_attestation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signature_format(args: argparse.Namespace) -> str:
+def _signature_format(args: Arguments) -> str:
     """bundle or legacy: cosign's --new-bundle-format, else --signature-format, else sign's older --format."""
     if args.new_bundle_format is not None:
         return "bundle" if args.new_bundle_format else "legacy"
@@ -254,15 +259,7 @@ def _signature_format(args: argparse.Namespace) -> str:
     return str(args.signature_format or "bundle")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _cmd_login(args: argparse.Namespace) -> int:
+def _cmd_login(args: Arguments) -> int:
     from wasm_shim.oci.auth import Credential, DockerCredentials
 
     registry = args.registry.strip()
@@ -303,7 +300,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_logout(args: argparse.Namespace) -> int:
+def _cmd_logout(args: Arguments) -> int:
     from wasm_shim.oci.auth import DockerCredentials
 
     config = DockerCredentials.from_environment(path=args.registry_config or "")
@@ -314,146 +311,197 @@ def _cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ca-file", "--ca-bundle", dest="ca_bundle", metavar="FILE", help="PEM CA certificates to "
-                        "verify the registry's TLS certificate with (default: the system's; --ca-bundle is the "
-                        "older name)")
-    parser.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
-                        help="allow plain HTTP to this registry when it does not speak TLS (loopback registries "
-                        "are allowed already); repeatable")
-    parser.add_argument("--plain-http", action="store_true", help="allow plain HTTP to the registry this command "
-                        "names (oras's flag; the same as --insecure-registry with that registry)")
-    parser.add_argument("--registry-config", metavar="PATH", help="the docker config file holding credentials "
-                        "(default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="read timeout per request (default 60); each request and its answer end within 3 times "
-                        "it plus 1 s per 64 KiB received; failed requests are retried with backoff")
+def _registry_options(command: Command) -> None:
+    command.option("--ca-file", "--ca-bundle", dest="ca_bundle", metavar="FILE", help="PEM CA certificates to verify "
+                   "the registry's TLS certificate with (default: the system's; --ca-bundle is the older name)")
+    command.option("--insecure-registry", kind=APPEND, metavar="HOST[:PORT]", help="allow plain HTTP to this "
+                   "registry when it does not speak TLS (loopback registries are allowed already); repeatable")
+    command.option("--plain-http", kind=FLAG, help="allow plain HTTP to the registry this command names (oras's "
+                   "flag; the same as --insecure-registry with that registry)")
+    command.option("--registry-config", metavar="PATH", help="the docker config file holding credentials (default: "
+                   "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
+    command.option("--timeout", convert=float_value, default=60.0, metavar="SECONDS", help="read timeout per request "
+                   "(default 60); each request and its answer end within 3 times it plus 1 s per 64 KiB received; "
+                   "failed requests are retried with backoff")
 
 
-def _signature_format_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--signature-format", choices=("bundle", "legacy"), default=None,
-                        help="bundle: a sigstore bundle v0.3 referrer (cosign 3's default); legacy: cosign's "
-                        "sha256-<hex> tag format")
-    parser.add_argument("--new-bundle-format", type=_bool, default=None, metavar="BOOL",
-                        help="cosign's name: false is --signature-format legacy")
+def _signature_format_options(command: Command) -> None:
+    command.option("--signature-format", choices=("bundle", "legacy"), help="bundle: a sigstore bundle v0.3 "
+                   "referrer (cosign 3's default); legacy: cosign's sha256-<hex> tag format")
+    command.option("--new-bundle-format", convert=bool_value, metavar="BOOL", help="cosign's name: false is "
+                   "--signature-format legacy")
 
 
-def registry_parser() -> argparse.ArgumentParser:
-    """`wasm-shim` with the registry commands only (what main() uses for them: nothing else is imported)."""
-    from .main import VersionAction
-
-    parser = argparse.ArgumentParser(prog="wasm-shim")
-    parser.add_argument("--version", action=VersionAction)
-    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
+def _format_option(command: Command) -> None:
+    command.option("--format", choices=("text", "json"), default="text", help="output: text (default), or one JSON "
+                   "document (oras's shapes for push, pull and tags) for scripts")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    push = sub.add_parser("push", help="push a .wasm module or component as a wasm OCI artifact",
-                          description="Push FILE as a CNCF wasm OCI artifact (config application/vnd.wasm.config."
-                          "v0+json, one application/wasm layer). Credentials: $DOCKER_CONFIG/config.json or "
-                          "~/.docker/config.json. Prints REGISTRY/REPOSITORY@DIGEST.")
-    push.add_argument("file", metavar="FILE")
-    push.add_argument("reference", metavar="REGISTRY/REPOSITORY:TAG")
-    push.add_argument("--annotation", action="append", metavar="KEY=VALUE", help="a manifest annotation; "
-                      "repeatable")
-    pull = sub.add_parser("pull", help="pull a wasm OCI artifact's module or component into a file",
-                          description="Pull the wasm layer of an artifact (current and older layouts) into a file; "
-                          "every byte is checked against its digest, and the file appears only when complete.")
-    pull.add_argument("reference", metavar="REFERENCE")
-    pull.add_argument("-o", "--output", required=True, metavar="FILE")
-    tags = sub.add_parser("tags", help="list a repository's tags")
-    tags.add_argument("repository", metavar="REGISTRY/REPOSITORY")
-    gen = sub.add_parser("generate-key-pair", help="write cosign.key and cosign.pub (cosign's formats)",
-                         description=f"Generate an ECDSA P-256 key pair in cosign's formats; the private key is "
-                         f"encrypted with the password from ${PASSWORD_ENV} or a prompt.")
-    gen.add_argument("--output-key-prefix", default="cosign", metavar="PREFIX", help="file name prefix "
-                     "(default cosign: cosign.key, cosign.pub)")
-    gen.add_argument("--force", action="store_true", help="overwrite existing key files")
-    sign = sub.add_parser("sign", help="sign an image or artifact with a cosign key (offline)",
-                          description="Sign the manifest a reference names, like `cosign sign --key KEY "
-                          "--tlog-upload=false`: key-based, offline (no transparency log, no certificate "
-                          f"authority). Password from ${PASSWORD_ENV} or a prompt.")
-    sign.add_argument("--key", required=True, metavar="cosign.key")
+def _push() -> Command:
+    push = Command("wasm-shim push", "push a .wasm module or component as a wasm OCI artifact",
+                   "Push FILE as a CNCF wasm OCI artifact (config application/vnd.wasm.config.v0+json, one "
+                   "application/wasm layer). Credentials: $DOCKER_CONFIG/config.json or ~/.docker/config.json. "
+                   "Prints REGISTRY/REPOSITORY@DIGEST.")
+    push.positional("FILE", "file")
+    push.positional("REGISTRY/REPOSITORY:TAG", "reference")
+    push.option("--annotation", kind=APPEND, metavar="KEY=VALUE", help="a manifest annotation; repeatable")
+    _format_option(push)
+    _registry_options(push)
+    return push
+
+
+def _pull() -> Command:
+    pull = Command("wasm-shim pull", "pull a wasm OCI artifact's module or component into a file",
+                   "Pull the wasm layer of an artifact (current and older layouts) into a file; every byte is "
+                   "checked against its digest, and the file appears only when complete.")
+    pull.positional("REFERENCE", "reference")
+    pull.option("-o", "--output", required=True, metavar="FILE")
+    _format_option(pull)
+    _registry_options(pull)
+    return pull
+
+
+def _tags() -> Command:
+    tags = Command("wasm-shim tags", "list a repository's tags")
+    tags.positional("REGISTRY/REPOSITORY", "repository")
+    _format_option(tags)
+    _registry_options(tags)
+    return tags
+
+
+def _generate() -> Command:
+    gen = Command("wasm-shim generate-key-pair", "write cosign.key and cosign.pub (cosign's formats)",
+                  f"Generate an ECDSA P-256 key pair in cosign's formats; the private key is encrypted with the "
+                  f"password from ${PASSWORD_ENV} or a prompt.")
+    gen.option("--output-key-prefix", default="cosign", metavar="PREFIX", help="file name prefix (default cosign: "
+               "cosign.key, cosign.pub)")
+    gen.option("--force", kind=FLAG, help="overwrite existing key files")
+    return gen
+
+
+def _sign() -> Command:
+    sign = Command("wasm-shim sign", "sign an image or artifact with a cosign key (offline)",
+                   "Sign the manifest a reference names, like `cosign sign --key KEY --tlog-upload=false`: key-based, "
+                   f"offline (no transparency log, no certificate authority). Password from ${PASSWORD_ENV} or a "
+                   "prompt.")
+    sign.option("--key", required=True, metavar="cosign.key")
     _signature_format_options(sign)
-    sign.add_argument("--format", choices=("text", "json", "bundle", "legacy"), default="text",
-                      help="output: text (default) or json; bundle and legacy are the older spelling of "
-                      "--signature-format")
-    sign.add_argument("reference", metavar="REFERENCE")
-    verify = sub.add_parser("verify", help="verify an image's cosign signatures with public keys (offline)",
-                            description="Verify signatures in both cosign formats (bundle referrers, then the "
-                            ".sig tag) against public keys, like `cosign verify --key KEY --insecure-ignore-tlog`. "
-                            "Exit 1 with the reason for each candidate when none verifies.")
-    verify.add_argument("--key", required=True, action="append", metavar="cosign.pub", help="repeatable: any "
-                        "one key suffices")
-    verify.add_argument("reference", metavar="REFERENCE")
-    attest = sub.add_parser("attest", help="attest an image with an in-toto predicate and a cosign key (offline)",
-                            description="Sign an in-toto statement about the manifest a reference names, like "
-                            "`cosign attest --key KEY --type TYPE --predicate FILE --tlog-upload=false`: a DSSE "
-                            "envelope in a sigstore bundle referrer (default), or a layer of the sha256-<hex>.att "
-                            f"manifest (--new-bundle-format=false). Password from ${PASSWORD_ENV} or a prompt.")
-    attest.add_argument("--key", required=True, metavar="cosign.key")
-    attest.add_argument("--type", default="custom", metavar="TYPE", help="the predicate type: a URI or one of "
-                        "cosign's names (slsaprovenance1, slsaprovenance, spdxjson, cyclonedx, link, vuln, openvex, "
-                        "custom; default custom)")
-    attest.add_argument("--predicate", required=True, metavar="FILE", help="the predicate (JSON; - reads stdin)")
+    sign.option("--format", choices=("text", "json", "bundle", "legacy"), default="text", help="output: text "
+                "(default) or json; bundle and legacy are the older spelling of --signature-format")
+    sign.positional("REFERENCE", "reference")
+    _registry_options(sign)
+    return sign
+
+
+def _verify() -> Command:
+    verify = Command("wasm-shim verify", "verify an image's cosign signatures with public keys (offline)",
+                     "Verify signatures in both cosign formats (bundle referrers, then the .sig tag) against public "
+                     "keys, like `cosign verify --key KEY --insecure-ignore-tlog`. Exit 1 with the reason for each "
+                     "candidate when none verifies.")
+    verify.option("--key", required=True, kind=APPEND, metavar="cosign.pub", help="repeatable: any one key suffices")
+    verify.positional("REFERENCE", "reference")
+    _format_option(verify)
+    _registry_options(verify)
+    return verify
+
+
+def _attest() -> Command:
+    attest = Command("wasm-shim attest", "attest an image with an in-toto predicate and a cosign key (offline)",
+                     "Sign an in-toto statement about the manifest a reference names, like `cosign attest --key KEY "
+                     "--type TYPE --predicate FILE --tlog-upload=false`: a DSSE envelope in a sigstore bundle "
+                     "referrer (default), or a layer of the sha256-<hex>.att manifest (--new-bundle-format=false). "
+                     f"Password from ${PASSWORD_ENV} or a prompt.")
+    attest.option("--key", required=True, metavar="cosign.key")
+    attest.option("--type", default="custom", metavar="TYPE", help="the predicate type: a URI or one of cosign's "
+                  "names (slsaprovenance1, slsaprovenance, spdxjson, cyclonedx, link, vuln, openvex, custom; default "
+                  "custom)")
+    attest.option("--predicate", required=True, metavar="FILE", help="the predicate (JSON; - reads stdin)")
     _signature_format_options(attest)
-    attest.add_argument("reference", metavar="REFERENCE")
-    vatt = sub.add_parser("verify-attestation", help="verify an image's attestations of one predicate type with "
-                          "public keys (offline)",
-                          description="Verify attestations of --type in both cosign formats (bundle referrers, then "
-                          "the .att tag) against public keys, like `cosign verify-attestation --key KEY --type TYPE "
-                          "--insecure-ignore-tlog`; --condition PATH=VALUE requires a predicate field's value. Exit "
-                          "1 with the reason for each candidate when none verifies.")
-    vatt.add_argument("--key", required=True, action="append", metavar="cosign.pub", help="repeatable: any one key "
-                      "suffices")
-    vatt.add_argument("--type", default="custom", metavar="TYPE", help="the predicate type (as for attest)")
-    vatt.add_argument("--condition", action="append", metavar="PATH=VALUE", help="the predicate's field at PATH "
-                      "(dots between keys, e.g. runDetails.builder.id) must equal VALUE; repeatable")
-    vatt.add_argument("reference", metavar="REFERENCE")
-    login = sub.add_parser("login", help="log in to a registry: save credentials where docker, oras and cosign "
-                           "read them",
-                           description="Check the credentials against the registry, then save them as `oras login` "
-                           "does: through the credential helper the docker config names for the registry "
-                           "(credHelpers, credsStore; docker-credential-NAME on PATH), else in its auths. A password "
-                           "on the command line is visible to other users (ps): prefer --password-stdin.")
-    login.add_argument("registry", metavar="REGISTRY")
-    login.add_argument("-u", "--username", help="the user name")
-    login.add_argument("-p", "--password", help="the password (insecure: use --password-stdin)")
-    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    login.add_argument("--identity-token", help="an identity (refresh) token instead of a password (insecure: use "
-                       "--identity-token-stdin)")
-    login.add_argument("--identity-token-stdin", action="store_true", help="read an identity token from stdin")
-    logout = sub.add_parser("logout", help="remove a registry's saved credentials",
-                            description="Remove the credentials `login` (or docker, oras) saved for REGISTRY, from its "
-                            "credential helper or the docker config's auths.")
-    logout.add_argument("registry", metavar="REGISTRY")
-    logout.add_argument("--registry-config", metavar="PATH", help="the docker config file (default: "
-                        "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
-    logout.set_defaults(func=_guarded(_cmd_logout, logout.prog))
-    for parser in (push, pull, tags, verify, vatt, attest):
-        parser.add_argument("--format", choices=("text", "json"), default="text",
-                            help="output: text (default), or one JSON document (oras's shapes for push, pull and "
-                            "tags) for scripts")
-    for parser, func in ((push, _cmd_push), (pull, _cmd_pull), (tags, _cmd_tags), (gen, _cmd_generate),
-                         (sign, _cmd_sign), (verify, _cmd_verify), (attest, _cmd_attest),
-                         (vatt, _cmd_verify_attestation), (login, _cmd_login)):
-        if parser is not gen:
-            _registry_options(parser)
-        parser.set_defaults(func=_guarded(func, parser.prog))
+    attest.positional("REFERENCE", "reference")
+    _format_option(attest)
+    _registry_options(attest)
+    return attest
 
 
-def _guarded(func, prog):  # type: ignore[no-untyped-def]
-    def run(args: argparse.Namespace) -> int:
-        try:
-            result: int = func(args)
-            return result
-        except Exception as exc:
-            # Every error the registry side raises on purpose is defined in wasm_shim.oci and says what failed;
-            # matching by module keeps `pull` from importing the signature code just to name its exceptions.
-            if isinstance(exc, CommandError) or type(exc).__module__.startswith("wasm_shim.oci."):
-                sys.stderr.write(f"{prog}: {exc}\n")
-                return exc.status if isinstance(exc, CommandError) else 1
-            raise
+def _verify_attestation() -> Command:
+    vatt = Command("wasm-shim verify-attestation", "verify an image's attestations of one predicate type with "
+                   "public keys (offline)",
+                   "Verify attestations of --type in both cosign formats (bundle referrers, then the .att tag) "
+                   "against public keys, like `cosign verify-attestation --key KEY --type TYPE "
+                   "--insecure-ignore-tlog`; --condition PATH=VALUE requires a predicate field's value. Exit 1 with "
+                   "the reason for each candidate when none verifies.")
+    vatt.option("--key", required=True, kind=APPEND, metavar="cosign.pub", help="repeatable: any one key suffices")
+    vatt.option("--type", default="custom", metavar="TYPE", help="the predicate type (as for attest)")
+    vatt.option("--condition", kind=APPEND, metavar="PATH=VALUE", help="the predicate's field at PATH (dots between "
+                "keys, e.g. runDetails.builder.id) must equal VALUE; repeatable")
+    vatt.positional("REFERENCE", "reference")
+    _format_option(vatt)
+    _registry_options(vatt)
+    return vatt
 
-    return run
+
+def _login() -> Command:
+    login = Command("wasm-shim login", "log in to a registry: save credentials where docker, oras and cosign read "
+                    "them",
+                    "Check the credentials against the registry, then save them as `oras login` does: through the "
+                    "credential helper the docker config names for the registry (credHelpers, credsStore; "
+                    "docker-credential-NAME on PATH), else in its auths. A password on the command line is visible "
+                    "to other users (ps): prefer --password-stdin.")
+    login.positional("REGISTRY", "registry")
+    login.option("-u", "--username", help="the user name")
+    login.option("-p", "--password", help="the password (insecure: use --password-stdin)")
+    login.option("--password-stdin", kind=FLAG, help="read the password from stdin")
+    login.option("--identity-token", help="an identity (refresh) token instead of a password (insecure: use "
+                 "--identity-token-stdin)")
+    login.option("--identity-token-stdin", kind=FLAG, help="read an identity token from stdin")
+    _registry_options(login)
+    return login
+
+
+def _logout() -> Command:
+    logout = Command("wasm-shim logout", "remove a registry's saved credentials",
+                     "Remove the credentials `login` (or docker, oras) saved for REGISTRY, from its credential helper "
+                     "or the docker config's auths.")
+    logout.positional("REGISTRY", "registry")
+    logout.option("--registry-config", metavar="PATH", help="the docker config file (default: "
+                  "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
+    return logout
+
+
+# name -> (the command's declaration, what runs it); the order is `wasm-shim --help`'s.
+COMMANDS: dict[str, tuple[Callable[[], Command], Callable[[Arguments], int]]] = {
+    "push": (_push, _cmd_push),
+    "pull": (_pull, _cmd_pull),
+    "tags": (_tags, _cmd_tags),
+    "generate-key-pair": (_generate, _cmd_generate),
+    "sign": (_sign, _cmd_sign),
+    "verify": (_verify, _cmd_verify),
+    "attest": (_attest, _cmd_attest),
+    "verify-attestation": (_verify_attestation, _cmd_verify_attestation),
+    "login": (_login, _cmd_login),
+    "logout": (_logout, _cmd_logout),
+}
+
+
+def summaries() -> list[tuple[str, str]]:
+    """(name, one line of help) of each command, for `wasm-shim --help`."""
+    return [(name, declare().help) for name, (declare, _) in COMMANDS.items()]
+
+
+def run(name: str, argv: Sequence[str]) -> int:
+    """`wasm-shim NAME ARGV...`: parse with the command's own parser, run it; usage errors exit 2 (SystemExit)."""
+    declare, func = COMMANDS[name]
+    command = declare()
+    try:
+        args = command.parse(argv)
+    except UsageError as exc:
+        raise command.fail(str(exc)) from None
+    try:
+        return func(args)
+    except Exception as exc:
+        # Every error the registry side raises on purpose is defined in wasm_shim.oci and says what failed;
+        # matching by module keeps `pull` from importing the signature code just to name its exceptions.
+        if isinstance(exc, CommandError) or type(exc).__module__.startswith("wasm_shim.oci."):
+            sys.stderr.write(f"{command.prog}: {exc}\n")
+            return exc.status if isinstance(exc, CommandError) else 1
+        raise

@@ -14,7 +14,7 @@ Invariants:
   enforce an unreachable registry with no cached verification refuses.
 - A policy that cannot be used refuses everything (`Admission.refusing`; a policy file that no longer parses):
   never "allow everything". A policy file is the file's current content at each Create.
-- urllib3 and cryptography are imported only when a policy asks for a verification.
+- The registry client and cryptography are imported only when a policy asks for a verification.
 """
 
 from __future__ import annotations

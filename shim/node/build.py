@@ -2,17 +2,26 @@
 
 Layout (what `build` writes and the installer copies to `<prefix>/versions/<id>`):
 
-    BUNDLE.json                      {"id", "version", "python", "glibc"}: id = version + digest of the content
+    BUNDLE.json                      {"id", "version", "python", "glibc", ...}: id = version + digest of the content
     bin/containerd-shim-wasmtime-v1  what containerd execs (shim/launch/fast_start.c, static): `start` for a daemon
                                      already up from its hint, else the launcher beside it
     bin/containerd-shim-wasmtime-v1.py  launcher: `#!<root>/python/bin/python3.11 -IS` + the stdlib-only start path
     bin/wasm-shim                    launcher for the CLI (`wasm-shim node install` in the installer image)
-    python/bin/python3.11            the interpreter this venv runs on, RUNPATH rewritten to $ORIGIN/../lib
+    python/bin/python3.11            the interpreter, RUNPATH rewritten to $ORIGIN/../lib
     python/bin/wasm-shim-component-runner   beside the interpreter, where the daemon looks first
     python/bin/wasm-shim-sandbox-holder     likewise: holds each pod's namespaces on containerd 2.x (shim/sandbox/)
     python/lib/libpython3.11.so.1.0  and the stdlib (no test suites, tkinter, idle, ensurepip)
     python/lib/python3.11/site-packages/   the runtime closure of our dependencies + wasm_shim/{shim,oci}
     installer/site-packages/         the installer's own (kubernetes client closure); not copied onto nodes
+
+Two sources for the interpreter and the packages (`Source`):
+- this venv (the default): the interpreter the venv runs on, its stdlib, the packages installed in the venv, the
+  Debian libraries they load; the bundle needs the glibc of the machine that built that interpreter;
+- a floor toolchain (`--floor DIR`, made by `scripts/setup.sh --with bundle-floor`): DIR/python, CPython built with
+  zig against an older glibc's symbols with its own OpenSSL (scripts/bundle-floor/build-python.sh); DIR/site-packages,
+  the same distributions at the venv's versions from wheels for that glibc (cp311, manylinux_2_28 or older);
+  DIR/wasm-shim-component-runner, linked for it too; DIR/GLIBC, the glibc version it was all built for.
+Either way BUNDLE.json's `glibc` is measured on the files shipped, never taken from what a build asked for.
 
 Chosen by measurement (docs/node-install.md): a relocatable copy of the interpreter starts exactly as the .venv's
 does (same binary, same .pyc files), where a frozen PyInstaller executable unpacks/bootstraps first.
@@ -37,24 +46,27 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 INFO = "BUNDLE.json"
 LAUNCHERS = ("bin/containerd-shim-wasmtime-v1.py", "bin/wasm-shim")
 FAST_START = "bin/containerd-shim-wasmtime-v1"
-#: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. urllib3 and
-#: cryptography are the daemon's signature policy and artifact path (oci/registry.py, oci/cosign.py); PyNaCl only
-#: decrypts private keys for `wasm-shim sign`, which nodes never do. The OpenTelemetry SDK and exporters are the
-#: daemon's traces, imported only when an OTLP endpoint is configured.
-ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "urllib3", "cryptography",
+#: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. cryptography
+#: is the daemon's signature policy (oci/cosign.py); the registry client is the standard library's sockets
+#: (oci/transport.py); PyNaCl only decrypts private keys for `wasm-shim sign`, which nodes never do. The
+#: OpenTelemetry SDK and exporters are the daemon's traces, imported only when an OTLP endpoint is configured.
+ROOT_DISTS = ("wasmtime", "protobuf", "grpcio", "prometheus_client", "cryptography",
               # traces, when configured (shim/daemon/tracing.py)
               "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc")
 #: What only the installer imports (the Node label and events): kept in installer/, which is not copied to nodes.
 INSTALLER_DISTS = ("kubernetes",)
 INSTALLER_DIR = "installer"
-#: Not needed on a node: test suites, GUI and teaching modules, pip's bootstrap, the static library for embedding.
+#: Not needed on a node: test suites, GUI and teaching modules, pip's bootstrap, the static library for embedding
+#: (config-3.11-<triplet>/, matched by its prefix in `_copy_tree`).
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__pycache__",
-               f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu", "pydoc_data"}
+               "pydoc_data"}
+CONFIG_DIR = f"config-{sys.version_info.major}.{sys.version_info.minor}"
 SUBDIR_SKIP = {"__pycache__", "test", "tests", "idle_test"}
 #: Extension modules that would pull GUI, terminal or NIS libraries onto nodes, and that nothing of ours imports.
 DYNLOAD_SKIP = ("_tkinter", "_curses", "_curses_panel", "readline", "nis", "_dbm", "_gdbm", "_crypt")
@@ -68,6 +80,59 @@ GLIBC = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1"
 
 class BuildError(RuntimeError):
     """The node bundle cannot be built or read; the message says which file or tool and why."""
+
+
+#: The floor toolchain's entries (module docstring).
+FLOOR_PYTHON, FLOOR_SITE, FLOOR_RUNNER, FLOOR_GLIBC = "python", "site-packages", "wasm-shim-component-runner", "GLIBC"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the interpreter, its stdlib and shared libraries, and the distributions come from."""
+
+    prefix: Path                  # holds bin/python3.11, lib/python3.11/, lib/<the shared libraries>
+    shared_libraries: tuple[Path, ...]  # copied into python/lib/ as they are (libpython, the prefix's OpenSSL)
+    site: tuple[str, ...] | None  # where the distributions are found; None: this venv's sys.path
+    python_version: str
+    glibc_target: str = ""        # what a floor toolchain was built for ("" for the venv)
+    runner: str = ""              # the toolchain's component runner ("" for the venv: the caller names it)
+
+
+def venv_source() -> Source:
+    """This venv: the interpreter it runs on and the packages installed in it."""
+    libdir = Path(sysconfig.get_config_var("LIBDIR") or Path(sys.base_prefix) / "lib")
+    ldlib = sysconfig.get_config_var("INSTSONAME") or ""
+    libs = (libdir / ldlib,) if ldlib and (libdir / ldlib).exists() else ()
+    return Source(Path(sys.base_prefix), libs, None, sys.version.split()[0])
+
+
+def floor_source(toolchain: str) -> Source:
+    """A floor toolchain directory (module docstring), checked for every entry the build reads."""
+    root = Path(toolchain)
+    hint = "; make it with scripts/setup.sh --with bundle-floor"
+    prefix, site = root / FLOOR_PYTHON, root / FLOOR_SITE
+    exe = prefix / "bin" / _py()
+    if not os.access(exe, os.X_OK):
+        raise BuildError(f"the floor toolchain {toolchain} has no interpreter ({exe} is missing){hint}")
+    if not site.is_dir():
+        raise BuildError(f"the floor toolchain {toolchain} has no {FLOOR_SITE} directory{hint}")
+    try:
+        glibc = (root / FLOOR_GLIBC).read_text().strip()
+    except OSError:
+        raise BuildError(f"the floor toolchain {toolchain} has no {FLOOR_GLIBC} file (the glibc it was built for)"
+                         f"{hint}") from None
+    # What runs here shows the version (a glibc-2.28 build runs on any newer glibc); -I -S: nothing of this venv.
+    done = subprocess.run([str(exe), "-I", "-S", "-c", "import sys; print(sys.version.split()[0])"],
+                          capture_output=True, text=True, check=False)
+    version = done.stdout.strip()
+    if done.returncode != 0 or not version.startswith(f"{sys.version_info.major}.{sys.version_info.minor}."):
+        raise BuildError(f"the floor toolchain's interpreter {exe} is not a working Python "
+                         f"{sys.version_info.major}.{sys.version_info.minor} (the ABI of the venv's packages): "
+                         f"{(done.stderr or done.stdout).strip()[-300:]}")
+    # The prefix's own shared libraries (libpython, libssl, libcrypto): real files, not the linker's .so links.
+    libs = tuple(p for p in sorted((prefix / "lib").glob("lib*.so.*")) if p.is_file() and not p.is_symlink())
+    runner = root / FLOOR_RUNNER
+    return Source(prefix, libs, (str(site),), version, glibc, str(runner) if runner.exists() else "")
 
 
 def running_bundle() -> str:
@@ -124,8 +189,23 @@ def write_launchers(real_root: str, node_root: str) -> None:
         os.replace(tmp, path)
 
 
-def _dist_closure(roots: Iterable[str], have: Iterable[str] = ()) -> list[md.Distribution]:
-    """The installed distributions `roots` need (their Requires-Dist without extras, transitively), minus `have`."""
+def _find_dist(name: str, site: tuple[str, ...] | None) -> md.Distribution:
+    if site is None:
+        try:
+            return md.distribution(name)
+        except md.PackageNotFoundError:
+            raise BuildError(f"{name} is not installed in {sys.prefix}; run scripts/setup.sh") from None
+    found = list(md.distributions(name=name, path=list(site)))
+    if not found:
+        raise BuildError(f"{name} is not in {':'.join(site)}; rerun scripts/setup.sh --with bundle-floor (it installs "
+                         "the venv's versions there)")
+    return found[0]
+
+
+def _dist_closure(roots: Iterable[str], have: Iterable[str] = (), site: tuple[str, ...] | None = None
+                  ) -> list[md.Distribution]:
+    """The distributions `roots` need (their Requires-Dist without extras, transitively), minus `have`: the ones
+    installed in this venv, or those under `site`."""
     seen: dict[str, md.Distribution] = {}
     skip = {re.sub(r"[-_.]+", "-", name).lower() for name in have}
     todo = list(roots)
@@ -134,10 +214,7 @@ def _dist_closure(roots: Iterable[str], have: Iterable[str] = ()) -> list[md.Dis
         key = re.sub(r"[-_.]+", "-", name).lower()
         if not key or key in seen or key in skip:
             continue
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            raise BuildError(f"{name} is not installed in {sys.prefix}; run scripts/setup.sh") from None
+        dist = _find_dist(name, site)
         seen[key] = dist
         for req in dist.requires or []:
             if ";" in req and "extra" in req.split(";", 1)[1]:
@@ -242,7 +319,7 @@ def _copy_file(src: Path, dst: Path) -> None:
 
 def _copy_tree(src: Path, dst: Path, skip: set[str]) -> None:
     for entry in sorted(src.iterdir()):
-        if entry.name in skip or entry.suffix == ".pyc":
+        if entry.name in skip or entry.suffix == ".pyc" or (skip is STDLIB_SKIP and entry.name.startswith(CONFIG_DIR)):
             continue
         if entry.is_symlink():
             continue  # the stdlib has none we need; site-packages comes from RECORDs
@@ -284,14 +361,24 @@ def oldest_glibc(root: Path) -> str:
     return f"{best[0]}.{best[1]}"
 
 
-def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str = "",
-          glibc: bool = True) -> dict[str, str]:
-    """Build the bundle into `out` (must not exist) from this interpreter, its installed packages and `repo`."""
+def pins() -> list[str]:
+    """`name==version` of every distribution a bundle ships (the nodes' and the installer's), as installed in this
+    venv: what a floor toolchain installs from wheels for its glibc, so both bundles run the same versions."""
+    runtime = _dist_closure(ROOT_DISTS)
+    installer = _dist_closure(INSTALLER_DISTS, have=[str(d.metadata["Name"]) for d in runtime])
+    return sorted(f"{d.metadata['Name']}=={d.version}" for d in (*runtime, *installer))
+
+
+def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str = "", glibc: bool = True,
+          source: Source | None = None) -> dict[str, str]:
+    """Build the bundle into `out` (must not exist) from `source` (default: this venv) and `repo`."""
+    src = source or venv_source()
+    runner = runner or src.runner
     out_path = Path(out).resolve()
     if out_path.exists():
         raise BuildError(f"{out} exists; choose a new directory (the bundle is built whole, never patched)")
-    if not os.access(runner, os.X_OK):
-        raise BuildError(f"the component runner {runner} is missing: run scripts/setup.sh")
+    if not runner or not os.access(runner, os.X_OK):
+        raise BuildError(f"the component runner {runner or '(none)'} is missing: run scripts/setup.sh")
     if not holder or not os.access(holder, os.X_OK):
         raise BuildError(f"the pod sandbox holder {holder or 'wasm-shim-sandbox-holder'} is missing: run "
                          "scripts/setup.sh")
@@ -300,28 +387,25 @@ def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str
                          "scripts/setup.sh")
     if shutil.which("patchelf") is None:
         raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
-    base = Path(sys.base_prefix)
     py = _py()
     partial = out_path.with_name(out_path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     pyroot = partial / "python"
-    # The interpreter and its shared library; RUNPATH from pyenv's absolute prefix to $ORIGIN-relative.
-    real_exe = Path(os.path.realpath(base / "bin" / py))
+    # The interpreter and its shared libraries; RUNPATH from the build's absolute prefix to $ORIGIN-relative.
+    real_exe = Path(os.path.realpath(src.prefix / "bin" / py))
     _copy_file(real_exe, pyroot / "bin" / py)
     os.symlink(py, pyroot / "bin" / "python3")
-    libdir = Path(sysconfig.get_config_var("LIBDIR") or base / "lib")
-    ldlib = sysconfig.get_config_var("INSTSONAME") or ""
-    if ldlib and (libdir / ldlib).exists():
-        _copy_file(libdir / ldlib, pyroot / "lib" / ldlib)
-    _copy_tree(base / "lib" / py, pyroot / "lib" / py, STDLIB_SKIP)
+    for lib in src.shared_libraries:
+        _copy_file(lib, pyroot / "lib" / lib.name)
+    _copy_tree(src.prefix / "lib" / py, pyroot / "lib" / py, STDLIB_SKIP)
     for module in (pyroot / "lib" / py / "lib-dynload").iterdir():
         if module.name.split(".")[0] in DYNLOAD_SKIP:
             module.unlink()
     site = pyroot / "lib" / py / "site-packages"
-    runtime = _dist_closure(ROOT_DISTS)
+    runtime = _dist_closure(ROOT_DISTS, site=src.site)
     _copy_dists(runtime, site)
     names = [str(d.metadata["Name"]) for d in runtime]
-    _copy_dists(_dist_closure(INSTALLER_DISTS, have=names), partial / INSTALLER_DIR / "site-packages")
+    _copy_dists(_dist_closure(INSTALLER_DISTS, have=names, site=src.site), partial / INSTALLER_DIR / "site-packages")
     for package in ("shim", "oci"):
         _copy_tree(Path(repo) / package, site / "wasm_shim" / package, {"__pycache__"})
     shutil.copyfile(runner, pyroot / "bin" / "wasm-shim-component-runner")
@@ -332,20 +416,23 @@ def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
     # ddir: co_filename names the file relative to the bundle, not the build directory (the import system puts
     # the real path back when it loads a .pyc: importlib._bootstrap_external, _fix_up_module / _fix_co_filename).
+    # The bytecode is this interpreter's; a floor interpreter is the same minor version, whose magic number is fixed.
     for tree in (pyroot / "lib", partial / INSTALLER_DIR):
         compileall.compile_dir(str(tree), ddir="/" + tree.relative_to(partial).as_posix(), quiet=1, workers=1,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     _strip_debug(partial)
     # After strip: patchelf rewrites the dynamic section strip would otherwise lay out again.
-    if ldlib:
+    if src.shared_libraries:
         subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", str(pyroot / "bin" / py)], check=True)
     vendored = _vendor_libraries(partial, pyroot / "lib")
     from ..launch.binary import VERSION
 
     digest = _digest(partial)
     info = {"id": f"{VERSION}-{digest[:16]}", "version": VERSION, "content_sha256": digest,
-            "python": sys.version.split()[0]}
+            "python": src.python_version}
     info["libraries"] = " ".join(vendored)
+    if src.glibc_target:
+        info["glibc_target"] = src.glibc_target
     if glibc:
         # The floor, and which files set it (the ones a build on an older glibc would have to replace).
         needs = {rel: v for rel, v in glibc_needs(partial).items() if not rel.startswith(INSTALLER_DIR + "/")}

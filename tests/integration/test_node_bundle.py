@@ -6,15 +6,19 @@ installer image built from it: imported with `ctr images import`, its installer 
 does, and the image pushed to a registry on loopback with `ctr images push`.
 
 The bundle is built once per module with `wasm-shim bundle build` (the real build: interpreter copy, packages,
-component runner). containerd starts on the config the installer wrote into the host root (the harness's own
-config for that instance, installed there as the node's original); `ctr run` runs a module and a component; the
-installer's CRI wait answers against the real CRI plugin; uninstall gives back the original bytes exactly.
+component runner), from the floor toolchain when this clone has one (`scripts/setup.sh --with bundle-floor`: CPython
+and wheels for glibc 2.28), so every test here then runs the bundle old nodes get; every ELF file in it is read
+for the newest glibc symbol it needs, as `bundle build` does, and held to the floor BUNDLE.json reports.
+containerd starts on the config the installer wrote into the host root (the harness's own config for that
+instance, installed there as the node's original); `ctr run` runs a module and a component; the installer's CRI
+wait answers against the real CRI plugin; uninstall gives back the original bytes exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,14 +46,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUNTIME = "io.containerd.wasmtime.v1"
 VENV = REPO_ROOT / ".venv"
+#: The floor toolchain (scripts/setup.sh --with bundle-floor); the bundle is built from it when it is there.
+FLOOR = REPO_ROOT / ".tools" / "bundle-floor"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def build_argv(out: Path) -> list[str]:
+    floor = ["--floor", str(FLOOR)] if (FLOOR / "GLIBC").exists() else []
+    return [str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(out), *floor]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "wasm-shim"
-    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(out)], capture_output=True,
-                          text=True, timeout=1200, check=False)
+    done = subprocess.run(build_argv(out), capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["id"].startswith(info["version"] + "-")
@@ -193,6 +203,7 @@ def test_installed_bundle_runs_module_and_component_then_uninstall_restores(
             assert exe.startswith(str(host_root / "opt" / "wasm-shim" / "versions")), exe
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert str(VENV) not in maps and "/.pyenv/" not in maps
+            assert "/.cache/wasm-shim/" not in maps  # nothing of the floor toolchain's build either
 
         status = bundle_cli(bundle, "status", "--check", host=host_root)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -270,13 +281,105 @@ def test_installed_bundle_keeps_an_operators_edit_through_reinstall_and_uninstal
 
 def test_bundle_build_is_reproducible(bundle: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    done = subprocess.run([str(VENV / "bin" / "wasm-shim"), "bundle", "build", str(again)], capture_output=True,
-                          text=True, timeout=1200, check=False)
+    done = subprocess.run(build_argv(again), capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stderr
     first = json.loads((bundle / "BUNDLE.json").read_text())
     second = json.loads((again / "BUNDLE.json").read_text())
     assert first["content_sha256"] == second["content_sha256"]
 
+
+def newest_glibc(path: Path) -> tuple[int, int] | None:
+    """The newest GLIBC_x.y version among the symbols an ELF file imports (its dynamic symbol table)."""
+    out = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=True).stdout
+    found = [(int(a), int(b)) for a, b in re.findall(r"\(GLIBC_(\d+)\.(\d+)\)", out)]
+    return max(found, default=None)
+
+
+def test_every_elf_file_needs_at_most_the_glibc_the_bundle_reports(bundle: Path) -> None:
+    info = json.loads((bundle / "BUNDLE.json").read_text())
+    needs: dict[str, tuple[int, int]] = {}
+    for path in sorted(bundle.rglob("*")):
+        rel = path.relative_to(bundle).as_posix()
+        if rel.startswith("installer/") or path.is_symlink() or not path.is_file():
+            continue  # installer/ stays in the installer image, whose own C runtime comes with it
+        with path.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                continue
+        newest = newest_glibc(path)
+        if newest:
+            needs[rel] = newest
+    # The interpreter, the stdlib's modules, the wheels' libraries, the runner (39 of the floor bundle's 62 ELF files
+    # import versioned glibc symbols: its static stdlib modules reference none).
+    assert len(needs) > 30
+    floor = tuple(int(x) for x in info["glibc"].split("."))
+    assert max(needs.values()) == floor, sorted(needs.items(), key=lambda kv: kv[1])[-5:]
+    assert info["glibc_set_by"].split() == sorted(rel for rel, v in needs.items() if v == floor)
+    if (FLOOR / "GLIBC").exists():
+        # The floor bundle: every file, the interpreter, OpenSSL, every wheel and the runner, within its target.
+        target = (FLOOR / "GLIBC").read_text().strip()
+        assert info["glibc_target"] == target
+        assert floor <= tuple(int(x) for x in target.split(".")), info["glibc_set_by"]
+        assert info["libraries"] == ""  # nothing taken from this machine's /usr/lib
+        assert "python/lib/libssl.so.3" in needs and "python/bin/wasm-shim-component-runner" in needs
+
+
+
+#: What runs in the older root: the daemon's native modules (as preflight.py checks them on a node), then a WASI
+#: module through wasmtime, its stdout the process's.
+OLD_ROOT_SCRIPT = """
+import ssl, ctypes, hashlib, lzma, bz2, zlib, grpc, google.protobuf, cryptography.hazmat.bindings._rust, wasmtime
+import wasm_shim.shim.daemon.main
+engine = wasmtime.Engine()
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+wasi = wasmtime.WasiConfig()
+wasi.inherit_stdout()
+store = wasmtime.Store(engine)
+store.set_wasi(wasi)
+instance = linker.instantiate(store, wasmtime.Module.from_file(engine, "/hello.wasm"))
+instance.exports(store)["_start"](store)
+print(ssl.OPENSSL_VERSION, hashlib.sha256(b"").hexdigest()[:8])
+"""
+
+
+@pytest.mark.skipif(not (FLOOR / "old-root").exists(),
+                    reason="no older Debian root (scripts/setup.sh --with bundle-floor makes one)")
+def test_the_floor_bundle_runs_a_module_and_compiles_a_component_on_an_older_glibc(bundle: Path,
+                                                                                   guests: Path) -> None:
+    # A Debian root older than this machine, entered with chroot: its loader and C library, not this machine's. The
+    # bundle's programs find their libraries by $ORIGIN, which the loader reads from /proc/self/exe: a private /proc
+    # is mounted in the root, as a node's root has one.
+    root = (FLOOR / "old-root").resolve()
+    enter = ["unshare", "--mount", "--pid", "--fork", f"--root={root}", "--mount-proc"]
+    glibc = subprocess.run(["chroot", str(root), "getconf", "GNU_LIBC_VERSION"], capture_output=True, text=True,
+                           check=True).stdout.split()[1]
+    assert tuple(int(x) for x in glibc.split(".")) < (2, 34), glibc  # below what the venv's bundle needs
+    info = json.loads((bundle / "BUNDLE.json").read_text())
+    assert tuple(int(x) for x in info["glibc"].split(".")) <= tuple(int(x) for x in glibc.split("."))
+    inside = Path("/opt") / f"wasm-shim-floor-{os.getpid()}"
+    try:
+        shutil.copytree(bundle, root / inside.relative_to("/"), symlinks=True)
+        shutil.copyfile(guests / "hello.wasm", root / "hello.wasm")
+        shutil.copyfile(guests / "hello.component.wasm", root / "hello.component.wasm")
+        env = {"PATH": SYSTEM_PATH, "LANG": "C"}
+        ran = subprocess.run([*enter, str(inside / "python" / "bin" / "python3"), "-I", "-c",
+                              OLD_ROOT_SCRIPT], capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert ran.returncode == 0, ran.stderr
+        lines = ran.stdout.splitlines()
+        assert lines[0] == "hello from wasm" and lines[1].startswith("OpenSSL 3."), ran.stdout
+        assert lines[1].endswith(" e3b0c442")
+        cache = Path("/tmp") / f"wasm-shim-floor-cache-{os.getpid()}"
+        (root / cache.relative_to("/")).mkdir(parents=True, mode=0o700)
+        compiled = subprocess.run([*enter, str(inside / "python" / "bin" / "wasm-shim-component-runner"),
+                                   "--precompile", str(cache), "/hello.component.wasm"],
+                                  capture_output=True, text=True, timeout=300, env=env, check=False)
+        assert compiled.returncode == 0, compiled.stderr
+        assert any((root / cache.relative_to("/")).iterdir()), compiled.stdout
+    finally:
+        shutil.rmtree(root / inside.relative_to("/"), ignore_errors=True)
+        shutil.rmtree(root / "tmp" / f"wasm-shim-floor-cache-{os.getpid()}", ignore_errors=True)
+        for name in ("hello.wasm", "hello.component.wasm"):
+            (root / name).unlink(missing_ok=True)
 
 
 def test_installer_image_imports_installs_runs_its_test_module_and_pushes(

@@ -65,6 +65,12 @@ def _shim_call(spans: list[ReceivedSpan], method: str, container_id: str) -> Rec
     return None
 
 
+def _parent(spans: list[ReceivedSpan], call: ReceivedSpan | None) -> ReceivedSpan | None:
+    if call is None:
+        return None
+    return next((s for s in spans if (s.trace_id, s.span_id) == (call.trace_id, call.parent_id)), None)
+
+
 @pytest.mark.parametrize("containerd_factory", ["2.x"], indirect=True)
 def test_wasm_pod_start_is_traced_under_containerds_spans(containerd_factory: ContainerdFactory, guests: Path,
                                                           tmp_path: Path, collector: Collector) -> None:
@@ -72,8 +78,10 @@ def test_wasm_pod_start_is_traced_under_containerds_spans(containerd_factory: Co
                         {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint})
     try:
         cid = _run_wasm_pod(node, guests)
-        spans = collector.wait_for(lambda s: _shim_call(s, "Start", cid) is not None, 30,
-                                   f"the shim's Start span of container {cid}")
+        # containerd and the shim export in batches of their own: wait for both sides of both calls.
+        spans = collector.wait_for(lambda s: all(_parent(s, _shim_call(s, m, cid)) is not None
+                                                 for m in ("Create", "Start")), 30,
+                                   f"the shim's Create and Start spans of container {cid} and containerd's parents")
     finally:
         node.teardown()
 

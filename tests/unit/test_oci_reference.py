@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from wasm_shim.oci.digest import DigestMismatch, StreamVerifier
+from wasm_shim.oci.digest import DigestMismatch, StreamVerifier, new_sha256
 from wasm_shim.oci.manifest import Descriptor, ManifestError, choose_manifest
-from wasm_shim.oci.reference import ReferenceError, canonical_name, canonical_registry, parse_reference
+from wasm_shim.oci.reference import (
+    ReferenceError,
+    canonical_name,
+    canonical_registry,
+    is_digest,
+    is_registry,
+    is_repository,
+    is_tag,
+    parse_reference,
+)
 from wasm_shim.oci.registry import fallback_tag, is_loopback
 
 D = "sha256:" + "ab" * 32
@@ -152,3 +164,39 @@ def test_other_ports_and_hosts_stay_apart_and_the_connection_keeps_what_was_writ
     assert ref.registry == "GHCR.IO:443" and ref.api_host == "GHCR.IO:443"  # what the client connects to
     assert canonical_registry("Registry-1.Docker.IO:443") == "docker.io"
     assert canonical_name("not a name") == "not a name"
+
+
+# -- the grammar without regular expressions: each rule against the expression it replaces ------------------------
+_COMPONENT_RE = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+GRAMMAR = {
+    "repository": (is_repository, re.compile(rf"{_COMPONENT_RE}(?:/{_COMPONENT_RE})*"), "abz09._-/A "),
+    "tag": (is_tag, re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"), "aZ09_.-/:"),
+    "digest": (is_digest, re.compile(r"sha256:[0-9a-f]{64}"), "sha256:0f9aF"),
+    "registry": (is_registry, re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9]"
+                                         r"(?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?"),
+                 "aZ09-.:[]f/"),
+}
+GRAMMAR_EXAMPLES = ["", "a", "a__b", "a___b", "a._b", "a--b", "-a", "a-", "a/b", "a//b", "/a", "A", "a" * 129,
+                    "sha256:" + "ab" * 32, "sha256:" + "AB" * 32, "[::1]:5000", "[::1]:", "[]", "host:", ":5000",
+                    "a.b-c.d:80", "a..b", "a.-b", "é", "١", "a\n"]
+
+
+@pytest.mark.parametrize("rule", list(GRAMMAR))
+def test_each_rule_accepts_exactly_what_its_regular_expression_does(rule: str) -> None:
+    check, expression, alphabet = GRAMMAR[rule]
+
+    @settings(max_examples=2000, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.text(alphabet, max_size=80) | st.sampled_from(GRAMMAR_EXAMPLES) | st.text(max_size=8))
+    def agree(text: str) -> None:
+        assert check(text) == bool(expression.fullmatch(text)), text
+
+    agree()
+
+
+@pytest.mark.parametrize("size", [None, 0, 100, (1 << 20) - 1, 1 << 20, 30 << 20])
+def test_every_sha256_is_sha256(size: int | None) -> None:
+    data = bytes(range(256)) * 41
+    hasher = new_sha256(size)
+    hasher.update(data)
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
