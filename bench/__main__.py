@@ -26,6 +26,7 @@ from . import (
     density,
     http_serving,
     instance_start,
+    pod_start,
     report,
     start_cmd,
     supply_chain,
@@ -47,6 +48,7 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "http": http_serving.run,
     "http_start": http_serving.run_first_answer,
     "cli": cli.run,
+    "pod_start": pod_start.run,
 }
 REPO = Path(__file__).resolve().parents[1]
 # scripts/setup.sh --with wasmtime-cli links it into .tools/bin; the cargo root is where it builds it.

@@ -6,8 +6,12 @@ e2e/conftest.py's `shim_on_node_a` fixture does (link, `wasm-shim containerd-con
 RuntimeClass, the node label), measures, and always tears the cluster down again. `measure()` is the figure itself
 and needs only a cluster with the shim on the node; e2e/test_bench_cluster.py runs it on the e2e session cluster.
 
-For each variant in turn on the same node (runc; then wasm "cold": no shim daemon yet and the component not yet
-compiled, so the first pods pay both; then wasm "warm": the daemon still up and the compiled component cached),
+The shim goes on with the options `wasm-shim node install` writes by default (the chart's warm.keepDaemon: the daemon
+never idles out) and with the wasm server's image in `warm_images`. For each variant in turn on the same node
+(runc; then wasm "cold": the node made fresh — no shim daemon, an empty compiled cache — and the pods arriving
+without the installer's warm-up, so the first ones pay the daemon's start and the compile; then wasm "after install":
+the node made fresh again, then the installer's warm-up (shim/node/warmup.py: the daemon started through CRI, the
+image compiled) as `helm install` runs it; then wasm "warm": the daemon up and the component compiled),
 a Deployment pinned to the node, created at 0 replicas, is scaled to N; a watch on its pods, opened at the
 list's resourceVersion before the scale, timestamps on the client (time.monotonic, milliseconds) when each pod
 is first seen and first reported Ready. Measured:
@@ -76,18 +80,23 @@ class Variant:
     command: list[str] | None = None
     args: list[str] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    prepare: str = ""  # "fresh": no daemon, empty cache before the scale-up; "installed": fresh, then the warm-up
 
 
 RUNC = Variant("runc, busybox httpd", None, images.BUSYBOX, command=["/bin/busybox", "httpd", "-f", "-p", "8080"])
-# First on the node: no shim daemon yet, the component not yet compiled (the runner compiles it at first start).
+# A fresh node: no shim daemon, the component not yet compiled (the runner compiles it at first start).
 WASM = Variant("wasm-shim cold", "wasmtime", images.WASM_NET, args=["listen", "0.0.0.0", "8080", "0"],
-               annotations={"wasm.shim.io/network": "tcp-listen=*:8080"})
-# Right after: the daemon still up (idle_timeout 300 s) and the compiled component in the node's cache.
-WASM_WARM = dataclasses.replace(WASM, label="wasm-shim warm")
+               annotations={"wasm.shim.io/network": "tcp-listen=*:8080"}, prepare="fresh")
+# A fresh node after the installer's warm-up: the first pod after `helm install`.
+WASM_INSTALLED = dataclasses.replace(WASM, label="wasm-shim after install", prepare="installed")
+# Right after: the daemon up (never idles out) and the compiled component in the node's cache.
+WASM_WARM = dataclasses.replace(WASM, label="wasm-shim warm", prepare="")
 # Not a server: a core-wasm module (the sleep guest) runs as a thread of the daemon, not in a runner process;
 # it shows what the per-pod memory is without a process per guest.
 WASM_MODULE = Variant("wasm-shim module (sleep)", "wasmtime", images.WASM_SLEEP, args=["3600"])
-VARIANTS = (RUNC, WASM, WASM_WARM, WASM_MODULE)
+VARIANTS = (RUNC, WASM, WASM_INSTALLED, WASM_WARM, WASM_MODULE)
+WARM_GOAL = 1.2  # the first pods after install within 1.2x of warm ones
+SHIM_OPTIONS = ("idle_timeout=never", f"warm_images={images.WASM_NET}")  # the installer's keep-warm, this image
 
 
 @dataclass
@@ -288,6 +297,10 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
     from kubernetes import client
 
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    if variant.prepare:
+        fresh_node(state, node, log)
+    if variant.prepare == "installed":
+        warm_node(state, node, log)
     name = f"bench-{'wasm' if variant.runtime_class else 'runc'}-{uuid.uuid4().hex[:6]}"
     selector = f"app={name}"
     result = ScaleResult(variant, replicas)
@@ -357,6 +370,47 @@ def measure(api: object, state: cl.State, replicas: int = REPLICAS, node: str = 
     return figure
 
 
+CACHE_DIR = "/var/lib/wasm-shim/cache"  # the shim's default cache_dir, inside the node
+
+
+def fresh_node(state: cl.State, node: str, log: Callable[[str], None]) -> None:
+    """The node as before its first wasm pod: our daemons stopped (SIGTERM, by pid), the compiled cache emptied."""
+    import signal
+
+    from wasm_shim.shim.launch.binary import DAEMON_MODULE
+
+    runtime, _ = node_processes(state, node)
+    daemons = [pid for pid in runtime if DAEMON_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+               .split(b"\0")] if runtime else []
+    for pid in daemons:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in daemons):
+        if time.monotonic() > deadline:
+            raise cl.ClusterError(f"shim daemons {daemons} on {node} still there 30 s after SIGTERM")
+        time.sleep(0.1)
+    done = cl.node_exec(state, cl.node_by_name(node), ["sh", "-c", f"rm -rf {CACHE_DIR}/*"])
+    if done.returncode != 0:
+        raise cl.ClusterError(f"emptying {CACHE_DIR} on {node}: {done.stderr.strip()}")
+    log(f"  cluster: {node} made fresh ({len(daemons)} daemon(s) stopped, the compiled cache emptied)")
+
+
+def warm_node(state: cl.State, node: str, log: Callable[[str], None]) -> None:
+    """What `wasm-shim node install --warm-timeout` does after the install (the images are preloaded: no pull)."""
+    script = ("import sys; from wasm_shim.shim.node.warmup import warm_up; "
+              f"w = warm_up('/run/containerd/containerd.sock', 'wasmtime', [{images.WASM_NET!r}], "
+              f"'{CACHE_DIR}/warm-status.json', 300, print, pull=False); print('warnings:', w)")
+    began = time.monotonic()
+    done = cl.node_exec(state, cl.node_by_name(node), [str(ROOT / ".venv" / "bin" / "python"), "-c", script],
+                        timeout=400)
+    if done.returncode != 0:  # a warning (e.g. a shim put on without warm_images) is in the log, not an error
+        raise cl.ClusterError(f"warm-up on {node}: {done.stdout.strip()} {done.stderr.strip()}")
+    log(f"  cluster: {node} warmed in {time.monotonic() - began:.1f} s: {done.stdout.strip()}")
+
+
 def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) -> None:
     base = next((r for r in results if r.variant.runtime_class is None), None)
     errors = [f"{r.variant.label}: {r.error}" for r in results if r.error]
@@ -401,16 +455,26 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                 met=(m_ratio <= WASM_GOAL_MEMORY if not math.isnan(m_ratio) else None) if is_wasm else None),
         ]
         figure.series[label] = r.per_pod_watch_s
+    installed = next((r for r in results if r.variant.prepare == "installed"), None)
+    warm = next((r for r in results if r.variant is WASM_WARM or r.variant.label == WASM_WARM.label), None)
+    if installed is not None and warm is not None:
+        w_ratio = ratio(installed.all_ready_s, warm.all_ready_s)
+        figure.rows.append(Row(f"{installed.variant.label} vs warm: all {replicas} Ready", "s",
+                               summarize([installed.all_ready_s] if not math.isnan(installed.all_ready_s) else []),
+                               vs_baseline=w_ratio, goal=f"<= {WARM_GOAL}x warm",
+                               met=w_ratio <= WARM_GOAL if not math.isnan(w_ratio) else None,
+                               note=f"warm: {warm.all_ready_s:.1f} s; the 'vs' column here is against warm"))
     figure.notes += [
         "all Ready: the scale request sent -> the last pod seen Ready by a watch (client clock, ms resolution)",
         "per pod, watch: pod first seen by the watch -> seen Ready (client clock); per pod, API timestamps: "
         "creationTimestamp -> Ready lastTransitionTime (1-second resolution)",
         f"PSS: smaps_rollup summed over {node}'s runtime processes (shims, our daemon, component runners, pause "
         "and container processes) and containerd, each minus the idle value just before the scale-up, / pods",
-        "variants ran one after the other: runc; wasm-shim cold (no shim daemon on the node, the component not yet "
-        "compiled); wasm-shim warm (the daemon still up, so its own PSS is in the idle baseline, and the compiled "
-        "component cached); wasm-shim module: the sleep guest, a core-wasm module run as a daemon thread (no runner "
-        "process), after the others",
+        "variants ran one after the other: runc; wasm-shim cold (the node made fresh: no shim daemon, empty compiled "
+        "cache, no warm-up); wasm-shim after install (made fresh, then the installer's warm-up: the daemon started "
+        "through CRI and the component compiled, so the daemon's PSS is in the idle baseline); wasm-shim warm (the "
+        "daemon up, the component compiled); wasm-shim module: the sleep guest, a core-wasm module run as a daemon "
+        "thread (no runner process), after the others",
     ]
     figure.commands = [
         f"Deployment pinned to {node} (nodeSelector kubernetes.io/hostname), imagePullPolicy Never, "
@@ -440,7 +504,8 @@ def install_shim(api: object, state: cl.State, nodes: Sequence[str] = (NODE,)) -
                 raise cl.ClusterError(f"{' '.join(argv)} on {node}: {done.stderr.strip()}")
 
         node_ok("ln", "-sfn", str(ROOT / ".venv" / "bin" / "containerd-shim-wasmtime-v1"), SHIM_LINK)
-        node_ok(str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG)
+        options = [arg for option in SHIM_OPTIONS for arg in ("--option", option)]
+        node_ok(str(ROOT / ".venv" / "bin" / "wasm-shim"), "containerd-config", "--merge", CONFIG, *options)
         node_ok(f"{NODE_SUPPORT_DIR}/restart-containerd")
         client.CoreV1Api(api).patch_node(node, {"metadata": {"labels": rc["scheduling"]["nodeSelector"]}})
     client.NodeV1Api(api).create_runtime_class(rc)

@@ -43,6 +43,7 @@ class Counts:
     http_rounds: int
     http_seconds: float
     http_connections: tuple[int, ...]
+    pod_runs: int
 
 
 FULL = Counts(
@@ -63,6 +64,7 @@ FULL = Counts(
     http_rounds=3,
     http_seconds=10.0,
     http_connections=(1, 16),
+    pod_runs=12,
 )
 QUICK = Counts(
     cold_iterations=1,
@@ -82,6 +84,7 @@ QUICK = Counts(
     http_rounds=1,
     http_seconds=2.0,
     http_connections=(1, 16),
+    pod_runs=2,
 )
 
 

@@ -61,6 +61,7 @@ _MAX_SOCKET_PATH = 100
 _MAX_SHIM_SOCKET_DIR = 42
 _RUNC_ROOT = Path("/run/containerd/runc")  # runc shim's default `--root` (1.6 and 2.x), namespaced below
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_HINT_DIR = Path("/run/wasm-shim/start-hints")  # shim/launch/contract.py HINT_DIR
 _CNI_BIN_DIR = "/usr/lib/cni"  # Debian containernetworking-plugins
 _TASK_COMMANDS = ("task", "tasks", "t")  # ctr's names (and aliases) for its task command
 _CONTAINER_COMMANDS = ("container", "containers", "c")
@@ -407,6 +408,13 @@ class Containerd:
             with suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode):
                     os.unlink(path)
+        # The start hints our shim binary left for this instance's daemons (shim/launch/fast_start.c): each names
+        # its daemon's socket on its second line.
+        sockets = [str(d) + os.sep for d in (self.shim_socket_dir, self.socket_dir) if d is not None]
+        for hint in _safe_iterdir(_HINT_DIR):
+            with suppress(OSError, IndexError):
+                if sockets and hint.read_text(errors="replace").split("\n")[1].startswith(tuple(sockets)):
+                    hint.unlink()
 
 
 def _text(value: str | bytes | None) -> str:

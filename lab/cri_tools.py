@@ -53,10 +53,13 @@ class CrictlError(HarnessError):
         self.stderr = stderr
 
 
-def containerd_config_table(kind: Kind, *options: str, handler: str = HANDLER) -> str:
-    """Our runtime table, exactly as the operator gets it: from `wasm-shim containerd-config`."""
+def containerd_config_table(kind: Kind, *options: str, handler: str = HANDLER, sandboxer: str = "") -> str:
+    """Our runtime table, exactly as the operator gets it: from `wasm-shim containerd-config` (``sandboxer``:
+    its --sandboxer, containerd 2.x only; "" = the CLI's default)."""
     argv = [str(WASM_SHIM), "containerd-config", "--config-version", "2" if kind in CONFIG_V2_KINDS else "3",
             "--handler", handler]
+    if sandboxer:
+        argv += ["--sandboxer", sandboxer]
     for option in options:
         argv += ["--option", option]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)

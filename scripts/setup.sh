@@ -13,7 +13,9 @@
 #   4. the component runner (runner/, cargo): built once per source change into ~/.cache/wasm-shim/cargo and
 #      linked into .venv/bin (where the daemon looks for it) and .tools/bin
 #   4b. optional: the component runner linked against an older glibc (--with runner-glibc; cargo-zigbuild + zig)
-#   4c. optional: the node bundle's toolchain for old nodes (--with bundle-floor; implies runner-glibc): CPython
+#   4c. the pod sandbox holder (shim/sandbox/holder.c, cc -static): built once per source change into
+#      ~/.cache/wasm-shim/sandbox-holder-<key> and linked into .venv/bin and .tools/bin
+#   4d. optional: the node bundle's toolchain for old nodes (--with bundle-floor; implies runner-glibc): CPython
 #       and its C libraries from Debian's source built with zig against glibc 2.28, wheels for it
 #   5. optional: the wasmtime CLI (--with wasmtime-cli), built once with cargo into ~/.cache/wasm-shim/cargo
 #   6. bytecode for shim/ and oci/ (compileall: every container start execs the shim binary twice)
@@ -58,7 +60,7 @@ APT_PACKAGES=(
   containerd runc containernetworking-plugins docker-registry
   clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt busybox-static
   iproute2 iptables python3 python3-venv git ca-certificates
-  patchelf binutils wrk tinyproxy-bin stunnel4
+  patchelf binutils wrk tinyproxy-bin stunnel4 gcc libc6-dev
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,9 +234,25 @@ import sys
 sys.path.insert(0, \"$PKGROOT\")
 from wasm_shim.shim.launch.binary import main
 sys.exit(main())"
-if [[ "$(cat "$VENV/bin/containerd-shim-wasmtime-v1" 2>/dev/null)" != "$launcher" ]]; then
-  printf '%s\n' "$launcher" >"$VENV/bin/containerd-shim-wasmtime-v1.tmp"
-  chmod 0755 "$VENV/bin/containerd-shim-wasmtime-v1.tmp"
+if [[ "$(cat "$VENV/bin/containerd-shim-wasmtime-v1.py" 2>/dev/null)" != "$launcher" ]]; then
+  printf '%s\n' "$launcher" >"$VENV/bin/containerd-shim-wasmtime-v1.py.tmp"
+  chmod 0755 "$VENV/bin/containerd-shim-wasmtime-v1.py.tmp"
+  mv -f "$VENV/bin/containerd-shim-wasmtime-v1.py.tmp" "$VENV/bin/containerd-shim-wasmtime-v1.py"
+fi
+# In front of it, what containerd execs: shim/launch/fast_start.c answers `start` for a daemon already up from the
+# hint the launcher left, and execs the launcher beside its real path for everything else. Static, keyed by a hash
+# of its source; a copy, not a link, so that "beside its real path" is .venv/bin.
+fast_key="$(sha256sum "$ROOT/shim/launch/fast_start.c" | cut -c1-16)"
+fast_dir="$CACHE/fast-start-$fast_key"
+if [[ ! -x "$fast_dir/containerd-shim-wasmtime-v1" ]]; then
+  say "building the shim binary's fast start (shim/launch/fast_start.c) with cc"
+  mkdir -p "$fast_dir"
+  run cc-fast-start cc -O2 -static -s -Wall -Wextra -Werror -o "$fast_dir/.tmp-fast-start" \
+    "$ROOT/shim/launch/fast_start.c"
+  mv -f "$fast_dir/.tmp-fast-start" "$fast_dir/containerd-shim-wasmtime-v1"
+fi
+if ! cmp -s "$fast_dir/containerd-shim-wasmtime-v1" "$VENV/bin/containerd-shim-wasmtime-v1"; then
+  cp "$fast_dir/containerd-shim-wasmtime-v1" "$VENV/bin/containerd-shim-wasmtime-v1.tmp"
   mv -f "$VENV/bin/containerd-shim-wasmtime-v1.tmp" "$VENV/bin/containerd-shim-wasmtime-v1"
 fi
 # `wasm-shim` the same way: scripts run its registry commands the way they run oras and cosign, so its start is paid
@@ -437,7 +455,24 @@ if selected runner-glibc optional; then
   exec 9>&-
 fi
 
-# --- 4c. the node bundle's toolchain for old nodes (optional: --with bundle-floor) ---------------------------------
+# --- 4c. the pod sandbox holder ------------------------------------------------------------------------------
+# On containerd 2.x the daemon holds each pod's namespaces with one small process (shim/sandbox/holder.c);
+# static, so the node bundle can carry it to any node. Keyed by a hash of its source; a compile takes a second.
+holder_key="$(sha256sum "$ROOT/shim/sandbox/holder.c" | cut -c1-16)"
+holder_dir="$CACHE/sandbox-holder-$holder_key"
+if [[ ! -x "$holder_dir/wasm-shim-sandbox-holder" ]]; then
+  say "building the pod sandbox holder (shim/sandbox/holder.c) with cc"
+  mkdir -p "$holder_dir"
+  run cc-sandbox-holder cc -O2 -static -s -Wall -Wextra -Werror -o "$holder_dir/.tmp-holder" \
+    "$ROOT/shim/sandbox/holder.c"
+  mv -f "$holder_dir/.tmp-holder" "$holder_dir/wasm-shim-sandbox-holder"
+fi
+for link in "$VENV/bin/wasm-shim-sandbox-holder" "$TOOLS_BIN/wasm-shim-sandbox-holder"; do
+  [[ "$(readlink "$link" 2>/dev/null)" == "$holder_dir/wasm-shim-sandbox-holder" ]] \
+    || ln -sfn "$holder_dir/wasm-shim-sandbox-holder" "$link"
+done
+
+# --- 4d. the node bundle's toolchain for old nodes (optional: --with bundle-floor) ---------------------------------
 # What `wasm-shim bundle build --floor` (and `make bundle`, when it is there) builds from, in .tools/bundle-floor:
 #   python/          CPython 3.11 from Debian's source with OpenSSL, libffi, zlib, bzip2, xz and expat, compiled
 #                    with zig against glibc BUNDLE_FLOOR_GLIBC (scripts/bundle-floor/build-python.sh; 15-30 minutes

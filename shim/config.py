@@ -14,7 +14,9 @@ This module is imported by the lean `start`/`delete` path: stdlib only, nothing 
 
 from __future__ import annotations
 
-import os
+# `posix`, not `os`: this module is on every container start, the interpreter has `posix` loaded already, and
+# `os` would import posixpath, stat and _collections_abc (about a millisecond, -X importtime).
+import posix
 
 # No dataclasses/typing/collections.abc at run time: this module is on every container start (`dataclasses`
 # alone was measured at tens of ms under load: it imports inspect and compiles code per class).
@@ -41,13 +43,15 @@ class ShimConfig:
     __slots__ = ("grouping", "idle_timeout", "cache_dir", "socket_dir", "log_level", "component_runner", "policy",
                  "artifact_dir", "artifact_cache_mb", "artifact_registries", "metrics_address",
                  "registry_config_path", "registry_docker_config", "registry_ca_bundle", "https_proxy", "http_proxy",
-                 "no_proxy", "metrics_dir", "tracing_endpoint", "tracing_protocol")
+                 "no_proxy", "metrics_dir", "tracing_endpoint", "tracing_protocol", "warm_images")
 
     #: grouping: which containers share one daemon. "namespace": every wasm container of one containerd (address)
     #:   and namespace on the node (densest; the default). "pod": one daemon per pod (keyed by the CRI annotation
     #:   io.kubernetes.cri.sandbox-id; a container outside a pod gets its own). "container": one daemon each.
     #: idle_timeout: seconds an idle daemon (no tasks, no connections) stays up so the next container skips
-    #:   interpreter start, imports and compilation. 0 exits as soon as the last task is deleted.
+    #:   interpreter start, imports and compilation. 0 exits as soon as the last task is deleted; "never" keeps it
+    #:   up for good while its config is current (the installer's keep-warm: an options file that changed or went
+    #:   away makes it idle out as with the default).
     #: cache_dir: compiled modules (AOT cache, keyed by content digest). Must be root-owned; created 0700.
     #: socket_dir: the daemons' unix sockets (containerd 2.3+ may pass its own `socket_dir`, which wins).
     #: component_runner: the program each process-isolated component runs in (runner/; the only one that honours
@@ -81,6 +85,9 @@ class ShimConfig:
     #:   The policy's `[registry] ca_bundle` (which replaces the system's) wins over it.
     #: https_proxy, http_proxy, no_proxy: the proxies of those lookups (oci/proxy.py: Go's rules); "" = the
     #:   daemon's environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, inherited from containerd's).
+    #: warm_images: images (in containerd's image store, namespace k8s.io) whose wasm the daemon compiles into its
+    #:   cache as soon as it starts, so their first container finds it compiled (shim/daemon/warm.py); a TOML list
+    #:   or one string of references separated by commas. Empty (the default): nothing ahead of time.
     DEFAULTS: dict[str, Any] = {
         "grouping": "namespace",
         "idle_timeout": 300.0,
@@ -102,6 +109,7 @@ class ShimConfig:
         "metrics_dir": "",
         "tracing_endpoint": "",
         "tracing_protocol": "",
+        "warm_images": (),
     }
 
     grouping: str
@@ -124,6 +132,7 @@ class ShimConfig:
     metrics_dir: str
     tracing_endpoint: str
     tracing_protocol: str
+    warm_images: tuple[str, ...]
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.DEFAULTS)
@@ -163,10 +172,13 @@ class ShimConfig:
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     if key == "idle_timeout":
+        if value == "never":
+            return float("inf")
         try:
             seconds = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{origin}: idle_timeout must be a number of seconds, got {value!r}") from None
+            raise ConfigError(f"{origin}: idle_timeout must be a number of seconds or \"never\", "
+                              f"got {value!r}") from None
         if seconds < 0:
             raise ConfigError(f"{origin}: idle_timeout must not be negative, got {value!r}")
         return seconds
@@ -180,6 +192,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         return size
     if key == "artifact_registries":
         return _registry_entries(value, origin)
+    if key == "warm_images":
+        return _image_list(value, origin)
     if not isinstance(value, str):
         raise ConfigError(f"{origin}: {key} must be a string, got {value!r}")
     if key == "grouping" and value not in GROUPINGS:
@@ -188,7 +202,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key == "metrics_address" and value:
         parse_metrics_address(value, origin)
-    if key == "registry_config_path" and not all(os.path.isabs(d) for d in value.split(":") if d):
+    if key == "registry_config_path" and not all(d.startswith("/") for d in value.split(":") if d):
         raise ConfigError(f"{origin}: registry_config_path must be absolute directories separated by ':', got "
                           f"{value!r}")
     if key in ("https_proxy", "http_proxy") and value and "://" in value and \
@@ -203,7 +217,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
                        "metrics_dir") and value == ""
     paths = ("cache_dir", "socket_dir", "component_runner", "policy", "artifact_dir", "registry_docker_config",
              "registry_ca_bundle", "metrics_dir")
-    if key in paths and not optional and not os.path.isabs(value):
+    if key in paths and not optional and not value.startswith("/"):
         raise ConfigError(f"{origin}: {key} must be an absolute path, got {value!r}")
     return value.lower() if key == "log_level" else value
 
@@ -230,6 +244,22 @@ def _registry_entries(value: Any, origin: str) -> tuple[str, ...]:
         if problem:
             raise ConfigError(f"{origin}: artifact_registries entry {entry!r}: {problem}")
     return tuple(entries)
+
+
+def _image_list(value: Any, origin: str) -> tuple[str, ...]:
+    """`warm_images` as a tuple of image references, from a list or a comma-separated string (the reference grammar
+    is oci/reference.py's, applied when the daemon looks the image up: this module is on every container start)."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{origin}: warm_images must be a list of image references (or one string of them "
+                          f"separated by commas), got {value!r}")
+    for item in items:
+        if item and (any(c.isspace() for c in item) or item.startswith("-")):
+            raise ConfigError(f"{origin}: warm_images entry {item!r} is not an image reference")
+    return tuple(item for item in items if item)
 
 
 def _registry_entry_problem(entry: str) -> str:
@@ -260,7 +290,7 @@ def parse_metrics_address(value: str, origin: str = "metrics_address") -> tuple[
     if value.startswith("unix:"):
         path = value[len("unix:"):]
         path = path[2:] if path.startswith("//") else path  # unix:///path, containerd's spelling
-        if not os.path.isabs(path):
+        if not path.startswith("/"):
             raise ConfigError(f"{origin}: metrics_address {value!r}: a unix socket needs an absolute path "
                               "(unix:/run/wasm-shim/metrics.sock)")
         return path
@@ -302,6 +332,19 @@ def _read_file(path: str) -> str:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
+def _environ() -> dict[str, str]:
+    return {key.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+            for key, value in posix.environ.items()}
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True
+
+
 def load_config(
     *,
     options_body: str = "",
@@ -309,10 +352,10 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> ShimConfig:
     """Build the effective config from every source (see the module docstring for the order)."""
-    env = os.environ if environ is None else environ
+    env = _environ() if environ is None else environ
     config = ShimConfig()
     node_file = env.get("WASM_SHIM_CONFIG", DEFAULT_CONFIG_FILE)
-    if node_file and os.path.exists(node_file):
+    if node_file and _exists(node_file):
         config = config.merged(parse_toml(_read_file(node_file), node_file), node_file)
     if options_path:
         config = config.merged(parse_toml(_read_file(options_path), options_path), options_path)

@@ -67,7 +67,8 @@ def _cmd_containerd_config(args: argparse.Namespace) -> int:
             except tomllib.TOMLDecodeError as exc:
                 return fail(f"{args.merge} is not valid TOML: {exc}")
     try:
-        table = RuntimeTable(2 if version is None else version, args.handler, options, args.config_path or "")
+        table = RuntimeTable(2 if version is None else version, args.handler, options, args.config_path or "",
+                             sandboxer=args.sandboxer or "")
         if not args.merge:
             sys.stdout.write(table.render())
             return 0
@@ -189,6 +190,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
             restart=not args.no_restart, restart_command=args.restart_command or "", cri_socket=args.cri_socket or "",
             restart_timeout=args.restart_timeout, policy_dir=args.policy_dir or "", handler=args.handler,
             runtime_type=args.runtime_type, shim_binary=args.shim_binary or "",
+            warm_timeout=args.warm_timeout,
         )
         node = Node(options)
     except (ValueError, InstallError) as exc:
@@ -289,13 +291,18 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     from ..node.build import BuildError, build, floor_source
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # shim/cli/ -> the clone
-    runner = args.runner or ("" if args.floor else shutil.which(
-        "wasm-shim-component-runner", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]) or "")
+    search = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    runner = args.runner or ("" if args.floor else shutil.which("wasm-shim-component-runner", path=search) or "")
+    # Static programs (no glibc symbols): the same files serve the floor bundle.
+    holder = shutil.which("wasm-shim-sandbox-holder", path=search) or ""
+    # The venv's copy (setup.sh puts the real file there, in front of its .py launcher).
+    fast_start = os.path.join(os.path.dirname(sys.executable), "containerd-shim-wasmtime-v1")
     try:
         source = None
         if args.floor:
             source = floor_source(os.path.join(repo, ".tools", "bundle-floor") if args.floor is True else args.floor)
-        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "", source=source)
+        info = build(args.out, repo=repo, runner=os.path.realpath(runner) if runner else "",
+                     holder=os.path.realpath(holder) if holder else "", fast_start=fast_start, source=source)
     except (BuildError, OSError) as exc:
         sys.stderr.write(f"wasm-shim bundle build: {exc}\n")
         return 1
@@ -366,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a shim option for the options table (e.g. grouping=pod); repeatable; containerd 1.7+")
     cc.add_argument("--config-path", metavar="FILE",
                     help="emit ConfigPath = FILE instead of inline options (the only form containerd 1.6 passes)")
+    cc.add_argument("--sandboxer", choices=("shim", "podsandbox"),
+                    help="containerd 2.x only: who makes each pod's sandbox; shim (the default: the shim holds the "
+                    "pod's namespaces, no pause container) or podsandbox (CRI's pause container, run by the shim "
+                    "through runc)")
     cc.add_argument("--merge", metavar="FILE",
                     help="merge the table into this containerd config file (backup FILE.bak; no change if it is "
                     "already there)")
@@ -426,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "most N nodes restart at once; needs --node-name")
     node.add_argument("--max-concurrent-restarts", type=int, default=1, metavar="N",
                       help="how many of those Leases there are (default 1)")
+    node.add_argument("--warm-timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="install: then warm the node (start its shim daemon through containerd, pull and compile "
+                      "the warm_images option's images) and wait at most SECONDS for it before reporting the node "
+                      "ready; problems are warnings (default 0: no warm-up)")
     node.add_argument("--node-name", help="the Node object to label (default: $NODE_NAME; none: no label)")
     node.add_argument("--event-namespace", default="default", help="namespace of the Node events (default: default, "
                       "the only one the API server allows for events about a Node)")

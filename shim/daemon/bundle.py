@@ -83,6 +83,12 @@ def guest_mounts(spec: dict[str, Any]) -> tuple[GuestMount, ...]:
     return tuple(mounts)
 
 
+def first_arg(bundle: Bundle) -> str:
+    """process.args[0] as written ("" when there is none: guest_spec says what is wrong)."""
+    args = (bundle.spec.get("process") or {}).get("args") or []
+    return str(args[0]) if args else ""
+
+
 def guest_spec(task_id: str, bundle: Bundle) -> GuestSpec:
     process = bundle.spec.get("process") or {}
     args = process.get("args") or []

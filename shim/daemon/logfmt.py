@@ -8,7 +8,9 @@ shims use (logrus' text format), so one grep or one log pipeline reads container
 
 - ``time`` is UTC, RFC 3339 with milliseconds; ``level`` is debug, info, warning or error.
 - ``task`` and ``namespace`` appear when the record carries them (``extra={"task": ..., "namespace": ...}``):
-  every info line about one task's lifecycle does (task_service.py).
+  every info line about one task's lifecycle does (task_service.py). ``received_ns`` and ``done_ns`` (the
+  wall-clock nanoseconds a Create or Start was received and answered) follow on "task created" and "task started":
+  bench/instance_start.py reads them, so the daemon is measured at the level it runs at.
 - A value is quoted (Go ``%q`` style: backslash, quote, newline, tab and other control characters escaped) when
   it is empty or holds a space, ``=``, a quote or a control character, so a line never breaks in two: a traceback
   becomes the ``error`` value.
@@ -21,7 +23,7 @@ import time
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@,+[]()#%")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-CONTEXT_KEYS = ("task", "namespace")
+CONTEXT_KEYS = ("task", "namespace", "received_ns", "done_ns")
 
 
 def quote(value: str) -> str:

@@ -6,8 +6,12 @@ event publisher, logging, signals and the decision to exit.
 Lifecycle of the process:
 - Spawned by `start` with fd 3 = a bound, listening unix socket, stdin/stdout = /dev/null, stderr = the first
   bundle's `log` FIFO (containerd copies it into its log), in its own session (not in containerd's process group).
-- Serves until it has been idle — no tasks and no client connections — for `idle_timeout` seconds, so back-to-back
-  containers skip interpreter start, imports and compilation. Shutdown requests do not end it while tasks remain.
+- Serves until it has been idle — no tasks, no pod sandboxes and no client connections — for `idle_timeout`
+  seconds, so back-to-back containers skip interpreter start, imports and compilation. Shutdown requests do not end
+  it while tasks remain. With `idle_timeout = "never"` (the installer's keep-warm) it stays while its config is
+  current: once the options file or the node config file it was started from changes into another config (an
+  upgrade, an uninstall), it is superseded and exits as soon as it is idle.
+- With `warm_images` set, compiles those images on a thread of their own as soon as it serves (warm.py).
 - Exits under the group lock that `start` takes, after removing its socket, so a concurrent `start` either sees
   the old daemon alive (and it stays) or no socket (and launches a new one). SIGTERM/SIGINT: kill every guest,
   flush events, exit.
@@ -29,7 +33,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..config import ConfigError, ShimConfig, load_config
+from ..config import DEFAULT_CONFIG_FILE, ConfigError, ShimConfig, load_config
 from .tracing import NO_TRACING, Tracing, tracing_from
 
 if TYPE_CHECKING:
@@ -71,7 +75,7 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     instance-start path about a millisecond per line (profiled).
     """
     import queue
-    from logging.handlers import QueueHandler, QueueListener
+    from logging.handlers import QueueListener
 
     from .logfmt import LogfmtFormatter
 
@@ -88,9 +92,18 @@ def _setup_logging(debug: bool, level: str, log_file: str) -> logging.handlers.Q
     listener = QueueListener(records, *handlers, respect_handler_level=True)
     listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [QueueHandler(records)]
+    root.handlers[:] = [_RecordQueue(records)]
     root.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
     return listener
+
+
+class _RecordQueue(logging.handlers.QueueHandler):
+    """Hands the record itself to the listener thread, which formats it: QueueHandler's own ``prepare`` formats a
+    copy in the caller (so it could be pickled to another process), which put that work on the path of every
+    Create and Start. The queue never leaves this process."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
 
 
 def _worker_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -118,6 +131,8 @@ class Daemon:
         self.group = ""  # the grouping's key this daemon serves (`start` passes it: pod:SANDBOX, namespace, ...)
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
+        self._sources = _config_sources()  # the files the config was read from, and their stat at start
+        self._superseded = False
 
     @property
     def daemon_id(self) -> str:
@@ -131,9 +146,11 @@ class Daemon:
     async def run(self) -> None:
         from ..engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
         from ..engines.wasmtime import WasmtimeEngine
+        from ..sandbox.holder import Holders, find_holder
+        from ..sandbox.service import SandboxService
         from ..ttrpc.server import Server
         from .events import EventQueue, TtrpcForwarder
-        from .rpc import task_handlers
+        from .rpc import sandbox_handlers, task_handlers
         from .task_service import TaskService
 
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
@@ -147,7 +164,12 @@ class Daemon:
         events.start()
         self.tasks = TaskService([engine, native], events, on_empty=self._touch, entrypoints=self.entrypoints,
                                  tracer=self.tracing)
+        # Pods whose CRI table says `sandboxer = "shim"` (containerd 2.x): each held by a holder process.
+        holder_binary = find_holder()
+        holders = Holders(holder_binary) if holder_binary else None
+        self.sandboxes = SandboxService(holders, on_empty=self._touch)
         handlers = self.tracing.traced(task_handlers(self.tasks, self.namespace))
+        handlers.update(sandbox_handlers(self.sandboxes, self.namespace))
         metrics = None
         if self.config.metrics_address or self.config.metrics_dir:
             from .metrics import Metrics  # off by default (config.py); prometheus_client is imported only then
@@ -166,12 +188,18 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        log.info("daemon serving %s (namespace %s, grouping %s, idle timeout %.0fs)",
-                 self.socket_path, self.namespace, self.config.grouping, self.config.idle_timeout)
+        log.info("daemon serving %s (namespace %s, grouping %s, idle timeout %s)",
+                 self.socket_path, self.namespace, self.config.grouping,
+                 "never" if self.config.idle_timeout == float("inf") else f"{self.config.idle_timeout:.0f}s")
+        if self.config.warm_images:
+            _start_warming(self.config, engine)
         try:
             await self._serve_until_done(server)
         finally:
             await self.tasks.kill_all()
+            await self.sandboxes.stop_all()
+            if holders is not None:
+                await loop.run_in_executor(None, holders.close)
             # No runc container and no runner process outlives the daemon; the wasmtime engine's compiled code,
             # ticker and watcher go with it.
             for closing in (native, engine):
@@ -189,7 +217,7 @@ class Daemon:
             log.info("daemon exiting")
 
     def _busy(self, server: Server) -> bool:
-        return bool(self.tasks.tasks) or server.connection_count > 0
+        return bool(self.tasks.tasks) or bool(self.sandboxes.sandboxes) or server.connection_count > 0
 
     async def _serve_until_done(self, server: Server) -> None:
         tick = max(0.05, min(1.0, self.config.idle_timeout / 4 or 0.05))
@@ -202,8 +230,32 @@ class Daemon:
             if self._busy(server):
                 self._touch()
                 continue
-            if time.monotonic() - self._idle_since >= self.config.idle_timeout and self._release_socket(server):
+            timeout = self.config.idle_timeout
+            if timeout == float("inf") and self._config_changed():
+                timeout = 0.0  # superseded: a new daemon serves the current config; this one goes once idle
+            if time.monotonic() - self._idle_since >= timeout and self._release_socket(server):
                 return
+
+    def _config_changed(self) -> bool:
+        """Whether the config this daemon was started from is no longer what its files say (checked by stat; the
+        files are read again only when one changed, and a change that leaves the config as it was is no change)."""
+        if self._superseded:
+            return True
+        now = _config_sources()
+        if now == self._sources:
+            return False
+        self._sources = now
+        env = os.environ
+        try:
+            current = load_config(options_body=env.get("WASM_SHIM_DAEMON_OPTIONS_BODY", ""),
+                                  options_path=env.get("WASM_SHIM_DAEMON_OPTIONS_PATH", ""))
+        except ConfigError as exc:
+            current = None
+            log.info("the config this daemon was started from no longer loads (%s)", exc)
+        if current != self.config:
+            self._superseded = True
+            log.info("this daemon's config is no longer current: it exits once idle")
+        return self._superseded
 
     def _release_socket(self, server: Server) -> bool:
         """Under the group lock: if still idle and nobody is queued on the socket, remove it and say so."""
@@ -236,6 +288,43 @@ async def _bounded(work: asyncio.Future[None], seconds: float, message: str) -> 
         await asyncio.wait_for(work, seconds)
     except TimeoutError:
         log.warning("%s", message)
+
+
+def _config_sources() -> tuple[tuple[str, tuple[int, int, int, int] | None], ...]:
+    """The files a daemon's config came from (the options file containerd named, the node config file) with their
+    (inode, size, mtime, ctime) in ns, or None for one that is not there."""
+    env = os.environ
+    paths = [env.get("WASM_SHIM_DAEMON_OPTIONS_PATH", ""), env.get("WASM_SHIM_CONFIG", DEFAULT_CONFIG_FILE)]
+    found: list[tuple[str, tuple[int, int, int, int] | None]] = []
+    for path in paths:
+        if not path:
+            continue
+        try:
+            st = os.stat(path)
+            found.append((path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+        except OSError:
+            found.append((path, None))
+    return tuple(found)
+
+
+def _start_warming(config: ShimConfig, engine: WasmtimeEngine) -> None:
+    """Compile `warm_images` on a thread of its own (warm.py): minutes for a large component must not hold a worker
+    of the loop's pool."""
+    from ..image.content_store import GRPC_ADDRESS_ENV
+    from .warm import NAMESPACE, Warmer
+
+    address = os.environ.get(GRPC_ADDRESS_ENV, "")
+    if not address:
+        log.warning("warm_images: the daemon was not given containerd's gRPC address; nothing is warmed")
+        return
+
+    def run() -> None:
+        from ..image.containerd import ContainerdClient
+
+        with ContainerdClient(address, NAMESPACE) as client:
+            Warmer(config.warm_images, client, engine.warm, config.cache_dir).run()
+
+    threading.Thread(target=run, name="warm-images", daemon=True).start()
 
 
 def _entrypoints(config: ShimConfig, admission: Admission | None = None,

@@ -1,16 +1,17 @@
-"""ttrpc adapters for the task service: bytes in, message out, nothing else.
+"""ttrpc adapters for the task and sandbox services: bytes in, message out, nothing else.
 
-Owns the method table of `containerd.task.v2.Task` and `containerd.task.v3.Task` (the same methods with
-wire-identical messages, docs/protocol.md "The task service") and the decoding of each request. Handlers are thin:
-decode, call the plain TaskService method, encode (docs/design.md, rule 2). A request that does not decode is
-INVALID_ARGUMENT; methods we do not offer are UNIMPLEMENTED with a message naming them.
+Owns the method tables of `containerd.task.v2.Task` and `containerd.task.v3.Task` (the same methods with
+wire-identical messages, docs/protocol.md "The task service") and of `containerd.runtime.sandbox.v1.Sandbox`
+(containerd 2.x with `sandboxer = "shim"`, shim/sandbox/service.py), and the decoding of each request. Handlers
+are thin: decode, call the plain service method, encode (docs/design.md, rule 2). A request that does not decode
+is INVALID_ARGUMENT; methods we do not offer are UNIMPLEMENTED with a message naming them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -19,9 +20,13 @@ from ..ttrpc.server import CallContext, Handler
 from ..ttrpc.status import Code, RpcError
 from .task_service import TaskService
 
+if TYPE_CHECKING:
+    from ..sandbox.service import SandboxService
+
 log = logging.getLogger(__name__)
 
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+SANDBOX_SERVICE = "containerd.runtime.sandbox.v1.Sandbox"
 
 _UNSUPPORTED = {
     "Exec": task_pb2.ExecProcessRequest,
@@ -78,3 +83,24 @@ def task_handlers(service: TaskService, default_namespace: str) -> dict[tuple[st
     for name, request_type in _UNSUPPORTED.items():
         methods[name] = _adapter(request_type, _refuse(service, name))
     return {(svc, name): handler for svc in TASK_SERVICES for name, handler in methods.items()}
+
+
+def sandbox_handlers(service: SandboxService, default_namespace: str) -> dict[tuple[str, str], Handler]:
+    from ..protos import sandbox_pb2 as sb
+
+    def namespace(ctx: CallContext) -> str:
+        return ctx.namespace or default_namespace
+
+    methods: dict[str, Handler] = {
+        "CreateSandbox": _adapter(sb.CreateSandboxRequest, lambda r, c: service.create(r, namespace(c))),
+        "StartSandbox": _adapter(sb.StartSandboxRequest, lambda r, c: service.start(r, namespace(c))),
+        "Platform": _adapter(sb.PlatformRequest, lambda r, c: service.platform(r, namespace(c))),
+        "StopSandbox": _adapter(sb.StopSandboxRequest, lambda r, c: service.stop(r, namespace(c))),
+        "WaitSandbox": _adapter(sb.WaitSandboxRequest, lambda r, c: service.wait(r, namespace(c))),
+        "SandboxStatus": _adapter(sb.SandboxStatusRequest, lambda r, c: service.status(r, namespace(c))),
+        "PingSandbox": _adapter(sb.PingRequest, lambda r, c: service.ping(r, namespace(c))),
+        "ShutdownSandbox": _adapter(sb.ShutdownSandboxRequest, lambda r, c: service.shutdown(r, namespace(c))),
+        "SandboxMetrics": _adapter(sb.SandboxMetricsRequest, lambda r, c: service.metrics(r, namespace(c))),
+        "UpdateSandbox": _adapter(sb.UpdateSandboxRequest, lambda r, c: service.update(r, namespace(c))),
+    }
+    return {(SANDBOX_SERVICE, name): handler for name, handler in methods.items()}

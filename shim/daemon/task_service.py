@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from ..engines.base import (
     Unsupported,
     killed_status,
 )
+from ..image.registry import ARTIFACT_ANNOTATION
 from ..image.source import EntrypointSource
 from ..protos import events_pb2, task_pb2, task_types_pb2
 from ..ttrpc.status import Code, RpcError
@@ -51,6 +53,7 @@ from . import bundle as bundles
 from .events import EventQueue
 from .identifiers import id_problem
 from .lifecycle import Action, InvalidTransition, Lifecycle, TaskState
+from .rootfs import RootViews
 from .stdio import StdioError, TaskIO, open_task_io
 from .tracing import NO_TRACING, Tracer
 
@@ -137,6 +140,7 @@ class TaskService:
         self._clock = clock
         self.tasks: dict[str, Task] = {}
         self._pending: set[str] = set()  # ids between Create's start and its end
+        self._views = RootViews()  # rootfs.py: the wasm tasks whose rootfs needs no mount
 
     # -- helpers ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -206,7 +210,7 @@ class TaskService:
 
     # -- Task API ----------------------------------------------------------------------------------------------
     async def create(self, req: task_pb2.CreateTaskRequest, namespace: str) -> task_pb2.CreateTaskResponse:
-        received_ns = time.time_ns()  # CreateTask received, wall clock: bench/instance_start.py reads the log
+        received_ns = time.time_ns()  # CreateTask received, wall clock (logged: bench/instance_start.py reads it)
         self._tracer.tag("container.id", req.id)
         self._check_ids(req.id)
         if req.id in self.tasks or req.id in self._pending:
@@ -223,10 +227,9 @@ class TaskService:
         finally:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
-        # bench/instance_start.py reads these wall-clock stamps from the debug log.
         done_ns = time.time_ns()
-        log.info("task created: %s, engine %s", task.spec.args[0], task.engine.name, extra=_context(req.id, namespace))
-        log.debug("timing create %s received_ns=%d done_ns=%d", req.id, received_ns, done_ns)
+        log.info("task created: %s, engine %s", task.spec.args[0], task.engine.name,
+                 extra={**_context(req.id, namespace), "received_ns": received_ns, "done_ns": done_ns})
         self._events.publish(namespace, events_pb2.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events_pb2.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
@@ -242,17 +245,25 @@ class TaskService:
         try:
             bundle = bundles.load_bundle(req.bundle)
             rootfs = bundle.rootfs
+            view = None
             if req.rootfs:
                 specs = [mounts.MountSpec(m.type, m.source, m.target, tuple(m.options)) for m in req.rootfs]
-                mounts.mount_all(specs, rootfs)
-                mounted = True
+                if ARTIFACT_ANNOTATION not in bundle.annotations:  # an artifact's layer is placed in the rootfs
+                    view = self._views.view(specs, bundles.first_arg(bundle))
+                if view is None:
+                    mounts.mount_all(specs, rootfs)
+                    mounted = True
             spec = bundles.guest_spec(req.id, bundle)  # the whole grant, from config.json (bundle.py)
+            lookup = spec
+            if view is not None:  # no mount: the guest's "/" is the view's directory (rootfs.py)
+                spec = dataclasses.replace(spec, rootfs=view.root, root_readonly=spec.root_readonly or view.readonly)
+                lookup = spec if view.layer is None else dataclasses.replace(spec, rootfs=view.layer)
             # Here the grant is known and nothing has been compiled or run: the entrypoint source finds args[0],
             # determines the image the container runs when it must (the policy needs it, or a wasm OCI artifact's
             # empty rootfs lacks args[0]), lets the policy decide on exactly that image, places its wasm layer, and
             # reads args[0] once (shim/image/source.py).
             with self._tracer.span("wasm_shim.entrypoint"):
-                provided = self._entrypoints.provide(spec, namespace)
+                provided = self._entrypoints.provide(lookup, namespace)
             engine = self._engine(provided.entry.kind, f"entrypoint {provided.entry.guest_path}")
             with self._tracer.span("wasm_shim.engine.prepare", {"wasm_shim.engine": engine.name}):
                 prepared = engine.prepare(spec, provided.entry)  # may compile (tens of ms) or load from the cache
@@ -278,7 +289,7 @@ class TaskService:
         )
 
     async def start(self, req: task_pb2.StartRequest, namespace: str | None = None) -> task_pb2.StartResponse:
-        received_ns = time.time_ns()  # Start received, wall clock; logged below for bench/instance_start.py
+        received_ns = time.time_ns()  # Start received, wall clock (logged: bench/instance_start.py reads it)
         self._tracer.tag("container.id", req.id)
         task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.START)
@@ -297,8 +308,8 @@ class TaskService:
             self._guest_exited(task, killed_status(signal.SIGKILL))
             raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
         done_ns = time.time_ns()
-        log.info("task started", extra=_context(task.id, task.namespace))
-        log.debug("timing start %s received_ns=%d done_ns=%d", task.id, received_ns, done_ns)
+        log.info("task started", extra={**_context(task.id, task.namespace), "received_ns": received_ns,
+                                        "done_ns": done_ns})
         task.pid = task.guest.pid or task.pid  # a guest with a process of its own reports it (a container's init)
         self._events.publish(task.namespace, events_pb2.TaskStart(container_id=task.id, pid=task.pid))
         started.set_result(None)

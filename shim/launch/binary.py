@@ -19,14 +19,19 @@ from __future__ import annotations
 # creates its sockets close-on-exec like the wrapper does.
 import _socket
 import fcntl
-import os
+import posix  # not `os` (see contract.py): loaded by the interpreter already
 import sys
 import time
 
-from ..config import ConfigError, ShimConfig, load_config
+from ..config import DEFAULT_CONFIG_FILE, ConfigError, ShimConfig, load_config
 from . import contract
 
+TYPE_CHECKING = False  # not typing's (see contract.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 VERSION = "0.1.0"
+DEVNULL = "/dev/null"
 DAEMON_MODULE = "wasm_shim.shim.daemon.main"
 _START_TIMEOUT = 10.0
 
@@ -50,11 +55,11 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _read_stdin() -> bytes:
     try:
-        if os.isatty(0):
+        if posix.isatty(0):
             return b""
         chunks = []
         while True:
-            chunk = os.read(0, 65536)
+            chunk = posix.read(0, 65536)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -78,11 +83,11 @@ def _daemon_alive(path: str) -> bool:
 def _open_log_fifo(bundle: str) -> int:
     """The bundle's `log` FIFO, which containerd copies into its own log; /dev/null if there is none."""
     try:
-        fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(contract.join(bundle, "log"), posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError:
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return posix.open(DEVNULL, posix.O_WRONLY | posix.O_CLOEXEC)
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~posix.O_NONBLOCK)
     return fd
 
 
@@ -95,7 +100,7 @@ def _spawn_daemon(
     group: str = "",
 ) -> None:
     log_fd = _open_log_fifo(bundle)
-    env = dict(os.environ)
+    env = contract.environ()
     env.update(
         {
             "WASM_SHIM_DAEMON_SOCKET": sock_path,
@@ -111,47 +116,69 @@ def _spawn_daemon(
     # The containerd address is on the command line so operators (and test harnesses) can tell which
     # containerd a daemon belongs to from `ps`.
     argv = [sys.executable, "-m", DAEMON_MODULE, "-address", args.address, "-namespace", args.namespace]
-    os.posix_spawn(
+    posix.posix_spawn(
         sys.executable,
         argv,
         env,
         file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            (os.POSIX_SPAWN_DUP2, listener.fileno(), 3),
+            (posix.POSIX_SPAWN_OPEN, 0, DEVNULL, posix.O_RDONLY, 0),
+            (posix.POSIX_SPAWN_OPEN, 1, DEVNULL, posix.O_WRONLY, 0),
+            (posix.POSIX_SPAWN_DUP2, log_fd, 2),
+            (posix.POSIX_SPAWN_DUP2, listener.fileno(), 3),
         ],
         setsid=True,
     )
-    os.close(log_fd)
+    posix.close(log_fd)
 
 
 def _listen(path: str) -> _socket.socket:
     try:
-        os.unlink(path)  # stale: nobody answered on it
+        posix.unlink(path)  # stale: nobody answered on it
     except FileNotFoundError:
         pass
     listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # socket 0600: only root (containerd) may talk to the daemon
+    old_umask = posix.umask(0o177)  # socket 0600: only root (containerd) may talk to the daemon
     try:
         listener.bind(path)
     finally:
-        os.umask(old_umask)
+        posix.umask(old_umask)
     listener.listen(512)
     return listener
 
 
-def start(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
-    bundle = os.getcwd()
-    start_input = contract.decode_start_input(_read_stdin(), environ)
+def _makedirs(path: str, mode: int) -> None:
+    """``os.makedirs(path, mode, exist_ok=True)`` (a directory that exists is fine; anything else raises)."""
+    try:
+        posix.mkdir(path, mode)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        parent = path.rstrip("/").rpartition("/")[0]
+        if not parent or parent == path:
+            raise
+        _makedirs(parent, mode)
+        try:
+            posix.mkdir(path, mode)
+        except FileExistsError:
+            pass
+
+
+def start(args: contract.ShimArgs, environ: Mapping[str, str]) -> int:
+    bundle = posix.getcwd()
+    stdin = _read_stdin()
+    start_input = contract.decode_start_input(stdin, environ)
     if start_input.options_type:
         return _fail(
             f"unsupported runtime options type {start_input.options_type!r}; "
             f"set `options` for this runtime as {contract.RUNTIME_OPTIONS_TYPE} (config_body TOML)"
         )
+    # The files the config comes from, as they are before they are read: a hint made from them holds only while
+    # they stay so (fast_start.c compares).
+    sources = [p for p in (environ.get("WASM_SHIM_CONFIG", DEFAULT_CONFIG_FILE), start_input.options_path) if p]
+    states = [contract.file_state(p) for p in sources]
     try:
         config: ShimConfig = load_config(
-            options_body=start_input.options_body, options_path=start_input.options_path
+            options_body=start_input.options_body, options_path=start_input.options_path, environ=environ
         )
     except ConfigError as exc:
         return _fail(str(exc))
@@ -165,18 +192,62 @@ def start(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
         return _fail(f"socket path {path} is longer than a unix socket allows (107 bytes): "
                      f"choose a shorter socket_dir than {socket_dir}")
     try:
-        os.makedirs(socket_dir, mode=0o711, exist_ok=True)
-        return _start_group(args, start_input, environ, bundle, path, group)
+        _makedirs(socket_dir, 0o711)
+        answer = _start_group(args, start_input, environ, bundle, path, group)
     except OSError as exc:
         return _fail(f"cannot start the shim daemon for {args.id} (socket {path}): {exc}")
+    if answer is None:
+        return 1
+    if config.grouping == "namespace":  # the container decides nothing: the next start can answer without us
+        _write_hint(contract.hint_key(args.address, args.namespace, environ, stdin),
+                    contract.hint_text(path, f"unix://{path}", answer, states))
+    return 0
+
+
+def _write_hint(key: str, text: bytes | None) -> None:
+    """Leave a hint for fast_start.c (best effort: without one, the next start is this one again)."""
+    if text is None:
+        return
+    try:
+        _makedirs(contract.HINT_DIR, 0o700)
+        st = posix.lstat(contract.HINT_DIR)
+        if st.st_uid != posix.geteuid() or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o040000:
+            return  # not a private directory of ours: fast_start.c would not trust it either
+        partial = f"{contract.HINT_DIR}/.{key}.{posix.getpid()}"
+        fd = posix.open(partial, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC | posix.O_NOFOLLOW,
+                        0o600)
+        try:
+            posix.write(fd, text)
+        finally:
+            posix.close(fd)
+        posix.rename(partial, f"{contract.HINT_DIR}/{key}")
+    except OSError:
+        return
+    # Hints outlive their daemons (a socket dir cleaned up, a config changed): the ones whose socket is gone go.
+    for name in posix.listdir(contract.HINT_DIR):
+        if name == key:
+            continue
+        try:
+            with open(f"{contract.HINT_DIR}/{name}", "rb") as hint:
+                socket_path = hint.read(4096).split(b"\n")[1]
+            posix.stat(socket_path)
+        except FileNotFoundError:
+            try:
+                posix.unlink(f"{contract.HINT_DIR}/{name}")
+            except OSError:
+                pass
+        except (OSError, IndexError):
+            pass
 
 
 def _start_group(
-    args: contract.ShimArgs, start_input: contract.StartInput, environ: os._Environ[str], bundle: str, path: str,
+    args: contract.ShimArgs, start_input: contract.StartInput, environ: Mapping[str, str], bundle: str, path: str,
     group: str = "",
-) -> int:
+) -> bytes | None:
+    """Find or launch the group's daemon, write the bundle's address file, print the answer; the answer, or None
+    (the reason already written to stderr)."""
 
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock_fd = posix.open(path + ".lock", posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
     try:
         # Serialises concurrent starts of one group, and a lingering daemon's decision to exit (it takes the same
         # lock before removing its socket), so a `start` never prints the address of a daemon about to vanish.
@@ -188,17 +259,19 @@ def _start_group(
             finally:
                 listener.close()
     finally:
-        os.close(lock_fd)
+        posix.close(lock_fd)
 
     address = f"unix://{path}"
     try:
-        with open(os.path.join(bundle, "address"), "w") as f:
+        with open(contract.join(bundle, "address"), "w") as f:
             f.write(address)
     except OSError as exc:
-        return _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
-    sys.stdout.buffer.write(contract.encode_start_output(address, start_input, environ))
+        _fail(f"cannot write the address file in bundle {bundle}: {exc.strerror}")
+        return None
+    answer = contract.encode_start_output(address, start_input, environ)
+    sys.stdout.buffer.write(answer)
     sys.stdout.flush()
-    return 0
+    return answer
 
 
 def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> bytes | None:
@@ -208,7 +281,7 @@ def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> byt
     this runs on containerd's teardown path. Usually the task is already gone and the first call says so.
     """
     try:
-        with open(os.path.join(bundle, "address")) as f:
+        with open(contract.join(bundle, "address")) as f:
             address = f.read().strip()
     except OSError:
         return None
@@ -248,6 +321,8 @@ def _ask_daemon_to_delete(bundle: str, container_id: str, namespace: str) -> byt
 
 
 def _unmount_rootfs(bundle: str) -> None:
+    import os.path  # the delete path only
+
     rootfs = os.path.realpath(os.path.join(bundle, "rootfs"))
     try:
         with open("/proc/self/mountinfo") as f:
@@ -260,8 +335,8 @@ def _unmount_rootfs(bundle: str) -> None:
         unmount_all(rootfs)
 
 
-def delete(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
-    bundle = args.bundle or os.getcwd()
+def delete(args: contract.ShimArgs, environ: Mapping[str, str]) -> int:
+    bundle = args.bundle or posix.getcwd()
     if not args.id:
         return _fail("delete needs -id")
     response = _ask_daemon_to_delete(bundle, args.id, args.namespace or environ.get("NAMESPACE", ""))
@@ -279,8 +354,20 @@ def delete(args: contract.ShimArgs, environ: os._Environ[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The binary's entry point: ``argv`` None means this process is the binary containerd exec'd (the launcher's
+    call), which then ends with ``_exit`` once its answer is written: finalizing the interpreter's modules at exit
+    would only cost every container start about a millisecond. Given ``argv`` (tests), it returns the status."""
+    status = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        posix._exit(status)
+    return status
+
+
+def _main(argv: list[str]) -> int:
     try:
-        args = contract.parse_args(sys.argv[1:] if argv is None else argv)
+        args = contract.parse_args(argv)
     except contract.UsageError as exc:
         return _fail(f"{exc}\n\n{USAGE.format(version=VERSION)}", 2)
     if args.action == "help":
@@ -293,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.buffer.write(contract.encode_runtime_info("io.containerd.wasmtime.v1", VERSION))
         return 0
     if args.action == "start":
-        return start(args, os.environ)
+        return start(args, contract.environ())
     if args.action == "delete":
-        return delete(args, os.environ)
+        return delete(args, contract.environ())
     if not args.action:
         return _fail(f"no action given\n\n{USAGE.format(version=VERSION)}", 2)
     return _fail(f"unknown action {args.action!r}\n\n{USAGE.format(version=VERSION)}", 2)

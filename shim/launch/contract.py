@@ -15,9 +15,15 @@ Invariants:
 
 from __future__ import annotations
 
-import os
+# `posix`, not `os`: the interpreter has loaded `posix` already, while `os` imports posixpath, stat and
+# _collections_abc (about a millisecond of every container start, measured with -X importtime).
+import posix
 
 from ..ttrpc.wire import WireError, field_bytes, field_string, field_varint, iter_fields
+
+TYPE_CHECKING = False  # not typing's: `typing` costs the lean path milliseconds; mypy honours this name too
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # Lean imports (`start` runs per container): hashlib loads OpenSSL and json its decoder and `re`, a few ms on every
 # container start; the builtin SHA-256 module gives the same digest. json is imported only where it is used.
@@ -188,7 +194,18 @@ def _looks_like_any(data: bytes) -> bool:
     return bool(first) and (b"/" in first[0] or b"." in first[0])
 
 
-def decode_start_input(data: bytes, environ: dict[str, str] | os._Environ[str]) -> StartInput:
+def join(directory: str, name: str) -> str:
+    """``os.path.join`` for a name without a leading slash (what the lean path joins)."""
+    return name if not directory else (directory if directory.endswith("/") else directory + "/") + name
+
+
+def environ() -> dict[str, str]:
+    """The process environment as ``os.environ`` decodes it (filesystem encoding, surrogateescape)."""
+    return {key.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+            for key, value in posix.environ.items()}
+
+
+def decode_start_input(data: bytes, environ: Mapping[str, str]) -> StartInput:
     """Decode `start`'s stdin: empty, an options `Any` (1.6-2.2) or `BootstrapParams` (2.3+)."""
     result = StartInput(
         namespace=environ.get("NAMESPACE", ""),
@@ -229,7 +246,7 @@ def read_annotations(bundle: str) -> dict[str, str]:
     import json  # only the "pod" grouping reads the spec
 
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
+        with open(join(bundle, "config.json"), "rb") as f:
             spec = json.load(f)
     except (OSError, ValueError):
         return {}
@@ -252,10 +269,10 @@ def socket_path(socket_dir: str, containerd_address: str, namespace: str, group:
     text). A container whose config differs from a running daemon's (a new policy path, log level, limits...)
     gets a daemon of its own with that config; the old one keeps its tasks and exits once idle."""
     digest = _sha256(f"wasm-shim\0{containerd_address}\0{namespace}\0{group}\0{settings}".encode()).hexdigest()
-    return os.path.join(socket_dir, digest)
+    return join(socket_dir, digest)
 
 
-def encode_start_output(address: str, start_input: StartInput, environ: dict[str, str] | os._Environ[str]) -> bytes:
+def encode_start_output(address: str, start_input: StartInput, environ: Mapping[str, str]) -> bytes:
     """What `start` prints for the calling containerd (see module docstring)."""
     if start_input.bootstrap:
         # BootstrapResult{version=1, address=2, protocol=3}
@@ -267,6 +284,48 @@ def encode_start_output(address: str, start_input: StartInput, environ: dict[str
         version = min(int(max_version), 3)
         return json.dumps({"version": version, "address": address, "protocol": "ttrpc"}).encode()
     return address.encode()
+
+
+# --- start hints: what fast_start.c answers from without Python ------------------------------------------------
+HINT_DIR = "/run/wasm-shim/start-hints"  # root-only (0700); fast_start.c trusts nothing else
+HINT_TAG = "wasm-shim-start-hint-v1"
+HINT_ENV = ("NAMESPACE", "TTRPC_ADDRESS", "GRPC_ADDRESS", "MAX_SHIM_VERSION")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # the bytes the environment held (environ() decoded them)
+
+
+def hint_key(address: str, namespace: str, environ: Mapping[str, str], stdin: bytes) -> str:
+    """The key fast_start.c computes for these inputs (its header comment says what goes in, in which order)."""
+    digest = _sha256()
+    parts = [HINT_TAG, address, namespace]
+    parts += [f"{name}={environ[name]}" if name in environ else name for name in HINT_ENV]
+    ours = sorted(_raw(f"{name}={value}") for name, value in environ.items() if name.startswith("WASM_SHIM_"))
+    for part in [_raw(p) for p in parts] + ours:
+        digest.update(part + b"\0")
+    digest.update(b"%016x" % len(stdin))
+    digest.update(stdin)
+    return digest.hexdigest()
+
+
+def file_state(path: str) -> str:
+    """A config file as a hint records it: "file PATH INO SIZE MTIME_NS CTIME_NS", or "none PATH" if absent."""
+    try:
+        st = posix.stat(path)
+    except FileNotFoundError:
+        return f"none {path}"
+    return f"file {path} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+def hint_text(socket: str, address: str, answer: bytes, files: list[str]) -> bytes | None:
+    """A hint's content (fast_start.c's format); None when something in it would not survive its parsing."""
+    lines = ["wasm-shim-hint 1", socket, address, answer.hex(), *files]
+    if any(not line or any(c.isspace() and c != " " for c in line) for line in lines) or \
+            any(" " in path for path in (socket, address)) or \
+            any(len(line.split(" ")) != (6 if line.startswith("file ") else 2) for line in files):
+        return None
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
 def encode_runtime_info(name: str, version: str) -> bytes:

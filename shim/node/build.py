@@ -3,10 +3,13 @@
 Layout (what `build` writes and the installer copies to `<prefix>/versions/<id>`):
 
     BUNDLE.json                      {"id", "version", "python", "glibc", ...}: id = version + digest of the content
-    bin/containerd-shim-wasmtime-v1  launcher: `#!<root>/python/bin/python3.11 -IS` + the stdlib-only start path
+    bin/containerd-shim-wasmtime-v1  what containerd execs (shim/launch/fast_start.c, static): `start` for a daemon
+                                     already up from its hint, else the launcher beside it
+    bin/containerd-shim-wasmtime-v1.py  launcher: `#!<root>/python/bin/python3.11 -IS` + the stdlib-only start path
     bin/wasm-shim                    launcher for the CLI (`wasm-shim node install` in the installer image)
     python/bin/python3.11            the interpreter, RUNPATH rewritten to $ORIGIN/../lib
     python/bin/wasm-shim-component-runner   beside the interpreter, where the daemon looks first
+    python/bin/wasm-shim-sandbox-holder     likewise: holds each pod's namespaces on containerd 2.x (shim/sandbox/)
     python/lib/libpython3.11.so.1.0  and the stdlib (no test suites, tkinter, idle, ensurepip)
     python/lib/python3.11/site-packages/   the runtime closure of our dependencies + wasm_shim/{shim,oci}
     installer/site-packages/         the installer's own (kubernetes client closure); not copied onto nodes
@@ -47,7 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INFO = "BUNDLE.json"
-LAUNCHERS = ("bin/containerd-shim-wasmtime-v1", "bin/wasm-shim")
+LAUNCHERS = ("bin/containerd-shim-wasmtime-v1.py", "bin/wasm-shim")
+FAST_START = "bin/containerd-shim-wasmtime-v1"
 #: Our runtime dependencies, by distribution name: what the shim binary, the daemon and the CLI import. cryptography
 #: is the daemon's signature policy (oci/cosign.py); the registry client is the standard library's sockets
 #: (oci/transport.py); PyNaCl only decrypts private keys for `wasm-shim sign`, which nodes never do. The
@@ -365,7 +369,8 @@ def pins() -> list[str]:
     return sorted(f"{d.metadata['Name']}=={d.version}" for d in (*runtime, *installer))
 
 
-def build(out: str, *, repo: str, runner: str, glibc: bool = True, source: Source | None = None) -> dict[str, str]:
+def build(out: str, *, repo: str, runner: str, holder: str = "", fast_start: str = "", glibc: bool = True,
+          source: Source | None = None) -> dict[str, str]:
     """Build the bundle into `out` (must not exist) from `source` (default: this venv) and `repo`."""
     src = source or venv_source()
     runner = runner or src.runner
@@ -374,6 +379,12 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True, source: Sourc
         raise BuildError(f"{out} exists; choose a new directory (the bundle is built whole, never patched)")
     if not runner or not os.access(runner, os.X_OK):
         raise BuildError(f"the component runner {runner or '(none)'} is missing: run scripts/setup.sh")
+    if not holder or not os.access(holder, os.X_OK):
+        raise BuildError(f"the pod sandbox holder {holder or 'wasm-shim-sandbox-holder'} is missing: run "
+                         "scripts/setup.sh")
+    if not fast_start or not os.access(fast_start, os.X_OK):
+        raise BuildError(f"the shim binary's fast start {fast_start or FAST_START} is missing: run "
+                         "scripts/setup.sh")
     if shutil.which("patchelf") is None:
         raise BuildError("patchelf is needed to make the interpreter relocatable (apt-get install patchelf)")
     py = _py()
@@ -399,6 +410,9 @@ def build(out: str, *, repo: str, runner: str, glibc: bool = True, source: Sourc
         _copy_tree(Path(repo) / package, site / "wasm_shim" / package, {"__pycache__"})
     shutil.copyfile(runner, pyroot / "bin" / "wasm-shim-component-runner")
     os.chmod(pyroot / "bin" / "wasm-shim-component-runner", 0o755)
+    shutil.copyfile(holder, pyroot / "bin" / "wasm-shim-sandbox-holder")  # static: no library to vendor
+    os.chmod(pyroot / "bin" / "wasm-shim-sandbox-holder", 0o755)
+    _copy_file(Path(fast_start), partial / FAST_START)  # static too; the launcher it runs is written below
     # Bytecode: hash-based and unchecked, so the content does not depend on file times and imports skip the stat.
     # ddir: co_filename names the file relative to the bundle, not the build directory (the import system puts
     # the real path back when it loads a .pyc: importlib._bootstrap_external, _fix_up_module / _fix_co_filename).

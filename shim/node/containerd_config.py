@@ -20,6 +20,12 @@ lose containerd's default runtime) or, when the file already has a table for the
 that table was. Its `MergeRecord` says what it added and what it took out; `unmerge` uses it to remove exactly
 that block from the file as it is now, whatever else changed around it, and to put back a table it replaced.
 
+The pod sandbox (config version 3 only): `sandboxer = "shim"` makes containerd 2.x's CRI ask our shim for each
+pod's sandbox through the Sandbox API (containerd internal/cri/config: `Sandboxer`; shim/sandbox/) instead of
+running its pause container through us, and `disable_pause_image_pull = true` stops CRI fetching a pause image
+no pod of this handler uses (containerd 2.4+; earlier 2.x releases ignore the key). `sandboxer = "podsandbox"`
+keeps CRI's pause container (what 1.6/1.7, which have no Sandbox API, always do).
+
 Invariants: rendered TOML is valid and round-trips through tomllib; merging is idempotent (merging the same table
 twice changes nothing the second time); both edits drop or insert whole lines only, so every other byte stays as
 the operator wrote it, and each is checked by parsing its result: everything but our tables must read the same
@@ -41,6 +47,7 @@ from .toml_sections import runs, split
 RUNTIME_TYPE = "io.containerd.wasmtime.v1"
 HANDLER = "wasmtime"
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+SANDBOXERS = ("shim", "podsandbox")  # containerd internal/cri/config ModeShim, ModePodSandbox
 #: Annotations containerd's CRI copies from the pod (and the CRI container config) into each container's OCI spec:
 #: without this, a pod's `wasm.shim.io/network` or `wasm.shim.io/component-isolation` never reaches the shim
 #: (containerd passes only the annotations a runtime lists; docs/annotations.md).
@@ -97,6 +104,7 @@ class RuntimeTable:
     options: Mapping[str, str] | None = None
     config_path: str = ""
     runtime_type: str = RUNTIME_TYPE
+    sandboxer: str = ""  # "" = the default: "shim" for version 3, nothing for version 2
 
     def __post_init__(self) -> None:
         shim_binary(self.runtime_type)  # a type containerd can map to a binary, or ConfigMergeError
@@ -116,6 +124,15 @@ class RuntimeTable:
             raise ConfigMergeError(f"--config-path must be absolute, got {self.config_path!r}")
         if self.options:
             validate_options(self.options)
+        if self.sandboxer and self.sandboxer not in SANDBOXERS:
+            raise ConfigMergeError(f"sandboxer must be one of {', '.join(SANDBOXERS)}, not {self.sandboxer!r}")
+        if self.sandboxer and self.version == 2:
+            raise ConfigMergeError("containerd 1.6/1.7 (config version 2) have no sandbox API: a sandboxer is "
+                                   "for containerd 2.x (config version 3)")
+
+    @property
+    def effective_sandboxer(self) -> str:
+        return self.sandboxer or ("shim" if self.version == 3 else "")
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -125,6 +142,10 @@ class RuntimeTable:
         passed = "[" + ", ".join(map(_toml_string, PASSED_ANNOTATIONS)) + "]"
         lines = [_header(self.path), f"  runtime_type = {_toml_string(self.runtime_type)}",
                  f"  pod_annotations = {passed}", f"  container_annotations = {passed}"]
+        if self.effective_sandboxer:
+            lines.append(f"  sandboxer = {_toml_string(self.effective_sandboxer)}")
+        if self.effective_sandboxer == "shim":
+            lines.append("  disable_pause_image_pull = true")
         if self.config_path or self.options:
             lines.append(_header((*self.path, "options")))
         if self.config_path:
@@ -144,6 +165,10 @@ class RuntimeTable:
             "pod_annotations": list(PASSED_ANNOTATIONS),
             "container_annotations": list(PASSED_ANNOTATIONS),
         }
+        if self.effective_sandboxer:
+            data["sandboxer"] = self.effective_sandboxer
+        if self.effective_sandboxer == "shim":
+            data["disable_pause_image_pull"] = True
         options: dict[str, str] = {}
         if self.config_path:
             options["ConfigPath"] = self.config_path

@@ -21,11 +21,12 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from .distributions import InstallError
+from .distributions import InstallError, Layout
 from .host import Host, write_atomic
 from .install import install, options_toml
 from .policy_files import read_policy_dir
@@ -38,6 +39,18 @@ from .uninstall import uninstall
 
 __all__ = ["Host", "Node", "Options", "Reporter", "options_toml", "read_policy_dir", "wait_for_cri",
            "write_atomic"]
+
+
+def warm(s: Session, layout: Layout) -> None:
+    """Start the node's shim daemon through containerd and wait for its `warm_images` (warmup.py); warnings only."""
+    from ..config import ShimConfig
+    from .warmup import STATUS_FILE, warm_up
+
+    config = ShimConfig().merged(s.o.shim_options, "--option")
+    socket = s.host.path(s.o.cri_socket or layout.cri_socket)
+    status_path = s.host.path(os.path.join(config.cache_dir, STATUS_FILE))
+    for warning in warm_up(socket, s.o.handler, config.warm_images, status_path, s.o.warm_timeout, say):
+        say(f"warning: warm-up: {warning}")
 
 
 class Reporter:
@@ -96,6 +109,8 @@ class Node:
         finally:
             s.after_restart()  # after the rollback's restart too
             s.unlock()
+        if s.o.warm_timeout > 0:
+            warm(s, layout)
         reporter.ready(version, layout.name)
         return 0
 

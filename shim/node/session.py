@@ -49,6 +49,7 @@ class Options:
     handler: str = HANDLER  # the RuntimeClass handler: the runtime table's name in containerd's config
     runtime_type: str = RUNTIME_TYPE  # the table's runtime_type; containerd runs the binary it names
     shim_binary: str = ""  # the link's name in bin_dir; "" = the one containerd derives from runtime_type
+    warm_timeout: float = 0.0  # > 0: warm the node before reporting it ready (warmup.py), waiting at most this long
 
 
 def binary_for(runtime_type: str, named: str) -> str:

@@ -17,6 +17,9 @@ against):
 - ``ttrpc_events_pb2`` (``containerd.services.events.ttrpc.v1``): ``ForwardRequest`` to publish events.
 - ``runtimeoptions_pb2`` (``runtimeoptions.v1``): CRI runtime ``Options``.
 - ``bootstrap_pb2`` (``containerd.runtime.bootstrap.v1``): the ``start`` handshake of containerd 2.3+.
+- ``sandbox_pb2`` (``containerd.runtime.sandbox.v1``): the sandbox API (containerd 2.x, ``sandboxer = "shim"``);
+  ``platform_pb2`` (``containerd.types``): its ``Platform``.
+- ``cri_pod_pb2`` (``runtime.v1``): the fields of CRI's ``PodSandboxConfig`` the sandbox reads.
 - ``cgroups_v1_pb2`` / ``cgroups_v2_pb2`` (``io.containerd.cgroups.v1`` / ``.v2``): ``Metrics`` for
   ``StatsResponse.stats``.
 

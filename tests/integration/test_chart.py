@@ -93,6 +93,7 @@ EVERY_VALUE = {
              "uninstallOnDelete": False},
     "shim": {"grouping": "pod", "idleTimeout": 60, "logLevel": "debug", "cacheDir": "/var/cache/wasm-shim",
              "metricsAddress": "127.0.0.1:9464", "artifactRegistries": ["ghcr.io/team", "127.0.0.1:5000"]},
+    "warm": {"keepDaemon": True, "images": ["registry.example.com/team/app:v1"], "timeoutSeconds": 120},
     "nodeSelector": {"kubernetes.io/os": "linux", "wasm": "yes"},
     "tolerations": [{"operator": "Exists"}],
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -166,8 +167,10 @@ def test_defaults_render_valid_objects(helm: str) -> None:
                                                                    "containerd-shim-wasmtime-v1")
     events_role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "wasm-shim-events")
     assert events_role["metadata"]["namespace"] == "default"
+    # warm.keepDaemon (the default): a later idle_timeout=never wins over shim.idleTimeout, and the node is warmed.
     assert args.option == ["grouping=namespace", "idle_timeout=300", "log_level=info",
-                           "cache_dir=/var/lib/wasm-shim/cache"]
+                           "cache_dir=/var/lib/wasm-shim/cache", "idle_timeout=never"]
+    assert args.warm_timeout == 300
     assert args.policy_dir is None
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["handler"] == "wasmtime" and rc["scheduling"]["nodeSelector"] == {"wasm.shim.io/runtime": "ready"}
@@ -260,7 +263,9 @@ def test_every_value_renders_valid_objects(helm: str, tmp_path: Path) -> None:
         "containerd", "/etc/kind/containerd.toml", True, "supervisorctl restart containerd",
         "/run/kind/containerd.sock", 30.0, "/opt/wasm", "/opt/bin", None)
     assert args.option == ["grouping=pod", "idle_timeout=60", "log_level=debug", "cache_dir=/var/cache/wasm-shim",
-                           "metrics_address=127.0.0.1:9464", "artifact_registries=ghcr.io/team,127.0.0.1:5000"]
+                           "metrics_address=127.0.0.1:9464", "artifact_registries=ghcr.io/team,127.0.0.1:5000",
+                           "idle_timeout=never", "warm_images=registry.example.com/team/app:v1"]
+    assert args.warm_timeout == 120
     assert validate_options(dict(option.split("=", 1) for option in args.option))  # as the installer checks them
     (rc,) = by_kind(objects, "RuntimeClass")
     assert rc["metadata"]["name"] == "wasm" and rc["handler"] == "wasmtime-dev"
@@ -458,3 +463,17 @@ def test_the_charts_readme_lists_every_value_and_artifact_hub_its_image(helm: st
     images = yaml.safe_load(chart["annotations"]["artifacthub.io/images"])
     assert [i["image"] for i in images] == [f"{values['image']['repository']}:{chart['appVersion']}"]
     assert chart["annotations"]["artifacthub.io/license"] == "Apache-2.0"
+
+
+def test_warm_values_reach_the_installer(helm: str) -> None:
+    """warm.images become the warm_images option; warm.keepDaemon false leaves shim.idleTimeout alone and, with no
+    images, no warm-up at all; a reference with a space fails the schema with the key's name."""
+    objects = render(helm, "--set", "warm.images={reg.example.com/a:1,reg.example.com/b:2}",
+                     "--set", "warm.timeoutSeconds=60")
+    args = build_parser().parse_args(installer_argv(objects))
+    assert "warm_images=reg.example.com/a:1,reg.example.com/b:2" in args.option and args.warm_timeout == 60
+    cold = build_parser().parse_args(installer_argv(render(helm, "--set", "warm.keepDaemon=false")))
+    assert "idle_timeout=never" not in cold.option and cold.warm_timeout == 0
+    bad = run_helm(helm, "template", "x", str(CHART), "--kube-version", K8S_VERSION,
+                   "--set", "warm.images={with space}", check=False)
+    assert bad.returncode != 0 and "/warm/images/0" in bad.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -111,9 +112,12 @@ def make_root(tmp_path: Path, files: dict[str, str]) -> Path:
 def make_bundle(tmp_path: Path, bundle_id: str = "0.1.0-fixture", runner: Path | None = None) -> Path:
     """A bundle directory the installer copies and starts (preflight.py) without the full build: its
     interpreter runs this .venv's Python, its site-packages names this clone's package root, its component
-    runner is the real one (tests/integration/test_node_bundle.py installs a built bundle)."""
+    runner and its shim binary's fast start are the real ones (tests/integration/test_node_bundle.py installs a
+    built bundle)."""
     bundle = tmp_path / f"bundle-{bundle_id}"
     (bundle / "python/bin").mkdir(parents=True)
+    (bundle / "bin").mkdir()
+    shutil.copy(REPO / ".venv" / "bin" / "containerd-shim-wasmtime-v1", bundle / "bin" / "containerd-shim-wasmtime-v1")
     interpreter = bundle / "python/bin/python3.11"
     interpreter.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     interpreter.chmod(0o755)
@@ -176,7 +180,8 @@ def test_install_twice_is_once_and_uninstall_restores_every_byte(tmp_path: Path,
     link = root / "usr/local/bin/containerd-shim-wasmtime-v1"
     assert os.readlink(link) == str(root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1")
     assert os.readlink(root / "opt/wasm-shim/current") == "versions/0.1.0-fixture"
-    shebang = link.read_text().splitlines()[0]
+    # The binary there (fast_start.c, a bundle's content) runs the Python launcher beside its real path.
+    shebang = (root / "opt/wasm-shim/current/bin/containerd-shim-wasmtime-v1.py").read_text().splitlines()[0]
     assert shebang == f"#!{root}/opt/wasm-shim/versions/0.1.0-fixture/python/bin/python3.11 -IS"
     # Every file the layout had is still there with its bytes, except the one config we edit.
     for rel, text in files.items():

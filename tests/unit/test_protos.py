@@ -27,11 +27,14 @@ from wasm_shim.shim.protos import (
     cgroups_v2_pb2,
     containers_pb2,
     content_pb2,
+    cri_pod_pb2,
     events_pb2,
     images_pb2,
     introspection_pb2,
     leases_pb2,
+    platform_pb2,
     runtimeoptions_pb2,
+    sandbox_pb2,
     task_pb2,
     task_types_pb2,
     task_v3_pb2,
@@ -48,11 +51,14 @@ MODULES = [
     cgroups_v2_pb2,
     containers_pb2,
     content_pb2,
+    cri_pod_pb2,
     events_pb2,
     images_pb2,
     introspection_pb2,
     leases_pb2,
+    platform_pb2,
     runtimeoptions_pb2,
+    sandbox_pb2,
     task_pb2,
     task_types_pb2,
     task_v3_pb2,
@@ -730,4 +736,66 @@ def test_every_module_imports_by_name_from_its_own_proto() -> None:
     for name in MODULE_NAMES:
         descriptor = importlib.import_module(f"wasm_shim.shim.protos.{name}").DESCRIPTOR
         assert descriptor.name == f"wasm_shim/shim/protos/{name.removesuffix('_pb2')}.proto", name
-        assert descriptor.package.split(".")[0] in ("containerd", "io", "runtimeoptions"), descriptor.package
+        # "runtime": CRI's runtime.v1, whose PodSandboxConfig containerd hands the sandbox API (cri_pod.proto).
+        assert descriptor.package.split(".")[0] in ("containerd", "io", "runtimeoptions", "runtime"), \
+            descriptor.package
+
+
+# --- the sandbox API (containerd api/runtime/sandbox/v1/sandbox.proto) and CRI's PodSandboxConfig --------------
+
+SANDBOX_METHODS = {
+    "CreateSandbox": ("CreateSandboxRequest", "CreateSandboxResponse"),
+    "StartSandbox": ("StartSandboxRequest", "StartSandboxResponse"),
+    "Platform": ("PlatformRequest", "PlatformResponse"),
+    "StopSandbox": ("StopSandboxRequest", "StopSandboxResponse"),
+    "WaitSandbox": ("WaitSandboxRequest", "WaitSandboxResponse"),
+    "SandboxStatus": ("SandboxStatusRequest", "SandboxStatusResponse"),
+    "PingSandbox": ("PingRequest", "PingResponse"),
+    "ShutdownSandbox": ("ShutdownSandboxRequest", "ShutdownSandboxResponse"),
+    "SandboxMetrics": ("SandboxMetricsRequest", "SandboxMetricsResponse"),
+    "UpdateSandbox": ("UpdateSandboxRequest", "UpdateSandboxResponse"),
+}
+
+
+def test_sandbox_service_lists_every_method() -> None:
+    svc = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"]
+    assert svc.full_name == "containerd.runtime.sandbox.v1.Sandbox"
+    methods = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in svc.methods}
+    prefix = "containerd.runtime.sandbox.v1."
+    assert methods == {k: (prefix + a, prefix + b) for k, (a, b) in SANDBOX_METHODS.items()}
+
+
+def test_create_sandbox_request_decodes_hand_built_bytes() -> None:
+    # CreateSandboxRequest{sandbox_id=1, bundle_path=2, options=4 Any{type_url=1, value=2}, netns_path=5}
+    config = ld(2, "web-0") + ld(8, ld(1, "/kubepods/pod1"))  # PodSandboxConfig{hostname=2, linux=8{cgroup_parent=1}}
+    wire = (ld(1, "sb1") + ld(2, "/run/b/sb1") + ld(4, ld(1, "runtime.v1.PodSandboxConfig") + ld(2, config))
+            + ld(5, "/var/run/netns/cni-1"))
+    request = sandbox_pb2.CreateSandboxRequest.FromString(wire)
+    assert (request.sandbox_id, request.bundle_path, request.netns_path) == ("sb1", "/run/b/sb1",
+                                                                            "/var/run/netns/cni-1")
+    pod = protos.unpack_any(request.options, cri_pod_pb2.PodSandboxConfig)
+    assert (pod.hostname, pod.linux.cgroup_parent) == ("web-0", "/kubepods/pod1")
+
+
+def test_pod_sandbox_config_namespace_modes_and_sysctls_golden() -> None:
+    # cri-api runtime/v1 api.proto: LinuxPodSandboxConfig{security_context=2{namespace_options=1{network=1, pid=2,
+    # ipc=3}, run_as_user=3{value=1}}, sysctls=3 map entry{key=1, value=2}}; NamespaceMode NODE = 2
+    security = ld(1, vint(1, 2) + vint(2, 2) + vint(3, 2)) + ld(3, vint(1, 1000))
+    linux = ld(2, security) + ld(3, ld(1, "net.core.somaxconn") + ld(2, "1024"))
+    dns = ld(1, "10.96.0.10") + ld(2, "svc.cluster.local") + ld(3, "ndots:5")
+    pod = cri_pod_pb2.PodSandboxConfig.FromString(ld(4, dns) + ld(8, linux))
+    modes = pod.linux.security_context.namespace_options
+    assert (modes.network, modes.pid, modes.ipc) == (cri_pod_pb2.NODE, cri_pod_pb2.NODE, cri_pod_pb2.NODE)
+    assert pod.linux.security_context.run_as_user.value == 1000
+    assert dict(pod.linux.sysctls) == {"net.core.somaxconn": "1024"}
+    assert (list(pod.dns_config.servers), list(pod.dns_config.options)) == (["10.96.0.10"], ["ndots:5"])
+
+
+def test_start_sandbox_response_and_status_golden() -> None:
+    # StartSandboxResponse{pid=1, created_at=2}; SandboxStatusResponse{sandbox_id=1, pid=2, state=3}
+    start = sandbox_pb2.StartSandboxResponse(pid=4242, created_at=EXITED_AT)
+    assert start.SerializeToString() == vint(1, 4242) + ld(2, EXITED_AT_BYTES)
+    status = sandbox_pb2.SandboxStatusResponse(sandbox_id="sb1", pid=7, state="SANDBOX_READY")
+    assert status.SerializeToString() == ld(1, "sb1") + vint(2, 7) + ld(3, "SANDBOX_READY")
+    platform = sandbox_pb2.PlatformResponse(platform=platform_pb2.Platform(os="linux", architecture="amd64"))
+    assert platform.SerializeToString() == ld(1, ld(1, "linux") + ld(2, "amd64"))

@@ -104,6 +104,16 @@ class CompileCache(Generic[Finished]):
         with self._lock:
             self._counts[name] += 1
 
+    def peek(self, digest: str, kind: EntryKind) -> Finished | None:
+        """The finished artifact of ``digest`` when it is in memory (a memory hit, counted), else None."""
+        key = f"{digest}.{kind.value}"
+        with self._lock:
+            hit = self._memory.get(key)
+            if hit is not None:
+                self._memory.move_to_end(key)
+                self._counts["memory_hits"] += 1
+            return hit
+
     def get(
         self, digest: str, kind: EntryKind, wasm: bytes, name: str, finish: Callable[[Any], Finished]
     ) -> tuple[Finished, str]:

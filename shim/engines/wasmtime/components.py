@@ -134,6 +134,7 @@ class ComponentGuest(ThreadGuest):
             if run is None:
                 self.report(f"wasm: {self.prepared.entry.guest_path}: wasi:cli/run#run is not a function\n")
                 return EXIT_FAILURE
+            self.entering()
             result = run(store)
             # wasi:cli/run#run returns result<_, _>; wasmtime-py lifts it as a Variant tagged "ok" or "err".
             failed = isinstance(result, wasm_component.Variant) and result.tag == "err"

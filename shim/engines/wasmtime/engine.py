@@ -75,6 +75,7 @@ from .thread_guest import ThreadGuest
 
 log = logging.getLogger(__name__)
 CHECKED_ENTRIES = 1024  # components whose runner check is remembered (a digest and a few export names each)
+KNOWN_FILES = 4096  # files whose digest is remembered by identity (below)
 
 WasmtimePrepared = ModulePrepared | ComponentPrepared
 WasmtimeGuest = ThreadGuest | ComponentRunner
@@ -105,6 +106,10 @@ class WasmtimeEngine:
         self._runners: dict[int, ComponentRunner] = {}  # by pid, until reaped
         self._checked: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # components the runner compiled: exports
         self._checking: dict[str, threading.Lock] = {}  # digest -> held while one runner compiles it
+        # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> sha256 of a file already read: an image layer's
+        # module is the same bytes at every Create (a write to it changes its ctime, which no user can set), so
+        # a memory hit needs a stat, not a read and a hash of the whole module.
+        self._digests: OrderedDict[tuple[int, int, int, int, int], str] = OrderedDict()
         self._exit_watcher: ExitWatcher | None = None
         self._closed = False  # no new guests
         config = wasmtime.Config()
@@ -229,7 +234,7 @@ class WasmtimeEngine:
         """
         try:
             with open(path, "rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
+                digest = self._digest_of(file)
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         with self._lock:
@@ -254,6 +259,23 @@ class WasmtimeEngine:
                     if self._checking.get(digest) is checking:
                         del self._checking[digest]
         return digest, exports, "runner"
+
+    def _digest_of(self, file: Any) -> str:
+        """The sha256 of an open file, from the identity memo when the same file was hashed before (see
+        ``_digests``: a large component is not read at every Create)."""
+        st = os.fstat(file.fileno())
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            known = self._digests.get(identity)
+            if known is not None:
+                self._digests.move_to_end(identity)
+                return known
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        with self._lock:
+            self._digests[identity] = digest
+            while len(self._digests) > KNOWN_FILES:
+                self._digests.popitem(last=False)
+        return digest
 
     def _remembered(self, digest: str) -> tuple[str, ...] | None:
         """Exports of a component the runner already checked, or None (caller holds ``_lock``)."""
@@ -379,13 +401,42 @@ class WasmtimeEngine:
                 raise EngineError(f"{path}: {COMPONENT_RUNNER} --precompile failed: {done.stderr.strip()}")
         return compiled.digest, kind, source
 
+    def warm(self, path: str, name: str) -> str:
+        """Make the wasm at ``path`` start without a compile (shim/daemon/warm.py): a module compiled into the memory
+        and disk caches; a component checked and compiled by its runner (remembered, as a Create does), or in the
+        daemon when no runner is installed. Says what was done; EngineError naming ``name`` when it cannot."""
+        try:
+            with open(path, "rb") as file:
+                header = file.read(8)
+        except OSError as exc:
+            raise EngineError(f"{name}: {exc.strerror}") from None
+        kind = classify_header(header, name)
+        runner = self._runner.find() if kind is EntryKind.COMPONENT else None
+        if runner is not None:
+            digest, _, source = self._check_in_runner(runner, path, name)
+            return f"component {digest[:16]} checked by {COMPONENT_RUNNER} ({source})"
+        compiled, source = self._compiled(path, kind, name)
+        return f"{kind.value} {compiled.digest[:16]} ({source})"
+
     def _compiled(self, host_path: str, kind: EntryKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
         try:
             with open(host_path, "rb") as file:
+                st = os.fstat(file.fileno())
+                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                with self._lock:
+                    known = self._digests.get(identity)
+                if known is not None:
+                    hit = self._cache.peek(known, kind)
+                    if hit is not None:
+                        return hit, "memory"
                 wasm = file.read()
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         digest = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            self._digests[identity] = digest
+            while len(self._digests) > KNOWN_FILES:
+                self._digests.popitem(last=False)
         finish: Callable[[Any], CompiledModule | CompiledComponent]
         if kind is EntryKind.MODULE:
             def finish(module: Any) -> CompiledModule | CompiledComponent:
@@ -396,14 +447,20 @@ class WasmtimeEngine:
         return self._cache.get(digest, kind, wasm, name, finish)
 
 
+#: Files Kubernetes (the kubelet and CRI) bind-mounts into every container: not the pod author's choice, so not
+#: worth a warning at every Create of every pod (a log line is paid on the start path).
+KUBERNETES_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"})
+
+
 def _directory_mounts(spec: GuestSpec) -> tuple[GuestMount, ...]:
     """The mounts a WASI guest is granted: the directories (WASI preopens are directories only)."""
     for mount in spec.mounts:
         if not mount.directory:
             # Kubernetes bind-mounts files into every container (/etc/hosts, /etc/resolv.conf,
             # /dev/termination-log): refusing them would refuse every pod.
-            log.warning("task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
-                        spec.task_id, mount.destination, mount.source)
+            level = logging.DEBUG if mount.destination in KUBERNETES_FILES else logging.WARNING
+            log.log(level, "task %s: mount %s is not a directory (%s); WASI grants only directories: not granted",
+                    spec.task_id, mount.destination, mount.source)
     return tuple(mount for mount in spec.mounts if mount.directory)
 
 

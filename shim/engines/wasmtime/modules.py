@@ -16,7 +16,7 @@ linear memory near its cap (``_ended_at_memory_limit``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import wasmtime
 
@@ -38,6 +38,9 @@ class CompiledModule:
     instance_pre: wasmtime.InstancePre  # imports resolved against the WASI linker
     function_exports: tuple[str, ...]  # exported functions taking no parameters
     declared: Declarations | str  # its memories and tables, or why they could not be read (footprint)
+    # Every export as (kind, parameter count): read once here, since asking wasmtime (an FFI call per export)
+    # at every Create was a measurable part of the start path. kind: "func", "memory", "table", "global".
+    export_shapes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,40 +65,41 @@ def finish_module(
         pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:
         raise EngineError(f"{name} cannot be linked: {error_summary(str(exc))}") from None
-    functions = tuple(
-        export.name
-        for export in module.exports
-        if isinstance(export.type, wasmtime.FuncType) and not export.type.params
-    )
+    shapes: dict[str, tuple[str, int]] = {}
+    for export in module.exports:
+        kind = export.type
+        if isinstance(kind, wasmtime.FuncType):
+            shapes[export.name] = ("func", len(kind.params))
+        else:
+            shapes[export.name] = (type(kind).__name__.removesuffix("Type").lower(), 0)
+    functions = tuple(name for name, (kind, params) in shapes.items() if kind == "func" and not params)
     declared: Declarations | str
     try:
         declared = declarations(wasm)
     except ValueError as exc:
         declared = str(exc)
-    return CompiledModule(digest, module, pre, functions, declared)
+    return CompiledModule(digest, module, pre, functions, declared, shapes)
 
 
 def module_entry(compiled: CompiledModule, entry: Entrypoint, name: str) -> tuple[str, bool]:
     """(export to call, whether to call `_initialize` first) for a core module; EngineError if none."""
-    exports = {export.name: export.type for export in compiled.module.exports}
+    exports = compiled.export_shapes
     listing = ", ".join(compiled.function_exports) or "none"
     wanted = entry.export or "_start"
-    kind = exports.get(wanted)
-    if kind is None:
+    shape = exports.get(wanted)
+    if shape is None:
         if entry.export is None:
             raise EngineError(
                 f"{name} has no _start export (it is not a WASI command); pick a function with "
                 f"{entry.guest_path}#EXPORT (function exports: {listing})"
             )
         raise EngineError(f"{name} has no export named {wanted!r} (function exports: {listing})")
-    if not isinstance(kind, wasmtime.FuncType):
+    kind, params = shape
+    if kind != "func":
+        raise EngineError(f"{name}: export {wanted!r} is a {kind}, not a function (function exports: {listing})")
+    if params:
         raise EngineError(
-            f"{name}: export {wanted!r} is a {type(kind).__name__.removesuffix('Type').lower()}, "
-            f"not a function (function exports: {listing})"
-        )
-    if kind.params:
-        raise EngineError(
-            f"{name}: export {wanted!r} takes {len(kind.params)} parameter(s); an entrypoint must take none "
+            f"{name}: export {wanted!r} takes {params} parameter(s); an entrypoint must take none "
             f"(function exports: {listing})"
         )
     initialize = entry.export is not None and wanted != "_initialize" and "_initialize" in exports
@@ -125,6 +129,7 @@ class ModuleGuest(ThreadGuest):
                 for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
                     func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
                     assert isinstance(func, wasmtime.Func)  # checked in prepare
+                    self.entering()
                     func(store)
             finally:
                 self._sample_memory(store)

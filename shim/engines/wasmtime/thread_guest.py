@@ -8,6 +8,11 @@ Life of a guest: ``setup`` (on the caller's thread: WASI context, store, limits,
 instance, the WASI context and every fd wasmtime opened for it: stdio files and preopened directories), then
 its own fds, and calls ``on_exit`` last: nothing of a finished guest waits for the garbage collector.
 
+Start: ``launch`` returns once the guest's thread is about to run its first wasm instruction (``entering``), or
+after ENTER_WAIT at most. Until then the caller (the event loop, answering Start) waits without the GIL, so the new
+thread runs its instantiation and the Python around it uncontended, instead of each of its GIL hand-offs waiting
+behind the loop's encoding of the answer and the TaskStart event.
+
 Kill, pause and CPU slicing: ``kill`` sets the flag and asks ``Epochs`` for ticks; the guest sees it at its
 next deadline (``at_deadline``) or on its way out of one of our host calls (``check_in``, ``sleep_until``;
 see ``poll``). ``pause`` asks for ticks until the guest parks in its deadline callback (or in our poll_oneoff
@@ -51,6 +56,8 @@ from .wasi import WasiContext, build_wasi, release
 
 log = logging.getLogger(__name__)
 
+ENTER_WAIT = 0.002  # seconds launch() waits at most for the guest to reach its first instruction
+
 
 class GuestKilled(Exception):
     """Raised from a host call of a killed guest: wasmtime turns it into a trap that unwinds the guest."""
@@ -91,6 +98,7 @@ class ThreadGuest(Guest):
         self._cpu_limit = limit if limit is not None and limit > 0 else None
         self._bucket: CpuBucket | None = None
         self._cpu_final: int | None = None
+        self._entered = threading.Event()  # set just before the guest's first wasm call (or its end)
 
     @property
     def task_id(self) -> str:
@@ -179,6 +187,11 @@ class ThreadGuest(Guest):
             self._epochs.remove(self._key, self)
             self.release()
             raise EngineError(f"cannot start a thread for task {self.task_id}: {exc}") from None
+        self._entered.wait(ENTER_WAIT)
+
+    def entering(self) -> None:
+        """Called by ``_execute`` right before the guest's first wasm call: ``launch`` may return now."""
+        self._entered.set()
 
     # --- on the guest's own thread: epoch deadline, host calls ----------------------------------------------
 
@@ -252,6 +265,7 @@ class ThreadGuest(Guest):
             log.exception("task %s: unexpected failure running the guest", self.task_id)
             self.report(f"wasm: internal error running the guest: {exc!r}\n")
         finally:
+            self._entered.set()
             self._threads.pop(me, None)
             self._cpu_final = time.thread_time_ns()
             self.release()
