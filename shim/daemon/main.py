@@ -144,7 +144,8 @@ class Daemon:
         self._idle_since = time.monotonic()
 
     async def run(self) -> None:
-        from ..engines.native import DEFAULT_RUNC_ROOT, NativeEngine, become_subreaper
+        from ..engines.native import DEFAULT_RUNC_ROOT, NativeEngine
+        from ..engines.subreaper import become_subreaper
         from ..engines.wasmtime import WasmtimeEngine
         from ..sandbox.holder import Holders, find_holder
         from ..sandbox.service import SandboxService
@@ -156,7 +157,7 @@ class Daemon:
         asyncio.get_running_loop().set_default_executor(_worker_pool(WORKERS))
         engine = _wasmtime_engine(WasmtimeEngine, self.config)
         # Native (ELF/#!) containers run through runc; their init processes are re-parented to the daemon (a
-        # child subreaper), which reaps them. Wasm first: it claims only files with the wasm magic.
+        # child subreaper), which reaps them. Each engine claims the entry kinds it declares (`accepts`).
         become_subreaper()
         native = NativeEngine(root=os.path.join(DEFAULT_RUNC_ROOT, self.namespace or "default"))
         forwarder = TtrpcForwarder(self.ttrpc_address)

@@ -3,7 +3,8 @@
 Pods always hold a pause container and often native sidecars; a pod whose RuntimeClass is ``wasmtime`` sends
 every one of them through our shim. This module owns delegating those containers to runc from the daemon:
 creating and starting them, watching their init process, signalling, measuring
-and deleting them. It imports no wasm engine and nothing heavy; runc is run as a subprocess, never linked.
+and deleting them. It imports no wasm engine and nothing heavy; runc is run as a subprocess, never linked
+(``runc.py``: its command line; ``subreaper.py``: adopting init; ``child.py``: reaping it).
 
 How a container runs (runc's own CLI, runc/docs/terminals.md "pass-through" mode, as containerd's runc shim
 uses it):
@@ -43,11 +44,8 @@ Processes re-parented to the daemon from a container that shares the host's PID 
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -58,100 +56,14 @@ from typing import Any, ClassVar
 from .base import EngineError, EntryKind, Entrypoint, GuestSpec, GuestStdio
 from .cgroups import cgroup_pids, cgroup_usage, read_cgroups
 from .child import ChildGuest, ExitWatcher, check_signal, open_stdio
+from .runc import GONE, RUNC_TIMEOUT, Runc, force_delete, read_log_error, systemd_cgroup
+from .subreaper import become_subreaper, is_subreaper
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNC_ROOT = "/run/wasm-shim/runc"  # + "/<namespace>": like containerd's /run/containerd/runc/<ns>
-RUNC_TIMEOUT = 30.0  # seconds for one runc create/start; a hung runc is killed and reported
-RUNC_QUICK_TIMEOUT = 10.0  # kill, delete
 PID_FILE = "init.pid"  # in the bundle, as containerd's runc shim names it
 RUNC_LOG = "log.json"  # in the bundle, likewise
-
-# prctl(2) options (include/uapi/linux/prctl.h).
-PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
-
-# runc's messages when the container is already gone; kill and delete are idempotent.
-_GONE = re.compile(r"container not running|process already finished|does not exist|no such process", re.IGNORECASE)
-# systemd cgroup paths are "slice:prefix:name" (runc libcontainer/cgroups/systemd, CRI with SystemdCgroup).
-_SYSTEMD_CGROUP = re.compile(r"^[^/:]*:[^:/]*:[^:/]*$")
-
-
-# --- the daemon process -------------------------------------------------------------------------------------
-
-def _prctl(option: int, arg: Any) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    result = int(libc.prctl(option, arg, 0, 0, 0))
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return result
-
-
-def is_subreaper() -> bool:
-    value = ctypes.c_int(0)
-    _prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value))
-    return bool(value.value)
-
-
-def become_subreaper() -> None:
-    """Make this process the child subreaper of its descendants (prctl PR_SET_CHILD_SUBREAPER).
-
-    Container init processes outlive ``runc create`` and are re-parented to us instead of to PID 1, so the
-    daemon can reap them and learn their exit status. Not inherited across fork; idempotent.
-    """
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-# --- runc -----------------------------------------------------------------------------------------------------
-
-def runc_log_error(text: str) -> str:
-    """The error lines of a runc ``--log-format json`` log, joined; the last non-empty line when none is JSON."""
-    errors = []
-    plain = ""
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            plain = line
-            continue
-        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
-            errors.append(str(entry.get("msg", "")).strip())
-    return "; ".join(e for e in errors if e) or plain
-
-
-def systemd_cgroup(cgroups_path: str) -> bool:
-    return bool(_SYSTEMD_CGROUP.match(cgroups_path))
-
-
-class Runc:
-    """One runc binary and state root; every call is bounded by a timeout and reports runc's own words."""
-
-    def __init__(self, binary: str, root: str, *, systemd_cgroup: bool = False) -> None:
-        self.binary = binary
-        self.root = root
-        self.systemd_cgroup = systemd_cgroup
-
-    def argv(self, *args: str, log_file: str | None = None) -> list[str]:
-        argv = [self.binary, "--root", self.root]
-        if log_file:
-            argv += ["--log", log_file, "--log-format", "json"]
-        if self.systemd_cgroup:
-            argv.append("--systemd-cgroup")
-        return [*argv, *args]
-
-    def run(self, *args: str, timeout: float = RUNC_QUICK_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        """Run runc with output captured; EngineError when it cannot be run or does not finish in time."""
-        argv = self.argv(*args)
-        try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise EngineError(f"`runc {' '.join(args)}` did not finish within {timeout:g} s (killed)") from None
-        except OSError as exc:
-            raise EngineError(f"cannot run {self.binary}: {exc.strerror}") from None
 
 
 # --- the engine -----------------------------------------------------------------------------------------------
@@ -221,7 +133,7 @@ class NativeEngine:
             pid = _read_pid(pid_file)
             pidfd = os.pidfd_open(pid)
         except (EngineError, OSError) as exc:
-            _force_delete(runc, task_id)
+            force_delete(runc, task_id)
             raise EngineError(f"runc created {task_id} but its init process cannot be watched: {exc}") from None
         guest = NativeGuest(runc, task_id, pid, self._forget)
         # Reaped by the watcher from here on, whatever happens next; on_exit is armed only once start succeeded.
@@ -237,7 +149,7 @@ class NativeEngine:
                 runc.argv("start", task_id, log_file=log_file),
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUNC_TIMEOUT,
             )
-            failure = "" if started.returncode == 0 else (_read_log_error(log_file) or started.stderr.strip()
+            failure = "" if started.returncode == 0 else (read_log_error(log_file) or started.stderr.strip()
                                                          or f"exit status {started.returncode}")
         except subprocess.TimeoutExpired:
             failure = f"did not finish within {RUNC_TIMEOUT:g} s (killed)"
@@ -292,7 +204,7 @@ class NativeEngine:
             for fd in fds:  # the container's init has its own copies now (or there is no container)
                 os.close(fd)
         if created.returncode != 0:
-            reason = _read_log_error(log_file) or f"exit status {created.returncode}"
+            reason = read_log_error(log_file) or f"exit status {created.returncode}"
             self._discard_failed_create(runc, task_id, pid_file)
             raise EngineError(f"runc create {task_id} ({prepared.executable.guest_path}): {reason}")
 
@@ -307,7 +219,7 @@ class NativeEngine:
                 pidfd = os.pidfd_open(pid)
         except (EngineError, OSError):
             pass
-        _force_delete(runc, task_id)
+        force_delete(runc, task_id)
         if pidfd is not None:
             self._watcher.watch(pidfd, lambda _status: None)
 
@@ -323,24 +235,6 @@ def _read_pid(pid_file: str) -> int:
             return int(file.read().strip())
     except (OSError, ValueError) as exc:
         raise EngineError(f"cannot read runc's pid file {pid_file}: {exc}") from None
-
-
-def _read_log_error(log_file: str) -> str:
-    try:
-        with open(log_file, encoding="utf-8", errors="replace") as file:
-            return runc_log_error(file.read())
-    except OSError:
-        return ""
-
-
-def _force_delete(runc: Runc, task_id: str) -> None:
-    try:
-        done = runc.run("delete", "--force", task_id)
-    except EngineError as exc:
-        log.error("cleaning up %s: %s", task_id, exc)
-        return
-    if done.returncode != 0 and not _GONE.search(done.stderr):
-        log.error("cleaning up %s: runc delete: %s", task_id, done.stderr.strip())
 
 
 # --- guests -----------------------------------------------------------------------------------------------------
@@ -366,7 +260,7 @@ class NativeGuest(ChildGuest):
             return
         args = ["kill", *(["--all"] if all else []), self.task_id, str(signal)]
         done = self.runc.run(*args)
-        if done.returncode == 0 or self.exit_status is not None or _GONE.search(done.stderr):
+        if done.returncode == 0 or self.exit_status is not None or GONE.search(done.stderr):
             return
         raise EngineError(f"runc kill {self.task_id} {signal}: {done.stderr.strip() or done.returncode}")
 
@@ -390,7 +284,7 @@ class NativeGuest(ChildGuest):
             self._deleted = True
         self._forget(self.task_id)
         done = self.runc.run("delete", "--force", self.task_id)
-        if done.returncode != 0 and not _GONE.search(done.stderr):
+        if done.returncode != 0 and not GONE.search(done.stderr):
             raise EngineError(f"runc delete {self.task_id}: {done.stderr.strip() or done.returncode}")
 
     def _gone(self, status: int) -> None:

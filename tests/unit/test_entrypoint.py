@@ -17,7 +17,8 @@ from wasm_shim.shim.engines.base import (
     locate_entrypoint,
     spec_path,
 )
-from wasm_shim.shim.engines.native import NativeEngine, systemd_cgroup
+from wasm_shim.shim.engines.native import NativeEngine
+from wasm_shim.shim.engines.runc import systemd_cgroup
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(56)
 WASM = b"\0asm\x01\x00\x00\x00"

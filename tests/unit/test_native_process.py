@@ -14,7 +14,7 @@ import pytest
 from wasm_shim.shim.engines.base import EngineError, GuestStdio
 from wasm_shim.shim.engines.cgroups import cgroup_dir, cgroup_pids, cgroup_usage, parse_proc_cgroup, read_cgroups
 from wasm_shim.shim.engines.child import ExitWatcher, check_signal, exit_status, open_stdio
-from wasm_shim.shim.engines.native import runc_log_error
+from wasm_shim.shim.engines.runc import runc_log_error
 
 
 def _spawn(*args: str) -> int:
@@ -166,7 +166,8 @@ def test_runc_log_errors_are_extracted() -> None:
 
 def test_guest_delivers_an_exit_that_came_before_start_returned() -> None:
     # A container like `true` can be reaped before start() arms on_exit: the status must still arrive, once.
-    from wasm_shim.shim.engines.native import NativeGuest, Runc
+    from wasm_shim.shim.engines.native import NativeGuest
+    from wasm_shim.shim.engines.runc import Runc
 
     guest = NativeGuest(Runc("runc", "/nonexistent"), "t", 0, lambda _id: None)
     guest.reaped(3)
