@@ -191,6 +191,11 @@ def test_wasm_deployment_ready_on_the_installed_node(cluster: Cluster, release: 
                                                             .status.available_replicas or 0) == 2, timeout=180)
         pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items
         assert {p.spec.node_name for p in pods} == {"node-a"}
+        # node-a runs containerd 2.x, where the installer's table says sandboxer = "shim": each pod is held by a
+        # holder process of our daemon (its hostname the pod's name), not by CRI's pause container under runc.
+        holders = [line for line in node_a_processes(cluster) if line.split()[0].endswith("/wasm-shim-sandbox-holder")]
+        for pod in pods:
+            assert any(f"--hostname {pod.metadata.name}" in line for line in holders), holders
         for pod in pods:
             # What `kubectl logs` shows: the guest's own output, through the shim and the kubelet.
             logs = cluster.kubectl("logs", "-n", NAMESPACE, pod.metadata.name)
