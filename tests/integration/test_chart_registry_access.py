@@ -75,7 +75,8 @@ def test_registry_access_values_reach_the_node_and_the_shim_reaches_a_private_re
     assert_valid(objects)
     argv = installer_argv(objects)
     args = build_parser().parse_args(argv)
-    assert args.option[-4:] == ["https_proxy=http://proxy.internal:3128", "no_proxy=.cluster.local,10.0.0.0/8",
+    access = ("https_proxy", "no_proxy", "registry_docker_config", "registry_ca_bundle")
+    assert [o for o in args.option if o.split("=", 1)[0] in access] == ["https_proxy=http://proxy.internal:3128", "no_proxy=.cluster.local,10.0.0.0/8",
                                 "registry_docker_config=/opt/wasm-shim/policy",
                                 "registry_ca_bundle=/opt/wasm-shim/policy/registry-ca.pem"]
     (ds,) = by_kind(objects, "DaemonSet")
