@@ -254,11 +254,28 @@ def read_annotations(bundle: str) -> dict[str, str]:
     return annotations if isinstance(annotations, dict) else {}
 
 
+def _is_sandbox_bundle(bundle: str) -> bool:
+    """containerd 2.x's Sandbox API starts the pod's shim with the sandbox's own id and a bundle directory holding no
+    container spec; the pod's containers then reach that daemon without another `start`."""
+    try:
+        posix.stat(join(bundle, "config.json"))
+        return False
+    except FileNotFoundError:
+        pass
+    try:
+        posix.stat(bundle)
+        return True
+    except OSError:
+        return False
+
+
 def group_key(grouping: str, container_id: str, bundle: str) -> str:
     """The part of the daemon identity chosen by the grouping policy (see ShimConfig.grouping)."""
     if grouping == "namespace":
         return "namespace"
     if grouping == "pod":
+        if _is_sandbox_bundle(bundle):
+            return f"pod:{container_id}"
         sandbox = read_annotations(bundle).get(SANDBOX_ID_ANNOTATION)
         return f"pod:{sandbox}" if sandbox else f"container:{container_id}"
     return f"container:{container_id}"

@@ -250,13 +250,25 @@ def test_runtime_options_reach_the_shim(cri_node_factory: CriNodeFactory, guests
     else:
         node = cri_node_factory(runtime_options=["grouping=pod"])
     hello = node.wasm_image("hello", guests / "hello.wasm")
+    pods = set()
     for name in ("grouped-a", "grouped-b"):
         pod_id, pod = _wasm_pod(node, name)
+        pods.add(pod_id)
         cid = node.crictl.create(pod_id, node.container_config("hello", hello), pod)
         node.crictl.run("start", cid)
         node.crictl.wait_state(cid, "CONTAINER_EXITED")
         assert node.crictl.logs(cid).stdout.strip() == "hello from wasm"
-    assert len(daemon_pids(node.containerd)) == 2, "grouping=pod: one shim daemon per pod"
+    daemons = daemon_pids(node.containerd)
+    assert len(daemons) == 2, "grouping=pod: one shim daemon per pod"
+    # Each daemon names its pod (what its metrics' `group` label says): through the pause container's annotations
+    # on 1.6, through the Sandbox API's start (the sandbox's own id) on 2.x.
+    groups = {_environ(pid).get("WASM_SHIM_DAEMON_GROUP") for pid in daemons}
+    assert groups == {f"pod:{pod_id}" for pod_id in pods}, groups
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 @pytest.mark.parametrize("where", ["inline", "config_path"])

@@ -95,6 +95,10 @@ def test_group_keys(tmp_path):
     assert launch.group_key("pod", "c1", str(tmp_path)) == "pod:pod1"
     assert launch.group_key("container", "c1", str(tmp_path)) == "container:c1"
     assert launch.group_key("pod", "c1", str(tmp_path / "missing")) == "container:c1"
+    # A pod's sandbox on containerd 2.x (sandboxer = "shim"): a bundle without config.json, the sandbox's id.
+    sandbox = tmp_path / "sandbox-bundle"
+    sandbox.mkdir()
+    assert launch.group_key("pod", "pod1", str(sandbox)) == "pod:pod1"
 
 
 def test_socket_path_is_stable_and_short():
