@@ -76,9 +76,9 @@ def test_registry_access_values_reach_the_node_and_the_shim_reaches_a_private_re
     argv = installer_argv(objects)
     args = build_parser().parse_args(argv)
     access = ("https_proxy", "no_proxy", "registry_docker_config", "registry_ca_bundle")
-    assert [o for o in args.option if o.split("=", 1)[0] in access] == ["https_proxy=http://proxy.internal:3128", "no_proxy=.cluster.local,10.0.0.0/8",
-                                "registry_docker_config=/opt/wasm-shim/policy",
-                                "registry_ca_bundle=/opt/wasm-shim/policy/registry-ca.pem"]
+    assert [o for o in args.option if o.split("=", 1)[0] in access] == [
+        "https_proxy=http://proxy.internal:3128", "no_proxy=.cluster.local,10.0.0.0/8",
+        "registry_docker_config=/opt/wasm-shim/policy", "registry_ca_bundle=/opt/wasm-shim/policy/registry-ca.pem"]
     (ds,) = by_kind(objects, "DaemonSet")
     volume = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "signature-policy")
     assert volume["projected"]["sources"][1] == {"secret": {"name": "node-pull", "items": [
