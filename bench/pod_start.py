@@ -69,11 +69,12 @@ def _node(ctx: Context) -> CriNode:
         link.unlink(missing_ok=True)
         link.symlink_to(peer.binary)
 
-    def factory(kind: str, *, cri: bool = False, extra_config: str = "") -> Containerd:
+    def factory(kind: str, *, cri: bool = False, extra_config: str = "",
+                env: dict[str, str] | None = None) -> Containerd:
         # containerd and our daemon at info level: their debug logging is not under test.
         return launch("2.x", ctx.workdir / "pod-ctrd", path_prepend=[VENV_BIN, peer_bin], cri=cri,
                       extra_config=extra_config + '[debug]\nlevel = "info"\n',
-                      env={"WASM_SHIM_LOG_LEVEL": "info"})
+                      env={**(env or {}), "WASM_SHIM_LOG_LEVEL": "info"})
 
     extra = (containerd_config_table("2.x", handler="wasmtime-podsandbox", sandboxer="podsandbox")
              if _sandboxer_option_known() else "") + _peer_tables(list(ctx.peers))
