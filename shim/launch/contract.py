@@ -321,9 +321,66 @@ def hint_key(address: str, namespace: str, environ: Mapping[str, str], stdin: by
     ours = sorted(_raw(f"{name}={value}") for name, value in environ.items() if name.startswith("WASM_SHIM_"))
     for part in [_raw(p) for p in parts] + ours:
         digest.update(part + b"\0")
-    digest.update(b"%016x" % len(stdin))
-    digest.update(stdin)
+    keyed = without_id(stdin)
+    digest.update(b"%016x" % len(keyed))
+    digest.update(keyed)
     return digest.hexdigest()
+
+
+_U64 = (1 << 64) - 1
+
+
+def without_id(stdin: bytes) -> bytes:
+    """containerd's start input without its field 1 (the id of the sandbox or container being started, which
+    containerd 2.x puts there): every other top-level field's bytes, in order. The whole input, unchanged, when it
+    is not a well-formed protobuf message (fast_start.c does the same, byte for byte)."""
+    kept = bytearray()
+    pos, end = 0, len(stdin)
+    while pos < end:
+        start = pos
+        tag, shift = 0, 0
+        while True:
+            if pos >= end or shift > 63:
+                return stdin
+            byte = stdin[pos]
+            pos += 1
+            tag |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        tag &= _U64  # as fast_start.c's uint64_t keeps it
+        wire = tag & 7
+        if wire == 0:
+            while True:
+                if pos >= end:
+                    return stdin
+                pos += 1
+                if not stdin[pos - 1] & 0x80:
+                    break
+        elif wire == 1 or wire == 5:
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, shift = 0, 0
+            while True:
+                if pos >= end or shift > 63:
+                    return stdin
+                byte = stdin[pos]
+                pos += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            length &= _U64
+            if length > end - pos:
+                return stdin
+            pos += length
+        else:
+            return stdin
+        if pos > end:
+            return stdin
+        if tag >> 3 != 1 or wire != 2:
+            kept += stdin[start:pos]
+    return bytes(kept)
 
 
 def file_state(path: str) -> str:

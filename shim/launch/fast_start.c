@@ -15,7 +15,8 @@
  * The key is sha256 over, each followed by a NUL byte: the tag "wasm-shim-start-hint-v1", the -address and
  * -namespace flags, the environment's NAMESPACE, TTRPC_ADDRESS, GRPC_ADDRESS and MAX_SHIM_VERSION (each
  * "NAME=value", or "NAME" when unset), every WASM_SHIM_* variable ("NAME=value", sorted by bytes); then the stdin
- * bytes, their length first as 16 hex digits. The -id is not in it: hints are written only for the grouping
+ * bytes without their field 1 (the id of what is started: containerd 2.x puts it there, and it decides nothing
+ * under the "namespace" grouping), their length first as 16 hex digits. The -id is not in it: hints are written only for the grouping
  * "namespace", where the container decides nothing. binary.py (contract.hint_key) computes the same key, which
  * tests/integration/test_fast_start.py checks.
  *
@@ -189,6 +190,54 @@ static int hexval(int c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* One base-128 varint at in[*pos] into *value; 0 when it runs past n or past 64 bits (contract.without_id). */
+static int varint(const unsigned char *in, size_t n, size_t *pos, uint64_t *value) {
+    uint64_t v = 0;
+    for (unsigned shift = 0;; shift += 7) {
+        if (*pos >= n || shift > 63) return 0;
+        unsigned char byte = in[(*pos)++];
+        v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) break;
+    }
+    *value = v;
+    return 1;
+}
+
+/* containerd's start input without its field 1 (the id containerd 2.x puts there) into out (n bytes at least);
+ * the whole input when it is not a well-formed message. The same rule as contract.without_id, byte for byte. */
+static size_t without_id(const unsigned char *in, size_t n, unsigned char *out) {
+    size_t pos = 0, kept = 0;
+    while (pos < n) {
+        size_t start = pos;
+        uint64_t tag, length;
+        if (!varint(in, n, &pos, &tag)) goto whole;
+        unsigned wire = (unsigned)(tag & 7);
+        if (wire == 0) {
+            for (;;) {
+                if (pos >= n) goto whole;
+                if (!(in[pos++] & 0x80)) break;
+            }
+        } else if (wire == 1 || wire == 5) {
+            size_t size = wire == 1 ? 8 : 4;
+            if (size > n - pos) goto whole;
+            pos += size;
+        } else if (wire == 2) {
+            if (!varint(in, n, &pos, &length) || length > n - pos) goto whole;
+            pos += (size_t)length;
+        } else {
+            goto whole;
+        }
+        if ((tag >> 3) != 1 || wire != 2) {
+            memcpy(out + kept, in + start, pos - start);
+            kept += pos - start;
+        }
+    }
+    return kept;
+whole:
+    memcpy(out, in, n);
+    return n;
+}
+
 /* 0 once the answer is written (the hint holds and its daemon answers); -1: leave it to binary.py. */
 static int fast_start(const char *address, const char *ns) {
     if (read_stdin() < 0) return -1;
@@ -210,10 +259,14 @@ static int fast_start(const char *address, const char *ns) {
         if (strncmp(*e, "WASM_SHIM_", 10) == 0) ours[n_ours++] = *e;
     qsort(ours, n_ours, sizeof *ours, by_bytes);
     for (size_t i = 0; i < n_ours; i++) feed(&s, ours[i]);
+    unsigned char *keyed = malloc(input_length + 1);
+    if (!keyed) return -1;
+    size_t keyed_length = without_id(input, input_length, keyed);
     char length[17];
-    snprintf(length, sizeof length, "%016zx", input_length);
+    snprintf(length, sizeof length, "%016zx", keyed_length);
     sha256_update(&s, length, 16);
-    sha256_update(&s, input, input_length);
+    sha256_update(&s, keyed, keyed_length);
+    free(keyed);
     char key[65];
     sha256_hex(&s, key);
 

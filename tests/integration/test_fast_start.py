@@ -86,7 +86,17 @@ def _env(**extra: str) -> dict[str, str]:
             "GRPC_ADDRESS": "/run/c.sock", **extra}
 
 
-@pytest.mark.parametrize("stdin", [b"", bytes.fromhex("10 01 1a 06 6b 38 73 2e 69 6f") + b"\0" * 3])
+_ID = b"\x0a\x40" + b"4" * 64  # field 1: the id containerd 2.x puts in its start input
+_STDINS = [
+    b"", bytes.fromhex("10 01 1a 06 6b 38 73 2e 69 6f") + b"\0" * 3, _ID + b"\x12\x06k8s.io\x18\x05",
+    # Not well-formed, so keyed whole on both sides: a truncated varint, a length past the end, wire types 3 and 7,
+    # a fixed32 cut short, a ten-byte tag whose high bits only a 64-bit reader drops, a length over 2**64.
+    b"\x08", b"\x0a\xff", b"\x0a\x05ab", b"\x0b\x01", b"\x0f", b"\x0a\x01x\x0d\x01\x02",
+    b"\x8a\x80\x80\x80\x80\x80\x80\x80\x80\x02\x01x", b"\x12\x85\x80\x80\x80\x80\x80\x80\x80\x80\x02ab",
+]
+
+
+@pytest.mark.parametrize("stdin", _STDINS)
 def test_a_hint_is_found_under_the_key_binary_py_computes(binary: Path, daemon: str, keys: list[str],
                                                            tmp_path: Path, stdin: bytes) -> None:
     address = f"/run/containerd-{secrets.token_hex(4)}.sock"
@@ -98,6 +108,20 @@ def test_a_hint_is_found_under_the_key_binary_py_computes(binary: Path, daemon: 
     assert (tmp_path / "bundle" / "address").read_text() == f"unix://{daemon}"
 
 
+def test_the_id_in_containerds_start_input_does_not_decide_the_answer(binary: Path, daemon: str, keys: list[str],
+                                                                        tmp_path: Path) -> None:
+    """containerd 2.x puts the id of the pod or container being started in field 1 of its start input: the hint
+    one start left answers the next one's, whose id differs (grouping "namespace": the id decides nothing)."""
+    address = f"/run/containerd-{secrets.token_hex(4)}.sock"
+    env = _env(MAX_SHIM_VERSION="2")
+    rest = b"\x12\x06k8s.io\x2a\x0f/run/c.sock.ttr"
+    _hint(keys, address, "k8s.io", env, b"\x0a\x40" + b"a" * 64 + rest, daemon, b"the answer")
+    done = _start(binary, tmp_path / "bundle", address, env, b"\x0a\x40" + b"b" * 64 + rest)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"the answer", done.stdout
+    assert contract.without_id(b"\x0a\x40" + b"b" * 64 + rest) == rest
+
+
 @pytest.mark.parametrize("change", ["environment", "stdin", "config file", "dead daemon", "untrusted hint",
                                     "another action"])
 def test_anything_the_hint_does_not_hold_goes_to_the_launcher_intact(binary: Path, daemon: str, keys: list[str],
@@ -105,13 +129,13 @@ def test_anything_the_hint_does_not_hold_goes_to_the_launcher_intact(binary: Pat
     address = f"/run/containerd-{secrets.token_hex(4)}.sock"
     config = tmp_path / "options.toml"
     config.write_text('grouping = "namespace"\n')
-    env, stdin = _env(), b"\x0a\x03abc"
+    env, stdin = _env(), b"\x0a\x03abc\x12\x06k8s.io"
     _hint(keys, address, "k8s.io", env, stdin, daemon, b"the answer", [contract.file_state(str(config))])
     extra: tuple[str, ...] = ()
     if change == "environment":
         env = _env(WASM_SHIM_LOG_LEVEL="debug")
     elif change == "stdin":
-        stdin = b"\x0a\x03abd"
+        stdin = b"\x0a\x03abc\x12\x06k8s.iq"
     elif change == "config file":
         config.write_text('grouping = "namespace"\nlog_level = "debug"\n')
     elif change == "dead daemon":
