@@ -330,6 +330,21 @@ def hint_key(address: str, namespace: str, environ: Mapping[str, str], stdin: by
 _U64 = (1 << 64) - 1
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """A base-128 varint at ``pos``: (its value as 64 bits keep it, the position after it); None when it runs past
+    the end or past 64 bits (fast_start.c's ``varint``)."""
+    value, shift, end = 0, 0, len(data)
+    while True:
+        if pos >= end or shift > 63:
+            return None
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value & _U64, pos
+
+
 def without_id(stdin: bytes) -> bytes:
     """containerd's start input without its field 1 (the id of the sandbox or container being started, which
     containerd 2.x puts there): every other top-level field's bytes, in order. The whole input, unchanged, when it
@@ -338,18 +353,11 @@ def without_id(stdin: bytes) -> bytes:
     pos, end = 0, len(stdin)
     while pos < end:
         start = pos
-        tag, shift = 0, 0
-        while True:
-            if pos >= end or shift > 63:
-                return stdin
-            byte = stdin[pos]
-            pos += 1
-            tag |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        tag &= _U64  # as fast_start.c's uint64_t keeps it
-        wire = tag & 7
+        tag = _varint(stdin, pos)
+        if tag is None:
+            return stdin
+        key, pos = tag
+        wire = key & 7
         if wire == 0:
             while True:
                 if pos >= end:
@@ -360,25 +368,15 @@ def without_id(stdin: bytes) -> bytes:
         elif wire == 1 or wire == 5:
             pos += 8 if wire == 1 else 4
         elif wire == 2:
-            length, shift = 0, 0
-            while True:
-                if pos >= end or shift > 63:
-                    return stdin
-                byte = stdin[pos]
-                pos += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            length &= _U64
-            if length > end - pos:
+            length = _varint(stdin, pos)
+            if length is None or length[0] > end - length[1]:
                 return stdin
-            pos += length
+            pos = length[1] + length[0]
         else:
             return stdin
         if pos > end:
             return stdin
-        if tag >> 3 != 1 or wire != 2:
+        if key >> 3 != 1 or wire != 2:
             kept += stdin[start:pos]
     return bytes(kept)
 

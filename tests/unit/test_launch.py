@@ -6,6 +6,8 @@ import json
 
 import pytest
 from google.protobuf import any_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wasm_shim.shim.config import ConfigError, ShimConfig, load_config
 from wasm_shim.shim.launch import contract as launch
@@ -125,3 +127,39 @@ def test_config_sources_and_errors(tmp_path):
         load_config(options_body="grouping = ", environ={"WASM_SHIM_CONFIG": ""})
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(options_path=str(tmp_path / "nope.toml"), environ={"WASM_SHIM_CONFIG": ""})
+
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire) + (_varint(len(payload)) + payload if wire == 2 else payload)
+
+
+_FIELDS = st.one_of(
+    st.tuples(st.integers(1, 20), st.just(0), st.integers(0, 2**64 - 1).map(_varint)),
+    st.tuples(st.integers(1, 20), st.just(2), st.binary(max_size=80)),
+    st.tuples(st.integers(1, 20), st.just(1), st.binary(min_size=8, max_size=8)),
+    st.tuples(st.integers(1, 20), st.just(5), st.binary(min_size=4, max_size=4)),
+)
+
+
+@given(st.lists(_FIELDS, max_size=8))
+def test_the_hint_key_leaves_out_exactly_field_1_of_a_well_formed_start_input(fields) -> None:
+    encoded = [_field(number, wire, payload) for number, wire, payload in fields]
+    expected = b"".join(e for (number, wire, _), e in zip(fields, encoded, strict=True)
+                        if not (number == 1 and wire == 2))
+    assert launch.without_id(b"".join(encoded)) == expected
+
+
+@given(st.binary(max_size=200))
+def test_any_start_input_is_keyed_without_error(data: bytes) -> None:
+    kept = launch.without_id(data)
+    assert kept == data or len(kept) < len(data)
