@@ -325,7 +325,7 @@ def client_on_node_b(core: client.CoreV1Api, script: str) -> str:
 
 
 def http_get_script(host: str, paths: list[str]) -> str:
-    """Busybox sh + nc (busybox wget segfaults in a container here, CLUSTER.md): each path's raw HTTP/1.1 answer,
+    """Busybox sh + nc (busybox wget segfaults in a container on this kind of machine): each path's raw HTTP/1.1 answer,
     separated by `=====`; each request is retried a few times while the connection is refused. nc's stdin stays
     open for a while after the request: with `echo ... | nc` alone (stdin at its end at once), 200 answers came
     back empty here while the quick 500 did not."""
