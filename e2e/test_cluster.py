@@ -42,7 +42,13 @@ def pod_phase(core: client.CoreV1Api, name: str) -> str:
 
 
 def test_both_nodes_ready_each_on_its_own_containerd(core: client.CoreV1Api) -> None:
-    nodes = {n.metadata.name: n for n in core.list_node().items}
+    # The kubelet reports "containerd://Unknown" when its status sync ran while containerd was restarting (the chart
+    # tests before this module restart node-a's); its next sync (every 10 s) has the version again.
+    def known() -> dict[str, client.V1Node] | None:
+        found = {n.metadata.name: n for n in core.list_node().items}
+        versions = [n.status.node_info.container_runtime_version for n in found.values()]
+        return None if any(v.endswith("://Unknown") for v in versions) else found
+    nodes = wait_until("both kubelets report their containerd's version", known, timeout=60)
     assert set(nodes) == {"node-a", "node-b"}
     for node in nodes.values():
         ready = next(c for c in node.status.conditions if c.type == "Ready")
