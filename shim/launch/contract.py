@@ -242,31 +242,24 @@ def decode_start_input(data: bytes, environ: Mapping[str, str]) -> StartInput:
     return result
 
 
-def read_annotations(bundle: str) -> dict[str, str]:
+def read_annotations(bundle: str) -> dict[str, str] | None:
+    """The spec's annotations; None when the bundle directory holds no config.json (containerd 2.x's Sandbox API
+    starts the pod's shim so, with the sandbox's own id), {} when it cannot be read otherwise."""
     import json  # only the "pod" grouping reads the spec
 
     try:
         with open(join(bundle, "config.json"), "rb") as f:
             spec = json.load(f)
+    except FileNotFoundError:
+        try:
+            posix.stat(bundle)
+        except OSError:
+            return {}
+        return None
     except (OSError, ValueError):
         return {}
-    annotations = spec.get("annotations") or {}
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
     return annotations if isinstance(annotations, dict) else {}
-
-
-def _is_sandbox_bundle(bundle: str) -> bool:
-    """containerd 2.x's Sandbox API starts the pod's shim with the sandbox's own id and a bundle directory holding no
-    container spec; the pod's containers then reach that daemon without another `start`."""
-    try:
-        posix.stat(join(bundle, "config.json"))
-        return False
-    except FileNotFoundError:
-        pass
-    try:
-        posix.stat(bundle)
-        return True
-    except OSError:
-        return False
 
 
 def group_key(grouping: str, container_id: str, bundle: str) -> str:
@@ -274,9 +267,10 @@ def group_key(grouping: str, container_id: str, bundle: str) -> str:
     if grouping == "namespace":
         return "namespace"
     if grouping == "pod":
-        if _is_sandbox_bundle(bundle):
+        annotations = read_annotations(bundle)
+        if annotations is None:  # a pod's sandbox: its containers reach this daemon without another `start`
             return f"pod:{container_id}"
-        sandbox = read_annotations(bundle).get(SANDBOX_ID_ANNOTATION)
+        sandbox = annotations.get(SANDBOX_ID_ANNOTATION)
         return f"pod:{sandbox}" if sandbox else f"container:{container_id}"
     return f"container:{container_id}"
 
