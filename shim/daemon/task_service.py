@@ -42,6 +42,7 @@ from ..engines.base import (
     Guest,
     GuestSpec,
     Prepared,
+    Staged,
     Unsupported,
     killed_status,
 )
@@ -79,6 +80,9 @@ class Task:
     stdout: str = ""
     stderr: str = ""
     rootfs_mounted: bool = False
+    staging: asyncio.Future[Staged] | None = None  # Engine.stage, from Create until Start launches or a kill or
+    # delete of the unstarted task discards it (then None)
+    started: asyncio.Future[None] | None = None  # done once Start has answered: an exit is recorded after it
     guest: Guest | None = None
     pid: int = 0
     exit_status: int = 0
@@ -227,6 +231,7 @@ class TaskService:
         finally:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
+        self._stage(task)
         done_ns = time.time_ns()
         log.info("task created: %s, engine %s", task.spec.args[0], task.engine.name,
                  extra={**_context(req.id, namespace), "received_ns": received_ns, "done_ns": done_ns})
@@ -288,22 +293,48 @@ class TaskService:
             rootfs_mounted=mounted, pid=os.getpid(),
         )
 
+    def _stage(self, task: Task) -> None:
+        """Ready the new task's guest once Create has answered (``Engine.stage`` on a worker thread, in this call's
+        context), so that Start only launches it: what runc's create does, while containerd (or the kubelet) does
+        its own work between the two calls."""
+        loop = asyncio.get_running_loop()
+        # A guest may exit before a start that runs off the loop returns: its exit waits for Start's answer.
+        started = task.started = loop.create_future()
+
+        def on_exit(status: int) -> None:  # called once, from the guest's thread
+            loop.call_soon_threadsafe(self._exit_after_start, started, task, status)
+
+        task.staging = loop.run_in_executor(None, contextvars.copy_context().run, task.engine.stage, task.prepared,
+                                            task.io.guest, on_exit)
+
+    async def _discard_staged(self, task: Task) -> None:
+        """The task will never start (killed or deleted before Start): free its staged guest, whose thread and fds
+        (the stdio FIFOs' writers, the preopened rootfs) must be gone before its stdio drains or its rootfs is
+        unmounted."""
+        staging, task.staging = task.staging, None
+        if staging is None:
+            return
+        try:
+            staged = await staging
+        except EngineError:
+            return  # staging failed and released what it had opened: nothing is left
+        except Exception:
+            log.exception("staging the guest failed", extra=_context(task.id, task.namespace))
+            return
+        await asyncio.get_running_loop().run_in_executor(None, staged.discard)
+
     async def start(self, req: task_pb2.StartRequest, namespace: str | None = None) -> task_pb2.StartResponse:
         received_ns = time.time_ns()  # Start received, wall clock (logged: bench/instance_start.py reads it)
         self._tracer.tag("container.id", req.id)
         task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.START)
-        loop = asyncio.get_running_loop()
-
-        # A guest may exit before a start that runs off the loop returns: its exit waits for TaskStart.
-        started = loop.create_future()
-
-        def on_exit(status: int) -> None:  # called once, from the guest's thread
-            loop.call_soon_threadsafe(self._exit_after_start, started, task, status)
-
+        staging, task.staging = task.staging, None
+        started = task.started
+        if staging is None or started is None:  # a kill came first and discarded the staged guest
+            raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: the task was killed before it started")
         try:
-            task.guest = await self._engine_call(task, "start", task.engine.start, task.prepared, task.io.guest,
-                                                 on_exit)
+            staged = await staging  # done by now, unless Start came within a few hundred microseconds of Create
+            task.guest = await self._engine_call(task, "start", staged.launch)
         except EngineError as exc:
             self._guest_exited(task, killed_status(signal.SIGKILL))
             raise RpcError(Code.FAILED_PRECONDITION, f"start {task.id}: {exc}") from None
@@ -377,7 +408,8 @@ class TaskService:
                 task.unblocking = True
                 asyncio.get_running_loop().run_in_executor(None, task.io.unblock_writers, task.gone)
         elif state is TaskState.CREATED:
-            # Never started: there is no guest thread; the process "exits" killed right away.
+            # Never started: the staged guest is freed (nothing of it ran); the process "exits" killed right away.
+            await self._discard_staged(task)
             self._guest_exited(task, killed_status(req.signal))
         return empty_pb2.Empty()
 
@@ -386,6 +418,7 @@ class TaskService:
         task = self._get(req.id, req.exec_id, namespace)
         self._transition(task, Action.DELETE)
         if task.lifecycle.state is TaskState.CREATED:
+            await self._discard_staged(task)
             task.io.close()
             task.exit_status, task.exited_at_ns = 0, self._clock()
         del self.tasks[task.id]

@@ -10,12 +10,15 @@ arrives as a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
 Rules (the contract the task service codes against):
 - ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
   names the path or export at fault (the user reads it in ``ctr`` output or ``kubectl describe``).
-- ``Engine.start`` returns a ``Guest``; ``on_exit(status)`` is then called exactly once, from another thread,
+- ``Engine.stage`` does, at Create (after it has answered), what a start can do ahead: it returns a ``Staged``
+  whose ``launch`` (at Start) returns a ``Guest``, or whose ``discard`` frees it unstarted (killed or deleted
+  before Start). ``Engine.start`` is the two at once. Once launched, ``on_exit(status)`` is called exactly once,
+  from another thread,
   after every fd and native resource the engine opened for the guest is closed (``ctr`` waits for EOF on the
   stdout/stderr FIFOs; a leaked writer is a hung ``ctr run``). A guest in a child process of the daemon
   exposes its ``pid``, and its on_exit runs only after that process was reaped.
-- ``Engine.runs_off_loop`` says whether ``start`` and the guest's calls block; ``Engine.close`` stops every
-  guest and frees the engine (the daemon calls it on exit).
+- ``Engine.runs_off_loop`` says whether ``launch`` and the guest's calls block (``stage`` always runs off the
+  loop); ``Engine.close`` stops every guest and frees the engine (the daemon calls it on exit).
 - ``Guest.kill`` is thread-safe and idempotent. A wasm guest cannot handle signals: a signal whose default
   action terminates a process terminates the guest, one whose default action is to ignore is a no-op, and
   signal 0 only checks. Stop/continue signals cannot be honoured and raise ``EngineError``.
@@ -74,7 +77,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .errors import EngineError as EngineError  # re-exported: engines import it from here
 from .grant import Grant
@@ -197,12 +200,44 @@ class Prepared(Protocol):
     """Opaque, engine-specific: the compiled module/component and the resolved entry."""
 
 
+class Staged(Protocol):
+    """A guest made ready by ``Engine.stage`` and not started: what runc's created (not yet started) container is.
+
+    Owned by the task service from Create until Start (``launch``) or until the task is killed or deleted
+    unstarted (``discard``). Invariant: exactly one of the two is called, once; after ``discard`` nothing of the
+    guest is left open (its fds closed, its thread ended), so the rootfs can be unmounted.
+    """
+
+    def launch(self) -> Guest:
+        """Start the guest; on_exit (given to ``stage``) is then called exactly once, from another thread.
+        EngineError, everything released, if it cannot start."""
+        ...
+
+    def discard(self) -> None:
+        """Free everything staged, without running any of the guest's code; on_exit is never called."""
+        ...
+
+
+class StartLater:
+    """``Staged`` for an engine with nothing to do ahead of Start: ``launch`` calls its ``start`` then."""
+
+    def __init__(self, start: Callable[[Any, GuestStdio, Callable[[int], None]], Guest], prepared: Prepared,
+                 stdio: GuestStdio, on_exit: Callable[[int], None]) -> None:
+        self._start, self._prepared, self._stdio, self._on_exit = start, prepared, stdio, on_exit
+
+    def launch(self) -> Guest:
+        return self._start(self._prepared, self._stdio, self._on_exit)
+
+    def discard(self) -> None:
+        return None
+
+
 class Engine(Protocol):
     """An engine: runs the entrypoint kinds it declares, prepares and starts guests, and frees all on close.
 
     ``accepts`` is the kinds of entrypoint it runs; the task service gives an entrypoint to the one engine that
     accepts its kind, so the order engines are listed in never matters (no two engines accept one kind).
-    ``runs_off_loop`` is the one scheduling fact the task service needs: True when ``start`` and the calls of
+    ``runs_off_loop`` is the one scheduling fact the task service needs: True when ``launch`` and the calls of
     its guests (kill, pause, resume, delete) block (they run subprocesses, e.g. runc), so the task service runs
     them on a worker thread; False when they return at once and are called on the event loop. ``prepare``
     may compile and is always called off the loop.
@@ -217,8 +252,15 @@ class Engine(Protocol):
         read once by the caller (``find_entrypoint``, ``read_entrypoint``): the engine does not look it up again."""
         ...
 
+    def stage(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Staged:
+        """Everything of a start that can come before it (Create's work, done after Create has answered, so off
+        both calls' paths): e.g. the guest's store, its WASI context and its parked thread. Always called off
+        the loop; EngineError, everything released, when the guest could never start (stdio, preopens)."""
+        ...
+
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Guest:
-        """Starts the guest; on_exit(status) is then called exactly once, from another thread."""
+        """``stage`` then ``launch`` at once: the guest runs; on_exit(status) is then called exactly once, from
+        another thread."""
         ...
 
     def close(self, timeout: float = 5.0) -> None:

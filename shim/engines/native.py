@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .base import EngineError, EntryKind, Entrypoint, GuestSpec, GuestStdio
+from .base import EngineError, EntryKind, Entrypoint, GuestSpec, GuestStdio, StartLater
 from .cgroups import cgroup_pids, cgroup_usage, read_cgroups
 from .child import ChildGuest, ExitWatcher, check_signal, open_stdio
 from .runc import GONE, RUNC_TIMEOUT, Runc, force_delete, read_log_error, systemd_cgroup
@@ -106,6 +106,10 @@ class NativeEngine:
         if not spec.bundle or not os.path.isfile(os.path.join(spec.bundle, "config.json")):
             raise EngineError(f"bundle {spec.bundle or '(none)'} has no config.json for runc")
         return NativePrepared(spec, spec.bundle, executable, systemd_cgroup(spec.cgroups_path))
+
+    def stage(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> StartLater:
+        """Nothing ahead of Start: runc creates and starts the container at once, at ``launch``."""
+        return StartLater(self.start, prepared, stdio, on_exit)
 
     def start(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> NativeGuest:
         if not isinstance(prepared, NativePrepared):

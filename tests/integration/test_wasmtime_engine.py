@@ -877,3 +877,92 @@ def test_concurrent_creates_of_one_component_compile_it_once(sandbox: Sandbox, t
     engine.close()
     assert len(results) == 4 and not [r for r in results if isinstance(r, Exception)], results
     assert calls.read_text().split() == ["--check"], calls.read_text()
+
+
+# --- staged at Create, launched at Start (runc's create/start) ----------------------------------------------
+
+# A command whose start function (run by instantiation) writes a line: no instantiation may happen before launch.
+WRITES_AT_INSTANTIATION = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "start function ran\\n")
+  (func $at_instantiation
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 19))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (start $at_instantiation)
+  (func (export "_start")))"""
+
+# The same trap at instantiation (a data segment beyond its memory), without and with a start function: the first
+# is instantiated when staged, the second only at Start.
+BAD_SEGMENT = """(module
+  (memory (export "memory") 1)
+  (data (i32.const 65530) "beyond the end of the memory")
+  {start}
+  (func $nothing)
+  (func (export "_start")))"""
+
+
+def _stage(sandbox: Sandbox, name: str, **kwargs: Any) -> tuple[Any, Run]:
+    """Stage ``name`` as the task service does at Create; the Run's guest is set by launching the staged one."""
+    sandbox._count += 1
+    prepared = prepare(sandbox.engine, sandbox.spec(name, **kwargs))
+    stdout, stderr = sandbox.tmp / f"out-{sandbox._count}", sandbox.tmp / f"err-{sandbox._count}"
+    exits = Exits()
+    staged = sandbox.engine.stage(prepared, GuestStdio(None, str(stdout), str(stderr)), exits)
+    return staged, Run(staged, stdout, stderr, exits)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["hello.wasm", "writes.wasm"])
+def test_a_staged_guest_runs_nothing_until_it_is_launched(sandbox: Sandbox, name: str) -> None:
+    import wasmtime
+
+    (sandbox.rootfs / "writes.wasm").write_bytes(wasmtime.wat2wasm(WRITES_AT_INSTANTIATION))
+    staged, run = _stage(sandbox, name)
+    time.sleep(0.2)  # a thread that ran the guest early would have written by now
+    assert run.out() == "" and run.statuses == []
+    run.guest = staged.launch()
+    assert run.wait() == 0
+    assert run.out() == ("hello from wasm\n" if name == "hello.wasm" else "start function ran\n")
+
+
+def test_discarded_guests_run_nothing_and_leave_no_threads_fds_or_stores(sandbox: Sandbox, tmp_path: Path) -> None:
+    import wasmtime
+
+    (sandbox.rootfs / "writes.wasm").write_bytes(wasmtime.wat2wasm(WRITES_AT_INSTANTIATION))
+    data = tmp_path / "data"
+    data.mkdir()
+    mounts = (GuestMount("/data", str(data), readonly=True),)
+    for name in ("hello.wasm", "writes.wasm"):  # warm up: compiles
+        staged, run = _stage(sandbox, name, mounts=mounts)
+        run.guest = staged.launch()
+        run.wait()
+    gc.collect()
+    threads, fds, stores = threading.active_count(), open_fds(), live_wasmtime_stores()
+    runs = []
+    gc.disable()
+    try:
+        for i in range(20):
+            staged, run = _stage(sandbox, ("hello.wasm", "writes.wasm")[i % 2], mounts=mounts)
+            runs.append(run)
+            staged.discard()
+    finally:
+        gc.enable()
+    assert threading.active_count() == threads, "a discarded guest's thread is still there"
+    assert open_fds() - fds == set(), "a discarded guest left fds open"
+    assert live_wasmtime_stores() == stores == 0
+    assert all(run.out() == "" and run.statuses == [] for run in runs)  # nothing ran, on_exit never called
+
+
+@pytest.mark.parametrize("start", ["", "(start $nothing)"])
+def test_an_instantiation_that_fails_when_staged_fails_at_start_as_it_always_did(sandbox: Sandbox,
+                                                                                 start: str) -> None:
+    import wasmtime
+
+    (sandbox.rootfs / "segment.wasm").write_bytes(wasmtime.wat2wasm(BAD_SEGMENT.format(start=start)))
+    staged, run = _stage(sandbox, "segment.wasm")
+    time.sleep(0.05)
+    assert run.statuses == []  # not before Start
+    run.guest = staged.launch()
+    assert run.wait() == 134
+    assert run.err() == "wasm trap: out of bounds memory access\n"

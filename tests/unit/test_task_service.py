@@ -19,7 +19,15 @@ import pytest
 
 from wasm_shim.shim.daemon.events import Envelope, EventQueue
 from wasm_shim.shim.daemon.task_service import TaskService
-from wasm_shim.shim.engines.base import EngineError, EntryKind, Entrypoint, Guest, GuestSpec, GuestStdio
+from wasm_shim.shim.engines.base import (
+    EngineError,
+    EntryKind,
+    Entrypoint,
+    Guest,
+    GuestSpec,
+    GuestStdio,
+    StartLater,
+)
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
 from wasm_shim.shim.ttrpc.status import Code, RpcError
 
@@ -75,6 +83,9 @@ class FakeEngine:
         if self.refuse:
             raise EngineError(self.refuse)
         return spec
+
+    def stage(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> StartLater:
+        return StartLater(self.start, prepared, stdio, on_exit)
 
     def start(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> FakeGuest:
         self.start_threads.append(threading.get_ident())
@@ -214,3 +225,106 @@ async def test_a_refused_create_leaves_nothing_behind(bundle: Path) -> None:
     assert again.value.code is Code.FAILED_PRECONDITION
     await events.close()
     assert recorder.topics == []
+
+
+class StagedFake:
+    """What a staging engine hands back: records launch/discard and the thread each ran on."""
+
+    def __init__(self, engine: StagingEngine, on_exit: Callable[[int], None]) -> None:
+        self.engine, self.on_exit = engine, on_exit
+        self.calls: list[tuple[str, int]] = []
+
+    def launch(self) -> FakeGuest:
+        self.calls.append(("launch", threading.get_ident()))
+        guest = FakeGuest(self.on_exit)
+        self.engine.guests.append(guest)
+        return guest
+
+    def discard(self) -> None:
+        self.calls.append(("discard", threading.get_ident()))
+
+
+class StagingEngine(FakeEngine):
+    """Stages at Create (off the loop), or fails to with ``stage_error``."""
+
+    def __init__(self, stage_error: str = "") -> None:
+        super().__init__()
+        self.stage_error = stage_error
+        self.staged: list[StagedFake] = []
+        self.stage_threads: list[int] = []
+
+    def stage(self, prepared: Any, stdio: GuestStdio, on_exit: Callable[[int], None]) -> StagedFake:  # type: ignore[override]
+        self.stage_threads.append(threading.get_ident())
+        if self.stage_error:
+            raise EngineError(self.stage_error)
+        staged = StagedFake(self, on_exit)
+        self.staged.append(staged)
+        return staged
+
+
+async def test_create_stages_off_the_loop_and_start_only_launches(bundle: Path) -> None:
+    engine = StagingEngine()
+    service, events, recorder = await _service(engine)
+    loop_thread = threading.get_ident()
+    await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")
+    await asyncio.sleep(0.05)  # containerd's work between the two calls: staging is done meanwhile
+    assert len(engine.staged) == 1 and engine.staged[0].calls == [] and engine.stage_threads != [loop_thread]
+    await service.start(task_pb2.StartRequest(id="t1"))
+    assert engine.staged[0].calls == [("launch", loop_thread)]
+    await service.kill(task_pb2.KillRequest(id="t1", signal=signal.SIGKILL))
+    await service.wait(task_pb2.WaitRequest(id="t1"))
+    await events.close()
+    assert recorder.topics == ["/tasks/create", "/tasks/start", "/tasks/exit"]
+
+
+async def test_start_right_after_create_waits_for_the_staging(bundle: Path) -> None:
+    engine = StagingEngine()
+    service, events, _ = await _service(engine)
+    await _create_and_start(service, bundle)  # no pause between: Start awaits Create's staging
+    assert [call for call, _ in engine.staged[0].calls] == ["launch"]
+    await service.kill(task_pb2.KillRequest(id="t1", signal=signal.SIGKILL))
+    await events.close()
+
+
+@pytest.mark.parametrize("first", ["kill", "delete"])
+async def test_a_task_killed_or_deleted_before_start_discards_its_staged_guest(bundle: Path, first: str) -> None:
+    engine = StagingEngine()
+    service, events, recorder = await _service(engine)
+    await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")
+    if first == "kill":
+        await service.kill(task_pb2.KillRequest(id="t1", signal=signal.SIGKILL))
+        waited = await asyncio.wait_for(service.wait(task_pb2.WaitRequest(id="t1")), 5)
+        assert waited.exit_status == 137
+        with pytest.raises(RpcError) as refused:
+            await service.start(task_pb2.StartRequest(id="t1"))
+        assert refused.value.code in (Code.FAILED_PRECONDITION, Code.NOT_FOUND)
+    await service.delete(task_pb2.DeleteRequest(id="t1"))
+    await events.close()
+    assert [call for call, _ in engine.staged[0].calls] == ["discard"]  # once, and never launched
+    assert engine.guests == [] and service.tasks == {}
+    assert "/tasks/start" not in recorder.topics
+
+
+async def test_a_guest_that_cannot_be_staged_fails_its_start_and_exits(bundle: Path) -> None:
+    engine = StagingEngine(stage_error="stdout /gone/fifo: cannot open it for the guest")
+    service, events, recorder = await _service(engine)
+    await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")  # Create has answered
+    with pytest.raises(RpcError) as refused:
+        await service.start(task_pb2.StartRequest(id="t1"))
+    assert refused.value.code is Code.FAILED_PRECONDITION
+    assert refused.value.message == "start t1: stdout /gone/fifo: cannot open it for the guest"
+    waited = await asyncio.wait_for(service.wait(task_pb2.WaitRequest(id="t1")), 5)
+    assert waited.exit_status == 137
+    await service.delete(task_pb2.DeleteRequest(id="t1"))
+    await events.close()
+    assert recorder.topics == ["/tasks/create", "/tasks/exit", "/tasks/delete"]
+
+
+async def test_deleting_a_task_whose_staging_failed_is_quiet(bundle: Path) -> None:
+    engine = StagingEngine(stage_error="preopen /: cannot open directory")
+    service, events, recorder = await _service(engine)
+    await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")
+    deleted = await service.delete(task_pb2.DeleteRequest(id="t1"))
+    assert deleted.exit_status == 0 and service.tasks == {}
+    await events.close()
+    assert recorder.topics == ["/tasks/create", "/tasks/delete"]

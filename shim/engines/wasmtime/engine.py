@@ -3,8 +3,9 @@
 Owns one ``wasmtime.Engine`` (compiled code is shared by every guest of the daemon), the compiled-artifact cache,
 the module and component linkers, the table of running guests (threads via ``Epochs``; runner processes by pid)
 and the runners' exit watcher. ``prepare`` resolves and checks everything a start needs (bad input fails here,
-with the path or export named); ``start`` returns at once: a module or a thread-isolated component runs on a
-thread of the daemon (``ModuleGuest``, ``ComponentGuest``), any other component in a runner process
+with the path or export named); ``stage`` (after Create) readies a module or a thread-isolated component on a
+parked thread of the daemon (``ModuleGuest``, ``ComponentGuest``) that ``launch`` (Start) lets run, while any other
+component runs, from ``launch``, in a runner process
 (``ComponentRunner``), and so does a component with a memory limit whatever its isolation asks (base.py's
 "Memory limits": only the runner can sum its memories and tables); a component exporting
 wasi:http/incoming-handler instead of wasi:cli/run is served by its runner (``serving``). ``close`` kills every
@@ -40,6 +41,8 @@ from ..base import (
     GuestSpec,
     GuestStdio,
     Prepared,
+    Staged,
+    StartLater,
     classify_header,
     split_env,
 )
@@ -284,12 +287,19 @@ class WasmtimeEngine:
             self._checked.move_to_end(digest)
         return known
 
-    def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> WasmtimeGuest:
+    def stage(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Staged:
+        """A guest in a daemon thread is staged whole (store, WASI context, its thread parked, a module without a
+        start function instantiated); a runner is started at ``launch``."""
         if isinstance(prepared, ComponentPrepared) and prepared.isolation == "process":
-            return self._start_runner(prepared, stdio, on_exit)
+            return StartLater(self._start_runner, prepared, stdio, on_exit)
         if not isinstance(prepared, ModulePrepared | ComponentPrepared):
-            raise TypeError("start() needs what this engine's prepare() returned")
-        return self._start_thread(prepared, stdio, on_exit)
+            raise TypeError("stage() needs what this engine's prepare() returned")
+        return self._stage_thread(prepared, stdio, on_exit)
+
+    def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> WasmtimeGuest:
+        guest = self.stage(prepared, stdio, on_exit).launch()
+        assert isinstance(guest, ThreadGuest | ComponentRunner)
+        return guest
 
     def close(self, timeout: float = 5.0) -> None:
         """Refuse new guests, kill every guest (SIGKILL), wait up to ``timeout`` for them, stop the ticker
@@ -312,10 +322,10 @@ class WasmtimeEngine:
 
     # --- in-process guests ----------------------------------------------------------------------------------
 
-    def _start_thread(
+    def _stage_thread(
         self, prepared: WasmtimePrepared, stdio: GuestStdio, on_exit: Callable[[int], None]
     ) -> ThreadGuest:
-        """Run the guest on a thread of this process."""
+        """Ready the guest on a thread of this process, parked until ``launch`` (``thread_guest``)."""
         with self._lock:
             if self._closed:
                 raise EngineError("the wasmtime engine is shut down")
@@ -331,7 +341,7 @@ class WasmtimeEngine:
         except BaseException:
             guest.release()
             raise
-        guest.launch()
+        guest.stage()
         return guest
 
     # --- component runners ----------------------------------------------------------------------------------

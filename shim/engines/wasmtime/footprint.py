@@ -1,10 +1,10 @@
 """What a core module declares that a memory limit must cover, and that limit as wasmtime-py can enforce it.
 
-Owns reading a module's memories and tables (imported and defined, with their limits) from its binary
-(``declarations``: core spec 5.5, the import, table and memory sections; every other section is skipped by its
-size) and ``store_limits``: base.py's memory rule ("Memory limits") turned into the arguments of wasmtime-py's
-``Store.set_limits``, which limit each memory and each table on its own and cannot sum them. Pure: bytes and
-numbers in, numbers out (or ``EngineError`` naming what the module declares).
+Owns reading a module's memories and tables (imported and defined, with their limits) and whether it has a start
+function from its binary (``declarations``: core spec 5.5, the import, table, memory and start sections; every
+other section is skipped by its size) and ``store_limits``: base.py's memory rule ("Memory limits") turned into the
+arguments of wasmtime-py's ``Store.set_limits``, which limit each memory and each table on its own and cannot sum
+them. Pure: bytes and numbers in, numbers out (or ``EngineError`` naming what the module declares).
 
 The split, when a limit is set (the sum of memory and tables never passes it):
 - at most one memory (a module declaring several is refused: their sum cannot be limited here);
@@ -24,7 +24,7 @@ from ..base import TABLE_ELEMENT_BYTES, EngineError
 
 WASM_PAGE = 65536
 
-_IMPORT, _TABLE, _MEMORY = 2, 4, 5  # section ids (core spec 5.5.2)
+_IMPORT, _TABLE, _MEMORY, _START = 2, 4, 5, 8  # section ids (core spec 5.5.2)
 _HAS_MAX, _SHARED, _MEMORY64, _PAGE_SIZE = 1, 2, 4, 8  # limits flags (threads, memory64, custom-page-sizes)
 
 
@@ -43,6 +43,7 @@ class Declarations:
 
     memories: tuple[Limits, ...] = ()
     tables: tuple[Limits, ...] = ()
+    start: bool = False  # a start function (section 8): instantiating the module runs its code
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def declarations(wasm: bytes) -> Declarations:
     reader = _Reader(wasm, 8)
     memories: list[Limits] = []
     tables: list[Limits] = []
+    start = False
     while reader.pos < reader.end:
         section = reader.byte()
         size = reader.uleb()
@@ -169,7 +171,9 @@ def declarations(wasm: bytes) -> Declarations:
         elif section == _MEMORY:
             for _ in range(body.uleb()):
                 memories.append(body.limits(memory=True))
-    return Declarations(tuple(memories), tuple(tables))
+        elif section == _START:
+            start = True
+    return Declarations(tuple(memories), tuple(tables), start)
 
 
 def store_limits(declared: Declarations | str, limit: int | None, name: str) -> StoreLimits | None:

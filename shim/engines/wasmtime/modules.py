@@ -115,20 +115,51 @@ class ModuleGuest(ThreadGuest):
     ):
         super().__init__(wasm, epochs, threads, prepared.spec, on_exit)
         self.prepared = prepared
+        self._calls: list[wasmtime.Func] | None = None  # instantiated by _ready: the functions to call, in order
+        self._early: wasmtime.WasmtimeError | wasmtime.Trap | None = None  # _ready's instantiation failed so
+
+    def _ready(self, store: wasmtime.Store) -> None:
+        """Instantiate now when that runs none of the guest's code: no start function (``footprint``)."""
+        declared = self.prepared.compiled.declared
+        if isinstance(declared, str) or declared.start:
+            return  # a start function (or a module this reader could not read) runs at instantiation: at Start
+        try:
+            self._calls = self._instantiate(store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self._early = exc
+
+    def _unready(self) -> None:
+        self._calls = None
+        early, self._early = self._early, None
+        if early is not None:
+            dispose(early)
+
+    def _instantiate(self, store: wasmtime.Store) -> list[wasmtime.Func]:
+        """A new instance in ``store``: its memory noted, and the functions to call (`_initialize` first: a WASI
+        reactor is initialised before use)."""
+        prepared = self.prepared
+        exports = prepared.compiled.instance_pre.instantiate(store).exports(store)
+        memory = exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            self._memory = memory
+            self.memory_bytes = memory.data_len(store)
+        calls = []
+        for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
+            func = exports[name]
+            assert isinstance(func, wasmtime.Func)  # checked in prepare
+            calls.append(func)
+        return calls
 
     def _execute(self, store: wasmtime.Store) -> int:
-        prepared = self.prepared
         try:
-            instance = prepared.compiled.instance_pre.instantiate(store)
-            exports = instance.exports(store)
-            memory = exports.get("memory")
-            if isinstance(memory, wasmtime.Memory):
-                self._memory = memory
-                self.memory_bytes = memory.data_len(store)
+            calls, self._calls = self._calls, None
+            early, self._early = self._early, None
+            if early is not None:
+                raise early  # met here as an instantiation at Start would have met it
+            if calls is None:
+                calls = self._instantiate(store)
             try:
-                for name in ("_initialize", prepared.export) if prepared.initialize else (prepared.export,):
-                    func = exports[name]  # `_initialize` first: a WASI reactor is initialised before use
-                    assert isinstance(func, wasmtime.Func)  # checked in prepare
+                for func in calls:
                     self.entering()
                     func(store)
             finally:

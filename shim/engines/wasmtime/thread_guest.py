@@ -3,15 +3,19 @@
 Owns what module guests and component guests (``modules.ModuleGuest``, ``components.ComponentGuest``) share
 when they run in the daemon; each of them adds only how it is instantiated and run (``_execute``).
 
-Life of a guest: ``setup`` (on the caller's thread: WASI context, store, limits, deadline callback), then
-``main`` on its own thread, which runs the guest, closes its ``Store`` explicitly (``Store.close()`` frees the
-instance, the WASI context and every fd wasmtime opened for it: stdio files and preopened directories), then
-its own fds, and calls ``on_exit`` last: nothing of a finished guest waits for the garbage collector.
+Life of a guest, like runc's create/start: staged at Create, launched at Start. ``setup`` (on the caller's
+thread: WASI context, store, limits, deadline callback) and ``stage`` (its thread starts, readies what runs no
+guest code — a module without a start function is instantiated, ``_ready`` — and parks) happen after Create has
+answered (``WasmtimeEngine.stage``), so Start only releases the parked thread (``launch``). ``_main`` then runs the
+guest, closes its ``Store`` explicitly (``Store.close()`` frees the instance, the WASI context and every fd wasmtime
+opened for it: stdio files and preopened directories), then its own fds, and calls ``on_exit`` last: nothing of a
+finished guest waits for the garbage collector. A guest killed or deleted before Start is ``discard``ed: its thread
+releases all of that and ends without running any of the guest's code, and without calling ``on_exit``.
 
 Start: ``launch`` returns once the guest's thread is about to run its first wasm instruction (``entering``), or
-after ENTER_WAIT at most. Until then the caller (the event loop, answering Start) waits without the GIL, so the new
-thread runs its instantiation and the Python around it uncontended, instead of each of its GIL hand-offs waiting
-behind the loop's encoding of the answer and the TaskStart event.
+after ENTER_WAIT at most. Until then the caller (the event loop, answering Start) waits without the GIL, so the
+thread runs the Python around its first call uncontended, instead of each of its GIL hand-offs waiting behind the
+loop's encoding of the answer and the TaskStart event.
 
 Kill, pause and CPU slicing: ``kill`` sets the flag and asks ``Epochs`` for ticks; the guest sees it at its
 next deadline (``at_deadline``) or on its way out of one of our host calls (``check_in``, ``sleep_until``;
@@ -57,6 +61,7 @@ from .wasi import WasiContext, build_wasi, release
 log = logging.getLogger(__name__)
 
 ENTER_WAIT = 0.002  # seconds launch() waits at most for the guest to reach its first instruction
+DISCARD_WAIT = 5.0  # seconds discard() waits at most for a parked thread to release the guest and end
 
 
 class GuestKilled(Exception):
@@ -99,6 +104,8 @@ class ThreadGuest(Guest):
         self._bucket: CpuBucket | None = None
         self._cpu_final: int | None = None
         self._entered = threading.Event()  # set just before the guest's first wasm call (or its end)
+        self._go = threading.Event()  # set by launch or discard: the parked thread goes on
+        self._discarded = False  # set (before _go) by discard: the thread releases and ends, running nothing
 
     @property
     def task_id(self) -> str:
@@ -176,18 +183,32 @@ class ThreadGuest(Guest):
             store.set_limits(**limits.as_kwargs())  # memory.grow and table.grow fail beyond them
         self._epochs.install(store, self._key)
 
-    def launch(self) -> None:
-        """Register with the epochs and start the guest's thread; EngineError (everything released) if not."""
-        self._epochs.add(self._key, self, self._cpu_limit is not None)
+    def stage(self) -> None:
+        """Start the guest's thread, which readies the guest (``_ready``) and parks until ``launch`` or ``discard``;
+        EngineError (everything released) if no thread can be had."""
         thread = threading.Thread(target=self._main, name=f"wasm-{self.task_id}", daemon=True)
         self._thread = thread
         try:
             thread.start()
         except RuntimeError as exc:
-            self._epochs.remove(self._key, self)
+            self._thread = None
             self.release()
             raise EngineError(f"cannot start a thread for task {self.task_id}: {exc}") from None
+
+    def launch(self) -> ThreadGuest:
+        """``Staged.launch``: register with the epochs and let the parked thread run the guest."""
+        self._epochs.add(self._key, self, self._cpu_limit is not None)
+        self._go.set()
         self._entered.wait(ENTER_WAIT)
+        return self
+
+    def discard(self) -> None:
+        """``Staged.discard``: the parked thread releases everything and ends (waited for, up to DISCARD_WAIT)."""
+        self._discarded = True
+        self._go.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(DISCARD_WAIT)
 
     def entering(self) -> None:
         """Called by ``_execute`` right before the guest's first wasm call: ``launch`` may return now."""
@@ -247,14 +268,23 @@ class ThreadGuest(Guest):
     # --- the guest thread ---------------------------------------------------------------------------------
 
     def _main(self) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            self._ready(store)
+        except BaseException:
+            log.exception("task %s: unexpected failure readying the guest", self.task_id)
+        self._go.wait()
+        if self._discarded:
+            self._unready()
+            self.release()
+            return
         status = EXIT_FAILURE
         me = threading.get_ident()
         self._threads[me] = self
         if self._cpu_limit is not None:
             self._bucket = CpuBucket(self._cpu_limit, time.monotonic_ns(), time.thread_time_ns())
         try:
-            store = self._store
-            assert store is not None
             status = killed_status(self._kill_signal) if self._kill_signal is not None else self._execute(store)
             if self._kill_signal is not None:
                 # Killed while ending: a guest whose stdin read was ended by the kill (EOF) may have returned
@@ -268,6 +298,7 @@ class ThreadGuest(Guest):
             self._entered.set()
             self._threads.pop(me, None)
             self._cpu_final = time.thread_time_ns()
+            self._unready()
             self.release()
             self._epochs.remove(self._key, self)
             self.exit_status = status
@@ -276,9 +307,17 @@ class ThreadGuest(Guest):
             except Exception:
                 log.exception("task %s: on_exit callback failed", self.task_id)
 
+    def _ready(self, store: wasmtime.Store) -> None:
+        """On the guest's thread before it may run (staged, parked): do what runs none of the guest's code. An
+        error is kept for ``_execute`` to meet as it would have met it there. Default: nothing."""
+
+    def _unready(self) -> None:
+        """Drop what ``_ready`` kept and ``_execute`` did not take (before ``release`` closes the store);
+        idempotent."""
+
     @abc.abstractmethod
     def _execute(self, store: wasmtime.Store) -> int:
-        """Instantiate and run the guest in ``store``; its exit status (``base``'s rule)."""
+        """Instantiate (unless ``_ready`` did) and run the guest in ``store``; its exit status (``base``'s rule)."""
 
     def _ended_at_memory_limit(self) -> bool:
         """Whether a guest that failed did so at its memory limit (``oom``); False where it cannot be seen."""
