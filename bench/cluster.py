@@ -11,7 +11,10 @@ never idles out) and with the wasm server's image in `warm_images`. For each var
 (runc; then wasm "cold": the node made fresh — no shim daemon, an empty compiled cache — and the pods arriving
 without the installer's warm-up, so the first ones pay the daemon's start and the compile; then wasm "after install":
 the node made fresh again, then the installer's warm-up (shim/node/warmup.py: the daemon started through CRI, the
-image compiled) as `helm install` runs it; then wasm "warm": the daemon up and the component compiled),
+image compiled) as `helm install` runs it; then wasm "warm": the daemon up and the component compiled; then the
+module; then runc, wasm warm and the module again with automountServiceAccountToken: false, compared with each
+other: the kubelet sets up and waits for the token's projected volume before it asks for a sandbox, polling every
+300 ms, a wait every runtime pays alike),
 a Deployment pinned to the node, created at 0 replicas, is scaled to N; a watch on its pods, opened at the
 list's resourceVersion before the scale, timestamps on the client (time.monotonic, milliseconds) when each pod
 is first seen and first reported Ready. Measured:
@@ -81,6 +84,7 @@ class Variant:
     args: list[str] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     prepare: str = ""  # "fresh": no daemon, empty cache before the scale-up; "installed": fresh, then the warm-up
+    token: bool = True  # the pods get their service account token (a projected volume the kubelet waits for)
 
 
 RUNC = Variant("runc, busybox httpd", None, images.BUSYBOX, command=["/bin/busybox", "httpd", "-f", "-p", "8080"])
@@ -94,7 +98,14 @@ WASM_WARM = dataclasses.replace(WASM, label="wasm-shim warm", prepare="")
 # Not a server: a core-wasm module (the sleep guest) runs as a thread of the daemon, not in a runner process;
 # it shows what the per-pod memory is without a process per guest.
 WASM_MODULE = Variant("wasm-shim module (sleep)", "wasmtime", images.WASM_SLEEP, args=["3600"])
-VARIANTS = (RUNC, WASM, WASM_INSTALLED, WASM_WARM, WASM_MODULE)
+# The same pods without the service account token (automountServiceAccountToken: false): no volume for the kubelet
+# to set up and wait for (its wait polls every 300 ms), for runc and wasm alike; compared with each other.
+RUNC_NO_TOKEN = dataclasses.replace(RUNC, label="runc, busybox httpd, no token volume", token=False)
+WASM_WARM_NO_TOKEN = dataclasses.replace(WASM_WARM, label="wasm-shim warm, no token volume", token=False)
+WASM_MODULE_NO_TOKEN = dataclasses.replace(WASM_MODULE, label="wasm-shim module (sleep), no token volume",
+                                           token=False)
+VARIANTS = (RUNC, WASM, WASM_INSTALLED, WASM_WARM, WASM_MODULE, RUNC_NO_TOKEN, WASM_WARM_NO_TOKEN,
+            WASM_MODULE_NO_TOKEN)
 WARM_GOAL = 1.2  # the first pods after install within 1.2x of warm ones
 SHIM_OPTIONS = ("idle_timeout=never", f"warm_images={images.WASM_NET}")  # the installer's keep-warm, this image
 
@@ -190,6 +201,7 @@ def _deployment(name: str, variant: Variant, node: str) -> object:
                 metadata=client.V1ObjectMeta(labels={"app": name}, annotations=variant.annotations or None),
                 spec=client.V1PodSpec(
                     runtime_class_name=variant.runtime_class, termination_grace_period_seconds=1,
+                    automount_service_account_token=None if variant.token else False,
                     node_selector={"kubernetes.io/hostname": node}, containers=[container]))))
 
 
@@ -412,10 +424,12 @@ def warm_node(state: cl.State, node: str, log: Callable[[str], None]) -> None:
 
 
 def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) -> None:
-    base = next((r for r in results if r.variant.runtime_class is None), None)
     errors = [f"{r.variant.label}: {r.error}" for r in results if r.error]
     figure.error = "; ".join(errors)
     for r in results:
+        # Against runc's pods of the same spec (with or without the token volume).
+        base = next((b for b in results if b.variant.runtime_class is None and b.variant.token == r.variant.token),
+                    None)
         is_wasm = r.variant.runtime_class is not None
         label = r.variant.label
         per_runtime = r.runtime_kib / replicas / 1024
@@ -475,6 +489,9 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
         "through CRI and the component compiled, so the daemon's PSS is in the idle baseline); wasm-shim warm (the "
         "daemon up, the component compiled); wasm-shim module: the sleep guest, a core-wasm module run as a daemon "
         "thread (no runner process), after the others",
+        "'no token volume': the same pods with automountServiceAccountToken: false, so the kubelet sets up and waits "
+        "for no volume before the sandbox (its wait polls every 300 ms); each is compared with runc's pods of the "
+        "same spec",
     ]
     figure.commands = [
         f"Deployment pinned to {node} (nodeSelector kubernetes.io/hostname), imagePullPolicy Never, "

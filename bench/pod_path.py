@@ -2,8 +2,9 @@
 
 Brings up the two-node cluster of e2e/cluster in a temp state directory (as bench/cluster.py does), puts the shim
 on node-a with the installer's defaults and warms it, then creates single pods pinned to node-a, one at a time,
-each variant in turn (runc busybox sleep; the wasm sleep module; the wasm wasi:sockets server), and splits each
-pod's path from the API's create to the Ready the kubelet reports:
+each variant in turn (runc busybox sleep; the wasm sleep module; the wasm wasi:sockets server; runc and the module
+again with automountServiceAccountToken: false, so without the token volume the kubelet otherwise waits for), and
+splits each pod's path from the API's create to the Ready the kubelet reports:
 
   created -> RunPodSandbox called      the kubelet picks the pod up (watch, admission, volumes, cgroups)
   RunPodSandbox                        containerd: network namespace, CNI, the sandbox (runc's pause container,
@@ -42,11 +43,17 @@ from .machine import load_average
 
 PHASES = ("created -> RunPodSandbox", "RunPodSandbox", "-> CreateContainer", "CreateContainer",
           "-> StartContainer", "StartContainer", "-> Ready seen", "total")
+# label -> (runtime class, image, command, args, annotations, whether the pod gets its service account token).
+# Every pod the API server admits gets the token as a projected volume unless its spec says
+# automountServiceAccountToken: false; the kubelet then waits for that volume before it asks for the sandbox, and
+# its wait polls every 300 ms (pkg/kubelet/volumemanager: podAttachAndMountRetryInterval), the same for every runtime.
 VARIANTS = {
-    "runc, busybox sleep": (None, images.BUSYBOX, ["/bin/busybox", "sleep", "3600"], None, {}),
-    "wasm-shim, module (sleep)": ("wasmtime", images.WASM_SLEEP, None, ["3600"], {}),
+    "runc, busybox sleep": (None, images.BUSYBOX, ["/bin/busybox", "sleep", "3600"], None, {}, True),
+    "wasm-shim, module (sleep)": ("wasmtime", images.WASM_SLEEP, None, ["3600"], {}, True),
     "wasm-shim, component server": ("wasmtime", images.WASM_NET, None, ["listen", "0.0.0.0", "8080", "0"],
-                                    {"wasm.shim.io/network": "tcp-listen=*:8080"}),
+                                    {"wasm.shim.io/network": "tcp-listen=*:8080"}, True),
+    "runc, no token volume": (None, images.BUSYBOX, ["/bin/busybox", "sleep", "3600"], None, {}, False),
+    "wasm-shim, module, no token volume": ("wasmtime", images.WASM_SLEEP, None, ["3600"], {}, False),
 }
 _STAMP = re.compile(r'time="([^"]+)"')
 
@@ -64,11 +71,12 @@ def _when(line: str) -> float:
 def _pod(name: str, variant: tuple) -> object:  # type: ignore[type-arg]
     from kubernetes import client
 
-    runtime_class, image, command, args, annotations = variant
+    runtime_class, image, command, args, annotations, token = variant
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, annotations=annotations or None),
         spec=client.V1PodSpec(
             runtime_class_name=runtime_class, termination_grace_period_seconds=1,
+            automount_service_account_token=None if token else False,
             node_selector={"kubernetes.io/hostname": NODE},
             containers=[client.V1Container(name="main", image=image, image_pull_policy="Never", command=command,
                                            args=args)]))
