@@ -44,6 +44,7 @@ from ..engines.base import (
     Prepared,
     Staged,
     Unsupported,
+    WouldBlock,
     killed_status,
 )
 from ..image.registry import ARTIFACT_ANNOTATION
@@ -223,11 +224,18 @@ class TaskService:
             raise RpcError(Code.UNIMPLEMENTED, "restoring from a checkpoint is not supported for wasm tasks")
         self._pending.add(req.id)
         try:
-            # Everything blocking (mount, artifact fetch, compile or cache load, opening stdio) in ONE worker hop:
-            # each hop costs a thread hand-off and a loop wake-up on the instance-start path. In this call's context,
-            # so the steps' spans (policy check, registry pulls) are children of Create's (tracing.py).
-            task = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run,
-                                                                    self._build_task, req, namespace)
+            # First on the loop, where every step answers from local files and memory (a module compiled before,
+            # a regular image under no policy, a rootfs that needs no mount): the common Create, without a worker
+            # hop (two thread hand-offs, a few hundred microseconds of the instance start). When a step would block
+            # (a mount, containerd or a registry, the policy, a compile), everything is redone in ONE worker hop,
+            # in this call's context, so the steps' spans (policy check, registry pulls) are children of Create's
+            # (tracing.py).
+            try:
+                task = self._build_task(req, namespace, blocking=False)
+            except WouldBlock as exc:
+                log.debug("create %s: off the loop: %s", req.id, exc)
+                task = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run,
+                                                                        self._build_task, req, namespace)
         finally:
             self._pending.discard(req.id)
         self.tasks[req.id] = task
@@ -242,11 +250,15 @@ class TaskService:
         ))
         return task_pb2.CreateTaskResponse(pid=task.pid)
 
-    def _build_task(self, req: task_pb2.CreateTaskRequest, namespace: str) -> Task:
-        """Create's blocking part, on a worker thread: on any failure, undo what was done and raise RpcError."""
+    def _build_task(self, req: task_pb2.CreateTaskRequest, namespace: str, *, blocking: bool = True) -> Task:
+        """Create's work: on any failure, undo what was done and raise RpcError. ``blocking`` False (on the loop):
+        WouldBlock, before any step that would block has begun and with nothing left open, instead of mounting,
+        asking containerd, a registry or the policy, or compiling; on a worker thread otherwise."""
         mounted = False
         io: TaskIO | None = None
         rootfs = ""
+        if not blocking and req.stdout.startswith("binary://"):
+            raise WouldBlock("stdout goes to a logging binary, which is started and waited for")
         try:
             bundle = bundles.load_bundle(req.bundle)
             rootfs = bundle.rootfs
@@ -256,6 +268,8 @@ class TaskService:
                 if ARTIFACT_ANNOTATION not in bundle.annotations:  # an artifact's layer is placed in the rootfs
                     view = self._views.view(specs, bundles.first_arg(bundle))
                 if view is None:
+                    if not blocking:
+                        raise WouldBlock("the rootfs needs a mount")
                     mounts.mount_all(specs, rootfs)
                     mounted = True
             spec = bundles.guest_spec(req.id, bundle)  # the whole grant, from config.json (bundle.py)
@@ -268,10 +282,11 @@ class TaskService:
             # empty rootfs lacks args[0]), lets the policy decide on exactly that image, places its wasm layer, and
             # reads args[0] once (shim/image/source.py).
             with self._tracer.span("wasm_shim.entrypoint"):
-                provided = self._entrypoints.provide(lookup, namespace)
+                provided = self._entrypoints.provide(lookup, namespace, local_only=not blocking)
             engine = self._engine(provided.entry.kind, f"entrypoint {provided.entry.guest_path}")
             with self._tracer.span("wasm_shim.engine.prepare", {"wasm_shim.engine": engine.name}):
-                prepared = engine.prepare(spec, provided.entry)  # may compile (tens of ms) or load from the cache
+                # May compile (tens of ms) or load from the cache, unless asked to answer from memory.
+                prepared = engine.prepare(spec, provided.entry, cached_only=not blocking)
             io = open_task_io(req.id, namespace, req.stdin, req.stdout, req.stderr, req.terminal)
         except BaseException as exc:
             if io is not None:
@@ -283,7 +298,7 @@ class TaskService:
                     log.error("create %s: cannot unmount %s after a failure: %s", req.id, rootfs, undo)
             if isinstance(exc, bundles.BundleError | EngineError | StdioError | mounts.MountError):
                 raise RpcError(Code.FAILED_PRECONDITION, f"create {req.id}: {exc}") from None
-            if isinstance(exc, RpcError | KeyboardInterrupt | SystemExit):
+            if isinstance(exc, RpcError | WouldBlock | KeyboardInterrupt | SystemExit):
                 raise
             log.exception("create %s failed", req.id)
             raise RpcError(Code.INTERNAL, f"create {req.id}: {exc}") from None
@@ -294,18 +309,29 @@ class TaskService:
         )
 
     def _stage(self, task: Task) -> None:
-        """Ready the new task's guest once Create has answered (``Engine.stage`` on a worker thread, in this call's
+        """Ready the new task's guest once Create has answered (``Engine.stage``, on the loop, in this call's
         context), so that Start only launches it: what runc's create does, while containerd (or the kubelet) does
-        its own work between the two calls."""
+        its own work between the two calls.
+
+        The staging is a callback scheduled now: it runs right after this call's step, in which the rpc layer
+        writes Create's answer (shim/ttrpc/server.py), so it is never on Create's path, and on the loop's thread
+        rather than a worker's (no hand-off; a thread woken after an idle spell ran it several times slower)."""
         loop = asyncio.get_running_loop()
         # A guest may exit before a start that runs off the loop returns: its exit waits for Start's answer.
         started = task.started = loop.create_future()
+        staging: asyncio.Future[Staged] = loop.create_future()
+        task.staging = staging
 
         def on_exit(status: int) -> None:  # called once, from the guest's thread
             loop.call_soon_threadsafe(self._exit_after_start, started, task, status)
 
-        task.staging = loop.run_in_executor(None, contextvars.copy_context().run, task.engine.stage, task.prepared,
-                                            task.io.guest, on_exit)
+        def stage() -> None:
+            try:
+                staging.set_result(task.engine.stage(task.prepared, task.io.guest, on_exit))
+            except Exception as exc:  # EngineError: Start's error; anything else too, logged where it is met
+                staging.set_exception(exc)
+
+        loop.call_soon(stage, context=contextvars.copy_context())
 
     async def _discard_staged(self, task: Task) -> None:
         """The task will never start (killed or deleted before Start): free its staged guest, whose thread and fds

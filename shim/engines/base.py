@@ -8,8 +8,9 @@ I/O beyond ``stat``/``lstat``/``readlink`` and reading 8 header bytes of the ent
 arrives as a ``GuestSpec``, which ``bundle.py`` alone maps from the OCI spec.
 
 Rules (the contract the task service codes against):
-- ``Engine.prepare`` may compile and is called off the event loop; it raises ``EngineError`` whose message
-  names the path or export at fault (the user reads it in ``ctr`` output or ``kubectl describe``).
+- ``Engine.prepare`` may compile and is called off the event loop, except with ``cached_only``, where it answers
+  from memory or raises ``WouldBlock``; it raises ``EngineError`` whose message names the path or export at fault
+  (the user reads it in ``ctr`` output or ``kubectl describe``).
 - ``Engine.stage`` does, at Create (after it has answered), what a start can do ahead: it returns a ``Staged``
   whose ``launch`` (at Start) returns a ``Guest``, or whose ``discard`` frees it unstarted (killed or deleted
   before Start). ``Engine.start`` is the two at once. Once launched, ``on_exit(status)`` is called exactly once,
@@ -17,8 +18,8 @@ Rules (the contract the task service codes against):
   after every fd and native resource the engine opened for the guest is closed (``ctr`` waits for EOF on the
   stdout/stderr FIFOs; a leaked writer is a hung ``ctr run``). A guest in a child process of the daemon
   exposes its ``pid``, and its on_exit runs only after that process was reaped.
-- ``Engine.runs_off_loop`` says whether ``launch`` and the guest's calls block (``stage`` always runs off the
-  loop); ``Engine.close`` stops every guest and frees the engine (the daemon calls it on exit).
+- ``Engine.runs_off_loop`` says whether ``launch`` and the guest's calls block (``stage`` never blocks and runs
+  on the loop); ``Engine.close`` stops every guest and frees the engine (the daemon calls it on exit).
 - ``Guest.kill`` is thread-safe and idempotent. A wasm guest cannot handle signals: a signal whose default
   action terminates a process terminates the guest, one whose default action is to ignore is a no-op, and
   signal 0 only checks. Stop/continue signals cannot be honoured and raise ``EngineError``.
@@ -123,6 +124,11 @@ class GuestStdio:
     stdin: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+
+
+class WouldBlock(Exception):
+    """A step asked to answer at once (``cached_only``, ``local_only``) would have to block: compile, read a whole
+    file, run a process or call a registry. The caller does the step again where blocking is allowed."""
 
 
 class Unsupported(Exception):
@@ -240,22 +246,26 @@ class Engine(Protocol):
     ``runs_off_loop`` is the one scheduling fact the task service needs: True when ``launch`` and the calls of
     its guests (kill, pause, resume, delete) block (they run subprocesses, e.g. runc), so the task service runs
     them on a worker thread; False when they return at once and are called on the event loop. ``prepare``
-    may compile and is always called off the loop.
+    may compile and is called off the loop, unless asked ``cached_only``.
     """
 
     name: str
     runs_off_loop: bool
     accepts: frozenset[EntryKind]
 
-    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> Prepared:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint, *, cached_only: bool = False) -> Prepared:
         """May compile (cached); raises EngineError naming the path or export at fault. ``entry`` was found and
-        read once by the caller (``find_entrypoint``, ``read_entrypoint``): the engine does not look it up again."""
+        read once by the caller (``find_entrypoint``, ``read_entrypoint``): the engine does not look it up again.
+        ``cached_only``: answer at once from what the engine already holds in memory (a stat and a lookup, the
+        checks), or raise ``WouldBlock`` before doing anything that blocks; the event loop asks so first."""
         ...
 
     def stage(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Staged:
         """Everything of a start that can come before it (Create's work, done after Create has answered, so off
-        both calls' paths): e.g. the guest's store, its WASI context and its parked thread. Always called off
-        the loop; EngineError, everything released, when the guest could never start (stdio, preopens)."""
+        both calls' paths): e.g. the guest's store, its WASI context and its parked thread. Called on the event
+        loop, so it never blocks: local opens that never wait (no FIFO peer, no process, no network); an engine
+        whose start must wait for something returns ``StartLater``. EngineError, everything released, when the
+        guest could never start (stdio, preopens)."""
         ...
 
     def start(self, prepared: Prepared, stdio: GuestStdio, on_exit: Callable[[int], None]) -> Guest:

@@ -98,7 +98,8 @@ class NativeEngine:
     def cache_stats(self) -> None:
         return None  # runc runs programs as they are: nothing is compiled or cached
 
-    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> NativePrepared:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint, *, cached_only: bool = False) -> NativePrepared:
+        """Checks only (a stat): never blocks, so ``cached_only`` changes nothing."""
         executable = entry
         if not self.runc_binary:
             raise EngineError(f"{self._runc_name} is not installed (not found on PATH): native containers "

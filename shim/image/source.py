@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..engines.base import EntryPath, Entrypoint, GuestSpec, find_entrypoint, read_entrypoint
+from ..engines.base import EntryPath, Entrypoint, GuestSpec, WouldBlock, find_entrypoint, read_entrypoint
 from .admission import Admission
 from .content_store import ContentStore
 from .origin import ImageOrigin, ImageOriginError
@@ -58,14 +58,18 @@ class EntrypointSource:
     def close(self) -> None:
         self.content_store.close()
 
-    def provide(self, spec: GuestSpec, namespace: str) -> Provided:
+    def provide(self, spec: GuestSpec, namespace: str, *, local_only: bool = False) -> Provided:
         """The entrypoint and origin of the task `spec` describes; EngineError (ImageOriginError, AdmissionError,
-        or the entrypoint's own) with the reason when it cannot or may not run."""
+        or the entrypoint's own) with the reason when it cannot or may not run. ``local_only``: WouldBlock, before
+        anything is placed, when the answer needs containerd, a registry or a signature check (the event loop asks
+        so first: a regular image under no policy is answered from the rootfs alone)."""
         path = find_entrypoint(spec)
         if spec.grant.sandbox:
             return Provided(read_entrypoint(path), None)
         policy = self.admission.policy()
         reference = spec.grant.artifact
+        if local_only and (reference or self.admission.checks(policy) or self._looked_up(path)):
+            raise WouldBlock("the image must be determined (containerd, a registry) or checked (the policy)")
         if reference:
             settings = policy.registry if policy is not None else None
             origin: ImageOrigin | None = self.registry.identify(reference, settings)
@@ -81,9 +85,12 @@ class EntrypointSource:
             self._placed(spec, path, origin, "containerd's content store")
         return Provided(read_entrypoint(path), origin)
 
+    def _looked_up(self, path: EntryPath) -> bool:
+        """Whether args[0] is missing where containerd's content store may hold it (a wasm OCI artifact's rootfs)."""
+        return bool(self.content_store.address) and path.searched is None and not os.path.lexists(path.host_path)
+
     def _identify(self, spec: GuestSpec, namespace: str, path: EntryPath, *, needed: bool) -> ImageOrigin | None:
-        missing = not os.path.lexists(path.host_path)
-        if not needed and not (missing and self.content_store.address and path.searched is None):
+        if not needed and not self._looked_up(path):
             return None
         try:
             return self.content_store.identify(spec, namespace)

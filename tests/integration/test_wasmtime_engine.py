@@ -966,3 +966,19 @@ def test_an_instantiation_that_fails_when_staged_fails_at_start_as_it_always_did
     run.guest = staged.launch()
     assert run.wait() == 134
     assert run.err() == "wasm trap: out of bounds memory access\n"
+
+
+def test_prepare_cached_only_answers_from_memory_or_would_block(sandbox: Sandbox) -> None:
+    from wasm_shim.shim.engines.base import WouldBlock
+
+    spec = sandbox.spec("hello.wasm")
+    with pytest.raises(WouldBlock):
+        sandbox.engine.prepare(spec, locate_entrypoint(spec), cached_only=True)
+    assert sandbox.engine.cache_stats().compiles == 0  # it gave up before compiling
+    compiled = prepare(sandbox.engine, spec)
+    again = sandbox.engine.prepare(spec, locate_entrypoint(spec), cached_only=True)
+    assert again.compiled is compiled.compiled and sandbox.engine.cache_stats().compiles == 1
+    exits = Exits()
+    sandbox.engine.start(again, GuestStdio(None, str(sandbox.tmp / "cached-out"), None), exits)
+    assert exits.wait() and exits.statuses == [0]
+    assert (sandbox.tmp / "cached-out").read_text() == "hello from wasm\n"

@@ -183,3 +183,30 @@ def test_missing_entrypoint_of_a_regular_image_is_the_engines_words(rootfs: Path
     with pytest.raises(EngineError, match="entrypoint /app.wasm: no such file in the container's rootfs"):
         _source(None, store, tmp_path).provide(_spec(rootfs), "default")
     assert store.asked == ["identify"]
+
+
+@pytest.mark.parametrize("case", ["policy checks", "args[0] missing", "artifact annotation"])
+def test_local_only_refuses_before_asking_anyone_or_placing_anything(rootfs: Path, tmp_path: Path, case: str) -> None:
+    """What the event loop asks first: a Create that needs containerd, a registry or the policy is WouldBlock."""
+    from wasm_shim.shim.engines.base import WouldBlock
+
+    store = Store(_origin(MODULE), MODULE)
+    annotations = {}
+    if case != "args[0] missing":
+        (rootfs / "app.wasm").write_bytes(MODULE)
+    if case == "artifact annotation":
+        annotations["wasm.shim.io/artifact"] = "registry.example/team/app:v1"
+    policy = 'default = "deny"\n' if case == "policy checks" else None
+    with pytest.raises(WouldBlock):
+        _source(policy, store, tmp_path).provide(_spec(rootfs, **annotations), "default", local_only=True)
+    assert store.asked == []
+    assert [p.name for p in rootfs.iterdir()] == ([] if case == "args[0] missing" else ["app.wasm"])
+
+
+def test_local_only_answers_a_regular_image_under_no_policy_as_a_blocking_call_would(rootfs: Path,
+                                                                                  tmp_path: Path) -> None:
+    (rootfs / "app.wasm").write_bytes(MODULE)
+    store = Store(_origin())
+    source = _source(None, store, tmp_path)
+    assert source.provide(_spec(rootfs), "default", local_only=True) == source.provide(_spec(rootfs), "default")
+    assert store.asked == []

@@ -27,6 +27,7 @@ from wasm_shim.shim.engines.base import (
     GuestSpec,
     GuestStdio,
     StartLater,
+    WouldBlock,
 )
 from wasm_shim.shim.protos import task_pb2, task_types_pb2
 from wasm_shim.shim.ttrpc.status import Code, RpcError
@@ -78,8 +79,13 @@ class FakeEngine:
         self.guest_type, self.pid, self.oom, self.refuse = guest_type, pid, oom, refuse
         self.guests: list[FakeGuest] = []
         self.start_threads: list[int] = []
+        self.prepare_threads: list[tuple[int, bool]] = []  # (thread, cached_only) of every prepare
+        self.cold = False  # prepare(cached_only=True) raises WouldBlock, as an engine that must compile first
 
-    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> GuestSpec:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint, *, cached_only: bool = False) -> GuestSpec:
+        self.prepare_threads.append((threading.get_ident(), cached_only))
+        if self.cold and cached_only:
+            raise WouldBlock("not compiled yet")
         if self.refuse:
             raise EngineError(self.refuse)
         return spec
@@ -262,13 +268,14 @@ class StagingEngine(FakeEngine):
         return staged
 
 
-async def test_create_stages_off_the_loop_and_start_only_launches(bundle: Path) -> None:
+async def test_create_answers_then_stages_and_start_only_launches(bundle: Path) -> None:
     engine = StagingEngine()
     service, events, recorder = await _service(engine)
     loop_thread = threading.get_ident()
     await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")
+    assert engine.staged == []  # Create's answer comes first (the rpc layer writes it in the same step)
     await asyncio.sleep(0.05)  # containerd's work between the two calls: staging is done meanwhile
-    assert len(engine.staged) == 1 and engine.staged[0].calls == [] and engine.stage_threads != [loop_thread]
+    assert len(engine.staged) == 1 and engine.staged[0].calls == [] and engine.stage_threads == [loop_thread]
     await service.start(task_pb2.StartRequest(id="t1"))
     assert engine.staged[0].calls == [("launch", loop_thread)]
     await service.kill(task_pb2.KillRequest(id="t1", signal=signal.SIGKILL))
@@ -328,3 +335,38 @@ async def test_deleting_a_task_whose_staging_failed_is_quiet(bundle: Path) -> No
     assert deleted.exit_status == 0 and service.tasks == {}
     await events.close()
     assert recorder.topics == ["/tasks/create", "/tasks/delete"]
+
+
+async def test_a_create_answered_from_memory_runs_on_the_loop_and_one_that_must_compile_off_it(bundle: Path) -> None:
+    engine = FakeEngine()
+    service, events, _ = await _service(engine)
+    loop_thread = threading.get_ident()
+    await service.create(task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle)), "ns")
+    assert engine.prepare_threads == [(loop_thread, True)]  # no worker hop
+    engine.cold = True
+    await service.create(task_pb2.CreateTaskRequest(id="t2", bundle=str(bundle)), "ns")
+    (first, at_once), (second, blocking) = engine.prepare_threads[1:]
+    assert (first, at_once) == (loop_thread, True) and second != loop_thread and blocking is False
+    assert set(service.tasks) == {"t1", "t2"}
+    for task_id in ("t1", "t2"):
+        await service.delete(task_pb2.DeleteRequest(id=task_id))
+    await events.close()
+
+
+async def test_a_create_that_needs_a_mount_mounts_once_off_the_loop(bundle: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from wasm_shim.shim.daemon import task_service
+    from wasm_shim.shim.protos import types_pb2
+
+    mounted: list[int] = []
+    monkeypatch.setattr(task_service.mounts, "mount_all", lambda specs, target: mounted.append(threading.get_ident()))
+    monkeypatch.setattr(task_service.mounts, "unmount_all", lambda target: None)
+    engine = FakeEngine()
+    service, events, _ = await _service(engine)
+    request = task_pb2.CreateTaskRequest(id="t1", bundle=str(bundle),
+                                         rootfs=[types_pb2.Mount(type="tmpfs", source="none", options=["size=1m"])])
+    await service.create(request, "ns")
+    assert len(mounted) == 1 and mounted[0] != threading.get_ident()
+    assert engine.prepare_threads == [(mounted[0], False)]  # the loop gave up before its prepare
+    await service.delete(task_pb2.DeleteRequest(id="t1"))
+    await events.close()

@@ -43,6 +43,7 @@ from ..base import (
     Prepared,
     Staged,
     StartLater,
+    WouldBlock,
     classify_header,
     split_env,
 )
@@ -159,7 +160,7 @@ class WasmtimeEngine:
 
     # --- Engine contract ------------------------------------------------------------------------------------
 
-    def prepare(self, spec: GuestSpec, entry: Entrypoint) -> WasmtimePrepared:
+    def prepare(self, spec: GuestSpec, entry: Entrypoint, *, cached_only: bool = False) -> WasmtimePrepared:
         if not os.path.isdir(spec.rootfs):
             raise EngineError(f"rootfs {spec.rootfs} is not a directory")
         name = f"entrypoint {entry.guest_path}"
@@ -202,7 +203,7 @@ class WasmtimeEngine:
             netns = pod_network(spec, kind, isolation, network)
         preopens = _directory_mounts(spec)
         if runner is not None:  # a component in its runner process: the runner compiles it, the daemon does not
-            digest, exports, source = self._check_in_runner(runner, entry.host_path, name)
+            digest, exports, source = self._check_in_runner(runner, entry.host_path, name, cached_only)
             log.debug("task %s: component %s checked by %s (%s)", spec.task_id, digest[:16], COMPONENT_RUNNER,
                       source)
             if component_role(exports, entry.export, name) == "serve":
@@ -211,7 +212,7 @@ class WasmtimeEngine:
                                          runner, serve=serve_plan(spec.grant.http, env))
             check_component_entry(exports, exports_run(exports), entry, name)
             return ComponentPrepared(spec, entry, digest, exports, env, preopens, isolation, network, netns, runner)
-        compiled, source = self._compiled(entry.host_path, kind, name)
+        compiled, source = self._compiled(entry.host_path, kind, name, cached_only)
         # Operators and tests see cache reuse here (the daemon logs at debug in tests).
         log.debug("task %s: %s %s from %s (cache %s)", spec.task_id, kind.value, compiled.digest[:16], source,
                   self._cache.stats)
@@ -226,7 +227,8 @@ class WasmtimeEngine:
         return ComponentPrepared(spec, entry, compiled.digest, compiled.exports, env, preopens, isolation,
                                  compiled=compiled)
 
-    def _check_in_runner(self, runner: str, path: str, name: str) -> tuple[str, tuple[str, ...], str]:
+    def _check_in_runner(self, runner: str, path: str, name: str,
+                         cached_only: bool = False) -> tuple[str, tuple[str, ...], str]:
         """(sha256, export names, "memory" or "runner") of the component at ``path``, checked by its runner.
 
         The runner compiles it into the cache the runner processes read (``runner.check_in_runner``); what was
@@ -237,13 +239,15 @@ class WasmtimeEngine:
         """
         try:
             with open(path, "rb") as file:
-                digest = self._digest_of(file)
+                digest = self._digest_of(file, cached_only)
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
         with self._lock:
             known = self._remembered(digest)
             if known is not None:
                 return digest, known, "memory"
+            if cached_only:
+                raise WouldBlock(f"{name}: not checked by {COMPONENT_RUNNER} yet")
             checking = self._checking.setdefault(digest, threading.Lock())
         with checking:
             with self._lock:
@@ -263,9 +267,10 @@ class WasmtimeEngine:
                         del self._checking[digest]
         return digest, exports, "runner"
 
-    def _digest_of(self, file: Any) -> str:
+    def _digest_of(self, file: Any, cached_only: bool = False) -> str:
         """The sha256 of an open file, from the identity memo when the same file was hashed before (see
-        ``_digests``: a large component is not read at every Create)."""
+        ``_digests``: a large component is not read at every Create); WouldBlock instead of a read with
+        ``cached_only``."""
         st = os.fstat(file.fileno())
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
@@ -273,6 +278,8 @@ class WasmtimeEngine:
             if known is not None:
                 self._digests.move_to_end(identity)
                 return known
+        if cached_only:
+            raise WouldBlock(f"{file.name}: not hashed yet")
         digest = hashlib.file_digest(file, "sha256").hexdigest()
         with self._lock:
             self._digests[identity] = digest
@@ -428,7 +435,8 @@ class WasmtimeEngine:
         compiled, source = self._compiled(path, kind, name)
         return f"{kind.value} {compiled.digest[:16]} ({source})"
 
-    def _compiled(self, host_path: str, kind: EntryKind, name: str) -> tuple[CompiledModule | CompiledComponent, str]:
+    def _compiled(self, host_path: str, kind: EntryKind, name: str,
+                  cached_only: bool = False) -> tuple[CompiledModule | CompiledComponent, str]:
         try:
             with open(host_path, "rb") as file:
                 st = os.fstat(file.fileno())
@@ -439,6 +447,8 @@ class WasmtimeEngine:
                     hit = self._cache.peek(known, kind)
                     if hit is not None:
                         return hit, "memory"
+                if cached_only:
+                    raise WouldBlock(f"{name}: not compiled in memory")
                 wasm = file.read()
         except OSError as exc:
             raise EngineError(f"{name}: cannot read: {exc.strerror}") from None
