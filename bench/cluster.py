@@ -19,6 +19,8 @@ a Deployment pinned to the node, created at 0 replicas, is scaled to N; a watch 
 list's resourceVersion before the scale, timestamps on the client (time.monotonic, milliseconds) when each pod
 is first seen and first reported Ready. Measured:
 - all Ready: the scale request sent -> the last pod seen Ready (client clock);
+- machine CPU per pod: the busy CPU time of all cores over the same span (/proc/stat), / N: with every pod
+  started at once the scale-up is bound by the machine's CPU, so this says where a runtime can still gain;
 - per-pod latency: pod first seen -> Ready seen (client clock), and, apart, the API's own creationTimestamp ->
   Ready condition lastTransitionTime (both have 1-second resolution, so that row is coarse);
 - memory per pod once all are Ready: PSS (/proc/PID/smaps_rollup) summed over the node's runtime processes
@@ -125,7 +127,16 @@ class ScaleResult:
     gone_s: float = math.nan
     watch_restarts: int = 0
     first_pod_events: str = ""  # the first Ready pod's events, seconds after its creation (where its time went)
+    cpu_s: float = math.nan  # the machine's busy CPU time (all cores) from the scale request to all Ready
     error: str = ""
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (/proc/stat's first line, all but idle and
+    iowait): the node, the control plane, the client and anything else alike."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the node's processes -----------------------------------------------------------------------------------------
@@ -323,9 +334,10 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
         base_runtime, base_ctrd, _ = node_pss_kib(state, node)
         listed = core.list_namespaced_pod(NAMESPACE, label_selector=selector)
         watch = PodWatch(core, selector, listed.metadata.resource_version, READY_TIMEOUT + 30)
-        began = time.monotonic()
+        began, busy = time.monotonic(), machine_busy_s()
         apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
         last = watch.wait_ready(replicas, READY_TIMEOUT)
+        result.cpu_s = machine_busy_s() - busy
         if last is None:
             result.error = (f"{len(watch.ready)}/{replicas} pods seen Ready after {time.monotonic() - began:.0f} s"
                             + (f" (the watch failed: {watch.error})" if watch.error else
@@ -452,6 +464,11 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                     f"scaled back to 0 and gone in {r.gone_s:.1f} s" if not math.isnan(r.gone_s) else "",
                     f"first pod Ready: {r.first_pod_events}" if r.first_pod_events else "",
                     f"the watch was reopened {r.watch_restarts} time(s)" if r.watch_restarts else "") if part)),
+            Row(f"{label}: machine CPU per pod", "ms", summarize([r.cpu_s / replicas * 1000]
+                                                                 if not math.isnan(r.cpu_s) else []),
+                vs_baseline=ratio(r.cpu_s, base.cpu_s) if base else math.nan,
+                note="busy CPU time of every core, scale request -> all Ready, / pods (the node, the control "
+                     "plane and the client alike)"),
             Row(f"{label}: per pod, watch", "s", summarize(r.per_pod_watch_s),
                 vs_baseline=ratio(summarize(r.per_pod_watch_s).p50, summarize(base.per_pod_watch_s).p50)
                 if base else math.nan),

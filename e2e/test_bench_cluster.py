@@ -15,7 +15,7 @@ from bench.machine import Machine
 from e2e.conftest import Cluster
 
 REPLICAS = 3
-ROWS = ("all 3 Ready", "per pod, watch", "per pod, API timestamps", "PSS shims+guests per pod",
+ROWS = ("all 3 Ready", "machine CPU per pod", "per pod, watch", "per pod, API timestamps", "PSS shims+guests per pod",
         "PSS containerd per pod", "PSS total per pod")
 
 
