@@ -20,7 +20,9 @@ list's resourceVersion before the scale, timestamps on the client (time.monotoni
 is first seen and first reported Ready. Measured:
 - all Ready: the scale request sent -> the last pod seen Ready (client clock);
 - machine CPU per pod: the busy CPU time of all cores over the same span (/proc/stat), / N: with every pod
-  started at once the scale-up is bound by the machine's CPU, so this says where a runtime can still gain;
+  started at once the scale-up is bound by the machine's CPU, so this says where a runtime can still gain; of it,
+  the node's runtime processes' and containerd's (each /proc/PID/stat's utime + stime + cutime + cstime, over the
+  same span; a process new since its start counts whole);
 - per-pod latency: pod first seen -> Ready seen (client clock), and, apart, the API's own creationTimestamp ->
   Ready condition lastTransitionTime (both have 1-second resolution, so that row is coarse);
 - memory per pod once all are Ready: PSS (/proc/PID/smaps_rollup) summed over the node's runtime processes
@@ -128,6 +130,8 @@ class ScaleResult:
     watch_restarts: int = 0
     first_pod_events: str = ""  # the first Ready pod's events, seconds after its creation (where its time went)
     cpu_s: float = math.nan  # the machine's busy CPU time (all cores) from the scale request to all Ready
+    runtime_cpu_s: float = math.nan  # of which the node's runtime processes (self and waited-for children)
+    containerd_cpu_s: float = math.nan  # and containerd's (self and children: CNI plugins, shim `start` execs)
     error: str = ""
 
 
@@ -186,6 +190,24 @@ def node_processes(state: cl.State, node: str) -> tuple[list[int], list[int]]:
             stack.extend(children.get(pid, []))
         # kubelet and kube-proxy, with whatever they run (iptables, mount), are not the runtime's
     return runtime, containerd
+
+
+def process_cpu_s(pids: list[int]) -> dict[tuple[int, int], float]:
+    """CPU seconds each of ``pids`` has used (utime + stime) plus its waited-for children's (cutime + cstime), keyed
+    by (pid, start time) so a reused pid is a new process; a process gone meanwhile is left out."""
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[(pid, int(fields[19]))] = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def cpu_since(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> float:
+    """What the processes of ``after`` used since ``before`` (a process new since then: all it used)."""
+    return sum(used - before.get(key, 0.0) for key, used in after.items())
 
 
 def node_pss_kib(state: cl.State, node: str) -> tuple[int, int, int]:
@@ -334,10 +356,15 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
         base_runtime, base_ctrd, _ = node_pss_kib(state, node)
         listed = core.list_namespaced_pod(NAMESPACE, label_selector=selector)
         watch = PodWatch(core, selector, listed.metadata.resource_version, READY_TIMEOUT + 30)
+        runtime_pids, containerd_pids = node_processes(state, node)
+        runtime_cpu, containerd_cpu = process_cpu_s(runtime_pids), process_cpu_s(containerd_pids)
         began, busy = time.monotonic(), machine_busy_s()
         apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
         last = watch.wait_ready(replicas, READY_TIMEOUT)
         result.cpu_s = machine_busy_s() - busy
+        runtime_pids, containerd_pids = node_processes(state, node)
+        result.runtime_cpu_s = cpu_since(runtime_cpu, process_cpu_s(runtime_pids))
+        result.containerd_cpu_s = cpu_since(containerd_cpu, process_cpu_s(containerd_pids))
         if last is None:
             result.error = (f"{len(watch.ready)}/{replicas} pods seen Ready after {time.monotonic() - began:.0f} s"
                             + (f" (the watch failed: {watch.error})" if watch.error else
@@ -469,6 +496,16 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                 vs_baseline=ratio(r.cpu_s, base.cpu_s) if base else math.nan,
                 note="busy CPU time of every core, scale request -> all Ready, / pods (the node, the control "
                      "plane and the client alike)"),
+            Row(f"{label}: of which the runtime's", "ms", summarize([r.runtime_cpu_s / replicas * 1000]
+                                                                   if not math.isnan(r.runtime_cpu_s) else []),
+                vs_baseline=ratio(r.runtime_cpu_s, base.runtime_cpu_s) if base else math.nan,
+                note=f"{node}'s runtime processes (shims, our daemon, runners, holders, runc and what they run, "
+                     "the pods' processes), self and waited-for children"),
+            Row(f"{label}: of which containerd's", "ms", summarize([r.containerd_cpu_s / replicas * 1000]
+                                                                  if not math.isnan(r.containerd_cpu_s) else []),
+                vs_baseline=ratio(r.containerd_cpu_s, base.containerd_cpu_s) if base else math.nan,
+                note="self and waited-for children (CNI plugins, each runtime's `start` exec); the rest of the "
+                     "machine CPU is the kubelet, the control plane, the client and the kernel"),
             Row(f"{label}: per pod, watch", "s", summarize(r.per_pod_watch_s),
                 vs_baseline=ratio(summarize(r.per_pod_watch_s).p50, summarize(base.per_pod_watch_s).p50)
                 if base else math.nan),
