@@ -109,14 +109,21 @@ class Sandbox:
         fields.update(kwargs)
         return GuestSpec(**fields)
 
-    def start(self, *args: str, stdin: str | None = None, **kwargs: Any) -> Run:
+    def stage(self, *args: str, stdin: str | None = None, **kwargs: Any) -> tuple[Any, Run]:
+        """Prepare and stage as the task service does at Create; the Run's guest is the staged one until
+        launched."""
         self._count += 1
         prepared = prepare(self.engine, self.spec(*args, **kwargs))
         stdout = self.tmp / f"out-{self._count}"
         stderr = self.tmp / f"err-{self._count}"
         exits = Exits()
-        guest = self.engine.start(prepared, GuestStdio(stdin, str(stdout), str(stderr)), exits)
-        return Run(guest, stdout, stderr, exits)
+        staged = self.engine.stage(prepared, GuestStdio(stdin, str(stdout), str(stderr)), exits)
+        return staged, Run(staged, stdout, stderr, exits)
+
+    def start(self, *args: str, stdin: str | None = None, **kwargs: Any) -> Run:
+        staged, run = self.stage(*args, stdin=stdin, **kwargs)
+        run.guest = staged.launch()
+        return run
 
     def run(self, *args: str, **kwargs: Any) -> tuple[int, str, str]:
         started = self.start(*args, **kwargs)
@@ -903,22 +910,12 @@ BAD_SEGMENT = """(module
   (func (export "_start")))"""
 
 
-def _stage(sandbox: Sandbox, name: str, **kwargs: Any) -> tuple[Any, Run]:
-    """Stage ``name`` as the task service does at Create; the Run's guest is set by launching the staged one."""
-    sandbox._count += 1
-    prepared = prepare(sandbox.engine, sandbox.spec(name, **kwargs))
-    stdout, stderr = sandbox.tmp / f"out-{sandbox._count}", sandbox.tmp / f"err-{sandbox._count}"
-    exits = Exits()
-    staged = sandbox.engine.stage(prepared, GuestStdio(None, str(stdout), str(stderr)), exits)
-    return staged, Run(staged, stdout, stderr, exits)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("name", ["hello.wasm", "writes.wasm"])
 def test_a_staged_guest_runs_nothing_until_it_is_launched(sandbox: Sandbox, name: str) -> None:
     import wasmtime
 
     (sandbox.rootfs / "writes.wasm").write_bytes(wasmtime.wat2wasm(WRITES_AT_INSTANTIATION))
-    staged, run = _stage(sandbox, name)
+    staged, run = sandbox.stage(name)
     time.sleep(0.2)  # a thread that ran the guest early would have written by now
     assert run.out() == "" and run.statuses == []
     run.guest = staged.launch()
@@ -934,7 +931,7 @@ def test_discarded_guests_run_nothing_and_leave_no_threads_fds_or_stores(sandbox
     data.mkdir()
     mounts = (GuestMount("/data", str(data), readonly=True),)
     for name in ("hello.wasm", "writes.wasm"):  # warm up: compiles
-        staged, run = _stage(sandbox, name, mounts=mounts)
+        staged, run = sandbox.stage(name, mounts=mounts)
         run.guest = staged.launch()
         run.wait()
     gc.collect()
@@ -943,7 +940,7 @@ def test_discarded_guests_run_nothing_and_leave_no_threads_fds_or_stores(sandbox
     gc.disable()
     try:
         for i in range(20):
-            staged, run = _stage(sandbox, ("hello.wasm", "writes.wasm")[i % 2], mounts=mounts)
+            staged, run = sandbox.stage(("hello.wasm", "writes.wasm")[i % 2], mounts=mounts)
             runs.append(run)
             staged.discard()
     finally:
@@ -960,7 +957,7 @@ def test_an_instantiation_that_fails_when_staged_fails_at_start_as_it_always_did
     import wasmtime
 
     (sandbox.rootfs / "segment.wasm").write_bytes(wasmtime.wat2wasm(BAD_SEGMENT.format(start=start)))
-    staged, run = _stage(sandbox, "segment.wasm")
+    staged, run = sandbox.stage("segment.wasm")
     time.sleep(0.05)
     assert run.statuses == []  # not before Start
     run.guest = staged.launch()
