@@ -23,6 +23,10 @@ is first seen and first reported Ready. Measured:
   started at once the scale-up is bound by the machine's CPU, so this says where a runtime can still gain; of it,
   the node's runtime processes' and containerd's (each /proc/PID/stat's utime + stime + cutime + cstime, over the
   same span; a process new since its start counts whole);
+- the timeline, seconds after the scale request: the last pod first seen (the controller's creates), the last pod
+  seen bound to the node (the scheduler), the first pod seen Ready; and the seconds the kubelet's own API client
+  waited on its rate limit meanwhile (its /metrics through the API server's node proxy). Together they say whether
+  the scale-up waits on the control plane's pacing or on the node's CPU;
 - per-pod latency: pod first seen -> Ready seen (client clock), and, apart, the API's own creationTimestamp ->
   Ready condition lastTransitionTime (both have 1-second resolution, so that row is coarse);
 - memory per pod once all are Ready: PSS (/proc/PID/smaps_rollup) summed over the node's runtime processes
@@ -132,6 +136,11 @@ class ScaleResult:
     cpu_s: float = math.nan  # the machine's busy CPU time (all cores) from the scale request to all Ready
     runtime_cpu_s: float = math.nan  # of which the node's runtime processes (self and waited-for children)
     containerd_cpu_s: float = math.nan  # and containerd's (self and children: CNI plugins, shim `start` execs)
+    # The scale-up's timeline, seconds after the scale request (client clock): where the wall time went.
+    last_created_s: float = math.nan  # the last pod first seen (the ReplicaSet controller's creates)
+    last_scheduled_s: float = math.nan  # the last pod seen bound to the node (the scheduler)
+    first_ready_s: float = math.nan  # the first pod seen Ready (the kubelet and the runtime, all pods at once)
+    kubelet_throttled_s: float = math.nan  # the kubelet's API client's own rate-limiter waits over the scale-up
     error: str = ""
 
 
@@ -216,6 +225,26 @@ def node_pss_kib(state: cl.State, node: str) -> tuple[int, int, int]:
     return sum(pss_kib(p) for p in runtime), sum(pss_kib(p) for p in containerd), len(runtime)
 
 
+THROTTLE_METRIC = "rest_client_rate_limiter_duration_seconds_sum"
+
+
+def kubelet_throttled_s(api: object, node: str) -> float:
+    """The seconds the node's kubelet has waited on its own API client's rate limiter since it started (the sum of
+    THROTTLE_METRIC over every verb and host, from the kubelet's /metrics through the API server's node proxy);
+    NaN when the metrics cannot be read. A wait there delays a pod's status (Ready) on its way to the API server."""
+    from kubernetes import client
+
+    try:
+        text = client.CoreV1Api(api).connect_get_node_proxy_with_path(node, "metrics")  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - a diagnostic row only; the figure goes on without it
+        return math.nan
+    total = math.nan
+    for line in str(text).splitlines():
+        if line.startswith(THROTTLE_METRIC + "{") or line.startswith(THROTTLE_METRIC + " "):
+            total = (0.0 if math.isnan(total) else total) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
 # --- one scale-up ---------------------------------------------------------------------------------------------------
 
 
@@ -246,12 +275,14 @@ def _ready(pod: object) -> object | None:
 
 
 class PodWatch:
-    """A watch on one Deployment's pods from a given resourceVersion: client times of first sight and of Ready."""
+    """A watch on one Deployment's pods from a given resourceVersion: client times of first sight, of being bound to
+    a node and of Ready."""
 
     def __init__(self, core: object, selector: str, resource_version: str, timeout: float) -> None:
         from kubernetes import watch
 
         self.seen: dict[str, float] = {}
+        self.scheduled: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self.api_latency: dict[str, float] = {}
         self.changed = threading.Condition()
@@ -292,6 +323,8 @@ class PodWatch:
         name = pod.metadata.name  # type: ignore[attr-defined]
         with self.changed:
             self.seen.setdefault(name, now)
+            if pod.spec.node_name:  # type: ignore[attr-defined]
+                self.scheduled.setdefault(name, now)
             condition = _ready(pod)
             if condition is not None and name not in self.ready:
                 self.ready[name] = now
@@ -358,6 +391,7 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
         watch = PodWatch(core, selector, listed.metadata.resource_version, READY_TIMEOUT + 30)
         runtime_pids, containerd_pids = node_processes(state, node)
         runtime_cpu, containerd_cpu = process_cpu_s(runtime_pids), process_cpu_s(containerd_pids)
+        throttled = kubelet_throttled_s(api, node)
         began, busy = time.monotonic(), machine_busy_s()
         apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
         last = watch.wait_ready(replicas, READY_TIMEOUT)
@@ -372,9 +406,13 @@ def scale_once(api: object, state: cl.State, variant: Variant, replicas: int, no
             log(f"  cluster: {variant.label}: {result.error}")
             return result
         result.all_ready_s = last - began
+        result.kubelet_throttled_s = kubelet_throttled_s(api, node) - throttled
         with watch.changed:
             result.per_pod_watch_s = [watch.ready[p] - watch.seen[p] for p in watch.ready]
             result.per_pod_api_s = list(watch.api_latency.values())
+            result.last_created_s = max(watch.seen.values()) - began
+            result.last_scheduled_s = max(watch.scheduled.values(), default=math.nan) - began
+            result.first_ready_s = min(watch.ready.values()) - began
         log(f"  cluster: {variant.label}: {replicas} Ready in {result.all_ready_s:.1f} s")
         try:
             result.first_pod_events = _event_timeline(core, min(watch.ready, key=watch.ready.__getitem__))
@@ -506,6 +544,20 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                 vs_baseline=ratio(r.containerd_cpu_s, base.containerd_cpu_s) if base else math.nan,
                 note="self and waited-for children (CNI plugins, each runtime's `start` exec); the rest of the "
                      "machine CPU is the kubelet, the control plane, the client and the kernel"),
+            *(Row(f"{label}: {what}", "s", summarize([value] if not math.isnan(value) else []),
+                  vs_baseline=ratio(value, getattr(base, field_name)) if base else math.nan, note=note)
+              for what, field_name, value, note in (
+                  ("last pod created", "last_created_s", r.last_created_s,
+                   "scale request -> the last pod first seen by the watch: the ReplicaSet controller's creates "
+                   "(its API client's own rate limit holds them, for every runtime alike)"),
+                  ("last pod bound to the node", "last_scheduled_s", r.last_scheduled_s,
+                   "scale request -> the last pod seen with its nodeName (the scheduler)"),
+                  ("first pod Ready", "first_ready_s", r.first_ready_s,
+                   "scale request -> the first pod seen Ready: every pod's sandbox, container and status is worked "
+                   "on at once on the node, so the first is Ready late when the CPU is the bound"),
+                  ("kubelet's API client throttled", "kubelet_throttled_s", r.kubelet_throttled_s,
+                   "seconds the kubelet's requests waited on its own client rate limit over the scale-up (all "
+                   "requests summed; kubeAPIQPS/kubeAPIBurst): near 0 means its status updates were not held"))),
             Row(f"{label}: per pod, watch", "s", summarize(r.per_pod_watch_s),
                 vs_baseline=ratio(summarize(r.per_pod_watch_s).p50, summarize(base.per_pod_watch_s).p50)
                 if base else math.nan),

@@ -15,7 +15,8 @@ from bench.machine import Machine
 from e2e.conftest import Cluster
 
 REPLICAS = 3
-ROWS = ("all 3 Ready", "machine CPU per pod", "of which the runtime's", "of which containerd's", "per pod, watch",
+ROWS = ("all 3 Ready", "machine CPU per pod", "of which the runtime's", "of which containerd's", "last pod created",
+        "last pod bound to the node", "first pod Ready", "kubelet's API client throttled", "per pod, watch",
         "per pod, API timestamps", "PSS shims+guests per pod",
         "PSS containerd per pod", "PSS total per pod")
 
