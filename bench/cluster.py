@@ -233,16 +233,15 @@ def kubelet_throttled_s(api: object, node: str) -> float:
     THROTTLE_METRIC over every verb and host, from the kubelet's /metrics through the API server's node proxy);
     NaN when the metrics cannot be read. A wait there delays a pod's status (Ready) on its way to the API server."""
     from kubernetes import client
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = client.CoreV1Api(api).connect_get_node_proxy_with_path(node, "metrics")  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - a diagnostic row only; the figure goes on without it
         return math.nan
-    total = math.nan
-    for line in str(text).splitlines():
-        if line.startswith(THROTTLE_METRIC + "{") or line.startswith(THROTTLE_METRIC + " "):
-            total = (0.0 if math.isnan(total) else total) + float(line.rsplit(" ", 1)[1])
-    return total
+    samples = [sample.value for family in text_string_to_metric_families(str(text)) for sample in family.samples
+               if sample.name == THROTTLE_METRIC]
+    return math.fsum(samples) if samples else math.nan
 
 
 # --- one scale-up ---------------------------------------------------------------------------------------------------
