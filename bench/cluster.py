@@ -499,6 +499,22 @@ def warm_node(state: cl.State, node: str, log: Callable[[str], None]) -> None:
     log(f"  cluster: {node} warmed in {time.monotonic() - began:.1f} s: {done.stdout.strip()}")
 
 
+# The timeline rows: (what, the ScaleResult field in seconds after the scale request, the row's note).
+TIMELINE = (
+    ("last pod created", "last_created_s",
+     "scale request -> the last pod first seen by the watch: the ReplicaSet controller's creates (its API client's "
+     "own rate limit holds them, for every runtime alike)"),
+    ("last pod bound to the node", "last_scheduled_s",
+     "scale request -> the last pod seen with its nodeName (the scheduler)"),
+    ("first pod Ready", "first_ready_s",
+     "scale request -> the first pod seen Ready: every pod's sandbox, container and status is worked on at once on "
+     "the node, so the first is Ready late when the CPU is the bound"),
+    ("kubelet's API client throttled", "kubelet_throttled_s",
+     "seconds the kubelet's requests waited on its own client rate limit over the scale-up (all requests summed; "
+     "kubeAPIQPS/kubeAPIBurst): near 0 means its status updates were not held"),
+)
+
+
 def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) -> None:
     errors = [f"{r.variant.label}: {r.error}" for r in results if r.error]
     figure.error = "; ".join(errors)
@@ -543,20 +559,9 @@ def _rows(figure: Figure, results: list[ScaleResult], replicas: int, node: str) 
                 vs_baseline=ratio(r.containerd_cpu_s, base.containerd_cpu_s) if base else math.nan,
                 note="self and waited-for children (CNI plugins, each runtime's `start` exec); the rest of the "
                      "machine CPU is the kubelet, the control plane, the client and the kernel"),
-            *(Row(f"{label}: {what}", "s", summarize([value] if not math.isnan(value) else []),
-                  vs_baseline=ratio(value, getattr(base, field_name)) if base else math.nan, note=note)
-              for what, field_name, value, note in (
-                  ("last pod created", "last_created_s", r.last_created_s,
-                   "scale request -> the last pod first seen by the watch: the ReplicaSet controller's creates "
-                   "(its API client's own rate limit holds them, for every runtime alike)"),
-                  ("last pod bound to the node", "last_scheduled_s", r.last_scheduled_s,
-                   "scale request -> the last pod seen with its nodeName (the scheduler)"),
-                  ("first pod Ready", "first_ready_s", r.first_ready_s,
-                   "scale request -> the first pod seen Ready: every pod's sandbox, container and status is worked "
-                   "on at once on the node, so the first is Ready late when the CPU is the bound"),
-                  ("kubelet's API client throttled", "kubelet_throttled_s", r.kubelet_throttled_s,
-                   "seconds the kubelet's requests waited on its own client rate limit over the scale-up (all "
-                   "requests summed; kubeAPIQPS/kubeAPIBurst): near 0 means its status updates were not held"))),
+            *(Row(f"{label}: {what}", "s", summarize([getattr(r, name)] if not math.isnan(getattr(r, name)) else []),
+                  vs_baseline=ratio(getattr(r, name), getattr(base, name)) if base else math.nan, note=note)
+              for what, name, note in TIMELINE),
             Row(f"{label}: per pod, watch", "s", summarize(r.per_pod_watch_s),
                 vs_baseline=ratio(summarize(r.per_pod_watch_s).p50, summarize(base.per_pod_watch_s).p50)
                 if base else math.nan),
